@@ -1,0 +1,20 @@
+//! rdg: a real-time graph of user activity.
+//!
+//! Data flows one way: `source` → `dataflow` → `store` → `query`, and only
+//! `app` (with the binary's `cli`) wires the layers together.
+//!
+//! - [`model`]: identifiers, record aggregates, changes. Depends on nothing.
+//! - [`spec`]: definition files → a checked [`spec::Plan`].
+//! - [`source`]: file readers; bad records become dead letters, not panics.
+//! - [`dataflow`]: timely/differential dataflows; never imports `store`.
+//! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
+//! - [`gen`]: the deterministic synthetic event generator.
+//! - [`app`]: wiring for `replay`.
+
+pub mod app;
+pub mod dataflow;
+pub mod gen;
+pub mod model;
+pub mod source;
+pub mod spec;
+pub mod store;

@@ -1,0 +1,164 @@
+//! Plain data shared by every layer: identifiers, record aggregates, and the
+//! changes the dataflow hands to the store.
+//!
+//! Invariant: this module depends on nothing else in rdg. Everything here is
+//! cheap to clone (short strings are stored inline by `CompactString`), and
+//! ordered (`Ord`) so it can travel through differential dataflow and sort the
+//! same way everywhere.
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+/// Event time: milliseconds since the Unix epoch.
+pub type EventTime = i64;
+
+/// A graph identifier, always written `type:id` (for example `profile:p42`).
+pub type Ident = CompactString;
+
+/// The name of a dataflow: its definition file's stem (`playback`).
+pub type DataflowName = CompactString;
+
+/// Builds the `type:id` form of an identifier.
+pub fn ident(node_type: &str, id: &str) -> Ident {
+    let mut s = CompactString::with_capacity(node_type.len() + 1 + id.len());
+    s.push_str(node_type);
+    s.push(':');
+    s.push_str(id);
+    s
+}
+
+/// Splits `type:id` at its first colon. An identifier without a colon has an
+/// empty type.
+pub fn split_ident(ident: &str) -> (&str, &str) {
+    match ident.split_once(':') {
+        Some((t, i)) => (t, i),
+        None => ("", ident),
+    }
+}
+
+/// The aggregate one dataflow keeps for one record (node, edge or identity
+/// link): how often it was asserted since it was (re)created, when it was first
+/// and last seen (event time), and the props of the latest event by event time.
+///
+/// `props` holds a JSON object as text with sorted keys (`{"country":"NL"}`),
+/// or is empty when the rule has no props; short objects are stored inline.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Record {
+    pub count: u64,
+    pub first_seen: EventTime,
+    pub last_seen: EventTime,
+    pub props: CompactString,
+}
+
+/// One change for the store, produced by the dataflow once the frontier has
+/// passed the time it belongs to. `None` removes what a dataflow contributed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// `dataflow`'s contribution to the node `id` (in `type:id` form).
+    Node {
+        id: Ident,
+        dataflow: DataflowName,
+        record: Option<Record>,
+    },
+    /// `dataflow`'s contribution to the edge `from -[edge_type]-> to`.
+    /// `reverse` asks the store to keep the `edge_in/<type>` index too.
+    Edge {
+        edge_type: CompactString,
+        from: Ident,
+        to: Ident,
+        dataflow: DataflowName,
+        reverse: bool,
+        record: Option<Record>,
+    },
+    /// `dataflow`'s identity link between `a` and `b` (`a < b`).
+    Link {
+        a: Ident,
+        b: Ident,
+        dataflow: DataflowName,
+        record: Option<Record>,
+    },
+    /// The cluster an identifier belongs to (`None`: it has no live link).
+    Cluster {
+        id: Ident,
+        cluster: Option<ClusterOf>,
+    },
+    /// Membership of `member` in `cluster`: present or removed.
+    Member {
+        cluster: Ident,
+        member: Ident,
+        present: bool,
+    },
+}
+
+/// Where an identifier belongs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClusterOf {
+    pub cluster: Ident,
+    pub hub: bool,
+}
+
+/// A record that could not be processed, kept with where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub dataflow: DataflowName,
+    /// `file.jsonl:17` or `topic/partition/offset`.
+    pub source: String,
+    pub reason: String,
+}
+
+/// Per-dataflow counters and positions that are committed atomically with the
+/// changes of the same times. Counters are deltas; watermark and positions are
+/// the new values (the store keeps the maximum watermark).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// dataflow -> (events applied delta, late delta, watermark if any).
+    pub dataflows: std::collections::BTreeMap<DataflowName, DataflowProgress>,
+    /// (dataflow, partition) -> next position to read (line or offset).
+    pub positions: std::collections::BTreeMap<(DataflowName, String), u64>,
+}
+
+/// Counters of one dataflow for a commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataflowProgress {
+    pub events: u64,
+    pub late: u64,
+    pub watermark: Option<EventTime>,
+}
+
+impl DataflowProgress {
+    /// Folds another delta into this one.
+    pub fn merge(&mut self, other: &DataflowProgress) {
+        self.events += other.events;
+        self.late += other.late;
+        self.watermark = match (self.watermark, other.watermark) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+impl Progress {
+    /// Folds another progress report into this one.
+    pub fn merge(&mut self, other: Progress) {
+        for (name, p) in other.dataflows {
+            self.dataflows.entry(name).or_default().merge(&p);
+        }
+        for (k, v) in other.positions {
+            let e = self.positions.entry(k).or_insert(v);
+            *e = (*e).max(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ident_round_trips() {
+        let i = ident("profile", "p:42");
+        assert_eq!(i, "profile:p:42");
+        assert_eq!(split_ident(&i), ("profile", "p:42"));
+        assert_eq!(split_ident("bare"), ("", "bare"));
+    }
+}

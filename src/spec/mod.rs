@@ -1,0 +1,4 @@
+//! Definition files → validated plan. (Being written: raw serde types, checks.)
+
+mod plan;
+pub use plan::*;
