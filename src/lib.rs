@@ -8,12 +8,12 @@
 //! - [`source`]: file readers; bad records become dead letters, not panics.
 //! - [`dataflow`]: timely/differential dataflows; never imports `store`.
 //! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
-//! - [`gen`]: the deterministic synthetic event generator.
+//! - [`generate`]: the deterministic synthetic event generator.
 //! - [`app`]: wiring for `replay`.
 
 pub mod app;
 pub mod dataflow;
-pub mod gen;
+pub mod generate;
 pub mod model;
 pub mod source;
 pub mod spec;
