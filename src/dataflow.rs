@@ -1,1 +1,0 @@
-//! Dataflow (being written).

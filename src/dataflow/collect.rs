@@ -1,0 +1,156 @@
+//! The collector: the one sink of a worker. It turns everything bound for the
+//! store (folded records, late counts, identity assignments) into
+//! `model::Change`s and hands them out one complete time at a time.
+//!
+//! Invariant: a time's changes are emitted only after the sink's input
+//! frontier has passed it, and always before the frontier report that says so;
+//! identity assignments are consolidated per key first, so a reader never sees
+//! a half-applied time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use super::fold::Folded;
+use super::ops::RecKey;
+use super::{Emitted, Emitter};
+use crate::model::{Change, ClusterOf, DataflowName, DataflowProgress, Ident, Progress};
+
+/// Everything that reaches the collector.
+#[derive(Clone, Debug)]
+pub(crate) enum ToStore {
+    /// A folded record of dataflow `usize` (index in the plan).
+    Folded(usize, Folded),
+    /// Differential updates of identifier -> cluster.
+    Cluster(Ident, ClusterOf),
+}
+
+/// What the collector needs to name things.
+pub(crate) struct Names {
+    pub dataflows: Vec<DataflowName>,
+    /// Edge types whose reverse index is kept.
+    pub reverse: std::collections::BTreeSet<CompactString>,
+}
+
+pub(crate) fn collect<'s>(
+    stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
+    names: Arc<Names>,
+    worker: usize,
+    emit: Emitter,
+) -> StreamVec<'s, u64, ()> {
+    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "collect", move |_cap, _info| {
+        let mut pending: BTreeMap<u64, Vec<(ToStore, isize)>> = BTreeMap::new();
+        let mut reported: Option<u64> = None;
+        move |(input, frontier), _output| {
+            input.for_each(|_cap, data| {
+                for (x, t, d) in data.drain(..) {
+                    pending.entry(t).or_default().push((x, d));
+                }
+            });
+            let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+            while let Some((&t, _)) = pending.first_key_value() {
+                if t >= upto {
+                    break;
+                }
+                let Some((t, updates)) = pending.pop_first() else {
+                    break;
+                };
+                // Time 0 rebuilds state from the store: nothing to write back.
+                if t == 0 {
+                    continue;
+                }
+                let (changes, progress) = to_changes(updates, &names);
+                if !changes.is_empty() || progress != Progress::default() {
+                    emit(Emitted::Data {
+                        epoch: t,
+                        changes,
+                        dead_letters: Vec::new(),
+                        progress,
+                    });
+                }
+            }
+            if reported != Some(upto) {
+                reported = Some(upto);
+                emit(Emitted::Frontier { worker, upto });
+            }
+        }
+    })
+}
+
+fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Progress) {
+    let mut changes = Vec::new();
+    let mut progress = Progress::default();
+    // identifier -> (cluster -> net diff)
+    let mut clusters: BTreeMap<Ident, BTreeMap<ClusterOf, isize>> = BTreeMap::new();
+    for (u, d) in updates {
+        match u {
+            ToStore::Folded(df, Folded::Late(n)) => {
+                let p: &mut DataflowProgress = progress
+                    .dataflows
+                    .entry(names.dataflows[df].clone())
+                    .or_default();
+                p.late += n;
+            }
+            ToStore::Folded(df, Folded::Changed { key, new, .. }) => {
+                let dataflow = names.dataflows[df].clone();
+                changes.push(match key {
+                    RecKey::Node(id) => Change::Node {
+                        id,
+                        dataflow,
+                        record: new,
+                    },
+                    RecKey::Edge(edge_type, from, to) => Change::Edge {
+                        reverse: names.reverse.contains(&edge_type),
+                        edge_type,
+                        from,
+                        to,
+                        dataflow,
+                        record: new,
+                    },
+                    RecKey::Link(a, b) => Change::Link {
+                        a,
+                        b,
+                        dataflow,
+                        record: new,
+                    },
+                });
+            }
+            ToStore::Cluster(id, c) => {
+                *clusters.entry(id).or_default().entry(c).or_default() += d;
+            }
+        }
+    }
+    for (id, cs) in clusters {
+        let old: Vec<&ClusterOf> = cs.iter().filter(|(_, d)| **d < 0).map(|(c, _)| c).collect();
+        let new: Vec<&ClusterOf> = cs.iter().filter(|(_, d)| **d > 0).map(|(c, _)| c).collect();
+        for c in &old {
+            if !new.iter().any(|n| n.cluster == c.cluster) {
+                changes.push(Change::Member {
+                    cluster: c.cluster.clone(),
+                    member: id.clone(),
+                    present: false,
+                });
+            }
+        }
+        for c in &new {
+            changes.push(Change::Member {
+                cluster: c.cluster.clone(),
+                member: id.clone(),
+                present: true,
+            });
+        }
+        if let Some(c) = new.first() {
+            changes.push(Change::Cluster {
+                id,
+                cluster: Some((*c).clone()),
+            });
+        } else if !old.is_empty() {
+            changes.push(Change::Cluster { id, cluster: None });
+        }
+    }
+    (changes, progress)
+}

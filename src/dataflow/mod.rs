@@ -1,0 +1,364 @@
+//! The dataflow layer: one timely computation with a region per definition
+//! (its sources' ops folded into per-record aggregates) and one identity
+//! region fed by the links of every definition.
+//!
+//! Invariant: nothing here knows about the store. Everything bound for it
+//! leaves through the [`Emitter`] as [`Emitted::Data`] for one time, followed
+//! by [`Emitted::Frontier`] reports; a time is complete (safe to commit
+//! atomically) once every worker has reported a frontier beyond it. Timely
+//! and differential types never leave this module.
+
+mod collect;
+mod fold;
+mod identity;
+mod ops;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use compact_str::CompactString;
+use thiserror::Error;
+use timely::dataflow::operators::core::{Concatenate, Enter, Leave, Probe};
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::Input;
+
+use differential_dataflow::AsCollection;
+
+use crate::model::{Change, DataflowProgress, DeadLetter, Progress};
+use crate::source::{Poll, RawRecord, Source, SourceError};
+use crate::spec::{Outcome, Plan};
+use collect::{Names, ToStore};
+use fold::Folded;
+use ops::{Feeder, Op, OpKind, RecKey, Retentions};
+
+/// What the dataflow hands to whoever persists it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Emitted {
+    /// Changes, dead letters and progress that belong to time `epoch`.
+    Data {
+        epoch: u64,
+        changes: Vec<Change>,
+        dead_letters: Vec<DeadLetter>,
+        progress: Progress,
+    },
+    /// Worker `worker` will emit no more data for times before `upto`
+    /// (`u64::MAX`: it is finished).
+    Frontier { worker: usize, upto: u64 },
+}
+
+/// Receives everything the dataflow emits, from every worker thread.
+pub type Emitter = Arc<dyn Fn(Emitted) + Send + Sync>;
+
+/// Builds the sources of one worker: `(worker index, number of workers)`.
+pub type SourceFactory =
+    Arc<dyn Fn(usize, usize) -> Result<Vec<Box<dyn Source>>, SourceError> + Send + Sync>;
+
+/// Contributions rebuilt from the store, read by worker 0 at time 0.
+pub type Contributions = Box<dyn Iterator<Item = Result<Change, String>> + Send>;
+
+/// Tuning of a run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Records read from each source per time.
+    pub batch: usize,
+    /// How many times may be in flight before the driver waits.
+    pub in_flight: u64,
+    /// Set from outside to stop reading; what was read is still completed.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            workers: 1,
+            batch: 20_000,
+            in_flight: 4,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Where a run starts from.
+pub struct Start {
+    /// Each dataflow's watermark from earlier runs.
+    pub watermarks: BTreeMap<String, i64>,
+    /// Stored contributions to rebuild the in-memory state.
+    pub contributions: Mutex<Option<Contributions>>,
+}
+
+#[derive(Debug, Error)]
+pub enum DataflowError {
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("a source names dataflow `{0}`, which no definition declares")]
+    UnknownDataflow(String),
+    #[error("cannot rebuild state from the store: {0}")]
+    Rebuild(String),
+    #[error("timely: {0}")]
+    Timely(String),
+}
+
+/// Runs every definition over the sources until they are exhausted.
+pub fn run(
+    config: RunConfig,
+    plan: Arc<Plan>,
+    start: Arc<Start>,
+    sources: SourceFactory,
+    emit: Emitter,
+) -> Result<(), DataflowError> {
+    let timely_config = timely::Config::process(config.workers.max(1));
+    let guards = timely::execute(timely_config, move |worker| {
+        run_worker(worker, &config, &plan, &start, &sources, &emit)
+    })
+    .map_err(DataflowError::Timely)?;
+    let mut first_error = None;
+    for r in guards.join() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(DataflowError::Timely(e));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    config: &RunConfig,
+    plan: &Arc<Plan>,
+    start: &Arc<Start>,
+    sources: &SourceFactory,
+    emit: &Emitter,
+) -> Result<(), DataflowError> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let names = Arc::new(Names {
+        dataflows: plan
+            .dataflows
+            .iter()
+            .map(|d| CompactString::from(d.name.as_str()))
+            .collect(),
+        reverse: plan
+            .edge_types
+            .iter()
+            .filter(|(_, e)| e.reverse)
+            .map(|(t, _)| CompactString::from(t.as_str()))
+            .collect(),
+    });
+    let initial_wm = |name: &str| start.watermarks.get(name).copied().unwrap_or(i64::MIN);
+
+    let (mut op_inputs, mut wm_inputs, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let mut op_inputs = Vec::new();
+        let mut wm_inputs = Vec::new();
+        let mut to_store = Vec::new();
+        let mut links = Vec::new();
+        for (i, d) in plan.dataflows.iter().enumerate() {
+            let (op_in, ops) = scope.new_input::<Vec<Op>>();
+            let (wm_in, wms) = scope.new_input::<Vec<i64>>();
+            op_inputs.push(op_in);
+            wm_inputs.push(wm_in);
+            let fold_name = format!("{}.fold", d.name);
+            let w0 = initial_wm(&d.name);
+            let folded = scope.region_named(&d.name, |region| {
+                let ops = ops.enter(region);
+                let wms = wms.enter(region).broadcast();
+                fold::fold(ops, wms, w0, &fold_name).leave(scope)
+            });
+            links.push(folded.clone().flat_map(|(f, t, _)| match f {
+                Folded::Changed {
+                    key: RecKey::Link(a, b),
+                    old,
+                    new,
+                } => {
+                    let old = old.map(|r| (((a.clone(), b.clone()), r.first_seen), t, -1isize));
+                    let new = new.map(|r| (((a, b), r.first_seen), t, 1isize));
+                    old.into_iter().chain(new).collect::<Vec<_>>()
+                }
+                _ => Vec::new(),
+            }));
+            to_store.push(folded.map(move |(f, t, d)| (ToStore::Folded(i, f), t, d)));
+        }
+        let identity_config = Arc::new(plan.identity.clone());
+        let clusters = scope.region_named("identity", |region| {
+            let links = scope
+                .concatenate(links)
+                .enter(region)
+                .as_collection();
+            identity::stitch(links, identity_config)
+                .inner
+                .leave(scope)
+        });
+        to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
+        let all = scope.concatenate(to_store);
+        let (probe, _) = collect::collect(all, names.clone(), index, emit.clone()).probe();
+        (op_inputs, wm_inputs, probe)
+    });
+
+    // Time 0: rebuild the folds' state from the store (worker 0 reads it).
+    if index == 0 {
+        let taken = start
+            .contributions
+            .lock()
+            .map_err(|_| DataflowError::Rebuild("state loader poisoned".into()))?
+            .take();
+        if let Some(contributions) = taken {
+            let by_name: BTreeMap<&str, usize> = plan
+                .dataflows
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.name.as_str(), i))
+                .collect();
+            let retentions: Vec<Retentions> =
+                plan.dataflows.iter().map(Retentions::new).collect();
+            for c in contributions {
+                let c = c.map_err(DataflowError::Rebuild)?;
+                let (dataflow, key, record) = match c {
+                    Change::Node {
+                        id,
+                        dataflow,
+                        record: Some(r),
+                    } => (dataflow, RecKey::Node(id), r),
+                    Change::Edge {
+                        edge_type,
+                        from,
+                        to,
+                        dataflow,
+                        record: Some(r),
+                        ..
+                    } => (dataflow, RecKey::Edge(edge_type, from, to), r),
+                    Change::Link {
+                        a,
+                        b,
+                        dataflow,
+                        record: Some(r),
+                    } => (dataflow, RecKey::Link(a, b), r),
+                    _ => continue,
+                };
+                // Contributions of a definition that was removed stay in the
+                // store untouched; nothing in memory needs them.
+                let Some(&i) = by_name.get(dataflow.as_str()) else {
+                    continue;
+                };
+                let retention = retentions[i].of(&key);
+                op_inputs[i].send(Op {
+                    key,
+                    seq: 0,
+                    src: 0,
+                    wm: i64::MIN,
+                    time: record.last_seen,
+                    retention,
+                    kind: OpKind::Load(record),
+                });
+            }
+        }
+    }
+
+    // The sources this worker reads, each with its dataflow's feeder.
+    let mut mine: Vec<(Box<dyn Source>, usize, Feeder, u64)> = Vec::new();
+    for s in sources(index, peers)? {
+        let i = plan
+            .dataflows
+            .iter()
+            .position(|d| d.name == s.dataflow())
+            .ok_or_else(|| DataflowError::UnknownDataflow(s.dataflow().to_string()))?;
+        let feeder = Feeder::new(plan.dataflows[i].clone(), initial_wm(&plan.dataflows[i].name));
+        mine.push((s, i, feeder, 0));
+    }
+
+    let mut epoch: u64 = 1;
+    for h in op_inputs.iter_mut() {
+        h.advance_to(epoch);
+    }
+    for h in wm_inputs.iter_mut() {
+        h.advance_to(epoch);
+    }
+    let mut raw: Vec<RawRecord> = Vec::with_capacity(config.batch);
+    let mut ops: Vec<Op> = Vec::new();
+    let mut done = vec![false; mine.len()];
+    while done.iter().any(|d| !d) {
+        if config.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut dead_letters = Vec::new();
+        let mut progress = Progress::default();
+        for (k, (src, i, feeder, seq)) in mine.iter_mut().enumerate() {
+            if done[k] {
+                continue;
+            }
+            raw.clear();
+            if src.poll(config.batch, &mut raw)? == Poll::Done {
+                done[k] = true;
+            }
+            if raw.is_empty() {
+                continue;
+            }
+            let d = &plan.dataflows[*i];
+            let mut p = DataflowProgress::default();
+            for r in raw.drain(..) {
+                *seq += 1;
+                let outcome = match serde_json::from_slice::<serde_json::Value>(&r.payload) {
+                    Ok(v) => d.evaluate(&v, &plan.identity),
+                    Err(e) => Outcome::Reject(format!("not JSON: {e}")),
+                };
+                match outcome {
+                    Outcome::Ignored => {}
+                    Outcome::Event(ev) => {
+                        p.events += 1;
+                        feeder.feed(ev, *seq, k as u32, &mut ops);
+                    }
+                    Outcome::Reject(reason) => dead_letters.push(DeadLetter {
+                        dataflow: CompactString::from(d.name.as_str()),
+                        source: src.describe(r.partition, r.offset),
+                        reason,
+                    }),
+                }
+                progress
+                    .positions
+                    .insert((CompactString::from(d.name.as_str()), src.partition_key(r.partition)), r.offset);
+            }
+            if feeder.watermark > i64::MIN {
+                p.watermark = Some(feeder.watermark);
+                wm_inputs[*i].send(feeder.watermark);
+            }
+            progress
+                .dataflows
+                .entry(CompactString::from(d.name.as_str()))
+                .or_default()
+                .merge(&p);
+            for op in ops.drain(..) {
+                op_inputs[*i].send(op);
+            }
+        }
+        if !dead_letters.is_empty() || progress != Progress::default() {
+            emit(Emitted::Data {
+                epoch,
+                changes: Vec::new(),
+                dead_letters,
+                progress,
+            });
+        }
+        epoch += 1;
+        for h in op_inputs.iter_mut() {
+            h.advance_to(epoch);
+        }
+        for h in wm_inputs.iter_mut() {
+            h.advance_to(epoch);
+        }
+        let floor = epoch.saturating_sub(config.in_flight);
+        worker.step_while(|| probe.less_than(&floor));
+    }
+    drop(op_inputs);
+    drop(wm_inputs);
+    worker.step_while(|| !probe.done());
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! Sources (being written).

@@ -1,0 +1,60 @@
+//! Sources: where raw records come from (files now, Kafka later), behind one
+//! small trait that the dataflow driver polls.
+//!
+//! Invariant: a source yields each partition's records in order, exactly
+//! once, with a position that names where the record came from; it never
+//! interprets payloads (decoding errors are the dataflow's dead letters).
+
+mod file;
+
+pub use file::{FileSource, TopicFiles};
+
+use thiserror::Error;
+
+/// One raw record: its partition, its position within the partition (a line
+/// number for files, an offset for Kafka) and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What a poll found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were appended (maybe fewer than asked); poll again.
+    Ready,
+    /// Nothing now; more may come later.
+    Idle,
+    /// The source is exhausted.
+    Done,
+}
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path} after line {line}: {source}")]
+    Read {
+        path: String,
+        line: u64,
+        source: std::io::Error,
+    },
+}
+
+/// A stream of raw records for one dataflow.
+pub trait Source {
+    /// The dataflow (definition name) these records are for.
+    fn dataflow(&self) -> &str;
+    /// Appends up to `max` records to `out`.
+    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError>;
+    /// Names a record's origin for dead letters: `playback.jsonl:17` or
+    /// `playback/3/1042`.
+    fn describe(&self, partition: u32, offset: u64) -> String;
+    /// The key under which the position of `partition` is stored.
+    fn partition_key(&self, partition: u32) -> String;
+}
