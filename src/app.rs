@@ -1,1 +1,347 @@
-//! Wiring (being written).
+//! Wiring: the only place (with the binary's `cli`) that sees every layer.
+//! `replay` checks the definitions, maps files to dataflows, opens the store,
+//! runs the dataflow over file sources and commits what it emits.
+//!
+//! Invariant: the store receives a time's changes only when every worker has
+//! reported a frontier beyond that time, all of them in one atomic commit
+//! together with the dead letters, counters and positions of the same times.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::dataflow::{self, Contributions, Emitted, RunConfig, Start};
+use crate::model::{Change, DeadLetter, Progress};
+use crate::source::{FileSource, Source, TopicFiles};
+use crate::spec::{self, Plan, SpecErrors};
+use crate::store::{Counts, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Spec(#[from] SpecErrors),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Dataflow(#[from] dataflow::DataflowError),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// What `rdg replay` is asked to do.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub dataflows: PathBuf,
+    pub state: PathBuf,
+    pub workers: usize,
+    /// Files whose topic is their name up to the first dot.
+    pub files: Vec<PathBuf>,
+    /// Files with an explicit topic (`--topic TOPIC=FILE`).
+    pub topic_files: Vec<(String, PathBuf)>,
+    pub batch: usize,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// The end-of-replay report.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReplaySummary {
+    pub events: u64,
+    pub dead_letters: u64,
+    pub late: u64,
+    pub nodes: u64,
+    pub edges: u64,
+    pub identifiers: u64,
+    pub clusters: u64,
+    pub elapsed_s: f64,
+    pub events_per_s: f64,
+}
+
+impl std::fmt::Display for ReplaySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "events {}  dead letters {}  late {}",
+            self.events, self.dead_letters, self.late
+        )?;
+        writeln!(
+            f,
+            "nodes {}  edges {}  identifiers {}  clusters {}",
+            self.nodes, self.edges, self.identifiers, self.clusters
+        )?;
+        write!(
+            f,
+            "elapsed {:.2}s  {:.0} events/s",
+            self.elapsed_s, self.events_per_s
+        )
+    }
+}
+
+/// Assigns each file to the dataflow reading its topic; files of one topic
+/// keep the order given.
+pub fn assign_files(
+    plan: &Plan,
+    files: &[PathBuf],
+    topic_files: &[(String, PathBuf)],
+) -> Result<Vec<TopicFiles>, AppError> {
+    let mut by_dataflow: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let topics: Vec<&str> = plan.dataflows.iter().map(|d| d.topic.as_str()).collect();
+    let mut place = |topic: &str, file: &Path| -> Result<(), AppError> {
+        let d = plan
+            .dataflows
+            .iter()
+            .find(|d| d.topic == topic)
+            .ok_or_else(|| {
+                AppError::Input(format!(
+                    "{}: no definition reads topic `{topic}` (known topics: {}); name the file after its topic or pass --topic TOPIC=FILE",
+                    file.display(),
+                    topics.join(", ")
+                ))
+            })?;
+        if !file.is_file() {
+            return Err(AppError::Input(format!(
+                "{}: no such file",
+                file.display()
+            )));
+        }
+        by_dataflow
+            .entry(d.name.clone())
+            .or_default()
+            .push(file.to_path_buf());
+        Ok(())
+    };
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let topic = name.split('.').next().unwrap_or_default().to_string();
+        place(&topic, f)?;
+    }
+    for (t, f) in topic_files {
+        place(t, f)?;
+    }
+    Ok(by_dataflow
+        .into_iter()
+        .map(|(dataflow, files)| TopicFiles { dataflow, files })
+        .collect())
+}
+
+/// Backfills files through the dataflows into the state directory.
+pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
+    let started = Instant::now();
+    let plan = Arc::new(spec::load(&opts.dataflows)?);
+    let topics = assign_files(&plan, &opts.files, &opts.topic_files)?;
+    let total_bytes: u64 = topics
+        .iter()
+        .flat_map(|t| t.files.iter())
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let store = Store::open(&opts.state)?;
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let sources = {
+        let topics = topics.clone();
+        let bytes_read = bytes_read.clone();
+        Arc::new(move |index: usize, peers: usize| {
+            Ok(topics
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % peers == index)
+                .map(|(_, t)| {
+                    Box::new(FileSource::new(t.clone(), bytes_read.clone())) as Box<dyn Source>
+                })
+                .collect())
+        })
+    };
+    let config = RunConfig {
+        workers: opts.workers.max(1),
+        batch: opts.batch.max(1),
+        ..RunConfig::default()
+    };
+    let bar = opts.progress.then(|| progress_bar(total_bytes));
+    let totals = run_into_store(&store, plan, config, sources, |_| {
+        if let Some(bar) = &bar {
+            bar.set_position(bytes_read.load(Ordering::Relaxed));
+        }
+    })?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let counts: Counts = store.counts()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(ReplaySummary {
+        events: totals.events,
+        dead_letters: totals.dead_letters,
+        late: totals.late,
+        nodes: counts.nodes,
+        edges: counts.edges,
+        identifiers: counts.identifiers,
+        clusters: counts.clusters,
+        elapsed_s: elapsed,
+        events_per_s: if elapsed > 0.0 {
+            totals.events as f64 / elapsed
+        } else {
+            0.0
+        },
+    })
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Counters summed over what was committed by one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub events: u64,
+    pub dead_letters: u64,
+    pub late: u64,
+}
+
+/// Runs the dataflow and commits everything it emits; `tick` is called about
+/// ten times a second on the calling thread while it runs.
+pub fn run_into_store(
+    store: &Store,
+    plan: Arc<Plan>,
+    config: RunConfig,
+    sources: dataflow::SourceFactory,
+    mut tick: impl FnMut(&Totals),
+) -> Result<Totals, AppError> {
+    let meta = store.meta()?;
+    let watermarks = meta
+        .dataflows
+        .iter()
+        .filter_map(|(name, m)| m.watermark.map(|w| (name.clone(), w)))
+        .collect();
+    let contributions: Option<Contributions> = if store.is_empty()? {
+        None
+    } else {
+        Some(Box::new(store.contributions().map(|c| c.map_err(|e| e.to_string()))))
+    };
+    let start = Arc::new(Start {
+        watermarks,
+        contributions: Mutex::new(contributions),
+    });
+    let workers = config.workers;
+    let stop = config.stop.clone();
+    let (tx, rx) = mpsc::channel::<Emitted>();
+    let tx = Mutex::new(tx);
+    let emit: dataflow::Emitter = Arc::new(move |e| {
+        if let Ok(tx) = tx.lock() {
+            // The receiver outlives the run; a send can only fail after a
+            // commit error, when nothing more is wanted.
+            let _ = tx.send(e);
+        }
+    });
+    let run = std::thread::scope(|s| {
+        let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
+        let mut writer = Writer::new(workers);
+        let mut result: Result<(), AppError> = Ok(());
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(e) => {
+                    writer.receive(e);
+                    while let Ok(e) = rx.try_recv() {
+                        writer.receive(e);
+                    }
+                    if result.is_ok()
+                        && let Err(e) = writer.commit_ready(store)
+                    {
+                        stop.store(true, Ordering::Relaxed);
+                        result = Err(e.into());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            tick(&writer.totals);
+        }
+        let joined = handle
+            .join()
+            .map_err(|_| AppError::Input("a dataflow thread panicked".into()))
+            .and_then(|r| r.map_err(AppError::from));
+        result.and(joined).map(|()| writer.totals)
+    });
+    store.flush()?;
+    run
+}
+
+/// Collects emitted times and commits them once complete on every worker.
+struct Writer {
+    frontiers: Vec<u64>,
+    pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
+    totals: Totals,
+}
+
+impl Writer {
+    fn new(workers: usize) -> Writer {
+        Writer {
+            frontiers: vec![0; workers],
+            pending: BTreeMap::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    fn receive(&mut self, e: Emitted) {
+        match e {
+            Emitted::Data {
+                epoch,
+                mut changes,
+                mut dead_letters,
+                progress,
+            } => {
+                let slot = self.pending.entry(epoch).or_default();
+                slot.0.append(&mut changes);
+                slot.1.append(&mut dead_letters);
+                slot.2.merge(progress);
+            }
+            Emitted::Frontier { worker, upto } => {
+                if let Some(f) = self.frontiers.get_mut(worker) {
+                    *f = (*f).max(upto);
+                }
+            }
+        }
+    }
+
+    /// Commits every pending time below the smallest worker frontier, in one
+    /// atomic step, in time order.
+    fn commit_ready(&mut self, store: &Store) -> Result<(), StoreError> {
+        let upto = self.frontiers.iter().copied().min().unwrap_or(0);
+        let mut changes = Vec::new();
+        let mut dead = Vec::new();
+        let mut progress = Progress::default();
+        while let Some((&t, _)) = self.pending.first_key_value() {
+            if t >= upto {
+                break;
+            }
+            if let Some((_, (mut c, mut d, p))) = self.pending.pop_first() {
+                changes.append(&mut c);
+                dead.append(&mut d);
+                progress.merge(p);
+            }
+        }
+        if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
+            return Ok(());
+        }
+        store.commit(&changes, &dead, &progress)?;
+        for p in progress.dataflows.values() {
+            self.totals.events += p.events;
+            self.totals.late += p.late;
+        }
+        self.totals.dead_letters += dead.len() as u64;
+        Ok(())
+    }
+}

@@ -1,1 +1,9 @@
-fn main() {}
+//! The `rdg` binary: parse arguments, run, map errors to exit codes.
+//! Exit status: 0 success, 1 invalid definitions (`check`) or not found
+//! (`query`), 2 any other error.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,286 @@
+//! Command-line interface: argument parsing and the thin glue from each
+//! command to the library. Errors here are `anyhow` and end as a message on
+//! stderr with a non-zero exit status.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use rdg::app::{self, ReplayOptions};
+use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
+
+#[derive(Parser)]
+#[command(name = "rdg", version, about = "A real-time graph of user activity")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate every definition file and print every problem at once.
+    Check {
+        /// The definitions folder.
+        #[arg(long, default_value = "dataflows")]
+        dataflows: PathBuf,
+    },
+    /// Backfill JSON Lines files (`.jsonl`, `.jsonl.gz`) into a state directory.
+    Replay {
+        #[arg(long, default_value = "dataflows")]
+        dataflows: PathBuf,
+        /// The state directory (created if missing; continued if it holds data).
+        #[arg(long)]
+        state: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Read FILE as topic TOPIC (otherwise the topic is the file name up to its first dot).
+        #[arg(long = "topic", value_name = "TOPIC=FILE", value_parser = parse_topic_file)]
+        topics: Vec<(String, PathBuf)>,
+        /// Records read from each file per batch.
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Input files.
+        files: Vec<PathBuf>,
+    },
+    /// Look up records in a state directory; prints JSON.
+    Query {
+        #[arg(long)]
+        state: PathBuf,
+        #[command(subcommand)]
+        what: QueryCommand,
+    },
+    /// Print the whole graph as sorted JSON Lines.
+    Export {
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Generate deterministic synthetic events for the shipped definitions.
+    Gen {
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "data")]
+        out: PathBuf,
+        /// Share of events that are deletes.
+        #[arg(long)]
+        delete_share: Option<f64>,
+        /// Maximum out-of-order jitter of event times, in ms.
+        #[arg(long)]
+        jitter_ms: Option<i64>,
+        /// Share of malformed lines.
+        #[arg(long)]
+        malformed_share: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueryCommand {
+    /// A node record: `node TYPE ID`.
+    Node { node_type: String, id: String },
+    /// The neighbours along an edge type: `edges EDGE_TYPE TYPE ID`.
+    Edges {
+        edge_type: String,
+        node_type: String,
+        id: String,
+        /// Follow the reverse index (edges pointing at the node).
+        #[arg(long = "in")]
+        incoming: bool,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only edges last seen at or after this time (epoch ms).
+        #[arg(long)]
+        since: Option<i64>,
+        #[arg(long, value_enum, default_value_t = Order::Id)]
+        order: Order,
+    },
+    /// The identity cluster of an identifier: `identity TYPE ID`.
+    Identity { node_type: String, id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Order {
+    Recent,
+    Id,
+}
+
+fn parse_topic_file(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((t, f)) if !t.is_empty() && !f.is_empty() => Ok((t.to_string(), PathBuf::from(f))),
+        _ => Err(format!("expected TOPIC=FILE, got `{s}`")),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { dataflows } => match rdg::spec::load(&dataflows) {
+            Ok(plan) => {
+                let rules: usize = plan
+                    .dataflows
+                    .iter()
+                    .map(|d| d.nodes.len() + d.edges.len() + d.identity.len())
+                    .sum();
+                println!(
+                    "ok: {} definitions, {rules} rules in {}",
+                    plan.dataflows.len(),
+                    dataflows.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Replay {
+            dataflows,
+            state,
+            workers,
+            topics,
+            batch,
+            json,
+            files,
+        } => {
+            if files.is_empty() && topics.is_empty() {
+                anyhow::bail!("no input files: pass FILE... or --topic TOPIC=FILE");
+            }
+            let opts = ReplayOptions {
+                dataflows: dataflows.clone(),
+                state,
+                workers,
+                files,
+                topic_files: topics,
+                batch,
+                progress: std::io::stderr().is_terminal(),
+            };
+            match app::replay(&opts) {
+                Ok(summary) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&summary)?);
+                    } else {
+                        println!("{summary}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(app::AppError::Spec(e)) => {
+                    eprintln!("{e}");
+                    eprintln!("error: the definitions in {} are invalid; nothing was replayed", dataflows.display());
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Query { state, what } => {
+            let store = Store::open(&state)?;
+            let value = match what {
+                QueryCommand::Node { node_type, id } => {
+                    let ident = format!("{node_type}:{id}");
+                    match store.node(&ident)? {
+                        Some(n) => serde_json::to_value(n)?,
+                        None => return not_found(&ident),
+                    }
+                }
+                QueryCommand::Edges {
+                    edge_type,
+                    node_type,
+                    id,
+                    incoming,
+                    limit,
+                    since,
+                    order,
+                } => {
+                    let ident = format!("{node_type}:{id}");
+                    let q = EdgeQuery {
+                        direction: if incoming { Direction::In } else { Direction::Out },
+                        limit,
+                        since,
+                        order: match order {
+                            Order::Recent => EdgeOrder::Recent,
+                            Order::Id => EdgeOrder::Id,
+                        },
+                    };
+                    let items = store.edges(&edge_type, &ident, &q)?;
+                    serde_json::json!({
+                        "node": ident,
+                        "edge_type": edge_type,
+                        "direction": if incoming { "in" } else { "out" },
+                        "items": items,
+                    })
+                }
+                QueryCommand::Identity { node_type, id } => {
+                    let ident = format!("{node_type}:{id}");
+                    match store.identity(&ident)? {
+                        Some(v) => serde_json::to_value(v)?,
+                        None => return not_found(&ident),
+                    }
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { state } => {
+            if !state.is_dir() {
+                anyhow::bail!("state directory {} does not exist", state.display());
+            }
+            let store = Store::open(&state)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            store.export(&mut out)?;
+            out.flush().context("writing the export")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen {
+            events,
+            seed,
+            out,
+            delete_share,
+            jitter_ms,
+            malformed_share,
+        } => {
+            let mut opts = rdg::generate::GenOptions {
+                events,
+                seed,
+                ..Default::default()
+            };
+            if let Some(x) = delete_share {
+                opts.delete_share = x;
+            }
+            if let Some(x) = jitter_ms {
+                opts.jitter_ms = x;
+            }
+            if let Some(x) = malformed_share {
+                opts.malformed_share = x;
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let summary = rdg::generate::generate(&opts, &out)
+                .with_context(|| format!("writing events to {}", out.display()))?;
+            for (path, lines) in summary.files {
+                println!("{}\t{lines} lines", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn not_found(ident: &str) -> Result<ExitCode> {
+    eprintln!("not found: {ident}");
+    Ok(ExitCode::from(1))
+}
