@@ -104,10 +104,7 @@ pub fn assign_files(
                 ))
             })?;
         if !file.is_file() {
-            return Err(AppError::Input(format!(
-                "{}: no such file",
-                file.display()
-            )));
+            return Err(AppError::Input(format!("{}: no such file", file.display())));
         }
         by_dataflow
             .entry(d.name.clone())
@@ -229,7 +226,9 @@ pub fn run_into_store(
     let contributions: Option<Contributions> = if store.is_empty()? {
         None
     } else {
-        Some(Box::new(store.contributions().map(|c| c.map_err(|e| e.to_string()))))
+        Some(Box::new(
+            store.contributions().map(|c| c.map_err(|e| e.to_string())),
+        ))
     };
     let start = Arc::new(Start {
         watermarks,

@@ -182,7 +182,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(app::AppError::Spec(e)) => {
                     eprintln!("{e}");
-                    eprintln!("error: the definitions in {} are invalid; nothing was replayed", dataflows.display());
+                    eprintln!(
+                        "error: the definitions in {} are invalid; nothing was replayed",
+                        dataflows.display()
+                    );
                     Ok(ExitCode::from(1))
                 }
                 Err(e) => Err(e.into()),
@@ -209,7 +212,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } => {
                     let ident = format!("{node_type}:{id}");
                     let q = EdgeQuery {
-                        direction: if incoming { Direction::In } else { Direction::Out },
+                        direction: if incoming {
+                            Direction::In
+                        } else {
+                            Direction::Out
+                        },
                         limit,
                         since,
                         order: match order {

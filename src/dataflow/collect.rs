@@ -42,43 +42,47 @@ pub(crate) fn collect<'s>(
     worker: usize,
     emit: Emitter,
 ) -> StreamVec<'s, u64, ()> {
-    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "collect", move |_cap, _info| {
-        let mut pending: BTreeMap<u64, Vec<(ToStore, isize)>> = BTreeMap::new();
-        let mut reported: Option<u64> = None;
-        move |(input, frontier), _output| {
-            input.for_each(|_cap, data| {
-                for (x, t, d) in data.drain(..) {
-                    pending.entry(t).or_default().push((x, d));
+    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "collect",
+        move |_cap, _info| {
+            let mut pending: BTreeMap<u64, Vec<(ToStore, isize)>> = BTreeMap::new();
+            let mut reported: Option<u64> = None;
+            move |(input, frontier), _output| {
+                input.for_each(|_cap, data| {
+                    for (x, t, d) in data.drain(..) {
+                        pending.entry(t).or_default().push((x, d));
+                    }
+                });
+                let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if t >= upto {
+                        break;
+                    }
+                    let Some((t, updates)) = pending.pop_first() else {
+                        break;
+                    };
+                    // Time 0 rebuilds state from the store: nothing to write back.
+                    if t == 0 {
+                        continue;
+                    }
+                    let (changes, progress) = to_changes(updates, &names);
+                    if !changes.is_empty() || progress != Progress::default() {
+                        emit(Emitted::Data {
+                            epoch: t,
+                            changes,
+                            dead_letters: Vec::new(),
+                            progress,
+                        });
+                    }
                 }
-            });
-            let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-            while let Some((&t, _)) = pending.first_key_value() {
-                if t >= upto {
-                    break;
-                }
-                let Some((t, updates)) = pending.pop_first() else {
-                    break;
-                };
-                // Time 0 rebuilds state from the store: nothing to write back.
-                if t == 0 {
-                    continue;
-                }
-                let (changes, progress) = to_changes(updates, &names);
-                if !changes.is_empty() || progress != Progress::default() {
-                    emit(Emitted::Data {
-                        epoch: t,
-                        changes,
-                        dead_letters: Vec::new(),
-                        progress,
-                    });
+                if reported != Some(upto) {
+                    reported = Some(upto);
+                    emit(Emitted::Frontier { worker, upto });
                 }
             }
-            if reported != Some(upto) {
-                reported = Some(upto);
-                emit(Emitted::Frontier { worker, upto });
-            }
-        }
-    })
+        },
+    )
 }
 
 fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Progress) {

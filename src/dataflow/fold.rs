@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use differential_dataflow::Hashable;
 
@@ -39,8 +39,11 @@ struct Entry {
 
 impl Entry {
     fn deadline(&self) -> Option<i64> {
-        self.retention
-            .map(|r| self.rec.last_seen.saturating_add(r.min(i64::MAX as u64) as i64))
+        self.retention.map(|r| {
+            self.rec
+                .last_seen
+                .saturating_add(r.min(i64::MAX as u64) as i64)
+        })
     }
 }
 
@@ -53,53 +56,57 @@ pub(crate) fn fold<'s>(
     name: &str,
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
     let exchange = Exchange::new(|op: &Op| op.key.hashed());
-    ops.binary_frontier(
-        watermarks,
-        exchange,
-        Pipeline,
-        name,
-        move |_cap, _info| {
-            let mut state: HashMap<RecKey, Entry> = HashMap::new();
-            let mut expiry: BTreeSet<(i64, RecKey)> = BTreeSet::new();
-            let mut stash: BTreeMap<u64, (Option<timely::dataflow::operators::Capability<u64>>, Vec<Op>, i64)> =
-                BTreeMap::new();
-            let mut watermark = initial_watermark;
-            move |(input, frontier), (wms, wm_frontier), output| {
-                input.for_each(|cap, data| {
-                    let Some(&t) = cap.least() else { return };
-                    let slot = stash.entry(t).or_insert_with(|| (None, Vec::new(), i64::MIN));
-                    if slot.0.is_none() {
-                        slot.0 = cap.retain_least(output.output_index());
-                    }
-                    slot.1.append(data);
-                });
-                wms.for_each(|cap, data| {
-                    let Some(&t) = cap.least() else { return };
-                    let slot = stash.entry(t).or_insert_with(|| (None, Vec::new(), i64::MIN));
-                    for w in data.drain(..) {
-                        slot.2 = slot.2.max(w);
-                    }
-                });
-                // Process every stashed time that both frontiers have passed, in order.
-                while let Some((&t, _)) = stash.first_key_value() {
-                    if frontier.less_equal(&t) || wm_frontier.less_equal(&t) {
-                        break;
-                    }
-                    let Some((_, (cap, mut ops, wm))) = stash.pop_first() else {
-                        break;
-                    };
-                    watermark = watermark.max(wm);
-                    let mut out: Vec<(Folded, u64, isize)> = Vec::new();
-                    apply_time(&mut state, &mut expiry, &mut ops, watermark, t, &mut out);
-                    if let Some(cap) = cap
-                        && !out.is_empty()
-                    {
-                        output.session(&cap).give_iterator(out.into_iter());
-                    }
+    ops.binary_frontier(watermarks, exchange, Pipeline, name, move |_cap, _info| {
+        let mut state: HashMap<RecKey, Entry> = HashMap::new();
+        let mut expiry: BTreeSet<(i64, RecKey)> = BTreeSet::new();
+        let mut stash: BTreeMap<
+            u64,
+            (
+                Option<timely::dataflow::operators::Capability<u64>>,
+                Vec<Op>,
+                i64,
+            ),
+        > = BTreeMap::new();
+        let mut watermark = initial_watermark;
+        move |(input, frontier), (wms, wm_frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&t) = cap.least() else { return };
+                let slot = stash
+                    .entry(t)
+                    .or_insert_with(|| (None, Vec::new(), i64::MIN));
+                if slot.0.is_none() {
+                    slot.0 = cap.retain_least(output.output_index());
+                }
+                slot.1.append(data);
+            });
+            wms.for_each(|cap, data| {
+                let Some(&t) = cap.least() else { return };
+                let slot = stash
+                    .entry(t)
+                    .or_insert_with(|| (None, Vec::new(), i64::MIN));
+                for w in data.drain(..) {
+                    slot.2 = slot.2.max(w);
+                }
+            });
+            // Process every stashed time that both frontiers have passed, in order.
+            while let Some((&t, _)) = stash.first_key_value() {
+                if frontier.less_equal(&t) || wm_frontier.less_equal(&t) {
+                    break;
+                }
+                let Some((_, (cap, mut ops, wm))) = stash.pop_first() else {
+                    break;
+                };
+                watermark = watermark.max(wm);
+                let mut out: Vec<(Folded, u64, isize)> = Vec::new();
+                apply_time(&mut state, &mut expiry, &mut ops, watermark, t, &mut out);
+                if let Some(cap) = cap
+                    && !out.is_empty()
+                {
+                    output.session(&cap).give_iterator(out.into_iter());
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 /// Applies the ops of time `t` and expires what `watermark` ends.
@@ -147,10 +154,7 @@ fn apply_time(
                 }
                 kind => {
                     if let Some(r) = op.retention
-                        && op
-                            .time
-                            .saturating_add(r.min(i64::MAX as u64) as i64)
-                            <= op.wm
+                        && op.time.saturating_add(r.min(i64::MAX as u64) as i64) <= op.wm
                     {
                         late += 1;
                         continue;
@@ -234,7 +238,14 @@ mod tests {
     }
 
     fn assert_op(key: &str, seq: u64, wm: i64, time: i64, props: &str) -> Op {
-        op(key, seq, wm, time, Some(10), OpKind::Assert(CompactString::from(props)))
+        op(
+            key,
+            seq,
+            wm,
+            time,
+            Some(10),
+            OpKind::Assert(CompactString::from(props)),
+        )
     }
 
     #[test]

@@ -36,14 +36,14 @@ pub(crate) fn stitch<'s>(
         })
         .map(|(x, _)| x);
     // An identifier's first_seen: the earliest first_seen of its live links.
-    let first_seen = sym
-        .map(|(x, (_, fs))| (x, fs))
-        .reduce_named("identity.first_seen", |_x, input, output| {
-            // Inputs arrive sorted by value: the first is the earliest.
-            if let Some((fs, _)) = input.first() {
-                output.push((**fs, 1));
-            }
-        });
+    let first_seen =
+        sym.map(|(x, (_, fs))| (x, fs))
+            .reduce_named("identity.first_seen", |_x, input, output| {
+                // Inputs arrive sorted by value: the first is the earliest.
+                if let Some((fs, _)) = input.first() {
+                    output.push((**fs, 1));
+                }
+            });
     // Links between non-hubs only (the neighbour relation is symmetric).
     let stitch_edges = neighbours
         .antijoin(hubs.clone())
@@ -56,7 +56,15 @@ pub(crate) fn stitch<'s>(
         .map(|(x, fs)| (x.clone(), (fs, x)));
     let components = propagate(stitch_edges, labels);
     components
-        .map(|(x, (_, cluster))| (x, ClusterOf { cluster, hub: false }))
+        .map(|(x, (_, cluster))| {
+            (
+                x,
+                ClusterOf {
+                    cluster,
+                    hub: false,
+                },
+            )
+        })
         .concat(hubs.map(|h| {
             (
                 h.clone(),

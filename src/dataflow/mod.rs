@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use compact_str::CompactString;
 use thiserror::Error;
+use timely::dataflow::operators::Input;
 use timely::dataflow::operators::core::{Concatenate, Enter, Leave, Probe};
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::Input;
 
 use differential_dataflow::AsCollection;
 
@@ -190,13 +190,8 @@ fn run_worker(
         }
         let identity_config = Arc::new(plan.identity.clone());
         let clusters = scope.region_named("identity", |region| {
-            let links = scope
-                .concatenate(links)
-                .enter(region)
-                .as_collection();
-            identity::stitch(links, identity_config)
-                .inner
-                .leave(scope)
+            let links = scope.concatenate(links).enter(region).as_collection();
+            identity::stitch(links, identity_config).inner.leave(scope)
         });
         to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
         let all = scope.concatenate(to_store);
@@ -218,8 +213,7 @@ fn run_worker(
                 .enumerate()
                 .map(|(i, d)| (d.name.as_str(), i))
                 .collect();
-            let retentions: Vec<Retentions> =
-                plan.dataflows.iter().map(Retentions::new).collect();
+            let retentions: Vec<Retentions> = plan.dataflows.iter().map(Retentions::new).collect();
             for c in contributions {
                 let c = c.map_err(DataflowError::Rebuild)?;
                 let (dataflow, key, record) = match c {
@@ -271,7 +265,10 @@ fn run_worker(
             .iter()
             .position(|d| d.name == s.dataflow())
             .ok_or_else(|| DataflowError::UnknownDataflow(s.dataflow().to_string()))?;
-        let feeder = Feeder::new(plan.dataflows[i].clone(), initial_wm(&plan.dataflows[i].name));
+        let feeder = Feeder::new(
+            plan.dataflows[i].clone(),
+            initial_wm(&plan.dataflows[i].name),
+        );
         mine.push((s, i, feeder, 0));
     }
 
@@ -322,9 +319,13 @@ fn run_worker(
                         reason,
                     }),
                 }
-                progress
-                    .positions
-                    .insert((CompactString::from(d.name.as_str()), src.partition_key(r.partition)), r.offset);
+                progress.positions.insert(
+                    (
+                        CompactString::from(d.name.as_str()),
+                        src.partition_key(r.partition),
+                    ),
+                    r.offset,
+                );
             }
             if feeder.watermark > i64::MIN {
                 p.watermark = Some(feeder.watermark);

@@ -138,7 +138,12 @@ impl Feeder {
         }
         for (rule, a, b) in ev.links {
             let ret = self.plan.identity[rule].retention;
-            push_scratch(&mut self.scratch, RecKey::Link(a, b), ret, CompactString::default());
+            push_scratch(
+                &mut self.scratch,
+                RecKey::Link(a, b),
+                ret,
+                CompactString::default(),
+            );
         }
         for (key, (retention, props)) in std::mem::take(&mut self.scratch) {
             let kind = if ev.delete {
@@ -201,7 +206,11 @@ mod tests {
 
     #[test]
     fn merged_props_later_rule_wins() {
-        let m = merge_props(vec![r#"{"a":1,"b":2}"#.into(), r#"{"b":3}"#.into(), "".into()]);
+        let m = merge_props(vec![
+            r#"{"a":1,"b":2}"#.into(),
+            r#"{"b":3}"#.into(),
+            "".into(),
+        ]);
         assert_eq!(m, r#"{"a":1,"b":3}"#);
         assert_eq!(merge_props(vec!["".into(), "".into()]), "");
         assert_eq!(merge_props(vec![r#"{"x":true}"#.into()]), r#"{"x":true}"#);

@@ -109,13 +109,14 @@ impl Source for FileSource {
                 continue;
             };
             self.buf.clear();
-            let read = reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| SourceError::Read {
-                    path: self.files[self.current].display().to_string(),
-                    line: self.line,
-                    source,
-                })?;
+            let read =
+                reader
+                    .read_until(b'\n', &mut self.buf)
+                    .map_err(|source| SourceError::Read {
+                        path: self.files[self.current].display().to_string(),
+                        line: self.line,
+                        source,
+                    })?;
             if read == 0 {
                 self.reader = None;
                 self.current += 1;
