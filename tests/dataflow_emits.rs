@@ -1,0 +1,152 @@
+//! The dataflow layer alone: events in, emitted changes out, on 1 and 2
+//! workers, with every time complete before its frontier report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rdg::dataflow::{self, Emitted, RunConfig, Start};
+use rdg::model::{Change, ClusterOf};
+use rdg::source::{Poll, RawRecord, Source, SourceError};
+
+struct Lines {
+    dataflow: String,
+    lines: Vec<String>,
+    next: usize,
+}
+
+impl Source for Lines {
+    fn dataflow(&self) -> &str {
+        &self.dataflow
+    }
+    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+        if self.next >= self.lines.len() {
+            return Ok(Poll::Done);
+        }
+        let end = (self.next + max).min(self.lines.len());
+        for i in self.next..end {
+            out.push(RawRecord {
+                partition: 0,
+                offset: i as u64 + 1,
+                payload: self.lines[i].clone().into_bytes(),
+            });
+        }
+        self.next = end;
+        Ok(Poll::Ready)
+    }
+    fn describe(&self, _p: u32, o: u64) -> String {
+        format!("{}.jsonl:{o}", self.dataflow)
+    }
+    fn partition_key(&self, _p: u32) -> String {
+        format!("{}.jsonl", self.dataflow)
+    }
+}
+
+fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
+    let plan = Arc::new(
+        rdg::spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dataflows"))
+            .expect("shipped definitions load"),
+    );
+    let login: Vec<String> = vec![
+        r#"{"ts": 100, "result": "success", "account_id": "a1", "device_id": "d1", "email_sha256": "e1"}"#,
+        r#"{"ts": 101, "result": "success", "account_id": "a2", "device_id": "d1"}"#,
+        r#"{"ts": 102, "result": "failure", "account_id": "a3", "device_id": "d3"}"#,
+        r#"not json"#,
+        r#"{"ts": 103, "result": "success", "account_id": "a3", "device_id": "d3"}"#,
+        r#"{"ts": 104, "result": "success", "op": "delete", "account_id": "a3", "device_id": "d3"}"#,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let sources: dataflow::SourceFactory = Arc::new(move |index, _peers| {
+        Ok(if index == 0 {
+            vec![Box::new(Lines {
+                dataflow: "login".into(),
+                lines: login.clone(),
+                next: 0,
+            }) as Box<dyn Source>]
+        } else {
+            vec![]
+        })
+    });
+    let state: Arc<Mutex<(BTreeMap<String, Change>, usize)>> = Arc::default();
+    let seen = state.clone();
+    let emit: dataflow::Emitter = Arc::new(move |e| {
+        let mut s = seen.lock().unwrap();
+        if let Emitted::Data {
+            changes,
+            dead_letters,
+            ..
+        } = e
+        {
+            s.1 += dead_letters.len();
+            for c in changes {
+                let key = match &c {
+                    Change::Node { id, dataflow, .. } => format!("node {id} {dataflow}"),
+                    Change::Edge {
+                        edge_type,
+                        from,
+                        to,
+                        ..
+                    } => format!("edge {edge_type} {from} {to}"),
+                    Change::Link { a, b, .. } => format!("link {a} {b}"),
+                    Change::Cluster { id, .. } => format!("cluster {id}"),
+                    Change::Member { cluster, member, .. } => format!("member {cluster} {member}"),
+                };
+                s.0.insert(key, c);
+            }
+        }
+    });
+    let start = Arc::new(Start {
+        watermarks: BTreeMap::new(),
+        contributions: Mutex::new(None),
+    });
+    let config = RunConfig {
+        workers,
+        batch,
+        ..RunConfig::default()
+    };
+    dataflow::run(config, plan, start, sources, emit).expect("run");
+    let s = state.lock().unwrap();
+    (s.0.clone(), s.1)
+}
+
+#[test]
+fn login_events_become_nodes_edges_and_clusters() {
+    for (workers, batch) in [(1, 100), (2, 1), (2, 3)] {
+        let (changes, dead) = run(workers, batch);
+        assert_eq!(dead, 1, "workers {workers} batch {batch}");
+        let cluster = |id: &str| match changes.get(&format!("cluster {id}")) {
+            Some(Change::Cluster { cluster, .. }) => cluster.clone(),
+            other => panic!("no cluster change for {id}: {other:?}"),
+        };
+        let c = |s: &str| {
+            Some(ClusterOf {
+                cluster: s.into(),
+                hub: false,
+            })
+        };
+        // a1, d1, e1 and a2 are one person; a1 was seen first.
+        assert_eq!(cluster("account:a1"), c("account:a1"));
+        assert_eq!(cluster("device:d1"), c("account:a1"));
+        assert_eq!(cluster("account:a2"), c("account:a1"));
+        assert_eq!(cluster("email:e1"), c("account:a1"));
+        // a3 -- d3 was linked, then deleted: no cluster left.
+        assert_eq!(cluster("account:a3"), None);
+        match changes.get("edge logged_in_from account:a3 device:d3") {
+            Some(Change::Edge { record, .. }) => assert_eq!(record, &None),
+            other => panic!("{other:?}"),
+        }
+        match changes.get("edge logged_in_from account:a1 device:d1") {
+            Some(Change::Edge {
+                record: Some(r),
+                reverse,
+                ..
+            }) => {
+                assert!(*reverse);
+                assert_eq!((r.count, r.first_seen), (1, 100_000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
