@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Replay benchmark: generate N events, replay them into a fresh state with
+# W workers, report events/s and peak resident memory.
+#   scripts/bench-replay.sh [EVENTS] [WORKERS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-1000000}
+workers=${2:-2}
+work=${BENCH_DIR:-target/bench-replay}
+cargo build --release --quiet
+bin=target/release/rdg
+rm -rf "$work/state" && mkdir -p "$work"
+if [ ! -f "$work/events-$events/playback.jsonl" ]; then
+  "$bin" gen --events "$events" --seed 7 --out "$work/events-$events" >/dev/null
+fi
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; events=$events workers=$workers"
+/usr/bin/time -f "peak_rss_kb=%M wall_s=%e" "$bin" replay --workers "$workers" --state "$work/state" --json \
+  "$work/events-$events"/playback.jsonl "$work/events-$events"/gaming.jsonl "$work/events-$events"/login.jsonl \
+  2> "$work/time.txt" | tee "$work/summary.json"
+cat "$work/time.txt"
+python3 - "$work/summary.json" "$work/time.txt" <<'PY'
+import json, re, sys
+s = json.load(open(sys.argv[1]))
+rss = int(re.search(r"peak_rss_kb=(\d+)", open(sys.argv[2]).read()).group(1)) * 1024
+print(f"events/s {s['events_per_s']:.0f}; live edges {s['edges']}; peak RSS {rss/2**20:.0f} MiB"
+      f" = {rss/max(s['edges'],1):.0f} bytes per live edge")
+PY
