@@ -18,7 +18,7 @@ use super::plan::{
     NodeRule, Plan, TimeField, TimeUnit,
 };
 use super::problem::{Problem, one_of};
-use super::reader::{FileCx, Span, Table, Val, name_problem};
+use super::reader::{FileCx, Span, Table, Val, article, name_problem};
 
 /// Where something was declared, for messages that point back at it.
 #[derive(Clone, Debug)]
@@ -84,11 +84,11 @@ const EDGE_KEYS: [&str; 8] = [
 const IDENTITY_KEYS: [&str; 4] = ["ids", "retention", "when", "required"];
 const IDREF_KEYS: [&str; 2] = ["type", "id"];
 const TIME_KEYS: [&str; 2] = ["field", "unit"];
+const SETTINGS_KEYS: [&str; 3] = ["blocklist", "max_links", "max_links_by_type"];
 const UNITS: [&str; 3] = ["s", "ms", "us"];
 
 const IDREF_EXAMPLE: &str = "{ type = \"profile\", id = \"profile_id\" }";
-const IDS_EXAMPLE: &str =
-    "ids = [{ type = \"account\", id = \"account_id\" }, { type = \"device\", id = \"device_id\" }]";
+const IDS_EXAMPLE: &str = "ids = [{ type = \"account\", id = \"account_id\" }, { type = \"device\", id = \"device_id\" }]";
 
 /// A hint for a missing required key.
 fn required_hint(key: &str) -> Option<String> {
@@ -99,7 +99,8 @@ fn required_hint(key: &str) -> Option<String> {
             .to_string(),
         "type" => "e.g. `type = \"profile\"`".to_string(),
         "id" => "name the field holding the id, e.g. `id = \"profile_id\"`".to_string(),
-        "from" | "to" => format!("e.g. `{key} = {IDREF_EXAMPLE}`"),
+        "from" => format!("e.g. `from = {IDREF_EXAMPLE}`"),
+        "to" => "e.g. `to = { type = \"title\", id = \"title_id\" }`".to_string(),
         "ids" => format!("e.g. `{IDS_EXAMPLE}`"),
         "field" => "e.g. `field = \"ts\"`".to_string(),
         _ => return None,
@@ -110,8 +111,13 @@ fn required_hint(key: &str) -> Option<String> {
 /// Looks up a required key, recording a problem when it is missing.
 fn required<'a, 'i>(cx: &mut FileCx<'_>, t: &Table<'a, 'i>, key: &str) -> Option<&'a Val<'i>> {
     let v = t.get(key);
-    if v.is_none() {
-        cx.missing(t, key, required_hint(key));
+    if v.is_none() && !t.misspells(key) {
+        let hint = if key == "type" && t.what == "[[edges]]" {
+            Some("e.g. `type = \"watched\"`".to_string())
+        } else {
+            required_hint(key)
+        };
+        cx.missing(t, key, hint);
     }
     v
 }
@@ -129,7 +135,10 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
         cx.error(
             None,
             format!("{message} (the dataflow name is the file name without `.toml`)"),
-            Some("rename the file; use letters, digits, `_` or `-`, e.g. `playback.toml`".to_string()),
+            Some(
+                "rename the file; use letters, digits, `_` or `-`, e.g. `playback.toml`"
+                    .to_string(),
+            ),
         );
     }
     let Some(doc) = cx.parse(text) else {
@@ -140,18 +149,27 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
         map: &doc,
         span: 0..0,
         what: "a definition".to_string(),
+        known: &TOP_KEYS,
     };
-    top.check_keys(&mut cx, &TOP_KEYS);
+    top.check_keys(&mut cx);
 
     let source = read_source(&mut cx, &top);
     if let Some((topic, span)) = &source.topic {
         out.topic = Some((topic.clone(), Site::of(&cx, span)));
     }
 
-    let node_tables = rule_tables(&mut cx, &top, "nodes", "node");
-    let edge_tables = rule_tables(&mut cx, &top, "edges", "edge");
-    let identity_tables = rule_tables(&mut cx, &top, "identity", "identity");
-    if node_tables.is_empty() && edge_tables.is_empty() && identity_tables.is_empty() {
+    let node_tables = rule_tables(&mut cx, &top, "nodes", "node", &NODE_KEYS);
+    let edge_tables = rule_tables(&mut cx, &top, "edges", "edge", &EDGE_KEYS);
+    let identity_tables = rule_tables(&mut cx, &top, "identity", "identity", &IDENTITY_KEYS);
+    // A rule key that is present but not an array of tables already has its
+    // problem; so has a misspelt one.
+    let rules_written = ["nodes", "edges", "identity"].iter().any(|k| {
+        top.misspells(k)
+            || top
+                .get(k)
+                .is_some_and(|v| v.get_ref().as_array().is_none_or(|a| !a.is_empty()))
+    });
+    if !rules_written {
         cx.error(
             None,
             "definition has no rules".to_string(),
@@ -218,10 +236,16 @@ struct Source {
 fn read_source(cx: &mut FileCx<'_>, top: &Table<'_, '_>) -> Source {
     let mut out = Source::default();
     let Some(v) = top.get("source") else {
+        if top.misspells("source") {
+            return out;
+        }
         cx.error(
             None,
             "missing required table [source]".to_string(),
-            Some("start the definition with a [source] table naming its `topic` and `event_time`".to_string()),
+            Some(
+                "start the definition with a [source] table naming its `topic` and `event_time`"
+                    .to_string(),
+            ),
         );
         return out;
     };
@@ -230,10 +254,11 @@ fn read_source(cx: &mut FileCx<'_>, top: &Table<'_, '_>) -> Source {
         "source",
         "[source]",
         "write a single `[source]` table with `topic` and `event_time`",
+        &SOURCE_KEYS,
     ) else {
         return out;
     };
-    s.check_keys(cx, &SOURCE_KEYS);
+    s.check_keys(cx);
 
     if let Some(v) = required(cx, &s, "topic")
         && let Some(topic) = cx.string(v, "topic")
@@ -263,6 +288,7 @@ fn read_source(cx: &mut FileCx<'_>, top: &Table<'_, '_>) -> Source {
             "kafka",
             "[source.kafka]",
             "write librdkafka settings as a table, e.g. `[source.kafka]` then `\"fetch.min.bytes\" = \"1\"`",
+            &[],
         )
     {
         for (key, value) in k.map.iter() {
@@ -310,8 +336,9 @@ fn event_time(cx: &mut FileCx<'_>, v: &Val<'_>) -> Option<TimeField> {
                 map,
                 span: v.span(),
                 what: "`event_time`".to_string(),
+                known: &TIME_KEYS,
             };
-            t.check_keys(cx, &TIME_KEYS);
+            t.check_keys(cx);
             let path = required(cx, &t, "field").and_then(|f| cx.field_path(f, "field"));
             let unit = match t.get("unit") {
                 None => Some(TimeUnit::Millis),
@@ -356,6 +383,7 @@ fn rule_tables<'a, 'i>(
     top: &Table<'a, 'i>,
     key: &str,
     kind: &str,
+    known: &'static [&'static str],
 ) -> Vec<Table<'a, 'i>> {
     let Some(v) = top.get(key) else {
         return Vec::new();
@@ -372,8 +400,16 @@ fn rule_tables<'a, 'i>(
                 map,
                 span: item.span(),
                 what: format!("[[{key}]]"),
+                known,
             }),
-            _ => cx.wrong_type(item, key, "an array of tables", Some(hint.clone())),
+            other => cx.error(
+                Some(&item.span()),
+                format!(
+                    "each entry of `{key}` must be a table, not {}",
+                    article(other)
+                ),
+                Some(hint.clone()),
+            ),
         }
     }
     out
@@ -469,6 +505,7 @@ fn props(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> Option<Vec<(String, FieldPat
         "props",
         "`props`",
         "props map a prop name to a field path, e.g. `props = { country = \"geo.country\" }`",
+        &[],
     )?;
     let mut out = Vec::new();
     let mut ok = true;
@@ -494,8 +531,14 @@ fn props(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> Option<Vec<(String, FieldPat
 /// `{ type = "profile", id = "profile_id" }` of an edge or identity rule,
 /// with the span of its type.
 fn id_ref(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str, what: &str) -> Option<(IdRef, Span)> {
-    let t = cx.table(v, key, what, &format!("e.g. `{key} = {IDREF_EXAMPLE}`"))?;
-    t.check_keys(cx, &IDREF_KEYS);
+    let t = cx.table(
+        v,
+        key,
+        what,
+        &format!("e.g. `{key} = {IDREF_EXAMPLE}`"),
+        &IDREF_KEYS,
+    )?;
+    t.check_keys(cx);
     let ty = required(cx, &t, "type").map(|v| (cx.type_name(v, "type"), v.span()));
     let path = required(cx, &t, "id").and_then(|v| cx.field_path(v, "id"));
     let (Some(node_type), span) = ty? else {
@@ -511,7 +554,7 @@ fn id_ref(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str, what: &str) -> Option<(Id
 }
 
 fn node_rule(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> (Option<NodeRule>, Option<RetentionSeen>) {
-    t.check_keys(cx, &NODE_KEYS);
+    t.check_keys(cx);
     let ty = required(cx, t, "type").map(|v| (cx.type_name(v, "type"), v.span()));
     let id = required(cx, t, "id").and_then(|v| cx.field_path(v, "id"));
     let props = props(cx, t);
@@ -521,7 +564,9 @@ fn node_rule(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> (Option<NodeRule>, Optio
         (Some((Some(node_type), type_span)), Some(ms)) => Some((
             node_type.clone(),
             (*ms, c.retention_text.clone()),
-            c.retention_span.clone().unwrap_or_else(|| type_span.clone()),
+            c.retention_span
+                .clone()
+                .unwrap_or_else(|| type_span.clone()),
         )),
         _ => None,
     };
@@ -542,7 +587,7 @@ fn edge_rule(
     cx: &mut FileCx<'_>,
     t: &Table<'_, '_>,
 ) -> (Option<EdgeRule>, Option<EdgeDecl>, Option<RetentionSeen>) {
-    t.check_keys(cx, &EDGE_KEYS);
+    t.check_keys(cx);
     let ty = required(cx, t, "type").map(|v| (cx.type_name(v, "type"), v.span()));
     let from = required(cx, t, "from").and_then(|v| id_ref(cx, v, "from", "`from` of [[edges]]"));
     let to = required(cx, t, "to").and_then(|v| id_ref(cx, v, "to", "`to` of [[edges]]"));
@@ -567,7 +612,9 @@ fn edge_rule(
         (Some((Some(edge_type), type_span)), Some(ms)) => Some((
             edge_type.clone(),
             (*ms, c.retention_text.clone()),
-            c.retention_span.clone().unwrap_or_else(|| type_span.clone()),
+            c.retention_span
+                .clone()
+                .unwrap_or_else(|| type_span.clone()),
         )),
         _ => None,
     };
@@ -587,12 +634,24 @@ fn edge_rule(
 }
 
 fn identity_rule(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> Option<IdentityRule> {
-    t.check_keys(cx, &IDENTITY_KEYS);
+    t.check_keys(cx);
     let ids = required(cx, t, "ids").and_then(|v| {
         let items = cx.array(v, "ids", Some(format!("e.g. `{IDS_EXAMPLE}`")))?;
         let mut refs = Vec::new();
         let mut ok = true;
         for item in &items {
+            if !item.get_ref().is_table() {
+                cx.error(
+                    Some(&item.span()),
+                    format!(
+                        "each entry of `ids` must be a table, not {}",
+                        article(item.get_ref())
+                    ),
+                    Some(format!("e.g. `{IDS_EXAMPLE}`")),
+                );
+                ok = false;
+                continue;
+            }
             match id_ref(cx, item, "ids", "an `ids` entry of [[identity]]") {
                 Some((r, _)) => refs.push(r),
                 None => ok = false,
@@ -601,11 +660,10 @@ fn identity_rule(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> Option<IdentityRule>
         if items.len() < 2 {
             cx.error(
                 Some(&v.span()),
-                format!(
-                    "identity rule needs at least 2 ids, found {}",
-                    items.len()
-                ),
-                Some(format!("an identity rule links the ids one event carries, e.g. `{IDS_EXAMPLE}`")),
+                format!("identity rule needs at least 2 ids, found {}", items.len()),
+                Some(format!(
+                    "an identity rule links the ids one event carries, e.g. `{IDS_EXAMPLE}`"
+                )),
             );
             return None;
         }
@@ -653,9 +711,10 @@ pub(crate) fn read_settings(file: &Path, text: &str) -> (Option<IdentityConfig>,
             "identity",
             "[identity]",
             "write an `[identity]` table with `blocklist`, `max_links`, `max_links_by_type`",
+            &SETTINGS_KEYS,
         )
     {
-        t.check_keys(&mut cx, &["blocklist", "max_links", "max_links_by_type"]);
+        t.check_keys(&mut cx);
         if let Some(v) = t.get("blocklist")
             && let Some(items) = cx.array(
                 v,
@@ -665,8 +724,18 @@ pub(crate) fn read_settings(file: &Path, text: &str) -> (Option<IdentityConfig>,
         {
             let mut list = BTreeSet::new();
             for item in items {
-                if let Some(s) = cx.string(item, "blocklist") {
-                    list.insert(s);
+                match item.get_ref() {
+                    DeValue::String(s) => {
+                        list.insert(s.to_string());
+                    }
+                    other => cx.error(
+                        Some(&item.span()),
+                        format!("blocklist entries must be strings, not {}", article(other)),
+                        Some(
+                            "quote each id value, e.g. `blocklist = [\"\", \"0\", \"unknown\"]`"
+                                .to_string(),
+                        ),
+                    ),
                 }
             }
             config.blocklist = list;
@@ -682,6 +751,7 @@ pub(crate) fn read_settings(file: &Path, text: &str) -> (Option<IdentityConfig>,
                 "max_links_by_type",
                 "`max_links_by_type`",
                 "e.g. `max_links_by_type = { device = 20 }`",
+                &[],
             )
         {
             for (key, n) in by_type.map.iter() {
@@ -689,12 +759,18 @@ pub(crate) fn read_settings(file: &Path, text: &str) -> (Option<IdentityConfig>,
                     cx.error(
                         Some(&key.span()),
                         format!("{message} in `max_links_by_type`"),
-                        Some("the keys of `max_links_by_type` are node types, e.g. `device = 20`".to_string()),
+                        Some(
+                            "the keys of `max_links_by_type` are node types, e.g. `device = 20`"
+                                .to_string(),
+                        ),
                     );
                     continue;
                 }
-                if let Some(n) = at_least_one(&mut cx, n, key.get_ref()) {
-                    config.max_links_by_type.insert(key.get_ref().to_string(), n);
+                let label = format!("max_links_by_type.{}", key.get_ref());
+                if let Some(n) = at_least_one(&mut cx, n, &label) {
+                    config
+                        .max_links_by_type
+                        .insert(key.get_ref().to_string(), n);
                 }
             }
         }
@@ -705,16 +781,12 @@ pub(crate) fn read_settings(file: &Path, text: &str) -> (Option<IdentityConfig>,
 
 /// A hub threshold: an integer of at least 1.
 fn at_least_one(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str) -> Option<u64> {
-    let n = cx.unsigned(v, key)?;
-    if n < 1 {
-        cx.error(
-            Some(&v.span()),
-            format!("`{key}` must be at least 1, not {n}"),
-            Some("an identifier with more distinct live neighbours than this is a hub; 1 or more".to_string()),
-        );
-        return None;
-    }
-    Some(n)
+    cx.integer_at_least(
+        v,
+        key,
+        1,
+        "an identifier with more distinct live neighbours than this is a hub; use 1 or more",
+    )
 }
 
 /// Checks across definitions: one definition per topic, one pair of endpoint
@@ -744,9 +816,7 @@ pub(crate) fn cross_check(defs: &[(String, &Definition)]) -> Vec<Problem> {
                 None => {
                     edge_types.insert(&e.edge_type, e);
                 }
-                Some(first)
-                    if first.from_type != e.from_type || first.to_type != e.to_type =>
-                {
+                Some(first) if first.from_type != e.from_type || first.to_type != e.to_type => {
                     problems.push(e.site.problem(
                         format!(
                             "edge type `{}` goes from `{}` to `{}` here, but from `{}` to `{}` at {}:{}",
@@ -769,7 +839,11 @@ pub(crate) fn cross_check(defs: &[(String, &Definition)]) -> Vec<Problem> {
 }
 
 /// The plan of definitions that all passed every check.
-pub(crate) fn assemble(mut dataflows: Vec<DataflowPlan>, edges: &[EdgeDecl], identity: IdentityConfig) -> Plan {
+pub(crate) fn assemble(
+    mut dataflows: Vec<DataflowPlan>,
+    edges: &[EdgeDecl],
+    identity: IdentityConfig,
+) -> Plan {
     dataflows.sort_by(|a, b| a.name.cmp(&b.name));
     let mut edge_types: BTreeMap<String, EdgeType> = BTreeMap::new();
     for e in edges {

@@ -27,8 +27,9 @@ pub(crate) fn condition(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str) -> Option<C
         map,
         span: v.span(),
         what: "a condition".to_string(),
+        known: &KEYS,
     };
-    t.check_keys(cx, &KEYS);
+    t.check_keys(cx);
 
     let mut ops: Vec<(&str, usize)> = OPERATORS
         .iter()
@@ -63,10 +64,16 @@ pub(crate) fn condition(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str) -> Option<C
     match op {
         "equals" | "in" | "exists" => {
             let Some(field) = t.get("field") else {
+                if t.misspells("field") {
+                    return None;
+                }
                 cx.error(
                     Some(&t.span),
                     format!("condition with `{op}` needs a `field`"),
-                    Some(format!("e.g. `{{ field = \"event\", {op} = {} }}`", example(op))),
+                    Some(format!(
+                        "e.g. `{{ field = \"event\", {op} = {} }}`",
+                        example(op)
+                    )),
                 );
                 return None;
             };
@@ -106,7 +113,10 @@ pub(crate) fn condition(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str) -> Option<C
                 cx.error(
                     Some(&operand.span()),
                     format!("`{op}` has no conditions"),
-                    Some(format!("list at least one condition, e.g. `{{ {op} = {} }}`", example(op))),
+                    Some(format!(
+                        "list at least one condition, e.g. `{{ {op} = {} }}`",
+                        example(op)
+                    )),
                 );
                 return None;
             }
@@ -141,7 +151,9 @@ fn in_values(cx: &mut FileCx<'_>, operand: &Val<'_>) -> Option<Vec<serde_json::V
         cx.error(
             Some(&operand.span()),
             "`in` has no values, so the condition never holds".to_string(),
-            Some("list the values to match, e.g. `in = [\"play_start\", \"play_stop\"]`".to_string()),
+            Some(
+                "list the values to match, e.g. `in = [\"play_start\", \"play_stop\"]`".to_string(),
+            ),
         );
         return None;
     }
@@ -229,7 +241,9 @@ mod tests {
             Ok(Condition::Not(Box::new(Condition::Exists(path("e"), true))))
         );
         assert_eq!(
-            read(r#"{ all = [{ field = "a", equals = 1 }, { any = [{ field = "b", equals = 2 }] }] }"#),
+            read(
+                r#"{ all = [{ field = "a", equals = 1 }, { any = [{ field = "b", equals = 2 }] }] }"#
+            ),
             Ok(Condition::All(vec![
                 Condition::Equals(path("a"), json!(1)),
                 Condition::Any(vec![Condition::Equals(path("b"), json!(2))]),
@@ -260,17 +274,23 @@ mod tests {
         };
         assert!(one(r#"{ field = "e" }"#).contains("condition has no operator"));
         assert!(one(r#"{ equals = "e" }"#).contains("condition with `equals` needs a `field`"));
-        assert!(one(r#"{ field = "e", not = { field = "x", exists = true } }"#)
-            .contains("`field` cannot be used with `not`"));
+        assert!(
+            one(r#"{ field = "e", not = { field = "x", exists = true } }"#)
+                .contains("`field` cannot be used with `not`")
+        );
         assert!(one(r#"{ field = "e", equals = 1979-05-27 }"#).contains("TOML datetime"));
         assert!(one(r#"{ field = "e", equals = nan }"#).contains("cannot be compared"));
         assert!(one(r#"{ field = "e", in = [] }"#).contains("`in` has no values"));
         assert!(one(r#"{ all = [] }"#).contains("`all` has no conditions"));
-        assert!(one(r#"{ field = "e", in = "x" }"#).contains("`in` must be an array, not a string"));
+        assert!(
+            one(r#"{ field = "e", in = "x" }"#).contains("`in` must be an array, not a string")
+        );
         assert!(one(r#"{ field = "e", exists = "yes" }"#).contains("`exists` must be a boolean"));
         assert!(one(r#"{ field = "a..b", exists = true }"#).contains("empty segment"));
         assert!(one(r#""event""#).contains("`when` must be a condition table, not a string"));
-        assert!(one(r#"{ feild = "e", equals = 1, field = "x" }"#).contains("did you mean `field`?"));
+        assert!(
+            one(r#"{ feild = "e", equals = 1, field = "x" }"#).contains("did you mean `field`?")
+        );
         assert!(one(r#"{ field = "e", equals = 99999999999999999999 }"#).contains("out of range"));
         // Problems in nested conditions are all reported.
         assert_eq!(

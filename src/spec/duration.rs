@@ -68,8 +68,14 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(parse_duration(""), Err("empty duration".to_string()));
-        assert_eq!(parse_duration("-5s"), Err("negative duration `-5s`".to_string()));
-        assert_eq!(parse_duration("5"), Err("duration `5` has no unit".to_string()));
+        assert_eq!(
+            parse_duration("-5s"),
+            Err("negative duration `-5s`".to_string())
+        );
+        assert_eq!(
+            parse_duration("5"),
+            Err("duration `5` has no unit".to_string())
+        );
         assert_eq!(
             parse_duration("5w"),
             Err("unknown unit `w` in duration `5w`".to_string())
@@ -89,10 +95,7 @@ mod tests {
             parse_duration("106751991167d"),
             Ok(106_751_991_167 * 86_400_000)
         );
-        assert_eq!(
-            parse_duration("9223372036854775807ms"),
-            Ok(i64::MAX as u64)
-        );
+        assert_eq!(parse_duration("9223372036854775807ms"), Ok(i64::MAX as u64));
         assert!(parse_duration("9223372036854775808ms").is_err());
     }
 }

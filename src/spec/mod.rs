@@ -35,21 +35,7 @@ const SETTINGS_FILE: &str = "rdg.toml";
 /// [`IdentityConfig::default`]).
 pub fn load(dir: &Path) -> Result<Plan, SpecErrors> {
     let mut problems = Vec::new();
-    let folder_problem = |message: String, hint: Option<String>| Problem {
-        file: dir.to_path_buf(),
-        line: None,
-        column: None,
-        message,
-        hint,
-    };
-    let files = match list_toml_files(dir) {
-        Ok(files) => files,
-        Err(p) => {
-            return Err(SpecErrors {
-                problems: vec![folder_problem(p.0, p.1)],
-            });
-        }
-    };
+    let files = list_toml_files(dir).map_err(|p| SpecErrors { problems: vec![p] })?;
 
     let mut identity = Some(IdentityConfig::default());
     let mut definitions = Vec::new();
@@ -78,6 +64,7 @@ pub fn load(dir: &Path) -> Result<Plan, SpecErrors> {
     let readable = files.iter().filter(|(n, _)| n != SETTINGS_FILE).count();
     if readable == 0 {
         problems.push(folder_problem(
+            dir,
             format!("no definitions in `{}`", dir.display()),
             Some(
                 "a definition is a `NAME.toml` file with a [source] table and rules; \
@@ -91,9 +78,7 @@ pub fn load(dir: &Path) -> Result<Plan, SpecErrors> {
     problems.extend(check::cross_check(&defs));
 
     if !problems.is_empty() {
-        problems.sort_by(|a, b| {
-            (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column))
-        });
+        problems.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(SpecErrors { problems });
     }
     let mut plans = Vec::new();
@@ -108,42 +93,39 @@ pub fn load(dir: &Path) -> Result<Plan, SpecErrors> {
 }
 
 /// The `*.toml` files of `dir` as (file name, path), sorted by name.
-fn list_toml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, (String, Option<String>)> {
+fn list_toml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Problem> {
+    let unreadable = |e: std::io::Error| {
+        folder_problem(
+            dir,
+            format!("cannot read definition folder `{}`: {e}", dir.display()),
+            None,
+        )
+    };
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err((
+            return Err(folder_problem(
+                dir,
                 format!("definition folder `{}` does not exist", dir.display()),
-                Some("pass the folder that holds the `*.toml` definitions, e.g. `dataflows`".to_string()),
+                Some(
+                    "pass the folder that holds the `*.toml` definitions, e.g. `dataflows`"
+                        .to_string(),
+                ),
             ));
         }
-        Err(e) => {
-            return Err((
-                format!("cannot read definition folder `{}`: {e}", dir.display()),
-                None,
-            ));
-        }
+        Err(e) => return Err(unreadable(e)),
     };
     if !meta.is_dir() {
-        return Err((
+        return Err(folder_problem(
+            dir,
             format!("`{}` is not a folder", dir.display()),
             Some("pass the folder that holds the `*.toml` definitions, not a file".to_string()),
         ));
     }
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        (
-            format!("cannot read definition folder `{}`: {e}", dir.display()),
-            None,
-        )
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(unreadable)?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| {
-            (
-                format!("cannot read definition folder `{}`: {e}", dir.display()),
-                None,
-            )
-        })?;
+        let entry = entry.map_err(unreadable)?;
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("toml") || !path.is_file() {
             continue;
@@ -160,6 +142,17 @@ fn list_toml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, (String, Option
     Ok(files)
 }
 
+/// A problem of the folder itself (no line).
+fn folder_problem(dir: &Path, message: String, hint: Option<String>) -> Problem {
+    Problem {
+        file: dir.to_path_buf(),
+        line: None,
+        column: None,
+        message,
+        hint,
+    }
+}
+
 /// The text of a file, or a problem (unreadable, not UTF-8).
 fn read_text(path: &Path) -> Result<String, Problem> {
     let problem = |line, column, message| Problem {
@@ -169,7 +162,8 @@ fn read_text(path: &Path) -> Result<String, Problem> {
         message,
         hint: None,
     };
-    let bytes = std::fs::read(path).map_err(|e| problem(None, None, format!("cannot read file: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| problem(None, None, format!("cannot read file: {e}")))?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         // The valid prefix is UTF-8 by definition.
@@ -177,7 +171,11 @@ fn read_text(path: &Path) -> Result<String, Problem> {
         let (line, column) = problem::LineIndex::new(&prefix).position(prefix.len());
         Problem {
             hint: Some("save the file as UTF-8".to_string()),
-            ..problem(Some(line), Some(column), "file is not valid UTF-8".to_string())
+            ..problem(
+                Some(line),
+                Some(column),
+                "file is not valid UTF-8".to_string(),
+            )
         }
     })
 }

@@ -76,19 +76,22 @@ impl<'s> FileCx<'s> {
         None
     }
 
-    /// Views `v` as a table, or records a type problem.
+    /// Views `v` as a table whose keys are `known` (empty: any key), or
+    /// records a type problem.
     pub(crate) fn table<'a, 'i>(
         &mut self,
         v: &'a Val<'i>,
         key: &str,
         what: &str,
         example: &str,
+        known: &'static [&'static str],
     ) -> Option<Table<'a, 'i>> {
         match v.get_ref() {
             DeValue::Table(t) => Some(Table {
                 map: t,
                 span: v.span(),
                 what: what.to_string(),
+                known,
             }),
             _ => {
                 self.wrong_type(v, key, "a table", Some(example.to_string()));
@@ -98,7 +101,13 @@ impl<'s> FileCx<'s> {
     }
 
     /// Records "`key` must be EXPECTED, not FOUND".
-    pub(crate) fn wrong_type(&mut self, v: &Val<'_>, key: &str, expected: &str, hint: Option<String>) {
+    pub(crate) fn wrong_type(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        expected: &str,
+        hint: Option<String>,
+    ) {
         let found = article(v.get_ref());
         let hint = match v.get_ref() {
             DeValue::Datetime(_) => Some(format!(
@@ -167,24 +176,38 @@ impl<'s> FileCx<'s> {
         }
     }
 
-    /// A non-negative integer that fits in a `u64`.
-    pub(crate) fn unsigned(&mut self, v: &Val<'_>, key: &str) -> Option<u64> {
-        match v.get_ref() {
-            DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    let shown = v.get_ref().as_integer().map(|i| i.to_string()).unwrap_or_default();
-                    let message = if shown.starts_with('-') {
-                        format!("`{key}` must not be negative, found {shown}")
-                    } else {
-                        format!("`{key}` is too large: {shown}")
-                    };
-                    self.error(Some(&v.span()), message, None);
-                    None
-                }
-            },
-            _ => {
-                self.wrong_type(v, key, "an integer", None);
+    /// An integer of at least `min` that fits in a `u64`.
+    pub(crate) fn integer_at_least(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        min: u64,
+        hint: &str,
+    ) -> Option<u64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.wrong_type(v, key, "an integer", Some(hint.to_string()));
+            return None;
+        };
+        match i128::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if n > u64::MAX as i128 => {
+                self.error(Some(&v.span()), format!("`{key}` is too large: {i}"), None);
+                None
+            }
+            Ok(n) if n < min as i128 => {
+                self.error(
+                    Some(&v.span()),
+                    format!("`{key}` must be at least {min}, not {i}"),
+                    Some(hint.to_string()),
+                );
+                None
+            }
+            Ok(n) => u64::try_from(n).ok(),
+            Err(_) => {
+                self.error(
+                    Some(&v.span()),
+                    format!("`{key}` is out of range: {i}"),
+                    None,
+                );
                 None
             }
         }
@@ -209,7 +232,7 @@ impl<'s> FileCx<'s> {
                     v,
                     key,
                     "a duration string",
-                    Some(format!("{UNITS_HINT}, in quotes")),
+                    Some("durations are strings with a unit, e.g. `retention = \"30d\"`; the units are `ms`, `s`, `m`, `h` and `d`".to_string()),
                 );
                 None
             }
@@ -290,13 +313,23 @@ impl<'s> FileCx<'s> {
                 }
             }
             DeValue::Float(f) => {
-                match f.as_str().parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                match f
+                    .as_str()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
                     Some(n) => Some(Value::Number(n)),
                     None => {
                         self.error(
                             Some(&v.span()),
-                            format!("float {} in `{key}` cannot be compared with JSON", f.as_str()),
-                            Some("JSON has no `nan` or `inf`, and floats must be finite".to_string()),
+                            format!(
+                                "float {} in `{key}` cannot be compared with JSON",
+                                f.as_str()
+                            ),
+                            Some(
+                                "JSON has no `nan` or `inf`, and floats must be finite".to_string(),
+                            ),
                         );
                         None
                     }
@@ -355,11 +388,14 @@ pub(crate) fn name_problem(s: &str, what: &str) -> Option<String> {
     }
 }
 
-/// A table of the tree, with a label for messages (`[[nodes]]`).
+/// A table of the tree, with a label for messages (`[[nodes]]`) and the
+/// keys it may have.
 pub(crate) struct Table<'a, 'i> {
     pub(crate) map: &'a DeTable<'i>,
     pub(crate) span: Span,
     pub(crate) what: String,
+    /// The keys this table may have; empty when its keys are free (`props`).
+    pub(crate) known: &'static [&'static str],
 }
 
 impl<'a, 'i> Table<'a, 'i> {
@@ -372,8 +408,21 @@ impl<'a, 'i> Table<'a, 'i> {
         self.map.get_key_value(key).map(|(k, _)| k.span())
     }
 
+    /// True when an unknown key of this table looks like a typo of `key`;
+    /// then "missing `key`" would only repeat the unknown-key problem.
+    pub(crate) fn misspells(&self, key: &str) -> bool {
+        self.map.keys().any(|k| {
+            !self.known.contains(&k.get_ref().as_ref())
+                && did_you_mean(k.get_ref(), self.known) == Some(key)
+        })
+    }
+
     /// Records a problem for every key not in `known`, with a suggestion.
-    pub(crate) fn check_keys(&self, cx: &mut FileCx<'_>, known: &[&str]) {
+    pub(crate) fn check_keys(&self, cx: &mut FileCx<'_>) {
+        let known = self.known;
+        if known.is_empty() {
+            return;
+        }
         let mut keys: Vec<_> = self.map.keys().collect();
         keys.sort_by_key(|k| k.span().start);
         for k in keys {
