@@ -1,1 +1,588 @@
-//! sled store (being written).
+//! The store: rdg's state on disk, one sled tree per namespace, behind a
+//! narrow API (open, atomic commit, point and neighbour reads, export).
+//!
+//! It owns the on-disk layout below and keeps one invariant: **every commit
+//! is applied in one sled multi-tree transaction**, so after a crash either
+//! all of a commit's changes, dead letters, counters and positions are there,
+//! or none are (durable once [`Store::flush`] returned).
+//!
+//! # Layout
+//! `enc(..)` is the order-preserving, prefix-free key codec of [`codec`];
+//! identifiers are `type:id` strings; `<x>` in a tree name is the raw name.
+//!
+//! | tree | key | value |
+//! |------|-----|-------|
+//! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`]) |
+//! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`]) ++ reverse byte |
+//! | `edge_in/<edge_type>` | enc(to, from, dataflow) | the same bytes as the `edge/` value |
+//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow) | postcard([`Record`]) |
+//! | `identity/id` | enc(ident) | postcard([`ClusterOf`]) |
+//! | `identity/cluster` | enc(cluster, member) | empty |
+//! | `dead_letter/<dataflow>` | u64 big-endian sequence | postcard((source, reason)) |
+//! | `meta` | see below | |
+//!
+//! The edge value ends with one byte, `1` when the contribution was written
+//! with `reverse = true` (then the `edge_in/` key exists too) and `0`
+//! otherwise, so [`Store::contributions`] can hand `reverse` back and a put
+//! or remove knows whether an `edge_in/` key must go.
+//!
+//! `meta` keys (all through the codec):
+//! - enc("format") → u64 BE format version ([`FORMAT_VERSION`]); a store with
+//!   another version is refused.
+//! - enc("commits") → u64 BE number of non-empty commits (0 / absent: empty).
+//! - enc("dataflow", name) → postcard of the dataflow's counters: events,
+//!   late, dead letters, maximum watermark, next dead-letter sequence.
+//! - enc("position", dataflow, partition) → u64 BE next position.
+//!
+//! # Reading
+//! Several dataflows may contribute to one node, edge or link; reads merge
+//! the contributions as `docs/semantics.md` says ([`merge`]): count = sum,
+//! first_seen = min, last_seen = max, props = union by key where the
+//! contribution with the greater last_seen wins, ties to the greater dataflow
+//! name. Incoming edges ([`Direction::In`]) only see the contributions written
+//! with `reverse = true`.
+
+pub mod codec;
+mod export;
+mod merge;
+mod reader;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sled::Tree;
+
+#[allow(unused_imports)] // named in the docs above
+use crate::model::{ClusterOf, Record};
+
+pub use reader::Contributions;
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+const TREE_META: &str = "meta";
+const TREE_LINK: &str = "identity/link";
+const TREE_ID: &str = "identity/id";
+const TREE_CLUSTER: &str = "identity/cluster";
+const PREFIX_NODE: &str = "node/";
+const PREFIX_EDGE: &str = "edge/";
+const PREFIX_EDGE_IN: &str = "edge_in/";
+const PREFIX_DEAD: &str = "dead_letter/";
+
+const META_FORMAT: &str = "format";
+const META_COMMITS: &str = "commits";
+const META_DATAFLOW: &str = "dataflow";
+const META_POSITION: &str = "position";
+
+/// Everything that can go wrong in the store. Each variant names where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {} is in use by another rdg process", path.display())]
+    Locked { path: PathBuf },
+    #[error(
+        "state directory {} has format version {found}, but this rdg reads version {expected}",
+        path.display()
+    )]
+    Version {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("state directory {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state directory {}: {source}", path.display())]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("corrupt entry in tree {tree} at key {key}: {detail}")]
+    Corrupt {
+        tree: String,
+        /// The key, hex-encoded.
+        key: String,
+        detail: String,
+    },
+    #[error("export failed: {source}")]
+    Export { source: std::io::Error },
+    /// A value could not be serialized (a bug: postcard cannot fail on rdg's types).
+    #[error("could not encode {what}: {detail}")]
+    Encode { what: &'static str, detail: String },
+}
+
+impl StoreError {
+    fn corrupt(tree: &str, key: &[u8], detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            tree: tree.to_string(),
+            key: hex::encode(key),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Counters and positions of every dataflow that ever committed some.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    pub dataflows: BTreeMap<String, DataflowMeta>,
+    pub positions: BTreeMap<(String, String), u64>,
+}
+
+/// The counters of one dataflow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DataflowMeta {
+    pub events: u64,
+    pub late: u64,
+    pub dead_letters: u64,
+    /// The largest watermark ever committed.
+    pub watermark: Option<i64>,
+}
+
+/// Which side of an edge the queried identifier is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// Edges from the identifier (`edge/<type>`).
+    #[default]
+    Out,
+    /// Edges to the identifier (`edge_in/<type>`, only `reverse` edges).
+    In,
+}
+
+/// How neighbours are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EdgeOrder {
+    /// Neighbour identifier ascending (bytewise).
+    #[default]
+    Id,
+    /// `last_seen` descending, ties by neighbour identifier ascending.
+    Recent,
+}
+
+/// A neighbour query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdgeQuery {
+    pub direction: Direction,
+    /// At most this many neighbours (after `since`, in `order`).
+    pub limit: Option<usize>,
+    /// Keep neighbours whose merged `last_seen >= since`.
+    pub since: Option<i64>,
+    pub order: EdgeOrder,
+}
+
+/// A node as read: all dataflows' contributions merged.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeView {
+    /// `type:id`.
+    pub id: String,
+    pub node_type: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub props: serde_json::Map<String, Value>,
+}
+
+/// One neighbour of an edge query, contributions merged.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EdgeView {
+    /// The neighbour's `type:id`.
+    pub node: String,
+    pub count: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub props: serde_json::Map<String, Value>,
+}
+
+/// Where an identifier belongs, with its cluster's members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IdentityView {
+    pub id: String,
+    pub cluster: String,
+    pub hub: bool,
+    /// Sorted bytewise.
+    pub members: Vec<String>,
+}
+
+/// What an export wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExportCounts {
+    pub lines: u64,
+}
+
+/// Sizes of the stored graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Distinct nodes (contributions merged).
+    pub nodes: u64,
+    /// Distinct forward edges (contributions merged).
+    pub edges: u64,
+    /// Entries of `identity/id`.
+    pub identifiers: u64,
+    /// Distinct cluster ids among the `identity/id` entries (hubs included).
+    pub clusters: u64,
+    /// Stored dead letters.
+    pub dead_letters: u64,
+}
+
+/// The stored form of a dataflow's counters (`meta`, enc("dataflow", name)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct DataflowCounters {
+    events: u64,
+    late: u64,
+    dead_letters: u64,
+    watermark: Option<i64>,
+    next_dead_letter: u64,
+}
+
+/// The stored form of a dead letter (its dataflow is in the tree name).
+#[derive(Serialize)]
+struct DeadLetterRef<'a> {
+    source: &'a str,
+    reason: &'a str,
+}
+
+#[derive(Deserialize)]
+struct DeadLetterOwned {
+    source: String,
+    reason: String,
+}
+
+/// The trees whose names carry a type or a dataflow, by that name.
+#[derive(Default)]
+struct DynTrees {
+    nodes: BTreeMap<CompactString, Tree>,
+    edges: BTreeMap<CompactString, Tree>,
+    edges_in: BTreeMap<CompactString, Tree>,
+    dead: BTreeMap<CompactString, Tree>,
+}
+
+/// Which family of dynamic trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    Node,
+    Edge,
+    EdgeIn,
+    Dead,
+}
+
+impl Family {
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::Node => PREFIX_NODE,
+            Family::Edge => PREFIX_EDGE,
+            Family::EdgeIn => PREFIX_EDGE_IN,
+            Family::Dead => PREFIX_DEAD,
+        }
+    }
+}
+
+impl DynTrees {
+    fn map(&self, f: Family) -> &BTreeMap<CompactString, Tree> {
+        match f {
+            Family::Node => &self.nodes,
+            Family::Edge => &self.edges,
+            Family::EdgeIn => &self.edges_in,
+            Family::Dead => &self.dead,
+        }
+    }
+
+    fn map_mut(&mut self, f: Family) -> &mut BTreeMap<CompactString, Tree> {
+        match f {
+            Family::Node => &mut self.nodes,
+            Family::Edge => &mut self.edges,
+            Family::EdgeIn => &mut self.edges_in,
+            Family::Dead => &mut self.dead,
+        }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    db: sled::Db,
+    meta: Tree,
+    link: Tree,
+    id: Tree,
+    cluster: Tree,
+    /// Every dynamic tree that exists. Only this process can create trees
+    /// (sled locks the directory) and all creation goes through
+    /// [`Store::dyn_tree_or_create`], so absence here means absence on disk.
+    dyn_trees: RwLock<DynTrees>,
+}
+
+/// rdg's state directory. Cloning is cheap and shares the open database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the state directory `dir`.
+    ///
+    /// A new store gets the current [`FORMAT_VERSION`]; an existing one must
+    /// have it. Fails with [`StoreError::Locked`] when another `Store` (in
+    /// this or another process) has the directory open.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked {
+                    path: dir.to_path_buf(),
+                }
+            }
+            source => StoreError::Sled {
+                path: dir.to_path_buf(),
+                source,
+            },
+        })?;
+        let sled_err = |source| StoreError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut dyn_trees = DynTrees::default();
+        let mut has_data = false;
+        for name in db.tree_names() {
+            let Ok(name) = std::str::from_utf8(&name) else {
+                continue;
+            };
+            let family = [Family::Node, Family::Edge, Family::EdgeIn, Family::Dead]
+                .into_iter()
+                .find_map(|f| name.strip_prefix(f.prefix()).map(|rest| (f, rest)));
+            if let Some((family, rest)) = family {
+                let tree = db.open_tree(name).map_err(sled_err)?;
+                has_data |= !tree.is_empty();
+                dyn_trees.map_mut(family).insert(rest.into(), tree);
+            }
+        }
+        let meta = db.open_tree(TREE_META).map_err(sled_err)?;
+        let link = db.open_tree(TREE_LINK).map_err(sled_err)?;
+        let id = db.open_tree(TREE_ID).map_err(sled_err)?;
+        let cluster = db.open_tree(TREE_CLUSTER).map_err(sled_err)?;
+        has_data |= !meta.is_empty() || !link.is_empty() || !id.is_empty() || !cluster.is_empty();
+
+        let format_key = codec::encode(&[META_FORMAT]);
+        match meta.get(&format_key).map_err(sled_err)? {
+            Some(v) => {
+                let found = <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        StoreError::corrupt(TREE_META, &format_key, "format version is not 8 bytes")
+                    })?;
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::Version {
+                        path: dir.to_path_buf(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None if has_data => {
+                return Err(StoreError::corrupt(
+                    TREE_META,
+                    &format_key,
+                    format!(
+                        "{} holds data but no format version (not an rdg state directory?)",
+                        dir.display()
+                    ),
+                ));
+            }
+            None => {
+                meta.insert(&format_key, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: dir.to_path_buf(),
+                db,
+                meta,
+                link,
+                id,
+                cluster,
+                dyn_trees: RwLock::new(dyn_trees),
+            }),
+        })
+    }
+
+    /// The state directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// True when nothing (no data, no counters) has ever been committed.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let key = codec::encode(&[META_COMMITS]);
+        Ok(self
+            .inner
+            .meta
+            .get(key)
+            .map_err(|e| self.sled(e))?
+            .is_none())
+    }
+
+    /// Writes everything committed so far to disk (fsync).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map(|_| ()).map_err(|e| self.sled(e))
+    }
+
+    /// Every dataflow's counters and every stored position.
+    pub fn meta(&self) -> Result<Meta, StoreError> {
+        let mut out = Meta::default();
+        for item in self.inner.meta.iter() {
+            let (k, v) = item.map_err(|e| self.sled(e))?;
+            let corrupt = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_META, &k, d);
+            let mut d = codec::Decoder::new(&k);
+            let tag = d.str().map_err(|e| corrupt(&e))?;
+            match tag.as_ref() {
+                META_DATAFLOW => {
+                    let name = d.str().map_err(|e| corrupt(&e))?;
+                    d.end().map_err(|e| corrupt(&e))?;
+                    let c: DataflowCounters = postcard::from_bytes(&v).map_err(|e| corrupt(&e))?;
+                    out.dataflows.insert(
+                        name.into_owned(),
+                        DataflowMeta {
+                            events: c.events,
+                            late: c.late,
+                            dead_letters: c.dead_letters,
+                            watermark: c.watermark,
+                        },
+                    );
+                }
+                META_POSITION => {
+                    let dataflow = d.str().map_err(|e| corrupt(&e))?;
+                    let partition = d.str().map_err(|e| corrupt(&e))?;
+                    d.end().map_err(|e| corrupt(&e))?;
+                    let pos = <[u8; 8]>::try_from(v.as_ref())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| corrupt(&"position is not 8 bytes"))?;
+                    out.positions
+                        .insert((dataflow.into_owned(), partition.into_owned()), pos);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn sled(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            path: self.inner.path.clone(),
+            source,
+        }
+    }
+
+    /// The dynamic tree `family/name`, if it exists.
+    fn dyn_tree(&self, family: Family, name: &str) -> Option<Tree> {
+        let trees = self
+            .inner
+            .dyn_trees
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        trees.map(family).get(name).cloned()
+    }
+
+    /// The dynamic tree `family/name`, created if missing.
+    fn dyn_tree_or_create(&self, family: Family, name: &str) -> Result<Tree, StoreError> {
+        if let Some(t) = self.dyn_tree(family, name) {
+            return Ok(t);
+        }
+        let mut trees = self
+            .inner
+            .dyn_trees
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = trees.map(family).get(name) {
+            return Ok(t.clone());
+        }
+        let mut tree_name = String::with_capacity(family.prefix().len() + name.len());
+        tree_name.push_str(family.prefix());
+        tree_name.push_str(name);
+        let tree = self
+            .inner
+            .db
+            .open_tree(tree_name.as_bytes())
+            .map_err(|e| self.sled(e))?;
+        trees.map_mut(family).insert(name.into(), tree.clone());
+        Ok(tree)
+    }
+
+    /// A snapshot of the dynamic trees of `family`, sorted by name.
+    fn dyn_trees(&self, family: Family) -> Vec<(CompactString, Tree)> {
+        let trees = self
+            .inner
+            .dyn_trees
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        trees
+            .map(family)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Sizes of the stored graph (scans everything).
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        for (name, tree) in self.dyn_trees(Family::Node) {
+            c.nodes += self.count_distinct_prefixes(&tree, Family::Node, &name, 1)?;
+        }
+        for (name, tree) in self.dyn_trees(Family::Edge) {
+            c.edges += self.count_distinct_prefixes(&tree, Family::Edge, &name, 2)?;
+        }
+        for (_, tree) in self.dyn_trees(Family::Dead) {
+            c.dead_letters += tree.len() as u64;
+        }
+        let mut clusters = std::collections::BTreeSet::new();
+        for item in self.inner.id.iter() {
+            let (k, v) = item.map_err(|e| self.sled(e))?;
+            let of: ClusterOf =
+                postcard::from_bytes(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
+            c.identifiers += 1;
+            clusters.insert(of.cluster);
+        }
+        c.clusters = clusters.len() as u64;
+        Ok(c)
+    }
+
+    /// Counts the distinct values of the first `segments` string segments of
+    /// the keys of `tree` (adjacent, since keys are sorted).
+    fn count_distinct_prefixes(
+        &self,
+        tree: &Tree,
+        family: Family,
+        name: &str,
+        segments: usize,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        let mut last: Option<sled::IVec> = None;
+        for item in tree.iter().keys() {
+            let k = item.map_err(|e| self.sled(e))?;
+            let mut len = 0;
+            for _ in 0..segments {
+                len += codec::segment_len(&k[len..]).map_err(|e| {
+                    StoreError::corrupt(&format!("{}{name}", family.prefix()), &k, e)
+                })?;
+            }
+            if last
+                .as_ref()
+                .is_none_or(|l| l.len() != len || l[..] != k[..len])
+            {
+                n += 1;
+                last = Some(sled::IVec::from(&k[..len]));
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,388 @@
+//! `rdg export`: the whole graph as JSON Lines sorted bytewise, in the exact
+//! shapes of `docs/semantics.md` ("Export").
+//!
+//! Invariant: the output is the bytewise-sorted list of lines, whatever the
+//! tree order. Lines are produced block by block, where a block is one tree
+//! (`dead_letter/<dataflow>`, `edge/<type>`, `identity/id`, `node/<type>`):
+//! every line of a block starts with the same text up to and including the
+//! JSON string of the block's name and its closing quote (`{"ns":"node",
+//! "type":"profile"`), and a closing quote cannot occur inside a JSON string,
+//! so blocks never interleave. Blocks are written in the order of that text
+//! (`ns` first: dead_letter < edge < identity < node; then the JSON-escaped
+//! name followed by `"`), and each block's lines are sorted by a
+//! [`LineSorter`] that spills sorted runs to temporary files when a block
+//! outgrows its memory budget, then merges them.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+
+use compact_str::CompactString;
+use serde_json::Value;
+use sled::Tree;
+
+use super::merge::{Contribution, decode_edge_value, decode_record, merge};
+use super::reader::{decode_cluster_of, decode_strs, tree_name};
+use super::{DeadLetterOwned, ExportCounts, Family, Store, StoreError, TREE_ID, codec};
+
+/// Default memory for one block's lines before they spill to disk.
+const DEFAULT_BUDGET: usize = 64 << 20;
+
+fn export_err(source: std::io::Error) -> StoreError {
+    StoreError::Export { source }
+}
+
+/// Appends `s` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail, and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends an integer.
+fn push_num(out: &mut Vec<u8>, n: impl std::fmt::Display) {
+    let _ = write!(out, "{n}");
+}
+
+/// Appends sorted props as a compact JSON object.
+fn push_props(out: &mut Vec<u8>, props: &std::collections::BTreeMap<String, Value>) {
+    let _ = serde_json::to_writer(&mut *out, props);
+}
+
+/// The text that orders a block: its name as a JSON string without the
+/// opening quote (so the closing quote is kept).
+fn block_order(name: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(name.len() + 2);
+    push_json_str(&mut v, name);
+    v.remove(0);
+    v
+}
+
+/// Sorts trees by [`block_order`] of their names.
+fn in_block_order(mut trees: Vec<(CompactString, Tree)>) -> Vec<(CompactString, Tree)> {
+    trees.sort_by_cached_key(|(name, _)| block_order(name));
+    trees
+}
+
+/// Collects lines (without newline) and writes them sorted bytewise.
+pub(crate) struct LineSorter {
+    data: Vec<u8>,
+    lines: Vec<(usize, usize)>,
+    /// True while every pushed line was >= the previous one.
+    in_order: bool,
+    runs: Vec<std::fs::File>,
+    budget: usize,
+}
+
+impl LineSorter {
+    pub(crate) fn new(budget: usize) -> Self {
+        LineSorter {
+            data: Vec::new(),
+            lines: Vec::new(),
+            in_order: true,
+            runs: Vec::new(),
+            budget: budget.max(1),
+        }
+    }
+
+    fn line(&self, i: usize) -> &[u8] {
+        let (s, e) = self.lines[i];
+        &self.data[s..e]
+    }
+
+    pub(crate) fn push(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.in_order
+            && let Some(&(s, e)) = self.lines.last()
+        {
+            self.in_order = self.data[s..e] <= *line;
+        }
+        let start = self.data.len();
+        self.data.extend_from_slice(line);
+        self.lines.push((start, self.data.len()));
+        if self.data.len() >= self.budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn sort(&mut self) {
+        if !self.in_order {
+            let data = &self.data;
+            self.lines
+                .sort_unstable_by(|&(a, b), &(c, d)| data[a..b].cmp(&data[c..d]));
+        }
+    }
+
+    /// Writes the buffered lines, sorted, to `out`; returns how many.
+    fn write_sorted(&mut self, out: &mut dyn Write) -> std::io::Result<u64> {
+        self.sort();
+        for i in 0..self.lines.len() {
+            out.write_all(self.line(i))?;
+            out.write_all(b"\n")?;
+        }
+        let n = self.lines.len() as u64;
+        self.data.clear();
+        self.lines.clear();
+        self.in_order = true;
+        Ok(n)
+    }
+
+    fn spill(&mut self) -> std::io::Result<()> {
+        let mut w = BufWriter::new(tempfile::tempfile()?);
+        self.write_sorted(&mut w)?;
+        let mut f = w.into_inner().map_err(|e| e.into_error())?;
+        f.rewind()?;
+        self.runs.push(f);
+        Ok(())
+    }
+
+    /// Writes every line pushed so far, sorted, to `out` and resets.
+    pub(crate) fn finish(&mut self, out: &mut dyn Write) -> std::io::Result<u64> {
+        if self.runs.is_empty() {
+            return self.write_sorted(out);
+        }
+        if !self.lines.is_empty() {
+            self.spill()?;
+        }
+        let mut readers: Vec<BufReader<std::fs::File>> =
+            self.runs.drain(..).map(BufReader::new).collect();
+        // (line, run) min-heap; lines keep their trailing newline so that
+        // equal prefixes compare like the lines themselves ('\n' sorts below
+        // every byte a JSON line contains).
+        let mut heap = BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            let mut line = Vec::new();
+            if r.read_until(b'\n', &mut line)? > 0 {
+                heap.push(Reverse((line, i)));
+            }
+        }
+        let mut n = 0;
+        while let Some(Reverse((mut line, i))) = heap.pop() {
+            out.write_all(&line)?;
+            n += 1;
+            line.clear();
+            if readers[i].read_until(b'\n', &mut line)? > 0 {
+                heap.push(Reverse((line, i)));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// Writes the whole graph as JSON Lines, sorted bytewise (see
+    /// `docs/semantics.md`, "Export"). Reverse indexes and links are not
+    /// exported.
+    pub fn export(&self, out: &mut dyn Write) -> Result<ExportCounts, StoreError> {
+        self.export_with_budget(out, DEFAULT_BUDGET)
+    }
+
+    pub(crate) fn export_with_budget(
+        &self,
+        out: &mut dyn Write,
+        budget: usize,
+    ) -> Result<ExportCounts, StoreError> {
+        let mut out = BufWriter::with_capacity(1 << 16, out);
+        let mut sorter = LineSorter::new(budget);
+        let mut line = Vec::with_capacity(256);
+        let mut lines = 0;
+
+        for (dataflow, tree) in in_block_order(self.dyn_trees(Family::Dead)) {
+            let name = tree_name(Family::Dead, &dataflow);
+            for item in tree.iter() {
+                let (k, v) = item.map_err(|e| self.sled(e))?;
+                let d: DeadLetterOwned = match postcard::take_from_bytes(&v) {
+                    Ok((d, [])) => d,
+                    Ok(_) => return Err(StoreError::corrupt(&name, &k, "trailing bytes")),
+                    Err(e) => return Err(StoreError::corrupt(&name, &k, e)),
+                };
+                line.clear();
+                line.extend_from_slice(br#"{"ns":"dead_letter","dataflow":"#);
+                push_json_str(&mut line, &dataflow);
+                line.extend_from_slice(br#","source":"#);
+                push_json_str(&mut line, &d.source);
+                line.extend_from_slice(br#","reason":"#);
+                push_json_str(&mut line, &d.reason);
+                line.push(b'}');
+                sorter.push(&line).map_err(export_err)?;
+            }
+            lines += sorter.finish(&mut out).map_err(export_err)?;
+        }
+
+        for (edge_type, tree) in in_block_order(self.dyn_trees(Family::Edge)) {
+            let name = tree_name(Family::Edge, &edge_type);
+            let corrupt = |k: &[u8], d: &dyn std::fmt::Display| StoreError::corrupt(&name, k, d);
+            let mut group: Vec<Contribution> = Vec::new();
+            // Encoded (from, to) of `group`.
+            let mut pair: Vec<u8> = Vec::new();
+            let mut emit = |group: &mut Vec<Contribution>,
+                            pair: &[u8],
+                            sorter: &mut LineSorter|
+             -> Result<(), StoreError> {
+                if group.is_empty() {
+                    return Ok(());
+                }
+                let m = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
+                let key = group[0].key.clone();
+                group.clear();
+                let [from, to] = decode_strs::<2>(pair).map_err(|e| corrupt(&key, &e))?;
+                line.clear();
+                line.extend_from_slice(br#"{"ns":"edge","type":"#);
+                push_json_str(&mut line, &edge_type);
+                line.extend_from_slice(br#","from":"#);
+                push_json_str(&mut line, &from);
+                line.extend_from_slice(br#","to":"#);
+                push_json_str(&mut line, &to);
+                line.extend_from_slice(br#","count":"#);
+                push_num(&mut line, m.count);
+                line.extend_from_slice(br#","first_seen":"#);
+                push_num(&mut line, m.first_seen);
+                line.extend_from_slice(br#","last_seen":"#);
+                push_num(&mut line, m.last_seen);
+                line.extend_from_slice(br#","props":"#);
+                push_props(&mut line, &m.props);
+                line.push(b'}');
+                sorter.push(&line).map_err(export_err)
+            };
+            for item in tree.iter() {
+                let (k, v) = item.map_err(|e| self.sled(e))?;
+                let n1 = codec::segment_len(&k).map_err(|e| corrupt(&k, &e))?;
+                let n2 = codec::segment_len(&k[n1..]).map_err(|e| corrupt(&k, &e))?;
+                let n = n1 + n2;
+                if k[..n] != pair[..] {
+                    emit(&mut group, &pair, &mut sorter)?;
+                    pair.clear();
+                    pair.extend_from_slice(&k[..n]);
+                }
+                let [dataflow] = decode_strs::<1>(&k[n..]).map_err(|e| corrupt(&k, &e))?;
+                let (record, _) = decode_edge_value(&v).map_err(|e| corrupt(&k, &e))?;
+                group.push(Contribution {
+                    dataflow: CompactString::from(dataflow.as_ref()),
+                    record,
+                    key: k.clone(),
+                });
+            }
+            emit(&mut group, &pair, &mut sorter)?;
+            lines += sorter.finish(&mut out).map_err(export_err)?;
+        }
+
+        for item in self.inner.id.iter() {
+            let (k, v) = item.map_err(|e| self.sled(e))?;
+            let [id] = decode_strs::<1>(&k).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
+            let of = decode_cluster_of(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
+            line.clear();
+            line.extend_from_slice(br#"{"ns":"identity","id":"#);
+            push_json_str(&mut line, &id);
+            line.extend_from_slice(br#","cluster":"#);
+            push_json_str(&mut line, &of.cluster);
+            line.extend_from_slice(if of.hub {
+                br#","hub":true}"#
+            } else {
+                br#","hub":false}"#
+            });
+            sorter.push(&line).map_err(export_err)?;
+        }
+        lines += sorter.finish(&mut out).map_err(export_err)?;
+
+        for (node_type, tree) in in_block_order(self.dyn_trees(Family::Node)) {
+            let name = tree_name(Family::Node, &node_type);
+            let corrupt = |k: &[u8], d: &dyn std::fmt::Display| StoreError::corrupt(&name, k, d);
+            let mut group: Vec<Contribution> = Vec::new();
+            // Encoded id part of `group`.
+            let mut node: Vec<u8> = Vec::new();
+            let mut emit = |group: &mut Vec<Contribution>,
+                            node: &[u8],
+                            sorter: &mut LineSorter|
+             -> Result<(), StoreError> {
+                if group.is_empty() {
+                    return Ok(());
+                }
+                let m = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
+                let key = group[0].key.clone();
+                group.clear();
+                let [id] = decode_strs::<1>(node).map_err(|e| corrupt(&key, &e))?;
+                line.clear();
+                line.extend_from_slice(br#"{"ns":"node","type":"#);
+                push_json_str(&mut line, &node_type);
+                line.extend_from_slice(br#","id":"#);
+                push_json_str(&mut line, &id);
+                line.extend_from_slice(br#","first_seen":"#);
+                push_num(&mut line, m.first_seen);
+                line.extend_from_slice(br#","last_seen":"#);
+                push_num(&mut line, m.last_seen);
+                line.extend_from_slice(br#","props":"#);
+                push_props(&mut line, &m.props);
+                line.push(b'}');
+                sorter.push(&line).map_err(export_err)
+            };
+            for item in tree.iter() {
+                let (k, v) = item.map_err(|e| self.sled(e))?;
+                let n = codec::segment_len(&k).map_err(|e| corrupt(&k, &e))?;
+                if k[..n] != node[..] {
+                    emit(&mut group, &node, &mut sorter)?;
+                    node.clear();
+                    node.extend_from_slice(&k[..n]);
+                }
+                let [dataflow] = decode_strs::<1>(&k[n..]).map_err(|e| corrupt(&k, &e))?;
+                let record = decode_record(&v).map_err(|e| corrupt(&k, &e))?;
+                group.push(Contribution {
+                    dataflow: CompactString::from(dataflow.as_ref()),
+                    record,
+                    key: k.clone(),
+                });
+            }
+            emit(&mut group, &node, &mut sorter)?;
+            lines += sorter.finish(&mut out).map_err(export_err)?;
+        }
+
+        out.flush().map_err(export_err)?;
+        Ok(ExportCounts { lines })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    #[test]
+    fn sorter_spills_and_merges() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for budget in [1, 10, 100, 1 << 20] {
+            let mut lines: Vec<Vec<u8>> = (0..500)
+                .map(|_| {
+                    let n = rng.random_range(0..8);
+                    (0..n)
+                        .map(|_| b"ab{\"}~ "[rng.random_range(0..7)])
+                        .collect()
+                })
+                .collect();
+            let mut s = LineSorter::new(budget);
+            for l in &lines {
+                s.push(l).expect("push");
+            }
+            let mut out = Vec::new();
+            assert_eq!(s.finish(&mut out).expect("finish"), 500);
+            lines.sort();
+            let mut expected = Vec::new();
+            for l in &lines {
+                expected.extend_from_slice(l);
+                expected.push(b'\n');
+            }
+            assert_eq!(out, expected, "budget {budget}");
+            // Reusable after finish.
+            s.push(b"z").expect("push");
+            let mut out = Vec::new();
+            assert_eq!(s.finish(&mut out).expect("finish"), 1);
+            assert_eq!(out, b"z\n");
+        }
+    }
+
+    #[test]
+    fn block_order_matches_line_order() {
+        // "a" vs "a!": the line of "a!" sorts first ('!' < '"').
+        assert!(block_order("a!") < block_order("a"));
+        assert!(block_order("a") < block_order("a#"));
+        assert!(block_order("a\"") > block_order("a"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The read path: point reads of nodes and identities, neighbour scans, and
+//! the stream of every stored contribution for a restart.
+//!
+//! Invariant: reads never create trees (a missing tree means "nothing
+//! stored") and never panic on stored bytes: anything that does not decode is
+//! `StoreError::Corrupt` naming the tree and the key.
+
+use std::collections::VecDeque;
+
+use compact_str::CompactString;
+
+use super::merge::{Contribution, Merged, decode_edge_value, decode_record, merge, to_json_map};
+use super::{
+    Direction, EdgeOrder, EdgeQuery, EdgeView, Family, IdentityView, NodeView, Store, StoreError,
+    TREE_CLUSTER, TREE_ID, TREE_LINK, codec,
+};
+use crate::model::{Change, ClusterOf, ident, split_ident};
+
+/// The full name of a dynamic tree, for error messages.
+pub(crate) fn tree_name(family: Family, name: &str) -> String {
+    format!("{}{name}", family.prefix())
+}
+
+/// Decodes a key that must consist of exactly `N` string segments.
+pub(crate) fn decode_strs<'k, const N: usize>(
+    key: &'k [u8],
+) -> Result<[std::borrow::Cow<'k, str>; N], codec::CodecError> {
+    let mut d = codec::Decoder::new(key);
+    let mut out: [std::borrow::Cow<'k, str>; N] = std::array::from_fn(|_| Default::default());
+    for slot in &mut out {
+        *slot = d.str()?;
+    }
+    d.end()?;
+    Ok(out)
+}
+
+/// Decodes a `postcard(ClusterOf)` value with no trailing bytes.
+pub(crate) fn decode_cluster_of(v: &[u8]) -> Result<ClusterOf, String> {
+    match postcard::take_from_bytes::<ClusterOf>(v) {
+        Ok((c, [])) => Ok(c),
+        Ok((_, rest)) => Err(format!(
+            "{} trailing bytes after the cluster entry",
+            rest.len()
+        )),
+        Err(e) => Err(format!("bad cluster entry: {e}")),
+    }
+}
+
+impl Store {
+    /// The node `type:id`, all dataflows' contributions merged.
+    pub fn node(&self, id: &str) -> Result<Option<NodeView>, StoreError> {
+        let (node_type, id_part) = split_ident(id);
+        let Some(tree) = self.dyn_tree(Family::Node, node_type) else {
+            return Ok(None);
+        };
+        let corrupt = |k: &[u8], d: &dyn std::fmt::Display| {
+            StoreError::corrupt(&tree_name(Family::Node, node_type), k, d)
+        };
+        let prefix = codec::encode(&[id_part]);
+        let mut contribs = Vec::new();
+        for item in tree.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(|e| self.sled(e))?;
+            let [dataflow] = decode_strs::<1>(&k[prefix.len()..]).map_err(|e| corrupt(&k, &e))?;
+            let record = decode_record(&v).map_err(|e| corrupt(&k, &e))?;
+            contribs.push(Contribution {
+                dataflow: CompactString::from(dataflow.as_ref()),
+                record,
+                key: k,
+            });
+        }
+        if contribs.is_empty() {
+            return Ok(None);
+        }
+        let m = merge(&mut contribs).map_err(|(k, d)| corrupt(&k, &d))?;
+        Ok(Some(NodeView {
+            id: id.to_string(),
+            node_type: node_type.to_string(),
+            first_seen: m.first_seen,
+            last_seen: m.last_seen,
+            props: to_json_map(m.props),
+        }))
+    }
+
+    /// The neighbours of `id` over `edge_type` edges, contributions merged.
+    /// [`Direction::In`] only sees edges written with `reverse = true`.
+    pub fn edges(
+        &self,
+        edge_type: &str,
+        id: &str,
+        q: &EdgeQuery,
+    ) -> Result<Vec<EdgeView>, StoreError> {
+        let family = match q.direction {
+            Direction::Out => Family::Edge,
+            Direction::In => Family::EdgeIn,
+        };
+        let mut out = Vec::new();
+        if q.limit == Some(0) {
+            return Ok(out);
+        }
+        let Some(tree) = self.dyn_tree(family, edge_type) else {
+            return Ok(out);
+        };
+        let corrupt = |k: &[u8], d: &dyn std::fmt::Display| {
+            StoreError::corrupt(&tree_name(family, edge_type), k, d)
+        };
+        // With id order and a limit, the scan can stop early.
+        let stop_at = match q.order {
+            EdgeOrder::Id => q.limit,
+            EdgeOrder::Recent => None,
+        };
+        let prefix = codec::encode(&[id]);
+        let mut group: Vec<Contribution> = Vec::new();
+        // The encoded neighbour of `group`.
+        let mut neighbour: Vec<u8> = Vec::new();
+
+        let flush = |group: &mut Vec<Contribution>,
+                     neighbour: &[u8],
+                     out: &mut Vec<EdgeView>|
+         -> Result<(), StoreError> {
+            if group.is_empty() {
+                return Ok(());
+            }
+            let m: Merged = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
+            let key = group[0].key.clone();
+            group.clear();
+            if q.since.is_some_and(|s| m.last_seen < s) {
+                return Ok(());
+            }
+            let [node] = decode_strs::<1>(neighbour).map_err(|e| corrupt(&key, &e))?;
+            out.push(EdgeView {
+                node: node.into_owned(),
+                count: m.count,
+                first_seen: m.first_seen,
+                last_seen: m.last_seen,
+                props: to_json_map(m.props),
+            });
+            Ok(())
+        };
+
+        for item in tree.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(|e| self.sled(e))?;
+            let rest = &k[prefix.len()..];
+            let n = codec::segment_len(rest).map_err(|e| corrupt(&k, &e))?;
+            if rest[..n] != neighbour[..] {
+                flush(&mut group, &neighbour, &mut out)?;
+                if stop_at.is_some_and(|l| out.len() >= l) {
+                    return Ok(out);
+                }
+                neighbour.clear();
+                neighbour.extend_from_slice(&rest[..n]);
+            }
+            let [dataflow] = decode_strs::<1>(&rest[n..]).map_err(|e| corrupt(&k, &e))?;
+            let (record, _) = decode_edge_value(&v).map_err(|e| corrupt(&k, &e))?;
+            group.push(Contribution {
+                dataflow: CompactString::from(dataflow.as_ref()),
+                record,
+                key: k.clone(),
+            });
+        }
+        flush(&mut group, &neighbour, &mut out)?;
+        if q.order == EdgeOrder::Recent {
+            out.sort_unstable_by(|a, b| {
+                b.last_seen
+                    .cmp(&a.last_seen)
+                    .then_with(|| a.node.cmp(&b.node))
+            });
+        }
+        if let Some(l) = q.limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+
+    /// Where `id` belongs, with the members of its cluster.
+    pub fn identity(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
+        let key = codec::encode(&[id]);
+        let Some(v) = self.inner.id.get(&key).map_err(|e| self.sled(e))? else {
+            return Ok(None);
+        };
+        let of = decode_cluster_of(&v).map_err(|d| StoreError::corrupt(TREE_ID, &key, d))?;
+        let prefix = codec::encode(&[&of.cluster]);
+        let mut members = Vec::new();
+        for item in self.inner.cluster.scan_prefix(&prefix).keys() {
+            let k = item.map_err(|e| self.sled(e))?;
+            let [m] = decode_strs::<1>(&k[prefix.len()..])
+                .map_err(|e| StoreError::corrupt(TREE_CLUSTER, &k, e))?;
+            members.push(m.into_owned());
+        }
+        Ok(Some(IdentityView {
+            id: id.to_string(),
+            cluster: of.cluster.to_string(),
+            hub: of.hub,
+            members,
+        }))
+    }
+
+    /// Every stored contribution (nodes, forward edges with their `reverse`
+    /// flag, links once with `a <= b`), as `Change`s with `Some(record)`, to
+    /// rebuild in-memory state on restart. Streams tree by tree.
+    pub fn contributions(&self) -> Contributions {
+        let mut sources = VecDeque::new();
+        for (name, tree) in self.dyn_trees(Family::Node) {
+            sources.push_back((Source::Node(name), tree));
+        }
+        for (name, tree) in self.dyn_trees(Family::Edge) {
+            sources.push_back((Source::Edge(name), tree));
+        }
+        sources.push_back((Source::Link, self.inner.link.clone()));
+        Contributions {
+            store: self.clone(),
+            sources,
+            current: None,
+        }
+    }
+}
+
+/// Where a [`Contributions`] item comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    Node(CompactString),
+    Edge(CompactString),
+    Link,
+}
+
+/// The iterator of [`Store::contributions`].
+pub struct Contributions {
+    store: Store,
+    sources: VecDeque<(Source, sled::Tree)>,
+    current: Option<(Source, sled::Iter)>,
+}
+
+impl Contributions {
+    /// Decodes one entry; `Ok(None)` for entries that are skipped (the second
+    /// direction of a link).
+    fn decode(source: &Source, k: &[u8], v: &[u8]) -> Result<Option<Change>, StoreError> {
+        match source {
+            Source::Node(node_type) => {
+                let c = |d: &dyn std::fmt::Display| {
+                    StoreError::corrupt(&tree_name(Family::Node, node_type), k, d)
+                };
+                let [id, dataflow] = decode_strs::<2>(k).map_err(|e| c(&e))?;
+                let record = decode_record(v).map_err(|e| c(&e))?;
+                Ok(Some(Change::Node {
+                    id: ident(node_type, &id),
+                    dataflow: dataflow.as_ref().into(),
+                    record: Some(record),
+                }))
+            }
+            Source::Edge(edge_type) => {
+                let c = |d: &dyn std::fmt::Display| {
+                    StoreError::corrupt(&tree_name(Family::Edge, edge_type), k, d)
+                };
+                let [from, to, dataflow] = decode_strs::<3>(k).map_err(|e| c(&e))?;
+                let (record, reverse) = decode_edge_value(v).map_err(|e| c(&e))?;
+                Ok(Some(Change::Edge {
+                    edge_type: edge_type.clone(),
+                    from: from.as_ref().into(),
+                    to: to.as_ref().into(),
+                    dataflow: dataflow.as_ref().into(),
+                    reverse,
+                    record: Some(record),
+                }))
+            }
+            Source::Link => {
+                let c = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_LINK, k, d);
+                let [a, b, dataflow] = decode_strs::<3>(k).map_err(|e| c(&e))?;
+                if a > b {
+                    return Ok(None);
+                }
+                let record = decode_record(v).map_err(|e| c(&e))?;
+                Ok(Some(Change::Link {
+                    a: a.as_ref().into(),
+                    b: b.as_ref().into(),
+                    dataflow: dataflow.as_ref().into(),
+                    record: Some(record),
+                }))
+            }
+        }
+    }
+}
+
+impl Iterator for Contributions {
+    type Item = Result<Change, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                let (source, tree) = self.sources.pop_front()?;
+                self.current = Some((source, tree.iter()));
+            }
+            let (source, iter) = self.current.as_mut()?;
+            match iter.next() {
+                None => self.current = None,
+                Some(Err(e)) => return Some(Err(self.store.sled(e))),
+                Some(Ok((k, v))) => match Self::decode(source, &k, &v) {
+                    Ok(None) => {}
+                    Ok(Some(change)) => return Some(Ok(change)),
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
+}
