@@ -172,8 +172,7 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
@@ -268,9 +267,10 @@ impl DataflowPlan {
                 continue;
             }
             match read_id(&r.id, event, r.required) {
-                Ok(Some(id)) => out
-                    .nodes
-                    .push((i, ident(&r.node_type, &id), props_json(&r.props, event))),
+                Ok(Some(id)) => {
+                    out.nodes
+                        .push((i, ident(&r.node_type, &id), props_json(&r.props, event)))
+                }
                 Ok(None) => {}
                 Err(e) => return Outcome::Reject(e),
             }
@@ -330,7 +330,11 @@ fn applies(when: &Option<Condition>, event: &Value) -> bool {
 
 /// Reads an id: strings as they are, integers in decimal; missing or null is
 /// `None` unless `required`.
-fn read_id(path: &FieldPath, event: &Value, required: bool) -> Result<Option<CompactString>, String> {
+fn read_id(
+    path: &FieldPath,
+    event: &Value,
+    required: bool,
+) -> Result<Option<CompactString>, String> {
     match path.get(event) {
         None | Some(Value::Null) => {
             if required {
@@ -366,7 +370,10 @@ fn read_time(tf: &TimeField, event: &Value) -> Result<EventTime, String> {
         if ms.is_finite() && ms.abs() < 9.0e15 {
             Ok(ms.floor() as EventTime)
         } else {
-            Err(format!("event time field `{}` is out of range", tf.path.text))
+            Err(format!(
+                "event time field `{}` is out of range",
+                tf.path.text
+            ))
         }
     };
     match v {
@@ -374,9 +381,9 @@ fn read_time(tf: &TimeField, event: &Value) -> Result<EventTime, String> {
             if let Some(i) = n.as_i64() {
                 match tf.unit {
                     TimeUnit::Millis => Ok(i),
-                    TimeUnit::Seconds => i
-                        .checked_mul(1000)
-                        .ok_or_else(|| format!("event time field `{}` is out of range", tf.path.text)),
+                    TimeUnit::Seconds => i.checked_mul(1000).ok_or_else(|| {
+                        format!("event time field `{}` is out of range", tf.path.text)
+                    }),
                     TimeUnit::Micros => Ok(i.div_euclid(1000)),
                 }
             } else {
