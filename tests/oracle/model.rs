@@ -171,6 +171,9 @@ impl Dataflow {
     }
 }
 
+/// The live contributions to one record, with their dataflow names.
+type Contribs<'a> = Vec<(&'a str, &'a Rec)>;
+
 /// The whole model: every dataflow, and the dead letters as
 /// `(dataflow, source)` in the order they were met.
 #[derive(Clone, Debug)]
@@ -221,8 +224,8 @@ impl Model {
 
     /// The node, edge and identity lines of the export, sorted bytewise.
     pub fn graph_lines(&self) -> Vec<String> {
-        let mut nodes: BTreeMap<(&str, &str), Vec<(&str, &Rec)>> = BTreeMap::new();
-        let mut edges: BTreeMap<(&str, &str, &str), Vec<(&str, &Rec)>> = BTreeMap::new();
+        let mut nodes: BTreeMap<(&str, &str), Contribs> = BTreeMap::new();
+        let mut edges: BTreeMap<(&str, &str, &str), Contribs> = BTreeMap::new();
         let mut links: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for (name, df) in &self.dataflows {
             for (key, rec) in df.live() {
@@ -962,8 +965,8 @@ mod tests {
 
     #[test]
     fn cluster_id_stays_when_a_newer_identifier_joins() {
-        let s1 = format!("{{\"at\":\"2023-11-14T22:13:20Z\",\"uid\":\"u5\",\"mail\":\"e5\"}}");
-        let s2 = format!("{{\"at\":\"2023-11-14T22:13:21.000Z\",\"uid\":\"u5\",\"dev\":\"d7\"}}");
+        let s1 = "{\"at\":\"2023-11-14T22:13:20Z\",\"uid\":\"u5\",\"mail\":\"e5\"}".to_string();
+        let s2 = "{\"at\":\"2023-11-14T22:13:21.000Z\",\"uid\":\"u5\",\"dev\":\"d7\"}".to_string();
         let m = run(&[("sessions", vec![s1.clone()])]);
         assert_eq!(
             ns(&m, "identity"),
