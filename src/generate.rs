@@ -705,7 +705,8 @@ mod tests {
 
     #[test]
     fn generate_writes_the_same_files_as_the_stream() {
-        let dir = std::env::temp_dir().join(format!("rdg-gen-test-{}", std::process::id()));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("out");
         let o = opts(3000, 1);
         let summary = generate(&o, &dir).expect("generate");
         let mut total = 0;
@@ -720,7 +721,6 @@ mod tests {
             total += lines;
         }
         assert_eq!(total, 3000);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Every field path a shipped definition reads (ids, props, time,
