@@ -388,7 +388,10 @@ fn rule_tables<'a, 'i>(
     let Some(v) = top.get(key) else {
         return Vec::new();
     };
-    let hint = format!("write `[[{key}]]` (double brackets) before each {kind} rule");
+    let mut hint = format!("write `[[{key}]]` (double brackets) before each {kind} rule");
+    if key == "identity" {
+        hint.push_str("; global identity settings (`blocklist`, `max_links`) go in rdg.toml");
+    }
     let DeValue::Array(items) = v.get_ref() else {
         cx.wrong_type(v, key, "an array of tables", Some(hint));
         return Vec::new();
@@ -865,5 +868,80 @@ pub(crate) fn assemble(
         identity,
         edge_types,
         node_types,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(text: &str) -> Vec<String> {
+        read_definition(Path::new("d.toml"), "d", text)
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    const SOURCE: &str = "[source]\ntopic = \"t\"\nevent_time = \"ts\"\n";
+
+    #[test]
+    fn event_time_forms() {
+        for (text, unit) in [
+            ("event_time = \"a.b\"", TimeUnit::Millis),
+            ("event_time = { field = \"a.b\" }", TimeUnit::Millis),
+            (
+                "event_time = { field = \"a.b\", unit = \"s\" }",
+                TimeUnit::Seconds,
+            ),
+            (
+                "event_time = { field = \"a.b\", unit = \"us\" }",
+                TimeUnit::Micros,
+            ),
+        ] {
+            let def =
+                format!("[source]\ntopic = \"t\"\n{text}\n[[nodes]]\ntype = \"n\"\nid = \"i\"\n");
+            let d = read_definition(Path::new("d.toml"), "d", &def);
+            let Some(plan) = d.plan else {
+                panic!("{text}: {:?}", d.problems);
+            };
+            assert_eq!(plan.event_time.unit, unit);
+            assert_eq!(plan.event_time.path, FieldPath::parse("a.b"));
+        }
+    }
+
+    #[test]
+    fn a_misspelt_rule_table_is_not_also_a_missing_rule() {
+        let m = messages(&format!("{SOURCE}[[node]]\ntype = \"n\"\nid = \"i\"\n"));
+        assert_eq!(
+            m,
+            [
+                "d.toml:4:3: error: unknown key `node` in a definition\n  hint: did you mean `nodes`?"
+            ]
+        );
+        let m = messages(&format!("{SOURCE}[[nodes]]\ntpye = \"n\"\nid = \"i\"\n"));
+        assert_eq!(m.len(), 1, "{m:?}");
+        let m = messages("[sorce]\ntopic = \"t\"\n[[nodes]]\ntype = \"n\"\nid = \"i\"\n");
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("did you mean `source`?"));
+    }
+
+    #[test]
+    fn identity_settings_in_a_definition() {
+        let m = messages(&format!("{SOURCE}[identity]\nmax_links = 5\n"));
+        assert_eq!(
+            m,
+            [
+                "d.toml:4:1: error: `identity` must be an array of tables, not a table\n  hint: write `[[identity]]` (double brackets) before each identity rule; global identity settings (`blocklist`, `max_links`) go in rdg.toml"
+            ]
+        );
+    }
+
+    #[test]
+    fn same_retention_in_other_units_is_the_same() {
+        let text = format!(
+            "{SOURCE}[[nodes]]\ntype = \"n\"\nid = \"a\"\nretention = \"1d\"\n[[nodes]]\ntype = \"n\"\nid = \"b\"\nretention = \"24h\"\n"
+        );
+        assert_eq!(messages(&text), Vec::<String>::new());
     }
 }
