@@ -84,6 +84,11 @@ pub(crate) fn fold<'s>(
                 let slot = stash
                     .entry(t)
                     .or_insert_with(|| (None, Vec::new(), i64::MIN));
+                // A time with only a watermark can still expire records:
+                // hold a capability for it too.
+                if slot.0.is_none() {
+                    slot.0 = cap.retain_least(output.output_index());
+                }
                 for w in data.drain(..) {
                     slot.2 = slot.2.max(w);
                 }
