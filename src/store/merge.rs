@@ -119,10 +119,11 @@ mod tests {
 
     #[test]
     fn merge_rule() {
+        // Out of dataflow order, to catch a merge that relies on scan order.
         let mut v = vec![
-            c("b", 2, 5, 20, r#"{"x":1,"y":"b"}"#),
-            c("a", 1, 3, 30, r#"{"x":2}"#),
             c("c", 4, 10, 20, r#"{"y":"c","z":true}"#),
+            c("a", 1, 3, 30, r#"{"x":2}"#),
+            c("b", 2, 5, 20, r#"{"x":1,"y":"b"}"#),
             c("d", 1, 1, 1, ""),
         ];
         let m = merge(&mut v).expect("merges");

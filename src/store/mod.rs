@@ -310,6 +310,45 @@ struct Inner {
     dyn_trees: RwLock<DynTrees>,
 }
 
+/// The stores opened by this process, by canonical directory. A live entry
+/// means the directory is open here; a dead one that it was closed, in which
+/// case sled may hold its file lock a few more milliseconds (background
+/// threads finishing), so [`open_db`] waits for it.
+static OPEN_IN_PROCESS: std::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Inner>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// How long to wait for sled to release the lock of a store this process
+/// has just closed.
+const RELOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the sled database in `dir`. A lock conflict is
+/// [`StoreError::Locked`], after waiting up to [`RELOCK_WAIT`] when this
+/// process itself closed the directory before.
+fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if !recently_closed || started.elapsed() >= RELOCK_WAIT {
+                    return Err(StoreError::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(StoreError::Sled {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// rdg's state directory. Cloning is cheap and shares the open database.
 #[derive(Clone)]
 pub struct Store {
@@ -335,17 +374,28 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked {
-                    path: dir.to_path_buf(),
-                }
-            }
-            source => StoreError::Sled {
-                path: dir.to_path_buf(),
-                source,
-            },
+        let canonical = std::fs::canonicalize(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
         })?;
+        // Held for the whole open, so two threads cannot race on one dir.
+        let mut open = OPEN_IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        let recently_closed = match open.get(&canonical) {
+            Some(w) if w.strong_count() > 0 => {
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let db = open_db(dir, recently_closed)?;
+        let store = Store::from_db(dir, db)?;
+        open.insert(canonical, Arc::downgrade(&store.inner));
+        Ok(store)
+    }
+
+    fn from_db(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {
         let sled_err = |source| StoreError::Sled {
             path: dir.to_path_buf(),
             source,

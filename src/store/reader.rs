@@ -93,15 +93,38 @@ impl Store {
             Direction::Out => Family::Edge,
             Direction::In => Family::EdgeIn,
         };
+        let Some(tree) = self.dyn_tree(family, edge_type) else {
+            return Ok(Vec::new());
+        };
+        self.neighbours(&tree, Some((family, edge_type)), id, q, true)
+    }
+
+    /// The identifiers `id` shares a stored identity link with (from any
+    /// dataflow, contributions merged), read from `identity/link`. Links are
+    /// undirected: `q.direction` is ignored; limit, since and order apply.
+    pub fn links(&self, id: &str, q: &EdgeQuery) -> Result<Vec<EdgeView>, StoreError> {
+        self.neighbours(&self.inner.link, None, id, q, false)
+    }
+
+    /// Scans `tree` for keys `enc(id) ++ enc(neighbour) ++ enc(dataflow)` and
+    /// merges each neighbour's contributions. `name` is the dynamic tree's
+    /// (family, name), `None` for `identity/link`; `edge_values` says whether
+    /// values carry the edge's reverse byte.
+    fn neighbours(
+        &self,
+        tree: &sled::Tree,
+        name: Option<(Family, &str)>,
+        id: &str,
+        q: &EdgeQuery,
+        edge_values: bool,
+    ) -> Result<Vec<EdgeView>, StoreError> {
         let mut out = Vec::new();
         if q.limit == Some(0) {
             return Ok(out);
         }
-        let Some(tree) = self.dyn_tree(family, edge_type) else {
-            return Ok(out);
-        };
-        let corrupt = |k: &[u8], d: &dyn std::fmt::Display| {
-            StoreError::corrupt(&tree_name(family, edge_type), k, d)
+        let corrupt = |k: &[u8], d: &dyn std::fmt::Display| match name {
+            Some((family, name)) => StoreError::corrupt(&tree_name(family, name), k, d),
+            None => StoreError::corrupt(TREE_LINK, k, d),
         };
         // With id order and a limit, the scan can stop early.
         let stop_at = match q.order {
@@ -150,7 +173,12 @@ impl Store {
                 neighbour.extend_from_slice(&rest[..n]);
             }
             let [dataflow] = decode_strs::<1>(&rest[n..]).map_err(|e| corrupt(&k, &e))?;
-            let (record, _) = decode_edge_value(&v).map_err(|e| corrupt(&k, &e))?;
+            let record = if edge_values {
+                decode_edge_value(&v).map(|(r, _)| r)
+            } else {
+                decode_record(&v)
+            }
+            .map_err(|e| corrupt(&k, &e))?;
             group.push(Contribution {
                 dataflow: CompactString::from(dataflow.as_ref()),
                 record,
