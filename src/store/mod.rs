@@ -62,6 +62,9 @@ use crate::model::{ClusterOf, Record};
 
 pub use reader::Contributions;
 
+#[cfg(test)]
+mod tests;
+
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
 
@@ -499,7 +502,8 @@ impl Store {
                 META_DATAFLOW => {
                     let name = d.str().map_err(|e| corrupt(&e))?;
                     d.end().map_err(|e| corrupt(&e))?;
-                    let c: DataflowCounters = postcard::from_bytes(&v).map_err(|e| corrupt(&e))?;
+                    let c: DataflowCounters =
+                        merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
                     out.dataflows.insert(
                         name.into_owned(),
                         DataflowMeta {
@@ -519,6 +523,12 @@ impl Store {
                         .map_err(|_| corrupt(&"position is not 8 bytes"))?;
                     out.positions
                         .insert((dataflow.into_owned(), partition.into_owned()), pos);
+                }
+                META_FORMAT | META_COMMITS => {
+                    d.end().map_err(|e| corrupt(&e))?;
+                    if v.len() != 8 {
+                        return Err(corrupt(&"value is not a u64 (8 bytes)"));
+                    }
                 }
                 _ => {}
             }
@@ -597,8 +607,8 @@ impl Store {
         let mut clusters = std::collections::BTreeSet::new();
         for item in self.inner.id.iter() {
             let (k, v) = item.map_err(|e| self.sled(e))?;
-            let of: ClusterOf =
-                postcard::from_bytes(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
+            let of =
+                reader::decode_cluster_of(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
             c.identifiers += 1;
             clusters.insert(of.cluster);
         }
@@ -616,21 +626,19 @@ impl Store {
         segments: usize,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
-        let mut last: Option<sled::IVec> = None;
+        let mut last: Vec<u8> = Vec::new();
         for item in tree.iter().keys() {
             let k = item.map_err(|e| self.sled(e))?;
             let mut len = 0;
             for _ in 0..segments {
-                len += codec::segment_len(&k[len..]).map_err(|e| {
-                    StoreError::corrupt(&format!("{}{name}", family.prefix()), &k, e)
-                })?;
+                len += codec::segment_len(&k[len..])
+                    .map_err(|e| StoreError::corrupt(&reader::tree_name(family, name), &k, e))?;
             }
-            if last
-                .as_ref()
-                .is_none_or(|l| l.len() != len || l[..] != k[..len])
-            {
+            // Encoded prefixes are never empty, so the first key counts.
+            if last[..] != k[..len] {
                 n += 1;
-                last = Some(sled::IVec::from(&k[..len]));
+                last.clear();
+                last.extend_from_slice(&k[..len]);
             }
         }
         Ok(n)

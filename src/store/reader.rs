@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 
 use compact_str::CompactString;
 
-use super::merge::{Contribution, Merged, decode_edge_value, decode_record, merge, to_json_map};
+use super::merge::{
+    Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge, to_json_map,
+};
 use super::{
     Direction, EdgeOrder, EdgeQuery, EdgeView, Family, IdentityView, NodeView, Store, StoreError,
     TREE_CLUSTER, TREE_ID, TREE_LINK, codec,
@@ -36,14 +38,7 @@ pub(crate) fn decode_strs<'k, const N: usize>(
 
 /// Decodes a `postcard(ClusterOf)` value with no trailing bytes.
 pub(crate) fn decode_cluster_of(v: &[u8]) -> Result<ClusterOf, String> {
-    match postcard::take_from_bytes::<ClusterOf>(v) {
-        Ok((c, [])) => Ok(c),
-        Ok((_, rest)) => Err(format!(
-            "{} trailing bytes after the cluster entry",
-            rest.len()
-        )),
-        Err(e) => Err(format!("bad cluster entry: {e}")),
-    }
+    decode_exact(v, "cluster entry")
 }
 
 impl Store {

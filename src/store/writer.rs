@@ -16,7 +16,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
 
-use super::merge::edge_value_reverse;
+use super::merge::{decode_exact, edge_value_reverse};
 use super::{
     DataflowCounters, DeadLetterRef, Family, META_COMMITS, META_DATAFLOW, META_POSITION, Store,
     StoreError, TREE_META, codec,
@@ -460,7 +460,7 @@ fn apply(
     for d in &plan.dataflows {
         let key = b(d.meta_key);
         let mut c: DataflowCounters = match meta.get(key)? {
-            Some(v) => postcard::from_bytes(&v).map_err(|e| corrupt(key, &e))?,
+            Some(v) => decode_exact(&v, "dataflow counters").map_err(|e| corrupt(key, &e))?,
             None => DataflowCounters::default(),
         };
         if let Some(p) = d.progress {
