@@ -757,7 +757,15 @@ fn second_open_is_locked_and_names_the_dir() {
 }
 
 fn set_version(path: &Path, version: u64) {
-    let db = sled::open(path).expect("sled open");
+    // sled releases the directory lock shortly after the store is dropped.
+    let started = std::time::Instant::now();
+    let db = loop {
+        match sled::open(path) {
+            Ok(db) => break db,
+            Err(e) if started.elapsed().as_secs() >= 5 => panic!("sled open: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    };
     let meta = db.open_tree("meta").expect("meta tree");
     meta.insert(codec::encode(&["format"]), &version.to_be_bytes())
         .expect("insert");

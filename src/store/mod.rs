@@ -12,11 +12,11 @@
 //!
 //! | tree | key | value |
 //! |------|-----|-------|
-//! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`]) |
-//! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`]) ++ reverse byte |
+//! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`](crate::model::Record)) |
+//! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`](crate::model::Record)) ++ reverse byte |
 //! | `edge_in/<edge_type>` | enc(to, from, dataflow) | the same bytes as the `edge/` value |
-//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow) | postcard([`Record`]) |
-//! | `identity/id` | enc(ident) | postcard([`ClusterOf`]) |
+//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow) | postcard([`Record`](crate::model::Record)) |
+//! | `identity/id` | enc(ident) | postcard([`ClusterOf`](crate::model::ClusterOf)) |
 //! | `identity/cluster` | enc(cluster, member) | empty |
 //! | `dead_letter/<dataflow>` | u64 big-endian sequence | postcard((source, reason)) |
 //! | `meta` | see below | |
@@ -36,11 +36,13 @@
 //!
 //! # Reading
 //! Several dataflows may contribute to one node, edge or link; reads merge
-//! the contributions as `docs/semantics.md` says ([`merge`]): count = sum,
+//! the contributions as `docs/semantics.md` says (module `merge`): count = sum,
 //! first_seen = min, last_seen = max, props = union by key where the
 //! contribution with the greater last_seen wins, ties to the greater dataflow
 //! name. Incoming edges ([`Direction::In`]) only see the contributions written
-//! with `reverse = true`.
+//! with `reverse = true`. [`Store::links`] reads an identifier's link
+//! neighbours from `identity/link` (one prefix scan, thanks to the two key
+//! directions), for "why are these merged" path queries.
 
 pub mod codec;
 mod export;
@@ -56,9 +58,6 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::Tree;
-
-#[allow(unused_imports)] // named in the docs above
-use crate::model::{ClusterOf, Record};
 
 pub use reader::Contributions;
 
@@ -321,20 +320,29 @@ static OPEN_IN_PROCESS: std::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Inner
     std::sync::Mutex::new(BTreeMap::new());
 
 /// How long to wait for sled to release the lock of a store this process
-/// has just closed.
+/// has closed before.
 const RELOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long to wait for the lock otherwise (another process, or a raw sled
+/// handle of this one that was just dropped).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Opens the sled database in `dir`. A lock conflict is
-/// [`StoreError::Locked`], after waiting up to [`RELOCK_WAIT`] when this
-/// process itself closed the directory before.
+/// [`StoreError::Locked`] once it lasted [`LOCK_WAIT`], or [`RELOCK_WAIT`]
+/// when this process itself closed the directory before.
 fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
+    let wait = if recently_closed {
+        RELOCK_WAIT
+    } else {
+        LOCK_WAIT
+    };
     let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(1);
     loop {
         match sled::Config::new().path(dir).open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-                if !recently_closed || started.elapsed() >= RELOCK_WAIT {
+                if started.elapsed() >= wait {
                     return Err(StoreError::Locked {
                         path: dir.to_path_buf(),
                     });
@@ -370,8 +378,11 @@ impl Store {
     /// Opens (creating if missing) the state directory `dir`.
     ///
     /// A new store gets the current [`FORMAT_VERSION`]; an existing one must
-    /// have it. Fails with [`StoreError::Locked`] when another `Store` (in
-    /// this or another process) has the directory open.
+    /// have it ([`StoreError::Version`] otherwise). Fails with
+    /// [`StoreError::Locked`] when another `Store` has the directory open: at
+    /// once when it is one of this process, after a short wait (sled's lock
+    /// is released asynchronously after a close) when it is another process.
+    /// Share one open `Store` by cloning it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
@@ -393,9 +404,18 @@ impl Store {
             None => false,
         };
         let db = open_db(dir, recently_closed)?;
-        let store = Store::from_db(dir, db)?;
-        open.insert(canonical, Arc::downgrade(&store.inner));
-        Ok(store)
+        match Store::from_db(dir, db) {
+            Ok(store) => {
+                open.insert(canonical, Arc::downgrade(&store.inner));
+                Ok(store)
+            }
+            Err(e) => {
+                // The database was opened and dropped: a retry may race
+                // sled's lock release like a reopen after close.
+                open.insert(canonical, std::sync::Weak::new());
+                Err(e)
+            }
+        }
     }
 
     fn from_db(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {

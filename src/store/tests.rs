@@ -3,7 +3,7 @@
 //! sorter against the in-memory path, and what `open` refuses.
 
 use super::*;
-use crate::model::{Change, DeadLetter, Progress, ident};
+use crate::model::{Change, ClusterOf, DeadLetter, Progress, Record, ident};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
