@@ -719,21 +719,29 @@ fn run_model(seed: u64, steps: usize) {
         }
         check(&store, &model, &mut rng, step);
     }
+    // The run exercised what it claims to.
+    assert!(
+        model.nodes.len() > 10 && model.links.len() > 10,
+        "seed {seed}"
+    );
+    assert!(model.edges.values().any(|(_, r)| *r) && model.edges.values().any(|(_, r)| !*r));
+    assert!(!model.clusters.is_empty() && !model.members.is_empty() && !model.dead.is_empty());
+    assert!(!model.meta.positions.is_empty());
 }
 
 #[test]
 fn model_seed_1() {
-    run_model(1, 150);
+    run_model(1, 300);
 }
 
 #[test]
 fn model_seed_2() {
-    run_model(2, 150);
+    run_model(2, 300);
 }
 
 #[test]
 fn model_seed_3() {
-    run_model(3, 150);
+    run_model(3, 300);
 }
 
 #[test]
@@ -898,4 +906,61 @@ fn many_tree_commit_is_all_there_after_reopen() {
         .expect("edges");
     assert_eq!(incoming.len(), 1);
     assert_eq!(incoming[0].node, "profile:p0");
+}
+
+#[test]
+fn concurrent_commits_from_clones_add_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let mut progress = Progress::default();
+                    progress.dataflows.insert(
+                        "d".into(),
+                        DataflowProgress {
+                            events: 1,
+                            late: 0,
+                            watermark: Some(i),
+                        },
+                    );
+                    let dead = [DeadLetter {
+                        dataflow: "d".into(),
+                        source: format!("t{t}:{i}"),
+                        reason: "r".into(),
+                    }];
+                    let node = [Change::Node {
+                        id: ident("n", &format!("{t}-{i}")),
+                        dataflow: "d".into(),
+                        record: Some(Record {
+                            count: 1,
+                            first_seen: i,
+                            last_seen: i,
+                            props: "".into(),
+                        }),
+                    }];
+                    store.commit(&node, &dead, &progress).expect("commit");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let meta = store.meta().expect("meta");
+    assert_eq!(
+        meta.dataflows["d"],
+        DataflowMeta {
+            events: 200,
+            late: 0,
+            dead_letters: 200,
+            watermark: Some(49),
+        }
+    );
+    let counts = store.counts().expect("counts");
+    assert_eq!((counts.nodes, counts.dead_letters), (200, 200));
+    let mut out = Vec::new();
+    assert_eq!(store.export(&mut out).expect("export").lines, 400);
 }
