@@ -301,3 +301,31 @@ fn dead_letter_sequences_continue_across_commits_and_reopen() {
     assert_eq!(keys, vec![0, 1, 2]);
     assert_eq!(store.meta().expect("meta").dataflows["d"].dead_letters, 3);
 }
+
+#[test]
+fn removes_do_not_create_trees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let changes = [
+        Change::Node {
+            id: "ghost:g1".into(),
+            dataflow: "d".into(),
+            record: None,
+        },
+        Change::Edge {
+            edge_type: "haunts".into(),
+            from: "ghost:g1".into(),
+            to: "house:h1".into(),
+            dataflow: "d".into(),
+            reverse: true,
+            record: None,
+        },
+    ];
+    store
+        .commit(&changes, &[], &Progress::default())
+        .expect("commit");
+    assert!(store.dyn_tree(Family::Node, "ghost").is_none());
+    assert!(store.dyn_tree(Family::Edge, "haunts").is_none());
+    assert!(store.dyn_tree(Family::EdgeIn, "haunts").is_none());
+    assert!(!store.is_empty().expect("is_empty"));
+}
