@@ -21,7 +21,7 @@ use compact_str::CompactString;
 use serde_json::Value;
 use sled::Tree;
 
-use super::merge::{Contribution, decode_edge_value, decode_record, merge};
+use super::merge::{Contribution, decode_edge_value, decode_exact, decode_record, merge};
 use super::reader::{decode_cluster_of, decode_strs, tree_name};
 use super::{DeadLetterOwned, ExportCounts, Family, Store, StoreError, TREE_ID, codec};
 
@@ -190,11 +190,12 @@ impl Store {
             let name = tree_name(Family::Dead, &dataflow);
             for item in tree.iter() {
                 let (k, v) = item.map_err(|e| self.sled(e))?;
-                let d: DeadLetterOwned = match postcard::take_from_bytes(&v) {
-                    Ok((d, [])) => d,
-                    Ok(_) => return Err(StoreError::corrupt(&name, &k, "trailing bytes")),
-                    Err(e) => return Err(StoreError::corrupt(&name, &k, e)),
-                };
+                let mut seq = codec::Decoder::new(&k);
+                seq.u64()
+                    .and_then(|_| seq.end())
+                    .map_err(|e| StoreError::corrupt(&name, &k, e))?;
+                let d: DeadLetterOwned = decode_exact(&v, "dead letter")
+                    .map_err(|e| StoreError::corrupt(&name, &k, e))?;
                 line.clear();
                 line.extend_from_slice(br#"{"ns":"dead_letter","dataflow":"#);
                 push_json_str(&mut line, &dataflow);

@@ -15,13 +15,21 @@ use serde_json::Value;
 
 use crate::model::Record;
 
+/// Decodes a postcard value that must fill `v` exactly (no trailing bytes).
+pub(crate) fn decode_exact<'a, T: serde::Deserialize<'a>>(
+    v: &'a [u8],
+    what: &str,
+) -> Result<T, String> {
+    match postcard::take_from_bytes::<T>(v) {
+        Ok((x, [])) => Ok(x),
+        Ok((_, rest)) => Err(format!("{} trailing bytes after the {what}", rest.len())),
+        Err(e) => Err(format!("bad {what}: {e}")),
+    }
+}
+
 /// Decodes a `postcard(Record)` value that must have no trailing bytes.
 pub(crate) fn decode_record(v: &[u8]) -> Result<Record, String> {
-    match postcard::take_from_bytes::<Record>(v) {
-        Ok((r, [])) => Ok(r),
-        Ok((_, rest)) => Err(format!("{} trailing bytes after the record", rest.len())),
-        Err(e) => Err(format!("bad record: {e}")),
-    }
+    decode_exact(v, "record")
 }
 
 /// Decodes an edge value: `postcard(Record)` followed by the reverse byte.
@@ -119,10 +127,11 @@ mod tests {
 
     #[test]
     fn merge_rule() {
+        // Out of dataflow order, to catch a merge that relies on scan order.
         let mut v = vec![
-            c("b", 2, 5, 20, r#"{"x":1,"y":"b"}"#),
-            c("a", 1, 3, 30, r#"{"x":2}"#),
             c("c", 4, 10, 20, r#"{"y":"c","z":true}"#),
+            c("a", 1, 3, 30, r#"{"x":2}"#),
+            c("b", 2, 5, 20, r#"{"x":1,"y":"b"}"#),
             c("d", 1, 1, 1, ""),
         ];
         let m = merge(&mut v).expect("merges");

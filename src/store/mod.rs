@@ -12,11 +12,11 @@
 //!
 //! | tree | key | value |
 //! |------|-----|-------|
-//! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`]) |
-//! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`]) ++ reverse byte |
+//! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`](crate::model::Record)) |
+//! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`](crate::model::Record)) ++ reverse byte |
 //! | `edge_in/<edge_type>` | enc(to, from, dataflow) | the same bytes as the `edge/` value |
-//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow) | postcard([`Record`]) |
-//! | `identity/id` | enc(ident) | postcard([`ClusterOf`]) |
+//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow) | postcard([`Record`](crate::model::Record)) |
+//! | `identity/id` | enc(ident) | postcard([`ClusterOf`](crate::model::ClusterOf)) |
 //! | `identity/cluster` | enc(cluster, member) | empty |
 //! | `dead_letter/<dataflow>` | u64 big-endian sequence | postcard((source, reason)) |
 //! | `meta` | see below | |
@@ -36,11 +36,13 @@
 //!
 //! # Reading
 //! Several dataflows may contribute to one node, edge or link; reads merge
-//! the contributions as `docs/semantics.md` says ([`merge`]): count = sum,
+//! the contributions as `docs/semantics.md` says (module `merge`): count = sum,
 //! first_seen = min, last_seen = max, props = union by key where the
 //! contribution with the greater last_seen wins, ties to the greater dataflow
 //! name. Incoming edges ([`Direction::In`]) only see the contributions written
-//! with `reverse = true`.
+//! with `reverse = true`. [`Store::links`] reads an identifier's link
+//! neighbours from `identity/link` (one prefix scan, thanks to the two key
+//! directions), for "why are these merged" path queries.
 
 pub mod codec;
 mod export;
@@ -57,10 +59,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::Tree;
 
-#[allow(unused_imports)] // named in the docs above
-use crate::model::{ClusterOf, Record};
-
 pub use reader::Contributions;
+
+#[cfg(test)]
+mod tests;
 
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -310,6 +312,54 @@ struct Inner {
     dyn_trees: RwLock<DynTrees>,
 }
 
+/// The stores opened by this process, by canonical directory. A live entry
+/// means the directory is open here; a dead one that it was closed, in which
+/// case sled may hold its file lock a few more milliseconds (background
+/// threads finishing), so [`open_db`] waits for it.
+static OPEN_IN_PROCESS: std::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Inner>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// How long to wait for sled to release the lock of a store this process
+/// has closed before.
+const RELOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long to wait for the lock otherwise (another process, or a raw sled
+/// handle of this one that was just dropped).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Opens the sled database in `dir`. A lock conflict is
+/// [`StoreError::Locked`] once it lasted [`LOCK_WAIT`], or [`RELOCK_WAIT`]
+/// when this process itself closed the directory before.
+fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
+    let wait = if recently_closed {
+        RELOCK_WAIT
+    } else {
+        LOCK_WAIT
+    };
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= wait {
+                    return Err(StoreError::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(StoreError::Sled {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// rdg's state directory. Cloning is cheap and shares the open database.
 #[derive(Clone)]
 pub struct Store {
@@ -328,24 +378,47 @@ impl Store {
     /// Opens (creating if missing) the state directory `dir`.
     ///
     /// A new store gets the current [`FORMAT_VERSION`]; an existing one must
-    /// have it. Fails with [`StoreError::Locked`] when another `Store` (in
-    /// this or another process) has the directory open.
+    /// have it ([`StoreError::Version`] otherwise). Fails with
+    /// [`StoreError::Locked`] when another `Store` has the directory open: at
+    /// once when it is one of this process, after a short wait (sled's lock
+    /// is released asynchronously after a close) when it is another process.
+    /// Share one open `Store` by cloning it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked {
-                    path: dir.to_path_buf(),
-                }
-            }
-            source => StoreError::Sled {
-                path: dir.to_path_buf(),
-                source,
-            },
+        let canonical = std::fs::canonicalize(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
         })?;
+        // Held for the whole open, so two threads cannot race on one dir.
+        let mut open = OPEN_IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        let recently_closed = match open.get(&canonical) {
+            Some(w) if w.strong_count() > 0 => {
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let db = open_db(dir, recently_closed)?;
+        match Store::from_db(dir, db) {
+            Ok(store) => {
+                open.insert(canonical, Arc::downgrade(&store.inner));
+                Ok(store)
+            }
+            Err(e) => {
+                // The database was opened and dropped: a retry may race
+                // sled's lock release like a reopen after close.
+                open.insert(canonical, std::sync::Weak::new());
+                Err(e)
+            }
+        }
+    }
+
+    fn from_db(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {
         let sled_err = |source| StoreError::Sled {
             path: dir.to_path_buf(),
             source,
@@ -449,7 +522,8 @@ impl Store {
                 META_DATAFLOW => {
                     let name = d.str().map_err(|e| corrupt(&e))?;
                     d.end().map_err(|e| corrupt(&e))?;
-                    let c: DataflowCounters = postcard::from_bytes(&v).map_err(|e| corrupt(&e))?;
+                    let c: DataflowCounters =
+                        merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
                     out.dataflows.insert(
                         name.into_owned(),
                         DataflowMeta {
@@ -469,6 +543,12 @@ impl Store {
                         .map_err(|_| corrupt(&"position is not 8 bytes"))?;
                     out.positions
                         .insert((dataflow.into_owned(), partition.into_owned()), pos);
+                }
+                META_FORMAT | META_COMMITS => {
+                    d.end().map_err(|e| corrupt(&e))?;
+                    if v.len() != 8 {
+                        return Err(corrupt(&"value is not a u64 (8 bytes)"));
+                    }
                 }
                 _ => {}
             }
@@ -547,8 +627,8 @@ impl Store {
         let mut clusters = std::collections::BTreeSet::new();
         for item in self.inner.id.iter() {
             let (k, v) = item.map_err(|e| self.sled(e))?;
-            let of: ClusterOf =
-                postcard::from_bytes(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
+            let of =
+                reader::decode_cluster_of(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
             c.identifiers += 1;
             clusters.insert(of.cluster);
         }
@@ -566,21 +646,19 @@ impl Store {
         segments: usize,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
-        let mut last: Option<sled::IVec> = None;
+        let mut last: Vec<u8> = Vec::new();
         for item in tree.iter().keys() {
             let k = item.map_err(|e| self.sled(e))?;
             let mut len = 0;
             for _ in 0..segments {
-                len += codec::segment_len(&k[len..]).map_err(|e| {
-                    StoreError::corrupt(&format!("{}{name}", family.prefix()), &k, e)
-                })?;
+                len += codec::segment_len(&k[len..])
+                    .map_err(|e| StoreError::corrupt(&reader::tree_name(family, name), &k, e))?;
             }
-            if last
-                .as_ref()
-                .is_none_or(|l| l.len() != len || l[..] != k[..len])
-            {
+            // Encoded prefixes are never empty, so the first key counts.
+            if last[..] != k[..len] {
                 n += 1;
-                last = Some(sled::IVec::from(&k[..len]));
+                last.clear();
+                last.extend_from_slice(&k[..len]);
             }
         }
         Ok(n)

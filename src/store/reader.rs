@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 
 use compact_str::CompactString;
 
-use super::merge::{Contribution, Merged, decode_edge_value, decode_record, merge, to_json_map};
+use super::merge::{
+    Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge, to_json_map,
+};
 use super::{
     Direction, EdgeOrder, EdgeQuery, EdgeView, Family, IdentityView, NodeView, Store, StoreError,
     TREE_CLUSTER, TREE_ID, TREE_LINK, codec,
@@ -36,14 +38,7 @@ pub(crate) fn decode_strs<'k, const N: usize>(
 
 /// Decodes a `postcard(ClusterOf)` value with no trailing bytes.
 pub(crate) fn decode_cluster_of(v: &[u8]) -> Result<ClusterOf, String> {
-    match postcard::take_from_bytes::<ClusterOf>(v) {
-        Ok((c, [])) => Ok(c),
-        Ok((_, rest)) => Err(format!(
-            "{} trailing bytes after the cluster entry",
-            rest.len()
-        )),
-        Err(e) => Err(format!("bad cluster entry: {e}")),
-    }
+    decode_exact(v, "cluster entry")
 }
 
 impl Store {
@@ -93,15 +88,38 @@ impl Store {
             Direction::Out => Family::Edge,
             Direction::In => Family::EdgeIn,
         };
+        let Some(tree) = self.dyn_tree(family, edge_type) else {
+            return Ok(Vec::new());
+        };
+        self.neighbours(&tree, Some((family, edge_type)), id, q, true)
+    }
+
+    /// The identifiers `id` shares a stored identity link with (from any
+    /// dataflow, contributions merged), read from `identity/link`. Links are
+    /// undirected: `q.direction` is ignored; limit, since and order apply.
+    pub fn links(&self, id: &str, q: &EdgeQuery) -> Result<Vec<EdgeView>, StoreError> {
+        self.neighbours(&self.inner.link, None, id, q, false)
+    }
+
+    /// Scans `tree` for keys `enc(id) ++ enc(neighbour) ++ enc(dataflow)` and
+    /// merges each neighbour's contributions. `name` is the dynamic tree's
+    /// (family, name), `None` for `identity/link`; `edge_values` says whether
+    /// values carry the edge's reverse byte.
+    fn neighbours(
+        &self,
+        tree: &sled::Tree,
+        name: Option<(Family, &str)>,
+        id: &str,
+        q: &EdgeQuery,
+        edge_values: bool,
+    ) -> Result<Vec<EdgeView>, StoreError> {
         let mut out = Vec::new();
         if q.limit == Some(0) {
             return Ok(out);
         }
-        let Some(tree) = self.dyn_tree(family, edge_type) else {
-            return Ok(out);
-        };
-        let corrupt = |k: &[u8], d: &dyn std::fmt::Display| {
-            StoreError::corrupt(&tree_name(family, edge_type), k, d)
+        let corrupt = |k: &[u8], d: &dyn std::fmt::Display| match name {
+            Some((family, name)) => StoreError::corrupt(&tree_name(family, name), k, d),
+            None => StoreError::corrupt(TREE_LINK, k, d),
         };
         // With id order and a limit, the scan can stop early.
         let stop_at = match q.order {
@@ -150,7 +168,12 @@ impl Store {
                 neighbour.extend_from_slice(&rest[..n]);
             }
             let [dataflow] = decode_strs::<1>(&rest[n..]).map_err(|e| corrupt(&k, &e))?;
-            let (record, _) = decode_edge_value(&v).map_err(|e| corrupt(&k, &e))?;
+            let record = if edge_values {
+                decode_edge_value(&v).map(|(r, _)| r)
+            } else {
+                decode_record(&v)
+            }
+            .map_err(|e| corrupt(&k, &e))?;
             group.push(Contribution {
                 dataflow: CompactString::from(dataflow.as_ref()),
                 record,

@@ -7,7 +7,12 @@
 //! pure: keys and values are encoded beforehand into one arena, and the
 //! closure only reads through the transaction (edge flags, counters) and
 //! writes. Trees are opened before the transaction (sled cannot open one
-//! inside).
+//! inside); removals never create a tree.
+//!
+//! The closure writes key by key rather than through per-tree `sled::Batch`es:
+//! inside a transaction `apply_batch` is the same loop of inserts, and one
+//! write (dropping a stale `edge_in/` key when an edge stops being reversed)
+//! depends on the old value, which only the transaction can read.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +21,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
 
-use super::merge::edge_value_reverse;
+use super::merge::{decode_exact, edge_value_reverse};
 use super::{
     DataflowCounters, DeadLetterRef, Family, META_COMMITS, META_DATAFLOW, META_POSITION, Store,
     StoreError, TREE_META, codec,
@@ -233,7 +238,14 @@ impl Store {
                     record,
                 } => {
                     let (node_type, id_part) = split_ident(id);
-                    let tree = trees.get_or_create(Family::Node, node_type)?;
+                    let tree = match record {
+                        Some(_) => trees.get_or_create(Family::Node, node_type)?,
+                        // No tree, nothing to remove: do not create one.
+                        None => match trees.get_existing(Family::Node, node_type) {
+                            Some(tree) => tree,
+                            None => continue,
+                        },
+                    };
                     let key = a.key(&[id_part, dataflow]);
                     match record {
                         Some(r) => Op::Put {
@@ -253,7 +265,15 @@ impl Store {
                     record,
                 } => {
                     let writes = record.is_some();
-                    let fwd = trees.get_or_create(Family::Edge, edge_type)?;
+                    let fwd = if writes {
+                        trees.get_or_create(Family::Edge, edge_type)?
+                    } else {
+                        // An `edge_in/` key never exists without its `edge/` key.
+                        match trees.get_existing(Family::Edge, edge_type) {
+                            Some(tree) => tree,
+                            None => continue,
+                        }
+                    };
                     let inn = if writes && *reverse {
                         Some(trees.get_or_create(Family::EdgeIn, edge_type)?)
                     } else {
@@ -460,7 +480,7 @@ fn apply(
     for d in &plan.dataflows {
         let key = b(d.meta_key);
         let mut c: DataflowCounters = match meta.get(key)? {
-            Some(v) => postcard::from_bytes(&v).map_err(|e| corrupt(key, &e))?,
+            Some(v) => decode_exact(&v, "dataflow counters").map_err(|e| corrupt(key, &e))?,
             None => DataflowCounters::default(),
         };
         if let Some(p) = d.progress {

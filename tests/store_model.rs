@@ -1,0 +1,966 @@
+//! Model test of the store: seeded random commits (nodes, edges, links,
+//! clusters, members, puts and removes from several dataflows, dead letters,
+//! progress), with occasional close-and-reopen, checked after every step
+//! against a plain `BTreeMap` model of the merged view: `node`, `edges` (both
+//! directions, limit/since/order), `identity`, `export`, `counts`,
+//! `contributions`, `meta` and `is_empty`. Also: the directory lock, the
+//! format version check, and a many-tree commit surviving a reopen.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rdg::model::{Change, ClusterOf, DataflowProgress, DeadLetter, Progress, Record, ident};
+use rdg::store::{
+    Counts, DataflowMeta, Direction, EdgeOrder, EdgeQuery, Meta, Store, StoreError, codec,
+};
+use serde_json::Value;
+
+const NODE_TYPES: &[&str] = &["profile", "a", "a!", "x\u{0}"];
+const IDS: &[&str] = &["p4", "p42", "p4\u{0}", "", "ÿ", "q\"", "a b", "p4!"];
+const EDGE_TYPES: &[&str] = &["watched", "w", "w!"];
+const DATAFLOWS: &[&str] = &["playback", "search", "a", "a!", "b\u{0}"];
+const PROP_KEYS: &[&str] = &["x", "y", "z", "é"];
+
+type Props = BTreeMap<String, Value>;
+/// Contributions of one record: (dataflow, record).
+type Group<'a> = Vec<(&'a str, &'a Record)>;
+
+#[derive(Default)]
+struct Model {
+    /// (type, id part, dataflow) -> record
+    nodes: BTreeMap<(String, String, String), Record>,
+    /// (edge type, from, to, dataflow) -> (record, reverse)
+    edges: BTreeMap<(String, String, String, String), (Record, bool)>,
+    /// (a, b, dataflow) with a < b -> record
+    links: BTreeMap<(String, String, String), Record>,
+    clusters: BTreeMap<String, ClusterOf>,
+    members: BTreeSet<(String, String)>,
+    dead: BTreeMap<String, Vec<(String, String)>>,
+    meta: Meta,
+    committed: bool,
+}
+
+/// A merged record, computed independently of the store's merge: for each
+/// prop key, the contribution with the greatest (last_seen, dataflow) among
+/// those having the key wins.
+#[derive(Debug, PartialEq)]
+struct Merged {
+    count: u64,
+    first_seen: i64,
+    last_seen: i64,
+    props: Props,
+}
+
+fn parse(props: &str) -> Props {
+    if props.is_empty() {
+        Props::new()
+    } else {
+        serde_json::from_str(props).expect("model props are JSON objects")
+    }
+}
+
+fn merge<'a>(contribs: impl IntoIterator<Item = (&'a str, &'a Record)>) -> Option<Merged> {
+    let contribs: Vec<(&str, &Record)> = contribs.into_iter().collect();
+    if contribs.is_empty() {
+        return None;
+    }
+    let parsed: Vec<(&str, &Record, Props)> = contribs
+        .iter()
+        .map(|&(df, r)| (df, r, parse(&r.props)))
+        .collect();
+    let keys: BTreeSet<&String> = parsed.iter().flat_map(|(_, _, p)| p.keys()).collect();
+    let mut props = Props::new();
+    for k in keys {
+        let winner = parsed
+            .iter()
+            .filter(|(_, _, p)| p.contains_key(k))
+            .max_by(|a, b| (a.1.last_seen, a.0).cmp(&(b.1.last_seen, b.0)))
+            .expect("some contribution has the key");
+        props.insert(k.clone(), winner.2[k].clone());
+    }
+    Some(Merged {
+        count: contribs.iter().map(|(_, r)| r.count).sum(),
+        first_seen: contribs.iter().map(|(_, r)| r.first_seen).min()?,
+        last_seen: contribs.iter().map(|(_, r)| r.last_seen).max()?,
+        props,
+    })
+}
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).expect("json string")
+}
+
+fn props_json(p: &Props) -> String {
+    serde_json::to_string(p).expect("json props")
+}
+
+impl Model {
+    fn apply(&mut self, changes: &[Change], dead: &[DeadLetter], progress: &Progress) {
+        for c in changes {
+            match c.clone() {
+                Change::Node {
+                    id,
+                    dataflow,
+                    record,
+                } => {
+                    let (t, i) = rdg::model::split_ident(&id);
+                    let k = (t.to_string(), i.to_string(), dataflow.to_string());
+                    match record {
+                        Some(r) => {
+                            self.nodes.insert(k, r);
+                        }
+                        None => {
+                            self.nodes.remove(&k);
+                        }
+                    }
+                }
+                Change::Edge {
+                    edge_type,
+                    from,
+                    to,
+                    dataflow,
+                    reverse,
+                    record,
+                } => {
+                    let k = (
+                        edge_type.to_string(),
+                        from.to_string(),
+                        to.to_string(),
+                        dataflow.to_string(),
+                    );
+                    match record {
+                        Some(r) => {
+                            self.edges.insert(k, (r, reverse));
+                        }
+                        None => {
+                            self.edges.remove(&k);
+                        }
+                    }
+                }
+                Change::Link {
+                    a,
+                    b,
+                    dataflow,
+                    record,
+                } => {
+                    let k = (a.to_string(), b.to_string(), dataflow.to_string());
+                    match record {
+                        Some(r) => {
+                            self.links.insert(k, r);
+                        }
+                        None => {
+                            self.links.remove(&k);
+                        }
+                    }
+                }
+                Change::Cluster { id, cluster } => match cluster {
+                    Some(c) => {
+                        self.clusters.insert(id.to_string(), c);
+                    }
+                    None => {
+                        self.clusters.remove(id.as_str());
+                    }
+                },
+                Change::Member {
+                    cluster,
+                    member,
+                    present,
+                } => {
+                    let k = (cluster.to_string(), member.to_string());
+                    if present {
+                        self.members.insert(k);
+                    } else {
+                        self.members.remove(&k);
+                    }
+                }
+            }
+        }
+        for d in dead {
+            self.dead
+                .entry(d.dataflow.to_string())
+                .or_default()
+                .push((d.source.clone(), d.reason.clone()));
+            self.meta
+                .dataflows
+                .entry(d.dataflow.to_string())
+                .or_default()
+                .dead_letters += 1;
+        }
+        for (name, p) in &progress.dataflows {
+            let m = self.meta.dataflows.entry(name.to_string()).or_default();
+            m.events += p.events;
+            m.late += p.late;
+            m.watermark = match (m.watermark, p.watermark) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        for ((df, part), pos) in &progress.positions {
+            self.meta
+                .positions
+                .insert((df.to_string(), part.to_string()), *pos);
+        }
+        if !changes.is_empty()
+            || !dead.is_empty()
+            || !progress.dataflows.is_empty()
+            || !progress.positions.is_empty()
+        {
+            self.committed = true;
+        }
+    }
+
+    fn node(&self, id: &str) -> Option<(i64, i64, Props)> {
+        let (t, i) = rdg::model::split_ident(id);
+        let m = merge(
+            self.nodes
+                .iter()
+                .filter(|((nt, ni, _), _)| nt == t && ni == i)
+                .map(|((_, _, df), r)| (df.as_str(), r)),
+        )?;
+        Some((m.first_seen, m.last_seen, m.props))
+    }
+
+    /// Neighbour -> merged, over the contributions visible in `dir`.
+    fn neighbours(&self, edge_type: &str, id: &str, dir: Direction) -> BTreeMap<String, Merged> {
+        let mut groups: BTreeMap<&str, Group> = BTreeMap::new();
+        for ((t, from, to, df), (r, reverse)) in &self.edges {
+            if t != edge_type {
+                continue;
+            }
+            match dir {
+                Direction::Out if from == id => groups.entry(to).or_default().push((df, r)),
+                Direction::In if to == id && *reverse => {
+                    groups.entry(from).or_default().push((df, r))
+                }
+                _ => {}
+            }
+        }
+        groups
+            .into_iter()
+            .filter_map(|(n, c)| Some((n.to_string(), merge(c)?)))
+            .collect()
+    }
+
+    fn edges(&self, edge_type: &str, id: &str, q: &EdgeQuery) -> Vec<(String, Merged)> {
+        let mut v: Vec<(String, Merged)> = self
+            .neighbours(edge_type, id, q.direction)
+            .into_iter()
+            .filter(|(_, m)| q.since.is_none_or(|s| m.last_seen >= s))
+            .collect();
+        if q.order == EdgeOrder::Recent {
+            v.sort_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(&b.0)));
+        }
+        if let Some(l) = q.limit {
+            v.truncate(l);
+        }
+        v
+    }
+
+    /// Link neighbours of `id` with `q` applied (direction ignored).
+    fn links(&self, id: &str, q: &EdgeQuery) -> Vec<(String, Merged)> {
+        let mut groups: BTreeMap<&str, Group> = BTreeMap::new();
+        for ((a, b, df), r) in &self.links {
+            if a == id {
+                groups.entry(b).or_default().push((df, r));
+            } else if b == id {
+                groups.entry(a).or_default().push((df, r));
+            }
+        }
+        let mut v: Vec<(String, Merged)> = groups
+            .into_iter()
+            .filter_map(|(n, c)| Some((n.to_string(), merge(c)?)))
+            .filter(|(_, m)| q.since.is_none_or(|s| m.last_seen >= s))
+            .collect();
+        if q.order == EdgeOrder::Recent {
+            v.sort_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(&b.0)));
+        }
+        if let Some(l) = q.limit {
+            v.truncate(l);
+        }
+        v
+    }
+
+    fn export(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut nodes: BTreeMap<(&str, &str), Group> = BTreeMap::new();
+        for ((t, i, df), r) in &self.nodes {
+            nodes.entry((t, i)).or_default().push((df, r));
+        }
+        for ((t, i), c) in nodes {
+            let m = merge(c).expect("non-empty");
+            lines.push(format!(
+                r#"{{"ns":"node","type":{},"id":{},"first_seen":{},"last_seen":{},"props":{}}}"#,
+                js(t),
+                js(i),
+                m.first_seen,
+                m.last_seen,
+                props_json(&m.props)
+            ));
+        }
+        let mut edges: BTreeMap<(&str, &str, &str), Group> = BTreeMap::new();
+        for ((t, f, to, df), (r, _)) in &self.edges {
+            edges.entry((t, f, to)).or_default().push((df, r));
+        }
+        for ((t, f, to), c) in edges {
+            let m = merge(c).expect("non-empty");
+            lines.push(format!(
+                r#"{{"ns":"edge","type":{},"from":{},"to":{},"count":{},"first_seen":{},"last_seen":{},"props":{}}}"#,
+                js(t),
+                js(f),
+                js(to),
+                m.count,
+                m.first_seen,
+                m.last_seen,
+                props_json(&m.props)
+            ));
+        }
+        for (id, c) in &self.clusters {
+            lines.push(format!(
+                r#"{{"ns":"identity","id":{},"cluster":{},"hub":{}}}"#,
+                js(id),
+                js(&c.cluster),
+                c.hub
+            ));
+        }
+        for (df, letters) in &self.dead {
+            for (source, reason) in letters {
+                lines.push(format!(
+                    r#"{{"ns":"dead_letter","dataflow":{},"source":{},"reason":{}}}"#,
+                    js(df),
+                    js(source),
+                    js(reason)
+                ));
+            }
+        }
+        lines.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        lines
+    }
+
+    fn counts(&self) -> Counts {
+        let nodes: BTreeSet<_> = self.nodes.keys().map(|(t, i, _)| (t, i)).collect();
+        let edges: BTreeSet<_> = self.edges.keys().map(|(t, f, to, _)| (t, f, to)).collect();
+        let clusters: BTreeSet<_> = self.clusters.values().map(|c| &c.cluster).collect();
+        Counts {
+            nodes: nodes.len() as u64,
+            edges: edges.len() as u64,
+            identifiers: self.clusters.len() as u64,
+            clusters: clusters.len() as u64,
+            dead_letters: self.dead.values().map(|v| v.len() as u64).sum(),
+        }
+    }
+
+    fn contributions(&self) -> Vec<Change> {
+        let mut v = Vec::new();
+        for ((t, i, df), r) in &self.nodes {
+            v.push(Change::Node {
+                id: ident(t, i),
+                dataflow: df.into(),
+                record: Some(r.clone()),
+            });
+        }
+        for ((t, f, to, df), (r, reverse)) in &self.edges {
+            v.push(Change::Edge {
+                edge_type: t.into(),
+                from: f.into(),
+                to: to.into(),
+                dataflow: df.into(),
+                reverse: *reverse,
+                record: Some(r.clone()),
+            });
+        }
+        for ((a, b, df), r) in &self.links {
+            v.push(Change::Link {
+                a: a.into(),
+                b: b.into(),
+                dataflow: df.into(),
+                record: Some(r.clone()),
+            });
+        }
+        v.sort();
+        v
+    }
+}
+
+fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
+    from[rng.random_range(0..from.len())]
+}
+
+fn all_idents() -> Vec<String> {
+    NODE_TYPES
+        .iter()
+        .flat_map(|t| IDS.iter().map(move |i| ident(t, i).to_string()))
+        .collect()
+}
+
+fn random_ident(rng: &mut StdRng) -> String {
+    ident(pick(rng, NODE_TYPES), pick(rng, IDS)).to_string()
+}
+
+fn random_record(rng: &mut StdRng) -> Record {
+    let first_seen = rng.random_range(-5..20);
+    let props = if rng.random_bool(0.2) {
+        String::new()
+    } else {
+        let mut p = Props::new();
+        for _ in 0..rng.random_range(0..4) {
+            let v = match rng.random_range(0..6) {
+                0 => Value::from(rng.random_range(-3..3)),
+                1 => Value::from(pick(rng, &["s", "NL", "\"q\"", "é"])),
+                2 => Value::Bool(rng.random_bool(0.5)),
+                3 => Value::Null,
+                4 => serde_json::json!({"n": rng.random_range(0..3), "a": [1, "b"]}),
+                _ => serde_json::json!([1.5, null]),
+            };
+            p.insert(pick(rng, PROP_KEYS).to_string(), v);
+        }
+        props_json(&p)
+    };
+    Record {
+        count: rng.random_range(1..5),
+        first_seen,
+        last_seen: first_seen + rng.random_range(0..4),
+        props: props.into(),
+    }
+}
+
+/// A random change: mostly puts, removes mostly of things that exist.
+fn random_change(rng: &mut StdRng, model: &Model) -> Change {
+    let remove = rng.random_bool(0.3);
+    let record = |rng: &mut StdRng| {
+        if remove {
+            None
+        } else {
+            Some(random_record(rng))
+        }
+    };
+    match rng.random_range(0..10) {
+        0..=2 => {
+            // Removes mostly, and puts often, hit an existing contribution.
+            if !model.nodes.is_empty()
+                && rng.random_bool(if remove { 0.8 } else { 0.4 })
+                && let Some(((t, i, df), _)) = model
+                    .nodes
+                    .iter()
+                    .nth(rng.random_range(0..model.nodes.len()))
+            {
+                return Change::Node {
+                    id: ident(t, i),
+                    dataflow: df.into(),
+                    record: record(rng),
+                };
+            }
+            Change::Node {
+                id: random_ident(rng).into(),
+                dataflow: pick(rng, DATAFLOWS).into(),
+                record: record(rng),
+            }
+        }
+        3..=5 => {
+            if !model.edges.is_empty()
+                && rng.random_bool(if remove { 0.8 } else { 0.4 })
+                && let Some(((t, f, to, df), (_, reverse))) = model
+                    .edges
+                    .iter()
+                    .nth(rng.random_range(0..model.edges.len()))
+            {
+                // The reverse flag may change between puts of one contribution.
+                return Change::Edge {
+                    edge_type: t.into(),
+                    from: f.into(),
+                    to: to.into(),
+                    dataflow: df.into(),
+                    reverse: if rng.random_bool(0.6) {
+                        *reverse
+                    } else {
+                        !reverse
+                    },
+                    record: record(rng),
+                };
+            }
+            Change::Edge {
+                edge_type: pick(rng, EDGE_TYPES).into(),
+                from: random_ident(rng).into(),
+                to: random_ident(rng).into(),
+                dataflow: pick(rng, DATAFLOWS).into(),
+                reverse: rng.random_bool(0.5),
+                record: record(rng),
+            }
+        }
+        6 => {
+            if !model.links.is_empty()
+                && rng.random_bool(if remove { 0.8 } else { 0.4 })
+                && let Some(((a, b, df), _)) = model
+                    .links
+                    .iter()
+                    .nth(rng.random_range(0..model.links.len()))
+            {
+                return Change::Link {
+                    a: a.into(),
+                    b: b.into(),
+                    dataflow: df.into(),
+                    record: record(rng),
+                };
+            }
+            let (mut a, mut b) = (random_ident(rng), random_ident(rng));
+            while a == b {
+                b = random_ident(rng);
+            }
+            if a > b {
+                std::mem::swap(&mut a, &mut b);
+            }
+            Change::Link {
+                a: a.into(),
+                b: b.into(),
+                dataflow: pick(rng, DATAFLOWS).into(),
+                record: record(rng),
+            }
+        }
+        7..=8 => Change::Cluster {
+            id: random_ident(rng).into(),
+            cluster: if remove {
+                None
+            } else {
+                Some(ClusterOf {
+                    cluster: random_ident(rng).into(),
+                    hub: rng.random_bool(0.2),
+                })
+            },
+        },
+        _ => Change::Member {
+            cluster: random_ident(rng).into(),
+            member: random_ident(rng).into(),
+            present: !remove,
+        },
+    }
+}
+
+fn random_commit(rng: &mut StdRng, model: &Model) -> (Vec<Change>, Vec<DeadLetter>, Progress) {
+    let changes = (0..rng.random_range(0..10))
+        .map(|_| random_change(rng, model))
+        .collect();
+    let dead = if rng.random_bool(0.2) {
+        (0..rng.random_range(1..4))
+            .map(|_| DeadLetter {
+                dataflow: pick(rng, DATAFLOWS).into(),
+                source: format!(
+                    "{}.jsonl:{}",
+                    pick(rng, &["f", "g\u{0}"]),
+                    rng.random_range(0..5)
+                ),
+                reason: pick(rng, &["bad time", "id is \"bool\"", "ÿ\n"]).to_string(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut progress = Progress::default();
+    if rng.random_bool(0.3) {
+        for _ in 0..rng.random_range(1..3) {
+            progress.dataflows.insert(
+                pick(rng, DATAFLOWS).into(),
+                DataflowProgress {
+                    events: rng.random_range(0..100),
+                    late: rng.random_range(0..3),
+                    watermark: rng.random_bool(0.7).then(|| rng.random_range(-10..1000)),
+                },
+            );
+        }
+        for _ in 0..rng.random_range(0..3) {
+            progress.positions.insert(
+                (
+                    pick(rng, DATAFLOWS).into(),
+                    pick(rng, &["0", "1", "t/0", "f.jsonl"]).to_string(),
+                ),
+                rng.random_range(0..1000),
+            );
+        }
+    }
+    (changes, dead, progress)
+}
+
+fn random_query(rng: &mut StdRng, direction: Direction) -> EdgeQuery {
+    EdgeQuery {
+        direction,
+        limit: rng.random_bool(0.5).then(|| rng.random_range(0..4)),
+        since: rng.random_bool(0.5).then(|| rng.random_range(-5..25)),
+        order: if rng.random_bool(0.5) {
+            EdgeOrder::Id
+        } else {
+            EdgeOrder::Recent
+        },
+    }
+}
+
+fn views(v: Vec<rdg::store::EdgeView>) -> Vec<(String, Merged)> {
+    v.into_iter()
+        .map(|e| {
+            (
+                e.node,
+                Merged {
+                    count: e.count,
+                    first_seen: e.first_seen,
+                    last_seen: e.last_seen,
+                    props: e.props.into_iter().collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn check(store: &Store, model: &Model, rng: &mut StdRng, step: usize) {
+    let ctx = |what: &str| format!("step {step}: {what}");
+    assert_eq!(
+        store.is_empty().expect("is_empty"),
+        !model.committed,
+        "{}",
+        ctx("is_empty")
+    );
+    for id in all_idents().iter().chain([&"nosuch:p4".to_string()]) {
+        let got = store.node(id).expect("node").map(|n| {
+            assert_eq!(n.id, *id);
+            assert_eq!(n.node_type, rdg::model::split_ident(id).0);
+            (
+                n.first_seen,
+                n.last_seen,
+                n.props.into_iter().collect::<Props>(),
+            )
+        });
+        assert_eq!(got, model.node(id), "{}", ctx(&format!("node {id:?}")));
+
+        for t in EDGE_TYPES.iter().chain(&["nosuch"]) {
+            for direction in [Direction::Out, Direction::In] {
+                for q in [
+                    EdgeQuery {
+                        direction,
+                        ..EdgeQuery::default()
+                    },
+                    random_query(rng, direction),
+                ] {
+                    let got = views(store.edges(t, id, &q).expect("edges"));
+                    assert_eq!(
+                        got,
+                        model.edges(t, id, &q),
+                        "{}",
+                        ctx(&format!("edges {t:?} {id:?} {q:?}"))
+                    );
+                }
+            }
+        }
+
+        for q in [EdgeQuery::default(), random_query(rng, Direction::Out)] {
+            let got = views(store.links(id, &q).expect("links"));
+            assert_eq!(
+                got,
+                model.links(id, &q),
+                "{}",
+                ctx(&format!("links {id:?} {q:?}"))
+            );
+        }
+
+        let got = store.identity(id).expect("identity");
+        let expected = model.clusters.get(id.as_str()).map(|c| {
+            let members: Vec<String> = model
+                .members
+                .iter()
+                .filter(|(cl, _)| *cl == c.cluster)
+                .map(|(_, m)| m.clone())
+                .collect();
+            (id.clone(), c.cluster.to_string(), c.hub, members)
+        });
+        assert_eq!(
+            got.map(|v| (v.id, v.cluster, v.hub, v.members)),
+            expected,
+            "{}",
+            ctx(&format!("identity {id:?}"))
+        );
+    }
+
+    let mut out = Vec::new();
+    let counts = store.export(&mut out).expect("export");
+    let text = String::from_utf8(out).expect("utf-8 export");
+    let lines: Vec<&str> = text.lines().collect();
+    let expected = model.export();
+    assert_eq!(lines, expected, "{}", ctx("export"));
+    assert_eq!(counts.lines, expected.len() as u64);
+
+    assert_eq!(
+        store.counts().expect("counts"),
+        model.counts(),
+        "{}",
+        ctx("counts")
+    );
+    let mut got: Vec<Change> = store
+        .contributions()
+        .collect::<Result<_, _>>()
+        .expect("contributions");
+    got.sort();
+    assert_eq!(got, model.contributions(), "{}", ctx("contributions"));
+    assert_eq!(store.meta().expect("meta"), model.meta, "{}", ctx("meta"));
+}
+
+fn run_model(seed: u64, steps: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut store = Store::open(dir.path()).expect("open");
+    let mut model = Model::default();
+    check(&store, &model, &mut rng, 0);
+    for step in 1..=steps {
+        let (changes, dead, progress) = random_commit(&mut rng, &model);
+        store.commit(&changes, &dead, &progress).expect("commit");
+        model.apply(&changes, &dead, &progress);
+        if rng.random_bool(0.1) {
+            if rng.random_bool(0.5) {
+                store.flush().expect("flush");
+            }
+            drop(store);
+            store = Store::open(dir.path()).expect("reopen");
+        }
+        check(&store, &model, &mut rng, step);
+    }
+    // The run exercised what it claims to.
+    assert!(
+        model.nodes.len() > 10 && model.links.len() > 10,
+        "seed {seed}"
+    );
+    assert!(model.edges.values().any(|(_, r)| *r) && model.edges.values().any(|(_, r)| !*r));
+    assert!(!model.clusters.is_empty() && !model.members.is_empty() && !model.dead.is_empty());
+    assert!(!model.meta.positions.is_empty());
+}
+
+#[test]
+fn model_seed_1() {
+    run_model(1, 300);
+}
+
+#[test]
+fn model_seed_2() {
+    run_model(2, 300);
+}
+
+#[test]
+fn model_seed_3() {
+    run_model(3, 300);
+}
+
+#[test]
+fn second_open_is_locked_and_names_the_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state");
+    let store = Store::open(&path).expect("open");
+    match Store::open(&path) {
+        Err(e @ StoreError::Locked { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("in use by another rdg process"), "{msg}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    // Clones share the open database; once all are gone it opens again.
+    let clone = store.clone();
+    drop(store);
+    drop(clone);
+    Store::open(&path).expect("reopens after drop");
+}
+
+fn set_version(path: &Path, version: u64) {
+    // sled releases the directory lock shortly after the store is dropped.
+    let started = std::time::Instant::now();
+    let db = loop {
+        match sled::open(path) {
+            Ok(db) => break db,
+            Err(e) if started.elapsed().as_secs() >= 5 => panic!("sled open: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    };
+    let meta = db.open_tree("meta").expect("meta tree");
+    meta.insert(codec::encode(&["format"]), &version.to_be_bytes())
+        .expect("insert");
+    db.flush().expect("flush");
+}
+
+#[test]
+fn other_format_version_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path()).expect("open"));
+    set_version(dir.path(), 99);
+    match Store::open(dir.path()) {
+        Err(e @ StoreError::Version { found: 99, .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+            assert!(msg.contains("99") && msg.contains('1'), "{msg}");
+        }
+        other => panic!("expected Version, got {other:?}"),
+    }
+}
+
+#[test]
+fn many_tree_commit_is_all_there_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = |t: i64| Record {
+        count: 1,
+        first_seen: t,
+        last_seen: t,
+        props: r#"{"k":1}"#.into(),
+    };
+    let mut changes = Vec::new();
+    for i in 0..50 {
+        changes.push(Change::Node {
+            id: ident(&format!("type{}", i % 7), &format!("n{i}")),
+            dataflow: "playback".into(),
+            record: Some(rec(i)),
+        });
+        changes.push(Change::Edge {
+            edge_type: format!("e{}", i % 5).into(),
+            from: ident("profile", &format!("p{i}")),
+            to: ident("title", &format!("t{i}")),
+            dataflow: "search".into(),
+            reverse: i % 2 == 0,
+            record: Some(rec(i)),
+        });
+        changes.push(Change::Link {
+            a: ident("account", &format!("a{i}")),
+            b: ident("device", &format!("d{i}")),
+            dataflow: "playback".into(),
+            record: Some(rec(i)),
+        });
+        changes.push(Change::Cluster {
+            id: ident("device", &format!("d{i}")),
+            cluster: Some(ClusterOf {
+                cluster: ident("account", &format!("a{i}")),
+                hub: false,
+            }),
+        });
+        changes.push(Change::Member {
+            cluster: ident("account", &format!("a{i}")),
+            member: ident("device", &format!("d{i}")),
+            present: true,
+        });
+    }
+    let dead = vec![DeadLetter {
+        dataflow: "playback".into(),
+        source: "p.jsonl:1".into(),
+        reason: "no time".into(),
+    }];
+    let mut progress = Progress::default();
+    progress.dataflows.insert(
+        "playback".into(),
+        DataflowProgress {
+            events: 250,
+            late: 1,
+            watermark: Some(49),
+        },
+    );
+    progress
+        .positions
+        .insert(("playback".into(), "0".into()), 251);
+    let before = {
+        let store = Store::open(dir.path()).expect("open");
+        assert!(store.is_empty().expect("is_empty"));
+        store.commit(&changes, &dead, &progress).expect("commit");
+        store.flush().expect("flush");
+        let mut out = Vec::new();
+        store.export(&mut out).expect("export");
+        out
+    };
+    let store = Store::open(dir.path()).expect("reopen");
+    assert!(!store.is_empty().expect("is_empty"));
+    assert_eq!(
+        store.counts().expect("counts"),
+        Counts {
+            nodes: 50,
+            edges: 50,
+            identifiers: 50,
+            clusters: 50,
+            dead_letters: 1,
+        }
+    );
+    let mut after = Vec::new();
+    store.export(&mut after).expect("export");
+    assert_eq!(before, after);
+    assert_eq!(store.contributions().count(), 150);
+    let meta = store.meta().expect("meta");
+    assert_eq!(
+        meta.dataflows.get("playback"),
+        Some(&DataflowMeta {
+            events: 250,
+            late: 1,
+            dead_letters: 1,
+            watermark: Some(49),
+        })
+    );
+    assert_eq!(
+        meta.positions.get(&("playback".into(), "0".into())),
+        Some(&251)
+    );
+    let incoming = store
+        .edges(
+            "e0",
+            "title:t0",
+            &EdgeQuery {
+                direction: Direction::In,
+                ..EdgeQuery::default()
+            },
+        )
+        .expect("edges");
+    assert_eq!(incoming.len(), 1);
+    assert_eq!(incoming[0].node, "profile:p0");
+}
+
+#[test]
+fn concurrent_commits_from_clones_add_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let mut progress = Progress::default();
+                    progress.dataflows.insert(
+                        "d".into(),
+                        DataflowProgress {
+                            events: 1,
+                            late: 0,
+                            watermark: Some(i),
+                        },
+                    );
+                    let dead = [DeadLetter {
+                        dataflow: "d".into(),
+                        source: format!("t{t}:{i}"),
+                        reason: "r".into(),
+                    }];
+                    let node = [Change::Node {
+                        id: ident("n", &format!("{t}-{i}")),
+                        dataflow: "d".into(),
+                        record: Some(Record {
+                            count: 1,
+                            first_seen: i,
+                            last_seen: i,
+                            props: "".into(),
+                        }),
+                    }];
+                    store.commit(&node, &dead, &progress).expect("commit");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let meta = store.meta().expect("meta");
+    assert_eq!(
+        meta.dataflows["d"],
+        DataflowMeta {
+            events: 200,
+            late: 0,
+            dead_letters: 200,
+            watermark: Some(49),
+        }
+    );
+    let counts = store.counts().expect("counts");
+    assert_eq!((counts.nodes, counts.dead_letters), (200, 200));
+    let mut out = Vec::new();
+    assert_eq!(store.export(&mut out).expect("export").lines, 400);
+}
