@@ -241,7 +241,8 @@ pub fn create_topics(
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-    let results = block_on(admin.create_topics(&new, &opts)).map_err(|e| fail(&first, e.to_string()))?;
+    let results =
+        block_on(admin.create_topics(&new, &opts)).map_err(|e| fail(&first, e.to_string()))?;
     for r in results {
         match r {
             Ok(name) => tracing::info!("created topic `{name}`"),
@@ -269,7 +270,8 @@ pub fn add_partitions(
     let admin = admin(brokers, settings).map_err(|e| fail(e.to_string()))?;
     let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
     let new = NewPartitions::new(topic, partitions);
-    let results = block_on(admin.create_partitions([&new], &opts)).map_err(|e| fail(e.to_string()))?;
+    let results =
+        block_on(admin.create_partitions([&new], &opts)).map_err(|e| fail(e.to_string()))?;
     for r in results {
         if let Err((_, code)) = r {
             return Err(fail(format!("cannot add partitions: {code}")));
@@ -306,7 +308,13 @@ mod tests {
     fn rejects_bad_rates() {
         let none: Vec<(&str, &str, &str)> = Vec::new();
         for r in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            let e = produce("127.0.0.1:1", &BTreeMap::new(), none.clone(), Some(r), |_| {});
+            let e = produce(
+                "127.0.0.1:1",
+                &BTreeMap::new(),
+                none.clone(),
+                Some(r),
+                |_| {},
+            );
             assert!(matches!(e, Err(ProduceError::Rate(_))), "{r}");
         }
     }

@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -212,19 +212,21 @@ impl ClientContext for RdgContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // Unreachable brokers are reported by the watcher thread, once per
-        // retry and with the address; librdkafka repeats them every few
-        // hundred milliseconds.
-        let transport = matches!(
+        // retry and with the address (librdkafka repeats them every few
+        // hundred milliseconds); offsets out of range by the source, with
+        // the partition and what it does about it.
+        let reported = matches!(
             error.rdkafka_error_code(),
             Some(
                 RDKafkaErrorCode::BrokerTransportFailure
                     | RDKafkaErrorCode::AllBrokersDown
                     | RDKafkaErrorCode::Resolve
+                    | RDKafkaErrorCode::AutoOffsetReset
             )
         );
         let text = format!("{error}: {reason}");
         let mut last = lock(&self.last_error);
-        if transport || last.as_deref() == Some(text.as_str()) {
+        if reported || last.as_deref() == Some(text.as_str()) {
             tracing::debug!("{}: {text}", self.what);
         } else {
             tracing::warn!("{}: {text}", self.what);
@@ -1181,10 +1183,7 @@ impl Source for KafkaSource {
         {
             return Err(SourceError::Broker {
                 brokers: self.brokers.clone(),
-                detail: format!(
-                    "{detail} (unreachable for {} s)",
-                    since.elapsed().as_secs()
-                ),
+                detail: format!("{detail} (unreachable for {} s)", since.elapsed().as_secs()),
             });
         }
         if missing && self.bounded {
@@ -1327,7 +1326,9 @@ mod tests {
         config
             .settings
             .insert("enable.auto.commit".into(), "true".into());
-        config.settings.insert("fetch.wait.max.ms".into(), "50".into());
+        config
+            .settings
+            .insert("fetch.wait.max.ms".into(), "50".into());
         let c = consumer_config(&config, "rdg-x", "rdg-x-0", false);
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("auto.offset.reset"), Some("error"));
