@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use thiserror::Error;
@@ -85,7 +86,6 @@ impl ProducerContext for Deliveries {
             }
             Err((e, m)) => {
                 let n = self.failed.fetch_add(1, Ordering::Relaxed);
-                use rdkafka::message::Message;
                 let text = format!("{e} (topic `{}`)", m.topic());
                 if n == 0 {
                     tracing::warn!("delivery failed: {text}");

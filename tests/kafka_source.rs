@@ -288,6 +288,38 @@ fn live_source_never_ends_and_reports_lag() {
     assert_eq!(src.poll(10, &mut out).unwrap(), Poll::Idle);
 }
 
+#[test]
+fn start_latest_skips_what_is_already_there() {
+    let cluster = mock("plays", 2);
+    let brokers = cluster.bootstrap_servers();
+    send(&brokers, events("plays", 10));
+    let cfg = KafkaConfig {
+        start: rdg::source::StartFrom::Latest,
+        ..config(&brokers)
+    };
+    let mut src = KafkaSource::new("df", "plays", &cfg, 0, 1, BTreeMap::new()).unwrap();
+    let parker = Parker::default();
+    src.set_waker(parker.waker());
+    // Until both partitions are assigned at their end, lag counts the ten.
+    let deadline = Instant::now() + PATIENCE;
+    let mut out = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline);
+        assert_eq!(src.poll(50, &mut out).unwrap(), Poll::Idle);
+        if src.lag() == Some(0) && src.owned_partitions().len() == 2 {
+            break;
+        }
+        parker.park(Duration::from_millis(200));
+    }
+    let before = watermarks(&brokers, "plays", 2);
+    send(&brokers, events("plays", 5));
+    let (got, _) = run(&mut src, |out| out.len() >= 5).unwrap();
+    assert_eq!(got.len(), 5);
+    for (p, offsets) in by_partition(&got) {
+        assert!(offsets.iter().all(|&o| o >= before[p as usize].1 as u64));
+    }
+}
+
 /// Fills partition 0 of `topic` past the mock's 5 MiB per partition, so it
 /// drops its oldest records. Returns (earliest, end) afterwards.
 fn overflow(brokers: &str, topic: &str) -> (i64, i64) {

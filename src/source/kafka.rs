@@ -59,7 +59,8 @@ pub enum StartFrom {
     /// The earliest offset still on the broker. The default.
     #[default]
     Earliest,
-    /// After the last record present when the partition is assigned.
+    /// After the last record present when rdg first sees the partition
+    /// (its high watermark then).
     Latest,
     /// The first record whose timestamp is at or after this time (epoch ms),
     /// looked up with `offsets_for_times`; after the last record if none is.
@@ -813,7 +814,10 @@ impl KafkaSource {
                 }
                 None => match self.start {
                     StartFrom::Earliest => (Offset::Beginning, low, false),
-                    StartFrom::Latest => (Offset::End, high, false),
+                    // The high watermark just fetched rather than
+                    // `Offset::End`, which librdkafka resolves later: what
+                    // counts as "already there" is decided here.
+                    StartFrom::Latest => (Offset::Offset(high), high, false),
                     StartFrom::TimeMs(_) => match by_time.get(&p) {
                         Some(&Some(o)) => (Offset::Offset(o), o, true),
                         Some(&None) => (Offset::End, high, false),
@@ -928,9 +932,14 @@ impl KafkaSource {
             let (next, exact, origin) = (part.next, part.exact, part.origin);
             if !exact {
                 // Nothing was promised for this partition yet (no stored
-                // position, nothing delivered): start over where it started.
-                tracing::debug!("{}/{p}: restarting at {origin:?}", self.topic);
-                self.restart(p, origin)?;
+                // position, nothing delivered): start over where it started,
+                // or at the end if that was a watermark now out of range.
+                let at = match origin {
+                    Offset::Offset(o) if o < low || o > high => Offset::End,
+                    other => other,
+                };
+                tracing::debug!("{}/{p}: restarting at {at:?}", self.topic);
+                self.restart(p, at)?;
             } else if next < low || next > high {
                 match self.on_gap {
                     OnGap::Stop => return Err(self.gap(p, next, (low, high))),
