@@ -345,15 +345,24 @@ struct Watcher {
     timeout: Duration,
 }
 
+/// What the watcher logged last, so a state is logged once, not every round.
+#[derive(Default)]
+struct Logged {
+    /// The topic was reported missing.
+    missing: bool,
+    /// The last error the brokers answered about the topic.
+    topic_error: Option<String>,
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Watcher {
     fn run(self, poke: Receiver<()>) {
         let mut backoff = MIN_BACKOFF;
-        let mut missing_logged = false;
+        let mut logged = Logged::default();
         loop {
-            let wait = match self.refresh(&mut missing_logged) {
+            let wait = match self.refresh(&mut logged) {
                 Ok(changed) => {
                     let was_down = lock(&self.shared).unreachable.take().is_some();
                     if was_down {
@@ -394,7 +403,7 @@ impl Watcher {
     /// One round: metadata, the owned partitions' watermarks, pending
     /// lookups by time. `Err` only when the brokers could not be reached.
     /// `Ok(true)` when `poll` has something new to act on.
-    fn refresh(&self, missing_logged: &mut bool) -> Result<bool, String> {
+    fn refresh(&self, logged: &mut Logged) -> Result<bool, String> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), self.timeout)
@@ -408,23 +417,33 @@ impl Watcher {
             Some(t) => match t.error().map(RDKafkaErrorCode::from) {
                 None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => (None, true),
                 Some(other) => {
-                    // E.g. a leader not yet elected right after creation.
-                    tracing::debug!("metadata of topic `{}`: {other}", self.topic);
+                    // E.g. a leader not yet elected right after creation
+                    // (transient), or no authorization (not transient).
+                    let text = other.to_string();
+                    if logged.topic_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(
+                            "the broker(s) at {} answer about topic `{}`: {text}; retrying",
+                            self.brokers,
+                            self.topic
+                        );
+                    }
+                    logged.topic_error = Some(text);
                     return Ok(false);
                 }
             },
             None => (None, true),
         };
-        if missing && !*missing_logged {
+        logged.topic_error = None;
+        if missing && !logged.missing {
             tracing::warn!(
                 "topic `{}` does not exist on {}; waiting for it to be created",
                 self.topic,
                 self.brokers
             );
-        } else if !missing && *missing_logged {
+        } else if !missing && logged.missing {
             tracing::info!("topic `{}` now exists", self.topic);
         }
-        *missing_logged = missing;
+        logged.missing = missing;
 
         let mut watermarks = BTreeMap::new();
         let mut complete = true;
@@ -601,8 +620,10 @@ impl KafkaSource {
     }
 
     /// A bounded source (`rdg replay --brokers`): reads each owned partition
-    /// up to its high watermark as of the first successful refresh after
-    /// creation, then returns [`Poll::Done`]. A missing topic is an error.
+    /// up to its high watermark as first learned (by the first `poll` after
+    /// the watcher's first refresh, moments after creation), then returns
+    /// [`Poll::Done`]. Records produced later are left for a live run. A
+    /// missing topic is an error.
     pub fn bounded(
         dataflow: &str,
         topic: &str,
@@ -1321,6 +1342,15 @@ mod tests {
         // Consecutive partitions go to consecutive workers.
         let w0 = owner("gaming", 0, 3);
         assert_eq!(owner("gaming", 1, 3), (w0 + 1) % 3);
+    }
+
+    #[test]
+    fn sources_move_between_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<KafkaSource>();
+        send::<OffsetCommitter>();
+        sync::<OffsetCommitter>();
     }
 
     #[test]
