@@ -236,6 +236,11 @@ pub fn run_into_store(
     });
     let workers = config.workers;
     let stop = config.stop.clone();
+    let committed = Arc::new(AtomicU64::new(0));
+    let config = RunConfig {
+        committed: committed.clone(),
+        ..config
+    };
     let (tx, rx) = mpsc::channel::<Emitted>();
     let tx = Mutex::new(tx);
     let emit: dataflow::Emitter = Arc::new(move |e| {
@@ -247,7 +252,7 @@ pub fn run_into_store(
     });
     let run = std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers);
+        let mut writer = Writer::new(workers, committed);
         let mut result: Result<(), AppError> = Ok(());
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -281,14 +286,17 @@ pub fn run_into_store(
 /// Collects emitted times and commits them once complete on every worker.
 struct Writer {
     frontiers: Vec<u64>,
+    /// Every time below this is committed (shared with the driver).
+    committed: Arc<AtomicU64>,
     pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
     totals: Totals,
 }
 
 impl Writer {
-    fn new(workers: usize) -> Writer {
+    fn new(workers: usize, committed: Arc<AtomicU64>) -> Writer {
         Writer {
             frontiers: vec![0; workers],
+            committed,
             pending: BTreeMap::new(),
             totals: Totals::default(),
         }
@@ -333,9 +341,11 @@ impl Writer {
             }
         }
         if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
+            self.committed.store(upto, Ordering::Release);
             return Ok(());
         }
         store.commit(&changes, &dead, &progress)?;
+        self.committed.store(upto, Ordering::Release);
         for p in progress.dataflows.values() {
             self.totals.events += p.events;
             self.totals.late += p.late;

@@ -40,8 +40,8 @@ enum Command {
         /// Read FILE as topic TOPIC (otherwise the topic is the file name up to its first dot).
         #[arg(long = "topic", value_name = "TOPIC=FILE", value_parser = parse_topic_file)]
         topics: Vec<(String, PathBuf)>,
-        /// Records read from each file per batch.
-        #[arg(long, default_value_t = 20_000)]
+        /// Records read from each file per batch (one batch = one atomic commit unit).
+        #[arg(long, default_value_t = 4096)]
         batch: usize,
         /// Print the summary as JSON.
         #[arg(long)]

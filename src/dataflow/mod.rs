@@ -14,7 +14,7 @@ mod identity;
 mod ops;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use compact_str::CompactString;
@@ -68,6 +68,10 @@ pub struct RunConfig {
     pub in_flight: u64,
     /// Set from outside to stop reading; what was read is still completed.
     pub stop: Arc<AtomicBool>,
+    /// Set from outside: every time below it has been persisted. The driver
+    /// reads no further than `in_flight` times beyond it (backpressure from
+    /// the store, so memory does not fill with uncommitted changes).
+    pub committed: Arc<AtomicU64>,
 }
 
 impl Default for RunConfig {
@@ -77,6 +81,7 @@ impl Default for RunConfig {
             batch: 20_000,
             in_flight: 4,
             stop: Arc::new(AtomicBool::new(false)),
+            committed: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }
 }
@@ -357,6 +362,11 @@ fn run_worker(
         }
         let floor = epoch.saturating_sub(config.in_flight);
         worker.step_while(|| probe.less_than(&floor));
+        while config.committed.load(Ordering::Acquire) < floor
+            && !config.stop.load(Ordering::Relaxed)
+        {
+            worker.step_or_park(Some(std::time::Duration::from_millis(1)));
+        }
     }
     drop(op_inputs);
     drop(wm_inputs);
