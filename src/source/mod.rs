@@ -6,8 +6,10 @@
 //! interprets payloads (decoding errors are the dataflow's dead letters).
 
 mod file;
+mod memory;
 
 pub use file::{FileSource, TopicFiles};
+pub use memory::MemorySource;
 
 use thiserror::Error;
 
