@@ -288,6 +288,8 @@ struct Writer {
     frontiers: Vec<u64>,
     /// Every time below this is committed (shared with the driver).
     committed: Arc<AtomicU64>,
+    /// Latest lag per (dataflow, worker, source).
+    lag: BTreeMap<(String, usize, usize), i64>,
     pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
     totals: Totals,
 }
@@ -297,6 +299,7 @@ impl Writer {
         Writer {
             frontiers: vec![0; workers],
             committed,
+            lag: BTreeMap::new(),
             pending: BTreeMap::new(),
             totals: Totals::default(),
         }
@@ -319,6 +322,14 @@ impl Writer {
                 if let Some(f) = self.frontiers.get_mut(worker) {
                     *f = (*f).max(upto);
                 }
+            }
+            Emitted::Lag {
+                worker,
+                source,
+                dataflow,
+                lag,
+            } => {
+                self.lag.insert((dataflow, worker, source), lag);
             }
         }
     }

@@ -59,4 +59,11 @@ pub trait Source {
     fn describe(&self, partition: u32, offset: u64) -> String;
     /// The key under which the position of `partition` is stored.
     fn partition_key(&self, partition: u32) -> String;
+    /// Asks the source to call `waker` when new records may be available, so
+    /// an idle reader can sleep instead of polling.
+    fn set_waker(&mut self, _waker: std::sync::Arc<dyn Fn() + Send + Sync>) {}
+    /// Messages behind the input's end, when the source can tell.
+    fn lag(&self) -> Option<i64> {
+        None
+    }
 }
