@@ -162,11 +162,12 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         ..RunConfig::default()
     };
     let bar = opts.progress.then(|| progress_bar(total_bytes));
-    let totals = run_into_store(&store, plan, config, sources, |_| {
+    let mut show = |_: &Totals| {
         if let Some(bar) = &bar {
             bar.set_position(bytes_read.load(Ordering::Relaxed));
         }
-    })?;
+    };
+    let totals = run_into_store(&store, plan, config, sources, &mut show)?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -201,21 +202,49 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// Counters summed over what was committed by one run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Totals {
     pub events: u64,
     pub dead_letters: u64,
     pub late: u64,
+    /// Per dataflow: what this run committed, and the latest lag and
+    /// watermark.
+    pub dataflows: BTreeMap<String, DataflowTotals>,
 }
 
-/// Runs the dataflow and commits everything it emits; `tick` is called about
-/// ten times a second on the calling thread while it runs.
+/// One dataflow's share of [`Totals`].
+#[derive(Clone, Debug, Default)]
+pub struct DataflowTotals {
+    pub events: u64,
+    pub dead_letters: u64,
+    pub late: u64,
+    pub watermark: Option<i64>,
+    /// Messages behind the end of its input, summed over its sources.
+    pub lag: Option<i64>,
+}
+
+/// Called by [`run_into_store`] on the calling thread.
+pub trait Observer {
+    /// About ten times a second.
+    fn tick(&mut self, _totals: &Totals) {}
+    /// After each successful commit, with what it committed.
+    fn committed(&mut self, _progress: &Progress) {}
+}
+
+impl<F: FnMut(&Totals)> Observer for F {
+    fn tick(&mut self, totals: &Totals) {
+        self(totals)
+    }
+}
+
+/// Runs the dataflow and commits everything it emits; `observer` hears
+/// about progress on the calling thread while it runs.
 pub fn run_into_store(
     store: &Store,
     plan: Arc<Plan>,
     config: RunConfig,
     sources: dataflow::SourceFactory,
-    mut tick: impl FnMut(&Totals),
+    observer: &mut dyn Observer,
 ) -> Result<Totals, AppError> {
     let meta = store.meta()?;
     let watermarks = meta
@@ -261,23 +290,27 @@ pub fn run_into_store(
                     while let Ok(e) = rx.try_recv() {
                         writer.receive(e);
                     }
-                    if result.is_ok()
-                        && let Err(e) = writer.commit_ready(store)
-                    {
-                        stop.store(true, Ordering::Relaxed);
-                        result = Err(e.into());
+                    if result.is_ok() {
+                        match writer.commit_ready(store) {
+                            Ok(Some(progress)) => observer.committed(&progress),
+                            Ok(None) => {}
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                result = Err(e.into());
+                            }
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            tick(&writer.totals);
+            observer.tick(&writer.totals);
         }
         let joined = handle
             .join()
             .map_err(|_| AppError::Input("a dataflow thread panicked".into()))
             .and_then(|r| r.map_err(AppError::from));
-        result.and(joined).map(|()| writer.totals)
+        result.and(joined).map(|()| writer.totals.clone())
     });
     store.flush()?;
     run
@@ -329,14 +362,21 @@ impl Writer {
                 dataflow,
                 lag,
             } => {
-                self.lag.insert((dataflow, worker, source), lag);
+                self.lag.insert((dataflow.clone(), worker, source), lag);
+                let sum = self
+                    .lag
+                    .iter()
+                    .filter(|((d, _, _), _)| *d == dataflow)
+                    .map(|(_, l)| *l)
+                    .sum();
+                self.totals.dataflows.entry(dataflow).or_default().lag = Some(sum);
             }
         }
     }
 
     /// Commits every pending time below the smallest worker frontier, in one
-    /// atomic step, in time order.
-    fn commit_ready(&mut self, store: &Store) -> Result<(), StoreError> {
+    /// atomic step, in time order. Returns what was committed, if anything.
+    fn commit_ready(&mut self, store: &Store) -> Result<Option<Progress>, StoreError> {
         let upto = self.frontiers.iter().copied().min().unwrap_or(0);
         let mut changes = Vec::new();
         let mut dead = Vec::new();
@@ -353,15 +393,26 @@ impl Writer {
         }
         if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
             self.committed.store(upto, Ordering::Release);
-            return Ok(());
+            return Ok(None);
         }
         store.commit(&changes, &dead, &progress)?;
         self.committed.store(upto, Ordering::Release);
-        for p in progress.dataflows.values() {
+        for (name, p) in &progress.dataflows {
             self.totals.events += p.events;
             self.totals.late += p.late;
+            let t = self.totals.dataflows.entry(name.to_string()).or_default();
+            t.events += p.events;
+            t.late += p.late;
+            t.watermark = t.watermark.max(p.watermark);
         }
-        self.totals.dead_letters += dead.len() as u64;
-        Ok(())
+        for d in &dead {
+            self.totals.dead_letters += 1;
+            self.totals
+                .dataflows
+                .entry(d.dataflow.to_string())
+                .or_default()
+                .dead_letters += 1;
+        }
+        Ok(Some(progress))
     }
 }
