@@ -5,16 +5,19 @@
 //!
 //! - [`model`]: identifiers, record aggregates, changes. Depends on nothing.
 //! - [`spec`]: definition files → a checked [`spec::Plan`].
-//! - [`source`]: file readers; bad records become dead letters, not panics.
+//! - [`source`]: file and Kafka readers; bad records become dead letters, not
+//!   panics.
 //! - [`dataflow`]: timely/differential dataflows; never imports `store`.
 //! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
 //! - [`generate`]: the deterministic synthetic event generator.
+//! - [`produce`]: writes generated events to Kafka; creates topics.
 //! - [`app`]: wiring for `replay`.
 
 pub mod app;
 pub mod dataflow;
 pub mod generate;
 pub mod model;
+pub mod produce;
 pub mod source;
 pub mod spec;
 pub mod store;

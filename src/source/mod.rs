@@ -1,15 +1,19 @@
-//! Sources: where raw records come from (files now, Kafka later), behind one
-//! small trait that the dataflow driver polls.
+//! Sources: where raw records come from (JSON Lines files or Kafka topics),
+//! behind one small trait that the dataflow driver polls.
 //!
 //! Invariant: a source yields each partition's records in order, exactly
 //! once, with a position that names where the record came from; it never
 //! interprets payloads (decoding errors are the dataflow's dead letters).
 
 mod file;
+pub mod kafka;
 mod memory;
 
 pub use file::{FileSource, TopicFiles};
+pub use kafka::{KafkaConfig, KafkaSource, OffsetCommitter, OnGap, StartFrom};
 pub use memory::MemorySource;
+
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -46,6 +50,27 @@ pub enum SourceError {
         line: u64,
         source: std::io::Error,
     },
+    #[error(
+        "offset {requested} of {topic}/{partition} is no longer on the broker \
+         (available: {earliest}..{latest}); the records in between are lost to rdg. \
+         Rerun with `--on-gap earliest` to continue from offset {earliest}"
+    )]
+    Gap {
+        topic: String,
+        partition: i32,
+        /// The next offset rdg had stored for the partition.
+        requested: i64,
+        /// The earliest offset the broker still has.
+        earliest: i64,
+        /// The partition's high watermark (the offset after its last record).
+        latest: i64,
+    },
+    #[error("cannot reach the Kafka broker(s) at {brokers}: {detail}")]
+    Broker { brokers: String, detail: String },
+    #[error("topic `{topic}` does not exist on the Kafka broker(s) at {brokers}")]
+    MissingTopic { topic: String, brokers: String },
+    #[error("Kafka client for topic `{topic}`: {detail}")]
+    Kafka { topic: String, detail: String },
 }
 
 /// A stream of raw records for one dataflow.
@@ -59,9 +84,12 @@ pub trait Source {
     fn describe(&self, partition: u32, offset: u64) -> String;
     /// The key under which the position of `partition` is stored.
     fn partition_key(&self, partition: u32) -> String;
-    /// Asks the source to call `waker` when new records may be available, so
-    /// an idle reader can sleep instead of polling.
-    fn set_waker(&mut self, _waker: std::sync::Arc<dyn Fn() + Send + Sync>) {}
+    /// Arranges for `waker` to be called (from any thread) when records may
+    /// have become available after `poll` returned [`Poll::Idle`], so the
+    /// caller can park instead of polling in a loop. After [`Poll::Ready`] the
+    /// caller polls again without waiting. Sources that never return `Idle`
+    /// (files) ignore it.
+    fn set_waker(&mut self, _waker: Arc<dyn Fn() + Send + Sync>) {}
     /// Messages behind the input's end, when the source can tell.
     fn lag(&self) -> Option<i64> {
         None
