@@ -21,6 +21,8 @@ use crate::source::{FileSource, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
 use crate::store::{Counts, Store, StoreError};
 
+pub mod kafka;
+
 #[derive(Debug, Error)]
 pub enum AppError {
     #[error("{0}")]
@@ -172,22 +174,30 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         bar.finish_and_clear();
     }
     let counts: Counts = store.counts()?;
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(ReplaySummary {
-        events: totals.events,
-        dead_letters: totals.dead_letters,
-        late: totals.late,
-        nodes: counts.nodes,
-        edges: counts.edges,
-        identifiers: counts.identifiers,
-        clusters: counts.clusters,
-        elapsed_s: elapsed,
-        events_per_s: if elapsed > 0.0 {
-            totals.events as f64 / elapsed
-        } else {
-            0.0
-        },
-    })
+    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+}
+
+impl ReplaySummary {
+    /// The summary of a run that committed `totals`, over a store that now
+    /// holds `counts`.
+    pub fn new(totals: &Totals, counts: &Counts, elapsed: Duration) -> ReplaySummary {
+        let elapsed = elapsed.as_secs_f64();
+        ReplaySummary {
+            events: totals.events,
+            dead_letters: totals.dead_letters,
+            late: totals.late,
+            nodes: counts.nodes,
+            edges: counts.edges,
+            identifiers: counts.identifiers,
+            clusters: counts.clusters,
+            elapsed_s: elapsed,
+            events_per_s: if elapsed > 0.0 {
+                totals.events as f64 / elapsed
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {
