@@ -959,3 +959,58 @@ fn gen_is_deterministic() {
     }
     assert!(differs, "seeds 7 and 8 gave the same files");
 }
+
+// ---------------------------------------------------------------------------
+// Known bugs (these tests fail until rdg is fixed).
+
+/// BUG: `rdg replay` prints a store error twice, joined by `: `
+/// (`error: state directory D is in use by another rdg process: state
+/// directory D is in use by another rdg process`), where `rdg export` and
+/// `rdg query` print it once. `AppError::Store` displays its source (`{0}`)
+/// and also returns it as `source()` (`#[from]`), and `cli::main` prints the
+/// whole chain with `{e:#}`.
+#[test]
+fn replay_reports_store_errors_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let login = data_dir().join("login.jsonl");
+
+    // Locked by this process.
+    let locked = tmp.path().join("locked");
+    replay(&locked, 1, std::slice::from_ref(&login));
+    let store = rdg::store::Store::open(&locked).expect("opening the state in the test");
+    let run = rdg(os(&[&"replay", &"--state", &locked, &login]));
+    drop(store);
+    run.expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: state directory {} is in use by another rdg process\n",
+            locked.display()
+        ),
+        "{}",
+        run.describe()
+    );
+
+    // Another format version.
+    let other = tmp.path().join("other");
+    replay(&other, 1, std::slice::from_ref(&login));
+    {
+        let db = sled::open(&other).expect("opening the state with sled");
+        let meta = db.open_tree("meta").expect("meta tree");
+        meta.insert(b"format\x00\x01", &99u64.to_be_bytes())
+            .expect("writing another version");
+        db.flush().expect("flush");
+    }
+    let run = rdg_when_unlocked(os(&[&"replay", &"--state", &other, &login]));
+    run.expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: state directory {} has format version 99, but this rdg reads version {}\n",
+            other.display(),
+            rdg::store::FORMAT_VERSION
+        ),
+        "{}",
+        run.describe()
+    );
+}
