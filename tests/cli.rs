@@ -1014,3 +1014,48 @@ fn replay_reports_store_errors_once() {
         run.describe()
     );
 }
+
+/// BUG: `rdg query --state D ...` on a directory that does not exist creates
+/// an empty state there (sled files and all) and answers `not found: ...`
+/// with exit 1, as if the record were missing; a typo in `--state` goes
+/// unnoticed and leaves a stray state behind. `rdg export` refuses the same
+/// directory: `error: state directory D does not exist`, exit 2.
+#[test]
+fn query_of_a_missing_state_fails_without_creating_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("no-such-state");
+
+    let run = rdg(os(&[&"export", &"--state", &missing]));
+    run.expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: state directory {} does not exist\n",
+            missing.display()
+        )
+    );
+    assert!(!missing.exists());
+
+    for what in [
+        vec!["node", "profile", "p1"],
+        vec!["edges", "watched", "profile", "p1"],
+        vec!["identity", "account", "a1"],
+    ] {
+        let mut args = os(&[&"query", &"--state", &missing]);
+        args.extend(what.iter().map(OsString::from));
+        let run = rdg(args);
+        assert_eq!(run.code, Some(2), "{}", run.describe());
+        assert!(
+            run.stderr.contains(&missing.display().to_string())
+                && run.stderr.contains("does not exist"),
+            "{}",
+            run.describe()
+        );
+        assert!(
+            !missing.exists(),
+            "`rdg query {}` created {}",
+            what.join(" "),
+            missing.display()
+        );
+    }
+}
