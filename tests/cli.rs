@@ -1059,3 +1059,48 @@ fn query_of_a_missing_state_fails_without_creating_it() {
         );
     }
 }
+
+/// BUG: when stdout is closed early (`rdg replay ... | head -0`,
+/// `rdg query ... | true`), commands that print with `println!` panic
+/// (`failed printing to stdout: Broken pipe`, exit status 101) instead of
+/// ending with an error or quietly. `rdg export` writes through a checked
+/// writer and ends with `error: export failed: Broken pipe` instead.
+#[test]
+fn a_closed_stdout_does_not_make_rdg_panic() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let login = data_dir().join("login.jsonl");
+    replay(&state, 1, std::slice::from_ref(&login));
+    let runs: [Vec<OsString>; 3] = [
+        os(&[&"replay", &"--state", &tmp.path().join("s2"), &login]),
+        os(&[&"query", &"--state", &state, &"node", &"account", &"acc0"]),
+        os(&[&"export", &"--state", &state]),
+    ];
+    let mut panics = Vec::new();
+    for args in runs {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rdg"))
+            .args(&args)
+            .current_dir(MANIFEST)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning rdg");
+        // Close the reading end before rdg prints anything (it first opens
+        // a sled database, which takes milliseconds).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("waiting for rdg");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if stderr.contains("panicked") || out.status.code() == Some(101) {
+            panics.push(format!(
+                "`rdg {}` with a closed stdout: {}\n{stderr}",
+                shown.join(" "),
+                out.status
+            ));
+        }
+    }
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
