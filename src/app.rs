@@ -25,11 +25,11 @@ pub mod kafka;
 
 #[derive(Debug, Error)]
 pub enum AppError {
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Dataflow(#[from] dataflow::DataflowError),
     #[error("{0}")]
     Input(String),

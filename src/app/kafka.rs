@@ -178,7 +178,10 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
     let mut committers = BTreeMap::new();
     for d in &plan.dataflows {
         let c = OffsetCommitter::new(&d.name, &d.topic, &opts.kafka).map_err(|e| {
-            AppError::Input(format!("cannot create the offset committer of {}: {e}", d.name))
+            AppError::Input(format!(
+                "cannot create the offset committer of {}: {e}",
+                d.name
+            ))
         })?;
         committers.insert(d.name.clone(), c);
     }
@@ -286,8 +289,8 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
     let rate = opts.rate;
     let stop = opts.stop.clone();
     let producer = std::thread::spawn(move || {
-        let events = crate::generate::events(&gen_opts)
-            .take_while(move |_| !stop.load(Ordering::Relaxed));
+        let events =
+            crate::generate::events(&gen_opts).take_while(move |_| !stop.load(Ordering::Relaxed));
         crate::produce::produce(
             &producer_brokers,
             &BTreeMap::new(),
