@@ -21,13 +21,15 @@ use crate::source::{FileSource, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
 use crate::store::{Counts, Store, StoreError};
 
+pub mod kafka;
+
 #[derive(Debug, Error)]
 pub enum AppError {
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Dataflow(#[from] dataflow::DataflowError),
     #[error("{0}")]
     Input(String),
@@ -162,31 +164,40 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         ..RunConfig::default()
     };
     let bar = opts.progress.then(|| progress_bar(total_bytes));
-    let totals = run_into_store(&store, plan, config, sources, |_| {
+    let mut show = |_: &Totals| {
         if let Some(bar) = &bar {
             bar.set_position(bytes_read.load(Ordering::Relaxed));
         }
-    })?;
+    };
+    let totals = run_into_store(&store, plan, config, sources, &mut show)?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
     let counts: Counts = store.counts()?;
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(ReplaySummary {
-        events: totals.events,
-        dead_letters: totals.dead_letters,
-        late: totals.late,
-        nodes: counts.nodes,
-        edges: counts.edges,
-        identifiers: counts.identifiers,
-        clusters: counts.clusters,
-        elapsed_s: elapsed,
-        events_per_s: if elapsed > 0.0 {
-            totals.events as f64 / elapsed
-        } else {
-            0.0
-        },
-    })
+    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+}
+
+impl ReplaySummary {
+    /// The summary of a run that committed `totals`, over a store that now
+    /// holds `counts`.
+    pub fn new(totals: &Totals, counts: &Counts, elapsed: Duration) -> ReplaySummary {
+        let elapsed = elapsed.as_secs_f64();
+        ReplaySummary {
+            events: totals.events,
+            dead_letters: totals.dead_letters,
+            late: totals.late,
+            nodes: counts.nodes,
+            edges: counts.edges,
+            identifiers: counts.identifiers,
+            clusters: counts.clusters,
+            elapsed_s: elapsed,
+            events_per_s: if elapsed > 0.0 {
+                totals.events as f64 / elapsed
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {
@@ -201,21 +212,49 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// Counters summed over what was committed by one run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Totals {
     pub events: u64,
     pub dead_letters: u64,
     pub late: u64,
+    /// Per dataflow: what this run committed, and the latest lag and
+    /// watermark.
+    pub dataflows: BTreeMap<String, DataflowTotals>,
 }
 
-/// Runs the dataflow and commits everything it emits; `tick` is called about
-/// ten times a second on the calling thread while it runs.
+/// One dataflow's share of [`Totals`].
+#[derive(Clone, Debug, Default)]
+pub struct DataflowTotals {
+    pub events: u64,
+    pub dead_letters: u64,
+    pub late: u64,
+    pub watermark: Option<i64>,
+    /// Messages behind the end of its input, summed over its sources.
+    pub lag: Option<i64>,
+}
+
+/// Called by [`run_into_store`] on the calling thread.
+pub trait Observer {
+    /// About ten times a second.
+    fn tick(&mut self, _totals: &Totals) {}
+    /// After each successful commit, with what it committed.
+    fn committed(&mut self, _progress: &Progress) {}
+}
+
+impl<F: FnMut(&Totals)> Observer for F {
+    fn tick(&mut self, totals: &Totals) {
+        self(totals)
+    }
+}
+
+/// Runs the dataflow and commits everything it emits; `observer` hears
+/// about progress on the calling thread while it runs.
 pub fn run_into_store(
     store: &Store,
     plan: Arc<Plan>,
     config: RunConfig,
     sources: dataflow::SourceFactory,
-    mut tick: impl FnMut(&Totals),
+    observer: &mut dyn Observer,
 ) -> Result<Totals, AppError> {
     let meta = store.meta()?;
     let watermarks = meta
@@ -236,6 +275,11 @@ pub fn run_into_store(
     });
     let workers = config.workers;
     let stop = config.stop.clone();
+    let committed = Arc::new(AtomicU64::new(0));
+    let config = RunConfig {
+        committed: committed.clone(),
+        ..config
+    };
     let (tx, rx) = mpsc::channel::<Emitted>();
     let tx = Mutex::new(tx);
     let emit: dataflow::Emitter = Arc::new(move |e| {
@@ -247,7 +291,7 @@ pub fn run_into_store(
     });
     let run = std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers);
+        let mut writer = Writer::new(workers, committed);
         let mut result: Result<(), AppError> = Ok(());
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -256,23 +300,27 @@ pub fn run_into_store(
                     while let Ok(e) = rx.try_recv() {
                         writer.receive(e);
                     }
-                    if result.is_ok()
-                        && let Err(e) = writer.commit_ready(store)
-                    {
-                        stop.store(true, Ordering::Relaxed);
-                        result = Err(e.into());
+                    if result.is_ok() {
+                        match writer.commit_ready(store) {
+                            Ok(Some(progress)) => observer.committed(&progress),
+                            Ok(None) => {}
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                result = Err(e.into());
+                            }
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            tick(&writer.totals);
+            observer.tick(&writer.totals);
         }
         let joined = handle
             .join()
             .map_err(|_| AppError::Input("a dataflow thread panicked".into()))
             .and_then(|r| r.map_err(AppError::from));
-        result.and(joined).map(|()| writer.totals)
+        result.and(joined).map(|()| writer.totals.clone())
     });
     store.flush()?;
     run
@@ -281,14 +329,20 @@ pub fn run_into_store(
 /// Collects emitted times and commits them once complete on every worker.
 struct Writer {
     frontiers: Vec<u64>,
+    /// Every time below this is committed (shared with the driver).
+    committed: Arc<AtomicU64>,
+    /// Latest lag per (dataflow, worker, source).
+    lag: BTreeMap<(String, usize, usize), i64>,
     pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
     totals: Totals,
 }
 
 impl Writer {
-    fn new(workers: usize) -> Writer {
+    fn new(workers: usize, committed: Arc<AtomicU64>) -> Writer {
         Writer {
             frontiers: vec![0; workers],
+            committed,
+            lag: BTreeMap::new(),
             pending: BTreeMap::new(),
             totals: Totals::default(),
         }
@@ -312,12 +366,27 @@ impl Writer {
                     *f = (*f).max(upto);
                 }
             }
+            Emitted::Lag {
+                worker,
+                source,
+                dataflow,
+                lag,
+            } => {
+                self.lag.insert((dataflow.clone(), worker, source), lag);
+                let sum = self
+                    .lag
+                    .iter()
+                    .filter(|((d, _, _), _)| *d == dataflow)
+                    .map(|(_, l)| *l)
+                    .sum();
+                self.totals.dataflows.entry(dataflow).or_default().lag = Some(sum);
+            }
         }
     }
 
     /// Commits every pending time below the smallest worker frontier, in one
-    /// atomic step, in time order.
-    fn commit_ready(&mut self, store: &Store) -> Result<(), StoreError> {
+    /// atomic step, in time order. Returns what was committed, if anything.
+    fn commit_ready(&mut self, store: &Store) -> Result<Option<Progress>, StoreError> {
         let upto = self.frontiers.iter().copied().min().unwrap_or(0);
         let mut changes = Vec::new();
         let mut dead = Vec::new();
@@ -333,14 +402,27 @@ impl Writer {
             }
         }
         if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
-            return Ok(());
+            self.committed.store(upto, Ordering::Release);
+            return Ok(None);
         }
         store.commit(&changes, &dead, &progress)?;
-        for p in progress.dataflows.values() {
+        self.committed.store(upto, Ordering::Release);
+        for (name, p) in &progress.dataflows {
             self.totals.events += p.events;
             self.totals.late += p.late;
+            let t = self.totals.dataflows.entry(name.to_string()).or_default();
+            t.events += p.events;
+            t.late += p.late;
+            t.watermark = t.watermark.max(p.watermark);
         }
-        self.totals.dead_letters += dead.len() as u64;
-        Ok(())
+        for d in &dead {
+            self.totals.dead_letters += 1;
+            self.totals
+                .dataflows
+                .entry(d.dataflow.to_string())
+                .or_default()
+                .dead_letters += 1;
+        }
+        Ok(Some(progress))
     }
 }

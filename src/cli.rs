@@ -40,8 +40,8 @@ enum Command {
         /// Read FILE as topic TOPIC (otherwise the topic is the file name up to its first dot).
         #[arg(long = "topic", value_name = "TOPIC=FILE", value_parser = parse_topic_file)]
         topics: Vec<(String, PathBuf)>,
-        /// Records read from each file per batch.
-        #[arg(long, default_value_t = 20_000)]
+        /// Records read from each file per batch (one batch = one atomic commit unit).
+        #[arg(long, default_value_t = 4096)]
         batch: usize,
         /// Print the summary as JSON.
         #[arg(long)]
@@ -138,11 +138,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .iter()
                     .map(|d| d.nodes.len() + d.edges.len() + d.identity.len())
                     .sum();
-                println!(
+                print(format!(
                     "ok: {} definitions, {rules} rules in {}",
                     plan.dataflows.len(),
                     dataflows.display()
-                );
+                ))?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -174,9 +174,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match app::replay(&opts) {
                 Ok(summary) => {
                     if json {
-                        println!("{}", serde_json::to_string(&summary)?);
+                        print(format!("{}", serde_json::to_string(&summary)?))?;
                     } else {
-                        println!("{summary}");
+                        print(format!("{summary}"))?;
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -192,7 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Query { state, what } => {
-            let store = Store::open(&state)?;
+            let store = open_existing(&state)?;
             let value = match what {
                 QueryCommand::Node { node_type, id } => {
                     let ident = format!("{node_type}:{id}");
@@ -240,19 +240,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            print(format!("{}", serde_json::to_string_pretty(&value)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { state } => {
-            if !state.is_dir() {
-                anyhow::bail!("state directory {} does not exist", state.display());
-            }
-            let store = Store::open(&state)?;
+            let store = open_existing(&state)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            store.export(&mut out)?;
-            out.flush().context("writing the export")?;
-            Ok(ExitCode::SUCCESS)
+            let written = store
+                .export(&mut out)
+                .map_err(anyhow::Error::new)
+                .and_then(|_| out.flush().context("writing the export"));
+            match written {
+                Err(e) if broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e),
+                Ok(()) => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Gen {
             events,
@@ -280,11 +283,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let summary = rdg::generate::generate(&opts, &out)
                 .with_context(|| format!("writing events to {}", out.display()))?;
             for (path, lines) in summary.files {
-                println!("{}\t{lines} lines", path.display());
+                print(format!("{}\t{lines} lines", path.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Opens a state directory that must already exist (reads never create one).
+fn open_existing(state: &std::path::Path) -> Result<Store> {
+    if !state.is_dir() {
+        anyhow::bail!("state directory {} does not exist", state.display());
+    }
+    Ok(Store::open(state)?)
+}
+
+/// Writes to stdout; a reader that went away (`| head`) ends the command
+/// quietly instead of failing.
+fn print(text: impl std::fmt::Display) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
+/// True when the error comes from writing to a reader that went away.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn not_found(ident: &str) -> Result<ExitCode> {

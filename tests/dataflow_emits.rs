@@ -91,7 +91,9 @@ fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
                     } => format!("edge {edge_type} {from} {to}"),
                     Change::Link { a, b, .. } => format!("link {a} {b}"),
                     Change::Cluster { id, .. } => format!("cluster {id}"),
-                    Change::Member { cluster, member, .. } => format!("member {cluster} {member}"),
+                    Change::Member {
+                        cluster, member, ..
+                    } => format!("member {cluster} {member}"),
                 };
                 s.0.insert(key, c);
             }

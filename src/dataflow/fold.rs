@@ -9,7 +9,11 @@
 //! after the same prefix of events, whatever the batching. Memory grows with
 //! live records, not with events: ops are dropped once applied.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Hash maps of the fold: iteration order never reaches output (changes are
+/// sorted before they leave), so a fast fixed-seed hasher is fine.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -31,6 +35,14 @@ pub(crate) enum Folded {
     },
     Late(u64),
 }
+
+/// What waits for a time to complete: a capability to emit at it, its ops,
+/// and the largest watermark reported for it.
+type Pending = (
+    Option<timely::dataflow::operators::Capability<u64>>,
+    Vec<Op>,
+    i64,
+);
 
 struct Entry {
     rec: Record,
@@ -57,16 +69,9 @@ pub(crate) fn fold<'s>(
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
     let exchange = Exchange::new(|op: &Op| op.key.hashed());
     ops.binary_frontier(watermarks, exchange, Pipeline, name, move |_cap, _info| {
-        let mut state: HashMap<RecKey, Entry> = HashMap::new();
+        let mut state: HashMap<RecKey, Entry> = HashMap::default();
         let mut expiry: BTreeSet<(i64, RecKey)> = BTreeSet::new();
-        let mut stash: BTreeMap<
-            u64,
-            (
-                Option<timely::dataflow::operators::Capability<u64>>,
-                Vec<Op>,
-                i64,
-            ),
-        > = BTreeMap::new();
+        let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
         let mut watermark = initial_watermark;
         move |(input, frontier), (wms, wm_frontier), output| {
             input.for_each(|cap, data| {
@@ -125,7 +130,7 @@ fn apply_time(
 ) {
     ops.sort_by(|a, b| (&a.key, a.seq, a.src).cmp(&(&b.key, b.seq, b.src)));
     // Records touched at this time, with their aggregate before it.
-    let mut before: HashMap<RecKey, Option<Record>> = HashMap::new();
+    let mut before: HashMap<RecKey, Option<Record>> = HashMap::default();
     let mut late = 0u64;
     let mut i = 0;
     while i < ops.len() {
@@ -255,7 +260,7 @@ mod tests {
 
     #[test]
     fn expiry_restarts_and_late_events_are_counted() {
-        let mut state = HashMap::new();
+        let mut state = HashMap::default();
         let mut expiry = BTreeSet::new();
         let mut out = Vec::new();
         // a at 0; then an event at 20 (W before = 0) on b; then a again at 25 with W = 20:
@@ -281,7 +286,7 @@ mod tests {
 
     #[test]
     fn delete_then_reassert_starts_a_new_record() {
-        let mut state = HashMap::new();
+        let mut state = HashMap::default();
         let mut expiry = BTreeSet::new();
         let mut out = Vec::new();
         let mut ops = vec![

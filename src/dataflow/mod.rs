@@ -13,9 +13,10 @@ mod fold;
 mod identity;
 mod ops;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 use thiserror::Error;
@@ -45,6 +46,27 @@ pub enum Emitted {
     /// Worker `worker` will emit no more data for times before `upto`
     /// (`u64::MAX`: it is finished).
     Frontier { worker: usize, upto: u64 },
+    /// How far source `source` of `worker` is behind its input (messages).
+    Lag {
+        worker: usize,
+        source: usize,
+        dataflow: String,
+        lag: i64,
+    },
+}
+
+/// How often live sources report their lag.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+/// How long an idle worker sleeps unless woken by a source or a peer.
+const IDLE_PARK: Duration = Duration::from_millis(100);
+/// An idle worker moves its times forward at most this often (ms).
+const IDLE_TICK_MS: u64 = 50;
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Receives everything the dataflow emits, from every worker thread.
@@ -68,6 +90,13 @@ pub struct RunConfig {
     pub in_flight: u64,
     /// Set from outside to stop reading; what was read is still completed.
     pub stop: Arc<AtomicBool>,
+    /// Live sources: idle is not the end; run until `stop`. Times follow the
+    /// wall clock (ms) so idle workers let the others' times complete.
+    pub live: bool,
+    /// Set from outside: every time below it has been persisted. The driver
+    /// reads no further than `in_flight` times beyond it (backpressure from
+    /// the store, so memory does not fill with uncommitted changes).
+    pub committed: Arc<AtomicU64>,
 }
 
 impl Default for RunConfig {
@@ -76,7 +105,9 @@ impl Default for RunConfig {
             workers: 1,
             batch: 20_000,
             in_flight: 4,
+            live: false,
             stop: Arc::new(AtomicBool::new(false)),
+            committed: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }
 }
@@ -272,6 +303,13 @@ fn run_worker(
         mine.push((s, i, feeder, 0));
     }
 
+    // Wake this worker when a source may have data (instead of spinning).
+    let me = std::thread::current();
+    for (src, ..) in mine.iter_mut() {
+        let me = me.clone();
+        src.set_waker(Arc::new(move || me.unpark()));
+    }
+
     let mut epoch: u64 = 1;
     for h in op_inputs.iter_mut() {
         h.advance_to(epoch);
@@ -282,12 +320,19 @@ fn run_worker(
     let mut raw: Vec<RawRecord> = Vec::with_capacity(config.batch);
     let mut ops: Vec<Op> = Vec::new();
     let mut done = vec![false; mine.len()];
-    while done.iter().any(|d| !d) {
+    // Times started but maybe not yet complete, oldest first.
+    let mut started: VecDeque<u64> = VecDeque::new();
+    let mut last_lag = Instant::now();
+    loop {
         if config.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if !config.live && done.iter().all(|d| *d) {
             break;
         }
         let mut dead_letters = Vec::new();
         let mut progress = Progress::default();
+        let mut read_any = false;
         for (k, (src, i, feeder, seq)) in mine.iter_mut().enumerate() {
             if done[k] {
                 continue;
@@ -299,13 +344,18 @@ fn run_worker(
             if raw.is_empty() {
                 continue;
             }
+            read_any = true;
             let d = &plan.dataflows[*i];
             let mut p = DataflowProgress::default();
             for r in raw.drain(..) {
                 *seq += 1;
-                let outcome = match serde_json::from_slice::<serde_json::Value>(&r.payload) {
-                    Ok(v) => d.evaluate(&v, &plan.identity),
-                    Err(e) => Outcome::Reject(format!("not JSON: {e}")),
+                let outcome = if r.payload.is_empty() {
+                    Outcome::Reject("empty payload".to_string())
+                } else {
+                    match serde_json::from_slice::<serde_json::Value>(&r.payload) {
+                        Ok(v) => d.evaluate(&v, &plan.identity),
+                        Err(e) => Outcome::Reject(format!("not JSON: {e}")),
+                    }
                 };
                 match outcome {
                     Outcome::Ignored => {}
@@ -319,12 +369,13 @@ fn run_worker(
                         reason,
                     }),
                 }
+                // The stored position is the next one to read.
                 progress.positions.insert(
                     (
                         CompactString::from(d.name.as_str()),
                         src.partition_key(r.partition),
                     ),
-                    r.offset,
+                    r.offset + 1,
                 );
             }
             if feeder.watermark > i64::MIN {
@@ -340,6 +391,41 @@ fn run_worker(
                 op_inputs[*i].send(op);
             }
         }
+        if config.live && last_lag.elapsed() >= LAG_EVERY {
+            last_lag = Instant::now();
+            for (k, (src, ..)) in mine.iter().enumerate() {
+                if let Some(lag) = src.lag() {
+                    emit(Emitted::Lag {
+                        worker: index,
+                        source: k,
+                        dataflow: src.dataflow().to_string(),
+                        lag,
+                    });
+                }
+            }
+        }
+        let next = if config.live {
+            (epoch + 1).max(wall_clock_ms())
+        } else {
+            epoch + 1
+        };
+        if !read_any {
+            if config.live {
+                // Idle: let the frontier follow the clock so other workers'
+                // times complete, then sleep until woken or the next tick.
+                if wall_clock_ms() > epoch + IDLE_TICK_MS {
+                    epoch = next;
+                    for h in op_inputs.iter_mut() {
+                        h.advance_to(epoch);
+                    }
+                    for h in wm_inputs.iter_mut() {
+                        h.advance_to(epoch);
+                    }
+                }
+                worker.step_or_park(Some(IDLE_PARK));
+            }
+            continue;
+        }
         if !dead_letters.is_empty() || progress != Progress::default() {
             emit(Emitted::Data {
                 epoch,
@@ -348,15 +434,29 @@ fn run_worker(
                 progress,
             });
         }
-        epoch += 1;
+        started.push_back(epoch);
+        epoch = next;
         for h in op_inputs.iter_mut() {
             h.advance_to(epoch);
         }
         for h in wm_inputs.iter_mut() {
             h.advance_to(epoch);
         }
-        let floor = epoch.saturating_sub(config.in_flight);
-        worker.step_while(|| probe.less_than(&floor));
+        // Bound the work in flight: wait for the oldest started time to be
+        // complete in the dataflow and committed by the store.
+        while started.len() as u64 > config.in_flight {
+            let Some(oldest) = started.pop_front() else {
+                break;
+            };
+            let floor = oldest + 1;
+            worker.step_while(|| probe.less_than(&floor));
+            while config.committed.load(Ordering::Acquire) < floor
+                && !config.stop.load(Ordering::Relaxed)
+            {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
+        worker.step();
     }
     drop(op_inputs);
     drop(wm_inputs);

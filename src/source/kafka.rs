@@ -1254,6 +1254,10 @@ impl Source for KafkaSource {
         // anyone: let the caller poll once.
         self.waker.wake();
     }
+
+    fn lag(&self) -> Option<i64> {
+        KafkaSource::lag(self)
+    }
 }
 
 /// Commits next offsets of `topic` through `consumer` (whose `group.id` is

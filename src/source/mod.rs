@@ -7,9 +7,11 @@
 
 mod file;
 pub mod kafka;
+mod memory;
 
 pub use file::{FileSource, TopicFiles};
 pub use kafka::{KafkaConfig, KafkaSource, OffsetCommitter, OnGap, StartFrom};
+pub use memory::MemorySource;
 
 use std::sync::Arc;
 
@@ -88,4 +90,8 @@ pub trait Source {
     /// caller polls again without waiting. Sources that never return `Idle`
     /// (files) ignore it.
     fn set_waker(&mut self, _waker: Arc<dyn Fn() + Send + Sync>) {}
+    /// Messages behind the input's end, when the source can tell.
+    fn lag(&self) -> Option<i64> {
+        None
+    }
 }

@@ -330,6 +330,10 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Opens the sled database in `dir`. A lock conflict is
 /// [`StoreError::Locked`] once it lasted [`LOCK_WAIT`], or [`RELOCK_WAIT`]
 /// when this process itself closed the directory before.
+/// sled's page cache. Its default (1 GiB) dominates resident memory; the
+/// dataflow keeps its own state, so the store needs little cache.
+const CACHE_BYTES: u64 = 64 << 20;
+
 fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
     let wait = if recently_closed {
         RELOCK_WAIT
@@ -339,7 +343,11 @@ fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
     let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(1);
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
                 if started.elapsed() >= wait {

@@ -1,0 +1,331 @@
+//! Kafka wiring: `rdg run` (live, until stopped), `rdg replay --brokers`
+//! (bounded), `rdg produce` and `rdg demo` (an in-process mock cluster).
+//!
+//! Invariant: a partition's position is read from the store only, never from
+//! Kafka's committed offsets; group commits happen after the state commit
+//! they describe, for lag tools only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
+use crate::dataflow::{RunConfig, SourceFactory};
+use crate::model::Progress;
+use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
+use crate::source::{Source, SourceError};
+use crate::spec::{self, Plan};
+use crate::store::{Counts, Store};
+
+/// What `rdg run` and `rdg replay --brokers` are asked to do.
+#[derive(Clone, Debug)]
+pub struct KafkaRunOptions {
+    pub dataflows: PathBuf,
+    pub state: PathBuf,
+    pub workers: usize,
+    pub batch: usize,
+    pub kafka: KafkaConfig,
+    /// Only these topics (replay `--topic`); empty: every definition.
+    pub topics: Vec<String>,
+    /// How often `rdg run` prints its status line; `None`: never.
+    pub status_every: Option<Duration>,
+    /// Set to stop (SIGINT/SIGTERM): what was read is committed, then exit.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Each worker reads every selected dataflow's topic, owning the partitions
+/// `kafka::owner` gives it; positions come from the store.
+fn kafka_sources(
+    plan: &Plan,
+    store: &Store,
+    opts: &KafkaRunOptions,
+    bounded: bool,
+) -> Result<SourceFactory, AppError> {
+    let meta = store.meta()?;
+    let mut specs = Vec::new();
+    for d in &plan.dataflows {
+        if !opts.topics.is_empty() && !opts.topics.iter().any(|t| *t == d.topic) {
+            continue;
+        }
+        // Stored positions are next offsets, keyed by partition number.
+        let positions: BTreeMap<i32, i64> = meta
+            .positions
+            .iter()
+            .filter(|((df, _), _)| *df == d.name)
+            .filter_map(|((_, p), next)| Some((p.parse().ok()?, i64::try_from(*next).ok()?)))
+            .collect();
+        let mut config = opts.kafka.clone();
+        for (k, v) in &d.kafka {
+            config.settings.insert(k.clone(), v.clone());
+        }
+        specs.push((d.name.clone(), d.topic.clone(), config, positions));
+    }
+    if let Some(t) = opts
+        .topics
+        .iter()
+        .find(|t| !plan.dataflows.iter().any(|d| d.topic == **t))
+    {
+        return Err(AppError::Input(format!(
+            "no definition reads topic `{t}` (known topics: {})",
+            plan.dataflows
+                .iter()
+                .map(|d| d.topic.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(Arc::new(move |index: usize, peers: usize| {
+        specs
+            .iter()
+            .map(|(name, topic, config, positions)| {
+                let s = if bounded {
+                    KafkaSource::bounded(name, topic, config, index, peers, positions.clone())
+                } else {
+                    KafkaSource::new(name, topic, config, index, peers, positions.clone())
+                };
+                s.map(|s| Box::new(s) as Box<dyn Source>)
+            })
+            .collect::<Result<Vec<_>, SourceError>>()
+    }))
+}
+
+/// Commits stored positions to each dataflow's consumer group after the
+/// state commit, and prints the status line.
+struct LiveObserver {
+    committers: BTreeMap<String, OffsetCommitter>,
+    status_every: Option<Duration>,
+    last_status: Instant,
+    last_events: BTreeMap<String, u64>,
+}
+
+impl Observer for LiveObserver {
+    fn committed(&mut self, progress: &Progress) {
+        let mut by_dataflow: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
+        for ((d, p), next) in &progress.positions {
+            if let (Ok(p), Ok(next)) = (p.parse::<i32>(), i64::try_from(*next)) {
+                by_dataflow.entry(d.as_str()).or_default().insert(p, next);
+            }
+        }
+        for (d, positions) in by_dataflow {
+            if let Some(c) = self.committers.get(d)
+                && let Err(e) = c.commit(&positions)
+            {
+                tracing::warn!("committing offsets of {d} to group {}: {e}", c.group());
+            }
+        }
+    }
+
+    fn tick(&mut self, totals: &Totals) {
+        let Some(every) = self.status_every else {
+            return;
+        };
+        let elapsed = self.last_status.elapsed();
+        if elapsed < every {
+            return;
+        }
+        self.last_status = Instant::now();
+        eprintln!("{}", status_line(totals, &mut self.last_events, elapsed));
+    }
+}
+
+/// `playback: 1200 ev/s, lag 40, watermark 2023-11-14T22:13:20Z (delay 1.2s), dead letters 3 | ...`
+pub fn status_line(
+    totals: &Totals,
+    last_events: &mut BTreeMap<String, u64>,
+    elapsed: Duration,
+) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let parts: Vec<String> = totals
+        .dataflows
+        .iter()
+        .map(|(name, t)| {
+            let before = last_events.insert(name.clone(), t.events).unwrap_or(0);
+            let rate = (t.events - before.min(t.events)) as f64 / elapsed.as_secs_f64().max(1e-3);
+            let lag = t.lag.map_or("?".to_string(), |l| l.to_string());
+            let wm = match t.watermark {
+                Some(w) => format!(
+                    "watermark {} (delay {:.1}s)",
+                    chrono::DateTime::from_timestamp_millis(w)
+                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                        .unwrap_or_else(|| w.to_string()),
+                    (now_ms - w) as f64 / 1000.0
+                ),
+                None => "no watermark yet".to_string(),
+            };
+            format!(
+                "{name}: {rate:.0} ev/s, lag {lag}, {wm}, dead letters {}",
+                t.dead_letters
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "status: waiting for data".to_string()
+    } else {
+        format!("status: {}", parts.join(" | "))
+    }
+}
+
+/// `rdg run`: consumes every definition's topic until `opts.stop` is set.
+pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
+    let plan = Arc::new(spec::load(&opts.dataflows)?);
+    let store = Store::open(&opts.state)?;
+    let sources = kafka_sources(&plan, &store, opts, false)?;
+    let mut committers = BTreeMap::new();
+    for d in &plan.dataflows {
+        let c = OffsetCommitter::new(&d.name, &d.topic, &opts.kafka).map_err(|e| {
+            AppError::Input(format!(
+                "cannot create the offset committer of {}: {e}",
+                d.name
+            ))
+        })?;
+        committers.insert(d.name.clone(), c);
+    }
+    let mut observer = LiveObserver {
+        committers,
+        status_every: opts.status_every,
+        last_status: Instant::now(),
+        last_events: BTreeMap::new(),
+    };
+    let config = RunConfig {
+        workers: opts.workers.max(1),
+        batch: opts.batch.max(1),
+        live: true,
+        stop: opts.stop.clone(),
+        ..RunConfig::default()
+    };
+    run_into_store(&store, plan, config, sources, &mut observer)
+}
+
+/// `rdg replay --brokers`: reads each partition up to the end offset it had
+/// at the start, then stops.
+pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
+    let started = Instant::now();
+    let plan = Arc::new(spec::load(&opts.dataflows)?);
+    let store = Store::open(&opts.state)?;
+    let sources = kafka_sources(&plan, &store, opts, true)?;
+    let config = RunConfig {
+        workers: opts.workers.max(1),
+        batch: opts.batch.max(1),
+        stop: opts.stop.clone(),
+        ..RunConfig::default()
+    };
+    let mut nothing = |_: &Totals| {};
+    let totals = run_into_store(&store, plan, config, sources, &mut nothing)?;
+    let counts: Counts = store.counts()?;
+    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+}
+
+/// Installs SIGINT/SIGTERM handling that sets `stop`; a second signal exits
+/// at once.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>, AppError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+        eprintln!("stopping: committing what is complete (signal again to exit at once)");
+    })
+    .map_err(|e| AppError::Input(format!("cannot install the signal handler: {e}")))?;
+    Ok(stop)
+}
+
+/// What `rdg demo` is asked to do.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub dataflows: PathBuf,
+    pub state: PathBuf,
+    pub workers: usize,
+    /// Events produced per second.
+    pub rate: f64,
+    /// Events to produce in all (then the demo keeps consuming until stopped).
+    pub events: u64,
+    /// Stop after this long; `None`: run until SIGINT/SIGTERM.
+    pub duration: Option<Duration>,
+    pub partitions: i32,
+    pub seed: u64,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// `rdg demo`: an in-process Kafka-protocol cluster (librdkafka's mock
+/// cluster), the shipped definitions' topics, generated events produced at a
+/// steady rate, and the pipeline consuming them live.
+pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
+    let plan = spec::load(&opts.dataflows)?;
+    let cluster = rdkafka::mocking::MockCluster::new(1)
+        .map_err(|e| AppError::Input(format!("cannot start the mock Kafka cluster: {e}")))?;
+    for d in &plan.dataflows {
+        cluster
+            .create_topic(&d.topic, opts.partitions, 1)
+            .map_err(|e| AppError::Input(format!("cannot create topic {}: {e}", d.topic)))?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    eprintln!(
+        "demo: mock Kafka cluster at {brokers}; producing {} events at {}/s to {}",
+        opts.events,
+        opts.rate,
+        plan.dataflows
+            .iter()
+            .map(|d| d.topic.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!(
+        "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account a1",
+        opts.state.display()
+    );
+    let gen_opts = crate::generate::GenOptions {
+        events: opts.events,
+        seed: opts.seed,
+        ..Default::default()
+    };
+    let producer_brokers = brokers.clone();
+    let rate = opts.rate;
+    let stop = opts.stop.clone();
+    let producer = std::thread::spawn(move || {
+        let events =
+            crate::generate::events(&gen_opts).take_while(move |_| !stop.load(Ordering::Relaxed));
+        crate::produce::produce(
+            &producer_brokers,
+            &BTreeMap::new(),
+            events,
+            Some(rate),
+            |_| {},
+        )
+    });
+    if let Some(d) = opts.duration {
+        let stop = opts.stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let run = KafkaRunOptions {
+        dataflows: opts.dataflows.clone(),
+        state: opts.state.clone(),
+        workers: opts.workers,
+        batch: 4096,
+        kafka: KafkaConfig {
+            brokers,
+            ..KafkaConfig::default()
+        },
+        topics: Vec::new(),
+        status_every: Some(Duration::from_secs(5)),
+        stop: opts.stop.clone(),
+    };
+    let totals = run_live(&run);
+    opts.stop.store(true, Ordering::SeqCst);
+    match producer.join() {
+        Ok(Ok(n)) => eprintln!("demo: produced {n} events"),
+        Ok(Err(e)) => eprintln!("demo: the producer stopped: {e}"),
+        Err(_) => eprintln!("demo: the producer thread panicked"),
+    }
+    drop(cluster);
+    totals
+}
