@@ -134,20 +134,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Converts positions as rdg stores them (partition key → offset of the last
-/// record processed) into next offsets per partition, as [`KafkaSource`]
-/// takes them. Keys that are not partition numbers are ignored.
-pub fn next_offsets<'a>(stored: impl IntoIterator<Item = (&'a str, u64)>) -> BTreeMap<i32, i64> {
-    stored
-        .into_iter()
-        .filter_map(|(key, last)| {
-            let p = key.parse::<i32>().ok()?;
-            let next = i64::try_from(last).ok()?.checked_add(1)?;
-            Some((p, next))
-        })
-        .collect()
-}
-
 type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// The waker set by the caller, shared with librdkafka's queue callbacks and
@@ -604,9 +590,9 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// A live source: never returns [`Poll::Done`].
     ///
-    /// `positions` holds the next offset (last processed + 1, see
-    /// [`next_offsets`]) of partitions rdg stored; entries for partitions
-    /// this worker does not own are ignored. Connects lazily: an unreachable
+    /// `positions` holds the next offset (last processed + 1) of the
+    /// partitions rdg stored; entries for partitions this worker does not
+    /// own are ignored. Connects lazily: an unreachable
     /// broker is reported by `poll`, after `config.broker_timeout`.
     pub fn new(
         dataflow: &str,
@@ -1355,12 +1341,6 @@ mod tests {
         send::<KafkaSource>();
         send::<OffsetCommitter>();
         sync::<OffsetCommitter>();
-    }
-
-    #[test]
-    fn next_offsets_from_stored_positions() {
-        let got = next_offsets([("0", 41), ("3", 0), ("file.jsonl", 9)]);
-        assert_eq!(got, BTreeMap::from([(0, 42), (3, 1)]));
     }
 
     #[test]
