@@ -633,3 +633,35 @@ fn real_broker_partitions_added_while_running_are_picked_up() {
     let parts: BTreeSet<u32> = got.iter().map(|r| r.partition).collect();
     assert_eq!(parts, BTreeSet::from([2, 3]));
 }
+
+/// Against a real broker (see above): a start time is looked up with
+/// `offsets_for_times` (MockCluster answers "the end" for every time).
+#[test]
+fn real_broker_start_time_skips_older_records() {
+    let Ok(brokers) = std::env::var("RDG_TEST_BROKERS") else {
+        eprintln!("RDG_TEST_BROKERS not set: skipped");
+        return;
+    };
+    logs();
+    let topic = format!("rdg-test-time-{}", std::process::id());
+    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 2)]).unwrap();
+    send(&brokers, events(&topic, 20));
+    // Record timestamps are milliseconds: step past the last old one.
+    std::thread::sleep(Duration::from_millis(20));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    std::thread::sleep(Duration::from_millis(20));
+    let newer: Vec<_> = events(&topic, 30).into_iter().skip(20).collect();
+    send(&brokers, newer.clone());
+    let cfg = KafkaConfig {
+        start: rdg::source::StartFrom::TimeMs(now_ms),
+        ..config(&brokers)
+    };
+    let mut src = KafkaSource::bounded("df", &topic, &cfg, 0, 1, BTreeMap::new()).unwrap();
+    let got = drain_bounded(&mut src);
+    let payloads: BTreeSet<Vec<u8>> = got.iter().map(|r| r.payload.clone()).collect();
+    let want: BTreeSet<Vec<u8>> = newer.iter().map(|e| e.2.clone().into_bytes()).collect();
+    assert_eq!(payloads, want);
+}
