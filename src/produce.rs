@@ -64,6 +64,12 @@ pub enum ProduceError {
         brokers: String,
         detail: String,
     },
+    #[error("cannot add partitions to topic `{topic}` on {brokers}: {detail}")]
+    AddPartitions {
+        topic: String,
+        brokers: String,
+        detail: String,
+    },
 }
 
 /// Counts delivery reports (called on the producing thread, from `poll`).
@@ -262,7 +268,7 @@ pub fn add_partitions(
     topic: &str,
     partitions: usize,
 ) -> Result<(), ProduceError> {
-    let fail = |detail: String| ProduceError::CreateTopic {
+    let fail = |detail: String| ProduceError::AddPartitions {
         topic: topic.to_string(),
         brokers: brokers.to_string(),
         detail,
@@ -274,7 +280,7 @@ pub fn add_partitions(
         block_on(admin.create_partitions([&new], &opts)).map_err(|e| fail(e.to_string()))?;
     for r in results {
         if let Err((_, code)) = r {
-            return Err(fail(format!("cannot add partitions: {code}")));
+            return Err(fail(code.to_string()));
         }
     }
     Ok(())

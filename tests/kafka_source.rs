@@ -591,7 +591,8 @@ fn produce_respects_the_rate() {
 
 /// Against a real broker (`RDG_TEST_BROKERS=127.0.0.1:9092`, e.g. from
 /// `scripts/broker.sh start`): topics created through the admin API, and
-/// partitions added to a topic while a source reads it.
+/// partitions added to a topic while a source reads it (where the broker
+/// can add partitions: tansu 0.6 cannot).
 #[test]
 fn real_broker_partitions_added_while_running_are_picked_up() {
     let Ok(brokers) = std::env::var("RDG_TEST_BROKERS") else {
@@ -608,7 +609,15 @@ fn real_broker_partitions_added_while_running_are_picked_up() {
     let (got, _) = run(&mut src, |out| out.len() >= 50).unwrap();
     assert_eq!(got.len(), 50);
 
-    rdg::produce::add_partitions(&brokers, &settings, &topic, 4).unwrap();
+    match rdg::produce::add_partitions(&brokers, &settings, &topic, 4) {
+        Ok(()) => {}
+        Err(e) if e.to_string().contains("UnsupportedFeature") => {
+            // tansu 0.6 has no CreatePartitions.
+            eprintln!("the broker cannot add partitions ({e}): rest skipped");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    }
     eventually("new partitions known", || {
         let mut out = Vec::new();
         src.poll(10, &mut out).unwrap();

@@ -21,8 +21,9 @@
 //!   changed; messages of each partition land in their own queue whose
 //!   non-empty callback calls the waker too.
 //!
-//! A missing topic is waited for (logged once) in live mode and an error in
-//! bounded mode; partitions that appear while running are read from their
+//! A bounded source (replay) ends once every owned partition has caught up
+//! with its end. A missing topic is waited for (logged once) in live mode and
+//! an error in bounded mode; partitions that appear while running are read from their
 //! earliest offset; an unreachable broker is logged and retried with backoff
 //! and becomes [`SourceError::Broker`] after [`KafkaConfig::broker_timeout`].
 
@@ -65,7 +66,8 @@ pub enum StartFrom {
     /// The first record whose timestamp is at or after this time (epoch ms),
     /// looked up with `offsets_for_times`; after the last record if none is.
     /// rdkafka's MockCluster cannot look offsets up by time (it answers
-    /// "after the last record" for every time), real brokers can.
+    /// "after the last record" for every time); tansu 0.6 answers offset 0
+    /// for a time after its last record.
     TimeMs(i64),
 }
 
@@ -201,7 +203,8 @@ impl ClientContext for RdgContext {
         // Unreachable brokers are reported by the watcher thread, once per
         // retry and with the address (librdkafka repeats them every few
         // hundred milliseconds); offsets out of range by the source, with
-        // the partition and what it does about it.
+        // the partition and what it does about it; the end of a partition is
+        // how a bounded read ends, not a problem.
         let reported = matches!(
             error.rdkafka_error_code(),
             Some(
@@ -209,6 +212,7 @@ impl ClientContext for RdgContext {
                     | RDKafkaErrorCode::AllBrokersDown
                     | RDKafkaErrorCode::Resolve
                     | RDKafkaErrorCode::AutoOffsetReset
+                    | RDKafkaErrorCode::PartitionEOF
             )
         );
         let text = format!("{error}: {reason}");
@@ -530,7 +534,7 @@ enum State {
     /// Its fetch was refused as out of range; waits for fresh watermarks
     /// (refresh number `after` + 1) to tell a gap from a transient error.
     Checking { after: u64 },
-    /// Bounded mode: everything up to the bound was delivered.
+    /// Bounded mode: read to its end.
     Finished,
 }
 
@@ -550,8 +554,6 @@ struct Part {
     origin: Offset,
     /// It appeared after the first metadata answer: start at the earliest.
     added: bool,
-    /// Bounded mode: the high watermark at the first refresh.
-    bound: Option<i64>,
     /// The last fetch error logged, to log a repeated one at debug.
     last_error: Option<String>,
 }
@@ -606,10 +608,13 @@ impl KafkaSource {
     }
 
     /// A bounded source (`rdg replay --brokers`): reads each owned partition
-    /// up to its high watermark as first learned (by the first `poll` after
-    /// the watcher's first refresh, moments after creation), then returns
-    /// [`Poll::Done`]. Records produced later are left for a live run. A
-    /// missing topic is an error.
+    /// until it has caught up with its end (librdkafka's end-of-partition
+    /// event: the fetch position reached the high watermark of a fetch
+    /// response, so at least everything present at creation was read), then
+    /// returns [`Poll::Done`]. Ending on that event rather than at a high
+    /// watermark listed at creation keeps replay complete on brokers whose
+    /// listed watermarks lag (tansu 0.6), and also covers offsets that only
+    /// transaction markers occupy. A missing topic is an error.
     pub fn bounded(
         dataflow: &str,
         topic: &str,
@@ -717,7 +722,8 @@ impl KafkaSource {
     /// Records behind the end of the owned partitions: the sum of (high
     /// watermark − next offset), from watermarks at most one refresh
     /// interval old. `None` until the watermarks of every owned partition
-    /// are known.
+    /// are known. Under-reported by brokers whose listed high watermark lags
+    /// (tansu 0.6: the last batch's first offset + 1).
     pub fn lag(&self) -> Option<i64> {
         let s = lock(&self.shared);
         if s.partitions.is_none() || self.parts.is_empty() {
@@ -760,7 +766,6 @@ impl KafkaSource {
                     exact: false,
                     origin: Offset::Beginning,
                     added,
-                    bound: None,
                     last_error: None,
                 },
             );
@@ -801,8 +806,12 @@ impl KafkaSource {
                 continue;
             };
             let stored = self.stored.get(&p).copied();
+            // Only an offset below the earliest is a gap known here; one past
+            // the end is left to the broker, which refuses to fetch it (and
+            // `check_gaps` reports it): some brokers' listed end lags their
+            // real one (tansu 0.6 lists the last batch's first offset + 1).
             let (origin, next, exact) = match stored {
-                Some(s) if s < low || s > high => match self.on_gap {
+                Some(s) if s < low => match self.on_gap {
                     OnGap::Stop => return Err(self.gap(p, s, (low, high))),
                     OnGap::Earliest => {
                         tracing::warn!(
@@ -841,13 +850,6 @@ impl KafkaSource {
             part.origin = origin;
             part.next = next;
             part.exact = exact;
-            if self.bounded {
-                let bound = *part.bound.get_or_insert(high);
-                if next >= bound {
-                    part.state = State::Finished;
-                    continue;
-                }
-            }
             assign.push((p, origin));
         }
         if !want_by_time.is_empty() {
@@ -1084,7 +1086,7 @@ impl KafkaSource {
         got
     }
 
-    /// Bounded mode: `p` reached its bound; stop fetching it.
+    /// Bounded mode: `p` was read to its end; stop fetching it.
     fn finish(&mut self, p: i32) {
         if let Some(part) = self.parts.get_mut(&p) {
             part.state = State::Finished;
@@ -1104,7 +1106,7 @@ enum Drained {
     Empty,
     /// The budget ran out; the queue may hold more.
     Full,
-    /// Bounded mode: the partition reached its bound.
+    /// Bounded mode: the partition was read to its end.
     Finished,
     /// The broker refused the fetch offset; fetching has stopped.
     OutOfRange,
@@ -1134,9 +1136,6 @@ fn drain(
                     // Fetched again after a restart: already delivered.
                     continue;
                 }
-                if part.bound.is_some_and(|b| o >= b) {
-                    return (n, Drained::Finished);
-                }
                 out.push(RawRecord {
                     partition: u32::try_from(p).unwrap_or(0),
                     offset: u64::try_from(o).unwrap_or(0),
@@ -1145,16 +1144,12 @@ fn drain(
                 n += 1;
                 part.next = o + 1;
                 part.exact = true;
-                if part.bound.is_some_and(|b| part.next >= b) {
-                    return (n, Drained::Finished);
-                }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {
                 // Only enabled in bounded mode: the fetch position reached
-                // the high watermark, which is at or past the bound.
-                if part.bound.is_some() {
-                    return (n, Drained::Finished);
-                }
+                // the partition's high watermark as the last fetch response
+                // gave it.
+                return (n, Drained::Finished);
             }
             Some(Err(e)) => {
                 let code = e.rdkafka_error_code();
