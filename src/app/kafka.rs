@@ -280,9 +280,13 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
         "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account a1",
         opts.state.display()
     );
+    // Event time follows the wall clock at the produce rate.
     let gen_opts = crate::generate::GenOptions {
         events: opts.events,
         seed: opts.seed,
+        start_ms: chrono::Utc::now().timestamp_millis(),
+        mean_step_us: (1_000_000.0 / opts.rate.max(0.001)).round() as i64,
+        jitter_ms: 5_000,
         ..Default::default()
     };
     let producer_brokers = brokers.clone();
