@@ -46,7 +46,7 @@ fn kafka_sources(
     let meta = store.meta()?;
     let mut specs = Vec::new();
     for d in &plan.dataflows {
-        if !opts.topics.is_empty() && !opts.topics.iter().any(|t| *t == d.topic) {
+        if !opts.topics.is_empty() && !opts.topics.contains(&d.topic) {
             continue;
         }
         // Stored positions are next offsets, keyed by partition number.
