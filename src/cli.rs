@@ -325,7 +325,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match result {
                 Ok(summary) => {
                     if json {
-                        print(format!("{}", serde_json::to_string(&summary)?))?;
+                        print(serde_json::to_string(&summary)?)?;
                     } else {
                         print(format!("{summary}"))?;
                     }
@@ -480,7 +480,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             };
-            print(format!("{}", serde_json::to_string_pretty(&value)?))?;
+            print(serde_json::to_string_pretty(&value)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { state } => {
