@@ -117,10 +117,14 @@ fn export(state: &Path) -> Vec<String> {
 }
 
 fn start_run(brokers: &str, state: &Path, workers: usize) -> Child {
+    start_run_with(&dataflows(), brokers, state, workers)
+}
+
+fn start_run_with(dataflows: &Path, brokers: &str, state: &Path, workers: usize) -> Child {
     rdg()
         .arg("run")
         .arg("--dataflows")
-        .arg(dataflows())
+        .arg(dataflows)
         .arg("--state")
         .arg(state)
         .arg("--brokers")
@@ -169,9 +173,19 @@ fn committed(state: &Path) -> (u64, u64) {
 
 /// Runs until every event is committed: start, let it work, SIGTERM, check.
 fn run_to_completion(brokers: &str, state: &Path, workers: usize, expected: (u64, u64)) {
+    run_to_completion_with(&dataflows(), brokers, state, workers, expected)
+}
+
+fn run_to_completion_with(
+    dataflows: &Path,
+    brokers: &str,
+    state: &Path,
+    workers: usize,
+    expected: (u64, u64),
+) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let mut child = start_run(brokers, state, workers);
+        let mut child = start_run_with(dataflows, brokers, state, workers);
         std::thread::sleep(Duration::from_secs(3));
         terminate(&mut child);
         let (status, err) = wait(child);
@@ -268,4 +282,89 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     );
     assert_same(&export(&replayed), &reference, "replay --brokers");
     drop(cluster);
+}
+
+/// Against a real Kafka-compatible broker (tansu, started by
+/// `scripts/broker.sh`; `scripts/test.sh` sets `RDG_TEST_BROKERS` and runs
+/// this test), with the events produced by an independent client:
+/// kafka-python, a pure-Python implementation of the protocol.
+#[test]
+#[ignore = "needs a real broker and kafka-python: scripts/test.sh runs it"]
+fn real_broker_events_from_an_independent_client() {
+    let brokers = std::env::var("RDG_TEST_BROKERS")
+        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/broker.sh start)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Topics of their own, so runs against one broker do not meet.
+    let suffix = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let defs = dir.path().join("dataflows");
+    std::fs::create_dir_all(&defs).expect("mkdir");
+    for entry in std::fs::read_dir(dataflows()).expect("dataflows") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text = ["playback", "gaming", "login"].iter().fold(text, |t, topic| {
+            t.replace(
+                &format!("topic = \"{topic}\""),
+                &format!("topic = \"{topic}-{suffix}\""),
+            )
+        });
+        std::fs::write(defs.join(path.file_name().expect("name")), text).expect("write");
+    }
+    let topics: Vec<(String, i32)> = ["playback", "gaming", "login"]
+        .iter()
+        .map(|t| (format!("{t}-{suffix}"), 1))
+        .collect();
+    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &topics).expect("create topics");
+
+    let input = dir.path().join("input");
+    rdg::generate::generate(&gen_opts(true), &input).expect("generate");
+    let mut produce = Command::new("python3");
+    produce
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/produce.py"))
+        .arg(&brokers);
+    for t in ["playback", "gaming", "login"] {
+        produce.arg(format!("{t}-{suffix}")).arg(input.join(format!("{t}.jsonl")));
+    }
+    let out = produce.output().expect("python3 tests/support/produce.py");
+    assert!(
+        out.status.success(),
+        "kafka-python producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acked: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("count");
+    assert_eq!(acked, EVENTS);
+
+    // The reference: the same files replayed, read as the suffixed topics.
+    let file_state = dir.path().join("file-state");
+    let mut replay = rdg();
+    replay
+        .arg("replay")
+        .arg("--dataflows")
+        .arg(&defs)
+        .arg("--state")
+        .arg(&file_state);
+    for t in ["playback", "gaming", "login"] {
+        replay
+            .arg("--topic")
+            .arg(format!("{t}-{suffix}={}", input.join(format!("{t}.jsonl")).display()));
+    }
+    let out = replay.output().expect("replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = export(&file_state);
+    let expected = committed(&file_state);
+
+    // One run killed mid-way, then runs until everything is committed.
+    let state = dir.path().join("kafka-state");
+    let mut child = start_run_with(&defs, &brokers, &state, 2);
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().expect("kill");
+    let _ = wait(child);
+    run_to_completion_with(&defs, &brokers, &state, 2, expected);
+    assert_same(&export(&state), &reference, "real broker");
 }
