@@ -308,12 +308,14 @@ fn real_broker_events_from_an_independent_client() {
     for entry in std::fs::read_dir(dataflows()).expect("dataflows") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("read");
-        let text = ["playback", "gaming", "login"].iter().fold(text, |t, topic| {
-            t.replace(
-                &format!("topic = \"{topic}\""),
-                &format!("topic = \"{topic}-{suffix}\""),
-            )
-        });
+        let text = ["playback", "gaming", "login"]
+            .iter()
+            .fold(text, |t, topic| {
+                t.replace(
+                    &format!("topic = \"{topic}\""),
+                    &format!("topic = \"{topic}-{suffix}\""),
+                )
+            });
         std::fs::write(defs.join(path.file_name().expect("name")), text).expect("write");
     }
     let topics: Vec<(String, i32)> = ["playback", "gaming", "login"]
@@ -329,7 +331,9 @@ fn real_broker_events_from_an_independent_client() {
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/produce.py"))
         .arg(&brokers);
     for t in ["playback", "gaming", "login"] {
-        produce.arg(format!("{t}-{suffix}")).arg(input.join(format!("{t}.jsonl")));
+        produce
+            .arg(format!("{t}-{suffix}"))
+            .arg(input.join(format!("{t}.jsonl")));
     }
     let out = produce.output().expect("python3 tests/support/produce.py");
     assert!(
@@ -337,7 +341,10 @@ fn real_broker_events_from_an_independent_client() {
         "kafka-python producer failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let acked: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("count");
+    let acked: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
     assert_eq!(acked, EVENTS);
 
     // The reference: the same files replayed, read as the suffixed topics.
@@ -350,12 +357,17 @@ fn real_broker_events_from_an_independent_client() {
         .arg("--state")
         .arg(&file_state);
     for t in ["playback", "gaming", "login"] {
-        replay
-            .arg("--topic")
-            .arg(format!("{t}-{suffix}={}", input.join(format!("{t}.jsonl")).display()));
+        replay.arg("--topic").arg(format!(
+            "{t}-{suffix}={}",
+            input.join(format!("{t}.jsonl")).display()
+        ));
     }
     let out = replay.output().expect("replay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reference = export(&file_state);
     let expected = committed(&file_state);
 

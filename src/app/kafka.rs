@@ -177,7 +177,9 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
     let sources = kafka_sources(&plan, &store, opts, false)?;
     let mut committers = BTreeMap::new();
     for d in &plan.dataflows {
-        let c = OffsetCommitter::new(&d.name, &d.topic, &opts.kafka).map_err(|e| {
+        let mut config = opts.kafka.clone();
+        config.settings.extend(d.kafka.clone());
+        let c = OffsetCommitter::new(&d.name, &d.topic, &config).map_err(|e| {
             AppError::Input(format!(
                 "cannot create the offset committer of {}: {e}",
                 d.name
