@@ -9,7 +9,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdg::app::kafka::{DemoOptions, KafkaRunOptions};
 use rdg::app::{self, ReplayOptions};
+use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
 
 #[derive(Parser)]
@@ -37,9 +42,15 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// Read FILE as topic TOPIC (otherwise the topic is the file name up to its first dot).
-        #[arg(long = "topic", value_name = "TOPIC=FILE", value_parser = parse_topic_file)]
-        topics: Vec<(String, PathBuf)>,
+        /// Files: read FILE as topic TOPIC (`TOPIC=FILE`; otherwise a file's
+        /// topic is its name up to the first dot). With --brokers: replay only
+        /// this topic (repeatable).
+        #[arg(long = "topic", value_name = "TOPIC=FILE | TOPIC")]
+        topics: Vec<String>,
+        /// Replay from Kafka instead of files: each partition up to the end
+        /// offset it had when the replay started.
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// Records read from each file per batch (one batch = one atomic commit unit).
         #[arg(long, default_value_t = 4096)]
         batch: usize,
@@ -48,6 +59,65 @@ enum Command {
         json: bool,
         /// Input files.
         files: Vec<PathBuf>,
+    },
+    /// Consume every definition's topic live until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, default_value = "dataflows")]
+        dataflows: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Seconds between status lines (0: none).
+        #[arg(long, default_value_t = 10)]
+        status_interval: u64,
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+    },
+    /// Send generated events to the definitions' topics (keyed by account).
+    Produce {
+        #[arg(long, default_value = "dataflows")]
+        dataflows: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Events per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Partitions of topics that do not exist yet.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// librdkafka settings for the producer.
+        #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+    },
+    /// Zero-setup demo: an in-process Kafka-protocol cluster, generated events
+    /// at a steady rate, the pipeline consuming them live.
+    Demo {
+        #[arg(long, default_value = "dataflows")]
+        dataflows: PathBuf,
+        #[arg(long, default_value = "demo-state")]
+        state: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Events produced per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Events to produce in all.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Look up records in a state directory; prints JSON.
     Query {
@@ -81,6 +151,62 @@ enum Command {
     },
 }
 
+/// How to reach Kafka.
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers, `HOST:PORT[,...]`.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Where partitions without a stored position start: earliest, latest, or a time (epoch ms).
+    #[arg(long, default_value = "earliest", value_parser = parse_from)]
+    from: StartFrom,
+    /// When a stored offset is no longer on the broker: stop, or continue from the earliest.
+    #[arg(long, value_enum, default_value_t = Gap::Stop)]
+    on_gap: Gap,
+    /// librdkafka settings for every client (security, timeouts), repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Gap {
+    Stop,
+    Earliest,
+}
+
+impl KafkaArgs {
+    fn config(&self, brokers: String) -> KafkaConfig {
+        KafkaConfig {
+            brokers,
+            settings: self.settings.iter().cloned().collect(),
+            on_gap: match self.on_gap {
+                Gap::Stop => OnGap::Stop,
+                Gap::Earliest => OnGap::Earliest,
+            },
+            start: self.from,
+            ..KafkaConfig::default()
+        }
+    }
+}
+
+fn parse_from(s: &str) -> Result<StartFrom, String> {
+    match s {
+        "earliest" => Ok(StartFrom::Earliest),
+        "latest" => Ok(StartFrom::Latest),
+        t => t
+            .parse::<i64>()
+            .map(StartFrom::TimeMs)
+            .map_err(|_| format!("expected earliest, latest or a time in epoch ms, got `{s}`")),
+    }
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
 #[derive(Subcommand)]
 enum QueryCommand {
     /// A node record: `node TYPE ID`.
@@ -111,15 +237,23 @@ enum Order {
     Id,
 }
 
-fn parse_topic_file(s: &str) -> Result<(String, PathBuf), String> {
+fn parse_topic_file(s: &str) -> Result<(String, PathBuf)> {
     match s.split_once('=') {
         Some((t, f)) if !t.is_empty() && !f.is_empty() => Ok((t.to_string(), PathBuf::from(f))),
-        _ => Err(format!("expected TOPIC=FILE, got `{s}`")),
+        _ => anyhow::bail!("--topic: expected TOPIC=FILE for a file replay, got `{s}`"),
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; RUST_LOG overrides the default level (info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -155,26 +289,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state,
             workers,
             topics,
+            kafka,
             batch,
             json,
             files,
         } => {
-            if files.is_empty() && topics.is_empty() {
-                anyhow::bail!("no input files: pass FILE... or --topic TOPIC=FILE");
-            }
-            let opts = ReplayOptions {
-                dataflows: dataflows.clone(),
-                state,
-                workers,
-                files,
-                topic_files: topics,
-                batch,
-                progress: std::io::stderr().is_terminal(),
+            let result = if let Some(brokers) = kafka.brokers.clone() {
+                if !files.is_empty() {
+                    anyhow::bail!("pass either input files or --brokers, not both");
+                }
+                let opts = KafkaRunOptions {
+                    dataflows: dataflows.clone(),
+                    state,
+                    workers,
+                    batch,
+                    kafka: kafka.config(brokers),
+                    topics,
+                    status_every: None,
+                    stop: app::kafka::stop_on_signals()?,
+                };
+                app::kafka::replay_kafka(&opts)
+            } else {
+                if files.is_empty() && topics.is_empty() {
+                    anyhow::bail!(
+                        "no input: pass FILE..., --topic TOPIC=FILE, or --brokers HOST:PORT"
+                    );
+                }
+                let topic_files = topics
+                    .iter()
+                    .map(|t| parse_topic_file(t))
+                    .collect::<Result<Vec<_>>>()?;
+                let opts = ReplayOptions {
+                    dataflows: dataflows.clone(),
+                    state,
+                    workers,
+                    files,
+                    topic_files,
+                    batch,
+                    progress: std::io::stderr().is_terminal(),
+                };
+                app::replay(&opts)
             };
-            match app::replay(&opts) {
+            match result {
                 Ok(summary) => {
                     if json {
-                        print(format!("{}", serde_json::to_string(&summary)?))?;
+                        print(serde_json::to_string(&summary)?)?;
                     } else {
                         print(format!("{summary}"))?;
                     }
@@ -190,6 +349,95 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Run {
+            dataflows,
+            state,
+            workers,
+            kafka,
+            status_interval,
+            batch,
+        } => {
+            let brokers = kafka
+                .brokers
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+            let opts = KafkaRunOptions {
+                dataflows,
+                state,
+                workers,
+                batch,
+                kafka: kafka.config(brokers),
+                topics: Vec::new(),
+                status_every: (status_interval > 0).then(|| Duration::from_secs(status_interval)),
+                stop: app::kafka::stop_on_signals()?,
+            };
+            let totals = app::kafka::run_live(&opts)?;
+            eprintln!(
+                "stopped: {} events, {} dead letters, {} late committed by this run",
+                totals.events, totals.dead_letters, totals.late
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce {
+            dataflows,
+            brokers,
+            events,
+            rate,
+            seed,
+            partitions,
+            settings,
+        } => {
+            let plan = rdg::spec::load(&dataflows)?;
+            let settings: BTreeMap<String, String> = settings.into_iter().collect();
+            let topics: Vec<(String, i32)> = plan
+                .dataflows
+                .iter()
+                .map(|d| (d.topic.clone(), partitions))
+                .collect();
+            rdg::produce::create_topics(&brokers, &settings, &topics)?;
+            let gen_opts = rdg::generate::GenOptions {
+                events,
+                seed,
+                ..Default::default()
+            };
+            let sent = rdg::produce::produce(
+                &brokers,
+                &settings,
+                rdg::generate::events(&gen_opts),
+                rate,
+                |_| {},
+            )?;
+            print(format!("produced {sent} events to {brokers}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dataflows,
+            state,
+            workers,
+            rate,
+            events,
+            seconds,
+            partitions,
+            seed,
+        } => {
+            let opts = DemoOptions {
+                dataflows,
+                state,
+                workers,
+                rate,
+                events,
+                duration: seconds.map(Duration::from_secs),
+                partitions,
+                seed,
+                stop: app::kafka::stop_on_signals()?,
+            };
+            let totals = app::kafka::demo(&opts)?;
+            eprintln!(
+                "demo stopped: {} events, {} dead letters committed",
+                totals.events, totals.dead_letters
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Query { state, what } => {
             let store = open_existing(&state)?;
@@ -240,7 +488,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             };
-            print(format!("{}", serde_json::to_string_pretty(&value)?))?;
+            print(serde_json::to_string_pretty(&value)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { state } => {

@@ -53,6 +53,10 @@ pub struct GenOptions {
     /// Event time of the first event, epoch ms. Default 1 700 000 000 000
     /// (2023-11-14T22:13:20Z).
     pub start_ms: i64,
+    /// Mean advance of event time per event, in microseconds (uniform in
+    /// `0..2*mean`). Default 1 000 000 (1 s); `rdg demo` sets it from its
+    /// rate so event time follows the wall clock.
+    pub mean_step_us: i64,
 }
 
 impl Default for GenOptions {
@@ -64,6 +68,7 @@ impl Default for GenOptions {
             jitter_ms: 60_000,
             malformed_share: 0.001,
             start_ms: 1_700_000_000_000,
+            mean_step_us: 1_000_000,
         }
     }
 }
@@ -219,6 +224,9 @@ struct Generator {
     rng: Xoshiro256PlusPlus,
     remaining: u64,
     now_ms: i64,
+    /// Event time in µs, so small mean steps stay exact on average.
+    now_us: i64,
+    mean_step_us: i64,
     accounts: u64,
     shared_devices: u64,
     guests: u64,
@@ -252,6 +260,8 @@ impl Generator {
             rng: Xoshiro256PlusPlus::seed_from_u64(opts.seed),
             remaining: opts.events,
             now_ms: opts.start_ms,
+            now_us: opts.start_ms.saturating_mul(1000),
+            mean_step_us: opts.mean_step_us.max(0),
             accounts,
             shared_devices: (accounts / 1000).max(1),
             guests: (accounts / 10).max(5),
@@ -403,7 +413,8 @@ impl Generator {
     }
 
     fn next_line(&mut self) -> (&'static str, String, String) {
-        self.now_ms += self.rng.random_range(0..2000i64);
+        self.now_us += self.rng.random_range(0..(2 * self.mean_step_us).max(1));
+        self.now_ms = self.now_us.div_euclid(1000);
         let mut time = self.now_ms;
         if self.opts.jitter_ms > 0 && self.chance(0.2) {
             time -= self.rng.random_range(0..=self.opts.jitter_ms);

@@ -46,7 +46,7 @@ fn kafka_sources(
     let meta = store.meta()?;
     let mut specs = Vec::new();
     for d in &plan.dataflows {
-        if !opts.topics.is_empty() && !opts.topics.iter().any(|t| *t == d.topic) {
+        if !opts.topics.is_empty() && !opts.topics.contains(&d.topic) {
             continue;
         }
         // Stored positions are next offsets, keyed by partition number.
@@ -177,7 +177,9 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
     let sources = kafka_sources(&plan, &store, opts, false)?;
     let mut committers = BTreeMap::new();
     for d in &plan.dataflows {
-        let c = OffsetCommitter::new(&d.name, &d.topic, &opts.kafka).map_err(|e| {
+        let mut config = opts.kafka.clone();
+        config.settings.extend(d.kafka.clone());
+        let c = OffsetCommitter::new(&d.name, &d.topic, &config).map_err(|e| {
             AppError::Input(format!(
                 "cannot create the offset committer of {}: {e}",
                 d.name
@@ -280,9 +282,13 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
         "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account a1",
         opts.state.display()
     );
+    // Event time follows the wall clock at the produce rate.
     let gen_opts = crate::generate::GenOptions {
         events: opts.events,
         seed: opts.seed,
+        start_ms: chrono::Utc::now().timestamp_millis(),
+        mean_step_us: (1_000_000.0 / opts.rate.max(0.001)).round() as i64,
+        jitter_ms: 5_000,
         ..Default::default()
     };
     let producer_brokers = brokers.clone();
