@@ -360,10 +360,12 @@ fn a_gap_stops_the_source_unless_told_to_continue_from_earliest() {
     // Beyond the end (a recreated topic) is a gap too.
     let beyond = BTreeMap::from([(0, high + 100)]);
     let mut src = KafkaSource::new("df", "big", &config(&brokers), 0, 1, beyond).unwrap();
-    assert!(matches!(
-        run(&mut src, |_| false),
-        Err(SourceError::Gap { .. })
-    ));
+    match run(&mut src, |_| false) {
+        Err(SourceError::Gap {
+            requested, latest, ..
+        }) => assert_eq!((requested, latest), (high + 100, high)),
+        other => panic!("expected a gap past the end, got {other:?}"),
+    }
 
     let cfg = KafkaConfig {
         on_gap: OnGap::Earliest,
@@ -673,4 +675,31 @@ fn real_broker_start_time_skips_older_records() {
     let payloads: BTreeSet<Vec<u8>> = got.iter().map(|r| r.payload.clone()).collect();
     let want: BTreeSet<Vec<u8>> = newer.iter().map(|e| e.2.clone().into_bytes()).collect();
     assert_eq!(payloads, want);
+}
+
+/// Against a real broker (see above): resuming inside a record batch reads
+/// the rest of that batch (tansu 0.6 answers a fetch with the batches that
+/// start at or after the offset, so the source starts earlier and skips).
+#[test]
+fn real_broker_resume_inside_a_batch() {
+    let Ok(brokers) = std::env::var("RDG_TEST_BROKERS") else {
+        eprintln!("RDG_TEST_BROKERS not set: skipped");
+        return;
+    };
+    logs();
+    let topic = format!("rdg-test-batch-{}", std::process::id());
+    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 1)]).unwrap();
+    // Each produce call is flushed: batches at offsets 0..5, 5..6, 6..9, 9..16.
+    let mut next = 0;
+    for size in [5, 1, 3, 7] {
+        let batch: Vec<_> = events(&topic, next + size).into_iter().skip(next).collect();
+        send(&brokers, batch);
+        next += size;
+    }
+    for from in [2u64, 7, 12, 15, 16] {
+        let stored = BTreeMap::from([(0, from as i64)]);
+        let mut src = KafkaSource::bounded("df", &topic, &config(&brokers), 0, 1, stored).unwrap();
+        let offsets: Vec<u64> = drain_bounded(&mut src).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (from..16).collect::<Vec<_>>(), "from {from}");
+    }
 }

@@ -10,8 +10,9 @@
 //!   written ([`KafkaSource::commit_offsets`], [`OffsetCommitter`]) so lag
 //!   tools see progress, but never read back.
 //! - Records of one partition are delivered in offset order, each once: a
-//!   record below the partition's next offset (after a restart of its fetch)
-//!   is skipped.
+//!   record below the partition's next offset is skipped (fetches resume a
+//!   little before the position, see [`RESUME_BACKTRACK`], and restart after
+//!   refused offsets).
 //! - An offset the broker no longer has is never skipped silently: with
 //!   [`OnGap::Stop`] `poll` fails with [`SourceError::Gap`], with
 //!   [`OnGap::Earliest`] it logs and continues from the earliest offset.
@@ -250,7 +251,7 @@ const FORCED: [&str; 6] = [
 ];
 
 /// The consumer configuration, every setting with its reason.
-fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str, eof: bool) -> ClientConfig {
+fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     // Names the client in broker logs and quotas; may be overridden.
     c.set("client.id", client_id);
@@ -283,10 +284,10 @@ fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str, eof: bool
     // An offset missing on the broker must be reported, not silently reset:
     // `OnGap` decides what happens, and the default is to stop.
     c.set("auto.offset.reset", "error");
-    // Bounded reads (replay) need to know when a partition is drained; the
-    // end-of-partition event also covers offsets taken by transaction
-    // markers, which no record ever carries. Live reads never end.
-    c.set("enable.partition.eof", if eof { "true" } else { "false" });
+    // The end-of-partition event says where a partition really ends (the
+    // high watermark of a fetch response): bounded reads (replay) end on
+    // it, and a stored position past it is a gap (a recreated topic).
+    c.set("enable.partition.eof", "true");
     c
 }
 
@@ -552,6 +553,9 @@ struct Part {
     exact: bool,
     /// Where a fetch restarts when `next` is an estimate.
     origin: Offset,
+    /// Where the current fetch started (an estimate for `Beginning`): the
+    /// partition's end if it ends before any record was consumed.
+    fetch_from: i64,
     /// It appeared after the first metadata answer: start at the earliest.
     added: bool,
     /// The last fetch error logged, to log a repeated one at debug.
@@ -640,10 +644,9 @@ impl KafkaSource {
         let client_id = format!("rdg-{dataflow}-{worker}");
         let what = format!("Kafka consumer of `{topic}` (worker {worker})");
         let waker = WakerSlot::default();
-        let mut consumer: BaseConsumer<RdgContext> =
-            consumer_config(config, &group, &client_id, bounded)
-                .create_with_context(RdgContext::new(what))
-                .map_err(|e| kafka_error(topic, e))?;
+        let mut consumer: BaseConsumer<RdgContext> = consumer_config(config, &group, &client_id)
+            .create_with_context(RdgContext::new(what))
+            .map_err(|e| kafka_error(topic, e))?;
         // The consumer's own queue carries errors, logs and commit results
         // (messages go to the partition queues).
         let w = waker.clone();
@@ -765,6 +768,7 @@ impl KafkaSource {
                     next: 0,
                     exact: false,
                     origin: Offset::Beginning,
+                    fetch_from: 0,
                     added,
                     last_error: None,
                 },
@@ -806,10 +810,10 @@ impl KafkaSource {
                 continue;
             };
             let stored = self.stored.get(&p).copied();
-            // Only an offset below the earliest is a gap known here; one past
-            // the end is left to the broker, which refuses to fetch it (and
-            // `check_gaps` reports it): some brokers' listed end lags their
-            // real one (tansu 0.6 lists the last batch's first offset + 1).
+            // Only an offset below the earliest is a gap known here. One past
+            // the end shows when the partition's real end is reached
+            // (`at_end`): some brokers' listed end lags their real one
+            // (tansu 0.6 lists the last batch's first offset + 1).
             let (origin, next, exact) = match stored {
                 Some(s) if s < low => match self.on_gap {
                     OnGap::Stop => return Err(self.gap(p, s, (low, high))),
@@ -824,7 +828,7 @@ impl KafkaSource {
                         (Offset::Beginning, low, false)
                     }
                 },
-                Some(s) => (Offset::Offset(s), s, true),
+                Some(s) => (resume_at(s, low), s, true),
                 None if self.parts.get(&p).is_some_and(|x| x.added) => {
                     (Offset::Beginning, low, false)
                 }
@@ -835,7 +839,7 @@ impl KafkaSource {
                     // counts as "already there" is decided here.
                     StartFrom::Latest => (Offset::Offset(high), high, false),
                     StartFrom::TimeMs(_) => match by_time.get(&p) {
-                        Some(&Some(o)) => (Offset::Offset(o), o, true),
+                        Some(&Some(o)) => (resume_at(o, low), o, true),
                         Some(&None) => (Offset::End, high, false),
                         None => {
                             want_by_time.push(p);
@@ -850,6 +854,7 @@ impl KafkaSource {
             part.origin = origin;
             part.next = next;
             part.exact = exact;
+            part.fetch_from = fetch_start(origin, (low, high));
             assign.push((p, origin));
         }
         if !want_by_time.is_empty() {
@@ -900,6 +905,10 @@ impl KafkaSource {
     /// Restarts the fetch of `p` at `offset` (after an out-of-range error,
     /// which stops it).
     fn restart(&mut self, p: i32, offset: Offset) -> Result<(), SourceError> {
+        let watermarks = lock(&self.shared).watermarks.get(&p).copied();
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.fetch_from = fetch_start(offset, watermarks.unwrap_or((0, 0)));
+        }
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(&self.topic, p);
         self.consumer
@@ -974,7 +983,7 @@ impl KafkaSource {
                      {low}..{high}; fetching it again",
                     self.topic
                 );
-                self.restart(p, Offset::Offset(next))?;
+                self.restart(p, resume_at(next, low))?;
             }
         }
         Ok(())
@@ -1015,7 +1024,8 @@ impl KafkaSource {
                 continue;
             };
             let at = if part.exact {
-                Offset::Offset(part.next)
+                let low = lock(&self.shared).watermarks.get(&p).map_or(0, |w| w.0);
+                resume_at(part.next, low)
             } else {
                 part.origin
             };
@@ -1026,7 +1036,7 @@ impl KafkaSource {
 
     /// Drains the active partitions' queues round-robin into `out`, at most
     /// `max` records. Returns the number of records appended.
-    fn read(&mut self, max: usize, out: &mut Vec<RawRecord>) -> usize {
+    fn read(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<usize, SourceError> {
         let active: Vec<i32> = self
             .parts
             .iter()
@@ -1034,11 +1044,11 @@ impl KafkaSource {
             .map(|(&p, _)| p)
             .collect();
         if active.is_empty() || max == 0 {
-            return 0;
+            return Ok(0);
         }
         self.rotate = (self.rotate + 1) % active.len();
         let mut got = 0;
-        let mut finished = Vec::new();
+        let mut ends = Vec::new();
         let mut checking = Vec::new();
         loop {
             let per = (max - got).div_ceil(active.len()).max(1);
@@ -1056,7 +1066,7 @@ impl KafkaSource {
                 match outcome {
                     Drained::Empty => {}
                     Drained::Full => more = true,
-                    Drained::Finished => finished.push(p),
+                    Drained::End => ends.push(p),
                     Drained::OutOfRange => checking.push(p),
                 }
                 if got >= max {
@@ -1067,8 +1077,8 @@ impl KafkaSource {
                 break;
             }
         }
-        for p in finished {
-            self.finish(p);
+        if !ends.is_empty() {
+            self.at_end(&ends)?;
         }
         if !checking.is_empty() {
             let generation = {
@@ -1083,7 +1093,55 @@ impl KafkaSource {
             }
             let _ = self.poke.send(());
         }
-        got
+        Ok(got)
+    }
+
+    /// Partitions `ends` were read to their end. A position rdg stored past
+    /// that end is a gap (the topic was recreated); otherwise a bounded read
+    /// of the partition is complete.
+    fn at_end(&mut self, ends: &[i32]) -> Result<(), SourceError> {
+        let positions = self
+            .consumer
+            .position()
+            .map_err(|e| kafka_error(&self.topic, e))?;
+        for &p in ends {
+            let Some(part) = self.parts.get(&p) else {
+                continue;
+            };
+            // The offset after the last record consumed (skipped ones
+            // included); where the fetch started if none was.
+            let end = match positions.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => part.fetch_from,
+            };
+            if part.exact && end < part.next {
+                let requested = part.next;
+                let low = lock(&self.shared).watermarks.get(&p).map_or(0, |w| w.0);
+                match self.on_gap {
+                    OnGap::Stop => return Err(self.gap(p, requested, (low, end))),
+                    OnGap::Earliest => {
+                        tracing::warn!(
+                            "{}: offset {requested} of {}/{p} is past the partition's end \
+                             ({end}; was the topic recreated?); continuing from its earliest \
+                             offset as --on-gap earliest asks",
+                            self.dataflow,
+                            self.topic
+                        );
+                        if let Some(part) = self.parts.get_mut(&p) {
+                            part.next = low;
+                            part.exact = false;
+                            part.origin = Offset::Beginning;
+                        }
+                        self.restart(p, Offset::Beginning)?;
+                        continue;
+                    }
+                }
+            }
+            if self.bounded {
+                self.finish(p);
+            }
+        }
+        Ok(())
     }
 
     /// Bounded mode: `p` was read to its end; stop fetching it.
@@ -1100,14 +1158,42 @@ impl KafkaSource {
     }
 }
 
+/// How far before a position a fetch starts (records before the position are
+/// skipped as already delivered).
+///
+/// A Kafka broker answers a fetch with whole record batches, from the one
+/// holding the fetch offset, and the client drops the records before it.
+/// tansu 0.6 answers with the batches that *start* at or after the offset
+/// instead: a resumed partition would lose the rest of the batch it stopped
+/// in, or get nothing at all inside its last batch. Starting a batch's worth
+/// earlier (librdkafka's producers put at most 10 000 records in a batch,
+/// by default) costs reading that many records once per (re)assignment.
+const RESUME_BACKTRACK: i64 = 10_000;
+
+/// The offset a fetch from `offset` starts at, given the partition's
+/// watermarks.
+fn fetch_start(offset: Offset, (low, high): (i64, i64)) -> i64 {
+    match offset {
+        Offset::Offset(o) => o,
+        Offset::End => high,
+        _ => low,
+    }
+}
+
+/// Where to fetch from to resume at `next`, given the earliest offset
+/// `low`.
+fn resume_at(next: i64, low: i64) -> Offset {
+    Offset::Offset(next.saturating_sub(RESUME_BACKTRACK).max(low).min(next))
+}
+
 /// How draining one partition's queue ended.
 enum Drained {
     /// The queue is empty.
     Empty,
     /// The budget ran out; the queue may hold more.
     Full,
-    /// Bounded mode: the partition was read to its end.
-    Finished,
+    /// The partition was read to its end (the end-of-partition event).
+    End,
     /// The broker refused the fetch offset; fetching has stopped.
     OutOfRange,
 }
@@ -1146,10 +1232,9 @@ fn drain(
                 part.exact = true;
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {
-                // Only enabled in bounded mode: the fetch position reached
-                // the partition's high watermark as the last fetch response
-                // gave it.
-                return (n, Drained::Finished);
+                // The fetch position reached the partition's high watermark
+                // as the last fetch response gave it.
+                return (n, Drained::End);
             }
             Some(Err(e)) => {
                 let code = e.rdkafka_error_code();
@@ -1209,7 +1294,7 @@ impl Source for KafkaSource {
         }
         self.start_pending(&watermarks)?;
         self.check_gaps(&watermarks, generation)?;
-        if self.read(max, out) > 0 {
+        if self.read(max, out)? > 0 {
             return Ok(Poll::Ready);
         }
         if self.bounded
@@ -1279,7 +1364,7 @@ impl OffsetCommitter {
     ) -> Result<OffsetCommitter, SourceError> {
         let group = group_id(dataflow);
         let what = format!("offset committer of `{topic}` (group {group})");
-        let consumer = consumer_config(config, &group, &format!("rdg-{dataflow}-commit"), false)
+        let consumer = consumer_config(config, &group, &format!("rdg-{dataflow}-commit"))
             .create_with_context(RdgContext::new(what))
             .map_err(|e| kafka_error(topic, e))?;
         Ok(OffsetCommitter {
@@ -1347,7 +1432,7 @@ mod tests {
         config
             .settings
             .insert("fetch.wait.max.ms".into(), "50".into());
-        let c = consumer_config(&config, "rdg-x", "rdg-x-0", false);
+        let c = consumer_config(&config, "rdg-x", "rdg-x-0");
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("auto.offset.reset"), Some("error"));
         assert_eq!(c.get("fetch.wait.max.ms"), Some("50"));
