@@ -130,7 +130,8 @@ impl Observer for LiveObserver {
     }
 }
 
-/// `playback: 1200 ev/s, lag 40, watermark 2023-11-14T22:13:20Z (delay 1.2s), dead letters 3 | ...`
+/// `playback: 1200 ev/s (35000 events), lag 40, watermark 2023-11-14T22:13:20.000Z (delay 1.2s), dead letters 3 | ...`
+/// (events and dead letters: committed by this run).
 pub fn status_line(
     totals: &Totals,
     last_events: &mut BTreeMap<String, u64>,
@@ -158,8 +159,8 @@ pub fn status_line(
                 None => "no watermark yet".to_string(),
             };
             format!(
-                "{name}: {rate:.0} ev/s, lag {lag}, {wm}, dead letters {}",
-                t.dead_letters
+                "{name}: {rate:.0} ev/s ({} events), lag {lag}, {wm}, dead letters {}",
+                t.events, t.dead_letters
             )
         })
         .collect();
