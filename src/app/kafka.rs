@@ -280,7 +280,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
             .join(", ")
     );
     eprintln!(
-        "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account a1",
+        "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account acc1",
         opts.state.display()
     );
     // Event time follows the wall clock at the produce rate.
