@@ -108,8 +108,8 @@ enum Command {
         /// Events produced per second.
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
-        /// Events to produce in all.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Events to produce in all (they cover events/20 accounts).
+        #[arg(long, default_value_t = 100_000)]
         events: u64,
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
