@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rdg::app::kafka::{DemoOptions, KafkaRunOptions};
 use rdg::app::{self, ReplayOptions};
+use rdg::dataflow::Cluster;
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
 
@@ -73,6 +74,8 @@ enum Command {
         /// Seconds between status lines (0: none).
         #[arg(long, default_value_t = 10)]
         status_interval: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[arg(long, default_value_t = 4096)]
         batch: usize,
     },
@@ -108,8 +111,8 @@ enum Command {
         /// Events produced per second.
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
-        /// Events to produce in all.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Events to produce in all (they cover events/20 accounts).
+        #[arg(long, default_value_t = 100_000)]
         events: u64,
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -149,6 +152,60 @@ enum Command {
         #[arg(long)]
         malformed_share: Option<f64>,
     },
+}
+
+/// Timely's cluster mode: several processes exchanging data by key.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Number of processes in the cluster (1: this process alone).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index, 0-based, in the hosts file's order.
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// A file with one `host:port` per process, in process order.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn cluster(&self) -> Result<Option<Cluster>> {
+        if self.processes <= 1 {
+            return Ok(None);
+        }
+        let hosts = self
+            .hosts
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--processes {} needs --hosts FILE", self.processes))?;
+        let text = std::fs::read_to_string(hosts)
+            .with_context(|| format!("reading the hosts file {}", hosts.display()))?;
+        let addresses: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        if addresses.len() != self.processes {
+            anyhow::bail!(
+                "{} lists {} addresses, but --processes is {}",
+                hosts.display(),
+                addresses.len(),
+                self.processes
+            );
+        }
+        if self.process >= self.processes {
+            anyhow::bail!(
+                "--process {} is out of range for --processes {} (0 to {})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            );
+        }
+        Ok(Some(Cluster {
+            process: self.process,
+            addresses,
+        }))
+    }
 }
 
 /// How to reach Kafka.
@@ -246,6 +303,7 @@ fn parse_topic_file(s: &str) -> Result<(String, PathBuf)> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    app::install_panic_hook();
     // Logs go to stderr; RUST_LOG overrides the default level (info).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -307,6 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     topics,
                     status_every: None,
                     stop: app::kafka::stop_on_signals()?,
+                    cluster: None,
                 };
                 app::kafka::replay_kafka(&opts)
             } else {
@@ -356,6 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             workers,
             kafka,
             status_interval,
+            cluster,
             batch,
         } => {
             let brokers = kafka
@@ -371,6 +431,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 topics: Vec::new(),
                 status_every: (status_interval > 0).then(|| Duration::from_secs(status_interval)),
                 stop: app::kafka::stop_on_signals()?,
+                cluster: cluster.cluster()?,
             };
             let totals = app::kafka::run_live(&opts)?;
             eprintln!(

@@ -380,3 +380,161 @@ fn real_broker_events_from_an_independent_client() {
     run_to_completion_with(&defs, &brokers, &state, 2, expected);
     assert_same(&export(&state), &reference, "real broker");
 }
+
+/// Free loopback ports for a cluster's processes.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// Starts every process of an N × W cluster (`--state DIR/process-I`).
+fn start_cluster(brokers: &str, dir: &Path, hosts: &Path, n: usize, w: usize) -> Vec<Child> {
+    (0..n)
+        .map(|i| {
+            rdg()
+                .arg("run")
+                .arg("--dataflows")
+                .arg(dataflows())
+                .arg("--state")
+                .arg(dir.join(format!("process-{i}")))
+                .arg("--brokers")
+                .arg(brokers)
+                .args(["--workers", &w.to_string(), "--processes", &n.to_string()])
+                .args(["--process", &i.to_string()])
+                .arg("--hosts")
+                .arg(hosts)
+                .args(["--status-interval", "0", "--batch", "97"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a cluster process")
+        })
+        .collect()
+}
+
+/// The union of every process's export and the sum of their counters.
+fn cluster_export(dir: &Path, n: usize) -> (Vec<String>, (u64, u64)) {
+    let mut lines = Vec::new();
+    let mut total = (0, 0);
+    for i in 0..n {
+        let state = dir.join(format!("process-{i}"));
+        lines.extend(export(&state));
+        let c = committed(&state);
+        total = (total.0 + c.0, total.1 + c.1);
+    }
+    lines.sort();
+    (lines, total)
+}
+
+/// 2 processes × 2 workers against 1 process × 1 worker on the same topics:
+/// the same graph (each process holding the keys its workers own), also
+/// after one process is killed mid-stream (the other stops with a message,
+/// not a hang) and the whole cluster restarts.
+#[test]
+fn two_processes_equal_one_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster_with_events(4, false);
+    let brokers = cluster.bootstrap_servers();
+    let single = dir.path().join("single");
+    let reference_counts = {
+        // What the file replay commits is what every run must commit.
+        let files = dir.path().join("files");
+        file_replay_export(&files, false);
+        committed(&files.join("file-state"))
+    };
+    run_to_completion(&brokers, &single, 1, reference_counts);
+    let reference = export(&single);
+
+    let hosts = dir.path().join("hosts");
+    let ports = free_ports(2);
+    std::fs::write(
+        &hosts,
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}\n"))
+            .collect::<String>(),
+    )
+    .expect("hosts");
+    let states = dir.path().join("cluster");
+
+    // A first run: process 1 is killed; process 0 must stop by itself.
+    let mut procs = start_cluster(&brokers, &states, &hosts, 2, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut p1 = procs.pop().expect("process 1");
+    p1.kill().expect("kill process 1");
+    let _ = wait(p1);
+    let p0 = procs.pop().expect("process 0");
+    let (status, err) = wait(p0);
+    assert!(
+        !status.success(),
+        "process 0 should fail when its peer dies"
+    );
+    assert!(
+        err.contains("lost the connection to a peer process"),
+        "process 0 should say why it stopped: {err}"
+    );
+
+    // Restart the whole cluster until everything is committed.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut procs = start_cluster(&brokers, &states, &hosts, 2, 2);
+        std::thread::sleep(Duration::from_secs(4));
+        for p in procs.iter_mut() {
+            terminate(p);
+        }
+        for p in procs {
+            let (status, err) = wait(p);
+            assert!(
+                status.success(),
+                "cluster process after SIGTERM: {status}\n{err}"
+            );
+        }
+        let (_, got) = cluster_export(&states, 2);
+        assert!(
+            got.0 <= reference_counts.0,
+            "more committed than produced: {got:?} > {reference_counts:?}"
+        );
+        if got == reference_counts {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got:?} of {reference_counts:?}"
+        );
+    }
+    let (lines, _) = cluster_export(&states, 2);
+    assert_same(&lines, &reference, "2 × 2 cluster against 1 × 1");
+    // Both processes hold a share of the graph.
+    for i in 0..2 {
+        let share = export(&states.join(format!("process-{i}")));
+        assert!(
+            share.len() > reference.len() / 5,
+            "process {i} holds only {} lines",
+            share.len()
+        );
+    }
+
+    // A different shape is refused with a message that explains re-sharding.
+    let out = rdg()
+        .arg("run")
+        .arg("--dataflows")
+        .arg(dataflows())
+        .arg("--state")
+        .arg(states.join("process-0"))
+        .arg("--brokers")
+        .arg(&brokers)
+        .args(["--workers", "3", "--processes", "2", "--process", "0"])
+        .arg("--hosts")
+        .arg(&hosts)
+        .output()
+        .expect("run with another shape");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("re-shard"), "{err}");
+    drop(cluster);
+}
