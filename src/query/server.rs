@@ -410,6 +410,26 @@ mod tests {
         assert!(!same_token(b"abc", b"ab"));
     }
 
+    /// `openapi.json` documents every route of [`ROUTES`], and nothing else.
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                assert!(op["responses"].is_object(), "{method} {path} has responses");
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routed: std::collections::BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(documented, routed);
+    }
+
     #[test]
     fn routes_are_unique() {
         for (i, a) in ROUTES.iter().enumerate() {
