@@ -120,8 +120,10 @@ impl<'a> NodeOut<'a> {
 pub async fn node(
     State(app): Shared,
     p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let result = (|| {
+        Params::parse(raw.as_deref(), &[])?;
         let Path((t, id)) = p.map_err(path_error)?;
         let ident = params::ident(&t, &id, app.config.max_id_bytes)?;
         let view = app.store.read();
@@ -221,8 +223,10 @@ fn order_name(o: EdgeOrder) -> &'static str {
 pub async fn identity(
     State(app): Shared,
     p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let result = (|| {
+        Params::parse(raw.as_deref(), &[])?;
         let Path((t, id)) = p.map_err(path_error)?;
         let ident = params::ident(&t, &id, app.config.max_id_bytes)?;
         let view = app.store.read();
@@ -255,7 +259,11 @@ fn graph_error(app: &App, e: GraphError) -> ApiError {
 pub async fn identity_path(
     State(app): Shared,
     p: Result<Path<(String, String, String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
+    if let Err(e) = Params::parse(raw.as_deref(), &[]) {
+        return e.into_response();
+    }
     let (from, to) = match p.map_err(path_error).and_then(|Path((t, id, t2, id2))| {
         Ok((
             params::ident(&t, &id, app.config.max_id_bytes)?,
