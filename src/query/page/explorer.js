@@ -101,6 +101,7 @@ function addEdge(from, to, kind) {
 
 async function expand(id) {
   const data = await api('/v1/neighbourhood/' + seg(typeOf(id)) + '/' + seg(idOf(id)) + '?limit=' + PER_GROUP);
+  if (!data.record && !data.identity && !data.groups.length) throw new Error('nothing is known about ' + id);
   const centre = addNode(id, null);
   centre.expanded = true;
   centre.data = data;
