@@ -15,8 +15,12 @@ use std::time::Duration;
 use rdg::app::kafka::{DemoOptions, KafkaRunOptions};
 use rdg::app::{self, ReplayOptions};
 use rdg::dataflow::Cluster;
+use rdg::query::client::Client;
+use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "rdg", version, about = "A real-time graph of user activity")]
@@ -122,12 +126,28 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Look up records in a state directory; prints JSON.
+    /// Look up records in a state directory, or ask a running server
+    /// (`--url`); prints JSON.
     Query {
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        state: Option<PathBuf>,
+        /// Ask the query service at this address (`http://HOST:PORT`)
+        /// instead of opening the state.
         #[arg(long)]
-        state: PathBuf,
+        url: Option<String>,
+        /// With --url: a file holding the server's bearer token.
+        #[arg(long, requires = "url")]
+        auth_token_file: Option<PathBuf>,
         #[command(subcommand)]
         what: QueryCommand,
+    },
+    /// Serve a state directory that no other process holds over HTTP (JSON
+    /// API, /metrics, /openapi.json, explorer page at /) until Ctrl-C.
+    Serve {
+        #[arg(long)]
+        state: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Print the whole graph as sorted JSON Lines.
     Export {
@@ -500,7 +520,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query { state, what } => {
+        Command::Serve { state, serve: args } => serve(&state, &args),
+        Command::Query {
+            state,
+            url,
+            auth_token_file,
+            what,
+        } => {
+            if let Some(url) = url {
+                return query_url(&url, auth_token_file.as_deref(), what);
+            }
+            let Some(state) = state else {
+                anyhow::bail!("pass --state DIR or --url URL");
+            };
             let store = open_existing(&state)?;
             let value = match what {
                 QueryCommand::Node { node_type, id } => {
@@ -629,4 +661,132 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
 fn not_found(ident: &str) -> Result<ExitCode> {
     eprintln!("not found: {ident}");
     Ok(ExitCode::from(1))
+}
+
+// ---------------------------------------------------------------------------
+// The query service: `rdg serve`, `rdg query --url`, and the settings that
+// `run`/`demo` can share (`ServeArgs`).
+
+/// HTTP query service settings.
+#[derive(clap::Args, Clone, Debug)]
+struct ServeArgs {
+    /// Address to serve the query API on (loopback by default).
+    #[arg(long, default_value_t = ServeConfig::default().listen)]
+    listen: std::net::SocketAddr,
+    /// A file holding a bearer token that every route but health (and the
+    /// explorer's static files) then needs.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Most hops in one traversal.
+    #[arg(long, default_value_t = ServeConfig::default().max_hops)]
+    max_hops: usize,
+    /// Largest per-hop edge limit a traversal may ask for.
+    #[arg(long, default_value_t = ServeConfig::default().max_edges_per_hop)]
+    max_edges_per_hop: usize,
+    /// Longest time a request may take, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<ServeConfig> {
+        let auth_token = self
+            .auth_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?;
+        let config = ServeConfig {
+            listen: self.listen,
+            auth_token,
+            max_hops: self.max_hops,
+            max_edges_per_hop: self.max_edges_per_hop,
+            default_edges_per_hop: ServeConfig::default()
+                .default_edges_per_hop
+                .min(self.max_edges_per_hop),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            ..ServeConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Reads a bearer token: the file's content without surrounding whitespace.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+fn serve(state: &std::path::Path, args: &ServeArgs) -> Result<ExitCode> {
+    let config = args.config()?;
+    let store = open_existing(state)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the signal handler")?;
+    let server = Server::start(store, config, Arc::new(StaticStatus))?;
+    eprintln!(
+        "rdg serve: {} on http://{} (Ctrl-C to stop)",
+        state.display(),
+        server.addr()
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop()?;
+    eprintln!("rdg serve: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rdg query --url`: the same answers as `--state`, from a server.
+fn query_url(
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    what: QueryCommand,
+) -> Result<ExitCode> {
+    let token = token_file.map(read_token).transpose()?;
+    let client = Client::new(url, token);
+    let value = match what {
+        QueryCommand::Node { node_type, id } => match client.node(&node_type, &id)? {
+            Some(v) => v,
+            None => return not_found(&format!("{node_type}:{id}")),
+        },
+        QueryCommand::Edges {
+            edge_type,
+            node_type,
+            id,
+            incoming,
+            limit,
+            since,
+            order,
+        } => client.edges(
+            &edge_type,
+            &node_type,
+            &id,
+            &EdgeQuery {
+                direction: if incoming {
+                    Direction::In
+                } else {
+                    Direction::Out
+                },
+                limit,
+                since,
+                order: match order {
+                    Order::Recent => EdgeOrder::Recent,
+                    Order::Id => EdgeOrder::Id,
+                },
+            },
+        )?,
+        QueryCommand::Identity { node_type, id } => match client.identity(&node_type, &id)? {
+            Some(v) => v,
+            None => return not_found(&format!("{node_type}:{id}")),
+        },
+    };
+    print(serde_json::to_string_pretty(&value)?)?;
+    Ok(ExitCode::SUCCESS)
 }

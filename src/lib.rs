@@ -9,6 +9,8 @@
 //!   panics.
 //! - [`dataflow`]: timely/differential dataflows; never imports `store`.
 //! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
+//! - [`query`]: the HTTP query service (reads the store; never sees the
+//!   dataflow, sources or app).
 //! - [`generate`]: the deterministic synthetic event generator.
 //! - [`produce`]: writes generated events to Kafka; creates topics.
 //! - [`app`]: wiring for `replay`.
@@ -18,6 +20,7 @@ pub mod dataflow;
 pub mod generate;
 pub mod model;
 pub mod produce;
+pub mod query;
 pub mod source;
 pub mod spec;
 pub mod store;

@@ -172,6 +172,9 @@ impl Store {
     /// Writes the whole graph as JSON Lines, sorted bytewise (see
     /// `docs/semantics.md`, "Export"). Reverse indexes and links are not
     /// exported.
+    ///
+    /// Holds the gate for the whole export (a consistent copy), so commits
+    /// of this process wait until it ends.
     pub fn export(&self, out: &mut dyn Write) -> Result<ExportCounts, StoreError> {
         self.export_with_budget(out, DEFAULT_BUDGET)
     }
@@ -181,6 +184,7 @@ impl Store {
         out: &mut dyn Write,
         budget: usize,
     ) -> Result<ExportCounts, StoreError> {
+        let _shared = self.gate_shared();
         let mut out = BufWriter::with_capacity(1 << 16, out);
         let mut sorter = LineSorter::new(budget);
         let mut line = Vec::with_capacity(256);

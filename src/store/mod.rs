@@ -43,16 +43,35 @@
 //! with `reverse = true`. [`Store::links`] reads an identifier's link
 //! neighbours from `identity/link` (one prefix scan, thanks to the two key
 //! directions), for "why are these merged" path queries.
+//!
+//! # Isolation
+//! sled's plain reads are not isolated from a multi-tree transaction in
+//! progress: a prefix scan could see some of a commit's keys and not others.
+//! So the store has a gate (an `RwLock<()>` shared by every clone):
+//! [`Store::commit`] holds it exclusively around its transaction, and every
+//! public read holds it shared for the whole read, so **a read never sees
+//! half of a commit**. [`Store::read`] hands out a [`ReadView`] that holds the
+//! gate across several reads (a traversal, an answer with its freshness), so
+//! they all see the same commits. The lock is writer-preferring: while a
+//! commit waits, new readers wait too, so a commit is delayed by at most the
+//! reads already running. Do not call the `Store`'s own read methods while
+//! holding a `ReadView` on the same thread (the lock is not re-entrant: it
+//! would deadlock behind a waiting commit); use the view's methods.
+//! Exceptions: [`Store::contributions`] (a restart stream, read before this
+//! process commits) and [`Store::namespace_counts`] (statistics, read in
+//! short gated chunks so that a large store does not stall commits).
 
 pub mod codec;
 mod export;
 mod merge;
 mod reader;
+mod view;
 mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -60,6 +79,7 @@ use serde_json::Value;
 use sled::Tree;
 
 pub use reader::Contributions;
+pub use view::{EdgeCursor, EdgePage, ReadView, Schema};
 
 #[cfg(test)]
 mod tests;
@@ -125,6 +145,9 @@ pub enum StoreError {
     /// A value could not be serialized (a bug: postcard cannot fail on rdg's types).
     #[error("could not encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },
+    /// A paging cursor that does not fit the query (made for another order).
+    #[error("bad cursor: {detail}")]
+    Cursor { detail: String },
 }
 
 impl StoreError {
@@ -391,6 +414,12 @@ struct Inner {
     /// (sled locks the directory) and all creation goes through
     /// [`Store::dyn_tree_or_create`], so absence here means absence on disk.
     dyn_trees: RwLock<DynTrees>,
+    /// Isolates readers from commits: [`Store::commit`] holds it exclusively
+    /// around its transaction, every read holds it shared (see "Isolation").
+    gate: RwLock<()>,
+    /// The number of non-empty commits (meta enc("commits")), kept in memory;
+    /// only changed while `gate` is held exclusively.
+    commits: AtomicU64,
 }
 
 /// The stores opened by this process, by canonical directory. A live entry
@@ -565,6 +594,18 @@ impl Store {
                 db.flush().map_err(sled_err)?;
             }
         }
+        let commits = match meta.get(codec::encode(&[META_COMMITS])).map_err(sled_err)? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    StoreError::corrupt(
+                        TREE_META,
+                        &codec::encode(&[META_COMMITS]),
+                        "commit count is not 8 bytes",
+                    )
+                })?,
+            None => 0,
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -574,6 +615,8 @@ impl Store {
                 id,
                 cluster,
                 dyn_trees: RwLock::new(dyn_trees),
+                gate: RwLock::new(()),
+                commits: AtomicU64::new(commits),
             }),
         })
     }
@@ -585,6 +628,7 @@ impl Store {
 
     /// True when nothing (no data, no counters) has ever been committed.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let _shared = self.gate_shared();
         let key = codec::encode(&[META_COMMITS]);
         Ok(self
             .inner
@@ -601,6 +645,11 @@ impl Store {
 
     /// Every dataflow's counters and every stored position.
     pub fn meta(&self) -> Result<Meta, StoreError> {
+        let _shared = self.gate_shared();
+        self.meta_unguarded()
+    }
+
+    pub(crate) fn meta_unguarded(&self) -> Result<Meta, StoreError> {
         let mut out = Meta::default();
         for item in self.inner.meta.iter() {
             let (k, v) = item.map_err(|e| self.sled(e))?;
@@ -646,6 +695,28 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Holds the gate shared: no commit runs until the guard is dropped.
+    fn gate_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds the gate exclusively: no read runs until the guard is dropped.
+    fn gate_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.inner.gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The number of non-empty commits so far (0 for an empty store). It
+    /// identifies a state: two reads that see the same number see the same
+    /// data. [`ReadView::commit_count`] gives the number its reads see.
+    pub fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Acquire)
+    }
+
+    /// Bytes the state directory takes on disk (sled's estimate).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.db.size_on_disk().map_err(|e| self.sled(e))
     }
 
     fn sled(&self, source: sled::Error) -> StoreError {
@@ -706,6 +777,7 @@ impl Store {
 
     /// Sizes of the stored graph (scans everything).
     pub fn counts(&self) -> Result<Counts, StoreError> {
+        let _shared = self.gate_shared();
         let mut c = Counts::default();
         for (name, tree) in self.dyn_trees(Family::Node) {
             c.nodes += self.count_distinct_prefixes(&tree, Family::Node, &name, 1)?;

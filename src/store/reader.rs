@@ -13,8 +13,8 @@ use super::merge::{
     Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge, to_json_map,
 };
 use super::{
-    Direction, EdgeOrder, EdgeQuery, EdgeView, Family, IdentityView, NodeView, Store, StoreError,
-    TREE_CLUSTER, TREE_ID, TREE_LINK, codec,
+    Direction, EdgeCursor, EdgeOrder, EdgePage, EdgeQuery, EdgeView, Family, IdentityView,
+    NodeView, Store, StoreError, TREE_CLUSTER, TREE_ID, TREE_LINK, codec,
 };
 use crate::model::{Change, ClusterOf, ident, split_ident};
 
@@ -44,6 +44,52 @@ pub(crate) fn decode_cluster_of(v: &[u8]) -> Result<ClusterOf, String> {
 impl Store {
     /// The node `type:id`, all dataflows' contributions merged.
     pub fn node(&self, id: &str) -> Result<Option<NodeView>, StoreError> {
+        let _shared = self.gate_shared();
+        self.node_unguarded(id)
+    }
+
+    /// The neighbours of `id` over `edge_type` edges, contributions merged.
+    /// [`Direction::In`] only sees edges written with `reverse = true`.
+    pub fn edges(
+        &self,
+        edge_type: &str,
+        id: &str,
+        q: &EdgeQuery,
+    ) -> Result<Vec<EdgeView>, StoreError> {
+        let _shared = self.gate_shared();
+        Ok(self.edges_page_unguarded(edge_type, id, q, None)?.items)
+    }
+
+    /// One page of [`Store::edges`]: at most `q.limit` neighbours strictly
+    /// after `after` in `q.order`, and the cursor of the next page when more
+    /// may follow (see [`EdgeCursor`] for what paging guarantees while
+    /// commits run). A cursor of the other order is [`StoreError::Cursor`].
+    pub fn edges_page(
+        &self,
+        edge_type: &str,
+        id: &str,
+        q: &EdgeQuery,
+        after: Option<&EdgeCursor>,
+    ) -> Result<EdgePage, StoreError> {
+        let _shared = self.gate_shared();
+        self.edges_page_unguarded(edge_type, id, q, after)
+    }
+
+    /// The identifiers `id` shares a stored identity link with (from any
+    /// dataflow, contributions merged), read from `identity/link`. Links are
+    /// undirected: `q.direction` is ignored; limit, since and order apply.
+    pub fn links(&self, id: &str, q: &EdgeQuery) -> Result<Vec<EdgeView>, StoreError> {
+        let _shared = self.gate_shared();
+        self.links_unguarded(id, q)
+    }
+
+    /// Where `id` belongs, with the members of its cluster.
+    pub fn identity(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
+        let _shared = self.gate_shared();
+        self.identity_unguarded(id)
+    }
+
+    pub(crate) fn node_unguarded(&self, id: &str) -> Result<Option<NodeView>, StoreError> {
         let (node_type, id_part) = split_ident(id);
         let Some(tree) = self.dyn_tree(Family::Node, node_type) else {
             return Ok(None);
@@ -76,35 +122,38 @@ impl Store {
         }))
     }
 
-    /// The neighbours of `id` over `edge_type` edges, contributions merged.
-    /// [`Direction::In`] only sees edges written with `reverse = true`.
-    pub fn edges(
+    pub(crate) fn edges_page_unguarded(
         &self,
         edge_type: &str,
         id: &str,
         q: &EdgeQuery,
-    ) -> Result<Vec<EdgeView>, StoreError> {
+        after: Option<&EdgeCursor>,
+    ) -> Result<EdgePage, StoreError> {
         let family = match q.direction {
             Direction::Out => Family::Edge,
             Direction::In => Family::EdgeIn,
         };
         let Some(tree) = self.dyn_tree(family, edge_type) else {
-            return Ok(Vec::new());
+            return Ok(EdgePage::default());
         };
-        self.neighbours(&tree, Some((family, edge_type)), id, q, true)
+        self.neighbours(&tree, Some((family, edge_type)), id, q, true, after)
     }
 
-    /// The identifiers `id` shares a stored identity link with (from any
-    /// dataflow, contributions merged), read from `identity/link`. Links are
-    /// undirected: `q.direction` is ignored; limit, since and order apply.
-    pub fn links(&self, id: &str, q: &EdgeQuery) -> Result<Vec<EdgeView>, StoreError> {
-        self.neighbours(&self.inner.link, None, id, q, false)
+    pub(crate) fn links_unguarded(
+        &self,
+        id: &str,
+        q: &EdgeQuery,
+    ) -> Result<Vec<EdgeView>, StoreError> {
+        Ok(self
+            .neighbours(&self.inner.link, None, id, q, false, None)?
+            .items)
     }
 
     /// Scans `tree` for keys `enc(id) ++ enc(neighbour) ++ enc(dataflow)` and
-    /// merges each neighbour's contributions. `name` is the dynamic tree's
-    /// (family, name), `None` for `identity/link`; `edge_values` says whether
-    /// values carry the edge's reverse byte.
+    /// merges each neighbour's contributions, keeping those strictly after
+    /// `after`. `name` is the dynamic tree's (family, name), `None` for
+    /// `identity/link`; `edge_values` says whether values carry the edge's
+    /// reverse byte.
     fn neighbours(
         &self,
         tree: &sled::Tree,
@@ -112,21 +161,48 @@ impl Store {
         id: &str,
         q: &EdgeQuery,
         edge_values: bool,
-    ) -> Result<Vec<EdgeView>, StoreError> {
+        after: Option<&EdgeCursor>,
+    ) -> Result<EdgePage, StoreError> {
         let mut out = Vec::new();
         if q.limit == Some(0) {
-            return Ok(out);
+            return Ok(EdgePage::default());
+        }
+        if let Some(c) = after
+            && c.order() != q.order
+        {
+            return Err(StoreError::Cursor {
+                detail: "the cursor was made for another order".to_string(),
+            });
         }
         let corrupt = |k: &[u8], d: &dyn std::fmt::Display| match name {
             Some((family, name)) => StoreError::corrupt(&tree_name(family, name), k, d),
             None => StoreError::corrupt(TREE_LINK, k, d),
         };
-        // With id order and a limit, the scan can stop early.
+        // With id order and a limit, the scan can stop early: one item more
+        // than the page tells whether another page follows.
         let stop_at = match q.order {
-            EdgeOrder::Id => q.limit,
+            EdgeOrder::Id => q.limit.map(|l| l.saturating_add(1)),
             EdgeOrder::Recent => None,
         };
         let prefix = codec::encode(&[id]);
+        // Id order resumes with a range scan strictly after every key of the
+        // cursor's neighbour: enc(id) ++ enc(after) with its terminator's
+        // last byte (0x01) raised to 0x02 is the least key above them all.
+        let start = match after {
+            Some(EdgeCursor::Id { after }) => {
+                let mut k = prefix.clone();
+                codec::push_str(&mut k, after);
+                if let Some(last) = k.last_mut() {
+                    *last = 0x02;
+                }
+                k
+            }
+            _ => prefix.clone(),
+        };
+        let recent_after = match after {
+            Some(EdgeCursor::Recent { last_seen, after }) => Some((*last_seen, after.as_str())),
+            _ => None,
+        };
         let mut group: Vec<Contribution> = Vec::new();
         // The encoded neighbour of `group`.
         let mut neighbour: Vec<u8> = Vec::new();
@@ -145,6 +221,13 @@ impl Store {
                 return Ok(());
             }
             let [node] = decode_strs::<1>(neighbour).map_err(|e| corrupt(&key, &e))?;
+            // Recent order: keep what sorts strictly after the cursor
+            // (last_seen descending, then neighbour ascending).
+            if let Some((ls, n)) = recent_after
+                && (m.last_seen > ls || (m.last_seen == ls && node.as_ref() <= n))
+            {
+                return Ok(());
+            }
             out.push(EdgeView {
                 node: node.into_owned(),
                 count: m.count,
@@ -155,14 +238,17 @@ impl Store {
             Ok(())
         };
 
-        for item in tree.scan_prefix(&prefix) {
+        for item in tree.range(start..) {
             let (k, v) = item.map_err(|e| self.sled(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
             let rest = &k[prefix.len()..];
             let n = codec::segment_len(rest).map_err(|e| corrupt(&k, &e))?;
             if rest[..n] != neighbour[..] {
                 flush(&mut group, &neighbour, &mut out)?;
                 if stop_at.is_some_and(|l| out.len() >= l) {
-                    return Ok(out);
+                    break;
                 }
                 neighbour.clear();
                 neighbour.extend_from_slice(&rest[..n]);
@@ -188,14 +274,25 @@ impl Store {
                     .then_with(|| a.node.cmp(&b.node))
             });
         }
-        if let Some(l) = q.limit {
+        let mut next = None;
+        if let Some(l) = q.limit
+            && out.len() > l
+        {
             out.truncate(l);
+            next = out.last().map(|last| match q.order {
+                EdgeOrder::Id => EdgeCursor::Id {
+                    after: last.node.clone(),
+                },
+                EdgeOrder::Recent => EdgeCursor::Recent {
+                    last_seen: last.last_seen,
+                    after: last.node.clone(),
+                },
+            });
         }
-        Ok(out)
+        Ok(EdgePage { items: out, next })
     }
 
-    /// Where `id` belongs, with the members of its cluster.
-    pub fn identity(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
+    pub(crate) fn identity_unguarded(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
         let key = codec::encode(&[id]);
         let Some(v) = self.inner.id.get(&key).map_err(|e| self.sled(e))? else {
             return Ok(None);
@@ -220,6 +317,11 @@ impl Store {
     /// Every stored contribution (nodes, forward edges with their `reverse`
     /// flag, links once with `a <= b`), as `Change`s with `Some(record)`, to
     /// rebuild in-memory state on restart. Streams tree by tree.
+    ///
+    /// The one read that does not hold the gate (see "Isolation" in the
+    /// module docs): it is meant for a restart, before this process commits
+    /// anything, and a stream that held the gate would block every commit
+    /// until it was dropped.
     pub fn contributions(&self) -> Contributions {
         let mut sources = VecDeque::new();
         for (name, tree) in self.dyn_trees(Family::Node) {

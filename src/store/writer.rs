@@ -176,7 +176,8 @@ impl<'a> TreeIndex<'a> {
 
 impl Store {
     /// Applies all `changes`, `dead_letters` and `progress` in ONE atomic
-    /// step across every tree (a sled multi-tree transaction).
+    /// step across every tree (a sled multi-tree transaction), holding the
+    /// gate exclusively so that no read sees a part of it.
     ///
     /// `record: Some(r)` puts that dataflow's contribution, `None` removes it
     /// (with its reverse-index or other-direction key). `Cluster { cluster:
@@ -197,12 +198,19 @@ impl Store {
             return Ok(());
         }
         let plan = self.plan(changes, dead_letters, progress)?;
+        // Readers wait while the transaction runs (see "Isolation").
+        let _exclusive = self.gate_exclusive();
         let result = plan
             .trees
             .as_slice()
             .transaction(|views: &Vec<TransactionalTree>| apply(&plan, views));
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.inner
+                    .commits
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                Ok(())
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.sled(e)),
         }

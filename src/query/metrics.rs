@@ -1,0 +1,304 @@
+//! `/metrics` in the Prometheus text format, and the per-namespace sizes
+//! shared with `/v1/status`.
+//!
+//! Request counts and latency histograms are recorded per endpoint (the
+//! route template, so label values are a fixed set) as requests end. The
+//! pipeline's numbers (events, late events, dead letters, watermarks, lag,
+//! ingest rates, commits, store sizes) are read at scrape time by a
+//! collector, so they are never stale copies.
+//!
+//! Invariant: the set of label values is bounded (route templates, status
+//! codes, dataflow and namespace names from the store), whatever clients
+//! send.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::LiveStatus;
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+/// Per-namespace sizes as of one commit.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NamespaceCounts {
+    pub as_of_commit: u64,
+    /// Seconds since the Unix epoch when the count ended.
+    pub counted_at_s: u64,
+    pub namespaces: BTreeMap<String, u64>,
+}
+
+/// The latest [`NamespaceCounts`], refreshed in the background.
+#[derive(Debug, Default)]
+pub struct CountsCache {
+    latest: Mutex<Option<Arc<NamespaceCounts>>>,
+}
+
+impl CountsCache {
+    pub fn get(&self) -> Option<Arc<NamespaceCounts>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Recounts unless the last count saw the store's current commit.
+    /// Blocking (a full scan): call it off the request path.
+    pub fn refresh(&self, store: &Store) {
+        let commit = store.commit_count();
+        if self.get().is_some_and(|c| c.as_of_commit == commit) {
+            return;
+        }
+        match store.namespace_counts(10_000) {
+            Ok(namespaces) => {
+                let counted_at_s = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO)
+                    .as_secs();
+                *self.latest.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::new(NamespaceCounts {
+                        as_of_commit: commit,
+                        counted_at_s,
+                        namespaces,
+                    }));
+            }
+            Err(e) => tracing::warn!("counting the store's namespaces: {e}"),
+        }
+    }
+}
+
+/// The registry and the request metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<EndpointLabels, Histogram>,
+}
+
+impl Metrics {
+    pub fn new(store: Store, live: Arc<dyn LiveStatus>, counts: Arc<CountsCache>) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "rdg_http_requests",
+            "HTTP requests answered, by endpoint (route template) and status code",
+            requests.clone(),
+        );
+        // 50 µs to 3.3 s, doubling.
+        let latency_family: Family<EndpointLabels, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 17)));
+        registry.register(
+            "rdg_http_request_duration_seconds",
+            "Time from request to response, by endpoint (route template)",
+            latency_family.clone(),
+        );
+        registry.register_collector(Box::new(StateCollector {
+            store,
+            live,
+            counts,
+        }));
+        Metrics {
+            registry,
+            requests,
+            latency: latency_family,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn observe(&self, endpoint: &'static str, code: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, code })
+            .inc();
+        self.latency
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 << 10);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the pipeline's numbers at scrape time.
+struct StateCollector {
+    store: Store,
+    live: Arc<dyn LiveStatus>,
+    counts: Arc<CountsCache>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCollector").finish_non_exhaustive()
+    }
+}
+
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+/// One metric family with a `label` per entry.
+fn labelled<N, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    label: &str,
+    entries: impl IntoIterator<Item = (String, N)>,
+    make: impl Fn(N) -> M,
+) -> Result<(), std::fmt::Error> {
+    let entries: Vec<(String, N)> = entries.into_iter().collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (value, n) in entries {
+        let labels = [(label, value.as_str())];
+        let m = family.encode_family(&labels)?;
+        make(n).encode(m)?;
+    }
+    Ok(())
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (commits, meta) = {
+            let view = self.store.read();
+            (view.commit_count(), view.meta())
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!("metrics: reading meta: {err}");
+                crate::store::Meta::default()
+            }
+        };
+        gauge(
+            &mut e,
+            "rdg_ready",
+            "1 when the state is loaded and sources are assigned",
+            i64::from(self.live.ready()),
+        )?;
+        let commits_metric = ConstCounter::new(commits);
+        let m = e.encode_descriptor(
+            "rdg_commits",
+            "Non-empty commits in the state",
+            None,
+            commits_metric.metric_type(),
+        )?;
+        commits_metric.encode(m)?;
+        let df = |f: fn(&crate::store::DataflowMeta) -> u64| {
+            meta.dataflows
+                .iter()
+                .map(move |(d, m)| (d.clone(), f(m)))
+                .collect::<Vec<_>>()
+        };
+        labelled(
+            &mut e,
+            "rdg_events",
+            "Events applied, per dataflow (stored counter)",
+            MetricType::Counter,
+            "dataflow",
+            df(|m| m.events),
+            ConstCounter::new,
+        )?;
+        labelled(
+            &mut e,
+            "rdg_late_events",
+            "Late events ignored by a rule, per dataflow (stored counter)",
+            MetricType::Counter,
+            "dataflow",
+            df(|m| m.late),
+            ConstCounter::new,
+        )?;
+        labelled(
+            &mut e,
+            "rdg_dead_letters",
+            "Dead letters stored, per dataflow",
+            MetricType::Counter,
+            "dataflow",
+            df(|m| m.dead_letters),
+            ConstCounter::new,
+        )?;
+        labelled(
+            &mut e,
+            "rdg_watermark_milliseconds",
+            "Largest committed watermark (event time, epoch ms), per dataflow",
+            MetricType::Gauge,
+            "dataflow",
+            meta.dataflows
+                .iter()
+                .filter_map(|(d, m)| m.watermark.map(|w| (d.clone(), w))),
+            ConstGauge::new,
+        )?;
+        labelled(
+            &mut e,
+            "rdg_lag_messages",
+            "Messages behind the end of the input, per dataflow (when known)",
+            MetricType::Gauge,
+            "dataflow",
+            self.live
+                .lag()
+                .into_iter()
+                .filter_map(|(d, l)| l.map(|l| (d, l))),
+            ConstGauge::new,
+        )?;
+        labelled(
+            &mut e,
+            "rdg_ingest_events_per_second",
+            "Events committed per second recently, per dataflow",
+            MetricType::Gauge,
+            "dataflow",
+            self.live.ingest_rates(),
+            ConstGauge::new,
+        )?;
+        if let Some(c) = self.counts.get() {
+            labelled(
+                &mut e,
+                "rdg_store_records",
+                "Distinct records per store namespace (recounted in the background)",
+                MetricType::Gauge,
+                "namespace",
+                c.namespaces.iter().map(|(k, v)| (k.clone(), *v as i64)),
+                ConstGauge::new,
+            )?;
+        }
+        match self.store.size_on_disk() {
+            Ok(bytes) => gauge(
+                &mut e,
+                "rdg_store_disk_bytes",
+                "Bytes the state directory takes on disk",
+                bytes as i64,
+            )?,
+            Err(err) => tracing::warn!("metrics: size on disk: {err}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! The query service: JSON over HTTP on top of the store's reader side, a
+//! Prometheus endpoint, an OpenAPI document, and a graph explorer page.
+//!
+//! It owns the HTTP surface (routes in [`routes`], listed once in
+//! [`server::ROUTES`] and in `openapi.json`) and keeps these invariants:
+//! - **Layering**: it depends on `store` (reads only) and `model`, never on
+//!   dataflow, source or app. What only a running pipeline knows (readiness,
+//!   lag, ingest rates) comes through [`LiveStatus`].
+//! - **Consistent answers**: each answer is read through one
+//!   [`ReadView`](crate::store::ReadView), so it never sees half of a commit,
+//!   and carries the commit count, watermarks and stored offsets of exactly
+//!   the state it read (headers `X-Rdg-Commit`, `X-Rdg-Watermark`,
+//!   `X-Rdg-Offsets`).
+//! - **Bounded**: every input is checked against [`ServeConfig`] (path and
+//!   id lengths, limits, hops, body size, request time, connections); an
+//!   out-of-range value is a 400 that says what is allowed. Nothing a client
+//!   sends names a file: the page is compiled in.
+//!
+//! Run it with [`Server::start`] (its own thread and tokio runtime, so it
+//! serves while the caller blocks in an ingest loop) and end it with
+//! [`Server::stop`].
+
+pub mod client;
+mod error;
+mod fresh;
+mod graph;
+mod live;
+mod metrics;
+mod params;
+mod routes;
+mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use error::QueryError;
+pub use live::LiveGauges;
+pub use server::{ROUTES, Route, Server};
+
+/// How the server listens and what it allows. Every default is documented on
+/// its field and set in the one `impl Default`; [`ServeConfig::validate`]
+/// checks the combination at [`Server::start`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeConfig {
+    /// Where to listen. Default `127.0.0.1:7878` (loopback only).
+    pub listen: SocketAddr,
+    /// When set, every route but `/healthz`, `/readyz` and the explorer's
+    /// static files needs `Authorization: Bearer <token>`. Default none.
+    pub auth_token: Option<String>,
+    /// Most hops in one traversal. Default 4.
+    pub max_hops: usize,
+    /// Largest per-hop `limit` a traversal may ask for (edges followed from
+    /// each node of a hop). Default 1000.
+    pub max_edges_per_hop: usize,
+    /// A hop's `limit` when the request gives none. Default 300.
+    pub default_edges_per_hop: usize,
+    /// A hop's `since` when the request gives none: this long before the
+    /// largest committed watermark. Default 100 days; `None`: no default.
+    pub default_lookback: Option<Duration>,
+    /// Largest `limit` of a traversal (edge records returned in all).
+    /// Default 10 000.
+    pub max_traverse_limit: usize,
+    /// A traversal's `limit` when the request gives none. Default 1000.
+    pub default_traverse_limit: usize,
+    /// Largest page (`limit`) of a neighbour list or a search. Default 1000.
+    pub max_limit: usize,
+    /// A page's `limit` when the request gives none. Default 100.
+    pub default_limit: usize,
+    /// Most identifiers an identity path search visits. Default 20 000.
+    pub max_path_visits: usize,
+    /// Longest identifier (type and id together) or edge type, in bytes.
+    /// Default 512.
+    pub max_id_bytes: usize,
+    /// Longest request target (path and query), in bytes. Default 4096.
+    pub max_uri_bytes: usize,
+    /// Largest request body, in bytes. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// Longest time a request may take (body included). Default 5 s.
+    pub request_timeout: Duration,
+    /// Most open connections; more are closed at once. Default 1024.
+    pub max_connections: usize,
+    /// Tokio worker threads. Default 2.
+    pub worker_threads: usize,
+    /// How often the per-namespace sizes of `/v1/status` and `/metrics` are
+    /// recounted (a full scan, only when something was committed since).
+    /// Default 30 s.
+    pub counts_interval: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            auth_token: None,
+            max_hops: 4,
+            max_edges_per_hop: 1000,
+            default_edges_per_hop: 300,
+            default_lookback: Some(Duration::from_secs(100 * 24 * 3600)),
+            max_traverse_limit: 10_000,
+            default_traverse_limit: 1000,
+            max_limit: 1000,
+            default_limit: 100,
+            max_path_visits: 20_000,
+            max_id_bytes: 512,
+            max_uri_bytes: 4096,
+            max_body_bytes: 64 << 10,
+            request_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            worker_threads: 2,
+            counts_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Every inconsistency at once, one per line.
+    pub fn validate(&self) -> Result<(), QueryError> {
+        let mut problems = Vec::new();
+        let mut positive = |name: &str, v: usize| {
+            if v == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        };
+        positive("max_hops", self.max_hops);
+        positive("max_edges_per_hop", self.max_edges_per_hop);
+        positive("default_edges_per_hop", self.default_edges_per_hop);
+        positive("max_traverse_limit", self.max_traverse_limit);
+        positive("default_traverse_limit", self.default_traverse_limit);
+        positive("max_limit", self.max_limit);
+        positive("default_limit", self.default_limit);
+        positive("max_path_visits", self.max_path_visits);
+        positive("max_id_bytes", self.max_id_bytes);
+        positive("max_uri_bytes", self.max_uri_bytes);
+        positive("max_body_bytes", self.max_body_bytes);
+        positive("max_connections", self.max_connections);
+        positive("worker_threads", self.worker_threads);
+        if self.default_edges_per_hop > self.max_edges_per_hop {
+            problems.push(format!(
+                "default_edges_per_hop ({}) is above max_edges_per_hop ({})",
+                self.default_edges_per_hop, self.max_edges_per_hop
+            ));
+        }
+        if self.default_traverse_limit > self.max_traverse_limit {
+            problems.push(format!(
+                "default_traverse_limit ({}) is above max_traverse_limit ({})",
+                self.default_traverse_limit, self.max_traverse_limit
+            ));
+        }
+        if self.default_limit > self.max_limit {
+            problems.push(format!(
+                "default_limit ({}) is above max_limit ({})",
+                self.default_limit, self.max_limit
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            problems.push("request_timeout must be above zero".to_string());
+        }
+        if self.counts_interval.is_zero() {
+            problems.push("counts_interval must be above zero".to_string());
+        }
+        if let Some(t) = &self.auth_token
+            && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            problems.push(
+                "the auth token must be non-empty visible ASCII (no spaces or control characters)"
+                    .to_string(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(QueryError::Config(problems.join("\n")))
+        }
+    }
+}
+
+/// What only a running pipeline knows. `rdg serve` uses [`StaticStatus`];
+/// `rdg run` and `rdg demo` pass a [`LiveGauges`] they update as they commit.
+/// Everything else (stored offsets, watermarks, counters, dead letters,
+/// sizes) comes from the store.
+pub trait LiveStatus: Send + Sync {
+    /// Ready to answer: the state is loaded and the sources are assigned.
+    fn ready(&self) -> bool;
+    /// Per dataflow: messages behind the end of its input (`None`: unknown).
+    fn lag(&self) -> BTreeMap<String, Option<i64>>;
+    /// Per dataflow: events committed per second, recently.
+    fn ingest_rates(&self) -> BTreeMap<String, f64>;
+    /// What is serving, for `/v1/status`: `serve`, `run`, `demo`.
+    fn mode(&self) -> &str;
+}
+
+/// The status of a state that nothing ingests into (`rdg serve`): always
+/// ready, no lag, no ingest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StaticStatus;
+
+impl LiveStatus for StaticStatus {
+    fn ready(&self) -> bool {
+        true
+    }
+    fn lag(&self) -> BTreeMap<String, Option<i64>> {
+        BTreeMap::new()
+    }
+    fn ingest_rates(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+    fn mode(&self) -> &str {
+        "serve"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_loopback() {
+        let c = ServeConfig::default();
+        c.validate().expect("valid");
+        assert!(c.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let c = ServeConfig {
+            max_hops: 0,
+            default_limit: 5000,
+            auth_token: Some("a b".into()),
+            ..ServeConfig::default()
+        };
+        let QueryError::Config(text) = c.validate().expect_err("invalid") else {
+            panic!("a config error");
+        };
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+}

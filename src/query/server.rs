@@ -1,0 +1,446 @@
+//! The server: the route table, the guard every request passes (URI length,
+//! auth, request time, panics, freshness headers, metrics), the accept loop
+//! and the [`Server`] handle.
+//!
+//! Invariants: [`ROUTES`] is the one list of routes (the router is built
+//! from it, `openapi.json` must match it, a test checks both ways); at most
+//! `max_connections` connections are open; a request that panics is a 500,
+//! not a dead server; a stopped server has released its port.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use futures_util::FutureExt as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, watch};
+
+use super::error::{ApiError, QueryError};
+use super::fresh::{COMMIT, FreshCache};
+use super::metrics::{CountsCache, Metrics};
+use super::{LiveStatus, ServeConfig, routes};
+use crate::store::Store;
+
+/// What a route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Page,
+    Script,
+    Style,
+    Node,
+    Edges,
+    Identity,
+    IdentityPath,
+    Traverse,
+    Neighbourhood,
+    Search,
+    Status,
+    Metrics,
+    Healthz,
+    Readyz,
+    OpenApi,
+}
+
+/// One route: method, path template (OpenAPI's `{name}` syntax), endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub endpoint: Endpoint,
+}
+
+const fn route(method: &'static str, path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        method,
+        path,
+        endpoint,
+    }
+}
+
+/// Every route the server answers; `openapi.json` documents exactly these.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/", Endpoint::Page),
+    route("GET", "/assets/explorer.js", Endpoint::Script),
+    route("GET", "/assets/explorer.css", Endpoint::Style),
+    route("GET", "/v1/nodes/{type}/{id}", Endpoint::Node),
+    route("GET", "/v1/edges/{edge_type}/{type}/{id}", Endpoint::Edges),
+    route("GET", "/v1/identity/{type}/{id}", Endpoint::Identity),
+    route(
+        "GET",
+        "/v1/identity/{type}/{id}/path/{type2}/{id2}",
+        Endpoint::IdentityPath,
+    ),
+    route("POST", "/v1/traverse", Endpoint::Traverse),
+    route(
+        "GET",
+        "/v1/neighbourhood/{type}/{id}",
+        Endpoint::Neighbourhood,
+    ),
+    route("GET", "/v1/search", Endpoint::Search),
+    route("GET", "/v1/status", Endpoint::Status),
+    route("GET", "/metrics", Endpoint::Metrics),
+    route("GET", "/healthz", Endpoint::Healthz),
+    route("GET", "/readyz", Endpoint::Readyz),
+    route("GET", "/openapi.json", Endpoint::OpenApi),
+];
+
+impl Endpoint {
+    /// Open without a token: health probes and the explorer's static files
+    /// (compiled in, no data; the page asks for the token for its API calls).
+    fn public(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Healthz
+                | Endpoint::Readyz
+                | Endpoint::Page
+                | Endpoint::Script
+                | Endpoint::Style
+        )
+    }
+
+    fn handler(self) -> MethodRouter<Arc<App>> {
+        match self {
+            Endpoint::Page => get(routes::page),
+            Endpoint::Script => get(routes::script),
+            Endpoint::Style => get(routes::style),
+            Endpoint::Node => get(routes::node),
+            Endpoint::Edges => get(routes::edges),
+            Endpoint::Identity => get(routes::identity),
+            Endpoint::IdentityPath => get(routes::identity_path),
+            Endpoint::Traverse => post(routes::traverse),
+            Endpoint::Neighbourhood => get(routes::neighbourhood),
+            Endpoint::Search => get(routes::search),
+            Endpoint::Status => get(routes::status),
+            Endpoint::Metrics => get(routes::metrics),
+            Endpoint::Healthz => get(routes::healthz),
+            Endpoint::Readyz => get(routes::readyz),
+            Endpoint::OpenApi => get(routes::openapi),
+        }
+    }
+}
+
+/// Everything a request may use.
+pub(crate) struct App {
+    pub store: Store,
+    pub config: ServeConfig,
+    pub live: Arc<dyn LiveStatus>,
+    pub fresh: FreshCache,
+    pub metrics: Metrics,
+    pub counts: Arc<CountsCache>,
+    pub started: Instant,
+}
+
+fn router(app: Arc<App>) -> Router {
+    let mut r: Router<Arc<App>> = Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, route.endpoint.handler());
+    }
+    r.fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// Constant-time comparison (the token's length is not secret).
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs around every request.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| r.path == m.as_str()));
+    let endpoint_label = route.map_or("unmatched", |r| r.path);
+    let mut resp = check_and_run(&app, route, req, next).await;
+    if !resp.headers().contains_key(COMMIT) {
+        app.fresh.latest().apply(resp.headers_mut());
+    }
+    app.metrics
+        .observe(endpoint_label, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn check_and_run(app: &App, route: Option<&Route>, req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > app.config.max_uri_bytes {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request target is {target} bytes; at most {} are allowed",
+                app.config.max_uri_bytes
+            ),
+        )
+        .into_response();
+    }
+    if let Some(token) = &app.config.auth_token
+        && !route.is_some_and(|r| r.endpoint.public())
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !given.is_some_and(|g| same_token(g, token.as_bytes())) {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                if given.is_some() {
+                    "wrong bearer token"
+                } else {
+                    "this server needs a bearer token"
+                },
+            )
+            .with_hint("send `Authorization: Bearer <token>` (the token of --auth-token-file)")
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    let run = AssertUnwindSafe(next.run(req)).catch_unwind();
+    match tokio::time::timeout(app.config.request_timeout, run).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while answering (a bug; the server goes on)",
+        )
+        .into_response(),
+        Err(_) => ApiError::timeout(app.config.request_timeout).into_response(),
+    }
+}
+
+/// A running server. Dropping it stops it like [`Server::stop`].
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Option<watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<Result<(), QueryError>>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long in-flight requests may take to finish when stopping.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Validates `config`, binds `config.listen` (port 0: any free port; see
+    /// [`Server::addr`]) and serves `store` from a thread of its own with a
+    /// tokio runtime of `config.worker_threads` threads, until stopped.
+    /// Returns once the socket is bound, so a bind error is returned here.
+    pub fn start(
+        store: Store,
+        config: ServeConfig,
+        live: Arc<dyn LiveStatus>,
+    ) -> Result<Server, QueryError> {
+        config.validate()?;
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| QueryError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| QueryError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| QueryError::Bind { addr, source })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .max_blocking_threads(config.worker_threads.max(2) * 2)
+            .thread_name("rdg-query")
+            .enable_all()
+            .build()
+            .map_err(QueryError::Runtime)?;
+        let fresh = FreshCache::new(&store.read())?;
+        let counts = Arc::new(CountsCache::default());
+        let app = Arc::new(App {
+            metrics: Metrics::new(store.clone(), live.clone(), counts.clone()),
+            store,
+            config,
+            live,
+            fresh,
+            counts,
+            started: Instant::now(),
+        });
+        let (tx, rx) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("rdg-query".into())
+            .spawn(move || {
+                let result = runtime.block_on(serve(listener, app, rx));
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                result
+            })
+            .map_err(QueryError::Runtime)?;
+        Ok(Server {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most a few
+    /// seconds), and waits for the server thread.
+    pub fn stop(mut self) -> Result<(), QueryError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), QueryError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(true);
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| QueryError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            tracing::warn!("stopping the query server: {e}");
+        }
+    }
+}
+
+/// The accept loop, until `shutdown` turns true.
+async fn serve(
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), QueryError> {
+    let addr = listener.local_addr().map_err(|source| QueryError::Bind {
+        addr: app.config.listen,
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| QueryError::Bind { addr, source })?;
+    let counting = tokio::spawn(count_periodically(app.clone()));
+    let service = router(app.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(app.config.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off a little.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Over max_connections: close at once.
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = http.serve_connection(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service.clone()),
+                );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+    drop(listener);
+    counting.abort();
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(STOP_GRACE) => {}
+    }
+    Ok(())
+}
+
+/// Keeps the per-namespace sizes fresh: now, then every `counts_interval`
+/// when something was committed.
+async fn count_periodically(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.counts_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.counts.refresh(&app.store)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abc", b"abd"));
+        assert!(!same_token(b"abc", b"ab"));
+    }
+
+    /// `openapi.json` documents every route of [`ROUTES`], and nothing else.
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                assert!(op["responses"].is_object(), "{method} {path} has responses");
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routed: std::collections::BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn routes_are_unique() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    (a.method, a.path) != (b.method, b.path),
+                    "{} {} twice",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
+}
