@@ -260,6 +260,9 @@ pub struct Totals {
     /// Per dataflow: what this run committed, and the latest lag and
     /// watermark.
     pub dataflows: BTreeMap<String, DataflowTotals>,
+    /// The state is rebuilt and the sources are assigned: every worker has
+    /// passed time 0.
+    pub ready: bool,
 }
 
 /// One dataflow's share of [`Totals`].
@@ -407,6 +410,7 @@ impl Writer {
                 if let Some(f) = self.frontiers.get_mut(worker) {
                     *f = (*f).max(upto);
                 }
+                self.totals.ready = self.frontiers.iter().all(|f| *f > 0);
             }
             Emitted::Lag {
                 worker,

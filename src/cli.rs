@@ -82,6 +82,8 @@ enum Command {
         cluster: ClusterArgs,
         #[arg(long, default_value_t = 4096)]
         batch: usize,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Send generated events to the definitions' topics (keyed by account).
     Produce {
@@ -125,6 +127,8 @@ enum Command {
         partitions: i32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Look up records in a state directory, or ask a running server
     /// (`--url`); prints JSON.
@@ -386,6 +390,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     status_every: None,
                     stop: app::kafka::stop_on_signals()?,
                     cluster: None,
+                    serve: None,
+                    mode: "replay",
                 };
                 app::kafka::replay_kafka(&opts)
             } else {
@@ -437,6 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             status_interval,
             cluster,
             batch,
+            serve,
         } => {
             let brokers = kafka
                 .brokers
@@ -452,6 +459,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 status_every: (status_interval > 0).then(|| Duration::from_secs(status_interval)),
                 stop: app::kafka::stop_on_signals()?,
                 cluster: cluster.cluster()?,
+                serve: match serve.listen {
+                    Some(_) => Some(serve.config()?),
+                    None => None,
+                },
+                mode: "run",
             };
             let totals = app::kafka::run_live(&opts)?;
             eprintln!(
@@ -501,6 +513,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seconds,
             partitions,
             seed,
+            serve,
         } => {
             let opts = DemoOptions {
                 dataflows,
@@ -512,6 +525,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 partitions,
                 seed,
                 stop: app::kafka::stop_on_signals()?,
+                serve: serve.config()?,
             };
             let totals = app::kafka::demo(&opts)?;
             eprintln!(
@@ -670,9 +684,10 @@ fn not_found(ident: &str) -> Result<ExitCode> {
 /// HTTP query service settings.
 #[derive(clap::Args, Clone, Debug)]
 struct ServeArgs {
-    /// Address to serve the query API on (loopback by default).
-    #[arg(long, default_value_t = ServeConfig::default().listen)]
-    listen: std::net::SocketAddr,
+    /// Address to serve the query API on (`rdg serve` and `rdg demo`:
+    /// 127.0.0.1:7878 by default; `rdg run` serves only when given).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
     /// A file holding a bearer token that every route but health (and the
     /// explorer's static files) then needs.
     #[arg(long)]
@@ -696,7 +711,7 @@ impl ServeArgs {
             .map(read_token)
             .transpose()?;
         let config = ServeConfig {
-            listen: self.listen,
+            listen: self.listen.unwrap_or(ServeConfig::default().listen),
             auth_token,
             max_hops: self.max_hops,
             max_edges_per_hop: self.max_edges_per_hop,

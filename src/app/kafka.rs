@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
 use crate::dataflow::{Cluster, RunConfig, SourceFactory};
 use crate::model::Progress;
+use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
 use crate::spec::{self, Plan};
@@ -35,6 +36,10 @@ pub struct KafkaRunOptions {
     pub stop: Arc<AtomicBool>,
     /// This process's place in a cluster (`rdg run --processes N ...`).
     pub cluster: Option<Cluster>,
+    /// Serve the query API while ingesting.
+    pub serve: Option<ServeConfig>,
+    /// What the query API's status calls this run: `run` or `demo`.
+    pub mode: &'static str,
 }
 
 /// Each worker reads every selected dataflow's topic, owning the partitions
@@ -97,6 +102,8 @@ fn kafka_sources(
 /// state commit, and prints the status line.
 struct LiveObserver {
     committers: BTreeMap<String, OffsetCommitter>,
+    /// What the query API reports as live status.
+    gauges: Arc<LiveGauges>,
     status_every: Option<Duration>,
     last_status: Instant,
     last_events: BTreeMap<String, u64>,
@@ -120,6 +127,10 @@ impl Observer for LiveObserver {
     }
 
     fn tick(&mut self, totals: &Totals) {
+        self.gauges.set_ready(totals.ready);
+        for (name, t) in &totals.dataflows {
+            self.gauges.observe(name, t.events, t.lag);
+        }
         let Some(every) = self.status_every else {
             return;
         };
@@ -213,11 +224,25 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         })?;
         committers.insert(d.name.clone(), c);
     }
+    let gauges = Arc::new(LiveGauges::new(opts.mode));
+    let server = match &opts.serve {
+        Some(config) => {
+            let server = Server::start(store.clone(), config.clone(), gauges.clone())
+                .map_err(|e| AppError::Input(format!("cannot serve the query API: {e}")))?;
+            eprintln!(
+                "serving the query API and the graph explorer on http://{}",
+                server.addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let mut observer = LiveObserver {
         committers,
         status_every: opts.status_every,
         last_status: Instant::now(),
         last_events: BTreeMap::new(),
+        gauges,
     };
     let config = RunConfig {
         workers: opts.workers.max(1),
@@ -227,8 +252,17 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         cluster: opts.cluster.clone(),
         ..RunConfig::default()
     };
-    run_into_store(&store, plan, config, sources, &mut observer)
+    let result = run_into_store(&store, plan, config, sources, &mut observer);
+    if let Some(server) = server
+        && let Err(e) = server.stop()
+    {
+        tracing::warn!("stopping the query API: {e}");
+    }
+    result
 }
+
+/// How often the demo prints its status line.
+const DEMO_STATUS: Duration = Duration::from_secs(5);
 
 /// `rdg replay --brokers`: reads each partition up to the end offset it had
 /// at the start, then stops.
@@ -281,6 +315,8 @@ pub struct DemoOptions {
     pub partitions: i32,
     pub seed: u64,
     pub stop: Arc<AtomicBool>,
+    /// The query API, served while the demo runs.
+    pub serve: ServeConfig,
 }
 
 /// `rdg demo`: an in-process Kafka-protocol cluster (librdkafka's mock
@@ -307,8 +343,9 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
             .join(", ")
     );
     eprintln!(
-        "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account acc1",
-        opts.state.display()
+        "demo: state in {}; while it runs, open http://{1}/ (the graph explorer) or try:\n  curl http://{1}/v1/identity/account/acc1\n  curl 'http://{1}/v1/edges/watched/profile/acc1-p0?order=recent&limit=5'\n  rdg query --url http://{1} identity account acc1\nafter Ctrl-C: rdg export --state {0} | head",
+        opts.state.display(),
+        opts.serve.listen
     );
     // Event time follows the wall clock at the produce rate.
     let gen_opts = crate::generate::GenOptions {
@@ -350,9 +387,11 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
             ..KafkaConfig::default()
         },
         topics: Vec::new(),
-        status_every: Some(Duration::from_secs(5)),
+        status_every: Some(DEMO_STATUS),
         stop: opts.stop.clone(),
         cluster: None,
+        serve: Some(opts.serve.clone()),
+        mode: "demo",
     };
     let totals = run_live(&run);
     opts.stop.store(true, Ordering::SeqCst);
