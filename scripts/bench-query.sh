@@ -113,8 +113,12 @@ wrk -t2 -c32 -d3s -s "$work/edges.lua" "$url" >/dev/null # warm the cache
 wrk -t2 -c64 -d"${secs}s" --latency -s "$work/edges.lua" "$url" >"$work/edges-max.txt"
 summary "edge lookups, max (wrk -t2 -c64)" "$work/edges-max.txt"
 max=$(grep -o 'Requests/sec:[ ]*[0-9.]*' "$work/edges-max.txt" | grep -o '[0-9.]*$')
-# Half that rate: 2 ms pause per connection, connections = rate * 2 ms.
+# Half that rate: each connection pauses 2 ms after each answer; the number
+# of connections is calibrated by a short run so the rate is max / 2.
 conns=$(python3 -c "print(max(1, round($max / 2 * 0.002)))")
+DELAY_MS=2 wrk -t2 -c"$conns" -d3s -s "$work/edges-paced.lua" "$url" >"$work/edges-calibrate.txt"
+got=$(grep -o 'Requests/sec:[ ]*[0-9.]*' "$work/edges-calibrate.txt" | grep -o '[0-9.]*$')
+conns=$(python3 -c "print(max(1, round($conns * $max / 2 / max($got, 1))))")
 DELAY_MS=2 wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/edges-paced.lua" "$url" >"$work/edges-half.txt"
 summary "edge lookups, ~half load (wrk -t2 -c$conns, 2 ms pause)" "$work/edges-half.txt"
 wrk -t2 -c16 -d"${secs}s" --latency -s "$work/traverse.lua" "$url" >"$work/traverse-max.txt"
