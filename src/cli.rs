@@ -701,6 +701,9 @@ struct ServeArgs {
     /// Longest time a request may take, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Threads answering requests.
+    #[arg(long, default_value_t = ServeConfig::default().worker_threads)]
+    query_threads: usize,
 }
 
 impl ServeArgs {
@@ -719,6 +722,7 @@ impl ServeArgs {
                 .default_edges_per_hop
                 .min(self.max_edges_per_hop),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            worker_threads: self.query_threads,
             ..ServeConfig::default()
         };
         config.validate()?;

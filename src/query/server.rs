@@ -136,6 +136,8 @@ pub(crate) struct App {
     pub metrics: Metrics,
     pub counts: Arc<CountsCache>,
     pub started: Instant,
+    /// One per open connection, over all threads.
+    pub slots: Arc<Semaphore>,
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -222,7 +224,7 @@ async fn check_and_run(app: &App, route: Option<&Route>, req: Request, next: Nex
 pub struct Server {
     addr: SocketAddr,
     shutdown: Option<watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<Result<(), QueryError>>>,
+    threads: Vec<std::thread::JoinHandle<Result<(), QueryError>>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -238,8 +240,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Server {
     /// Validates `config`, binds `config.listen` (port 0: any free port; see
-    /// [`Server::addr`]) and serves `store` from a thread of its own with a
-    /// tokio runtime of `config.worker_threads` threads, until stopped.
+    /// [`Server::addr`]) and serves `store` from `config.worker_threads`
+    /// threads of its own (each a single-threaded tokio runtime accepting on
+    /// the same socket), until stopped.
     /// Returns once the socket is bound, so a bind error is returned here.
     pub fn start(
         store: Store,
@@ -259,17 +262,12 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|source| QueryError::Bind { addr, source })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.worker_threads)
-            .max_blocking_threads(config.worker_threads.max(2) * 2)
-            .thread_name("rdg-query")
-            .enable_all()
-            .build()
-            .map_err(QueryError::Runtime)?;
         let fresh = FreshCache::new(&store.read())?;
         let counts = Arc::new(CountsCache::default());
+        let threads = config.worker_threads;
         let app = Arc::new(App {
             metrics: Metrics::new(store.clone(), live.clone(), counts.clone()),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
             store,
             config,
             live,
@@ -278,19 +276,36 @@ impl Server {
             started: Instant::now(),
         });
         let (tx, rx) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("rdg-query".into())
-            .spawn(move || {
-                let result = runtime.block_on(serve(listener, app, rx));
-                runtime.shutdown_timeout(Duration::from_secs(1));
-                result
-            })
-            .map_err(QueryError::Runtime)?;
-        Ok(Server {
+        let mut server = Server {
             addr,
             shutdown: Some(tx),
-            thread: Some(thread),
-        })
+            threads: Vec::with_capacity(threads),
+        };
+        // One single-threaded runtime per thread, all accepting on the same
+        // socket: a request never hops between threads, so no cross-thread
+        // wake-ups on the hot path.
+        for i in 0..threads {
+            let listener = listener
+                .try_clone()
+                .map_err(|source| QueryError::Bind { addr, source })?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(2)
+                .thread_name("rdg-query-blocking")
+                .enable_all()
+                .build()
+                .map_err(QueryError::Runtime)?;
+            let (app, rx) = (app.clone(), rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("rdg-query-{i}"))
+                .spawn(move || {
+                    let result = runtime.block_on(serve(listener, app, rx, i == 0));
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                    result
+                })
+                .map_err(QueryError::Runtime)?;
+            server.threads.push(thread);
+        }
+        Ok(server)
     }
 
     /// The address it listens on.
@@ -308,10 +323,14 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| QueryError::Panicked)?,
-            None => Ok(()),
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().map_err(|_| QueryError::Panicked).and_then(|r| r);
+            if result.is_ok() {
+                result = r;
+            }
         }
+        result
     }
 }
 
@@ -328,6 +347,7 @@ async fn serve(
     listener: std::net::TcpListener,
     app: Arc<App>,
     mut shutdown: watch::Receiver<bool>,
+    count: bool,
 ) -> Result<(), QueryError> {
     let addr = listener.local_addr().map_err(|source| QueryError::Bind {
         addr: app.config.listen,
@@ -335,10 +355,10 @@ async fn serve(
     })?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|source| QueryError::Bind { addr, source })?;
-    let counting = tokio::spawn(count_periodically(app.clone()));
+    let counting = count.then(|| tokio::spawn(count_periodically(app.clone())));
     let service = router(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(app.config.max_connections));
+    let slots = app.slots.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
@@ -379,7 +399,9 @@ async fn serve(
         }
     }
     drop(listener);
-    counting.abort();
+    if let Some(c) = counting {
+        c.abort();
+    }
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(STOP_GRACE) => {}
