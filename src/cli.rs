@@ -566,19 +566,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     order,
                 } => {
                     let ident = format!("{node_type}:{id}");
-                    let q = EdgeQuery {
-                        direction: if incoming {
-                            Direction::In
-                        } else {
-                            Direction::Out
-                        },
-                        limit,
-                        since,
-                        order: match order {
-                            Order::Recent => EdgeOrder::Recent,
-                            Order::Id => EdgeOrder::Id,
-                        },
-                    };
+                    let q = edge_query(incoming, limit, since, order);
                     let items = store.edges(&edge_type, &ident, &q)?;
                     serde_json::json!({
                         "node": ident,
@@ -670,6 +658,23 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// The store's edge query for `rdg query edges` flags.
+fn edge_query(incoming: bool, limit: Option<usize>, since: Option<i64>, order: Order) -> EdgeQuery {
+    EdgeQuery {
+        direction: if incoming {
+            Direction::In
+        } else {
+            Direction::Out
+        },
+        limit,
+        since,
+        order: match order {
+            Order::Recent => EdgeOrder::Recent,
+            Order::Id => EdgeOrder::Id,
+        },
+    }
 }
 
 fn not_found(ident: &str) -> Result<ExitCode> {
@@ -787,19 +792,7 @@ fn query_url(
             &edge_type,
             &node_type,
             &id,
-            &EdgeQuery {
-                direction: if incoming {
-                    Direction::In
-                } else {
-                    Direction::Out
-                },
-                limit,
-                since,
-                order: match order {
-                    Order::Recent => EdgeOrder::Recent,
-                    Order::Id => EdgeOrder::Id,
-                },
-            },
+            &edge_query(incoming, limit, since, order),
         )?,
         QueryCommand::Identity { node_type, id } => match client.identity(&node_type, &id)? {
             Some(v) => v,
