@@ -153,10 +153,18 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
-    /// Print the whole graph as sorted JSON Lines.
+    /// Print the whole graph as sorted JSON Lines, from a state directory or
+    /// from a running server (`--url`; any process of a cluster gives the
+    /// whole cluster's graph).
     Export {
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        state: Option<PathBuf>,
+        /// Ask the query service at this address (`http://HOST:PORT`).
         #[arg(long)]
-        state: PathBuf,
+        url: Option<String>,
+        /// With --url: a file holding the server's bearer token.
+        #[arg(long, requires = "url")]
+        auth_token_file: Option<PathBuf>,
     },
     /// Generate deterministic synthetic events for the shipped definitions.
     Gen {
@@ -190,9 +198,67 @@ struct ClusterArgs {
     /// A file with one `host:port` per process, in process order.
     #[arg(long)]
     hosts: Option<PathBuf>,
+    /// With --listen in a cluster: a file with the `host:port` of each
+    /// process's query API, one per line in process order, so that every
+    /// process can answer for the whole graph.
+    #[arg(long)]
+    http_hosts: Option<PathBuf>,
+}
+
+/// The non-comment lines of a hosts file.
+fn host_lines(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the hosts file {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
 impl ClusterArgs {
+    /// Where the other processes serve their query API (`--http-hosts`),
+    /// for a process that serves one (`listen`) in a cluster.
+    fn query_view(
+        &self,
+        workers: usize,
+        listen: std::net::SocketAddr,
+    ) -> Result<Option<rdg::query::ClusterView>> {
+        if self.processes <= 1 {
+            return Ok(None);
+        }
+        let Some(file) = &self.http_hosts else {
+            anyhow::bail!(
+                "--processes {} with --listen needs --http-hosts FILE (the query API address of every process, one per line), so that each process can answer for the whole graph",
+                self.processes
+            );
+        };
+        let hosts = host_lines(file)?;
+        if hosts.len() != self.processes {
+            anyhow::bail!(
+                "{} lists {} addresses, but --processes is {}",
+                file.display(),
+                hosts.len(),
+                self.processes
+            );
+        }
+        let own = hosts.get(self.process).map(String::as_str).unwrap_or("");
+        let own_port = own.rsplit_once(':').map(|(_, p)| p);
+        if own_port != Some(listen.port().to_string().as_str()) {
+            anyhow::bail!(
+                "{} gives `{own}` for process {}, but --listen is {listen}: the ports must match",
+                file.display(),
+                self.process
+            );
+        }
+        Ok(Some(rdg::query::ClusterView {
+            process: self.process,
+            workers: workers.max(1),
+            peers: hosts.iter().map(|h| format!("http://{h}")).collect(),
+        }))
+    }
+
     fn cluster(&self) -> Result<Option<Cluster>> {
         if self.processes <= 1 {
             return Ok(None);
@@ -460,7 +526,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stop: app::kafka::stop_on_signals()?,
                 cluster: cluster.cluster()?,
                 serve: match serve.listen {
-                    Some(_) => Some(serve.config()?),
+                    Some(listen) => Some(ServeConfig {
+                        cluster: cluster.query_view(workers, listen)?,
+                        ..serve.config()?
+                    }),
                     None => None,
                 },
                 mode: "run",
@@ -586,7 +655,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print(serde_json::to_string_pretty(&value)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { state } => {
+        Command::Export {
+            state,
+            url,
+            auth_token_file,
+        } => {
+            if let Some(url) = url {
+                let token = auth_token_file.as_deref().map(read_token).transpose()?;
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let written = Client::new(&url, token)
+                    .export(&mut out)
+                    .map_err(anyhow::Error::new)
+                    .and_then(|_| out.flush().context("writing the export"));
+                return match written {
+                    Err(e) if broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(ExitCode::SUCCESS),
+                };
+            }
+            let Some(state) = state else {
+                anyhow::bail!("pass --state DIR or --url URL");
+            };
             let store = open_existing(&state)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -225,6 +225,9 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         committers.insert(d.name.clone(), c);
     }
     let gauges = Arc::new(LiveGauges::new(opts.mode));
+    if let Some(config) = &opts.serve {
+        check_query_cluster(opts.cluster.as_ref(), opts.workers.max(1), config)?;
+    }
     let server = match &opts.serve {
         Some(config) => {
             let server = Server::start(store.clone(), config.clone(), gauges.clone())
@@ -259,6 +262,34 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         tracing::warn!("stopping the query API: {e}");
     }
     result
+}
+
+/// The query API's view of the cluster must be this run's: the same
+/// process among as many processes, with this run's workers (owners are
+/// computed from them).
+fn check_query_cluster(
+    cluster: Option<&Cluster>,
+    workers: usize,
+    serve: &ServeConfig,
+) -> Result<(), AppError> {
+    let Some(view) = &serve.cluster else {
+        return match cluster {
+            Some(c) if c.addresses.len() > 1 => Err(AppError::Input(
+                "a process of a cluster that serves the query API needs the query addresses of every process (--http-hosts)".into(),
+            )),
+            _ => Ok(()),
+        };
+    };
+    let (processes, process) = cluster.map_or((1, 0), |c| (c.addresses.len(), c.process));
+    if view.peers.len() != processes || view.process != process || view.workers != workers {
+        return Err(AppError::Input(format!(
+            "the query API sees process {} of {} with {} workers, but the run is process {process} of {processes} with {workers}",
+            view.process,
+            view.peers.len(),
+            view.workers
+        )));
+    }
+    Ok(())
 }
 
 /// How often the demo prints its status line.

@@ -290,7 +290,7 @@ pub struct NodeView {
 }
 
 /// One neighbour of an edge query, contributions merged.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EdgeView {
     /// The neighbour's `type:id`.
     pub node: String,
@@ -301,7 +301,7 @@ pub struct EdgeView {
 }
 
 /// Where an identifier belongs, with its cluster's members.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityView {
     pub id: String,
     pub cluster: String,
