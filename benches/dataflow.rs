@@ -54,19 +54,21 @@ fn main() {
             counted.fetch_add(changes.len() as u64, Ordering::Relaxed);
         }
     });
-    let sources: dataflow::SourceFactory = Arc::new(move |index, peers| {
-        Ok(inputs
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| k % peers == index)
-            .map(|(_, (d, lines))| {
-                Box::new(MemorySource::new(d.clone(), lines.clone())) as Box<dyn Source>
-            })
-            .collect())
-    });
+    let sources: dataflow::SourceFactory =
+        Arc::new(move |index, peers, _resume: &dataflow::Positions| {
+            Ok(inputs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % peers == index)
+                .map(|(_, (d, lines))| {
+                    Box::new(MemorySource::new(d.clone(), lines.clone())) as Box<dyn Source>
+                })
+                .collect())
+        });
     let start = Arc::new(Start {
         watermarks: BTreeMap::new(),
         contributions: Mutex::new(None),
+        positions: BTreeMap::new(),
     });
     let config = RunConfig {
         workers,

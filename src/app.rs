@@ -187,16 +187,18 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
     let sources = {
         let topics = topics.clone();
         let bytes_read = bytes_read.clone();
-        Arc::new(move |index: usize, peers: usize| {
-            Ok(topics
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| k % peers == index)
-                .map(|(_, t)| {
-                    Box::new(FileSource::new(t.clone(), bytes_read.clone())) as Box<dyn Source>
-                })
-                .collect())
-        })
+        Arc::new(
+            move |index: usize, peers: usize, _resume: &dataflow::Positions| {
+                Ok(topics
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| k % peers == index)
+                    .map(|(_, t)| {
+                        Box::new(FileSource::new(t.clone(), bytes_read.clone())) as Box<dyn Source>
+                    })
+                    .collect())
+            },
+        )
     };
     let config = RunConfig {
         workers: opts.workers.max(1),
@@ -312,9 +314,15 @@ pub fn run_into_store(
             store.contributions().map(|c| c.map_err(|e| e.to_string())),
         ))
     };
+    let positions = meta
+        .positions
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     let start = Arc::new(Start {
         watermarks,
         contributions: Mutex::new(contributions),
+        positions,
     });
     let workers = config.workers;
     let stop = config.stop.clone();

@@ -58,17 +58,18 @@ fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
     .into_iter()
     .map(String::from)
     .collect();
-    let sources: dataflow::SourceFactory = Arc::new(move |index, _peers| {
-        Ok(if index == 0 {
-            vec![Box::new(Lines {
-                dataflow: "login".into(),
-                lines: login.clone(),
-                next: 0,
-            }) as Box<dyn Source>]
-        } else {
-            vec![]
-        })
-    });
+    let sources: dataflow::SourceFactory =
+        Arc::new(move |index, _peers, _resume: &dataflow::Positions| {
+            Ok(if index == 0 {
+                vec![Box::new(Lines {
+                    dataflow: "login".into(),
+                    lines: login.clone(),
+                    next: 0,
+                }) as Box<dyn Source>]
+            } else {
+                vec![]
+            })
+        });
     let state: Arc<Mutex<(BTreeMap<String, Change>, usize)>> = Arc::default();
     let seen = state.clone();
     let emit: dataflow::Emitter = Arc::new(move |e| {
@@ -102,6 +103,7 @@ fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
     let start = Arc::new(Start {
         watermarks: BTreeMap::new(),
         contributions: Mutex::new(None),
+        positions: BTreeMap::new(),
     });
     let config = RunConfig {
         workers,

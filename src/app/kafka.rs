@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
-use crate::dataflow::{Cluster, RunConfig, SourceFactory};
+use crate::dataflow::{Cluster, Positions, RunConfig, SourceFactory};
 use crate::model::Progress;
 use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
@@ -43,31 +43,22 @@ pub struct KafkaRunOptions {
 }
 
 /// Each worker reads every selected dataflow's topic, owning the partitions
-/// `kafka::owner` gives it; positions come from the store.
+/// `kafka::owner` gives it; positions are the ones the run resumes from.
 fn kafka_sources(
     plan: &Plan,
-    store: &Store,
     opts: &KafkaRunOptions,
     bounded: bool,
 ) -> Result<SourceFactory, AppError> {
-    let meta = store.meta()?;
     let mut specs = Vec::new();
     for d in &plan.dataflows {
         if !opts.topics.is_empty() && !opts.topics.contains(&d.topic) {
             continue;
         }
-        // Stored positions are next offsets, keyed by partition number.
-        let positions: BTreeMap<i32, i64> = meta
-            .positions
-            .iter()
-            .filter(|((df, _), _)| *df == d.name)
-            .filter_map(|((_, p), next)| Some((p.parse().ok()?, i64::try_from(*next).ok()?)))
-            .collect();
         let mut config = opts.kafka.clone();
         for (k, v) in &d.kafka {
             config.settings.insert(k.clone(), v.clone());
         }
-        specs.push((d.name.clone(), d.topic.clone(), config, positions));
+        specs.push((d.name.clone(), d.topic.clone(), config));
     }
     if let Some(t) = opts
         .topics
@@ -83,19 +74,29 @@ fn kafka_sources(
                 .join(", ")
         )));
     }
-    Ok(Arc::new(move |index: usize, peers: usize| {
-        specs
-            .iter()
-            .map(|(name, topic, config, positions)| {
-                let s = if bounded {
-                    KafkaSource::bounded(name, topic, config, index, peers, positions.clone())
-                } else {
-                    KafkaSource::new(name, topic, config, index, peers, positions.clone())
-                };
-                s.map(|s| Box::new(s) as Box<dyn Source>)
-            })
-            .collect::<Result<Vec<_>, SourceError>>()
-    }))
+    Ok(Arc::new(
+        move |index: usize, peers: usize, resume: &Positions| {
+            specs
+                .iter()
+                .map(|(name, topic, config)| {
+                    // Resume positions are next offsets, keyed by partition number.
+                    let positions: BTreeMap<i32, i64> = resume
+                        .iter()
+                        .filter(|((df, _), _)| df == name)
+                        .filter_map(|((_, p), next)| {
+                            Some((p.parse().ok()?, i64::try_from(*next).ok()?))
+                        })
+                        .collect();
+                    let s = if bounded {
+                        KafkaSource::bounded(name, topic, config, index, peers, positions)
+                    } else {
+                        KafkaSource::new(name, topic, config, index, peers, positions)
+                    };
+                    s.map(|s| Box::new(s) as Box<dyn Source>)
+                })
+                .collect::<Result<Vec<_>, SourceError>>()
+        },
+    ))
 }
 
 /// Commits stored positions to each dataflow's consumer group after the
@@ -211,7 +212,7 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
             c.addresses.join(", ")
         );
     }
-    let sources = kafka_sources(&plan, &store, opts, false)?;
+    let sources = kafka_sources(&plan, opts, false)?;
     let mut committers = BTreeMap::new();
     for d in &plan.dataflows {
         let mut config = opts.kafka.clone();
@@ -251,6 +252,7 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         workers: opts.workers.max(1),
         batch: opts.batch.max(1),
         live: true,
+        skip_applied: true,
         stop: opts.stop.clone(),
         cluster: opts.cluster.clone(),
         ..RunConfig::default()
@@ -301,10 +303,11 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
     let started = Instant::now();
     let plan = Arc::new(spec::load(&opts.dataflows)?);
     let store = open_state(opts)?;
-    let sources = kafka_sources(&plan, &store, opts, true)?;
+    let sources = kafka_sources(&plan, opts, true)?;
     let config = RunConfig {
         workers: opts.workers.max(1),
         batch: opts.batch.max(1),
+        skip_applied: true,
         stop: opts.stop.clone(),
         cluster: opts.cluster.clone(),
         ..RunConfig::default()

@@ -27,6 +27,10 @@ pub(crate) enum ToStore {
     Folded(usize, Folded),
     /// Differential updates of identifier -> cluster.
     Cluster(Ident, ClusterOf),
+    /// The next position of a source partition of dataflow `usize`, broadcast
+    /// to every worker so every process stores every partition's position
+    /// with the times it commits.
+    Position(usize, String, u64),
 }
 
 /// What the collector needs to name things.
@@ -62,10 +66,20 @@ pub(crate) fn collect<'s>(
                     let Some((t, updates)) = pending.pop_first() else {
                         break;
                     };
-                    // Time 0 rebuilds state from the store: nothing to write back.
-                    if t == 0 {
-                        continue;
-                    }
+                    // Time 0 rebuilds the folds from the store: their records
+                    // are already stored. Identity assignments are written
+                    // again: in a cluster, the process owning an identifier
+                    // may have committed fewer times than the processes
+                    // owning its links, and time 0 is the only moment that
+                    // says what the loaded links imply.
+                    let updates = if t == 0 {
+                        updates
+                            .into_iter()
+                            .filter(|(u, _)| matches!(u, ToStore::Cluster(..)))
+                            .collect()
+                    } else {
+                        updates
+                    };
                     let (changes, progress) = to_changes(updates, &names);
                     if !changes.is_empty() || progress != Progress::default() {
                         emit(Emitted::Data {
@@ -125,6 +139,13 @@ fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Pr
             }
             ToStore::Cluster(id, c) => {
                 *clusters.entry(id).or_default().entry(c).or_default() += d;
+            }
+            ToStore::Position(df, key, next) => {
+                let e = progress
+                    .positions
+                    .entry((names.dataflows[df].clone(), key))
+                    .or_insert(next);
+                *e = (*e).max(next);
             }
         }
     }

@@ -34,6 +34,31 @@ pub(crate) enum Folded {
     Late(u64),
 }
 
+/// Per partition, the next offset whose effects this process's state does
+/// not hold yet (its stored positions). After a restart the sources re-read
+/// from the smallest position of any process; an op from an earlier offset
+/// is already in this process's state and is skipped, so nothing counts
+/// twice even when processes had committed different times.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Applied(std::collections::BTreeMap<u32, u64>);
+
+impl Applied {
+    pub fn new(next: std::collections::BTreeMap<u32, u64>) -> Applied {
+        Applied(next)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn holds(&self, op: &Op) -> bool {
+        match (&op.kind, op.origin) {
+            (OpKind::Load(_), _) | (_, None) => false,
+            (_, Some((part, offset))) => self.0.get(&part).is_some_and(|next| offset < *next),
+        }
+    }
+}
+
 /// What waits for a time to complete: a capability to emit at it, its ops,
 /// and the largest watermark reported for it.
 type Pending = (
@@ -63,6 +88,7 @@ pub(crate) fn fold<'s>(
     ops: StreamVec<'s, u64, Op>,
     watermarks: StreamVec<'s, u64, i64>,
     initial_watermark: i64,
+    applied: Applied,
     name: &str,
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
     let exchange = Exchange::new(|op: &Op| op.key.shard());
@@ -106,6 +132,9 @@ pub(crate) fn fold<'s>(
                 };
                 watermark = watermark.max(wm);
                 let mut out: Vec<(Folded, u64, isize)> = Vec::new();
+                if !applied.is_empty() {
+                    ops.retain(|op| !applied.holds(op));
+                }
                 apply_time(&mut state, &mut expiry, &mut ops, watermark, t, &mut out);
                 if let Some(cap) = cap
                     && !out.is_empty()
@@ -241,6 +270,7 @@ mod tests {
             wm,
             time,
             retention,
+            origin: None,
             kind,
         }
     }

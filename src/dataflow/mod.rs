@@ -73,9 +73,15 @@ fn wall_clock_ms() -> u64 {
 /// Receives everything the dataflow emits, from every worker thread.
 pub type Emitter = Arc<dyn Fn(Emitted) + Send + Sync>;
 
-/// Builds the sources of one worker: `(worker index, number of workers)`.
-pub type SourceFactory =
-    Arc<dyn Fn(usize, usize) -> Result<Vec<Box<dyn Source>>, SourceError> + Send + Sync>;
+/// Positions by (dataflow, partition key): the next offset to read.
+pub type Positions = BTreeMap<(String, String), u64>;
+
+/// Builds the sources of one worker: `(worker index, number of workers,
+/// where to resume)`. The positions are the smallest any process of the
+/// cluster stored (this process's own when alone).
+pub type SourceFactory = Arc<
+    dyn Fn(usize, usize, &Positions) -> Result<Vec<Box<dyn Source>>, SourceError> + Send + Sync,
+>;
 
 /// Contributions rebuilt from the store, read by worker 0 at time 0.
 pub type Contributions = Box<dyn Iterator<Item = Result<Change, String>> + Send>;
@@ -106,6 +112,9 @@ pub struct RunConfig {
     /// Live sources: idle is not the end; run until `stop`. Times follow the
     /// wall clock (ms) so idle workers let the others' times complete.
     pub live: bool,
+    /// Skip records whose effects the state already holds (Kafka, where
+    /// partition keys are partition numbers). Off for file replays.
+    pub skip_applied: bool,
     /// Set from outside: every time below it has been persisted. The driver
     /// reads no further than `in_flight` times beyond it (backpressure from
     /// the store, so memory does not fill with uncommitted changes).
@@ -120,6 +129,7 @@ impl Default for RunConfig {
             batch: 20_000,
             in_flight: 4,
             live: false,
+            skip_applied: false,
             stop: Arc::new(AtomicBool::new(false)),
             committed: Arc::new(AtomicU64::new(u64::MAX)),
         }
@@ -132,6 +142,9 @@ pub struct Start {
     pub watermarks: BTreeMap<String, i64>,
     /// Stored contributions to rebuild the in-memory state.
     pub contributions: Mutex<Option<Contributions>>,
+    /// This process's stored positions: its state holds the effects of every
+    /// record before them.
+    pub positions: Positions,
 }
 
 #[derive(Debug, Error)]
@@ -218,47 +231,74 @@ fn run_worker(
     });
     let initial_wm = |name: &str| start.watermarks.get(name).copied().unwrap_or(i64::MIN);
 
-    let (mut op_inputs, mut wm_inputs, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let mut op_inputs = Vec::new();
-        let mut wm_inputs = Vec::new();
-        let mut to_store = Vec::new();
-        let mut links = Vec::new();
-        for (i, d) in plan.dataflows.iter().enumerate() {
-            let (op_in, ops) = scope.new_input::<Vec<Op>>();
-            let (wm_in, wms) = scope.new_input::<Vec<i64>>();
-            op_inputs.push(op_in);
-            wm_inputs.push(wm_in);
-            let fold_name = format!("{}.fold", d.name);
-            let w0 = initial_wm(&d.name);
-            let folded = scope.region_named(&d.name, |region| {
-                let ops = ops.enter(region);
-                let wms = wms.enter(region).broadcast();
-                fold::fold(ops, wms, w0, &fold_name).leave(scope)
-            });
-            links.push(folded.clone().flat_map(|(f, t, _)| match f {
-                Folded::Changed {
-                    key: RecKey::Link(a, b),
-                    old,
-                    new,
-                } => {
-                    let old = old.map(|r| (((a.clone(), b.clone()), r.first_seen), t, -1isize));
-                    let new = new.map(|r| (((a, b), r.first_seen), t, 1isize));
-                    old.into_iter().chain(new).collect::<Vec<_>>()
-                }
-                _ => Vec::new(),
-            }));
-            to_store.push(folded.map(move |(f, t, d)| (ToStore::Folded(i, f), t, d)));
+    // Where every source resumes: the smallest position any process stored.
+    let resume = if config.cluster.is_some() {
+        agree_on_positions(worker, &start.positions, local == 0)
+    } else {
+        start.positions.clone()
+    };
+    let applied_of = |name: &str| {
+        if !config.skip_applied {
+            return fold::Applied::default();
         }
-        let identity_config = Arc::new(plan.identity.clone());
-        let clusters = scope.region_named("identity", |region| {
-            let links = scope.concatenate(links).enter(region).as_collection();
-            identity::stitch(links, identity_config).inner.leave(scope)
+        fold::Applied::new(
+            start
+                .positions
+                .iter()
+                .filter(|((d, _), _)| d == name)
+                .filter_map(|((_, p), next)| Some((p.parse::<u32>().ok()?, *next)))
+                .collect(),
+        )
+    };
+    let (mut op_inputs, mut wm_inputs, mut pos_input, probe) =
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (pos_input, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
+            let mut op_inputs = Vec::new();
+            let mut wm_inputs = Vec::new();
+            let mut to_store = Vec::new();
+            let mut links = Vec::new();
+            for (i, d) in plan.dataflows.iter().enumerate() {
+                let (op_in, ops) = scope.new_input::<Vec<Op>>();
+                let (wm_in, wms) = scope.new_input::<Vec<i64>>();
+                op_inputs.push(op_in);
+                wm_inputs.push(wm_in);
+                let fold_name = format!("{}.fold", d.name);
+                let w0 = initial_wm(&d.name);
+                let applied = applied_of(&d.name);
+                let folded = scope.region_named(&d.name, |region| {
+                    let ops = ops.enter(region);
+                    let wms = wms.enter(region).broadcast();
+                    fold::fold(ops, wms, w0, applied, &fold_name).leave(scope)
+                });
+                links.push(folded.clone().flat_map(|(f, t, _)| match f {
+                    Folded::Changed {
+                        key: RecKey::Link(a, b),
+                        old,
+                        new,
+                    } => {
+                        let old = old.map(|r| (((a.clone(), b.clone()), r.first_seen), t, -1isize));
+                        let new = new.map(|r| (((a, b), r.first_seen), t, 1isize));
+                        old.into_iter().chain(new).collect::<Vec<_>>()
+                    }
+                    _ => Vec::new(),
+                }));
+                to_store.push(folded.map(move |(f, t, d)| (ToStore::Folded(i, f), t, d)));
+            }
+            let identity_config = Arc::new(plan.identity.clone());
+            let clusters = scope.region_named("identity", |region| {
+                let links = scope.concatenate(links).enter(region).as_collection();
+                identity::stitch(links, identity_config).inner.leave(scope)
+            });
+            to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
+            to_store.push(
+                positions
+                    .broadcast()
+                    .map(|(df, key, next, t)| (ToStore::Position(df, key, next), t, 1)),
+            );
+            let all = scope.concatenate(to_store);
+            let (probe, _) = collect::collect(all, names.clone(), local, emit.clone()).probe();
+            (op_inputs, wm_inputs, pos_input, probe)
         });
-        to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
-        let all = scope.concatenate(to_store);
-        let (probe, _) = collect::collect(all, names.clone(), local, emit.clone()).probe();
-        (op_inputs, wm_inputs, probe)
-    });
 
     // Time 0: rebuild the folds' state from this process's store (its first
     // worker reads it; exchange sends each record to its owner).
@@ -313,6 +353,7 @@ fn run_worker(
                     wm: i64::MIN,
                     time: record.last_seen,
                     retention,
+                    origin: None,
                     kind: OpKind::Load(record),
                 });
             }
@@ -321,7 +362,7 @@ fn run_worker(
 
     // The sources this worker reads, each with its dataflow's feeder.
     let mut mine: Vec<(Box<dyn Source>, usize, Feeder, u64)> = Vec::new();
-    for s in sources(index, peers)? {
+    for s in sources(index, peers, &resume)? {
         let i = plan
             .dataflows
             .iter()
@@ -348,6 +389,7 @@ fn run_worker(
     for h in wm_inputs.iter_mut() {
         h.advance_to(epoch);
     }
+    pos_input.advance_to(epoch);
     let mut raw: Vec<RawRecord> = Vec::with_capacity(config.batch);
     let mut ops: Vec<Op> = Vec::new();
     let mut done = vec![false; mine.len()];
@@ -378,8 +420,23 @@ fn run_worker(
             read_any = true;
             let d = &plan.dataflows[*i];
             let mut p = DataflowProgress::default();
+            // Records before this process's stored position were counted (and
+            // their dead letters kept) before a restart: their ops still go
+            // out, for owners whose state is behind, but nothing is counted.
+            let counted_from = |part: u32| -> u64 {
+                if !config.skip_applied {
+                    return 0;
+                }
+                start
+                    .positions
+                    .get(&(d.name.clone(), src.partition_key(part)))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let mut last: BTreeMap<u32, u64> = BTreeMap::new();
             for r in raw.drain(..) {
                 *seq += 1;
+                let fresh = r.offset >= counted_from(r.partition);
                 let outcome = if r.payload.is_empty() {
                     Outcome::Reject("empty payload".to_string())
                 } else {
@@ -391,23 +448,27 @@ fn run_worker(
                 match outcome {
                     Outcome::Ignored => {}
                     Outcome::Event(ev) => {
-                        p.events += 1;
+                        if fresh {
+                            p.events += 1;
+                        }
+                        let from = ops.len();
                         feeder.feed(ev, *seq, k as u32, &mut ops);
+                        for op in &mut ops[from..] {
+                            op.origin = Some((r.partition, r.offset));
+                        }
                     }
-                    Outcome::Reject(reason) => dead_letters.push(DeadLetter {
+                    Outcome::Reject(reason) if fresh => dead_letters.push(DeadLetter {
                         dataflow: CompactString::from(d.name.as_str()),
                         source: src.describe(r.partition, r.offset),
                         reason,
                     }),
+                    Outcome::Reject(_) => {}
                 }
                 // The stored position is the next one to read.
-                progress.positions.insert(
-                    (
-                        CompactString::from(d.name.as_str()),
-                        src.partition_key(r.partition),
-                    ),
-                    r.offset + 1,
-                );
+                last.insert(r.partition, r.offset + 1);
+            }
+            for (part, next) in last {
+                pos_input.send((*i, src.partition_key(part), next, epoch));
             }
             if feeder.watermark > i64::MIN {
                 p.watermark = Some(feeder.watermark);
@@ -452,6 +513,7 @@ fn run_worker(
                     for h in wm_inputs.iter_mut() {
                         h.advance_to(epoch);
                     }
+                    pos_input.advance_to(epoch);
                 }
                 worker.step_or_park(Some(IDLE_PARK));
             }
@@ -473,6 +535,7 @@ fn run_worker(
         for h in wm_inputs.iter_mut() {
             h.advance_to(epoch);
         }
+        pos_input.advance_to(epoch);
         // Bound the work in flight: wait for the oldest started time to be
         // complete in the dataflow and committed by the store.
         while started.len() as u64 > config.in_flight {
@@ -491,6 +554,57 @@ fn run_worker(
     }
     drop(op_inputs);
     drop(wm_inputs);
+    drop(pos_input);
     worker.step_while(|| !probe.done());
     Ok(())
+}
+
+/// Every process contributes its stored positions; each partition resumes at
+/// the smallest of them, or from the source's configured start when some
+/// process has none for it (its state holds nothing from that partition).
+fn agree_on_positions(
+    worker: &mut timely::worker::Worker,
+    mine: &Positions,
+    contribute: bool,
+) -> Positions {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::Inspect;
+    // (contributing worker, dataflow, partition key, next offset)
+    type Contribution = (u64, String, String, u64);
+    let seen: Rc<RefCell<Vec<Contribution>>> = Rc::default();
+    let sink = seen.clone();
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<Vec<Contribution>>();
+        let (probe, _) = stream
+            .broadcast()
+            .inspect(move |x| sink.borrow_mut().push(x.clone()))
+            .probe();
+        (input, probe)
+    });
+    if contribute {
+        let me = worker.index() as u64;
+        // A marker, so processes without positions are counted too.
+        input.send((me, String::new(), String::new(), 0));
+        for ((d, p), next) in mine {
+            input.send((me, d.clone(), p.clone(), *next));
+        }
+    }
+    drop(input);
+    worker.step_while(|| !probe.done());
+    let seen = seen.borrow();
+    let contributors: std::collections::BTreeSet<u64> = seen.iter().map(|x| x.0).collect();
+    let mut by_key: BTreeMap<(String, String), (usize, u64)> = BTreeMap::new();
+    for (_, d, p, next) in seen.iter().filter(|x| !x.1.is_empty()) {
+        let e = by_key
+            .entry((d.clone(), p.clone()))
+            .or_insert((0, u64::MAX));
+        e.0 += 1;
+        e.1 = e.1.min(*next);
+    }
+    by_key
+        .into_iter()
+        .filter(|(_, (n, _))| *n == contributors.len())
+        .map(|(k, (_, next))| (k, next))
+        .collect()
 }

@@ -61,6 +61,9 @@ pub(crate) struct Op {
     pub time: i64,
     /// The rule's retention in ms.
     pub retention: Option<u64>,
+    /// The source record's partition and offset, so an owner whose state
+    /// already holds the record's effects can skip it after a restart.
+    pub origin: Option<(u32, u64)>,
     pub kind: OpKind,
 }
 
@@ -169,6 +172,7 @@ impl Feeder {
                 wm,
                 time: ev.time,
                 retention,
+                origin: None,
                 kind,
             });
         }
