@@ -23,6 +23,46 @@ use crate::store::{Counts, Store, StoreError};
 
 pub mod kafka;
 
+/// The first panic of the process, recorded by [`install_panic_hook`].
+static FIRST_PANIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Replaces Rust's panic output with one line for the first panic and
+/// silence for the rest: when a peer process of a cluster dies, every
+/// communication and worker thread panics in turn, and the first message is
+/// the one that says why. [`run_into_store`] reports it as an error.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if FIRST_PANIC.set(format!("{what}{at}")).is_ok() {
+            eprintln!("error: a thread stopped: {what}{at}");
+        }
+    }));
+}
+
+/// Explains a worker panic; a lost peer gets the cluster's story.
+fn panic_error() -> AppError {
+    let first = FIRST_PANIC
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "a dataflow thread panicked".to_string());
+    if first.contains("timely communication error") {
+        AppError::Input(format!(
+            "lost the connection to a peer process ({first}). A timely cluster cannot continue without every process, so this one stops too; what was committed is safe: restart every process of the cluster to resume"
+        ))
+    } else {
+        AppError::Input(format!("a dataflow thread panicked: {first}"))
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -220,6 +260,9 @@ pub struct Totals {
     /// Per dataflow: what this run committed, and the latest lag and
     /// watermark.
     pub dataflows: BTreeMap<String, DataflowTotals>,
+    /// The state is rebuilt and the sources are assigned: every worker has
+    /// passed time 0.
+    pub ready: bool,
 }
 
 /// One dataflow's share of [`Totals`].
@@ -316,10 +359,12 @@ pub fn run_into_store(
             }
             observer.tick(&writer.totals);
         }
-        let joined = handle
-            .join()
-            .map_err(|_| AppError::Input("a dataflow thread panicked".into()))
-            .and_then(|r| r.map_err(AppError::from));
+        let joined = handle.join().map_err(|_| panic_error()).and_then(|r| {
+            r.map_err(|e| match e {
+                dataflow::DataflowError::Timely(_) if FIRST_PANIC.get().is_some() => panic_error(),
+                e => AppError::from(e),
+            })
+        });
         result.and(joined).map(|()| writer.totals.clone())
     });
     store.flush()?;
@@ -365,6 +410,7 @@ impl Writer {
                 if let Some(f) = self.frontiers.get_mut(worker) {
                     *f = (*f).max(upto);
                 }
+                self.totals.ready = self.frontiers.iter().all(|f| *f > 0);
             }
             Emitted::Lag {
                 worker,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rdg::app::kafka::{DemoOptions, KafkaRunOptions};
 use rdg::app::{self, ReplayOptions};
+use rdg::dataflow::Cluster;
 use rdg::query::client::Client;
 use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
@@ -77,8 +78,12 @@ enum Command {
         /// Seconds between status lines (0: none).
         #[arg(long, default_value_t = 10)]
         status_interval: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[arg(long, default_value_t = 4096)]
         batch: usize,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Send generated events to the definitions' topics (keyed by account).
     Produce {
@@ -112,8 +117,8 @@ enum Command {
         /// Events produced per second.
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
-        /// Events to produce in all.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Events to produce in all (they cover events/20 accounts).
+        #[arg(long, default_value_t = 100_000)]
         events: u64,
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -122,6 +127,8 @@ enum Command {
         partitions: i32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Look up records in a state directory, or ask a running server
     /// (`--url`); prints JSON.
@@ -146,10 +153,18 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
-    /// Print the whole graph as sorted JSON Lines.
+    /// Print the whole graph as sorted JSON Lines, from a state directory or
+    /// from a running server (`--url`; any process of a cluster gives the
+    /// whole cluster's graph).
     Export {
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        state: Option<PathBuf>,
+        /// Ask the query service at this address (`http://HOST:PORT`).
         #[arg(long)]
-        state: PathBuf,
+        url: Option<String>,
+        /// With --url: a file holding the server's bearer token.
+        #[arg(long, requires = "url")]
+        auth_token_file: Option<PathBuf>,
     },
     /// Generate deterministic synthetic events for the shipped definitions.
     Gen {
@@ -169,6 +184,118 @@ enum Command {
         #[arg(long)]
         malformed_share: Option<f64>,
     },
+}
+
+/// Timely's cluster mode: several processes exchanging data by key.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Number of processes in the cluster (1: this process alone).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index, 0-based, in the hosts file's order.
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// A file with one `host:port` per process, in process order.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// With --listen in a cluster: a file with the `host:port` of each
+    /// process's query API, one per line in process order, so that every
+    /// process can answer for the whole graph.
+    #[arg(long)]
+    http_hosts: Option<PathBuf>,
+}
+
+/// The non-comment lines of a hosts file.
+fn host_lines(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the hosts file {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+impl ClusterArgs {
+    /// Where the other processes serve their query API (`--http-hosts`),
+    /// for a process that serves one (`listen`) in a cluster.
+    fn query_view(
+        &self,
+        workers: usize,
+        listen: std::net::SocketAddr,
+    ) -> Result<Option<rdg::query::ClusterView>> {
+        if self.processes <= 1 {
+            return Ok(None);
+        }
+        let Some(file) = &self.http_hosts else {
+            anyhow::bail!(
+                "--processes {} with --listen needs --http-hosts FILE (the query API address of every process, one per line), so that each process can answer for the whole graph",
+                self.processes
+            );
+        };
+        let hosts = host_lines(file)?;
+        if hosts.len() != self.processes {
+            anyhow::bail!(
+                "{} lists {} addresses, but --processes is {}",
+                file.display(),
+                hosts.len(),
+                self.processes
+            );
+        }
+        let own = hosts.get(self.process).map(String::as_str).unwrap_or("");
+        let own_port = own.rsplit_once(':').map(|(_, p)| p);
+        if own_port != Some(listen.port().to_string().as_str()) {
+            anyhow::bail!(
+                "{} gives `{own}` for process {}, but --listen is {listen}: the ports must match",
+                file.display(),
+                self.process
+            );
+        }
+        Ok(Some(rdg::query::ClusterView {
+            process: self.process,
+            workers: workers.max(1),
+            peers: hosts.iter().map(|h| format!("http://{h}")).collect(),
+        }))
+    }
+
+    fn cluster(&self) -> Result<Option<Cluster>> {
+        if self.processes <= 1 {
+            return Ok(None);
+        }
+        let hosts = self
+            .hosts
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--processes {} needs --hosts FILE", self.processes))?;
+        let text = std::fs::read_to_string(hosts)
+            .with_context(|| format!("reading the hosts file {}", hosts.display()))?;
+        let addresses: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        if addresses.len() != self.processes {
+            anyhow::bail!(
+                "{} lists {} addresses, but --processes is {}",
+                hosts.display(),
+                addresses.len(),
+                self.processes
+            );
+        }
+        if self.process >= self.processes {
+            anyhow::bail!(
+                "--process {} is out of range for --processes {} (0 to {})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            );
+        }
+        Ok(Some(Cluster {
+            process: self.process,
+            addresses,
+        }))
+    }
 }
 
 /// How to reach Kafka.
@@ -266,6 +393,15 @@ fn parse_topic_file(s: &str) -> Result<(String, PathBuf)> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    app::install_panic_hook();
+    // Logs go to stderr; RUST_LOG overrides the default level (info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -319,6 +455,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     topics,
                     status_every: None,
                     stop: app::kafka::stop_on_signals()?,
+                    cluster: None,
+                    serve: None,
+                    mode: "replay",
                 };
                 app::kafka::replay_kafka(&opts)
             } else {
@@ -368,7 +507,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             workers,
             kafka,
             status_interval,
+            cluster,
             batch,
+            serve,
         } => {
             let brokers = kafka
                 .brokers
@@ -383,6 +524,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 topics: Vec::new(),
                 status_every: (status_interval > 0).then(|| Duration::from_secs(status_interval)),
                 stop: app::kafka::stop_on_signals()?,
+                cluster: cluster.cluster()?,
+                serve: match serve.listen {
+                    Some(listen) => Some(ServeConfig {
+                        cluster: cluster.query_view(workers, listen)?,
+                        ..serve.config()?
+                    }),
+                    None => None,
+                },
+                mode: "run",
             };
             let totals = app::kafka::run_live(&opts)?;
             eprintln!(
@@ -432,6 +582,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seconds,
             partitions,
             seed,
+            serve,
         } => {
             let opts = DemoOptions {
                 dataflows,
@@ -443,6 +594,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 partitions,
                 seed,
                 stop: app::kafka::stop_on_signals()?,
+                serve: serve.config()?,
             };
             let totals = app::kafka::demo(&opts)?;
             eprintln!(
@@ -483,19 +635,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     order,
                 } => {
                     let ident = format!("{node_type}:{id}");
-                    let q = EdgeQuery {
-                        direction: if incoming {
-                            Direction::In
-                        } else {
-                            Direction::Out
-                        },
-                        limit,
-                        since,
-                        order: match order {
-                            Order::Recent => EdgeOrder::Recent,
-                            Order::Id => EdgeOrder::Id,
-                        },
-                    };
+                    let q = edge_query(incoming, limit, since, order);
                     let items = store.edges(&edge_type, &ident, &q)?;
                     serde_json::json!({
                         "node": ident,
@@ -515,7 +655,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print(serde_json::to_string_pretty(&value)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { state } => {
+        Command::Export {
+            state,
+            url,
+            auth_token_file,
+        } => {
+            if let Some(url) = url {
+                let token = auth_token_file.as_deref().map(read_token).transpose()?;
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let written = Client::new(&url, token)
+                    .export(&mut out)
+                    .map_err(anyhow::Error::new)
+                    .and_then(|_| out.flush().context("writing the export"));
+                return match written {
+                    Err(e) if broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(ExitCode::SUCCESS),
+                };
+            }
+            let Some(state) = state else {
+                anyhow::bail!("pass --state DIR or --url URL");
+            };
             let store = open_existing(&state)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -589,6 +750,23 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The store's edge query for `rdg query edges` flags.
+fn edge_query(incoming: bool, limit: Option<usize>, since: Option<i64>, order: Order) -> EdgeQuery {
+    EdgeQuery {
+        direction: if incoming {
+            Direction::In
+        } else {
+            Direction::Out
+        },
+        limit,
+        since,
+        order: match order {
+            Order::Recent => EdgeOrder::Recent,
+            Order::Id => EdgeOrder::Id,
+        },
+    }
+}
+
 fn not_found(ident: &str) -> Result<ExitCode> {
     eprintln!("not found: {ident}");
     Ok(ExitCode::from(1))
@@ -601,9 +779,10 @@ fn not_found(ident: &str) -> Result<ExitCode> {
 /// HTTP query service settings.
 #[derive(clap::Args, Clone, Debug)]
 struct ServeArgs {
-    /// Address to serve the query API on (loopback by default).
-    #[arg(long, default_value_t = ServeConfig::default().listen)]
-    listen: std::net::SocketAddr,
+    /// Address to serve the query API on (`rdg serve` and `rdg demo`:
+    /// 127.0.0.1:7878 by default; `rdg run` serves only when given).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
     /// A file holding a bearer token that every route but health (and the
     /// explorer's static files) then needs.
     #[arg(long)]
@@ -630,7 +809,7 @@ impl ServeArgs {
             .map(read_token)
             .transpose()?;
         let config = ServeConfig {
-            listen: self.listen,
+            listen: self.listen.unwrap_or(ServeConfig::default().listen),
             auth_token,
             max_hops: self.max_hops,
             max_edges_per_hop: self.max_edges_per_hop,
@@ -703,19 +882,7 @@ fn query_url(
             &edge_type,
             &node_type,
             &id,
-            &EdgeQuery {
-                direction: if incoming {
-                    Direction::In
-                } else {
-                    Direction::Out
-                },
-                limit,
-                since,
-                order: match order {
-                    Order::Recent => EdgeOrder::Recent,
-                    Order::Id => EdgeOrder::Id,
-                },
-            },
+            &edge_query(incoming, limit, since, order),
         )?,
         QueryCommand::Identity { node_type, id } => match client.identity(&node_type, &id)? {
             Some(v) => v,

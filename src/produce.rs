@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use thiserror::Error;
@@ -63,6 +64,12 @@ pub enum ProduceError {
         brokers: String,
         detail: String,
     },
+    #[error("cannot add partitions to topic `{topic}` on {brokers}: {detail}")]
+    AddPartitions {
+        topic: String,
+        brokers: String,
+        detail: String,
+    },
 }
 
 /// Counts delivery reports (called on the producing thread, from `poll`).
@@ -85,7 +92,6 @@ impl ProducerContext for Deliveries {
             }
             Err((e, m)) => {
                 let n = self.failed.fetch_add(1, Ordering::Relaxed);
-                use rdkafka::message::Message;
                 let text = format!("{e} (topic `{}`)", m.topic());
                 if n == 0 {
                     tracing::warn!("delivery failed: {text}");
@@ -262,7 +268,7 @@ pub fn add_partitions(
     topic: &str,
     partitions: usize,
 ) -> Result<(), ProduceError> {
-    let fail = |detail: String| ProduceError::CreateTopic {
+    let fail = |detail: String| ProduceError::AddPartitions {
         topic: topic.to_string(),
         brokers: brokers.to_string(),
         detail,
@@ -274,7 +280,7 @@ pub fn add_partitions(
         block_on(admin.create_partitions([&new], &opts)).map_err(|e| fail(e.to_string()))?;
     for r in results {
         if let Err((_, code)) = r {
-            return Err(fail(format!("cannot add partitions: {code}")));
+            return Err(fail(code.to_string()));
         }
     }
     Ok(())

@@ -117,10 +117,14 @@ fn export(state: &Path) -> Vec<String> {
 }
 
 fn start_run(brokers: &str, state: &Path, workers: usize) -> Child {
+    start_run_with(&dataflows(), brokers, state, workers)
+}
+
+fn start_run_with(dataflows: &Path, brokers: &str, state: &Path, workers: usize) -> Child {
     rdg()
         .arg("run")
         .arg("--dataflows")
-        .arg(dataflows())
+        .arg(dataflows)
         .arg("--state")
         .arg(state)
         .arg("--brokers")
@@ -169,9 +173,19 @@ fn committed(state: &Path) -> (u64, u64) {
 
 /// Runs until every event is committed: start, let it work, SIGTERM, check.
 fn run_to_completion(brokers: &str, state: &Path, workers: usize, expected: (u64, u64)) {
+    run_to_completion_with(&dataflows(), brokers, state, workers, expected)
+}
+
+fn run_to_completion_with(
+    dataflows: &Path,
+    brokers: &str,
+    state: &Path,
+    workers: usize,
+    expected: (u64, u64),
+) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let mut child = start_run(brokers, state, workers);
+        let mut child = start_run_with(dataflows, brokers, state, workers);
         std::thread::sleep(Duration::from_secs(3));
         terminate(&mut child);
         let (status, err) = wait(child);
@@ -267,5 +281,260 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
         String::from_utf8_lossy(&out.stderr)
     );
     assert_same(&export(&replayed), &reference, "replay --brokers");
+    drop(cluster);
+}
+
+/// Against a real Kafka-compatible broker (tansu, started by
+/// `scripts/broker.sh`; `scripts/test.sh` sets `RDG_TEST_BROKERS` and runs
+/// this test), with the events produced by an independent client:
+/// kafka-python, a pure-Python implementation of the protocol.
+#[test]
+#[ignore = "needs a real broker and kafka-python: scripts/test.sh runs it"]
+fn real_broker_events_from_an_independent_client() {
+    let brokers = std::env::var("RDG_TEST_BROKERS")
+        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/broker.sh start)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Topics of their own, so runs against one broker do not meet.
+    let suffix = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let defs = dir.path().join("dataflows");
+    std::fs::create_dir_all(&defs).expect("mkdir");
+    for entry in std::fs::read_dir(dataflows()).expect("dataflows") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text = ["playback", "gaming", "login"]
+            .iter()
+            .fold(text, |t, topic| {
+                t.replace(
+                    &format!("topic = \"{topic}\""),
+                    &format!("topic = \"{topic}-{suffix}\""),
+                )
+            });
+        std::fs::write(defs.join(path.file_name().expect("name")), text).expect("write");
+    }
+    let topics: Vec<(String, i32)> = ["playback", "gaming", "login"]
+        .iter()
+        .map(|t| (format!("{t}-{suffix}"), 1))
+        .collect();
+    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &topics).expect("create topics");
+
+    let input = dir.path().join("input");
+    rdg::generate::generate(&gen_opts(true), &input).expect("generate");
+    let mut produce = Command::new("python3");
+    produce
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/produce.py"))
+        .arg(&brokers);
+    for t in ["playback", "gaming", "login"] {
+        produce
+            .arg(format!("{t}-{suffix}"))
+            .arg(input.join(format!("{t}.jsonl")));
+    }
+    let out = produce.output().expect("python3 tests/support/produce.py");
+    assert!(
+        out.status.success(),
+        "kafka-python producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acked: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert_eq!(acked, EVENTS);
+
+    // The reference: the same files replayed, read as the suffixed topics.
+    let file_state = dir.path().join("file-state");
+    let mut replay = rdg();
+    replay
+        .arg("replay")
+        .arg("--dataflows")
+        .arg(&defs)
+        .arg("--state")
+        .arg(&file_state);
+    for t in ["playback", "gaming", "login"] {
+        replay.arg("--topic").arg(format!(
+            "{t}-{suffix}={}",
+            input.join(format!("{t}.jsonl")).display()
+        ));
+    }
+    let out = replay.output().expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = export(&file_state);
+    let expected = committed(&file_state);
+
+    // One run killed mid-way, then runs until everything is committed.
+    let state = dir.path().join("kafka-state");
+    let mut child = start_run_with(&defs, &brokers, &state, 2);
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().expect("kill");
+    let _ = wait(child);
+    run_to_completion_with(&defs, &brokers, &state, 2, expected);
+    assert_same(&export(&state), &reference, "real broker");
+}
+
+/// Free loopback ports for a cluster's processes.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// Starts every process of an N × W cluster (`--state DIR/process-I`).
+fn start_cluster(brokers: &str, dir: &Path, hosts: &Path, n: usize, w: usize) -> Vec<Child> {
+    (0..n)
+        .map(|i| {
+            rdg()
+                .arg("run")
+                .arg("--dataflows")
+                .arg(dataflows())
+                .arg("--state")
+                .arg(dir.join(format!("process-{i}")))
+                .arg("--brokers")
+                .arg(brokers)
+                .args(["--workers", &w.to_string(), "--processes", &n.to_string()])
+                .args(["--process", &i.to_string()])
+                .arg("--hosts")
+                .arg(hosts)
+                .args(["--status-interval", "0", "--batch", "97"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a cluster process")
+        })
+        .collect()
+}
+
+/// The union of every process's export and the sum of their counters.
+fn cluster_export(dir: &Path, n: usize) -> (Vec<String>, (u64, u64)) {
+    let mut lines = Vec::new();
+    let mut total = (0, 0);
+    for i in 0..n {
+        let state = dir.join(format!("process-{i}"));
+        lines.extend(export(&state));
+        let c = committed(&state);
+        total = (total.0 + c.0, total.1 + c.1);
+    }
+    lines.sort();
+    (lines, total)
+}
+
+/// 2 processes × 2 workers against 1 process × 1 worker on the same topics:
+/// the same graph (each process holding the keys its workers own), also
+/// after one process is killed mid-stream (the other stops with a message,
+/// not a hang) and the whole cluster restarts.
+#[test]
+fn two_processes_equal_one_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster_with_events(4, false);
+    let brokers = cluster.bootstrap_servers();
+    let single = dir.path().join("single");
+    let reference_counts = {
+        // What the file replay commits is what every run must commit.
+        let files = dir.path().join("files");
+        file_replay_export(&files, false);
+        committed(&files.join("file-state"))
+    };
+    run_to_completion(&brokers, &single, 1, reference_counts);
+    let reference = export(&single);
+
+    let hosts = dir.path().join("hosts");
+    let ports = free_ports(2);
+    std::fs::write(
+        &hosts,
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}\n"))
+            .collect::<String>(),
+    )
+    .expect("hosts");
+    let states = dir.path().join("cluster");
+
+    // A first run: process 1 is killed; process 0 must stop by itself.
+    let mut procs = start_cluster(&brokers, &states, &hosts, 2, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut p1 = procs.pop().expect("process 1");
+    p1.kill().expect("kill process 1");
+    let _ = wait(p1);
+    let p0 = procs.pop().expect("process 0");
+    let (status, err) = wait(p0);
+    assert!(
+        !status.success(),
+        "process 0 should fail when its peer dies"
+    );
+    assert!(
+        err.contains("lost the connection to a peer process"),
+        "process 0 should say why it stopped: {err}"
+    );
+
+    // Restart the whole cluster until everything is committed.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut procs = start_cluster(&brokers, &states, &hosts, 2, 2);
+        std::thread::sleep(Duration::from_secs(4));
+        for p in procs.iter_mut() {
+            terminate(p);
+        }
+        for p in procs {
+            let (status, err) = wait(p);
+            assert!(
+                status.success(),
+                "cluster process after SIGTERM: {status}\n{err}"
+            );
+        }
+        let (_, got) = cluster_export(&states, 2);
+        assert!(
+            got.0 <= reference_counts.0,
+            "more committed than produced: {got:?} > {reference_counts:?}"
+        );
+        if got == reference_counts {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got:?} of {reference_counts:?}"
+        );
+    }
+    let (lines, _) = cluster_export(&states, 2);
+    assert_same(&lines, &reference, "2 × 2 cluster against 1 × 1");
+    // Both processes hold a share of the graph.
+    for i in 0..2 {
+        let share = export(&states.join(format!("process-{i}")));
+        assert!(
+            share.len() > reference.len() / 5,
+            "process {i} holds only {} lines",
+            share.len()
+        );
+    }
+
+    // A different shape is refused with a message that explains re-sharding.
+    let out = rdg()
+        .arg("run")
+        .arg("--dataflows")
+        .arg(dataflows())
+        .arg("--state")
+        .arg(states.join("process-0"))
+        .arg("--brokers")
+        .arg(&brokers)
+        .args(["--workers", "3", "--processes", "2", "--process", "0"])
+        .arg("--hosts")
+        .arg(&hosts)
+        .output()
+        .expect("run with another shape");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("re-shard"), "{err}");
     drop(cluster);
 }

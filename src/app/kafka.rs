@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
-use crate::dataflow::{RunConfig, SourceFactory};
+use crate::dataflow::{Cluster, RunConfig, SourceFactory};
 use crate::model::Progress;
+use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
 use crate::spec::{self, Plan};
-use crate::store::{Counts, Store};
+use crate::store::{Counts, Shape, Store};
 
 /// What `rdg run` and `rdg replay --brokers` are asked to do.
 #[derive(Clone, Debug)]
@@ -33,6 +34,12 @@ pub struct KafkaRunOptions {
     pub status_every: Option<Duration>,
     /// Set to stop (SIGINT/SIGTERM): what was read is committed, then exit.
     pub stop: Arc<AtomicBool>,
+    /// This process's place in a cluster (`rdg run --processes N ...`).
+    pub cluster: Option<Cluster>,
+    /// Serve the query API while ingesting.
+    pub serve: Option<ServeConfig>,
+    /// What the query API's status calls this run: `run` or `demo`.
+    pub mode: &'static str,
 }
 
 /// Each worker reads every selected dataflow's topic, owning the partitions
@@ -95,6 +102,8 @@ fn kafka_sources(
 /// state commit, and prints the status line.
 struct LiveObserver {
     committers: BTreeMap<String, OffsetCommitter>,
+    /// What the query API reports as live status.
+    gauges: Arc<LiveGauges>,
     status_every: Option<Duration>,
     last_status: Instant,
     last_events: BTreeMap<String, u64>,
@@ -118,6 +127,10 @@ impl Observer for LiveObserver {
     }
 
     fn tick(&mut self, totals: &Totals) {
+        self.gauges.set_ready(totals.ready);
+        for (name, t) in &totals.dataflows {
+            self.gauges.observe(name, t.events, t.lag);
+        }
         let Some(every) = self.status_every else {
             return;
         };
@@ -130,7 +143,8 @@ impl Observer for LiveObserver {
     }
 }
 
-/// `playback: 1200 ev/s, lag 40, watermark 2023-11-14T22:13:20Z (delay 1.2s), dead letters 3 | ...`
+/// `playback: 1200 ev/s (35000 events), lag 40, watermark 2023-11-14T22:13:20.000Z (delay 1.2s), dead letters 3 | ...`
+/// (events and dead letters: committed by this run).
 pub fn status_line(
     totals: &Totals,
     last_events: &mut BTreeMap<String, u64>,
@@ -158,8 +172,8 @@ pub fn status_line(
                 None => "no watermark yet".to_string(),
             };
             format!(
-                "{name}: {rate:.0} ev/s, lag {lag}, {wm}, dead letters {}",
-                t.dead_letters
+                "{name}: {rate:.0} ev/s ({} events), lag {lag}, {wm}, dead letters {}",
+                t.events, t.dead_letters
             )
         })
         .collect();
@@ -170,14 +184,39 @@ pub fn status_line(
     }
 }
 
+/// Opens the state and checks that it was written by this cluster shape.
+fn open_state(opts: &KafkaRunOptions) -> Result<Store, AppError> {
+    let store = Store::open(&opts.state)?;
+    let (processes, process) = match &opts.cluster {
+        Some(c) => (c.addresses.len() as u64, c.process as u64),
+        None => (1, 0),
+    };
+    store.claim_shape(Shape {
+        processes,
+        process,
+        workers: opts.workers.max(1) as u64,
+    })?;
+    Ok(store)
+}
+
 /// `rdg run`: consumes every definition's topic until `opts.stop` is set.
 pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
     let plan = Arc::new(spec::load(&opts.dataflows)?);
-    let store = Store::open(&opts.state)?;
+    let store = open_state(opts)?;
+    if let Some(c) = &opts.cluster {
+        tracing::info!(
+            "process {} of {}: connecting to its peers {} (timely reports each it still waits for)",
+            c.process,
+            c.addresses.len(),
+            c.addresses.join(", ")
+        );
+    }
     let sources = kafka_sources(&plan, &store, opts, false)?;
     let mut committers = BTreeMap::new();
     for d in &plan.dataflows {
-        let c = OffsetCommitter::new(&d.name, &d.topic, &opts.kafka).map_err(|e| {
+        let mut config = opts.kafka.clone();
+        config.settings.extend(d.kafka.clone());
+        let c = OffsetCommitter::new(&d.name, &d.topic, &config).map_err(|e| {
             AppError::Input(format!(
                 "cannot create the offset committer of {}: {e}",
                 d.name
@@ -185,33 +224,89 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         })?;
         committers.insert(d.name.clone(), c);
     }
+    let gauges = Arc::new(LiveGauges::new(opts.mode));
+    if let Some(config) = &opts.serve {
+        check_query_cluster(opts.cluster.as_ref(), opts.workers.max(1), config)?;
+    }
+    let server = match &opts.serve {
+        Some(config) => {
+            let server = Server::start(store.clone(), config.clone(), gauges.clone())
+                .map_err(|e| AppError::Input(format!("cannot serve the query API: {e}")))?;
+            eprintln!(
+                "serving the query API and the graph explorer on http://{}",
+                server.addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let mut observer = LiveObserver {
         committers,
         status_every: opts.status_every,
         last_status: Instant::now(),
         last_events: BTreeMap::new(),
+        gauges,
     };
     let config = RunConfig {
         workers: opts.workers.max(1),
         batch: opts.batch.max(1),
         live: true,
         stop: opts.stop.clone(),
+        cluster: opts.cluster.clone(),
         ..RunConfig::default()
     };
-    run_into_store(&store, plan, config, sources, &mut observer)
+    let result = run_into_store(&store, plan, config, sources, &mut observer);
+    if let Some(server) = server
+        && let Err(e) = server.stop()
+    {
+        tracing::warn!("stopping the query API: {e}");
+    }
+    result
 }
+
+/// The query API's view of the cluster must be this run's: the same
+/// process among as many processes, with this run's workers (owners are
+/// computed from them).
+fn check_query_cluster(
+    cluster: Option<&Cluster>,
+    workers: usize,
+    serve: &ServeConfig,
+) -> Result<(), AppError> {
+    let Some(view) = &serve.cluster else {
+        return match cluster {
+            Some(c) if c.addresses.len() > 1 => Err(AppError::Input(
+                "a process of a cluster that serves the query API needs the query addresses of every process (--http-hosts)".into(),
+            )),
+            _ => Ok(()),
+        };
+    };
+    let (processes, process) = cluster.map_or((1, 0), |c| (c.addresses.len(), c.process));
+    if view.peers.len() != processes || view.process != process || view.workers != workers {
+        return Err(AppError::Input(format!(
+            "the query API sees process {} of {} with {} workers, but the run is process {process} of {processes} with {workers}",
+            view.process,
+            view.peers.len(),
+            view.workers
+        )));
+    }
+    Ok(())
+}
+
+/// How often the demo prints its status line.
+const DEMO_STATUS: Duration = Duration::from_secs(5);
 
 /// `rdg replay --brokers`: reads each partition up to the end offset it had
 /// at the start, then stops.
 pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
     let started = Instant::now();
     let plan = Arc::new(spec::load(&opts.dataflows)?);
-    let store = Store::open(&opts.state)?;
+    let store = open_state(opts)?;
     let sources = kafka_sources(&plan, &store, opts, true)?;
     let config = RunConfig {
         workers: opts.workers.max(1),
         batch: opts.batch.max(1),
         stop: opts.stop.clone(),
+        cluster: opts.cluster.clone(),
         ..RunConfig::default()
     };
     let mut nothing = |_: &Totals| {};
@@ -251,6 +346,8 @@ pub struct DemoOptions {
     pub partitions: i32,
     pub seed: u64,
     pub stop: Arc<AtomicBool>,
+    /// The query API, served while the demo runs.
+    pub serve: ServeConfig,
 }
 
 /// `rdg demo`: an in-process Kafka-protocol cluster (librdkafka's mock
@@ -277,8 +374,9 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
             .join(", ")
     );
     eprintln!(
-        "demo: state in {}; stop with Ctrl-C, then try:\n  rdg export --state {0} | head\n  rdg query --state {0} identity account a1",
-        opts.state.display()
+        "demo: state in {}; while it runs, open http://{1}/ (the graph explorer) or try:\n  curl http://{1}/v1/identity/account/acc1\n  curl 'http://{1}/v1/edges/watched/profile/acc1-p0?order=recent&limit=5'\n  rdg query --url http://{1} identity account acc1\nafter Ctrl-C: rdg export --state {0} | head",
+        opts.state.display(),
+        opts.serve.listen
     );
     // Event time follows the wall clock at the produce rate.
     let gen_opts = crate::generate::GenOptions {
@@ -320,8 +418,11 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
             ..KafkaConfig::default()
         },
         topics: Vec::new(),
-        status_every: Some(Duration::from_secs(5)),
+        status_every: Some(DEMO_STATUS),
         stop: opts.stop.clone(),
+        cluster: None,
+        serve: Some(opts.serve.clone()),
+        mode: "demo",
     };
     let totals = run_live(&run);
     opts.stop.store(true, Ordering::SeqCst);

@@ -19,8 +19,6 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
-use differential_dataflow::Hashable;
-
 use super::ops::{Op, OpKind, RecKey};
 use crate::model::Record;
 
@@ -67,7 +65,7 @@ pub(crate) fn fold<'s>(
     initial_watermark: i64,
     name: &str,
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
-    let exchange = Exchange::new(|op: &Op| op.key.hashed());
+    let exchange = Exchange::new(|op: &Op| op.key.shard());
     ops.binary_frontier(watermarks, exchange, Pipeline, name, move |_cap, _info| {
         let mut state: HashMap<RecKey, Entry> = HashMap::default();
         let mut expiry: BTreeSet<(i64, RecKey)> = BTreeSet::new();

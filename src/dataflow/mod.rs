@@ -43,7 +43,8 @@ pub enum Emitted {
         dead_letters: Vec<DeadLetter>,
         progress: Progress,
     },
-    /// Worker `worker` will emit no more data for times before `upto`
+    /// Worker `worker` (index within this process) will emit no more data
+    /// for times before `upto`
     /// (`u64::MAX`: it is finished).
     Frontier { worker: usize, upto: u64 },
     /// How far source `source` of `worker` is behind its input (messages).
@@ -79,11 +80,23 @@ pub type SourceFactory =
 /// Contributions rebuilt from the store, read by worker 0 at time 0.
 pub type Contributions = Box<dyn Iterator<Item = Result<Change, String>> + Send>;
 
+/// This process's place in a cluster of processes (timely's cluster mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
+}
+
 /// Tuning of a run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     /// Worker threads in this process.
     pub workers: usize,
+    /// Several processes exchanging data by key over TCP; `None`: this
+    /// process alone.
+    pub cluster: Option<Cluster>,
     /// Records read from each source per time.
     pub batch: usize,
     /// How many times may be in flight before the driver waits.
@@ -103,6 +116,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
             workers: 1,
+            cluster: None,
             batch: 20_000,
             in_flight: 4,
             live: false,
@@ -140,7 +154,21 @@ pub fn run(
     sources: SourceFactory,
     emit: Emitter,
 ) -> Result<(), DataflowError> {
-    let timely_config = timely::Config::process(config.workers.max(1));
+    let threads = config.workers.max(1);
+    let timely_config = match &config.cluster {
+        None => timely::Config::process(threads),
+        Some(c) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads,
+                process: c.process,
+                addresses: c.addresses.clone(),
+                // Prints which peers it is still waiting for at start.
+                report: true,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
     let guards = timely::execute(timely_config, move |worker| {
         run_worker(worker, &config, &plan, &start, &sources, &emit)
     })
@@ -173,6 +201,8 @@ fn run_worker(
 ) -> Result<(), DataflowError> {
     let index = worker.index();
     let peers = worker.peers();
+    // Index among this process's workers: what the process's writer counts.
+    let local = index % config.workers.max(1);
     let names = Arc::new(Names {
         dataflows: plan
             .dataflows
@@ -226,12 +256,13 @@ fn run_worker(
         });
         to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
         let all = scope.concatenate(to_store);
-        let (probe, _) = collect::collect(all, names.clone(), index, emit.clone()).probe();
+        let (probe, _) = collect::collect(all, names.clone(), local, emit.clone()).probe();
         (op_inputs, wm_inputs, probe)
     });
 
-    // Time 0: rebuild the folds' state from the store (worker 0 reads it).
-    if index == 0 {
+    // Time 0: rebuild the folds' state from this process's store (its first
+    // worker reads it; exchange sends each record to its owner).
+    if local == 0 {
         let taken = start
             .contributions
             .lock()
@@ -396,7 +427,7 @@ fn run_worker(
             for (k, (src, ..)) in mine.iter().enumerate() {
                 if let Some(lag) = src.lag() {
                     emit(Emitted::Lag {
-                        worker: index,
+                        worker: local,
                         source: k,
                         dataflow: src.dataflow().to_string(),
                         lag,

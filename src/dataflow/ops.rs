@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Ident, Record, split_ident};
+use crate::model::{Ident, Record, shard, split_ident};
 use crate::spec::{DataflowPlan, Decoded};
 
 /// The identity of a record inside one dataflow.
@@ -23,6 +23,17 @@ pub(crate) enum RecKey {
     Edge(CompactString, Ident, Ident),
     /// An identity link, `a < b`.
     Link(Ident, Ident),
+}
+
+impl RecKey {
+    /// The hash that decides which worker owns the record (`model::shard`).
+    pub fn shard(&self) -> u64 {
+        match self {
+            RecKey::Node(id) => shard::node(id),
+            RecKey::Edge(t, from, _) => shard::edge(t, from),
+            RecKey::Link(a, b) => shard::link(a, b),
+        }
+    }
 }
 
 /// What an op does to its record.

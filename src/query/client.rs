@@ -34,6 +34,9 @@ pub enum ClientError {
     },
     #[error("{url}: unexpected answer: {detail}")]
     BadAnswer { url: String, detail: String },
+    /// Reading the answer or writing it out failed midway.
+    #[error("{url}: the transfer failed: {source}")]
+    Write { url: String, source: std::io::Error },
 }
 
 /// A connection to `rdg serve` (or `run`/`demo` with `--listen`).
@@ -43,7 +46,7 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
@@ -171,6 +174,53 @@ impl Client {
             "direction": dir,
             "items": items,
         }))
+    }
+
+    /// Streams `GET /v1/export` (the whole graph, sorted JSON Lines; from
+    /// a process of a cluster, every process's share) to `out`; returns the
+    /// bytes written. A transfer cut off midway is an error, never a short
+    /// export.
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
+        let url = format!("{}/v1/export", self.base);
+        // No limit on the whole transfer, only on silence.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_per_read(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        let mut req = agent.get(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.call().map_err(http)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp
+                .into_body()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_string()
+                .unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            return Err(ClientError::Server {
+                url,
+                status,
+                message,
+            });
+        }
+        let mut reader = resp.into_body().into_reader();
+        std::io::copy(&mut reader, out).map_err(|e| ClientError::Write {
+            url: url.clone(),
+            source: e,
+        })
     }
 
     /// The identity view; `None` when the identifier has no entry.

@@ -1,10 +1,14 @@
-//! Multi-read queries over one [`ReadView`]: traversals (hop by hop along
-//! edge types) and identity paths (why two identifiers share a cluster).
+//! Multi-read queries: traversals (hop by hop along edge types) and
+//! identity paths (why two identifiers share a cluster), written once over
+//! [`GraphReads`] so that one process ([`ViewReads`], one
+//! [`ReadView`]) and a cluster (`cluster::PeerReads`, reads sent to the
+//! processes that own them) give the same answers.
 //!
-//! Invariants: both read through a single view, so they see one state; both
-//! are bounded before they start (hops, per-hop and total limits, visited
-//! identifiers) and check a deadline between reads, so no request can make
-//! them run unbounded.
+//! Invariants: with [`ViewReads`] both read through a single view, so they
+//! see one state; both are bounded before they start (hops, per-hop and
+//! total limits, visited identifiers) and check a deadline between reads,
+//! so no request can make them run unbounded. The walk itself depends only
+//! on what the reads return, never on how they are batched.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
@@ -12,7 +16,73 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::store::{Direction, EdgeOrder, EdgeQuery, ReadView, StoreError};
+use super::peers::PeerError;
+use crate::store::{Direction, EdgeOrder, EdgeQuery, EdgeView, IdentityView, ReadView, StoreError};
+
+/// The reads the graph queries need. Implementations answer exactly what
+/// one process holding every record would answer.
+pub trait GraphReads {
+    /// How many nodes of a hop to ask [`GraphReads::hop_pages`] for at once.
+    fn batch(&self) -> usize;
+    /// For each of `nodes`, in order: its `hop.limit` most recent edges of
+    /// `hop.edge_type` in `hop.direction` with `last_seen >= hop.since`
+    /// (recent order: last_seen descending, ties by neighbour ascending).
+    fn hop_pages(&mut self, hop: &Hop, nodes: &[String]) -> Result<Vec<Vec<EdgeView>>, GraphError>;
+    /// Where `id` belongs, with every member of its cluster.
+    fn identity(&mut self, id: &str) -> Result<Option<IdentityView>, GraphError>;
+    /// Every live identity link of `id`, in neighbour order.
+    fn links(&mut self, id: &str) -> Result<Vec<EdgeView>, GraphError>;
+    /// `Err(Deadline)` once the request is out of time.
+    fn check_deadline(&self) -> Result<(), GraphError>;
+}
+
+/// [`GraphReads`] through one [`ReadView`]: one consistent state.
+pub struct ViewReads<'v, 'a> {
+    pub view: &'v ReadView<'a>,
+    pub deadline: Instant,
+}
+
+/// The query of one hop's page.
+pub fn hop_query(hop: &Hop) -> EdgeQuery {
+    EdgeQuery {
+        direction: hop.direction,
+        limit: Some(hop.limit),
+        since: hop.since,
+        order: EdgeOrder::Recent,
+    }
+}
+
+impl GraphReads for ViewReads<'_, '_> {
+    fn batch(&self) -> usize {
+        1
+    }
+
+    fn hop_pages(&mut self, hop: &Hop, nodes: &[String]) -> Result<Vec<Vec<EdgeView>>, GraphError> {
+        let q = hop_query(hop);
+        let mut out = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            self.check_deadline()?;
+            out.push(self.view.edges_page(&hop.edge_type, node, &q, None)?.items);
+        }
+        Ok(out)
+    }
+
+    fn identity(&mut self, id: &str) -> Result<Option<IdentityView>, GraphError> {
+        Ok(self.view.identity(id)?)
+    }
+
+    fn links(&mut self, id: &str) -> Result<Vec<EdgeView>, GraphError> {
+        Ok(self.view.links(id, &EdgeQuery::default())?)
+    }
+
+    fn check_deadline(&self) -> Result<(), GraphError> {
+        if Instant::now() >= self.deadline {
+            Err(GraphError::Deadline)
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Why a graph query stopped without an answer.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +95,9 @@ pub enum GraphError {
     NotFound(String),
     #[error("gave up after visiting {0} identifiers")]
     TooLarge(usize),
+    /// Another process of the cluster did not answer as it should.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
 }
 
 /// One hop of a traversal, checked and with its defaults filled in.
@@ -86,54 +159,48 @@ pub struct Traversal {
 /// it lists every edge of that hop that led to it. At most `limit` edge
 /// records are returned in all; reaching it stops the walk (`truncated`).
 pub fn traverse(
-    view: &ReadView<'_>,
+    reads: &mut dyn GraphReads,
     start: &str,
     hops: &[Hop],
     limit: usize,
-    deadline: Instant,
 ) -> Result<Traversal, GraphError> {
     let mut seen: BTreeSet<String> = BTreeSet::from([start.to_string()]);
     let mut frontier: Vec<String> = vec![start.to_string()];
     let mut out = Vec::with_capacity(hops.len());
     let mut records = 0usize;
     let mut truncated = false;
+    let batch = reads.batch().max(1);
     for hop in hops {
         let mut reached: BTreeMap<String, Vec<EdgeRecord>> = BTreeMap::new();
-        let q = EdgeQuery {
-            direction: hop.direction,
-            limit: Some(hop.limit),
-            since: hop.since,
-            order: EdgeOrder::Recent,
-        };
-        'frontier: for node in &frontier {
+        'frontier: for chunk in frontier.chunks(batch) {
             if truncated {
                 break;
             }
-            if Instant::now() >= deadline {
-                return Err(GraphError::Deadline);
-            }
-            let page = view.edges_page(&hop.edge_type, node, &q, None)?;
-            for e in page.items {
-                if seen.contains(&e.node) && !reached.contains_key(&e.node) {
-                    continue;
+            reads.check_deadline()?;
+            let pages = reads.hop_pages(hop, chunk)?;
+            for (node, page) in chunk.iter().zip(pages) {
+                for e in page {
+                    if seen.contains(&e.node) && !reached.contains_key(&e.node) {
+                        continue;
+                    }
+                    if records >= limit {
+                        truncated = true;
+                        break 'frontier;
+                    }
+                    records += 1;
+                    let (from, to) = match hop.direction {
+                        Direction::Out => (node.clone(), e.node.clone()),
+                        Direction::In => (e.node.clone(), node.clone()),
+                    };
+                    reached.entry(e.node).or_default().push(EdgeRecord {
+                        from,
+                        to,
+                        count: e.count,
+                        first_seen: e.first_seen,
+                        last_seen: e.last_seen,
+                        props: e.props,
+                    });
                 }
-                if records >= limit {
-                    truncated = true;
-                    break 'frontier;
-                }
-                records += 1;
-                let (from, to) = match hop.direction {
-                    Direction::Out => (node.clone(), e.node.clone()),
-                    Direction::In => (e.node.clone(), node.clone()),
-                };
-                reached.entry(e.node).or_default().push(EdgeRecord {
-                    from,
-                    to,
-                    count: e.count,
-                    first_seen: e.first_seen,
-                    last_seen: e.last_seen,
-                    props: e.props,
-                });
             }
         }
         seen.extend(reached.keys().cloned());
@@ -183,16 +250,15 @@ pub struct IdentityPath {
 /// either has no identity entry, either is a hub, or they are in different
 /// clusters. Visits at most `max_visits` identifiers.
 pub fn identity_path(
-    view: &ReadView<'_>,
+    reads: &mut dyn GraphReads,
     from: &str,
     to: &str,
     max_visits: usize,
-    deadline: Instant,
 ) -> Result<IdentityPath, GraphError> {
-    let a = view
+    let a = reads
         .identity(from)?
         .ok_or_else(|| GraphError::NotFound(format!("{from} has no identity entry")))?;
-    let b = view
+    let b = reads
         .identity(to)?
         .ok_or_else(|| GraphError::NotFound(format!("{to} has no identity entry")))?;
     if from == to {
@@ -223,15 +289,12 @@ pub fn identity_path(
     let mut parent: BTreeMap<String, Option<(String, LinkRecord)>> = BTreeMap::new();
     parent.insert(from.to_string(), None);
     let mut queue = VecDeque::from([from.to_string()]);
-    let all = EdgeQuery::default();
     while let Some(x) = queue.pop_front() {
         if parent.len() > max_visits {
             return Err(GraphError::TooLarge(max_visits));
         }
-        if Instant::now() >= deadline {
-            return Err(GraphError::Deadline);
-        }
-        for l in view.links(&x, &all)? {
+        reads.check_deadline()?;
+        for l in reads.links(&x)? {
             if !members.contains(l.node.as_str()) || parent.contains_key(&l.node) {
                 continue;
             }

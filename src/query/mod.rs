@@ -16,17 +16,30 @@
 //!   out-of-range value is a 400 that says what is allowed. Nothing a client
 //!   sends names a file: the page is compiled in.
 //!
+//! - **Clusters**: with [`ServeConfig::cluster`] every process of a cluster
+//!   serves the whole graph: a lookup of a key another process owns is
+//!   forwarded to it, lists spread over processes (in-edges, links,
+//!   identity members, search, the export) are asked of every process and
+//!   merged in the same order one process would use, and traversals and
+//!   identity paths send each read where its records live (module
+//!   `cluster`). A request with `X-Rdg-Local: 1` is answered from this
+//!   process's store alone; that is how processes ask each other, so a
+//!   request is forwarded at most once.
+//!
 //! Run it with [`Server::start`] (its own thread and tokio runtime, so it
 //! serves while the caller blocks in an ingest loop) and end it with
 //! [`Server::stop`].
 
 pub mod client;
+mod cluster;
 mod error;
+mod export;
 mod fresh;
 mod graph;
 mod live;
 mod metrics;
 mod params;
+mod peers;
 mod routes;
 mod server;
 
@@ -36,6 +49,7 @@ use std::time::Duration;
 
 pub use error::QueryError;
 pub use live::LiveGauges;
+pub use peers::PeerError;
 pub use server::{ROUTES, Route, Server};
 
 /// How the server listens and what it allows. Every default is documented on
@@ -87,6 +101,25 @@ pub struct ServeConfig {
     /// one of those was asked for and something was committed since).
     /// Default 30 s.
     pub counts_interval: Duration,
+    /// Most exports streamed at once (`GET /v1/export`; each first writes
+    /// this process's share to a temporary file). Default 4.
+    pub max_exports: usize,
+    /// This process's place in a cluster of processes, and where the others
+    /// serve; `None` (the default): this process holds the whole graph.
+    pub cluster: Option<ClusterView>,
+}
+
+/// Where the query APIs of a cluster's processes are, for forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This process's index.
+    pub process: usize,
+    /// Workers per process (worker index = process × workers + i), so that
+    /// `model::shard` tells which process owns a key.
+    pub workers: usize,
+    /// The base URL of each process's query API, in process order
+    /// (`http://127.0.0.1:7801`); this process's own included.
+    pub peers: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -110,6 +143,8 @@ impl Default for ServeConfig {
             max_connections: 1024,
             worker_threads: 2,
             counts_interval: Duration::from_secs(30),
+            max_exports: 4,
+            cluster: None,
         }
     }
 }
@@ -136,6 +171,32 @@ impl ServeConfig {
         positive("max_body_bytes", self.max_body_bytes);
         positive("max_connections", self.max_connections);
         positive("worker_threads", self.worker_threads);
+        positive("max_exports", self.max_exports);
+        if let Some(c) = &self.cluster {
+            if c.peers.is_empty() {
+                problems.push("cluster.peers must list every process's URL".to_string());
+            } else if c.process >= c.peers.len() {
+                problems.push(format!(
+                    "cluster.process ({}) is out of range for {} processes",
+                    c.process,
+                    c.peers.len()
+                ));
+            }
+            if c.workers == 0 {
+                problems.push("cluster.workers must be at least 1".to_string());
+            }
+            for p in &c.peers {
+                let rest = p.strip_prefix("http://").unwrap_or("");
+                if rest.is_empty()
+                    || rest.contains('/')
+                    || rest.bytes().any(|b| !b.is_ascii_graphic())
+                {
+                    problems.push(format!(
+                        "cluster peer `{p}` is not a base URL like http://127.0.0.1:7801"
+                    ));
+                }
+            }
+        }
         if self.default_edges_per_hop > self.max_edges_per_hop {
             problems.push(format!(
                 "default_edges_per_hop ({}) is above max_edges_per_hop ({})",
@@ -220,6 +281,22 @@ mod tests {
         let c = ServeConfig::default();
         c.validate().expect("valid");
         assert!(c.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn cluster_views_are_checked() {
+        let c = ServeConfig {
+            cluster: Some(ClusterView {
+                process: 2,
+                workers: 0,
+                peers: vec!["http://a:1".into(), "b:2".into()],
+            }),
+            ..ServeConfig::default()
+        };
+        let QueryError::Config(text) = c.validate().expect_err("invalid") else {
+            panic!("a config error");
+        };
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! multi-read endpoints (identity path, traversal, neighbourhood) run on the
 //! blocking pool with a deadline so they cannot hold up the event loop for
 //! longer than a request may take.
+//!
+//! In a cluster (and unless the request says `X-Rdg-Local`), input is
+//! checked here first, then the handler asks the processes that hold the
+//! answer (module `cluster`) from the blocking pool, with a deadline, and
+//! attaches the freshness of every process it read.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,14 +19,16 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{self, PeerReads, Spread};
 use super::error::ApiError;
 use super::fresh::Fresh;
-use super::graph::{self, GraphError, Hop};
+use super::graph::{self, GraphError, Hop, ViewReads};
 use super::params::{self, Params};
+use super::peers::{FreshSet, Key, Peers};
 use super::server::App;
 use crate::store::{
     Direction, EdgeCursor, EdgeOrder, EdgeQuery, EdgeView, IdentityView, NodeView, ReadView,
@@ -92,40 +99,65 @@ fn deadline(app: &App) -> Instant {
 }
 
 /// A node as in the export.
-#[derive(Serialize)]
-struct NodeOut<'a> {
-    ns: &'static str,
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NodeOut {
+    ns: String,
     #[serde(rename = "type")]
-    node_type: &'a str,
-    id: &'a str,
+    node_type: String,
+    id: String,
     first_seen: i64,
     last_seen: i64,
-    props: &'a serde_json::Map<String, serde_json::Value>,
+    props: serde_json::Map<String, serde_json::Value>,
 }
 
-impl<'a> NodeOut<'a> {
-    fn of(n: &'a NodeView) -> NodeOut<'a> {
+impl NodeOut {
+    fn of(n: &NodeView) -> NodeOut {
         let (_, id) = crate::model::split_ident(&n.id);
         NodeOut {
-            ns: "node",
-            node_type: &n.node_type,
-            id,
+            ns: "node".to_string(),
+            node_type: n.node_type.clone(),
+            id: id.to_string(),
             first_seen: n.first_seen,
             last_seen: n.last_seen,
-            props: &n.props,
+            props: n.props.clone(),
         }
     }
 }
 
+/// The path and query of a request, to ask a peer the same.
+fn target(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
+}
+
+/// Asks `owner` the same request and hands its answer back.
+async fn forward(app: Arc<App>, peers: Arc<Peers>, owner: usize, uri: &Uri) -> Response {
+    let target = target(uri);
+    blocking(move || cluster::relay(&peers, owner, &target, deadline(&app))).await
+}
+
 pub async fn node(
     State(app): Shared,
+    headers: HeaderMap,
+    uri: Uri,
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let result = (|| {
+    let checked = (|| {
         Params::parse(raw.as_deref(), &[])?;
         let Path((t, id)) = p.map_err(path_error)?;
-        let ident = params::ident(&t, &id, app.config.max_id_bytes)?;
+        params::ident(&t, &id, app.config.max_id_bytes)
+    })();
+    let ident = match checked {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(peers) = app.coordinator(&headers)
+        && let Some(owner) = cluster::owner(&peers, Key::Node(&ident))
+    {
+        return forward(app, peers, owner, &uri).await;
+    }
+    let result = (|| {
         let view = app.store.read();
         let fresh = app.fresh.of(&view).map_err(ApiError::from)?;
         Ok(match view.node(&ident) {
@@ -146,12 +178,56 @@ struct EdgesOut<'a> {
     next_cursor: Option<String>,
 }
 
+/// A page of a neighbour list or a link list, checked: query and cursor.
+fn page_query(
+    app: &App,
+    q: &Params,
+    direction: Direction,
+) -> Result<(EdgeQuery, Option<EdgeCursor>), ApiError> {
+    let order = params::order(q.get("order"))?;
+    let limit = q.int_in("limit", 1, app.config.max_limit, app.config.default_limit)?;
+    let since = q.time("since")?;
+    let cursor = match q.get("cursor") {
+        None | Some("") => None,
+        Some(c) if c.len() > max_cursor_len(app) => {
+            return Err(ApiError::bad_request(format!(
+                "`cursor` may be at most {} characters, got {}",
+                max_cursor_len(app),
+                c.len()
+            )));
+        }
+        Some(c) => {
+            let c = EdgeCursor::decode(c)?;
+            if c.order() != order {
+                return Err(ApiError::bad_request(format!(
+                    "`cursor` was made for order={}, but this request asks for order={}",
+                    order_name(c.order()),
+                    order_name(order)
+                ))
+                .with_hint("keep the same query parameters while paging"));
+            }
+            Some(c)
+        }
+    };
+    Ok((
+        EdgeQuery {
+            direction,
+            limit: Some(limit),
+            since,
+            order,
+        },
+        cursor,
+    ))
+}
+
 pub async fn edges(
     State(app): Shared,
+    headers: HeaderMap,
+    uri: Uri,
     p: Result<Path<(String, String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let result = (|| {
+    let checked = (|| {
         let Path((edge_type, t, id)) = p.map_err(path_error)?;
         params::name("an edge type", &edge_type, app.config.max_id_bytes)?;
         let ident = params::ident(&t, &id, app.config.max_id_bytes)?;
@@ -160,37 +236,51 @@ pub async fn edges(
             &["direction", "limit", "since", "order", "cursor"],
         )?;
         let direction = params::direction(q.get("direction"))?;
-        let order = params::order(q.get("order"))?;
-        let limit = q.int_in("limit", 1, app.config.max_limit, app.config.default_limit)?;
-        let since = q.time("since")?;
-        let cursor = match q.get("cursor") {
-            None | Some("") => None,
-            Some(c) if c.len() > max_cursor_len(&app) => {
-                return Err(ApiError::bad_request(format!(
-                    "`cursor` may be at most {} characters, got {}",
-                    max_cursor_len(&app),
-                    c.len()
-                )));
-            }
-            Some(c) => {
-                let c = EdgeCursor::decode(c)?;
-                if c.order() != order {
-                    return Err(ApiError::bad_request(format!(
-                        "`cursor` was made for order={}, but this request asks for order={}",
-                        order_name(c.order()),
-                        order_name(order)
-                    ))
-                    .with_hint("keep the same query parameters while paging"));
+        let (eq, cursor) = page_query(&app, &q, direction)?;
+        Ok((edge_type, ident, eq, cursor))
+    })();
+    let (edge_type, ident, eq, cursor) = match checked {
+        Ok(x) => x,
+        Err(e) => return ApiError::into_response(e),
+    };
+    if let Some(peers) = app.coordinator(&headers) {
+        match eq.direction {
+            Direction::Out => {
+                let key = Key::OutEdges {
+                    edge_type: &edge_type,
+                    from: &ident,
+                };
+                if let Some(owner) = cluster::owner(&peers, key) {
+                    return forward(app, peers, owner, &uri).await;
                 }
-                Some(c)
             }
-        };
-        let eq = EdgeQuery {
-            direction,
-            limit: Some(limit),
-            since,
-            order,
-        };
+            Direction::In => {
+                return blocking(move || {
+                    let what = Spread::InEdges {
+                        edge_type: &edge_type,
+                        id: &ident,
+                    };
+                    let deadline = deadline(&app);
+                    match cluster::spread_page(&app, &peers, what, &eq, cursor.as_ref(), deadline) {
+                        Ok((page, fresh)) => cluster::json(
+                            &fresh,
+                            StatusCode::OK,
+                            &EdgesOut {
+                                node: &ident,
+                                edge_type: &edge_type,
+                                direction: params::direction_name(eq.direction),
+                                items: &page.items,
+                                next_cursor: page.next.map(|c| c.encode()),
+                            },
+                        ),
+                        Err(e) => graph_error(&app, e).into_response(),
+                    }
+                })
+                .await;
+            }
+        }
+    }
+    let result = (|| {
         let view = app.store.read();
         let fresh = app.fresh.of(&view).map_err(ApiError::from)?;
         Ok(
@@ -201,7 +291,7 @@ pub async fn edges(
                     &EdgesOut {
                         node: &ident,
                         edge_type: &edge_type,
-                        direction: params::direction_name(direction),
+                        direction: params::direction_name(eq.direction),
                         items: &page.items,
                         next_cursor: page.next.map(|c| c.encode()),
                     },
@@ -213,6 +303,126 @@ pub async fn edges(
     result.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
+#[derive(Serialize)]
+struct LinksOut<'a> {
+    node: &'a str,
+    items: &'a [EdgeView],
+    next_cursor: Option<String>,
+}
+
+/// The identity links of an identifier, a page at a time.
+pub async fn links(
+    State(app): Shared,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let checked = (|| {
+        let Path((t, id)) = p.map_err(path_error)?;
+        let ident = params::ident(&t, &id, app.config.max_id_bytes)?;
+        let q = Params::parse(raw.as_deref(), &["limit", "since", "order", "cursor"])?;
+        let (eq, cursor) = page_query(&app, &q, Direction::Out)?;
+        Ok((ident, eq, cursor))
+    })();
+    let (ident, eq, cursor) = match checked {
+        Ok(x) => x,
+        Err(e) => return ApiError::into_response(e),
+    };
+    if let Some(peers) = app.coordinator(&headers) {
+        return blocking(move || {
+            let what = Spread::Links { id: &ident };
+            match cluster::spread_page(&app, &peers, what, &eq, cursor.as_ref(), deadline(&app)) {
+                Ok((page, fresh)) => cluster::json(
+                    &fresh,
+                    StatusCode::OK,
+                    &LinksOut {
+                        node: &ident,
+                        items: &page.items,
+                        next_cursor: page.next.map(|c| c.encode()),
+                    },
+                ),
+                Err(e) => graph_error(&app, e).into_response(),
+            }
+        })
+        .await;
+    }
+    let view = app.store.read();
+    let fresh = match app.fresh.of(&view) {
+        Ok(f) => f,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    match view.links_page(&ident, &eq, cursor.as_ref()) {
+        Ok(page) => json(
+            &fresh,
+            StatusCode::OK,
+            &LinksOut {
+                node: &ident,
+                items: &page.items,
+                next_cursor: page.next.map(|c| c.encode()),
+            },
+        ),
+        Err(e) => fail(&fresh, e.into()),
+    }
+}
+
+/// The members of a cluster, by the cluster's id.
+pub async fn cluster_members(
+    State(app): Shared,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let checked = (|| {
+        Params::parse(raw.as_deref(), &[])?;
+        let Path((t, id)) = p.map_err(path_error)?;
+        params::ident(&t, &id, app.config.max_id_bytes)
+    })();
+    let ident = match checked {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let not_found = |ident: &str| {
+        ApiError::not_found(format!("no cluster {ident}")).with_hint(
+            "a cluster's id is one of its members: GET /v1/identity/{type}/{id} names it",
+        )
+    };
+    if let Some(peers) = app.coordinator(&headers) {
+        return blocking(move || {
+            let mut fresh = FreshSet::default();
+            match cluster::members(&app, &peers, &ident, deadline(&app), &mut fresh) {
+                Ok(m) if m.is_empty() => cluster::fail(&fresh, not_found(&ident)),
+                Ok(members) => cluster::json(
+                    &fresh,
+                    StatusCode::OK,
+                    &cluster::MembersOut {
+                        cluster: ident,
+                        members,
+                    },
+                ),
+                Err(e) => cluster::fail(&fresh, graph_error(&app, e)),
+            }
+        })
+        .await;
+    }
+    let view = app.store.read();
+    let fresh = match app.fresh.of(&view) {
+        Ok(f) => f,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    match view.cluster_members(&ident) {
+        Ok(m) if m.is_empty() => fail(&fresh, not_found(&ident)),
+        Ok(members) => json(
+            &fresh,
+            StatusCode::OK,
+            &cluster::MembersOut {
+                cluster: ident,
+                members,
+            },
+        ),
+        Err(e) => fail(&fresh, e.into()),
+    }
+}
+
 fn order_name(o: EdgeOrder) -> &'static str {
     match o {
         EdgeOrder::Id => "id",
@@ -220,24 +430,43 @@ fn order_name(o: EdgeOrder) -> &'static str {
     }
 }
 
+fn no_identity(ident: &str) -> ApiError {
+    ApiError::not_found(format!("no identity entry for {ident}"))
+        .with_hint("an identifier has one once it shares a live identity link")
+}
+
 pub async fn identity(
     State(app): Shared,
+    headers: HeaderMap,
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let result = (|| {
+    let checked = (|| {
         Params::parse(raw.as_deref(), &[])?;
         let Path((t, id)) = p.map_err(path_error)?;
-        let ident = params::ident(&t, &id, app.config.max_id_bytes)?;
+        params::ident(&t, &id, app.config.max_id_bytes)
+    })();
+    let ident = match checked {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(peers) = app.coordinator(&headers) {
+        return blocking(move || {
+            let mut fresh = FreshSet::default();
+            match cluster::identity(&app, &peers, &ident, deadline(&app), &mut fresh) {
+                Ok(Some(v)) => cluster::json(&fresh, StatusCode::OK, &v),
+                Ok(None) => cluster::fail(&fresh, no_identity(&ident)),
+                Err(e) => cluster::fail(&fresh, graph_error(&app, e)),
+            }
+        })
+        .await;
+    }
+    let result = (|| {
         let view = app.store.read();
         let fresh = app.fresh.of(&view).map_err(ApiError::from)?;
         Ok(match view.identity(&ident) {
             Ok(Some(v)) => json(&fresh, StatusCode::OK, &v),
-            Ok(None) => fail(
-                &fresh,
-                ApiError::not_found(format!("no identity entry for {ident}"))
-                    .with_hint("an identifier has one once it shares a live identity link"),
-            ),
+            Ok(None) => fail(&fresh, no_identity(&ident)),
             Err(e) => fail(&fresh, e.into()),
         })
     })();
@@ -253,11 +482,13 @@ fn graph_error(app: &App, e: GraphError) -> ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("gave up after visiting {n} identifiers (the server's --max-path-visits)"),
         ),
+        GraphError::Peer(e) => e.into(),
     }
 }
 
 pub async fn identity_path(
     State(app): Shared,
+    headers: HeaderMap,
     p: Result<Path<(String, String, String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -273,14 +504,33 @@ pub async fn identity_path(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    let peers = app.coordinator(&headers);
     blocking(move || {
         let deadline = deadline(&app);
+        let max = app.config.max_path_visits;
+        if let Some(peers) = peers {
+            let mut reads = PeerReads {
+                app: &app,
+                peers: &peers,
+                deadline,
+                fresh: FreshSet::default(),
+            };
+            let result = graph::identity_path(&mut reads, &from, &to, max);
+            return match result {
+                Ok(path) => cluster::json(&reads.fresh, StatusCode::OK, &path),
+                Err(e) => cluster::fail(&reads.fresh, graph_error(&app, e)),
+            };
+        }
         let view = app.store.read();
         let fresh = match app.fresh.of(&view) {
             Ok(f) => f,
             Err(e) => return ApiError::from(e).into_response(),
         };
-        match graph::identity_path(&view, &from, &to, app.config.max_path_visits, deadline) {
+        let mut reads = ViewReads {
+            view: &view,
+            deadline,
+        };
+        match graph::identity_path(&mut reads, &from, &to, max) {
             Ok(path) => json(&fresh, StatusCode::OK, &path),
             Err(e) => fail(&fresh, graph_error(&app, e)),
         }
@@ -288,7 +538,7 @@ pub async fn identity_path(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TraverseRequest {
     start: String,
@@ -296,7 +546,7 @@ struct TraverseRequest {
     limit: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HopRequest {
     edge_type: String,
@@ -349,7 +599,7 @@ fn traverse_plan(
     Ok((start, hops, limit))
 }
 
-pub async fn traverse(State(app): Shared, body: Body) -> Response {
+pub async fn traverse(State(app): Shared, headers: HeaderMap, body: Body) -> Response {
     let bytes: Bytes = match axum::body::to_bytes(body, app.config.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {
@@ -373,24 +623,53 @@ pub async fn traverse(State(app): Shared, body: Body) -> Response {
                 .into_response();
         }
     };
+    let peers = app.coordinator(&headers);
     blocking(move || {
         let deadline = deadline(&app);
-        let view = app.store.read();
-        let fresh = match app.fresh.of(&view) {
-            Ok(f) => f,
-            Err(e) => return ApiError::from(e).into_response(),
-        };
-        let default_since = match (app.config.default_lookback, fresh.max_watermark) {
+        let lookback = |w: Option<i64>| match (app.config.default_lookback, w) {
             (Some(back), Some(w)) => {
                 Some(w.saturating_sub(i64::try_from(back.as_millis()).unwrap_or(i64::MAX)))
             }
             _ => None,
         };
-        let (start, hops, limit) = match traverse_plan(&app, req, default_since) {
+        if let Some(peers) = peers {
+            // Bad input is a 400 before any peer is asked.
+            if let Err(e) = traverse_plan(&app, req.clone(), None) {
+                return e.into_response();
+            }
+            let mut reads = PeerReads {
+                app: &app,
+                peers: &peers,
+                deadline,
+                fresh: FreshSet::default(),
+            };
+            let watermark = match cluster::max_watermark(&app, &peers, deadline, &mut reads.fresh) {
+                Ok(w) => w,
+                Err(e) => return cluster::fail(&reads.fresh, graph_error(&app, e)),
+            };
+            let (start, hops, limit) = match traverse_plan(&app, req, lookback(watermark)) {
+                Ok(x) => x,
+                Err(e) => return cluster::fail(&reads.fresh, e),
+            };
+            return match graph::traverse(&mut reads, &start, &hops, limit) {
+                Ok(t) => cluster::json(&reads.fresh, StatusCode::OK, &t),
+                Err(e) => cluster::fail(&reads.fresh, graph_error(&app, e)),
+            };
+        }
+        let view = app.store.read();
+        let fresh = match app.fresh.of(&view) {
+            Ok(f) => f,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        let (start, hops, limit) = match traverse_plan(&app, req, lookback(fresh.max_watermark)) {
             Ok(x) => x,
             Err(e) => return fail(&fresh, e),
         };
-        match graph::traverse(&view, &start, &hops, limit, deadline) {
+        let mut reads = ViewReads {
+            view: &view,
+            deadline,
+        };
+        match graph::traverse(&mut reads, &start, &hops, limit) {
             Ok(t) => json(&fresh, StatusCode::OK, &t),
             Err(e) => fail(&fresh, graph_error(&app, e)),
         }
@@ -398,19 +677,19 @@ pub async fn traverse(State(app): Shared, body: Body) -> Response {
     .await
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Group {
     edge_type: String,
-    direction: &'static str,
+    direction: String,
     items: Vec<EdgeView>,
     next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct NeighbourhoodOut<'a> {
-    node: &'a str,
-    record: Option<NodeOut<'a>>,
-    identity: Option<&'a IdentityView>,
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NeighbourhoodOut {
+    node: String,
+    record: Option<NodeOut>,
+    identity: Option<IdentityView>,
     groups: Vec<Group>,
 }
 
@@ -421,9 +700,8 @@ fn neighbourhood_of(
     app: &App,
     ident: &str,
     limit: usize,
-    fresh: &Fresh,
     deadline: Instant,
-) -> Result<Response, ApiError> {
+) -> Result<NeighbourhoodOut, ApiError> {
     let schema = app.store.schema();
     let record = view.node(ident)?;
     let identity = view.identity(ident)?;
@@ -447,26 +725,97 @@ fn neighbourhood_of(
         if !page.items.is_empty() {
             groups.push(Group {
                 edge_type: edge_type.clone(),
-                direction: params::direction_name(direction),
+                direction: params::direction_name(direction).to_string(),
                 items: page.items,
                 next_cursor: page.next.map(|c| c.encode()),
             });
         }
     }
-    Ok(json(
-        fresh,
-        StatusCode::OK,
-        &NeighbourhoodOut {
-            node: ident,
-            record: record.as_ref().map(NodeOut::of),
-            identity: identity.as_ref(),
-            groups,
+    Ok(NeighbourhoodOut {
+        node: ident.to_string(),
+        record: record.as_ref().map(NodeOut::of),
+        identity,
+        groups,
+    })
+}
+
+/// Every process's neighbourhood of `ident`, merged: the owner's record,
+/// the identity with every member, each group's pages merged.
+fn cluster_neighbourhood(
+    app: &App,
+    peers: &Peers,
+    ident: &str,
+    limit: usize,
+    deadline: Instant,
+    fresh: &mut FreshSet,
+) -> Result<NeighbourhoodOut, ApiError> {
+    let path = format!(
+        "/v1/neighbourhood/{}/{}?limit={limit}",
+        super::client::seg(crate::model::split_ident(ident).0),
+        super::client::seg(crate::model::split_ident(ident).1)
+    );
+    let mut parts = Vec::new();
+    for (p, r) in peers.all().iter().zip(super::peers::parallel(
+        &peers.all(),
+        super::peers::MAX_PARALLEL,
+        |&p| -> Result<(NeighbourhoodOut, super::peers::ProcessFresh), ApiError> {
+            if p == peers.me() {
+                let view = app.store.read();
+                let f = app.fresh.of(&view)?;
+                let n = neighbourhood_of(&view, app, ident, limit, deadline)?;
+                Ok((n, cluster::local_fresh(&f)))
+            } else {
+                let a = peers.get(p, &path, deadline)?;
+                Ok((a.ok(peers)?, a.fresh))
+            }
         },
-    ))
+    )) {
+        let (n, f) = r?;
+        fresh.add(*p, f);
+        parts.push(n);
+    }
+    let record = parts.iter().find_map(|n| n.record.clone());
+    let identity = match parts.iter().find_map(|n| n.identity.clone()) {
+        Some(mut v) => {
+            v.members = cluster::members(app, peers, &v.cluster, deadline, fresh)
+                .map_err(|e| graph_error(app, e))?;
+            Some(v)
+        }
+        None => None,
+    };
+    // (in?, edge_type) -> (items, more)
+    let mut merged: std::collections::BTreeMap<(bool, String), (Vec<EdgeView>, bool)> =
+        std::collections::BTreeMap::new();
+    for g in parts.into_iter().flat_map(|n| n.groups) {
+        let e = merged
+            .entry((g.direction == "in", g.edge_type))
+            .or_default();
+        e.0.extend(g.items);
+        e.1 |= g.next_cursor.is_some();
+    }
+    let groups = merged
+        .into_iter()
+        .map(|((incoming, edge_type), (items, more))| {
+            let page = cluster::merge_page(items, more, EdgeOrder::Recent, Some(limit));
+            Group {
+                edge_type,
+                direction: if incoming { "in" } else { "out" }.to_string(),
+                items: page.items,
+                next_cursor: page.next.map(|c| c.encode()),
+            }
+        })
+        .collect();
+    Ok(NeighbourhoodOut {
+        node: ident.to_string(),
+        record,
+        identity,
+        groups,
+    })
 }
 
 pub async fn neighbourhood(
     State(app): Shared,
+    headers: HeaderMap,
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -486,15 +835,25 @@ pub async fn neighbourhood(
         Ok(x) => x,
         Err(e) => return ApiError::into_response(e),
     };
+    let peers = app.coordinator(&headers);
     blocking(move || {
         let deadline = deadline(&app);
+        if let Some(peers) = peers {
+            let mut fresh = FreshSet::default();
+            return match cluster_neighbourhood(&app, &peers, &ident, limit, deadline, &mut fresh) {
+                Ok(n) => cluster::json(&fresh, StatusCode::OK, &n),
+                Err(e) => cluster::fail(&fresh, e),
+            };
+        }
         let view = app.store.read();
         let fresh = match app.fresh.of(&view) {
             Ok(f) => f,
             Err(e) => return ApiError::from(e).into_response(),
         };
-        neighbourhood_of(&view, &app, &ident, limit, &fresh, deadline)
-            .unwrap_or_else(|e| fail(&fresh, e))
+        match neighbourhood_of(&view, &app, &ident, limit, deadline) {
+            Ok(n) => json(&fresh, StatusCode::OK, &n),
+            Err(e) => fail(&fresh, e),
+        }
     })
     .await
 }
@@ -505,10 +864,10 @@ struct SearchOut<'a> {
     items: Vec<String>,
 }
 
-pub async fn search(State(app): Shared, RawQuery(raw): RawQuery) -> Response {
-    let result = (|| {
+pub async fn search(State(app): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let checked = (|| {
         let q = Params::parse(raw.as_deref(), &["q", "limit"])?;
-        let text = q.get("q").unwrap_or("");
+        let text = q.get("q").unwrap_or("").to_string();
         if text.is_empty() || text.len() > app.config.max_id_bytes {
             return Err(ApiError::bad_request(format!(
                 "`q` must be 1 to {} bytes: an identifier prefix, `type:id-prefix` or `id-prefix`",
@@ -521,14 +880,32 @@ pub async fn search(State(app): Shared, RawQuery(raw): RawQuery) -> Response {
             app.config.max_limit,
             20.min(app.config.max_limit),
         )?;
-        let view = app.store.read();
-        let fresh = app.fresh.of(&view).map_err(ApiError::from)?;
-        Ok(match view.search(text, limit) {
-            Ok(items) => json(&fresh, StatusCode::OK, &SearchOut { q: text, items }),
-            Err(e) => fail(&fresh, e.into()),
-        })
+        Ok((text, limit))
     })();
-    result.unwrap_or_else(|e: ApiError| e.into_response())
+    let (text, limit) = match checked {
+        Ok(x) => x,
+        Err(e) => return ApiError::into_response(e),
+    };
+    if let Some(peers) = app.coordinator(&headers) {
+        return blocking(move || {
+            match cluster::search(&app, &peers, &text, limit, deadline(&app)) {
+                Ok((items, fresh)) => {
+                    cluster::json(&fresh, StatusCode::OK, &SearchOut { q: &text, items })
+                }
+                Err(e) => graph_error(&app, e).into_response(),
+            }
+        })
+        .await;
+    }
+    let view = app.store.read();
+    let fresh = match app.fresh.of(&view) {
+        Ok(f) => f,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    match view.search(&text, limit) {
+        Ok(items) => json(&fresh, StatusCode::OK, &SearchOut { q: &text, items }),
+        Err(e) => fail(&fresh, e.into()),
+    }
 }
 
 #[derive(Serialize)]
@@ -553,6 +930,18 @@ struct StatusOut<'a> {
     dataflows: std::collections::BTreeMap<String, DataflowStatus>,
     counts: Option<&'a super::metrics::NamespaceCounts>,
     disk_bytes: Option<u64>,
+    /// This process's place in its cluster (the status itself is this
+    /// process's only); absent for a single process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClusterOut<'a> {
+    process: usize,
+    processes: usize,
+    workers: usize,
+    peers: &'a [String],
 }
 
 pub async fn status(State(app): Shared, RawQuery(raw): RawQuery) -> Response {
@@ -609,6 +998,12 @@ pub async fn status(State(app): Shared, RawQuery(raw): RawQuery) -> Response {
             dataflows,
             counts: counts.as_deref(),
             disk_bytes: app.store.size_on_disk().ok(),
+            cluster: app.config.cluster.as_ref().map(|c| ClusterOut {
+                process: c.process,
+                processes: c.peers.len(),
+                workers: c.workers,
+                peers: &c.peers,
+            }),
         },
     )
 }

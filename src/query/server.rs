@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use super::error::{ApiError, QueryError};
 use super::fresh::{COMMIT, FreshCache};
 use super::metrics::{CountsCache, Metrics};
+use super::peers::{COMMITS, LOCAL, Peers};
 use super::{LiveStatus, ServeConfig, routes};
 use crate::store::Store;
 
@@ -42,6 +43,9 @@ pub enum Endpoint {
     Traverse,
     Neighbourhood,
     Search,
+    Links,
+    ClusterMembers,
+    Export,
     Status,
     Metrics,
     Healthz,
@@ -85,6 +89,9 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Neighbourhood,
     ),
     route("GET", "/v1/search", Endpoint::Search),
+    route("GET", "/v1/links/{type}/{id}", Endpoint::Links),
+    route("GET", "/v1/clusters/{type}/{id}", Endpoint::ClusterMembers),
+    route("GET", "/v1/export", Endpoint::Export),
     route("GET", "/v1/status", Endpoint::Status),
     route("GET", "/metrics", Endpoint::Metrics),
     route("GET", "/healthz", Endpoint::Healthz),
@@ -118,6 +125,9 @@ impl Endpoint {
             Endpoint::Traverse => post(routes::traverse),
             Endpoint::Neighbourhood => get(routes::neighbourhood),
             Endpoint::Search => get(routes::search),
+            Endpoint::Links => get(routes::links),
+            Endpoint::ClusterMembers => get(routes::cluster_members),
+            Endpoint::Export => get(super::export::export),
             Endpoint::Status => get(routes::status),
             Endpoint::Metrics => get(routes::metrics),
             Endpoint::Healthz => get(routes::healthz),
@@ -138,6 +148,22 @@ pub(crate) struct App {
     pub started: Instant,
     /// One per open connection, over all threads.
     pub slots: Arc<Semaphore>,
+    /// The other processes, when this one is part of a cluster of several.
+    pub peers: Option<Arc<Peers>>,
+    /// Export slots (`max_exports`).
+    pub exports: Arc<Semaphore>,
+}
+
+impl App {
+    /// The cluster to ask, unless this process answers alone: no cluster,
+    /// or the request says `X-Rdg-Local` (a peer asking for this process's
+    /// share).
+    pub fn coordinator(&self, headers: &HeaderMap) -> Option<Arc<Peers>> {
+        if headers.contains_key(LOCAL) {
+            return None;
+        }
+        self.peers.clone()
+    }
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -167,6 +193,21 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let mut resp = check_and_run(&app, route, req, next).await;
     if !resp.headers().contains_key(COMMIT) {
         app.fresh.latest().apply(resp.headers_mut());
+    }
+    // In a cluster every answer says which processes it was read from; one
+    // read here alone is this process's.
+    if let Some(peers) = &app.peers
+        && !resp.headers().contains_key(COMMITS)
+    {
+        let commit = resp
+            .headers()
+            .get(COMMIT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0")
+            .to_string();
+        if let Ok(v) = HeaderValue::from_str(&format!("{}={commit}", peers.me())) {
+            resp.headers_mut().insert(COMMITS, v);
+        }
     }
     app.metrics
         .observe(endpoint_label, resp.status().as_u16(), started.elapsed());
@@ -262,10 +303,20 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|source| QueryError::Bind { addr, source })?;
+        // Blocking threads run the multi-read queries (CPU) and, in a
+        // cluster, wait on peers (I/O): a cluster gets more of them.
+        let peers = config
+            .cluster
+            .clone()
+            .filter(|c| c.peers.len() > 1)
+            .map(|c| Arc::new(Peers::new(c, config.auth_token.clone())));
+        let blocking_threads = 2 + if peers.is_some() { 32 } else { 0 };
         let fresh = FreshCache::new(&store.read())?;
         let counts = Arc::new(CountsCache::default());
         let threads = config.worker_threads;
         let app = Arc::new(App {
+            exports: Arc::new(Semaphore::new(config.max_exports)),
+            peers,
             metrics: Metrics::new(store.clone(), live.clone(), counts.clone()),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             store,
@@ -289,7 +340,7 @@ impl Server {
                 .try_clone()
                 .map_err(|source| QueryError::Bind { addr, source })?;
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .max_blocking_threads(2)
+                .max_blocking_threads(blocking_threads)
                 .thread_name("rdg-query-blocking")
                 .enable_all()
                 .build()

@@ -10,8 +10,9 @@
 //!   written ([`KafkaSource::commit_offsets`], [`OffsetCommitter`]) so lag
 //!   tools see progress, but never read back.
 //! - Records of one partition are delivered in offset order, each once: a
-//!   record below the partition's next offset (after a restart of its fetch)
-//!   is skipped.
+//!   record below the partition's next offset is skipped (fetches resume a
+//!   little before the position, see [`RESUME_BACKTRACK`], and restart after
+//!   refused offsets).
 //! - An offset the broker no longer has is never skipped silently: with
 //!   [`OnGap::Stop`] `poll` fails with [`SourceError::Gap`], with
 //!   [`OnGap::Earliest`] it logs and continues from the earliest offset.
@@ -21,8 +22,9 @@
 //!   changed; messages of each partition land in their own queue whose
 //!   non-empty callback calls the waker too.
 //!
-//! A missing topic is waited for (logged once) in live mode and an error in
-//! bounded mode; partitions that appear while running are read from their
+//! A bounded source (replay) ends once every owned partition has caught up
+//! with its end. A missing topic is waited for (logged once) in live mode and
+//! an error in bounded mode; partitions that appear while running are read from their
 //! earliest offset; an unreachable broker is logged and retried with backoff
 //! and becomes [`SourceError::Broker`] after [`KafkaConfig::broker_timeout`].
 
@@ -59,12 +61,14 @@ pub enum StartFrom {
     /// The earliest offset still on the broker. The default.
     #[default]
     Earliest,
-    /// After the last record present when the partition is assigned.
+    /// After the last record present when rdg first sees the partition
+    /// (its high watermark then).
     Latest,
     /// The first record whose timestamp is at or after this time (epoch ms),
     /// looked up with `offsets_for_times`; after the last record if none is.
     /// rdkafka's MockCluster cannot look offsets up by time (it answers
-    /// "after the last record" for every time), real brokers can.
+    /// "after the last record" for every time); tansu 0.6 answers offset 0
+    /// for a time after its last record.
     TimeMs(i64),
 }
 
@@ -131,20 +135,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-/// Converts positions as rdg stores them (partition key → offset of the last
-/// record processed) into next offsets per partition, as [`KafkaSource`]
-/// takes them. Keys that are not partition numbers are ignored.
-pub fn next_offsets<'a>(stored: impl IntoIterator<Item = (&'a str, u64)>) -> BTreeMap<i32, i64> {
-    stored
-        .into_iter()
-        .filter_map(|(key, last)| {
-            let p = key.parse::<i32>().ok()?;
-            let next = i64::try_from(last).ok()?.checked_add(1)?;
-            Some((p, next))
-        })
-        .collect()
 }
 
 type Waker = Arc<dyn Fn() + Send + Sync>;
@@ -214,7 +204,8 @@ impl ClientContext for RdgContext {
         // Unreachable brokers are reported by the watcher thread, once per
         // retry and with the address (librdkafka repeats them every few
         // hundred milliseconds); offsets out of range by the source, with
-        // the partition and what it does about it.
+        // the partition and what it does about it; the end of a partition is
+        // how a bounded read ends, not a problem.
         let reported = matches!(
             error.rdkafka_error_code(),
             Some(
@@ -222,6 +213,7 @@ impl ClientContext for RdgContext {
                     | RDKafkaErrorCode::AllBrokersDown
                     | RDKafkaErrorCode::Resolve
                     | RDKafkaErrorCode::AutoOffsetReset
+                    | RDKafkaErrorCode::PartitionEOF
             )
         );
         let text = format!("{error}: {reason}");
@@ -259,7 +251,7 @@ const FORCED: [&str; 6] = [
 ];
 
 /// The consumer configuration, every setting with its reason.
-fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str, eof: bool) -> ClientConfig {
+fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     // Names the client in broker logs and quotas; may be overridden.
     c.set("client.id", client_id);
@@ -292,10 +284,10 @@ fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str, eof: bool
     // An offset missing on the broker must be reported, not silently reset:
     // `OnGap` decides what happens, and the default is to stop.
     c.set("auto.offset.reset", "error");
-    // Bounded reads (replay) need to know when a partition is drained; the
-    // end-of-partition event also covers offsets taken by transaction
-    // markers, which no record ever carries. Live reads never end.
-    c.set("enable.partition.eof", if eof { "true" } else { "false" });
+    // The end-of-partition event says where a partition really ends (the
+    // high watermark of a fetch response): bounded reads (replay) end on
+    // it, and a stored position past it is a gap (a recreated topic).
+    c.set("enable.partition.eof", "true");
     c
 }
 
@@ -344,15 +336,24 @@ struct Watcher {
     timeout: Duration,
 }
 
+/// What the watcher logged last, so a state is logged once, not every round.
+#[derive(Default)]
+struct Logged {
+    /// The topic was reported missing.
+    missing: bool,
+    /// The last error the brokers answered about the topic.
+    topic_error: Option<String>,
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Watcher {
     fn run(self, poke: Receiver<()>) {
         let mut backoff = MIN_BACKOFF;
-        let mut missing_logged = false;
+        let mut logged = Logged::default();
         loop {
-            let wait = match self.refresh(&mut missing_logged) {
+            let wait = match self.refresh(&mut logged) {
                 Ok(changed) => {
                     let was_down = lock(&self.shared).unreachable.take().is_some();
                     if was_down {
@@ -393,7 +394,7 @@ impl Watcher {
     /// One round: metadata, the owned partitions' watermarks, pending
     /// lookups by time. `Err` only when the brokers could not be reached.
     /// `Ok(true)` when `poll` has something new to act on.
-    fn refresh(&self, missing_logged: &mut bool) -> Result<bool, String> {
+    fn refresh(&self, logged: &mut Logged) -> Result<bool, String> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), self.timeout)
@@ -407,23 +408,33 @@ impl Watcher {
             Some(t) => match t.error().map(RDKafkaErrorCode::from) {
                 None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => (None, true),
                 Some(other) => {
-                    // E.g. a leader not yet elected right after creation.
-                    tracing::debug!("metadata of topic `{}`: {other}", self.topic);
+                    // E.g. a leader not yet elected right after creation
+                    // (transient), or no authorization (not transient).
+                    let text = other.to_string();
+                    if logged.topic_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(
+                            "the broker(s) at {} answer about topic `{}`: {text}; retrying",
+                            self.brokers,
+                            self.topic
+                        );
+                    }
+                    logged.topic_error = Some(text);
                     return Ok(false);
                 }
             },
             None => (None, true),
         };
-        if missing && !*missing_logged {
+        logged.topic_error = None;
+        if missing && !logged.missing {
             tracing::warn!(
                 "topic `{}` does not exist on {}; waiting for it to be created",
                 self.topic,
                 self.brokers
             );
-        } else if !missing && *missing_logged {
+        } else if !missing && logged.missing {
             tracing::info!("topic `{}` now exists", self.topic);
         }
-        *missing_logged = missing;
+        logged.missing = missing;
 
         let mut watermarks = BTreeMap::new();
         let mut complete = true;
@@ -524,7 +535,7 @@ enum State {
     /// Its fetch was refused as out of range; waits for fresh watermarks
     /// (refresh number `after` + 1) to tell a gap from a transient error.
     Checking { after: u64 },
-    /// Bounded mode: everything up to the bound was delivered.
+    /// Bounded mode: read to its end.
     Finished,
 }
 
@@ -542,10 +553,11 @@ struct Part {
     exact: bool,
     /// Where a fetch restarts when `next` is an estimate.
     origin: Offset,
+    /// Where the current fetch started (an estimate for `Beginning`): the
+    /// partition's end if it ends before any record was consumed.
+    fetch_from: i64,
     /// It appeared after the first metadata answer: start at the earliest.
     added: bool,
-    /// Bounded mode: the high watermark at the first refresh.
-    bound: Option<i64>,
     /// The last fetch error logged, to log a repeated one at debug.
     last_error: Option<String>,
 }
@@ -584,9 +596,9 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// A live source: never returns [`Poll::Done`].
     ///
-    /// `positions` holds the next offset (last processed + 1, see
-    /// [`next_offsets`]) of partitions rdg stored; entries for partitions
-    /// this worker does not own are ignored. Connects lazily: an unreachable
+    /// `positions` holds the next offset (last processed + 1) of the
+    /// partitions rdg stored; entries for partitions this worker does not
+    /// own are ignored. Connects lazily: an unreachable
     /// broker is reported by `poll`, after `config.broker_timeout`.
     pub fn new(
         dataflow: &str,
@@ -600,8 +612,13 @@ impl KafkaSource {
     }
 
     /// A bounded source (`rdg replay --brokers`): reads each owned partition
-    /// up to its high watermark as of the first successful refresh after
-    /// creation, then returns [`Poll::Done`]. A missing topic is an error.
+    /// until it has caught up with its end (librdkafka's end-of-partition
+    /// event: the fetch position reached the high watermark of a fetch
+    /// response, so at least everything present at creation was read), then
+    /// returns [`Poll::Done`]. Ending on that event rather than at a high
+    /// watermark listed at creation keeps replay complete on brokers whose
+    /// listed watermarks lag (tansu 0.6), and also covers offsets that only
+    /// transaction markers occupy. A missing topic is an error.
     pub fn bounded(
         dataflow: &str,
         topic: &str,
@@ -627,10 +644,9 @@ impl KafkaSource {
         let client_id = format!("rdg-{dataflow}-{worker}");
         let what = format!("Kafka consumer of `{topic}` (worker {worker})");
         let waker = WakerSlot::default();
-        let mut consumer: BaseConsumer<RdgContext> =
-            consumer_config(config, &group, &client_id, bounded)
-                .create_with_context(RdgContext::new(what))
-                .map_err(|e| kafka_error(topic, e))?;
+        let mut consumer: BaseConsumer<RdgContext> = consumer_config(config, &group, &client_id)
+            .create_with_context(RdgContext::new(what))
+            .map_err(|e| kafka_error(topic, e))?;
         // The consumer's own queue carries errors, logs and commit results
         // (messages go to the partition queues).
         let w = waker.clone();
@@ -709,7 +725,8 @@ impl KafkaSource {
     /// Records behind the end of the owned partitions: the sum of (high
     /// watermark − next offset), from watermarks at most one refresh
     /// interval old. `None` until the watermarks of every owned partition
-    /// are known.
+    /// are known. Under-reported by brokers whose listed high watermark lags
+    /// (tansu 0.6: the last batch's first offset + 1).
     pub fn lag(&self) -> Option<i64> {
         let s = lock(&self.shared);
         if s.partitions.is_none() || self.parts.is_empty() {
@@ -751,8 +768,8 @@ impl KafkaSource {
                     next: 0,
                     exact: false,
                     origin: Offset::Beginning,
+                    fetch_from: 0,
                     added,
-                    bound: None,
                     last_error: None,
                 },
             );
@@ -793,8 +810,12 @@ impl KafkaSource {
                 continue;
             };
             let stored = self.stored.get(&p).copied();
+            // Only an offset below the earliest is a gap known here. One past
+            // the end shows when the partition's real end is reached
+            // (`at_end`): some brokers' listed end lags their real one
+            // (tansu 0.6 lists the last batch's first offset + 1).
             let (origin, next, exact) = match stored {
-                Some(s) if s < low || s > high => match self.on_gap {
+                Some(s) if s < low => match self.on_gap {
                     OnGap::Stop => return Err(self.gap(p, s, (low, high))),
                     OnGap::Earliest => {
                         tracing::warn!(
@@ -807,15 +828,18 @@ impl KafkaSource {
                         (Offset::Beginning, low, false)
                     }
                 },
-                Some(s) => (Offset::Offset(s), s, true),
+                Some(s) => (resume_at(s, low), s, true),
                 None if self.parts.get(&p).is_some_and(|x| x.added) => {
                     (Offset::Beginning, low, false)
                 }
                 None => match self.start {
                     StartFrom::Earliest => (Offset::Beginning, low, false),
-                    StartFrom::Latest => (Offset::End, high, false),
+                    // The high watermark just fetched rather than
+                    // `Offset::End`, which librdkafka resolves later: what
+                    // counts as "already there" is decided here.
+                    StartFrom::Latest => (Offset::Offset(high), high, false),
                     StartFrom::TimeMs(_) => match by_time.get(&p) {
-                        Some(&Some(o)) => (Offset::Offset(o), o, true),
+                        Some(&Some(o)) => (resume_at(o, low), o, true),
                         Some(&None) => (Offset::End, high, false),
                         None => {
                             want_by_time.push(p);
@@ -830,13 +854,7 @@ impl KafkaSource {
             part.origin = origin;
             part.next = next;
             part.exact = exact;
-            if self.bounded {
-                let bound = *part.bound.get_or_insert(high);
-                if next >= bound {
-                    part.state = State::Finished;
-                    continue;
-                }
-            }
+            part.fetch_from = fetch_start(origin, (low, high));
             assign.push((p, origin));
         }
         if !want_by_time.is_empty() {
@@ -887,6 +905,10 @@ impl KafkaSource {
     /// Restarts the fetch of `p` at `offset` (after an out-of-range error,
     /// which stops it).
     fn restart(&mut self, p: i32, offset: Offset) -> Result<(), SourceError> {
+        let watermarks = lock(&self.shared).watermarks.get(&p).copied();
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.fetch_from = fetch_start(offset, watermarks.unwrap_or((0, 0)));
+        }
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(&self.topic, p);
         self.consumer
@@ -928,9 +950,14 @@ impl KafkaSource {
             let (next, exact, origin) = (part.next, part.exact, part.origin);
             if !exact {
                 // Nothing was promised for this partition yet (no stored
-                // position, nothing delivered): start over where it started.
-                tracing::debug!("{}/{p}: restarting at {origin:?}", self.topic);
-                self.restart(p, origin)?;
+                // position, nothing delivered): start over where it started,
+                // or at the end if that was a watermark now out of range.
+                let at = match origin {
+                    Offset::Offset(o) if o < low || o > high => Offset::End,
+                    other => other,
+                };
+                tracing::debug!("{}/{p}: restarting at {at:?}", self.topic);
+                self.restart(p, at)?;
             } else if next < low || next > high {
                 match self.on_gap {
                     OnGap::Stop => return Err(self.gap(p, next, (low, high))),
@@ -956,7 +983,7 @@ impl KafkaSource {
                      {low}..{high}; fetching it again",
                     self.topic
                 );
-                self.restart(p, Offset::Offset(next))?;
+                self.restart(p, resume_at(next, low))?;
             }
         }
         Ok(())
@@ -997,7 +1024,8 @@ impl KafkaSource {
                 continue;
             };
             let at = if part.exact {
-                Offset::Offset(part.next)
+                let low = lock(&self.shared).watermarks.get(&p).map_or(0, |w| w.0);
+                resume_at(part.next, low)
             } else {
                 part.origin
             };
@@ -1008,7 +1036,7 @@ impl KafkaSource {
 
     /// Drains the active partitions' queues round-robin into `out`, at most
     /// `max` records. Returns the number of records appended.
-    fn read(&mut self, max: usize, out: &mut Vec<RawRecord>) -> usize {
+    fn read(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<usize, SourceError> {
         let active: Vec<i32> = self
             .parts
             .iter()
@@ -1016,11 +1044,11 @@ impl KafkaSource {
             .map(|(&p, _)| p)
             .collect();
         if active.is_empty() || max == 0 {
-            return 0;
+            return Ok(0);
         }
         self.rotate = (self.rotate + 1) % active.len();
         let mut got = 0;
-        let mut finished = Vec::new();
+        let mut ends = Vec::new();
         let mut checking = Vec::new();
         loop {
             let per = (max - got).div_ceil(active.len()).max(1);
@@ -1038,7 +1066,7 @@ impl KafkaSource {
                 match outcome {
                     Drained::Empty => {}
                     Drained::Full => more = true,
-                    Drained::Finished => finished.push(p),
+                    Drained::End => ends.push(p),
                     Drained::OutOfRange => checking.push(p),
                 }
                 if got >= max {
@@ -1049,8 +1077,8 @@ impl KafkaSource {
                 break;
             }
         }
-        for p in finished {
-            self.finish(p);
+        if !ends.is_empty() {
+            self.at_end(&ends)?;
         }
         if !checking.is_empty() {
             let generation = {
@@ -1065,10 +1093,58 @@ impl KafkaSource {
             }
             let _ = self.poke.send(());
         }
-        got
+        Ok(got)
     }
 
-    /// Bounded mode: `p` reached its bound; stop fetching it.
+    /// Partitions `ends` were read to their end. A position rdg stored past
+    /// that end is a gap (the topic was recreated); otherwise a bounded read
+    /// of the partition is complete.
+    fn at_end(&mut self, ends: &[i32]) -> Result<(), SourceError> {
+        let positions = self
+            .consumer
+            .position()
+            .map_err(|e| kafka_error(&self.topic, e))?;
+        for &p in ends {
+            let Some(part) = self.parts.get(&p) else {
+                continue;
+            };
+            // The offset after the last record consumed (skipped ones
+            // included); where the fetch started if none was.
+            let end = match positions.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => part.fetch_from,
+            };
+            if part.exact && end < part.next {
+                let requested = part.next;
+                let low = lock(&self.shared).watermarks.get(&p).map_or(0, |w| w.0);
+                match self.on_gap {
+                    OnGap::Stop => return Err(self.gap(p, requested, (low, end))),
+                    OnGap::Earliest => {
+                        tracing::warn!(
+                            "{}: offset {requested} of {}/{p} is past the partition's end \
+                             ({end}; was the topic recreated?); continuing from its earliest \
+                             offset as --on-gap earliest asks",
+                            self.dataflow,
+                            self.topic
+                        );
+                        if let Some(part) = self.parts.get_mut(&p) {
+                            part.next = low;
+                            part.exact = false;
+                            part.origin = Offset::Beginning;
+                        }
+                        self.restart(p, Offset::Beginning)?;
+                        continue;
+                    }
+                }
+            }
+            if self.bounded {
+                self.finish(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounded mode: `p` was read to its end; stop fetching it.
     fn finish(&mut self, p: i32) {
         if let Some(part) = self.parts.get_mut(&p) {
             part.state = State::Finished;
@@ -1082,14 +1158,42 @@ impl KafkaSource {
     }
 }
 
+/// How far before a position a fetch starts (records before the position are
+/// skipped as already delivered).
+///
+/// A Kafka broker answers a fetch with whole record batches, from the one
+/// holding the fetch offset, and the client drops the records before it.
+/// tansu 0.6 answers with the batches that *start* at or after the offset
+/// instead: a resumed partition would lose the rest of the batch it stopped
+/// in, or get nothing at all inside its last batch. Starting a batch's worth
+/// earlier (librdkafka's producers put at most 10 000 records in a batch,
+/// by default) costs reading that many records once per (re)assignment.
+const RESUME_BACKTRACK: i64 = 10_000;
+
+/// The offset a fetch from `offset` starts at, given the partition's
+/// watermarks.
+fn fetch_start(offset: Offset, (low, high): (i64, i64)) -> i64 {
+    match offset {
+        Offset::Offset(o) => o,
+        Offset::End => high,
+        _ => low,
+    }
+}
+
+/// Where to fetch from to resume at `next`, given the earliest offset
+/// `low`.
+fn resume_at(next: i64, low: i64) -> Offset {
+    Offset::Offset(next.saturating_sub(RESUME_BACKTRACK).max(low).min(next))
+}
+
 /// How draining one partition's queue ended.
 enum Drained {
     /// The queue is empty.
     Empty,
     /// The budget ran out; the queue may hold more.
     Full,
-    /// Bounded mode: the partition reached its bound.
-    Finished,
+    /// The partition was read to its end (the end-of-partition event).
+    End,
     /// The broker refused the fetch offset; fetching has stopped.
     OutOfRange,
 }
@@ -1118,9 +1222,6 @@ fn drain(
                     // Fetched again after a restart: already delivered.
                     continue;
                 }
-                if part.bound.is_some_and(|b| o >= b) {
-                    return (n, Drained::Finished);
-                }
                 out.push(RawRecord {
                     partition: u32::try_from(p).unwrap_or(0),
                     offset: u64::try_from(o).unwrap_or(0),
@@ -1129,16 +1230,11 @@ fn drain(
                 n += 1;
                 part.next = o + 1;
                 part.exact = true;
-                if part.bound.is_some_and(|b| part.next >= b) {
-                    return (n, Drained::Finished);
-                }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {
-                // Only enabled in bounded mode: the fetch position reached
-                // the high watermark, which is at or past the bound.
-                if part.bound.is_some() {
-                    return (n, Drained::Finished);
-                }
+                // The fetch position reached the partition's high watermark
+                // as the last fetch response gave it.
+                return (n, Drained::End);
             }
             Some(Err(e)) => {
                 let code = e.rdkafka_error_code();
@@ -1198,7 +1294,7 @@ impl Source for KafkaSource {
         }
         self.start_pending(&watermarks)?;
         self.check_gaps(&watermarks, generation)?;
-        if self.read(max, out) > 0 {
+        if self.read(max, out)? > 0 {
             return Ok(Poll::Ready);
         }
         if self.bounded
@@ -1268,7 +1364,7 @@ impl OffsetCommitter {
     ) -> Result<OffsetCommitter, SourceError> {
         let group = group_id(dataflow);
         let what = format!("offset committer of `{topic}` (group {group})");
-        let consumer = consumer_config(config, &group, &format!("rdg-{dataflow}-commit"), false)
+        let consumer = consumer_config(config, &group, &format!("rdg-{dataflow}-commit"))
             .create_with_context(RdgContext::new(what))
             .map_err(|e| kafka_error(topic, e))?;
         Ok(OffsetCommitter {
@@ -1319,9 +1415,12 @@ mod tests {
     }
 
     #[test]
-    fn next_offsets_from_stored_positions() {
-        let got = next_offsets([("0", 41), ("3", 0), ("file.jsonl", 9)]);
-        assert_eq!(got, BTreeMap::from([(0, 42), (3, 1)]));
+    fn sources_move_between_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<KafkaSource>();
+        send::<OffsetCommitter>();
+        sync::<OffsetCommitter>();
     }
 
     #[test]
@@ -1333,7 +1432,7 @@ mod tests {
         config
             .settings
             .insert("fetch.wait.max.ms".into(), "50".into());
-        let c = consumer_config(&config, "rdg-x", "rdg-x-0", false);
+        let c = consumer_config(&config, "rdg-x", "rdg-x-0");
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("auto.offset.reset"), Some("error"));
         assert_eq!(c.get("fetch.wait.max.ms"), Some("50"));

@@ -26,7 +26,7 @@ use super::reader::{decode_cluster_of, decode_strs, tree_name};
 use super::{DeadLetterOwned, ExportCounts, Family, Store, StoreError, TREE_ID, codec};
 
 /// Default memory for one block's lines before they spill to disk.
-const DEFAULT_BUDGET: usize = 64 << 20;
+pub(crate) const DEFAULT_BUDGET: usize = 64 << 20;
 
 fn export_err(source: std::io::Error) -> StoreError {
     StoreError::Export { source }
@@ -185,6 +185,16 @@ impl Store {
         budget: usize,
     ) -> Result<ExportCounts, StoreError> {
         let _shared = self.gate_shared();
+        self.export_unguarded(out, budget)
+    }
+
+    /// [`Store::export`] for a caller that holds the gate (a
+    /// [`ReadView`](super::ReadView)).
+    pub(crate) fn export_unguarded(
+        &self,
+        out: &mut dyn Write,
+        budget: usize,
+    ) -> Result<ExportCounts, StoreError> {
         let mut out = BufWriter::with_capacity(1 << 16, out);
         let mut sorter = LineSorter::new(budget);
         let mut line = Vec::with_capacity(256);

@@ -100,6 +100,8 @@ const META_FORMAT: &str = "format";
 const META_COMMITS: &str = "commits";
 const META_DATAFLOW: &str = "dataflow";
 const META_POSITION: &str = "position";
+/// The cluster shape the state was written by: processes, process, workers.
+const META_SHAPE: &str = "shape";
 
 /// Everything that can go wrong in the store. Each variant names where.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,15 @@ pub enum StoreError {
     },
     #[error("export failed: {source}")]
     Export { source: std::io::Error },
+    #[error(
+        "state directory {} was written by {stored}; this is {requested}. Keys are sharded by worker, so a state cannot change shape: re-shard by replaying into fresh state directories (`rdg replay --brokers ...` from Kafka, or from files)",
+        path.display()
+    )]
+    Shape {
+        path: PathBuf,
+        stored: Shape,
+        requested: Shape,
+    },
     /// A value could not be serialized (a bug: postcard cannot fail on rdg's types).
     #[error("could not encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },
@@ -146,6 +157,76 @@ impl StoreError {
             key: hex::encode(key),
             detail: detail.to_string(),
         }
+    }
+}
+
+/// Where a state sits in a cluster: process `process` of `processes`, each
+/// with `workers` workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Shape {
+    pub processes: u64,
+    pub process: u64,
+    pub workers: u64,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.processes <= 1 {
+            write!(f, "a single process with {} workers", self.workers)
+        } else {
+            write!(
+                f,
+                "process {} of a cluster of {} processes × {} workers",
+                self.process, self.processes, self.workers
+            )
+        }
+    }
+}
+
+impl Store {
+    /// Records the cluster shape on first use and refuses a different one
+    /// later. A single process may change its number of workers (it holds
+    /// every key either way); a process of a cluster may not.
+    pub fn claim_shape(&self, requested: Shape) -> Result<(), StoreError> {
+        let key = codec::encode(&[META_SHAPE]);
+        let stored = match self.inner.meta.get(&key).map_err(|e| self.sled(e))? {
+            Some(v) => Some(
+                merge::decode_exact::<Shape>(&v, "cluster shape")
+                    .map_err(|e| StoreError::corrupt(TREE_META, &key, e))?,
+            ),
+            None => None,
+        };
+        let is_single = |s: &Shape| s.processes <= 1;
+        match stored {
+            Some(stored) if stored == requested => Ok(()),
+            Some(stored) if is_single(&stored) && is_single(&requested) => {
+                self.put_shape(&key, requested)
+            }
+            Some(stored) => Err(StoreError::Shape {
+                path: self.inner.path.clone(),
+                stored,
+                requested,
+            }),
+            None if !is_single(&requested) && !self.is_empty()? => Err(StoreError::Shape {
+                path: self.inner.path.clone(),
+                stored: Shape {
+                    processes: 1,
+                    process: 0,
+                    workers: 0,
+                },
+                requested,
+            }),
+            None => self.put_shape(&key, requested),
+        }
+    }
+
+    fn put_shape(&self, key: &[u8], shape: Shape) -> Result<(), StoreError> {
+        let v = postcard::to_stdvec(&shape).map_err(|e| StoreError::Encode {
+            what: "cluster shape",
+            detail: e.to_string(),
+        })?;
+        self.inner.meta.insert(key, v).map_err(|e| self.sled(e))?;
+        Ok(())
     }
 }
 
@@ -209,7 +290,7 @@ pub struct NodeView {
 }
 
 /// One neighbour of an edge query, contributions merged.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EdgeView {
     /// The neighbour's `type:id`.
     pub node: String,
@@ -220,7 +301,7 @@ pub struct EdgeView {
 }
 
 /// Where an identifier belongs, with its cluster's members.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityView {
     pub id: String,
     pub cluster: String,
@@ -601,7 +682,10 @@ impl Store {
                     out.positions
                         .insert((dataflow.into_owned(), partition.into_owned()), pos);
                 }
-                META_FORMAT | META_COMMITS => {
+                META_FORMAT | META_COMMITS | META_SHAPE => {
+                    if tag.as_ref() == META_SHAPE {
+                        continue;
+                    }
                     d.end().map_err(|e| corrupt(&e))?;
                     if v.len() != 8 {
                         return Err(corrupt(&"value is not a u64 (8 bytes)"));

@@ -144,9 +144,29 @@ impl Store {
         id: &str,
         q: &EdgeQuery,
     ) -> Result<Vec<EdgeView>, StoreError> {
-        Ok(self
-            .neighbours(&self.inner.link, None, id, q, false, None)?
-            .items)
+        Ok(self.links_page_unguarded(id, q, None)?.items)
+    }
+
+    pub(crate) fn links_page_unguarded(
+        &self,
+        id: &str,
+        q: &EdgeQuery,
+        after: Option<&EdgeCursor>,
+    ) -> Result<EdgePage, StoreError> {
+        self.neighbours(&self.inner.link, None, id, q, false, after)
+    }
+
+    /// The stored members of `cluster` (`identity/cluster` entries), sorted.
+    pub(crate) fn members_unguarded(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = codec::encode(&[cluster]);
+        let mut members = Vec::new();
+        for item in self.inner.cluster.scan_prefix(&prefix).keys() {
+            let k = item.map_err(|e| self.sled(e))?;
+            let [m] = decode_strs::<1>(&k[prefix.len()..])
+                .map_err(|e| StoreError::corrupt(TREE_CLUSTER, &k, e))?;
+            members.push(m.into_owned());
+        }
+        Ok(members)
     }
 
     /// Scans `tree` for keys `enc(id) ++ enc(neighbour) ++ enc(dataflow)` and
@@ -298,14 +318,7 @@ impl Store {
             return Ok(None);
         };
         let of = decode_cluster_of(&v).map_err(|d| StoreError::corrupt(TREE_ID, &key, d))?;
-        let prefix = codec::encode(&[&of.cluster]);
-        let mut members = Vec::new();
-        for item in self.inner.cluster.scan_prefix(&prefix).keys() {
-            let k = item.map_err(|e| self.sled(e))?;
-            let [m] = decode_strs::<1>(&k[prefix.len()..])
-                .map_err(|e| StoreError::corrupt(TREE_CLUSTER, &k, e))?;
-            members.push(m.into_owned());
-        }
+        let members = self.members_unguarded(&of.cluster)?;
         Ok(Some(IdentityView {
             id: id.to_string(),
             cluster: of.cluster.to_string(),

@@ -272,6 +272,32 @@ impl ReadView<'_> {
         self.store.identity_unguarded(id)
     }
 
+    /// One page of [`Store::links`]: at most `q.limit` link neighbours
+    /// strictly after `after` in `q.order` (cursors as in
+    /// [`ReadView::edges_page`]; `q.direction` is ignored).
+    pub fn links_page(
+        &self,
+        id: &str,
+        q: &EdgeQuery,
+        after: Option<&EdgeCursor>,
+    ) -> Result<EdgePage, StoreError> {
+        self.store.links_page_unguarded(id, q, after)
+    }
+
+    /// The stored members of the cluster `cluster` (its `identity/cluster`
+    /// entries), sorted bytewise; empty when there are none.
+    pub fn cluster_members(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
+        self.store.members_unguarded(cluster)
+    }
+
+    /// [`Store::export`] of the state this view sees (the view already
+    /// holds the gate, so commits wait until the export ends: write to a
+    /// fast sink such as a temporary file, not to a slow client).
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<super::ExportCounts, StoreError> {
+        self.store
+            .export_unguarded(out, super::export::DEFAULT_BUDGET)
+    }
+
     /// See [`Store::meta`].
     pub fn meta(&self) -> Result<Meta, StoreError> {
         self.store.meta_unguarded()

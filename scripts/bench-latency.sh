@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Produce-to-queryable latency against a real broker (tansu, loopback): a
+# live `rdg run --listen` with W workers; scripts/latency_probe.py sends
+# playback events at each RATE with kafka-python and times, for one event in
+# 200, broker acknowledgement -> its profile node readable over HTTP.
+#   scripts/bench-latency.sh [WORKERS] [SECONDS] [RATE...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workers=${1:-2}
+seconds=${2:-15}
+shift $(( $# >= 2 ? 2 : $# ))
+rates=${*:-1000 5000 10000}
+port=${BENCH_BROKER_PORT:-19095}
+api_port=${BENCH_API_PORT:-17878}
+work=target/bench-latency
+python3 -c 'import kafka' 2>/dev/null || python3 -m pip install --quiet kafka-python
+cargo build --release --quiet
+bin=target/release/rdg
+scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
+scripts/broker.sh start "$port"
+rm -rf "$work" && mkdir -p "$work"
+"$bin" produce --brokers "127.0.0.1:$port" --events 0 --partitions 4 2>/dev/null
+"$bin" run --workers "$workers" --state "$work/state" --brokers "127.0.0.1:$port" \
+  --listen "127.0.0.1:$api_port" --status-interval 0 2> "$work/run.log" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; scripts/broker.sh stop "$port" || true' EXIT
+for _ in $(seq 100); do curl -sf "127.0.0.1:$api_port/readyz" >/dev/null && break; sleep 0.2; done
+echo "machine: $(nproc) cores; rdg run --workers $workers; broker tansu (memory) on loopback"
+for rate in $rates; do
+  python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds"
+done
