@@ -1,14 +1,16 @@
 // The explorer page in a real headless Chromium (run by browser-test.sh):
 // search, neighbourhood drawn with edge groups and the identity cluster,
 // click to expand, no request to any other origin, no script errors.
-//   node scripts/browser-test.mjs URL CHROMIUM OUTDIR
+// Then the same page on a server that needs a token: it asks for one.
+//   node scripts/browser-test.mjs URL CHROMIUM OUTDIR AUTH_URL
+// (AUTH_URL serves with the token `browser-test-token`.)
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
 const require = createRequire(path.join(process.cwd(), process.argv[4], 'node_modules', 'x.js'));
 const { chromium } = require('playwright-core');
 
-const [base, executablePath, out] = process.argv.slice(2);
+const [base, executablePath, out, authBase] = process.argv.slice(2);
 let passed = 0;
 let failed = 0;
 
@@ -23,7 +25,7 @@ const page = context.pages()[0] || await context.newPage();
 const foreign = [];
 await context.route('**/*', (route) => {
   const u = route.request().url();
-  if (u.startsWith(base + '/')) return route.continue();
+  if (u.startsWith(base + '/') || (authBase && u.startsWith(authBase + '/'))) return route.continue();
   foreign.push(u);
   return route.abort();
 });
@@ -109,6 +111,20 @@ await check('an unknown identifier shows an error, not a broken page', async () 
   await page.waitForSelector('#error:not([hidden])', { timeout: 10000 });
   const n = await nodeCount();
   assert(n > 0, 'the graph was lost');
+});
+
+await check('with a token-protected server, the page asks for the token and then works', async () => {
+  assert(authBase, 'no AUTH_URL given');
+  // The 401 of the first call is logged by the browser as a console error:
+  // expected here, so it is not counted as a problem.
+  const before = problems.length;
+  await page.goto(authBase + '/#account:acc1', { waitUntil: 'load' });
+  await page.waitForSelector('#auth:not([hidden])', { timeout: 10000 });
+  await page.fill('#token', 'browser-test-token');
+  await page.click('#auth-form button');
+  await page.waitForSelector('#graph g.node[data-id="account:acc1"].expanded', { timeout: 10000 });
+  await idle();
+  problems.splice(before).filter((p) => !/401/.test(p)).forEach((p) => problems.push(p));
 });
 
 await check('nothing was fetched from another origin and no script failed', async () => {

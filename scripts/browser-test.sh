@@ -52,20 +52,33 @@ else
   bin=target/debug/rdg
 fi
 
-rm -rf "$out/state" "$out/profile" "$out/explorer.png" "$out/failure.png"
+rm -rf "$out/state" "$out/state-auth" "$out/profile" "$out/explorer.png" "$out/failure.png"
 "$bin" replay --state "$out/state" data/*.jsonl >/dev/null || fail "rdg replay of data/ failed"
+"$bin" replay --state "$out/state-auth" data/*.jsonl >/dev/null || fail "rdg replay of data/ failed"
+echo "browser-test-token" >"$out/token"
 
-"$bin" serve --state "$out/state" --listen 127.0.0.1:0 2>"$out/serve.log" &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-url=""
-for _ in $(seq 1 100); do
-  url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$out/serve.log" | head -1 || true)
-  [ -n "$url" ] && break
-  kill -0 "$server" 2>/dev/null || fail "rdg serve exited: $(cat "$out/serve.log")"
-  sleep 0.1
-done
-[ -n "$url" ] || fail "rdg serve did not say where it listens: $(cat "$out/serve.log")"
+servers=()
+trap 'for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done' EXIT
+# serve NAME ARGS...: starts `rdg serve`, sets $url to where it listens.
+serve() {
+  local name=$1
+  shift
+  "$bin" serve --listen 127.0.0.1:0 "$@" 2>"$out/$name.log" &
+  local pid=$!
+  servers+=("$pid")
+  url=""
+  for _ in $(seq 1 100); do
+    url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$out/$name.log" | head -1 || true)
+    [ -n "$url" ] && return 0
+    kill -0 "$pid" 2>/dev/null || fail "rdg serve exited: $(cat "$out/$name.log")"
+    sleep 0.1
+  done
+  fail "rdg serve did not say where it listens: $(cat "$out/$name.log")"
+}
+serve serve --state "$out/state"
+open_url=$url
+serve serve-auth --state "$out/state-auth" --auth-token-file "$out/token"
+auth_url=$url
 
 mkdir -p "$out/profile"
-NODE_PATH="$PWD/$out/node_modules" node scripts/browser-test.mjs "$url" "$chromium" "$out"
+NODE_PATH="$PWD/$out/node_modules" node scripts/browser-test.mjs "$open_url" "$chromium" "$out" "$auth_url"

@@ -1252,3 +1252,83 @@ fn the_server_stops_and_frees_its_port() {
     let err = Server::start(store.clone(), busy, Arc::new(StaticStatus)).expect_err("busy port");
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// the binary
+
+/// `rdg serve` with a token file, asked by `rdg query --url` with and
+/// without the token, then stopped by SIGTERM.
+#[test]
+fn rdg_serve_with_a_token_answers_rdg_query_url_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    {
+        let store = Store::open(&state).expect("open");
+        store
+            .commit(
+                &[Change::Node {
+                    id: "account:a1".into(),
+                    dataflow: "login".into(),
+                    record: Some(rec(1, 5, 7, r#"{"country":"NL"}"#)),
+                }],
+                &[],
+                &progress(7),
+            )
+            .expect("commit");
+    }
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "  t0ken-123\n").expect("write token");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rdg"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .arg("--auth-token-file")
+        .arg(&token)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rdg serve starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+
+    let with = rdg([
+        "query",
+        "--url",
+        url.as_str(),
+        "--auth-token-file",
+        token.to_str().expect("utf-8"),
+        "node",
+        "account",
+        "a1",
+    ]);
+    let v: Value = serde_json::from_str(with.ok()).expect("json");
+    assert_eq!(
+        v,
+        json!({"id":"account:a1","node_type":"account","first_seen":5,"last_seen":7,"props":{"country":"NL"}})
+    );
+    let without = rdg(["query", "--url", url.as_str(), "node", "account", "a1"]);
+    without.expect_code(2);
+    assert!(
+        without.stderr.contains("401") && without.stderr.contains("bearer token"),
+        "{}",
+        without.describe()
+    );
+    assert_eq!(get(&url, "/healthz").status, 200);
+
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", pid.as_str()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("wait");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("rest of stderr");
+    assert!(status.success(), "rdg serve exited with {status}: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+}

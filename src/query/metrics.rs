@@ -4,8 +4,9 @@
 //! Request counts and latency histograms are recorded per endpoint (the
 //! route template, so label values are a fixed set) as requests end. The
 //! pipeline's numbers (events, late events, dead letters, watermarks, lag,
-//! ingest rates, commits, store sizes) are read at scrape time by a
-//! collector, so they are never stale copies.
+//! ingest rates, commits) are read at scrape time by a collector, so they
+//! are never stale copies; store sizes come from the latest background
+//! count, which a scrape asks to refresh.
 //!
 //! Invariant: the set of label values is bounded (route templates, status
 //! codes, dataflow and namespace names from the store), whatever clients
@@ -47,13 +48,27 @@ pub struct NamespaceCounts {
     pub namespaces: BTreeMap<String, u64>,
 }
 
-/// The latest [`NamespaceCounts`], refreshed in the background.
+/// The latest [`NamespaceCounts`], refreshed in the background when asked
+/// for (a count scans the whole store and churns its cache, so it is not
+/// done unless someone reads status or metrics).
 #[derive(Debug, Default)]
 pub struct CountsCache {
     latest: Mutex<Option<Arc<NamespaceCounts>>>,
+    wanted: tokio::sync::Notify,
 }
 
 impl CountsCache {
+    /// Asks for a recount (done in the background, at most once per
+    /// `counts_interval`).
+    pub fn want(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// Waits until a recount is asked for.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+
     pub fn get(&self) -> Option<Arc<NamespaceCounts>> {
         self.latest
             .lock()
@@ -279,6 +294,7 @@ impl Collector for StateCollector {
             self.live.ingest_rates(),
             ConstGauge::new,
         )?;
+        self.counts.want();
         if let Some(c) = self.counts.get() {
             labelled(
                 &mut e,

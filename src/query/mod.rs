@@ -96,8 +96,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Tokio worker threads. Default 2.
     pub worker_threads: usize,
-    /// How often the per-namespace sizes of `/v1/status` and `/metrics` are
-    /// recounted (a full scan, only when something was committed since).
+    /// Least time between two recounts of the per-namespace sizes of
+    /// `/v1/status` and `/metrics` (a full scan, in the background, only when
+    /// one of those was asked for and something was committed since).
     /// Default 30 s.
     pub counts_interval: Duration,
     /// Most exports streamed at once (`GET /v1/export`; each first writes

@@ -984,6 +984,7 @@ pub async fn status(State(app): Shared, RawQuery(raw): RawQuery) -> Response {
             },
         );
     }
+    app.counts.want();
     let counts = app.counts.get();
     json(
         &fresh,

@@ -460,15 +460,14 @@ async fn serve(
     Ok(())
 }
 
-/// Keeps the per-namespace sizes fresh: now, then every `counts_interval`
-/// when something was committed.
+/// Recounts the per-namespace sizes when status or metrics asked for them,
+/// at most once per `counts_interval`.
 async fn count_periodically(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.config.counts_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let app = app.clone();
-        let _ = tokio::task::spawn_blocking(move || app.counts.refresh(&app.store)).await;
+        app.counts.wanted().await;
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || a.counts.refresh(&a.store)).await;
+        tokio::time::sleep(app.config.counts_interval).await;
     }
 }
 
