@@ -434,6 +434,99 @@ fn query_url_prints_what_query_state_prints() {
             r.describe()
         );
     }
+    // The export too, byte for byte.
+    let local = rdg([
+        "export".to_string(),
+        "--state".into(),
+        copy.display().to_string(),
+    ]);
+    let remote = rdg(["export", "--url", &base]);
+    assert_eq!(remote.ok(), local.ok());
+    assert!(local.stdout.lines().count() > 100);
+}
+
+#[test]
+fn export_links_and_cluster_members_agree_with_the_store() {
+    let (_tmp, store, lines) = sample();
+    let (_server, base) = start_default(&store);
+    let mut expected = Vec::new();
+    store.export(&mut expected).expect("export");
+    let expected = String::from_utf8(expected).expect("utf-8");
+    for path in [
+        "/v1/export",
+        "/v1/export?scope=local",
+        "/v1/export?scope=cluster",
+    ] {
+        let a = get(&base, path);
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.text, expected, "{path}");
+        assert_eq!(a.headers["content-type"], "application/x-ndjson");
+        assert_eq!(a.headers["x-rdg-commit"], store.commit_count().to_string());
+    }
+    get(&base, "/v1/export?scope=everything").error(400, "`scope` must be `cluster` or `local`");
+
+    // Links: every identity entry's links, whole and in pages of 2.
+    let ids = of_ns(&lines, "identity");
+    assert!(!ids.is_empty());
+    for v in ids.iter().step_by(7) {
+        let id = v["id"].as_str().expect("id");
+        let all = store.links(id, &EdgeQuery::default()).expect("links");
+        assert!(!all.is_empty(), "{id} has an entry, so a link");
+        let a = get(&base, &format!("/v1/links/{}?limit=1000", segs(id)));
+        assert_eq!(
+            a.ok()["items"],
+            serde_json::to_value(&all).expect("json"),
+            "{id}"
+        );
+        let mut paged = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let a = get(
+                &base,
+                &format!("/v1/links/{}?limit=2&order=recent{cursor}", segs(id)),
+            );
+            paged.extend(a.ok()["items"].as_array().expect("items").iter().cloned());
+            match a.body["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
+        let recent = store
+            .links(
+                id,
+                &EdgeQuery {
+                    order: EdgeOrder::Recent,
+                    ..EdgeQuery::default()
+                },
+            )
+            .expect("links");
+        assert_eq!(
+            Value::Array(paged),
+            serde_json::to_value(&recent).expect("json")
+        );
+    }
+    // Cluster members: the identity's members, by the cluster's id.
+    for v in ids.iter().step_by(11) {
+        let id = v["id"].as_str().expect("id");
+        let identity = store.identity(id).expect("identity").expect("entry");
+        let a = get(&base, &format!("/v1/clusters/{}", segs(&identity.cluster)));
+        assert_eq!(
+            *a.ok(),
+            json!({"cluster": identity.cluster, "members": identity.members})
+        );
+    }
+    get(&base, "/v1/clusters/account/nobody").error(404, "no cluster account:nobody");
+    get(&base, "/v1/links/account/a?limit=0").error(400, "`limit` must be an integer");
+    // A single process has no cluster: X-Rdg-Local changes nothing.
+    let a = answer(
+        agent()
+            .get(format!("{base}/v1/search?q=acc"))
+            .header("X-Rdg-Local", "1")
+            .call()
+            .expect("request"),
+    );
+    assert_eq!(a.body, get(&base, "/v1/search?q=acc").body);
+    assert!(!a.headers.contains_key("x-rdg-commits"));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

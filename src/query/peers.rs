@@ -36,7 +36,7 @@ pub const COMMITS: HeaderName = HeaderName::from_static("x-rdg-commits");
 /// The longest a connection to a peer may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a streamed answer (an export) may stay silent.
-pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// Calls in flight at once from one request (a traversal hop, a fan-out).
 pub const MAX_PARALLEL: usize = 16;
 /// The largest answer body read from a peer.

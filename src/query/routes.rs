@@ -836,7 +836,11 @@ pub async fn neighbourhood(
         Err(e) => return ApiError::into_response(e),
     };
     let peers = app.coordinator(&headers);
-    blocking(move || {
+    // A peer's request is answered inline, never queued behind this
+    // process's own cluster requests on the blocking pool (they may be
+    // waiting for that peer).
+    let inline = app.peers.is_some() && peers.is_none();
+    let work = move || {
         let deadline = deadline(&app);
         if let Some(peers) = peers {
             let mut fresh = FreshSet::default();
@@ -854,8 +858,8 @@ pub async fn neighbourhood(
             Ok(n) => json(&fresh, StatusCode::OK, &n),
             Err(e) => fail(&fresh, e),
         }
-    })
-    .await
+    };
+    if inline { work() } else { blocking(work).await }
 }
 
 #[derive(Serialize)]
