@@ -1,8 +1,9 @@
 //! The other processes of a cluster, as seen by one process's query
-//! server: who owns a key ([`Peers::owner_of`]), blocking HTTP calls to a
-//! peer with a deadline ([`Peers::get`]), calls to several peers at once
-//! ([`parallel`]), and the freshness of answers read on several processes
-//! ([`FreshSet`]).
+//! server: who owns a key ([`Peers::owner_of`]), HTTP calls to a peer with a
+//! deadline (blocking, [`Peers::get`], for reads made from the blocking
+//! pool; async, [`Peers::get_async`], for a single forwarded lookup on the
+//! event loop), calls to several peers at once ([`parallel`]), and the
+//! freshness of answers read on several processes ([`FreshSet`]).
 //!
 //! Invariants:
 //! - **No loops.** Every call carries `X-Rdg-Local: 1`; a server that sees
@@ -12,9 +13,10 @@
 //!   exchange, or for a stream each read); a peer that is down, refuses, or
 //!   does not answer in time is a [`PeerError`] naming the process and its
 //!   address (502, or 504 for time), never a wait beyond the request's time.
-//! - Calls run on the caller's thread (the server's blocking pool), so they
-//!   never hold up the event loop; answers to internal calls never use the
-//!   blocking pool, so two processes calling each other cannot deadlock.
+//! - Blocking calls run on the caller's thread (the server's blocking pool),
+//!   so they never hold up the event loop; answers to internal calls never
+//!   wait for the blocking pool, so two processes calling each other cannot
+//!   deadlock.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
