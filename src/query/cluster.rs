@@ -104,8 +104,8 @@ pub fn fail(fresh: &FreshSet, e: ApiError) -> Response {
 
 /// Asks `process` the same request (`uri`: path and query) and hands its
 /// answer back as it is, with its freshness.
-pub fn relay(peers: &Peers, process: usize, uri: &str, deadline: Instant) -> Response {
-    match peers.get(process, uri, deadline) {
+pub async fn relay(peers: &Peers, process: usize, uri: &str, deadline: Instant) -> Response {
+    match peers.get_async(process, uri, deadline).await {
         Ok(a) => {
             let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut resp = (status, a.body).into_response();

@@ -1,8 +1,9 @@
 //! The other processes of a cluster, as seen by one process's query
-//! server: who owns a key ([`Peers::owner_of`]), blocking HTTP calls to a
-//! peer with a deadline ([`Peers::get`]), calls to several peers at once
-//! ([`parallel`]), and the freshness of answers read on several processes
-//! ([`FreshSet`]).
+//! server: who owns a key ([`Peers::owner_of`]), HTTP calls to a peer with a
+//! deadline (blocking, [`Peers::get`], for reads made from the blocking
+//! pool; async, [`Peers::get_async`], for a single forwarded lookup on the
+//! event loop), calls to several peers at once ([`parallel`]), and the
+//! freshness of answers read on several processes ([`FreshSet`]).
 //!
 //! Invariants:
 //! - **No loops.** Every call carries `X-Rdg-Local: 1`; a server that sees
@@ -12,9 +13,10 @@
 //!   exchange, or for a stream each read); a peer that is down, refuses, or
 //!   does not answer in time is a [`PeerError`] naming the process and its
 //!   address (502, or 504 for time), never a wait beyond the request's time.
-//! - Calls run on the caller's thread (the server's blocking pool), so they
-//!   never hold up the event loop; answers to internal calls never use the
-//!   blocking pool, so two processes calling each other cannot deadlock.
+//! - Blocking calls run on the caller's thread (the server's blocking pool),
+//!   so they never hold up the event loop; answers to internal calls never
+//!   wait for the blocking pool, so two processes calling each other cannot
+//!   deadlock.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -261,12 +263,22 @@ impl FreshSet {
     }
 }
 
-/// This process's view of its cluster, and the client it calls peers with.
+/// Idle keep-alive connections kept per peer for [`Peers::get_async`].
+const MAX_IDLE_ASYNC: usize = 64;
+
+type Sender = hyper::client::conn::http1::SendRequest<axum::body::Body>;
+
+/// This process's view of its cluster, and the clients it calls peers with:
+/// blocking (`ureq`, for reads made from the blocking pool: fan-outs,
+/// traversals, exports) and async (hyper, on the event loop, for the
+/// single forwarded lookup, the most frequent call).
 pub struct Peers {
     view: ClusterView,
     token: Option<String>,
     agent: ureq::Agent,
     stream_agent: ureq::Agent,
+    /// Per process, idle async connections.
+    idle: Vec<std::sync::Mutex<Vec<Sender>>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -301,10 +313,150 @@ impl Peers {
                 .into()
         };
         Peers {
+            idle: view
+                .peers
+                .iter()
+                .map(|_| std::sync::Mutex::new(Vec::new()))
+                .collect(),
             view,
             token,
             agent: agent(None),
             stream_agent: agent(Some(STREAM_READ_TIMEOUT)),
+        }
+    }
+
+    fn unreachable(&self, process: usize, detail: impl std::fmt::Display) -> PeerError {
+        PeerError::Unreachable {
+            process,
+            url: self.url(process).to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// A new async connection to `process`.
+    async fn connect(&self, process: usize) -> Result<Sender, PeerError> {
+        let authority = self.url(process).trim_start_matches("http://").to_string();
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(self.unreachable(process, e)),
+                Err(_) => {
+                    return Err(PeerError::Timeout {
+                        process,
+                        url: self.url(process).to_string(),
+                        ms: CONNECT_TIMEOUT.as_millis(),
+                    });
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| self.unreachable(process, e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn take_idle(&self, process: usize) -> Option<Sender> {
+        let mut idle = self
+            .idle
+            .get(process)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, process: usize, sender: Sender) {
+        if let Some(idle) = self.idle.get(process) {
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_ASYNC {
+                idle.push(sender);
+            }
+        }
+    }
+
+    /// One exchange on `sender`; the sender back when it can be reused.
+    async fn exchange(
+        &self,
+        process: usize,
+        mut sender: Sender,
+        path_and_query: &str,
+    ) -> Result<(PeerAnswer, Sender), String> {
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let mut req = axum::http::Request::get(path_and_query)
+            .header(
+                axum::http::header::HOST,
+                self.url(process).trim_start_matches("http://"),
+            )
+            .header(LOCAL, "1");
+        if let Some(t) = &self.token {
+            req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(axum::body::Body::empty())
+            .unwrap_or_else(|_| axum::http::Request::new(axum::body::Body::empty()));
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(axum::body::Body::new(body), MAX_BODY as usize)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_vec();
+        Ok((
+            PeerAnswer {
+                process,
+                status: parts.status.as_u16(),
+                fresh: ProcessFresh::from_headers(&parts.headers),
+                content_type: parts
+                    .headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body,
+            },
+            sender,
+        ))
+    }
+
+    /// [`Peers::get`] on the event loop, over kept-alive connections: a
+    /// connection the peer closed meanwhile is replaced once.
+    pub async fn get_async(
+        &self,
+        process: usize,
+        path_and_query: &str,
+        deadline: Instant,
+    ) -> Result<PeerAnswer, PeerError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let work = async {
+            if let Some(sender) = self.take_idle(process)
+                && let Ok((answer, sender)) = self.exchange(process, sender, path_and_query).await
+            {
+                self.put_idle(process, sender);
+                return Ok(answer);
+            }
+            let sender = self.connect(process).await?;
+            let (answer, sender) = self
+                .exchange(process, sender, path_and_query)
+                .await
+                .map_err(|e| self.unreachable(process, e))?;
+            self.put_idle(process, sender);
+            Ok(answer)
+        };
+        match tokio::time::timeout(left, work).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Timeout {
+                process,
+                url: self.url(process).to_string(),
+                ms: left.as_millis(),
+            }),
         }
     }
 

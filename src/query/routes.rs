@@ -130,10 +130,10 @@ fn target(uri: &Uri) -> String {
         .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
 }
 
-/// Asks `owner` the same request and hands its answer back.
+/// Asks `owner` the same request and hands its answer back (on the event
+/// loop: one call, no blocking).
 async fn forward(app: Arc<App>, peers: Arc<Peers>, owner: usize, uri: &Uri) -> Response {
-    let target = target(uri);
-    blocking(move || cluster::relay(&peers, owner, &target, deadline(&app))).await
+    cluster::relay(&peers, owner, &target(uri), deadline(&app)).await
 }
 
 pub async fn node(
