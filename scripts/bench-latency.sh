@@ -21,7 +21,7 @@ scripts/broker.sh start "$port"
 rm -rf "$work" && mkdir -p "$work"
 "$bin" produce --brokers "127.0.0.1:$port" --events 0 --partitions 4 2>/dev/null
 "$bin" run --workers "$workers" --state "$work/state" --brokers "127.0.0.1:$port" \
-  --listen "127.0.0.1:$api_port" --status-interval 0 2> "$work/run.log" &
+  --listen "127.0.0.1:$api_port" --status-interval 0 ${RDG_RUN_ARGS:-} 2> "$work/run.log" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; scripts/broker.sh stop "$port" || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$api_port/readyz" >/dev/null && break; sleep 0.2; done

@@ -258,6 +258,10 @@ fn consumer_config(config: &KafkaConfig, group: &str, client_id: &str) -> Client
     // A consumer must never create the topic it waits for: a typo would
     // otherwise create an empty topic with the broker's defaults.
     c.set("allow.auto.create.topics", "false");
+    // A fetch the broker holds open waits at most 10 ms for more data
+    // (librdkafka's default, 500 ms, puts half a second between a quiet
+    // topic's message and the graph). `-X fetch.wait.max.ms=...` overrides.
+    c.set("fetch.wait.max.ms", "10");
     // librdkafka's own log lines at warning and above (routed to tracing);
     // `-X debug=...` adds its debug contexts when investigating.
     c.set_log_level(RDKafkaLogLevel::Warning);
