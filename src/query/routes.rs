@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use super::ServeConfig;
 use super::cluster::{self, PeerReads, Spread};
 use super::error::ApiError;
 use super::fresh::Fresh;
@@ -143,12 +144,7 @@ pub async fn node(
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let checked = (|| {
-        Params::parse(raw.as_deref(), &[])?;
-        let Path((t, id)) = p.map_err(path_error)?;
-        params::ident(&t, &id, app.config.max_id_bytes)
-    })();
-    let ident = match checked {
+    let ident = match ident_only(&app.config, p, raw.as_deref()) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
@@ -372,12 +368,7 @@ pub async fn cluster_members(
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let checked = (|| {
-        Params::parse(raw.as_deref(), &[])?;
-        let Path((t, id)) = p.map_err(path_error)?;
-        params::ident(&t, &id, app.config.max_id_bytes)
-    })();
-    let ident = match checked {
+    let ident = match ident_only(&app.config, p, raw.as_deref()) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
@@ -430,6 +421,18 @@ fn order_name(o: EdgeOrder) -> &'static str {
     }
 }
 
+/// Checks a route whose only input is a `{type}/{id}` path: no query
+/// parameters, an identifier within bounds.
+fn ident_only(
+    config: &ServeConfig,
+    p: Result<Path<(String, String)>, PathRejection>,
+    raw: Option<&str>,
+) -> Result<String, ApiError> {
+    Params::parse(raw, &[])?;
+    let Path((t, id)) = p.map_err(path_error)?;
+    params::ident(&t, &id, config.max_id_bytes)
+}
+
 fn no_identity(ident: &str) -> ApiError {
     ApiError::not_found(format!("no identity entry for {ident}"))
         .with_hint("an identifier has one once it shares a live identity link")
@@ -441,12 +444,7 @@ pub async fn identity(
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let checked = (|| {
-        Params::parse(raw.as_deref(), &[])?;
-        let Path((t, id)) = p.map_err(path_error)?;
-        params::ident(&t, &id, app.config.max_id_bytes)
-    })();
-    let ident = match checked {
+    let ident = match ident_only(&app.config, p, raw.as_deref()) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
