@@ -437,13 +437,15 @@ const RELOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// handle of this one that was just dropped).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// sled's page cache. Every insert reads the old value, so a cache smaller
+/// than the hot part of the state slows commits: replaying 1M generated
+/// events ran at 6.9k events/s with 64 MiB and 10.9k with 512 MiB, at the
+/// same peak RSS (`scripts/bench-replay.sh 1000000 2`).
+const CACHE_BYTES: u64 = 512 << 20;
+
 /// Opens the sled database in `dir`. A lock conflict is
 /// [`StoreError::Locked`] once it lasted [`LOCK_WAIT`], or [`RELOCK_WAIT`]
 /// when this process itself closed the directory before.
-/// sled's page cache. Its default (1 GiB) dominates resident memory; the
-/// dataflow keeps its own state, so the store needs little cache.
-const CACHE_BYTES: u64 = 64 << 20;
-
 fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
     let wait = if recently_closed {
         RELOCK_WAIT
