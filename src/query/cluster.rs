@@ -77,22 +77,7 @@ fn across<T: Send>(
 
 /// A JSON answer with the cluster freshness headers of `fresh`.
 pub fn json(fresh: &FreshSet, status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut resp = (status, bytes).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            fresh.apply(resp.headers_mut());
-            resp
-        }
-        Err(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("could not encode the answer: {e}"),
-        )
-        .into_response(),
-    }
+    super::routes::json_with(status, body, |h| fresh.apply(h))
 }
 
 /// An error answer with the freshness of what was read before it.

@@ -49,6 +49,16 @@ fn max_cursor_len(app: &App) -> usize {
 
 /// A JSON answer with the freshness headers of `fresh`.
 fn json(fresh: &Fresh, status: StatusCode, body: &impl Serialize) -> Response {
+    json_with(status, body, |h| fresh.apply(h))
+}
+
+/// A JSON answer whose headers `fresh` completes (one process's freshness,
+/// or a cluster's).
+pub(crate) fn json_with(
+    status: StatusCode,
+    body: &impl Serialize,
+    fresh: impl FnOnce(&mut HeaderMap),
+) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut resp = (status, bytes).into_response();
@@ -56,7 +66,7 @@ fn json(fresh: &Fresh, status: StatusCode, body: &impl Serialize) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            fresh.apply(resp.headers_mut());
+            fresh(resp.headers_mut());
             resp
         }
         Err(e) => ApiError::new(
