@@ -908,6 +908,17 @@ impl KafkaSource {
 
     /// Restarts the fetch of `p` at `offset` (after an out-of-range error,
     /// which stops it).
+    /// Continues partition `p` from its earliest available offset `low`
+    /// (`--on-gap earliest`).
+    fn restart_from_earliest(&mut self, p: i32, low: i64) -> Result<(), SourceError> {
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.next = low;
+            part.exact = false;
+            part.origin = Offset::Beginning;
+        }
+        self.restart(p, Offset::Beginning)
+    }
+
     fn restart(&mut self, p: i32, offset: Offset) -> Result<(), SourceError> {
         let watermarks = lock(&self.shared).watermarks.get(&p).copied();
         if let Some(part) = self.parts.get_mut(&p) {
@@ -973,12 +984,7 @@ impl KafkaSource {
                             self.dataflow,
                             self.topic
                         );
-                        if let Some(part) = self.parts.get_mut(&p) {
-                            part.next = low;
-                            part.exact = false;
-                            part.origin = Offset::Beginning;
-                        }
-                        self.restart(p, Offset::Beginning)?;
+                        self.restart_from_earliest(p, low)?;
                     }
                 }
             } else {
@@ -1131,12 +1137,7 @@ impl KafkaSource {
                             self.dataflow,
                             self.topic
                         );
-                        if let Some(part) = self.parts.get_mut(&p) {
-                            part.next = low;
-                            part.exact = false;
-                            part.origin = Offset::Beginning;
-                        }
-                        self.restart(p, Offset::Beginning)?;
+                        self.restart_from_earliest(p, low)?;
                         continue;
                     }
                 }
