@@ -10,34 +10,27 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use compact_str::CompactString;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use super::fold::Folded;
-use super::ops::RecKey;
+use super::ops::{Names, RecKey};
+use super::records::Folded;
+use super::symbols::Sym;
 use super::{Emitted, Emitter};
-use crate::model::{Change, ClusterOf, DataflowName, DataflowProgress, Ident, Progress};
+use crate::model::{Change, ClusterOf, DataflowProgress, Progress};
 
 /// Everything that reaches the collector.
 #[derive(Clone, Debug)]
 pub(crate) enum ToStore {
     /// A folded record of dataflow `usize` (index in the plan).
     Folded(usize, Folded),
-    /// Differential updates of identifier -> cluster.
-    Cluster(Ident, ClusterOf),
+    /// Differential updates of identifier -> (cluster, hub).
+    Cluster(Sym, (Sym, bool)),
     /// The next position of a source partition of dataflow `usize`, broadcast
     /// to every worker so every process stores every partition's position
     /// with the times it commits.
     Position(usize, String, u64),
-}
-
-/// What the collector needs to name things.
-pub(crate) struct Names {
-    pub dataflows: Vec<DataflowName>,
-    /// Edge types whose reverse index is kept.
-    pub reverse: std::collections::BTreeSet<CompactString>,
 }
 
 pub(crate) fn collect<'s>(
@@ -103,7 +96,7 @@ fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Pr
     let mut changes = Vec::new();
     let mut progress = Progress::default();
     // identifier -> (cluster -> net diff)
-    let mut clusters: BTreeMap<Ident, BTreeMap<ClusterOf, isize>> = BTreeMap::new();
+    let mut clusters: BTreeMap<Sym, BTreeMap<(Sym, bool), isize>> = BTreeMap::new();
     for (u, d) in updates {
         match u {
             ToStore::Folded(df, Folded::Late(n)) => {
@@ -117,21 +110,25 @@ fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Pr
                 let dataflow = names.dataflows[df].clone();
                 changes.push(match key {
                     RecKey::Node(id) => Change::Node {
-                        id,
+                        id: id.ident(),
                         dataflow,
                         record: new,
                     },
-                    RecKey::Edge(edge_type, from, to) => Change::Edge {
-                        reverse: names.reverse.contains(&edge_type),
-                        edge_type,
-                        from,
-                        to,
+                    RecKey::Edge(t, from, to) => Change::Edge {
+                        reverse: names.reverse.get(usize::from(t)).copied().unwrap_or(false),
+                        edge_type: names
+                            .edge_types
+                            .get(usize::from(t))
+                            .cloned()
+                            .unwrap_or_default(),
+                        from: from.ident(),
+                        to: to.ident(),
                         dataflow,
                         record: new,
                     },
                     RecKey::Link(a, b) => Change::Link {
-                        a,
-                        b,
+                        a: a.ident(),
+                        b: b.ident(),
                         dataflow,
                         record: new,
                     },
@@ -150,8 +147,17 @@ fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Pr
         }
     }
     for (id, cs) in clusters {
-        let old: Vec<&ClusterOf> = cs.iter().filter(|(_, d)| **d < 0).map(|(c, _)| c).collect();
-        let new: Vec<&ClusterOf> = cs.iter().filter(|(_, d)| **d > 0).map(|(c, _)| c).collect();
+        let old: Vec<ClusterOf> = cs
+            .iter()
+            .filter(|(_, d)| **d < 0)
+            .map(|(c, _)| cluster_of(*c))
+            .collect();
+        let new: Vec<ClusterOf> = cs
+            .iter()
+            .filter(|(_, d)| **d > 0)
+            .map(|(c, _)| cluster_of(*c))
+            .collect();
+        let id = id.ident();
         for c in &old {
             if !new.iter().any(|n| n.cluster == c.cluster) {
                 changes.push(Change::Member {
@@ -168,14 +174,21 @@ fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Pr
                 present: true,
             });
         }
-        if let Some(c) = new.first() {
+        if let Some(c) = new.into_iter().next() {
             changes.push(Change::Cluster {
                 id,
-                cluster: Some((*c).clone()),
+                cluster: Some(c),
             });
         } else if !old.is_empty() {
             changes.push(Change::Cluster { id, cluster: None });
         }
     }
     (changes, progress)
+}
+
+fn cluster_of((cluster, hub): (Sym, bool)) -> ClusterOf {
+    ClusterOf {
+        cluster: cluster.ident(),
+        hub,
+    }
 }

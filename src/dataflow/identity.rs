@@ -11,19 +11,21 @@ use std::sync::Arc;
 use differential_dataflow::VecCollection;
 use differential_dataflow::algorithms::graphs::propagate::propagate;
 
-use crate::model::{ClusterOf, EventTime, Ident, split_ident};
+use super::symbols::{ByText, Sym};
+use crate::model::{EventTime, split_ident};
 use crate::spec::IdentityConfig;
 
 /// A live link contribution: the pair (`a < b`) and its first_seen.
-pub(crate) type LinkFact = ((Ident, Ident), EventTime);
+pub(crate) type LinkFact = ((Sym, Sym), EventTime);
 
-/// Computes, for every identifier with a live link, its cluster.
+/// Computes, for every identifier with a live link, its cluster and
+/// whether it is a hub.
 pub(crate) fn stitch<'s>(
     links: VecCollection<'s, u64, LinkFact, isize>,
     config: Arc<IdentityConfig>,
-) -> VecCollection<'s, u64, (Ident, ClusterOf), isize> {
+) -> VecCollection<'s, u64, (Sym, (Sym, bool)), isize> {
     // Both directions of every link, with its first_seen.
-    let sym = links.flat_map(|((a, b), fs)| [(a.clone(), (b.clone(), fs)), (b, (a, fs))]);
+    let sym = links.flat_map(|((a, b), fs)| [(a, (b, fs)), (b, (a, fs))]);
     // Distinct neighbours (links of several dataflows count once).
     let neighbours = sym.clone().map(|(x, (y, _))| (x, y)).distinct();
     let hubs = neighbours
@@ -31,7 +33,7 @@ pub(crate) fn stitch<'s>(
         .map(|(x, _)| x)
         .count()
         .filter(move |(x, n)| {
-            let limit = config.max_links_for(split_ident(x).0);
+            let limit = config.max_links_for(split_ident(x.text()).0);
             u64::try_from(*n).unwrap_or(0) > limit
         })
         .map(|(x, _)| x);
@@ -49,29 +51,13 @@ pub(crate) fn stitch<'s>(
         .antijoin(hubs.clone())
         .map(|(x, y)| (y, x))
         .antijoin(hubs.clone());
-    // Every non-hub starts with its own label (first_seen, id); the smallest
-    // label of a component wins.
+    // Every non-hub starts with its own label (first_seen, `type:id` text);
+    // the smallest label of a component wins.
     let labels = first_seen
         .antijoin(hubs.clone())
-        .map(|(x, fs)| (x.clone(), (fs, x)));
+        .map(|(x, fs)| (x, (fs, ByText(x))));
     let components = propagate(stitch_edges, labels);
     components
-        .map(|(x, (_, cluster))| {
-            (
-                x,
-                ClusterOf {
-                    cluster,
-                    hub: false,
-                },
-            )
-        })
-        .concat(hubs.map(|h| {
-            (
-                h.clone(),
-                ClusterOf {
-                    cluster: h,
-                    hub: true,
-                },
-            )
-        }))
+        .map(|(x, (_, cluster))| (x, (cluster.0, false)))
+        .concat(hubs.map(|h| (h, (h, true))))
 }

@@ -12,6 +12,8 @@ mod collect;
 mod fold;
 mod identity;
 mod ops;
+mod records;
+mod symbols;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,10 +30,10 @@ use differential_dataflow::AsCollection;
 
 use crate::model::{Change, DataflowProgress, DeadLetter, Progress};
 use crate::source::{Poll, RawRecord, Source, SourceError};
-use crate::spec::{Outcome, Plan};
-use collect::{Names, ToStore};
-use fold::Folded;
-use ops::{Feeder, Op, OpKind, RecKey, Retentions};
+use crate::spec::{DecodeScratch, Decoded, Plan, Verdict};
+use collect::ToStore;
+use ops::{Feeder, Names, Op, OpKind, RecKey, Retentions};
+use records::Folded;
 
 /// What the dataflow hands to whoever persists it.
 #[derive(Clone, Debug, PartialEq)]
@@ -216,19 +218,7 @@ fn run_worker(
     let peers = worker.peers();
     // Index among this process's workers: what the process's writer counts.
     let local = index % config.workers.max(1);
-    let names = Arc::new(Names {
-        dataflows: plan
-            .dataflows
-            .iter()
-            .map(|d| CompactString::from(d.name.as_str()))
-            .collect(),
-        reverse: plan
-            .edge_types
-            .iter()
-            .filter(|(_, e)| e.reverse)
-            .map(|(t, _)| CompactString::from(t.as_str()))
-            .collect(),
-    });
+    let names = Arc::new(Names::of(plan));
     let initial_wm = |name: &str| start.watermarks.get(name).copied().unwrap_or(i64::MIN);
 
     // Where every source resumes: the smallest position any process stored.
@@ -273,10 +263,10 @@ fn run_worker(
                 links.push(folded.clone().flat_map(|(f, t, _)| match f {
                     Folded::Changed {
                         key: RecKey::Link(a, b),
-                        old,
+                        old_first_seen,
                         new,
                     } => {
-                        let old = old.map(|r| (((a.clone(), b.clone()), r.first_seen), t, -1isize));
+                        let old = old_first_seen.map(|fs| (((a, b), fs), t, -1isize));
                         let new = new.map(|r| (((a, b), r.first_seen), t, 1isize));
                         old.into_iter().chain(new).collect::<Vec<_>>()
                     }
@@ -318,43 +308,46 @@ fn run_worker(
             let retentions: Vec<Retentions> = plan.dataflows.iter().map(Retentions::new).collect();
             for c in contributions {
                 let c = c.map_err(DataflowError::Rebuild)?;
-                let (dataflow, key, record) = match c {
+                let (dataflow, record) = match &c {
                     Change::Node {
-                        id,
-                        dataflow,
-                        record: Some(r),
-                    } => (dataflow, RecKey::Node(id), r),
-                    Change::Edge {
-                        edge_type,
-                        from,
-                        to,
                         dataflow,
                         record: Some(r),
                         ..
-                    } => (dataflow, RecKey::Edge(edge_type, from, to), r),
-                    Change::Link {
-                        a,
-                        b,
+                    }
+                    | Change::Edge {
                         dataflow,
                         record: Some(r),
-                    } => (dataflow, RecKey::Link(a, b), r),
+                        ..
+                    }
+                    | Change::Link {
+                        dataflow,
+                        record: Some(r),
+                        ..
+                    } => (dataflow, r),
                     _ => continue,
                 };
-                // Contributions of a definition that was removed stay in the
-                // store untouched; nothing in memory needs them.
+                // Contributions of a definition (or an edge type) that was
+                // removed stay in the store untouched; nothing in memory
+                // needs them.
                 let Some(&i) = by_name.get(dataflow.as_str()) else {
                     continue;
                 };
-                let retention = retentions[i].of(&key);
+                let Some((key, shard)) = RecKey::of_change(&c, &names)
+                    .map_err(|e| DataflowError::Rebuild(e.to_string()))?
+                else {
+                    continue;
+                };
+                let retention = retentions[i].of(&key, &names);
                 op_inputs[i].send(Op {
                     key,
+                    shard,
                     seq: 0,
                     src: 0,
                     wm: i64::MIN,
                     time: record.last_seen,
                     retention,
                     origin: None,
-                    kind: OpKind::Load(record),
+                    kind: OpKind::Load(Box::new(record.clone())),
                 });
             }
         }
@@ -370,6 +363,7 @@ fn run_worker(
             .ok_or_else(|| DataflowError::UnknownDataflow(s.dataflow().to_string()))?;
         let feeder = Feeder::new(
             plan.dataflows[i].clone(),
+            &names,
             initial_wm(&plan.dataflows[i].name),
         );
         mine.push((s, i, feeder, 0));
@@ -391,6 +385,8 @@ fn run_worker(
     }
     pos_input.advance_to(epoch);
     let mut raw: Vec<RawRecord> = Vec::with_capacity(config.batch);
+    let mut scratch = DecodeScratch::default();
+    let mut decoded = Decoded::default();
     let mut ops: Vec<Op> = Vec::new();
     let mut done = vec![false; mine.len()];
     // Times started but maybe not yet complete, oldest first.
@@ -437,32 +433,26 @@ fn run_worker(
             for r in raw.drain(..) {
                 *seq += 1;
                 let fresh = r.offset >= counted_from(r.partition);
-                let outcome = if r.payload.is_empty() {
-                    Outcome::Reject("empty payload".to_string())
-                } else {
-                    match serde_json::from_slice::<serde_json::Value>(&r.payload) {
-                        Ok(v) => d.evaluate(&v, &plan.identity),
-                        Err(e) => Outcome::Reject(format!("not JSON: {e}")),
-                    }
-                };
-                match outcome {
-                    Outcome::Ignored => {}
-                    Outcome::Event(ev) => {
+                match d.decode_into(&r.payload, &plan.identity, &mut scratch, &mut decoded) {
+                    Verdict::Ignored => {}
+                    Verdict::Event => {
                         if fresh {
                             p.events += 1;
                         }
                         let from = ops.len();
-                        feeder.feed(ev, *seq, k as u32, &mut ops);
+                        feeder
+                            .feed(&mut decoded, *seq, k as u32, &mut ops)
+                            .map_err(|e| DataflowError::Rebuild(e.to_string()))?;
                         for op in &mut ops[from..] {
                             op.origin = Some((r.partition, r.offset));
                         }
                     }
-                    Outcome::Reject(reason) if fresh => dead_letters.push(DeadLetter {
+                    Verdict::Reject(reason) if fresh => dead_letters.push(DeadLetter {
                         dataflow: CompactString::from(d.name.as_str()),
                         source: src.describe(r.partition, r.offset),
                         reason,
                     }),
-                    Outcome::Reject(_) => {}
+                    Verdict::Reject(_) => {}
                 }
                 // The stored position is the next one to read.
                 last.insert(r.partition, r.offset + 1);

@@ -12,27 +12,101 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Ident, Record, shard, split_ident};
-use crate::spec::{DataflowPlan, Decoded};
+use super::symbols::{Sym, TableFull};
+use crate::model::{Change, DataflowName, Record, shard, split_ident};
+use crate::spec::{DataflowPlan, Decoded, Plan};
 
-/// The identity of a record inside one dataflow.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The identity of a record inside one dataflow: small and `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) enum RecKey {
-    Node(Ident),
-    /// (edge type, from, to)
-    Edge(CompactString, Ident, Ident),
-    /// An identity link, `a < b`.
-    Link(Ident, Ident),
+    Node(Sym),
+    /// (edge type as its index in the plan's `edge_types`, from, to)
+    Edge(u16, Sym, Sym),
+    /// An identity link, `a < b` by text.
+    Link(Sym, Sym),
+}
+
+/// Hashes the symbols' indexes (cheap; never leaves the process: records
+/// are routed by `Op::shard`, not by this hash).
+impl std::hash::Hash for RecKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match *self {
+            RecKey::Node(a) => state.write_u64(u64::from(a.index())),
+            RecKey::Edge(t, a, b) => {
+                state.write_u64(u64::from(a.index()) | u64::from(t) << 32);
+                state.write_u32(b.index());
+            }
+            RecKey::Link(a, b) => {
+                state.write_u64(u64::from(a.index()) << 32 | u64::from(b.index()));
+            }
+        }
+    }
+}
+
+/// What the dataflow knows of the plan's names, by index.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Names {
+    /// Dataflow names, in plan order.
+    pub dataflows: Vec<DataflowName>,
+    /// Edge types, in the order of `Plan::edge_types`.
+    pub edge_types: Vec<CompactString>,
+    /// Whether an edge type keeps its reverse index, by the same index.
+    pub reverse: Vec<bool>,
+}
+
+impl Names {
+    pub fn of(plan: &Plan) -> Names {
+        Names {
+            dataflows: plan
+                .dataflows
+                .iter()
+                .map(|d| CompactString::from(d.name.as_str()))
+                .collect(),
+            edge_types: plan
+                .edge_types
+                .keys()
+                .map(|t| CompactString::from(t.as_str()))
+                .collect(),
+            reverse: plan.edge_types.values().map(|e| e.reverse).collect(),
+        }
+    }
+
+    /// The index of an edge type (the plan declares every type a rule uses).
+    pub fn edge_type(&self, name: &str) -> Option<u16> {
+        self.edge_types
+            .binary_search_by(|t| t.as_str().cmp(name))
+            .ok()
+            .and_then(|i| u16::try_from(i).ok())
+    }
 }
 
 impl RecKey {
-    /// The hash that decides which worker owns the record (`model::shard`).
-    pub fn shard(&self) -> u64 {
-        match self {
-            RecKey::Node(id) => shard::node(id),
-            RecKey::Edge(t, from, _) => shard::edge(t, from),
-            RecKey::Link(a, b) => shard::link(a, b),
-        }
+    /// The key of a stored contribution, and the hash that decides its owner
+    /// (`model::shard`).
+    pub fn of_change(c: &Change, names: &Names) -> Result<Option<(RecKey, u64)>, TableFull> {
+        Ok(match c {
+            Change::Node { id, .. } => {
+                let h = shard::node(id);
+                Some((RecKey::Node(Sym::intern_hashed(id, h)?), h))
+            }
+            Change::Edge {
+                edge_type,
+                from,
+                to,
+                ..
+            } => match names.edge_type(edge_type) {
+                Some(t) => Some((
+                    RecKey::Edge(t, Sym::intern(from)?, Sym::intern(to)?),
+                    shard::edge(edge_type, from),
+                )),
+                None => None,
+            },
+            Change::Link { a, b, .. } => Some((
+                RecKey::Link(Sym::intern(a)?, Sym::intern(b)?),
+                shard::link(a, b),
+            )),
+            _ => None,
+        })
     }
 }
 
@@ -44,13 +118,15 @@ pub(crate) enum OpKind {
     /// An event retracts the record.
     Delete,
     /// State rebuilt from the store on start.
-    Load(Record),
+    Load(Box<Record>),
 }
 
 /// One op for one record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Op {
     pub key: RecKey,
+    /// `model::shard` of the record: decides the worker that owns it.
+    pub shard: u64,
     /// Position of the event in its source (partition order).
     pub seq: u64,
     /// The source (partition) the event came from.
@@ -102,12 +178,15 @@ impl Retentions {
         r
     }
 
-    pub fn of(&self, key: &RecKey) -> Option<u64> {
-        match key {
-            RecKey::Node(id) => self.nodes.get(split_ident(id).0).copied().flatten(),
-            RecKey::Edge(t, _, _) => self.edges.get(t.as_str()).copied().flatten(),
+    pub fn of(&self, key: &RecKey, names: &Names) -> Option<u64> {
+        match *key {
+            RecKey::Node(id) => self.nodes.get(split_ident(id.text()).0).copied().flatten(),
+            RecKey::Edge(t, _, _) => names
+                .edge_types
+                .get(usize::from(t))
+                .and_then(|t| self.edges.get(t.as_str()).copied().flatten()),
             RecKey::Link(a, b) => {
-                let (ta, tb) = (split_ident(a).0, split_ident(b).0);
+                let (ta, tb) = (split_ident(a.text()).0, split_ident(b.text()).0);
                 let k = if ta <= tb { (ta, tb) } else { (tb, ta) };
                 self.links
                     .get(&(k.0.to_string(), k.1.to_string()))
@@ -121,52 +200,77 @@ impl Retentions {
 /// Turns the decoded events of one dataflow into ops, keeping its watermark.
 pub(crate) struct Feeder {
     plan: DataflowPlan,
+    /// Edge type index of every edge rule.
+    edge_types: Vec<u16>,
     /// Largest event time read so far (`i64::MIN`: none).
     pub watermark: i64,
-    scratch: BTreeMap<RecKey, (Option<u64>, Vec<CompactString>)>,
+    /// The records of one event: key, owner hash, retention, props.
+    scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
 }
 
 impl Feeder {
-    pub fn new(plan: DataflowPlan, watermark: i64) -> Feeder {
+    pub fn new(plan: DataflowPlan, names: &Names, watermark: i64) -> Feeder {
+        let edge_types = plan
+            .edges
+            .iter()
+            .map(|r| names.edge_type(&r.edge_type).unwrap_or(u16::MAX))
+            .collect();
         Feeder {
             plan,
+            edge_types,
             watermark,
-            scratch: BTreeMap::new(),
+            scratch: Vec::new(),
         }
     }
 
     /// Appends the ops of one event to `out` and advances the watermark.
     /// A record asserted by several rules of this event counts once; its
     /// props are merged key by key, later rules winning.
-    pub fn feed(&mut self, ev: Decoded, seq: u64, src: u32, out: &mut Vec<Op>) {
+    pub fn feed(
+        &mut self,
+        ev: &mut Decoded,
+        seq: u64,
+        src: u32,
+        out: &mut Vec<Op>,
+    ) -> Result<(), TableFull> {
         let wm = self.watermark;
         self.scratch.clear();
-        for (rule, id, props) in ev.nodes {
-            let ret = self.plan.nodes[rule].retention;
-            push_scratch(&mut self.scratch, RecKey::Node(id), ret, props);
-        }
-        for (rule, from, to, props) in ev.edges {
-            let r = &self.plan.edges[rule];
-            let key = RecKey::Edge(CompactString::from(r.edge_type.as_str()), from, to);
-            push_scratch(&mut self.scratch, key, r.retention, props);
-        }
-        for (rule, a, b) in ev.links {
-            let ret = self.plan.identity[rule].retention;
+        for (rule, id, props) in ev.nodes.drain(..) {
+            let h = shard::node(&id);
+            let key = RecKey::Node(Sym::intern_hashed(&id, h)?);
             push_scratch(
                 &mut self.scratch,
-                RecKey::Link(a, b),
-                ret,
-                CompactString::default(),
+                key,
+                h,
+                self.plan.nodes[rule].retention,
+                props,
             );
         }
-        for (key, (retention, props)) in std::mem::take(&mut self.scratch) {
+        for (rule, from, to, props) in ev.edges.drain(..) {
+            let r = &self.plan.edges[rule];
+            let key = RecKey::Edge(
+                self.edge_types[rule],
+                Sym::intern(&from)?,
+                Sym::intern(&to)?,
+            );
+            let h = shard::edge(&r.edge_type, &from);
+            push_scratch(&mut self.scratch, key, h, r.retention, props);
+        }
+        for (rule, a, b) in ev.links.drain(..) {
+            let key = RecKey::Link(Sym::intern(&a)?, Sym::intern(&b)?);
+            let h = shard::link(&a, &b);
+            let ret = self.plan.identity[rule].retention;
+            push_scratch(&mut self.scratch, key, h, ret, CompactString::default());
+        }
+        for (key, shard, retention, props) in self.scratch.drain(..) {
             let kind = if ev.delete {
                 OpKind::Delete
             } else {
-                OpKind::Assert(merge_props(props))
+                OpKind::Assert(props)
             };
             out.push(Op {
                 key,
+                shard,
                 seq,
                 src,
                 wm,
@@ -177,20 +281,26 @@ impl Feeder {
             });
         }
         self.watermark = self.watermark.max(ev.time);
+        Ok(())
     }
 }
 
+/// Adds a record of the event, or merges its props into the same record
+/// asserted by an earlier rule (the first rule's retention stays).
 fn push_scratch(
-    scratch: &mut BTreeMap<RecKey, (Option<u64>, Vec<CompactString>)>,
+    scratch: &mut Vec<(RecKey, u64, Option<u64>, CompactString)>,
     key: RecKey,
+    shard: u64,
     retention: Option<u64>,
     props: CompactString,
 ) {
-    scratch
-        .entry(key)
-        .or_insert_with(|| (retention, Vec::new()))
-        .1
-        .push(props);
+    match scratch.iter_mut().find(|(k, ..)| *k == key) {
+        Some((_, _, _, old)) => {
+            let merged = merge_props(vec![std::mem::take(old), props]);
+            *old = merged;
+        }
+        None => scratch.push((key, shard, retention, props)),
+    }
 }
 
 /// Merges the props objects of several rules, later ones winning per key.

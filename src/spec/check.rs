@@ -206,7 +206,7 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
     if cx.problems.is_empty()
         && let (Some((topic, _)), Some(event_time)) = (source.topic, source.event_time)
     {
-        out.plan = Some(DataflowPlan {
+        let mut plan = DataflowPlan {
             name: name.to_string(),
             file: file.to_path_buf(),
             topic,
@@ -217,7 +217,10 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
             edges,
             identity,
             kafka: source.kafka,
-        });
+            fields: Default::default(),
+        };
+        plan.index_fields();
+        out.plan = Some(plan);
     }
     out.problems = cx.problems;
     out

@@ -9,13 +9,15 @@
 //! Layout: `reader` walks a spanned TOML tree and turns bad values into
 //! problems, `condition` reads conditions, `check` gives each key its meaning
 //! and checks across files, `problem` shows problems, `duration` parses
-//! durations, `plan` is the checked result and evaluates events.
+//! durations, `plan` is the checked result and evaluates events, `decode`
+//! extracts the fields a definition reads from an event's JSON bytes.
 //!
 //! Invariant: `load` returns a `Plan` only when there is no problem at all,
 //! and never panics, whatever the files contain.
 
 mod check;
 mod condition;
+mod decode;
 mod duration;
 mod plan;
 mod problem;
@@ -23,6 +25,7 @@ mod reader;
 
 use std::path::{Path, PathBuf};
 
+pub use decode::{EventView, FieldRef, FieldSet, Fields, Slot};
 pub use duration::parse_duration;
 pub use plan::*;
 pub use problem::{Problem, SpecErrors};

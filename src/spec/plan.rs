@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use compact_str::CompactString;
 use serde_json::Value;
 
-use crate::model::{EventTime, Ident, ident};
+use super::decode::{EventView, FieldRef, FieldSet, Fields};
+use crate::model::{EventTime, Ident, ident, split_ident};
 
 /// All definitions of a folder plus the global settings from `rdg.toml`.
 #[derive(Clone, Debug)]
@@ -84,6 +85,8 @@ pub struct DataflowPlan {
     pub identity: Vec<IdentityRule>,
     /// Extra librdkafka settings from `[source.kafka]`.
     pub kafka: BTreeMap<String, String>,
+    /// Every path above, compiled for fast decoding ([`DataflowPlan::index_fields`]).
+    pub fields: FieldSet,
 }
 
 /// Where the event time is and how to read it.
@@ -102,10 +105,35 @@ pub enum TimeUnit {
 }
 
 /// A dotted path into a JSON object (`device.id`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+///
+/// Equality and order are by text; `slot` is where the definition's
+/// [`FieldSet`] keeps this path's value when decoding (set by
+/// [`DataflowPlan::index_fields`]).
+#[derive(Clone, Debug)]
 pub struct FieldPath {
     pub text: String,
     pub parts: Vec<String>,
+    pub slot: Option<usize>,
+}
+
+impl PartialEq for FieldPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for FieldPath {}
+
+impl PartialOrd for FieldPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FieldPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
 }
 
 impl FieldPath {
@@ -114,6 +142,7 @@ impl FieldPath {
         FieldPath {
             text: text.to_string(),
             parts: text.split('.').map(str::to_string).collect(),
+            slot: None,
         }
     }
 
@@ -141,32 +170,57 @@ pub enum Condition {
 }
 
 impl Condition {
-    pub fn eval(&self, event: &Value) -> bool {
+    pub fn eval(&self, event: &impl EventView) -> bool {
         match self {
-            Condition::Equals(p, v) => p.get(event).is_some_and(|x| json_eq(x, v)),
-            Condition::In(p, vs) => p
-                .get(event)
-                .is_some_and(|x| vs.iter().any(|v| json_eq(x, v))),
-            Condition::Exists(p, want) => p.get(event).is_some_and(|x| !x.is_null()) == *want,
+            Condition::Equals(p, v) => event.field(p).is_some_and(|x| field_eq(x, v)),
+            Condition::In(p, vs) => event
+                .field(p)
+                .is_some_and(|x| vs.iter().any(|v| field_eq(x, v))),
+            Condition::Exists(p, want) => event.field(p).is_some_and(|x| !x.is_null()) == *want,
             Condition::Not(c) => !c.eval(event),
             Condition::All(cs) => cs.iter().all(|c| c.eval(event)),
             Condition::Any(cs) => cs.iter().any(|c| c.eval(event)),
         }
+    }
+
+    /// Every path the condition reads.
+    fn paths_mut(&mut self) -> Vec<&mut FieldPath> {
+        match self {
+            Condition::Equals(p, _) | Condition::In(p, _) | Condition::Exists(p, _) => vec![p],
+            Condition::Not(c) => c.paths_mut(),
+            Condition::All(cs) | Condition::Any(cs) => {
+                cs.iter_mut().flat_map(|c| c.paths_mut()).collect()
+            }
+        }
+    }
+}
+
+/// [`json_eq`] between a field as read and a literal.
+fn field_eq(a: FieldRef<'_>, b: &Value) -> bool {
+    match (a, b) {
+        (FieldRef::Null, Value::Null) => true,
+        (FieldRef::Bool(x), Value::Bool(y)) => x == *y,
+        (FieldRef::Number(x), Value::Number(y)) => number_eq(x, y),
+        (FieldRef::Str(x), Value::String(y)) => x == y,
+        (FieldRef::Complex(x), y) => json_eq(x, y),
+        _ => false,
+    }
+}
+
+fn number_eq(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+        x == y
+    } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+        x == y
+    } else {
+        x.as_f64() == y.as_f64()
     }
 }
 
 /// JSON equality where numbers compare by value (5 equals 5.0).
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
-                x == y
-            } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
-                x == y
-            } else {
-                x.as_f64() == y.as_f64()
-            }
-        }
+        (Value::Number(x), Value::Number(y)) => number_eq(x, y),
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
         }
@@ -231,6 +285,16 @@ pub struct Decoded {
     pub links: Vec<(usize, Ident, Ident)>,
 }
 
+impl Decoded {
+    fn reset(&mut self, time: EventTime, delete: bool) {
+        self.time = time;
+        self.delete = delete;
+        self.nodes.clear();
+        self.edges.clear();
+        self.links.clear();
+    }
+}
+
 /// The result of evaluating one event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -241,75 +305,187 @@ pub enum Outcome {
     Reject(String),
 }
 
+/// The result of [`DataflowPlan::decode_into`]: like [`Outcome`], with the
+/// event's content left in the caller's [`Decoded`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Ignored,
+    Event,
+    Reject(String),
+}
+
+/// Buffers reused from one event to the next by [`DataflowPlan::decode_into`].
+#[derive(Debug, Default)]
+pub struct DecodeScratch {
+    /// Empty between events: only its allocation is kept.
+    slots: Fields<'static>,
+    ids: Vec<Ident>,
+    text: String,
+}
+
 impl DataflowPlan {
-    /// Evaluates one event. `blocklist` comes from the plan's identity config.
+    /// Numbers every path the definition reads and compiles them for
+    /// [`DataflowPlan::decode_into`]. Called once when the plan is built.
+    pub fn index_fields(&mut self) {
+        let mut paths: Vec<&mut FieldPath> = vec![&mut self.event_time.path];
+        for c in [&mut self.delete, &mut self.when].into_iter().flatten() {
+            paths.extend(c.paths_mut());
+        }
+        for r in &mut self.nodes {
+            paths.push(&mut r.id);
+            paths.extend(r.props.iter_mut().map(|(_, p)| p));
+            paths.extend(r.when.iter_mut().flat_map(|c| c.paths_mut()));
+        }
+        for r in &mut self.edges {
+            paths.push(&mut r.from.path);
+            paths.push(&mut r.to.path);
+            paths.extend(r.props.iter_mut().map(|(_, p)| p));
+            paths.extend(r.when.iter_mut().flat_map(|c| c.paths_mut()));
+        }
+        for r in &mut self.identity {
+            paths.extend(r.ids.iter_mut().map(|i| &mut i.path));
+            paths.extend(r.when.iter_mut().flat_map(|c| c.paths_mut()));
+        }
+        self.fields = FieldSet::build(paths);
+    }
+
+    /// Evaluates one parsed event. `identity` gives the blocklist.
     pub fn evaluate(&self, event: &Value, identity: &IdentityConfig) -> Outcome {
         if !event.is_object() {
             return Outcome::Reject("event is not a JSON object".to_string());
         }
+        let mut out = Decoded::default();
+        let mut scratch = DecodeScratch::default();
+        match self.evaluate_view(event, identity, &mut scratch, &mut out) {
+            Verdict::Ignored => Outcome::Ignored,
+            Verdict::Event => Outcome::Event(out),
+            Verdict::Reject(r) => Outcome::Reject(r),
+        }
+    }
+
+    /// Decodes and evaluates one event from its bytes into `out`, reusing
+    /// `scratch`. Equal to parsing the bytes into a `Value` and calling
+    /// [`DataflowPlan::evaluate`] (which it falls back to for anything the
+    /// fast decoder refuses, so errors read the same), without building the
+    /// `Value`.
+    pub fn decode_into(
+        &self,
+        bytes: &[u8],
+        identity: &IdentityConfig,
+        scratch: &mut DecodeScratch,
+        out: &mut Decoded,
+    ) -> Verdict {
+        if bytes.is_empty() {
+            return Verdict::Reject("empty payload".to_string());
+        }
+        // Reuse the slots' allocation across lifetimes: the vector is empty.
+        let mut fields: Fields<'_> = std::mem::take(&mut scratch.slots).recycle();
+        let verdict = self
+            .fields
+            .decode(bytes, &mut fields)
+            .map(|()| self.evaluate_view(&fields, identity, scratch, out));
+        scratch.slots = fields.recycle();
+        match verdict {
+            Some(v) => v,
+            None => match serde_json::from_slice::<Value>(bytes) {
+                Ok(v) => match self.evaluate(&v, identity) {
+                    Outcome::Ignored => Verdict::Ignored,
+                    Outcome::Event(d) => {
+                        *out = d;
+                        Verdict::Event
+                    }
+                    Outcome::Reject(r) => Verdict::Reject(r),
+                },
+                Err(e) => Verdict::Reject(format!("not JSON: {e}")),
+            },
+        }
+    }
+
+    /// Evaluates an event (known to be an object) through `event`'s view.
+    fn evaluate_view(
+        &self,
+        event: &impl EventView,
+        identity: &IdentityConfig,
+        scratch: &mut DecodeScratch,
+        out: &mut Decoded,
+    ) -> Verdict {
         if let Some(w) = &self.when
             && !w.eval(event)
         {
-            return Outcome::Ignored;
+            return Verdict::Ignored;
         }
         let time = match read_time(&self.event_time, event) {
             Ok(t) => t,
-            Err(e) => return Outcome::Reject(e),
+            Err(e) => return Verdict::Reject(e),
         };
         let delete = self.delete.as_ref().is_some_and(|c| c.eval(event));
-        let mut out = Decoded {
-            time,
-            delete,
-            ..Decoded::default()
-        };
+        out.reset(time, delete);
+        let result = self
+            .eval_nodes(event, scratch, out)
+            .and_then(|()| self.eval_edges(event, scratch, out))
+            .and_then(|()| self.eval_identity(event, identity, scratch, out));
+        match result {
+            Ok(()) => Verdict::Event,
+            Err(e) => Verdict::Reject(e),
+        }
+    }
+
+    fn eval_nodes(
+        &self,
+        event: &impl EventView,
+        scratch: &mut DecodeScratch,
+        out: &mut Decoded,
+    ) -> Result<(), String> {
         for (i, r) in self.nodes.iter().enumerate() {
             if !applies(&r.when, event) {
                 continue;
             }
-            match read_id(&r.id, event, r.required) {
-                Ok(Some(id)) => {
-                    out.nodes
-                        .push((i, ident(&r.node_type, &id), props_json(&r.props, event)))
-                }
-                Ok(None) => {}
-                Err(e) => return Outcome::Reject(e),
+            if let Some(id) = read_id(&r.node_type, &r.id, event, r.required)? {
+                let props = props_json(&r.props, event, &mut scratch.text);
+                out.nodes.push((i, id, props));
             }
         }
+        Ok(())
+    }
+
+    fn eval_edges(
+        &self,
+        event: &impl EventView,
+        scratch: &mut DecodeScratch,
+        out: &mut Decoded,
+    ) -> Result<(), String> {
         for (i, r) in self.edges.iter().enumerate() {
             if !applies(&r.when, event) {
                 continue;
             }
-            let from = match read_id(&r.from.path, event, r.required) {
-                Ok(v) => v,
-                Err(e) => return Outcome::Reject(e),
-            };
-            let to = match read_id(&r.to.path, event, r.required) {
-                Ok(v) => v,
-                Err(e) => return Outcome::Reject(e),
-            };
+            let from = read_id(&r.from.node_type, &r.from.path, event, r.required)?;
+            let to = read_id(&r.to.node_type, &r.to.path, event, r.required)?;
             if let (Some(f), Some(t)) = (from, to) {
-                out.edges.push((
-                    i,
-                    ident(&r.from.node_type, &f),
-                    ident(&r.to.node_type, &t),
-                    props_json(&r.props, event),
-                ));
+                let props = props_json(&r.props, event, &mut scratch.text);
+                out.edges.push((i, f, t, props));
             }
         }
+        Ok(())
+    }
+
+    fn eval_identity(
+        &self,
+        event: &impl EventView,
+        identity: &IdentityConfig,
+        scratch: &mut DecodeScratch,
+        out: &mut Decoded,
+    ) -> Result<(), String> {
         for (i, r) in self.identity.iter().enumerate() {
             if !applies(&r.when, event) {
                 continue;
             }
-            let mut present: Vec<Ident> = Vec::new();
+            let present = &mut scratch.ids;
+            present.clear();
             for idref in &r.ids {
-                match read_id(&idref.path, event, r.required) {
-                    Ok(Some(v)) => {
-                        if !identity.blocklist.contains(v.as_str()) {
-                            present.push(ident(&idref.node_type, &v));
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Outcome::Reject(e),
+                if let Some(id) = read_id(&idref.node_type, &idref.path, event, r.required)?
+                    && !identity.blocklist.contains(split_ident(&id).1)
+                {
+                    present.push(id);
                 }
             }
             present.sort();
@@ -320,32 +496,33 @@ impl DataflowPlan {
                 }
             }
         }
-        Outcome::Event(out)
+        Ok(())
     }
 }
 
-fn applies(when: &Option<Condition>, event: &Value) -> bool {
+fn applies(when: &Option<Condition>, event: &impl EventView) -> bool {
     when.as_ref().is_none_or(|c| c.eval(event))
 }
 
-/// Reads an id: strings as they are, integers in decimal; missing or null is
-/// `None` unless `required`.
+/// Reads an id as the identifier `node_type:id`: strings as they are,
+/// integers in decimal; missing or null is `None` unless `required`.
 fn read_id(
+    node_type: &str,
     path: &FieldPath,
-    event: &Value,
+    event: &impl EventView,
     required: bool,
-) -> Result<Option<CompactString>, String> {
-    match path.get(event) {
-        None | Some(Value::Null) => {
+) -> Result<Option<Ident>, String> {
+    match event.field(path) {
+        None | Some(FieldRef::Null) => {
             if required {
                 Err(format!("required field `{}` is missing", path.text))
             } else {
                 Ok(None)
             }
         }
-        Some(Value::String(s)) => Ok(Some(CompactString::from(s.as_str()))),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
-            Ok(Some(compact_str::format_compact!("{n}")))
+        Some(FieldRef::Str(s)) => Ok(Some(ident(node_type, s))),
+        Some(FieldRef::Number(n)) if n.is_i64() || n.is_u64() => {
+            Ok(Some(compact_str::format_compact!("{node_type}:{n}")))
         }
         Some(other) => Err(format!(
             "field `{}` must be a string or an integer id, found {}",
@@ -356,10 +533,9 @@ fn read_id(
 }
 
 /// Reads the event time in epoch milliseconds.
-fn read_time(tf: &TimeField, event: &Value) -> Result<EventTime, String> {
-    let v = tf
-        .path
-        .get(event)
+fn read_time(tf: &TimeField, event: &impl EventView) -> Result<EventTime, String> {
+    let v = event
+        .field(&tf.path)
         .ok_or_else(|| format!("event time field `{}` is missing", tf.path.text))?;
     let scale = |x: f64| -> Result<EventTime, String> {
         let ms = match tf.unit {
@@ -377,7 +553,7 @@ fn read_time(tf: &TimeField, event: &Value) -> Result<EventTime, String> {
         }
     };
     match v {
-        Value::Number(n) => {
+        FieldRef::Number(n) => {
             if let Some(i) = n.as_i64() {
                 match tf.unit {
                     TimeUnit::Millis => Ok(i),
@@ -390,7 +566,7 @@ fn read_time(tf: &TimeField, event: &Value) -> Result<EventTime, String> {
                 scale(n.as_f64().unwrap_or(f64::NAN))
             }
         }
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+        FieldRef::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|d| d.timestamp_millis())
             .map_err(|e| {
                 format!(
@@ -409,30 +585,87 @@ fn read_time(tf: &TimeField, event: &Value) -> Result<EventTime, String> {
 
 /// The props of a rule as a JSON object with sorted keys; absent and null
 /// fields are left out; empty text when the rule has no props at all.
-fn props_json(props: &[(String, FieldPath)], event: &Value) -> CompactString {
+/// `text` is a reusable buffer.
+fn props_json(
+    props: &[(String, FieldPath)],
+    event: &impl EventView,
+    text: &mut String,
+) -> CompactString {
     if props.is_empty() {
         return CompactString::default();
     }
-    let mut map = serde_json::Map::new();
+    text.clear();
+    text.push('{');
+    // `props` is sorted by name, as a serialized map would be.
     for (name, path) in props {
-        if let Some(v) = path.get(event)
-            && !v.is_null()
-        {
-            map.insert(name.clone(), v.clone());
+        let Some(v) = event.field(path) else { continue };
+        if v.is_null() {
+            continue;
         }
+        if text.len() > 1 {
+            text.push(',');
+        }
+        push_json_str(text, name);
+        text.push(':');
+        push_json(text, v);
     }
-    // Serializing a Map of Values cannot fail.
-    CompactString::from(serde_json::to_string(&map).unwrap_or_default())
+    text.push('}');
+    CompactString::from(text.as_str())
 }
 
-fn kind(v: &Value) -> &'static str {
+/// Appends `s` as a JSON string, escaped as serde_json escapes it.
+fn push_json_str(text: &mut String, s: &str) {
+    let needs_escape = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    if needs_escape {
+        // Serializing a string into a String cannot fail.
+        let _ = serde_json::to_writer(StringWriter(text), s);
+    } else {
+        text.push('"');
+        text.push_str(s);
+        text.push('"');
+    }
+}
+
+/// Appends a value as serde_json serializes it.
+fn push_json(text: &mut String, v: FieldRef<'_>) {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a non-integer number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        FieldRef::Null => text.push_str("null"),
+        FieldRef::Bool(true) => text.push_str("true"),
+        FieldRef::Bool(false) => text.push_str("false"),
+        FieldRef::Str(s) => push_json_str(text, s),
+        FieldRef::Number(n) => {
+            let _ = serde_json::to_writer(StringWriter(text), n);
+        }
+        FieldRef::Complex(v) => {
+            let _ = serde_json::to_writer(StringWriter(text), v);
+        }
+    }
+}
+
+/// `io::Write` into a `String` for serde_json (which writes UTF-8 only).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let s = std::str::from_utf8(buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.0.push_str(s);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn kind(v: FieldRef<'_>) -> &'static str {
+    match v {
+        FieldRef::Null => "null",
+        FieldRef::Bool(_) => "a boolean",
+        FieldRef::Number(_) => "a non-integer number",
+        FieldRef::Str(_) => "a string",
+        FieldRef::Complex(Value::Array(_)) => "an array",
+        FieldRef::Complex(_) => "an object",
     }
 }
 

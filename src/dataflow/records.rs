@@ -1,0 +1,429 @@
+//! The per-record state of one dataflow on one worker: one aggregate per live
+//! record, and an index of when records expire. [`Records::apply_time`]
+//! applies one complete time's ops; the fold operator (`fold.rs`) decides
+//! when a time is complete.
+//!
+//! Invariant: after `apply_time`, the state equals the sequential model
+//! after the same events: per record, ops in (seq, src) order, each against
+//! the watermark its event saw; then every record that the time's final
+//! watermark ends is gone. Memory follows live records: ops are dropped once
+//! applied, and the expiry index holds each live record at most a bounded
+//! number of times (see [`Expiry`]).
+
+use std::collections::BTreeMap;
+
+use super::ops::{Op, OpKind, RecKey};
+use crate::model::Record;
+
+/// Hash maps of the fold: iteration order never reaches output (changes are
+/// emitted in key order of the ops, then of the expiry index), so a fast
+/// fixed-seed hasher is fine.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// One output of a time: a record's aggregate after the time, or a count of
+/// late ops. `old_first_seen` is set for links only (identity retracts the
+/// link's earlier first_seen).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Folded {
+    Changed {
+        key: RecKey,
+        /// For links: whether the link existed before the time, and its
+        /// first_seen then.
+        old_first_seen: Option<i64>,
+        new: Option<Record>,
+    },
+    Late(u64),
+}
+
+struct Entry {
+    rec: Record,
+    retention: Option<u64>,
+}
+
+impl Entry {
+    fn deadline(&self) -> Option<i64> {
+        self.retention.map(|r| deadline(self.rec.last_seen, r))
+    }
+}
+
+fn deadline(last_seen: i64, retention: u64) -> i64 {
+    last_seen.saturating_add(retention.min(i64::MAX as u64) as i64)
+}
+
+/// When records expire, in buckets of deadlines: per retention, buckets of
+/// `retention / 16` ms. A record is filed under the bucket of its deadline
+/// when it is created and whenever its deadline moves to another bucket; an
+/// older filing is left behind and skipped when its bucket comes due (the
+/// record's real deadline is checked). So most ops cost no index update, and
+/// a live record is filed at most ~17 times per retention.
+#[derive(Default)]
+struct Expiry {
+    /// (retention, bucket) → keys filed there.
+    buckets: BTreeMap<(u64, i64), Vec<RecKey>>,
+}
+
+impl Expiry {
+    fn width(retention: u64) -> i64 {
+        (retention / 16).clamp(1, i64::MAX as u64) as i64
+    }
+
+    fn bucket(deadline: i64, retention: u64) -> i64 {
+        deadline.div_euclid(Expiry::width(retention))
+    }
+
+    /// Files `key` when its deadline moved to another bucket (or is new).
+    fn refile(&mut self, key: RecKey, before: Option<(u64, i64)>, after: Option<&Entry>) {
+        let Some(e) = after else { return };
+        let (Some(r), Some(d)) = (e.retention, e.deadline()) else {
+            return;
+        };
+        let b = Expiry::bucket(d, r);
+        if before != Some((r, b)) {
+            self.buckets.entry((r, b)).or_default().push(key);
+        }
+    }
+
+    /// Takes every filing whose bucket may hold a deadline `<= watermark`,
+    /// with the bucket it was filed under.
+    fn due(&mut self, watermark: i64, out: &mut Vec<((u64, i64), RecKey)>) {
+        let due: Vec<(u64, i64)> = self
+            .buckets
+            .keys()
+            .filter(|(r, b)| b.saturating_mul(Expiry::width(*r)) <= watermark)
+            .copied()
+            .collect();
+        for k in due {
+            if let Some(keys) = self.buckets.remove(&k) {
+                out.extend(keys.into_iter().map(|key| (k, key)));
+            }
+        }
+    }
+}
+
+/// The live records of one dataflow on one worker.
+#[derive(Default)]
+pub(crate) struct Records {
+    state: HashMap<RecKey, Entry>,
+    expiry: Expiry,
+    /// Reused buffer of due filings.
+    due: Vec<((u64, i64), RecKey)>,
+}
+
+impl Records {
+    /// The number of live records.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// The aggregate of a live record.
+    #[cfg(test)]
+    pub fn get(&self, key: &RecKey) -> Option<&Record> {
+        self.state.get(key).map(|e| &e.rec)
+    }
+
+    /// Applies the ops of time `t` and expires what `watermark` (the time's
+    /// final watermark) ends; appends what changed to `out`.
+    pub fn apply_time(
+        &mut self,
+        ops: &mut [Op],
+        watermark: i64,
+        t: u64,
+        out: &mut Vec<(Folded, u64, isize)>,
+    ) {
+        ops.sort_unstable_by_key(|op| (op.key, op.seq, op.src));
+        let mut late = 0u64;
+        for group in ops.chunk_by_mut(|a, b| a.key == b.key) {
+            let key = group[0].key;
+            let cur = self.state.remove(&key);
+            let filed = cur
+                .as_ref()
+                .and_then(|e| Some((e.retention?, Expiry::bucket(e.deadline()?, e.retention?))));
+            let old_first_seen = match key {
+                RecKey::Link(..) => cur.as_ref().map(|e| e.rec.first_seen),
+                _ => None,
+            };
+            let (mut cur, changed, group_late) = apply_group(cur, group);
+            late += group_late;
+            // The time's final watermark may end the record right away.
+            if cur
+                .as_ref()
+                .and_then(Entry::deadline)
+                .is_some_and(|d| d <= watermark)
+            {
+                cur = None;
+            }
+            self.expiry.refile(key, filed, cur.as_ref());
+            let new = cur.as_ref().map(|e| e.rec.clone());
+            if let Some(e) = cur {
+                self.state.insert(key, e);
+            }
+            if changed {
+                out.push((
+                    Folded::Changed {
+                        key,
+                        old_first_seen,
+                        new,
+                    },
+                    t,
+                    1,
+                ));
+            }
+        }
+        self.expire(watermark, t, out);
+        if late > 0 {
+            out.push((Folded::Late(late), t, 1));
+        }
+    }
+
+    /// Removes every record, untouched by this time, whose deadline is
+    /// `<= watermark`.
+    fn expire(&mut self, watermark: i64, t: u64, out: &mut Vec<(Folded, u64, isize)>) {
+        let mut due = std::mem::take(&mut self.due);
+        self.expiry.due(watermark, &mut due);
+        due.sort_unstable();
+        due.dedup();
+        for (filed, key) in due.drain(..) {
+            let Some(e) = self.state.get(&key) else {
+                continue;
+            };
+            let (Some(r), Some(d)) = (e.retention, e.deadline()) else {
+                continue;
+            };
+            if d > watermark {
+                // Still alive: file it again if this was its current bucket
+                // (only partly due); an older filing is just dropped.
+                if filed == (r, Expiry::bucket(d, r)) {
+                    self.expiry.refile(key, None, Some(e));
+                }
+                continue;
+            }
+            if let Some(e) = self.state.remove(&key) {
+                let old_first_seen = match key {
+                    RecKey::Link(..) => Some(e.rec.first_seen),
+                    _ => None,
+                };
+                out.push((
+                    Folded::Changed {
+                        key,
+                        old_first_seen,
+                        new: None,
+                    },
+                    t,
+                    1,
+                ));
+            }
+        }
+        self.due = due;
+    }
+}
+
+/// Applies one record's ops (sorted by seq, src) to its aggregate. Returns
+/// the aggregate after them, whether anything changed, and how many ops were
+/// late.
+fn apply_group(mut cur: Option<Entry>, ops: &mut [Op]) -> (Option<Entry>, bool, u64) {
+    let mut changed = false;
+    let mut late = 0u64;
+    for op in ops.iter_mut() {
+        // Expired before this event, by the watermark the event saw.
+        if cur
+            .as_ref()
+            .and_then(Entry::deadline)
+            .is_some_and(|d| d <= op.wm)
+        {
+            cur = None;
+            changed = true;
+        }
+        match std::mem::replace(&mut op.kind, OpKind::Delete) {
+            OpKind::Load(rec) => {
+                cur = Some(Entry {
+                    rec: *rec,
+                    retention: op.retention,
+                });
+                changed = true;
+            }
+            kind => {
+                if let Some(r) = op.retention
+                    && deadline(op.time, r) <= op.wm
+                {
+                    late += 1;
+                    continue;
+                }
+                match kind {
+                    OpKind::Assert(props) => {
+                        assert_record(&mut cur, op, props);
+                        changed = true;
+                    }
+                    _ => {
+                        changed |= cur.is_some();
+                        cur = None;
+                    }
+                }
+            }
+        }
+    }
+    (cur, changed, late)
+}
+
+/// Applies one assertion (semantics: docs/semantics.md, "Watermark").
+fn assert_record(cur: &mut Option<Entry>, op: &Op, props: compact_str::CompactString) {
+    match cur {
+        Some(e) => {
+            e.rec.count += 1;
+            if op.time >= e.rec.last_seen {
+                e.rec.props = props;
+            }
+            e.rec.first_seen = e.rec.first_seen.min(op.time);
+            e.rec.last_seen = e.rec.last_seen.max(op.time);
+            e.retention = op.retention;
+        }
+        None => {
+            *cur = Some(Entry {
+                rec: Record {
+                    count: 1,
+                    first_seen: op.time,
+                    last_seen: op.time,
+                    props,
+                },
+                retention: op.retention,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::symbols::Sym;
+    use compact_str::CompactString;
+
+    fn node(name: &str) -> RecKey {
+        RecKey::Node(Sym::intern(name).unwrap())
+    }
+
+    fn op(key: &str, seq: u64, wm: i64, time: i64, retention: Option<u64>, kind: OpKind) -> Op {
+        Op {
+            key: node(key),
+            shard: 0,
+            seq,
+            src: 0,
+            wm,
+            time,
+            retention,
+            origin: None,
+            kind,
+        }
+    }
+
+    fn assert_op(key: &str, seq: u64, wm: i64, time: i64, props: &str) -> Op {
+        op(
+            key,
+            seq,
+            wm,
+            time,
+            Some(10),
+            OpKind::Assert(CompactString::from(props)),
+        )
+    }
+
+    #[test]
+    fn expiry_restarts_and_late_events_are_counted() {
+        let mut r = Records::default();
+        let mut out = Vec::new();
+        // a at 0; then an event at 20 (W before = 0) on b; then a again at 25 with W = 20:
+        // a (last_seen 0, retention 10) expired at W = 20 and starts anew.
+        let mut ops = vec![
+            assert_op("n:a", 0, i64::MIN, 0, "{}"),
+            assert_op("n:b", 1, 0, 20, "{}"),
+            assert_op("n:a", 2, 20, 25, r#"{"x":1}"#),
+            // late for the rule: 5 + 10 <= 25
+            assert_op("n:a", 3, 25, 5, r#"{"x":2}"#),
+        ];
+        r.apply_time(&mut ops, 25, 1, &mut out);
+        let a = r.get(&node("n:a")).unwrap();
+        assert_eq!((a.count, a.first_seen, a.last_seen), (1, 25, 25));
+        assert_eq!(a.props, r#"{"x":1}"#);
+        assert!(out.contains(&(Folded::Late(1), 1, 1)));
+        // W = 35 expires b (20 + 10 <= 35) and a (25 + 10 <= 35).
+        let mut out = Vec::new();
+        r.apply_time(&mut [], 35, 2, &mut out);
+        assert_eq!(r.len(), 0);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn delete_then_reassert_starts_a_new_record() {
+        let mut r = Records::default();
+        let mut out = Vec::new();
+        let mut ops = vec![
+            op("n:a", 0, i64::MIN, 5, None, OpKind::Assert("".into())),
+            op("n:a", 1, 5, 6, None, OpKind::Assert("".into())),
+            op("n:a", 2, 6, 7, None, OpKind::Delete),
+            op("n:a", 3, 7, 3, None, OpKind::Assert("".into())),
+        ];
+        r.apply_time(&mut ops, 7, 1, &mut out);
+        let a = r.get(&node("n:a")).unwrap();
+        assert_eq!((a.count, a.first_seen, a.last_seen), (1, 3, 3));
+        // One output per record and time.
+        assert_eq!(out.len(), 1);
+    }
+
+    /// Against a plain model: records asserted at random times with random
+    /// watermarks expire exactly when `last_seen + retention <= W`,
+    /// whatever buckets the index filed them in.
+    #[test]
+    fn the_expiry_index_expires_exactly_what_the_watermark_ends() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(5);
+        let mut r = Records::default();
+        let mut model: BTreeMap<String, i64> = BTreeMap::new();
+        let retention = 1000u64;
+        let mut w = 0i64;
+        for t in 1..400u64 {
+            let mut ops = Vec::new();
+            for i in 0..20 {
+                let name = format!("n:exp{}", rng.random_range(0..60));
+                let time = w + rng.random_range(-200..400);
+                ops.push(op(
+                    &name,
+                    i,
+                    w,
+                    time,
+                    Some(retention),
+                    OpKind::Assert("".into()),
+                ));
+            }
+            // The model: ops in order, each against W before it.
+            for o in &ops {
+                let name = o.key_text();
+                if let Some(last) = model.get(&name)
+                    && last + retention as i64 <= o.wm
+                {
+                    model.remove(&name);
+                }
+                if o.time + retention as i64 <= o.wm {
+                    continue;
+                }
+                let e = model.entry(name).or_insert(o.time);
+                *e = (*e).max(o.time);
+            }
+            w += rng.random_range(0..150);
+            model.retain(|_, last| *last + retention as i64 > w);
+            let mut out = Vec::new();
+            r.apply_time(&mut ops, w, t, &mut out);
+            assert_eq!(r.len(), model.len(), "time {t}");
+            for (name, last) in &model {
+                assert_eq!(r.get(&node(name)).map(|x| x.last_seen), Some(*last));
+            }
+        }
+    }
+
+    impl Op {
+        fn key_text(&self) -> String {
+            match self.key {
+                RecKey::Node(s) => s.text().to_string(),
+                _ => String::new(),
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Interned identifiers: inside the dataflow every `type:id` string is a
+//! [`Sym`], a 4-byte index into one table shared by the process's workers.
+//! Strings exist only at the edges: the decoder interns them, the collector
+//! turns symbols back into text for the store.
+//!
+//! Invariant: one string has one symbol for the life of the process, and a
+//! symbol's text never changes, so workers can hand symbols to each other
+//! freely. Between processes (timely's cluster mode) a symbol travels as its
+//! text and is interned again on arrival, and it hashes (`Hash`, used by
+//! differential's exchange) by its text's stable hash, so an identifier
+//! meets the same worker whichever process saw it. The derived order of
+//! symbols is the order they were interned in this process: use it for
+//! grouping only; [`ByText`] orders by the text.
+//!
+//! The table grows with the distinct identifiers this process has seen (about
+//! 60 bytes each: text, stable hash, index); a restart starts a new table from
+//! the live records only.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{LazyLock, RwLock};
+
+use compact_str::CompactString;
+use hashbrown::HashTable;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An interned `type:id`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Sym(u32);
+
+/// A symbol ordered by its text (bytewise), for the places where the order
+/// of identifiers decides a result (a cluster's id is its smallest member).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct ByText(pub Sym);
+
+struct Entry {
+    text: CompactString,
+    /// `model::shard::node(text)`: stable across processes and builds.
+    hash: u64,
+}
+
+const SHARDS: usize = 64;
+
+struct Table {
+    entries: boxcar::Vec<Entry>,
+    /// Indexes of `entries`, found by stable hash, split to keep writers
+    /// from contending.
+    shards: Vec<RwLock<HashTable<u32>>>,
+}
+
+static TABLE: LazyLock<Table> = LazyLock::new(|| Table {
+    entries: boxcar::Vec::new(),
+    shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+});
+
+/// The table is full: more than `u32::MAX` distinct identifiers.
+#[derive(Debug, thiserror::Error)]
+#[error("more than {} distinct identifiers in one process", u32::MAX)]
+pub(crate) struct TableFull;
+
+impl Sym {
+    /// The symbol of `text`, interning it if new.
+    pub fn intern(text: &str) -> Result<Sym, TableFull> {
+        Sym::intern_hashed(text, crate::model::shard::node(text))
+    }
+
+    /// [`Sym::intern`] when the caller has `shard::node(text)` already.
+    pub fn intern_hashed(text: &str, hash: u64) -> Result<Sym, TableFull> {
+        let table = &*TABLE;
+        let shard = &table.shards[(hash as usize) % SHARDS];
+        let same = |i: &u32| {
+            table
+                .entries
+                .get(*i as usize)
+                .is_some_and(|e| e.hash == hash && e.text == text)
+        };
+        {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = map.find(hash, same) {
+                return Ok(Sym(*i));
+            }
+        }
+        let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = map.find(hash, same) {
+            return Ok(Sym(*i));
+        }
+        let i = table.entries.push(Entry {
+            text: CompactString::from(text),
+            hash,
+        });
+        let i = u32::try_from(i).map_err(|_| TableFull)?;
+        let rehash = |i: &u32| table.entries.get(*i as usize).map_or(0, |e| e.hash);
+        map.insert_unique(hash, i, rehash);
+        Ok(Sym(i))
+    }
+
+    /// The index in this process's table (for hashing inside the process).
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
+    fn entry(self) -> &'static Entry {
+        // Symbols are only made by `intern`, after their entry was pushed.
+        static MISSING: Entry = Entry {
+            text: CompactString::const_new(""),
+            hash: 0,
+        };
+        TABLE.entries.get(self.0 as usize).unwrap_or(&MISSING)
+    }
+
+    /// The `type:id` text.
+    pub fn text(self) -> &'static str {
+        &self.entry().text
+    }
+
+    /// The text as an owned identifier (inline when short).
+    pub fn ident(self) -> CompactString {
+        self.entry().text.clone()
+    }
+
+    /// `model::shard::node` of the text.
+    pub fn stable_hash(self) -> u64 {
+        self.entry().hash
+    }
+}
+
+impl Hash for Sym {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.stable_hash());
+    }
+}
+
+impl fmt::Debug for Sym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text())
+    }
+}
+
+impl Serialize for Sym {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.text())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sym {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sym, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Sym::intern(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Ord for ByText {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.text().cmp(other.0.text())
+        }
+    }
+}
+
+impl PartialOrd for ByText {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for ByText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_string_one_symbol_across_threads() {
+        let texts: Vec<String> = (0..2000).map(|i| format!("t:sym-test-{i}")).collect();
+        let syms: Vec<Vec<Sym>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| texts.iter().map(|t| Sym::intern(t).unwrap()).collect()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for other in &syms[1..] {
+            assert_eq!(&syms[0], other);
+        }
+        for (t, s) in texts.iter().zip(&syms[0]) {
+            assert_eq!(s.text(), t);
+            assert_eq!(s.stable_hash(), crate::model::shard::node(t));
+        }
+        let distinct: std::collections::BTreeSet<Sym> = syms[0].iter().copied().collect();
+        assert_eq!(distinct.len(), texts.len());
+    }
+
+    #[test]
+    fn by_text_orders_by_text_and_serde_round_trips_through_text() {
+        let b = Sym::intern("t:b-order").unwrap();
+        let a = Sym::intern("t:a-order").unwrap();
+        assert!(ByText(a) < ByText(b));
+        assert_eq!(ByText(a).cmp(&ByText(a)), std::cmp::Ordering::Equal);
+        let json = serde_json::to_string(&(a, ByText(b))).unwrap();
+        assert_eq!(json, r#"["t:a-order","t:b-order"]"#);
+        let back: (Sym, ByText) = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (a, ByText(b)));
+    }
+}
