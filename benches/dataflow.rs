@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rdg::dataflow::{self, Emitted, RunConfig, Start};
+use rdg::source::Shared;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rdg::generate::{GenOptions, events};
 use rdg::source::{MemorySource, Source};
 
@@ -54,15 +58,30 @@ fn main() {
             counted.fetch_add(changes.len() as u64, Ordering::Relaxed);
         }
     });
+    // Every worker reads every topic (a shared source per topic), as a file
+    // replay does.
+    let clock = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let handles: Vec<Vec<Option<Shared>>> = inputs
+        .iter()
+        .map(|(d, lines)| {
+            Shared::handles(
+                Box::new(MemorySource::new(d.clone(), lines.clone())),
+                clock.clone(),
+                workers,
+            )
+            .into_iter()
+            .map(Some)
+            .collect()
+        })
+        .collect();
+    let handles = Mutex::new(handles);
     let sources: dataflow::SourceFactory =
-        Arc::new(move |index, peers, _resume: &dataflow::Positions| {
-            Ok(inputs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| k % peers == index)
-                .map(|(_, (d, lines))| {
-                    Box::new(MemorySource::new(d.clone(), lines.clone())) as Box<dyn Source>
-                })
+        Arc::new(move |index, _peers, _resume: &dataflow::Positions| {
+            let mut handles = handles.lock().expect("handles");
+            Ok(handles
+                .iter_mut()
+                .filter_map(|per_worker| per_worker.get_mut(index).and_then(Option::take))
+                .map(|h| Box::new(h) as Box<dyn Source>)
                 .collect())
         });
     let start = Arc::new(Start {
@@ -73,6 +92,7 @@ fn main() {
     let config = RunConfig {
         workers,
         batch: 4096,
+        clock,
         ..RunConfig::default()
     };
     let t = Instant::now();

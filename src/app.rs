@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::dataflow::{self, Contributions, Emitted, RunConfig, Start};
+use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, Start};
 use crate::model::{Change, DeadLetter, Progress};
-use crate::source::{FileSource, Source, TopicFiles};
+use crate::source::{FileSource, Shared, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
 use crate::store::{Counts, Store, StoreError};
 
@@ -184,25 +184,37 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         .sum();
     let store = Store::open(&opts.state)?;
     let bytes_read = Arc::new(AtomicU64::new(0));
+    let workers = opts.workers.max(1);
+    let clock = Arc::new(AtomicU64::new(1));
+    // Every worker reads (and decodes) every topic: each takes the next
+    // batch of lines of a topic's files under that topic's lock.
+    let mut handles: Vec<Vec<Option<Shared>>> = topics
+        .iter()
+        .map(|t| {
+            let file = FileSource::new(t.clone(), bytes_read.clone());
+            Shared::handles(Box::new(file), clock.clone(), workers)
+                .into_iter()
+                .map(Some)
+                .collect()
+        })
+        .collect();
     let sources = {
-        let topics = topics.clone();
-        let bytes_read = bytes_read.clone();
+        let handles = Mutex::new(std::mem::take(&mut handles));
         Arc::new(
-            move |index: usize, peers: usize, _resume: &dataflow::Positions| {
-                Ok(topics
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| k % peers == index)
-                    .map(|(_, t)| {
-                        Box::new(FileSource::new(t.clone(), bytes_read.clone())) as Box<dyn Source>
-                    })
+            move |index: usize, _peers: usize, _resume: &dataflow::Positions| {
+                let mut handles = handles.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(handles
+                    .iter_mut()
+                    .filter_map(|per_worker| per_worker.get_mut(index).and_then(Option::take))
+                    .map(|h| Box::new(h) as Box<dyn Source>)
                     .collect())
             },
         )
     };
     let config = RunConfig {
-        workers: opts.workers.max(1),
+        workers,
         batch: opts.batch.max(1),
+        clock,
         ..RunConfig::default()
     };
     let bar = opts.progress.then(|| progress_bar(total_bytes));
@@ -326,7 +338,7 @@ pub fn run_into_store(
     });
     let workers = config.workers;
     let stop = config.stop.clone();
-    let committed = Arc::new(AtomicU64::new(0));
+    let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
         committed: committed.clone(),
         ..config
@@ -383,7 +395,7 @@ pub fn run_into_store(
 struct Writer {
     frontiers: Vec<u64>,
     /// Every time below this is committed (shared with the driver).
-    committed: Arc<AtomicU64>,
+    committed: Arc<Committed>,
     /// Latest lag per (dataflow, worker, source).
     lag: BTreeMap<(String, usize, usize), i64>,
     pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
@@ -391,7 +403,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(workers: usize, committed: Arc<AtomicU64>) -> Writer {
+    fn new(workers: usize, committed: Arc<Committed>) -> Writer {
         Writer {
             frontiers: vec![0; workers],
             committed,
@@ -456,11 +468,11 @@ impl Writer {
             }
         }
         if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
-            self.committed.store(upto, Ordering::Release);
+            self.committed.advance(upto);
             return Ok(None);
         }
         store.commit(&changes, &dead, &progress)?;
-        self.committed.store(upto, Ordering::Release);
+        self.committed.advance(upto);
         for (name, p) in &progress.dataflows {
             self.totals.events += p.events;
             self.totals.late += p.late;

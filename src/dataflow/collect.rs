@@ -45,10 +45,15 @@ pub(crate) fn collect<'s>(
         move |_cap, _info| {
             let mut pending: BTreeMap<u64, Vec<(ToStore, isize)>> = BTreeMap::new();
             let mut reported: Option<u64> = None;
+            // Buffers reused from time to time (see the fold).
+            let mut free: Vec<Vec<(ToStore, isize)>> = Vec::new();
             move |(input, frontier), _output| {
                 input.for_each(|_cap, data| {
                     for (x, t, d) in data.drain(..) {
-                        pending.entry(t).or_default().push((x, d));
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| free.pop().unwrap_or_default())
+                            .push((x, d));
                     }
                 });
                 let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
@@ -65,15 +70,12 @@ pub(crate) fn collect<'s>(
                     // may have committed fewer times than the processes
                     // owning its links, and time 0 is the only moment that
                     // says what the loaded links imply.
-                    let updates = if t == 0 {
-                        updates
-                            .into_iter()
-                            .filter(|(u, _)| matches!(u, ToStore::Cluster(..)))
-                            .collect()
-                    } else {
-                        updates
-                    };
-                    let (changes, progress) = to_changes(updates, &names);
+                    let mut updates = updates;
+                    if t == 0 {
+                        updates.retain(|(u, _)| matches!(u, ToStore::Cluster(..)));
+                    }
+                    let (changes, progress) = to_changes(updates.drain(..), &names);
+                    free.push(updates);
                     if !changes.is_empty() || progress != Progress::default() {
                         emit(Emitted::Data {
                             epoch: t,
@@ -92,8 +94,11 @@ pub(crate) fn collect<'s>(
     )
 }
 
-fn to_changes(updates: Vec<(ToStore, isize)>, names: &Names) -> (Vec<Change>, Progress) {
-    let mut changes = Vec::new();
+fn to_changes(
+    updates: impl ExactSizeIterator<Item = (ToStore, isize)>,
+    names: &Names,
+) -> (Vec<Change>, Progress) {
+    let mut changes = Vec::with_capacity(updates.len());
     let mut progress = Progress::default();
     // identifier -> (cluster -> net diff)
     let mut clusters: BTreeMap<Sym, BTreeMap<(Sym, bool), isize>> = BTreeMap::new();

@@ -3,8 +3,9 @@
 //! every time, the records whose aggregate changed.
 //!
 //! Invariant: ops of a time are applied only once both inputs' frontiers have
-//! passed that time, per record in (seq, src) order, each against the
-//! watermark its event saw; then every record that the time's final watermark
+//! passed that time, per record in `seq` order, each against the watermark
+//! its event saw (its own batch's, raised to the watermark of every earlier
+//! time); then every record that the time's final watermark
 //! expires is removed. So the state after a time equals the sequential model
 //! after the same prefix of events, whatever the batching. Memory grows with
 //! live records, not with events: ops are dropped once applied.
@@ -36,10 +37,11 @@ impl Applied {
     }
 
     fn holds(&self, op: &Op) -> bool {
-        match (&op.kind, op.origin) {
-            (OpKind::Load(_), _) | (_, None) => false,
-            (_, Some((part, offset))) => self.0.get(&part).is_some_and(|next| offset < *next),
+        if matches!(op.kind, OpKind::Load(_)) {
+            return false;
         }
+        let (part, offset) = super::partition_offset(op.seq);
+        self.0.get(&part).is_some_and(|next| offset < *next)
     }
 }
 
@@ -65,12 +67,16 @@ pub(crate) fn fold<'s>(
         let mut records = Records::default();
         let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
         let mut watermark = initial_watermark;
+        // Buffers reused from time to time: a time's ops can take megabytes,
+        // and fresh ones cost page faults every time.
+        let mut free: Vec<Vec<Op>> = Vec::new();
+        let mut out: Vec<(Folded, u64, isize)> = Vec::new();
         move |(input, frontier), (wms, wm_frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
                 let slot = stash
                     .entry(t)
-                    .or_insert_with(|| (None, Vec::new(), i64::MIN));
+                    .or_insert_with(|| (None, free.pop().unwrap_or_default(), i64::MIN));
                 if slot.0.is_none() {
                     slot.0 = cap.retain_least(output.output_index());
                 }
@@ -80,7 +86,7 @@ pub(crate) fn fold<'s>(
                 let Some(&t) = cap.least() else { return };
                 let slot = stash
                     .entry(t)
-                    .or_insert_with(|| (None, Vec::new(), i64::MIN));
+                    .or_insert_with(|| (None, free.pop().unwrap_or_default(), i64::MIN));
                 // A time with only a watermark can still expire records:
                 // hold a capability for it too.
                 if slot.0.is_none() {
@@ -98,17 +104,25 @@ pub(crate) fn fold<'s>(
                 let Some((_, (cap, mut ops, wm))) = stash.pop_first() else {
                     break;
                 };
-                watermark = watermark.max(wm);
-                let mut out: Vec<(Folded, u64, isize)> = Vec::new();
                 if !applied.is_empty() {
                     ops.retain(|op| !applied.holds(op));
                 }
+                // An op's watermark covers the events before it in its own
+                // batch; the batches of earlier times (decoded on any
+                // worker) come before it too.
+                for op in ops.iter_mut() {
+                    op.wm = op.wm.max(watermark);
+                }
+                watermark = watermark.max(wm);
                 records.apply_time(&mut ops, watermark, t, &mut out);
+                ops.clear();
+                free.push(ops);
                 if let Some(cap) = cap
                     && !out.is_empty()
                 {
-                    output.session(&cap).give_iterator(out.into_iter());
+                    output.session(&cap).give_iterator(out.drain(..));
                 }
+                out.clear();
             }
         }
     })

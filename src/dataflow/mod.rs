@@ -9,18 +9,18 @@
 //! and differential types never leave this module.
 
 mod collect;
+mod driver;
 mod fold;
 mod identity;
 mod ops;
 mod records;
 mod symbols;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use compact_str::CompactString;
 use thiserror::Error;
 use timely::dataflow::operators::Input;
 use timely::dataflow::operators::core::{Concatenate, Enter, Leave, Probe};
@@ -28,11 +28,11 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 
 use differential_dataflow::AsCollection;
 
-use crate::model::{Change, DataflowProgress, DeadLetter, Progress};
-use crate::source::{Poll, RawRecord, Source, SourceError};
-use crate::spec::{DecodeScratch, Decoded, Plan, Verdict};
+use crate::model::{Change, DeadLetter, Progress};
+use crate::source::{Source, SourceError};
+use crate::spec::Plan;
 use collect::ToStore;
-use ops::{Feeder, Names, Op, OpKind, RecKey, Retentions};
+use ops::{Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 
 /// What the dataflow hands to whoever persists it.
@@ -60,10 +60,6 @@ pub enum Emitted {
 
 /// How often live sources report their lag.
 const LAG_EVERY: Duration = Duration::from_secs(1);
-/// How long an idle worker sleeps unless woken by a source or a peer.
-const IDLE_PARK: Duration = Duration::from_millis(100);
-/// An idle worker moves its times forward at most this often (ms).
-const IDLE_TICK_MS: u64 = 50;
 
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
@@ -120,7 +116,49 @@ pub struct RunConfig {
     /// Set from outside: every time below it has been persisted. The driver
     /// reads no further than `in_flight` times beyond it (backpressure from
     /// the store, so memory does not fill with uncommitted changes).
-    pub committed: Arc<AtomicU64>,
+    pub committed: Arc<Committed>,
+    /// The next replay time, shared by the process's workers and by sources
+    /// that several workers read ([`crate::source::Shared`]).
+    pub clock: Arc<AtomicU64>,
+}
+
+/// How far the store has committed, with the workers that wait for it: a
+/// commit wakes them instead of their polling.
+#[derive(Debug)]
+pub struct Committed {
+    upto: AtomicU64,
+    waiters: Mutex<Vec<std::thread::Thread>>,
+}
+
+impl Committed {
+    pub fn new(upto: u64) -> Committed {
+        Committed {
+            upto: AtomicU64::new(upto),
+            waiters: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every time below `upto` is persisted; wakes the waiting workers.
+    pub fn advance(&self, upto: u64) {
+        self.upto.store(upto, Ordering::Release);
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for t in waiters.iter() {
+            t.unpark();
+        }
+    }
+
+    /// Every time below this is persisted.
+    pub fn get(&self) -> u64 {
+        self.upto.load(Ordering::Acquire)
+    }
+
+    /// The calling thread is woken by every `advance`.
+    fn register_waiter(&self) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::thread::current());
+    }
 }
 
 impl Default for RunConfig {
@@ -133,7 +171,8 @@ impl Default for RunConfig {
             live: false,
             skip_applied: false,
             stop: Arc::new(AtomicBool::new(false)),
-            committed: Arc::new(AtomicU64::new(u64::MAX)),
+            committed: Arc::new(Committed::new(u64::MAX)),
+            clock: Arc::new(AtomicU64::new(1)),
         }
     }
 }
@@ -218,8 +257,7 @@ fn run_worker(
     let peers = worker.peers();
     // Index among this process's workers: what the process's writer counts.
     let local = index % config.workers.max(1);
-    let names = Arc::new(Names::of(plan));
-    let initial_wm = |name: &str| start.watermarks.get(name).copied().unwrap_or(i64::MIN);
+    let names = Names::of(plan);
 
     // Where every source resumes: the smallest position any process stored.
     let resume = if config.cluster.is_some() {
@@ -227,6 +265,28 @@ fn run_worker(
     } else {
         start.positions.clone()
     };
+    let mut inputs = build(worker, config, plan, start, &names, local, emit);
+    // Time 0: rebuild the folds' state from this process's store (its first
+    // worker reads it; exchange sends each record to its owner).
+    if local == 0 {
+        rebuild(&mut inputs, plan, start, &names)?;
+    }
+    let reader = driver::Reader::new(plan, start, config, &names, sources(index, peers, &resume)?)?;
+    driver::drive(worker, inputs, reader, &names, local, emit)
+}
+
+/// Builds the dataflow: a region per definition (ops folded into records),
+/// the identity region fed by every definition's links, and the collector.
+fn build(
+    worker: &mut timely::worker::Worker,
+    config: &RunConfig,
+    plan: &Plan,
+    start: &Start,
+    names: &Names,
+    local: usize,
+    emit: &Emitter,
+) -> driver::Inputs {
+    let initial_wm = |name: &str| start.watermarks.get(name).copied().unwrap_or(i64::MIN);
     let applied_of = |name: &str| {
         if !config.skip_applied {
             return fold::Applied::default();
@@ -240,313 +300,145 @@ fn run_worker(
                 .collect(),
         )
     };
-    let (mut op_inputs, mut wm_inputs, mut pos_input, probe) =
-        worker.dataflow::<u64, _, _>(|scope| {
-            let (pos_input, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
-            let mut op_inputs = Vec::new();
-            let mut wm_inputs = Vec::new();
-            let mut to_store = Vec::new();
-            let mut links = Vec::new();
-            for (i, d) in plan.dataflows.iter().enumerate() {
-                let (op_in, ops) = scope.new_input::<Vec<Op>>();
-                let (wm_in, wms) = scope.new_input::<Vec<i64>>();
-                op_inputs.push(op_in);
-                wm_inputs.push(wm_in);
-                let fold_name = format!("{}.fold", d.name);
-                let w0 = initial_wm(&d.name);
-                let applied = applied_of(&d.name);
-                let folded = scope.region_named(&d.name, |region| {
-                    let ops = ops.enter(region);
-                    let wms = wms.enter(region).broadcast();
-                    fold::fold(ops, wms, w0, applied, &fold_name).leave(scope)
-                });
-                links.push(folded.clone().flat_map(|(f, t, _)| match f {
-                    Folded::Changed {
-                        key: RecKey::Link(a, b),
-                        old_first_seen,
-                        new,
-                    } => {
-                        let old = old_first_seen.map(|fs| (((a, b), fs), t, -1isize));
-                        let new = new.map(|r| (((a, b), r.first_seen), t, 1isize));
-                        old.into_iter().chain(new).collect::<Vec<_>>()
-                    }
-                    _ => Vec::new(),
-                }));
-                to_store.push(folded.map(move |(f, t, d)| (ToStore::Folded(i, f), t, d)));
-            }
-            let identity_config = Arc::new(plan.identity.clone());
-            let clusters = scope.region_named("identity", |region| {
-                let links = scope.concatenate(links).enter(region).as_collection();
-                identity::stitch(links, identity_config).inner.leave(scope)
+    let collect_names = Arc::new(names.clone());
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
+        let mut ops_in = Vec::new();
+        let mut watermarks_in = Vec::new();
+        let mut to_store = Vec::new();
+        let mut links = Vec::new();
+        for (i, d) in plan.dataflows.iter().enumerate() {
+            let (op_in, ops) = scope.new_input::<Vec<Op>>();
+            let (wm_in, wms) = scope.new_input::<Vec<i64>>();
+            ops_in.push(op_in);
+            watermarks_in.push(wm_in);
+            let fold_name = format!("{}.fold", d.name);
+            let w0 = initial_wm(&d.name);
+            let applied = applied_of(&d.name);
+            let folded = scope.region_named(&d.name, |region| {
+                let ops = ops.enter(region);
+                let wms = wms.enter(region).broadcast();
+                fold::fold(ops, wms, w0, applied, &fold_name).leave(scope)
             });
-            to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
-            to_store.push(
-                positions
-                    .broadcast()
-                    .map(|(df, key, next, t)| (ToStore::Position(df, key, next), t, 1)),
-            );
-            let all = scope.concatenate(to_store);
-            let (probe, _) = collect::collect(all, names.clone(), local, emit.clone()).probe();
-            (op_inputs, wm_inputs, pos_input, probe)
+            links.push(folded.clone().flat_map(|(f, t, _)| match f {
+                Folded::Changed {
+                    key: RecKey::Link(a, b),
+                    old_first_seen,
+                    new,
+                } => {
+                    // Identity sees only a link's existence and first_seen:
+                    // most changes (count, last_seen) do not reach it.
+                    let new_first_seen = new.map(|r| r.first_seen);
+                    if old_first_seen == new_first_seen {
+                        return Vec::new();
+                    }
+                    let old = old_first_seen.map(|fs| (((a, b), fs), t, -1isize));
+                    let new = new_first_seen.map(|fs| (((a, b), fs), t, 1isize));
+                    old.into_iter().chain(new).collect::<Vec<_>>()
+                }
+                _ => Vec::new(),
+            }));
+            to_store.push(folded.map(move |(f, t, d)| (ToStore::Folded(i, f), t, d)));
+        }
+        let identity_config = Arc::new(plan.identity.clone());
+        let clusters = scope.region_named("identity", |region| {
+            let links = scope.concatenate(links).enter(region).as_collection();
+            identity::stitch(links, identity_config).inner.leave(scope)
         });
-
-    // Time 0: rebuild the folds' state from this process's store (its first
-    // worker reads it; exchange sends each record to its owner).
-    if local == 0 {
-        let taken = start
-            .contributions
-            .lock()
-            .map_err(|_| DataflowError::Rebuild("state loader poisoned".into()))?
-            .take();
-        if let Some(contributions) = taken {
-            let by_name: BTreeMap<&str, usize> = plan
-                .dataflows
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (d.name.as_str(), i))
-                .collect();
-            let retentions: Vec<Retentions> = plan.dataflows.iter().map(Retentions::new).collect();
-            for c in contributions {
-                let c = c.map_err(DataflowError::Rebuild)?;
-                let (dataflow, record) = match &c {
-                    Change::Node {
-                        dataflow,
-                        record: Some(r),
-                        ..
-                    }
-                    | Change::Edge {
-                        dataflow,
-                        record: Some(r),
-                        ..
-                    }
-                    | Change::Link {
-                        dataflow,
-                        record: Some(r),
-                        ..
-                    } => (dataflow, r),
-                    _ => continue,
-                };
-                // Contributions of a definition (or an edge type) that was
-                // removed stay in the store untouched; nothing in memory
-                // needs them.
-                let Some(&i) = by_name.get(dataflow.as_str()) else {
-                    continue;
-                };
-                let Some((key, shard)) = RecKey::of_change(&c, &names)
-                    .map_err(|e| DataflowError::Rebuild(e.to_string()))?
-                else {
-                    continue;
-                };
-                let retention = retentions[i].of(&key, &names);
-                op_inputs[i].send(Op {
-                    key,
-                    shard,
-                    seq: 0,
-                    src: 0,
-                    wm: i64::MIN,
-                    time: record.last_seen,
-                    retention,
-                    origin: None,
-                    kind: OpKind::Load(Box::new(record.clone())),
-                });
-            }
-        }
-    }
-
-    // The sources this worker reads, each with its dataflow's feeder.
-    let mut mine: Vec<(Box<dyn Source>, usize, Feeder, u64)> = Vec::new();
-    for s in sources(index, peers, &resume)? {
-        let i = plan
-            .dataflows
-            .iter()
-            .position(|d| d.name == s.dataflow())
-            .ok_or_else(|| DataflowError::UnknownDataflow(s.dataflow().to_string()))?;
-        let feeder = Feeder::new(
-            plan.dataflows[i].clone(),
-            &names,
-            initial_wm(&plan.dataflows[i].name),
+        to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
+        to_store.push(
+            positions
+                .broadcast()
+                .map(|(df, key, next, t)| (ToStore::Position(df, key, next), t, 1)),
         );
-        mine.push((s, i, feeder, 0));
-    }
+        let all = scope.concatenate(to_store);
+        let (probe, _) = collect::collect(all, collect_names, local, emit.clone()).probe();
+        driver::Inputs {
+            ops: ops_in,
+            watermarks: watermarks_in,
+            positions: positions_in,
+            probe,
+        }
+    })
+}
 
-    // Wake this worker when a source may have data (instead of spinning).
-    let me = std::thread::current();
-    for (src, ..) in mine.iter_mut() {
-        let me = me.clone();
-        src.set_waker(Arc::new(move || me.unpark()));
-    }
-
-    let mut epoch: u64 = 1;
-    for h in op_inputs.iter_mut() {
-        h.advance_to(epoch);
-    }
-    for h in wm_inputs.iter_mut() {
-        h.advance_to(epoch);
-    }
-    pos_input.advance_to(epoch);
-    let mut raw: Vec<RawRecord> = Vec::with_capacity(config.batch);
-    let mut scratch = DecodeScratch::default();
-    let mut decoded = Decoded::default();
-    let mut ops: Vec<Op> = Vec::new();
-    let mut done = vec![false; mine.len()];
-    // Times started but maybe not yet complete, oldest first.
-    let mut started: VecDeque<u64> = VecDeque::new();
-    let mut last_lag = Instant::now();
-    loop {
-        if config.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if !config.live && done.iter().all(|d| *d) {
-            break;
-        }
-        let mut dead_letters = Vec::new();
-        let mut progress = Progress::default();
-        let mut read_any = false;
-        for (k, (src, i, feeder, seq)) in mine.iter_mut().enumerate() {
-            if done[k] {
-                continue;
+/// Sends the stored contributions as `Load` ops at time 0.
+fn rebuild(
+    inputs: &mut driver::Inputs,
+    plan: &Plan,
+    start: &Start,
+    names: &Names,
+) -> Result<(), DataflowError> {
+    let taken = start
+        .contributions
+        .lock()
+        .map_err(|_| DataflowError::Rebuild("state loader poisoned".into()))?
+        .take();
+    let Some(contributions) = taken else {
+        return Ok(());
+    };
+    let by_name: BTreeMap<&str, usize> = plan
+        .dataflows
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
+    let retentions: Vec<Retentions> = plan.dataflows.iter().map(Retentions::new).collect();
+    for c in contributions {
+        let c = c.map_err(DataflowError::Rebuild)?;
+        let (dataflow, record) = match &c {
+            Change::Node {
+                dataflow,
+                record: Some(r),
+                ..
             }
-            raw.clear();
-            if src.poll(config.batch, &mut raw)? == Poll::Done {
-                done[k] = true;
+            | Change::Edge {
+                dataflow,
+                record: Some(r),
+                ..
             }
-            if raw.is_empty() {
-                continue;
-            }
-            read_any = true;
-            let d = &plan.dataflows[*i];
-            let mut p = DataflowProgress::default();
-            // Records before this process's stored position were counted (and
-            // their dead letters kept) before a restart: their ops still go
-            // out, for owners whose state is behind, but nothing is counted.
-            let counted_from = |part: u32| -> u64 {
-                if !config.skip_applied {
-                    return 0;
-                }
-                start
-                    .positions
-                    .get(&(d.name.clone(), src.partition_key(part)))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-            for r in raw.drain(..) {
-                *seq += 1;
-                let fresh = r.offset >= counted_from(r.partition);
-                match d.decode_into(&r.payload, &plan.identity, &mut scratch, &mut decoded) {
-                    Verdict::Ignored => {}
-                    Verdict::Event => {
-                        if fresh {
-                            p.events += 1;
-                        }
-                        let from = ops.len();
-                        feeder
-                            .feed(&mut decoded, *seq, k as u32, &mut ops)
-                            .map_err(|e| DataflowError::Rebuild(e.to_string()))?;
-                        for op in &mut ops[from..] {
-                            op.origin = Some((r.partition, r.offset));
-                        }
-                    }
-                    Verdict::Reject(reason) if fresh => dead_letters.push(DeadLetter {
-                        dataflow: CompactString::from(d.name.as_str()),
-                        source: src.describe(r.partition, r.offset),
-                        reason,
-                    }),
-                    Verdict::Reject(_) => {}
-                }
-                // The stored position is the next one to read.
-                last.insert(r.partition, r.offset + 1);
-            }
-            for (part, next) in last {
-                pos_input.send((*i, src.partition_key(part), next, epoch));
-            }
-            if feeder.watermark > i64::MIN {
-                p.watermark = Some(feeder.watermark);
-                wm_inputs[*i].send(feeder.watermark);
-            }
-            progress
-                .dataflows
-                .entry(CompactString::from(d.name.as_str()))
-                .or_default()
-                .merge(&p);
-            for op in ops.drain(..) {
-                op_inputs[*i].send(op);
-            }
-        }
-        if config.live && last_lag.elapsed() >= LAG_EVERY {
-            last_lag = Instant::now();
-            for (k, (src, ..)) in mine.iter().enumerate() {
-                if let Some(lag) = src.lag() {
-                    emit(Emitted::Lag {
-                        worker: local,
-                        source: k,
-                        dataflow: src.dataflow().to_string(),
-                        lag,
-                    });
-                }
-            }
-        }
-        let next = if config.live {
-            (epoch + 1).max(wall_clock_ms())
-        } else {
-            epoch + 1
+            | Change::Link {
+                dataflow,
+                record: Some(r),
+                ..
+            } => (dataflow, r),
+            _ => continue,
         };
-        if !read_any {
-            if config.live {
-                // Idle: let the frontier follow the clock so other workers'
-                // times complete, then sleep until woken or the next tick.
-                if wall_clock_ms() > epoch + IDLE_TICK_MS {
-                    epoch = next;
-                    for h in op_inputs.iter_mut() {
-                        h.advance_to(epoch);
-                    }
-                    for h in wm_inputs.iter_mut() {
-                        h.advance_to(epoch);
-                    }
-                    pos_input.advance_to(epoch);
-                }
-                worker.step_or_park(Some(IDLE_PARK));
-            }
+        // Contributions of a definition (or an edge type) that was removed
+        // stay in the store untouched; nothing in memory needs them.
+        let Some(&i) = by_name.get(dataflow.as_str()) else {
             continue;
-        }
-        if !dead_letters.is_empty() || progress != Progress::default() {
-            emit(Emitted::Data {
-                epoch,
-                changes: Vec::new(),
-                dead_letters,
-                progress,
-            });
-        }
-        started.push_back(epoch);
-        epoch = next;
-        for h in op_inputs.iter_mut() {
-            h.advance_to(epoch);
-        }
-        for h in wm_inputs.iter_mut() {
-            h.advance_to(epoch);
-        }
-        pos_input.advance_to(epoch);
-        // Bound the work in flight: wait for the oldest started time to be
-        // complete in the dataflow and committed by the store.
-        while started.len() as u64 > config.in_flight {
-            let Some(oldest) = started.pop_front() else {
-                break;
-            };
-            let floor = oldest + 1;
-            worker.step_while(|| probe.less_than(&floor));
-            while config.committed.load(Ordering::Acquire) < floor
-                && !config.stop.load(Ordering::Relaxed)
-            {
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
-        }
-        worker.step();
+        };
+        let Some((key, shard)) =
+            RecKey::of_change(&c, names).map_err(|e| DataflowError::Rebuild(e.to_string()))?
+        else {
+            continue;
+        };
+        let retention = retentions[i].of(&key, names);
+        inputs.ops[i].send(Op {
+            key,
+            shard,
+            seq: 0,
+            wm: i64::MIN,
+            time: record.last_seen,
+            retention,
+            kind: OpKind::Load(Box::new(record.clone())),
+        });
     }
-    drop(op_inputs);
-    drop(wm_inputs);
-    drop(pos_input);
-    worker.step_while(|| !probe.done());
     Ok(())
+}
+
+/// The position of a record in its source, as the fold orders it: its
+/// partition (files: the file's index among the topic's files, read one
+/// after the other) then its offset. Partitions up to 2^24, offsets up to
+/// 2^40.
+pub(crate) fn seq_of(partition: u32, offset: u64) -> u64 {
+    (u64::from(partition) << 40) | (offset & ((1 << 40) - 1))
+}
+
+/// The inverse of [`seq_of`].
+pub(crate) fn partition_offset(seq: u64) -> (u32, u64) {
+    ((seq >> 40) as u32, seq & ((1 << 40) - 1))
 }
 
 /// Every process contributes its stored positions; each partition resumes at

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use super::symbols::{Sym, TableFull};
+use super::symbols::{Sym, SymCache, TableFull};
 use crate::model::{Change, DataflowName, Record, shard, split_ident};
 use crate::spec::{DataflowPlan, Decoded, Plan};
 
@@ -127,19 +127,15 @@ pub(crate) struct Op {
     pub key: RecKey,
     /// `model::shard` of the record: decides the worker that owns it.
     pub shard: u64,
-    /// Position of the event in its source (partition order).
+    /// Position of the event: its partition and offset (`seq_of`), so
+    /// sorting by it orders each partition's events as read.
     pub seq: u64,
-    /// The source (partition) the event came from.
-    pub src: u32,
     /// The dataflow's watermark before this event; `i64::MIN` when none.
     pub wm: i64,
     /// The event time.
     pub time: i64,
     /// The rule's retention in ms.
     pub retention: Option<u64>,
-    /// The source record's partition and offset, so an owner whose state
-    /// already holds the record's effects can skip it after a restart.
-    pub origin: Option<(u32, u64)>,
     pub kind: OpKind,
 }
 
@@ -206,6 +202,7 @@ pub(crate) struct Feeder {
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
     scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
+    symbols: SymCache,
 }
 
 impl Feeder {
@@ -220,19 +217,14 @@ impl Feeder {
             edge_types,
             watermark,
             scratch: Vec::new(),
+            symbols: SymCache::new(),
         }
     }
 
     /// Appends the ops of one event to `out` and advances the watermark.
     /// A record asserted by several rules of this event counts once; its
     /// props are merged key by key, later rules winning.
-    pub fn feed(
-        &mut self,
-        ev: &mut Decoded,
-        seq: u64,
-        src: u32,
-        out: &mut Vec<Op>,
-    ) -> Result<(), TableFull> {
+    pub fn feed(&mut self, ev: &mut Decoded, seq: u64, out: &mut Vec<Op>) -> Result<(), TableFull> {
         let wm = self.watermark;
         self.scratch.clear();
         for (rule, id, props) in ev.nodes.drain(..) {
@@ -250,14 +242,14 @@ impl Feeder {
             let r = &self.plan.edges[rule];
             let key = RecKey::Edge(
                 self.edge_types[rule],
-                Sym::intern(&from)?,
-                Sym::intern(&to)?,
+                self.symbols.intern(&from)?,
+                self.symbols.intern(&to)?,
             );
             let h = shard::edge(&r.edge_type, &from);
             push_scratch(&mut self.scratch, key, h, r.retention, props);
         }
         for (rule, a, b) in ev.links.drain(..) {
-            let key = RecKey::Link(Sym::intern(&a)?, Sym::intern(&b)?);
+            let key = RecKey::Link(self.symbols.intern(&a)?, self.symbols.intern(&b)?);
             let h = shard::link(&a, &b);
             let ret = self.plan.identity[rule].retention;
             push_scratch(&mut self.scratch, key, h, ret, CompactString::default());
@@ -272,11 +264,9 @@ impl Feeder {
                 key,
                 shard,
                 seq,
-                src,
                 wm,
                 time: ev.time,
                 retention,
-                origin: None,
                 kind,
             });
         }

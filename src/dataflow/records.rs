@@ -4,7 +4,7 @@
 //! when a time is complete.
 //!
 //! Invariant: after `apply_time`, the state equals the sequential model
-//! after the same events: per record, ops in (seq, src) order, each against
+//! after the same events: per record, ops in `seq` order, each against
 //! the watermark its event saw; then every record that the time's final
 //! watermark ends is gone. Memory follows live records: ops are dropped once
 //! applied, and the expiry index holds each live record at most a bounded
@@ -41,6 +41,19 @@ struct Entry {
 }
 
 impl Entry {
+    /// Stands in for a record while it is taken out of its slot.
+    fn placeholder() -> Entry {
+        Entry {
+            rec: Record {
+                count: 0,
+                first_seen: 0,
+                last_seen: 0,
+                props: compact_str::CompactString::const_new(""),
+            },
+            retention: None,
+        }
+    }
+
     fn deadline(&self) -> Option<i64> {
         self.retention.map(|r| deadline(self.rec.last_seen, r))
     }
@@ -131,11 +144,16 @@ impl Records {
         t: u64,
         out: &mut Vec<(Folded, u64, isize)>,
     ) {
-        ops.sort_unstable_by_key(|op| (op.key, op.seq, op.src));
+        ops.sort_unstable_by_key(|op| (op.key, op.seq));
         let mut late = 0u64;
         for group in ops.chunk_by_mut(|a, b| a.key == b.key) {
             let key = group[0].key;
-            let cur = self.state.remove(&key);
+            // The record is updated in place: one lookup, plus one for an
+            // insert or a removal.
+            let mut slot = self.state.get_mut(&key);
+            let cur = slot
+                .as_mut()
+                .map(|e| std::mem::replace(*e, Entry::placeholder()));
             let filed = cur
                 .as_ref()
                 .and_then(|e| Some((e.retention?, Expiry::bucket(e.deadline()?, e.retention?))));
@@ -143,7 +161,7 @@ impl Records {
                 RecKey::Link(..) => cur.as_ref().map(|e| e.rec.first_seen),
                 _ => None,
             };
-            let (mut cur, changed, group_late) = apply_group(cur, group);
+            let (mut cur, mut changed, group_late) = apply_group(cur, group);
             late += group_late;
             // The time's final watermark may end the record right away.
             if cur
@@ -152,13 +170,21 @@ impl Records {
                 .is_some_and(|d| d <= watermark)
             {
                 cur = None;
+                changed = true;
             }
             self.expiry.refile(key, filed, cur.as_ref());
-            let new = cur.as_ref().map(|e| e.rec.clone());
-            if let Some(e) = cur {
-                self.state.insert(key, e);
+            let new = changed.then(|| cur.as_ref().map(|e| e.rec.clone()));
+            match (slot, cur) {
+                (Some(slot), Some(e)) => *slot = e,
+                (Some(_), None) => {
+                    self.state.remove(&key);
+                }
+                (None, Some(e)) => {
+                    self.state.insert(key, e);
+                }
+                (None, None) => {}
             }
-            if changed {
+            if let Some(new) = new {
                 out.push((
                     Folded::Changed {
                         key,
@@ -218,7 +244,7 @@ impl Records {
     }
 }
 
-/// Applies one record's ops (sorted by seq, src) to its aggregate. Returns
+/// Applies one record's ops (sorted by seq) to its aggregate. Returns
 /// the aggregate after them, whether anything changed, and how many ops were
 /// late.
 fn apply_group(mut cur: Option<Entry>, ops: &mut [Op]) -> (Option<Entry>, bool, u64) {
@@ -306,11 +332,9 @@ mod tests {
             key: node(key),
             shard: 0,
             seq,
-            src: 0,
             wm,
             time,
             retention,
-            origin: None,
             kind,
         }
     }
@@ -366,6 +390,33 @@ mod tests {
         assert_eq!((a.count, a.first_seen, a.last_seen), (1, 3, 3));
         // One output per record and time.
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_record_whose_ops_are_all_late_still_expires_with_the_time() {
+        let mut r = Records::default();
+        let mut out = Vec::new();
+        r.apply_time(
+            &mut [assert_op("n:late", 0, i64::MIN, 15, "")],
+            15,
+            1,
+            &mut out,
+        );
+        // Only a late op (5 + 10 <= 16), before which the record lives
+        // (15 + 10 > 16); the time's final watermark 30 ends it.
+        let mut out = Vec::new();
+        r.apply_time(&mut [assert_op("n:late", 1, 16, 5, "")], 30, 2, &mut out);
+        assert_eq!(r.len(), 0);
+        assert!(out.contains(&(
+            Folded::Changed {
+                key: node("n:late"),
+                old_first_seen: None,
+                new: None
+            },
+            2,
+            1
+        )));
+        assert!(out.contains(&(Folded::Late(1), 2, 1)));
     }
 
     /// Against a plain model: records asserted at random times with random

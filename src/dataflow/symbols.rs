@@ -124,6 +124,40 @@ impl Sym {
     }
 }
 
+/// A worker's direct-mapped front for the table: a hit costs no lock and
+/// no shared write (frequent identifiers: accounts, titles).
+pub(crate) struct SymCache {
+    /// (stable hash, symbol index); `u32::MAX`: empty.
+    slots: Vec<(u64, u32)>,
+}
+
+impl SymCache {
+    const SLOTS: usize = 1 << 14;
+
+    pub fn new() -> SymCache {
+        SymCache {
+            slots: vec![(0, u32::MAX); SymCache::SLOTS],
+        }
+    }
+
+    /// [`Sym::intern_hashed`] through the cache.
+    pub fn intern_hashed(&mut self, text: &str, hash: u64) -> Result<Sym, TableFull> {
+        let i = ((hash ^ (hash >> 29)) as usize) & (SymCache::SLOTS - 1);
+        let (h, s) = self.slots[i];
+        if h == hash && s != u32::MAX && Sym(s).text() == text {
+            return Ok(Sym(s));
+        }
+        let sym = Sym::intern_hashed(text, hash)?;
+        self.slots[i] = (hash, sym.0);
+        Ok(sym)
+    }
+
+    /// [`Sym::intern`] through the cache.
+    pub fn intern(&mut self, text: &str) -> Result<Sym, TableFull> {
+        self.intern_hashed(text, crate::model::shard::node(text))
+    }
+}
+
 impl Hash for Sym {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.stable_hash());
@@ -193,6 +227,21 @@ mod tests {
         }
         let distinct: std::collections::BTreeSet<Sym> = syms[0].iter().copied().collect();
         assert_eq!(distinct.len(), texts.len());
+    }
+
+    #[test]
+    fn the_cache_gives_the_table_s_symbols() {
+        let mut cache = SymCache::new();
+        for round in 0..2 {
+            for i in 0..(SymCache::SLOTS * 2) {
+                let t = format!("t:cache-{i}");
+                assert_eq!(
+                    cache.intern(&t).unwrap(),
+                    Sym::intern(&t).unwrap(),
+                    "{round}"
+                );
+            }
+        }
     }
 
     #[test]

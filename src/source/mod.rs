@@ -8,10 +8,12 @@
 mod file;
 pub mod kafka;
 mod memory;
+mod shared;
 
 pub use file::{FileSource, TopicFiles};
 pub use kafka::{KafkaConfig, KafkaSource, OffsetCommitter, OnGap, StartFrom};
 pub use memory::MemorySource;
+pub use shared::Shared;
 
 use std::sync::Arc;
 
@@ -92,6 +94,11 @@ pub trait Source {
     fn set_waker(&mut self, _waker: Arc<dyn Fn() + Send + Sync>) {}
     /// Messages behind the input's end, when the source can tell.
     fn lag(&self) -> Option<i64> {
+        None
+    }
+    /// The time the records of the last `poll` belong to, for a source
+    /// that several workers read ([`Shared`]); `None`: the caller decides.
+    fn time(&self) -> Option<u64> {
         None
     }
 }

@@ -1,0 +1,387 @@
+//! The worker's driver: reads its sources, decodes each record into ops
+//! (`spec::decode` + [`Feeder`]), and feeds them to the dataflow's inputs one
+//! time at a time, with backpressure from the store.
+//!
+//! Invariant: a worker sends each batch at a time no smaller than any it
+//! sent before, and moves every input past a time only when it has sent all
+//! of that time's data; a record's ops are stamped with its position in its
+//! partition (`seq`), so the fold applies a partition's events in order
+//! whichever worker decoded them. Replays take times from one clock shared
+//! by the process's workers (a source shared by several workers draws its
+//! time inside its lock, so a partition's batches get increasing times);
+//! live runs use wall-clock milliseconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use timely::dataflow::InputHandleVec;
+use timely::dataflow::ProbeHandle;
+
+use super::ops::{Feeder, Names, Op};
+use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
+use crate::model::{DataflowProgress, DeadLetter, Progress};
+use crate::source::{Poll, RawRecord, Source};
+use crate::spec::{DecodeScratch, Decoded, Plan, Verdict};
+
+/// How long an idle worker sleeps unless woken by a source or a peer.
+const IDLE_PARK: Duration = Duration::from_millis(100);
+/// An idle worker moves its times forward at most this often (ms).
+const IDLE_TICK_MS: u64 = 50;
+/// How long a worker waiting for the store parks before looking again (it
+/// is woken as soon as a commit lands).
+const COMMIT_PARK: Duration = Duration::from_millis(20);
+
+/// A worker's handles on the dataflow's inputs.
+pub(super) struct Inputs {
+    pub ops: Vec<InputHandleVec<u64, Op>>,
+    pub watermarks: Vec<InputHandleVec<u64, i64>>,
+    /// (dataflow, partition key, next position, time)
+    pub positions: InputHandleVec<u64, (usize, String, u64, u64)>,
+    pub probe: ProbeHandle<u64>,
+}
+
+impl Inputs {
+    /// The time every input is at.
+    fn time(&self) -> u64 {
+        *self.positions.time()
+    }
+
+    /// Moves every input to `t` (no-op when already there or beyond).
+    pub fn advance_to(&mut self, t: u64) {
+        if t <= self.time() {
+            return;
+        }
+        for h in self.ops.iter_mut() {
+            h.advance_to(t);
+        }
+        for h in self.watermarks.iter_mut() {
+            h.advance_to(t);
+        }
+        self.positions.advance_to(t);
+    }
+
+    /// Closes every input: this worker sends nothing more.
+    fn close(self) -> ProbeHandle<u64> {
+        drop(self.ops);
+        drop(self.watermarks);
+        drop(self.positions);
+        self.probe
+    }
+}
+
+/// One source of this worker with its dataflow's feeder.
+struct Reading {
+    source: Box<dyn Source>,
+    dataflow: usize,
+    feeder: Feeder,
+    done: bool,
+}
+
+/// What one poll of one source produced, bound for one time.
+struct Batch {
+    dataflow: usize,
+    /// The time a shared source drew for it (replays).
+    time: Option<u64>,
+    dead_letters: Vec<DeadLetter>,
+    progress: DataflowProgress,
+    /// partition key → next position.
+    positions: Vec<(String, u64)>,
+    /// The largest event time of the batch's events, if any.
+    watermark: Option<i64>,
+}
+
+/// Reads and decodes this worker's sources; buffers are reused.
+pub(super) struct Reader<'a> {
+    plan: &'a Plan,
+    start: &'a Start,
+    config: &'a RunConfig,
+    readings: Vec<Reading>,
+    raw: Vec<RawRecord>,
+    scratch: DecodeScratch,
+    decoded: Decoded,
+    /// The ops of the last batch.
+    pub ops: Vec<Op>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        start: &'a Start,
+        config: &'a RunConfig,
+        names: &Names,
+        sources: Vec<Box<dyn Source>>,
+    ) -> Result<Reader<'a>, DataflowError> {
+        let mut readings = Vec::new();
+        for source in sources {
+            let dataflow = plan
+                .dataflows
+                .iter()
+                .position(|d| d.name == source.dataflow())
+                .ok_or_else(|| DataflowError::UnknownDataflow(source.dataflow().to_string()))?;
+            let d = &plan.dataflows[dataflow];
+            let w0 = start.watermarks.get(&d.name).copied().unwrap_or(i64::MIN);
+            let feeder = Feeder::new(d.clone(), names, w0);
+            readings.push(Reading {
+                source,
+                dataflow,
+                feeder,
+                done: false,
+            });
+        }
+        Ok(Reader {
+            plan,
+            start,
+            config,
+            readings,
+            raw: Vec::with_capacity(config.batch),
+            scratch: DecodeScratch::default(),
+            decoded: Decoded::default(),
+            ops: Vec::new(),
+        })
+    }
+
+    fn all_done(&self) -> bool {
+        self.readings.iter().all(|r| r.done)
+    }
+
+    /// Arranges for this thread to be unparked when a source may have data.
+    fn wake_me(&mut self) {
+        let me = std::thread::current();
+        for r in self.readings.iter_mut() {
+            let me = me.clone();
+            r.source.set_waker(Arc::new(move || me.unpark()));
+        }
+    }
+
+    /// Polls source `k` once and decodes what it returned into `self.ops`.
+    fn read(&mut self, k: usize) -> Result<Option<Batch>, DataflowError> {
+        let reading = &mut self.readings[k];
+        if reading.done {
+            return Ok(None);
+        }
+        self.raw.clear();
+        if reading.source.poll(self.config.batch, &mut self.raw)? == Poll::Done {
+            reading.done = true;
+        }
+        if self.raw.is_empty() {
+            return Ok(None);
+        }
+        let time = reading.source.time();
+        if time.is_some() {
+            // A shared source's batch follows other workers' batches of the
+            // same partition: the fold adds their watermark to the ops'.
+            reading.feeder.watermark = i64::MIN;
+        }
+        let d = &self.plan.dataflows[reading.dataflow];
+        let mut batch = Batch {
+            dataflow: reading.dataflow,
+            time,
+            dead_letters: Vec::new(),
+            progress: DataflowProgress::default(),
+            positions: Vec::new(),
+            watermark: None,
+        };
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut counted_from: BTreeMap<u32, u64> = BTreeMap::new();
+        self.ops.clear();
+        for r in self.raw.iter() {
+            // Records before this process's stored position were counted
+            // (and their dead letters kept) before a restart: their ops still
+            // go out, for owners whose state is behind, but nothing is counted.
+            let from = *counted_from.entry(r.partition).or_insert_with(|| {
+                if !self.config.skip_applied {
+                    return 0;
+                }
+                let key = (d.name.clone(), reading.source.partition_key(r.partition));
+                self.start.positions.get(&key).copied().unwrap_or(0)
+            });
+            let fresh = r.offset >= from;
+            let verdict = d.decode_into(
+                &r.payload,
+                &self.plan.identity,
+                &mut self.scratch,
+                &mut self.decoded,
+            );
+            match verdict {
+                Verdict::Ignored => {}
+                Verdict::Event => {
+                    if fresh {
+                        batch.progress.events += 1;
+                    }
+                    reading
+                        .feeder
+                        .feed(
+                            &mut self.decoded,
+                            seq_of(r.partition, r.offset),
+                            &mut self.ops,
+                        )
+                        .map_err(|e| DataflowError::Rebuild(e.to_string()))?;
+                }
+                Verdict::Reject(reason) if fresh => batch.dead_letters.push(DeadLetter {
+                    dataflow: CompactString::from(d.name.as_str()),
+                    source: reading.source.describe(r.partition, r.offset),
+                    reason,
+                }),
+                Verdict::Reject(_) => {}
+            }
+            // The stored position is the next one to read.
+            last.insert(r.partition, r.offset + 1);
+        }
+        batch.positions = last
+            .into_iter()
+            .map(|(part, next)| (reading.source.partition_key(part), next))
+            .collect();
+        if reading.feeder.watermark > i64::MIN {
+            batch.watermark = Some(reading.feeder.watermark);
+            batch.progress.watermark = Some(reading.feeder.watermark);
+        }
+        Ok(Some(batch))
+    }
+
+    /// Reports each source's lag (live runs).
+    fn report_lag(&self, local: usize, emit: &Emitter) {
+        for (k, r) in self.readings.iter().enumerate() {
+            if let Some(lag) = r.source.lag() {
+                emit(Emitted::Lag {
+                    worker: local,
+                    source: k,
+                    dataflow: r.source.dataflow().to_string(),
+                    lag,
+                });
+            }
+        }
+    }
+}
+
+/// Sends one batch (its ops in `ops`) at time `t`.
+fn send(
+    inputs: &mut Inputs,
+    batch: Batch,
+    ops: &mut Vec<Op>,
+    t: u64,
+    names: &Names,
+    emit: &Emitter,
+) {
+    let i = batch.dataflow;
+    for (key, next) in batch.positions {
+        inputs.positions.send((i, key, next, t));
+    }
+    if let Some(w) = batch.watermark {
+        inputs.watermarks[i].send(w);
+    }
+    for op in ops.drain(..) {
+        inputs.ops[i].send(op);
+    }
+    let mut progress = Progress::default();
+    progress
+        .dataflows
+        .insert(names.dataflows[i].clone(), batch.progress);
+    emit(Emitted::Data {
+        epoch: t,
+        changes: Vec::new(),
+        dead_letters: batch.dead_letters,
+        progress,
+    });
+}
+
+/// The drive loop of one worker: read, send, bound what is in flight;
+/// returns when the sources are done (replays) or `stop` is set.
+pub(super) fn drive(
+    worker: &mut timely::worker::Worker,
+    mut inputs: Inputs,
+    mut reader: Reader<'_>,
+    names: &Names,
+    local: usize,
+    emit: &Emitter,
+) -> Result<(), DataflowError> {
+    let config = reader.config;
+    reader.wake_me();
+    config.committed.register_waiter();
+    let mut epoch: u64 = inputs.time().max(1);
+    inputs.advance_to(epoch);
+    // Times sent but maybe not yet complete, oldest first.
+    let mut started: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    let mut last_lag = Instant::now();
+    loop {
+        if config.stop.load(Ordering::Relaxed) || (!config.live && reader.all_done()) {
+            break;
+        }
+        let mut read_any = false;
+        for k in 0..reader.readings.len() {
+            let Some(batch) = reader.read(k)? else {
+                continue;
+            };
+            read_any = true;
+            let t = if config.live {
+                epoch
+            } else {
+                let t = batch
+                    .time
+                    .unwrap_or_else(|| config.clock.fetch_add(1, Ordering::AcqRel));
+                inputs.advance_to(t);
+                t
+            };
+            let mut ops = std::mem::take(&mut reader.ops);
+            send(&mut inputs, batch, &mut ops, t, names, emit);
+            reader.ops = ops;
+            if !config.live {
+                started.push_back(t);
+                inputs.advance_to(t + 1);
+                bound_in_flight(worker, &inputs, &mut started, config);
+            }
+        }
+        if config.live && last_lag.elapsed() >= LAG_EVERY {
+            last_lag = Instant::now();
+            reader.report_lag(local, emit);
+        }
+        if config.live {
+            let now = wall_clock_ms();
+            if !read_any {
+                // Idle: let the frontier follow the clock so other workers'
+                // times complete, then sleep until woken or the next tick.
+                if now > epoch + IDLE_TICK_MS {
+                    epoch = now;
+                    inputs.advance_to(epoch);
+                }
+                worker.step_or_park(Some(IDLE_PARK));
+                continue;
+            }
+            started.push_back(epoch);
+            epoch = (epoch + 1).max(now);
+            inputs.advance_to(epoch);
+            bound_in_flight(worker, &inputs, &mut started, config);
+        }
+        worker.step();
+    }
+    let probe = inputs.close();
+    while !probe.done() {
+        worker.step_or_park(Some(COMMIT_PARK));
+    }
+    Ok(())
+}
+
+/// Waits, stepping the dataflow, until at most `in_flight` started times
+/// are neither complete in the dataflow nor committed by the store.
+fn bound_in_flight(
+    worker: &mut timely::worker::Worker,
+    inputs: &Inputs,
+    started: &mut std::collections::VecDeque<u64>,
+    config: &RunConfig,
+) {
+    while started.len() as u64 > config.in_flight {
+        let Some(oldest) = started.pop_front() else {
+            break;
+        };
+        let floor = oldest + 1;
+        while inputs.probe.less_than(&floor) {
+            worker.step_or_park(Some(COMMIT_PARK));
+        }
+        while config.committed.get() < floor && !config.stop.load(Ordering::Relaxed) {
+            // Woken by the writer's commit (or a peer's message).
+            worker.step_or_park(Some(COMMIT_PARK));
+        }
+    }
+}
