@@ -3,7 +3,7 @@
 //! sink that drops what it receives. Compare with `scripts/bench-replay.sh`
 //! (end to end, with sled) to see where time goes.
 //!
-//! cargo bench --bench dataflow -- [EVENTS] [WORKERS]
+//! cargo bench --bench dataflow -- [EVENTS] [WORKERS] [BATCH]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +29,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let workers: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let batch: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let plan = Arc::new(
         rdg::spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dataflows"))
             .expect("shipped definitions"),
@@ -91,16 +92,23 @@ fn main() {
     });
     let config = RunConfig {
         workers,
-        batch: 4096,
+        batch,
         clock,
+        identity_every: dataflow::REPLAY_IDENTITY_EVERY,
         ..RunConfig::default()
     };
+    let stages = config.stages.clone();
     let t = Instant::now();
     dataflow::run(config, plan, start, sources, emit).expect("run");
     let s = t.elapsed().as_secs_f64();
+    let st = stages.seconds();
     println!(
         "dataflow only: {n} generated events, {workers} workers: {s:.2}s, {:.0} events/s, {} store changes emitted",
         n as f64 / s,
         changes.load(Ordering::Relaxed)
+    );
+    println!(
+        "worker time by stage (s, summed over workers): decode {:.2}, fold {:.2}, identity {:.2}, collect {:.2}",
+        st.decode, st.fold, st.identity, st.collect
     );
 }

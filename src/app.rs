@@ -215,6 +215,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         workers,
         batch: opts.batch.max(1),
         clock,
+        identity_every: dataflow::REPLAY_IDENTITY_EVERY,
         ..RunConfig::default()
     };
     let bar = opts.progress.then(|| progress_bar(total_bytes));

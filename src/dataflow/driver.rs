@@ -21,6 +21,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::ProbeHandle;
 
 use super::ops::{Feeder, Names, Op};
+use super::stages::Stage;
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
 use crate::model::{DataflowProgress, DeadLetter, Progress};
 use crate::source::{Poll, RawRecord, Source};
@@ -184,6 +185,7 @@ impl<'a> Reader<'a> {
             positions: Vec::new(),
             watermark: None,
         };
+        let began = Instant::now();
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut counted_from: BTreeMap<u32, u64> = BTreeMap::new();
         self.ops.clear();
@@ -238,6 +240,7 @@ impl<'a> Reader<'a> {
             batch.watermark = Some(reading.feeder.watermark);
             batch.progress.watermark = Some(reading.feeder.watermark);
         }
+        self.config.stages.add(Stage::Decode, began.elapsed());
         Ok(Some(batch))
     }
 
