@@ -338,6 +338,7 @@ pub fn run_into_store(
         positions,
     });
     let workers = config.workers;
+    let identity_every = config.identity_every;
     let stop = config.stop.clone();
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
@@ -355,7 +356,7 @@ pub fn run_into_store(
     });
     let run = std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers, committed);
+        let mut writer = Writer::new(workers, committed, identity_every);
         let mut result: Result<(), AppError> = Ok(());
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -392,11 +393,24 @@ pub fn run_into_store(
     run
 }
 
+/// The commit bound for a frontier `upto` (every time below it complete):
+/// the times up to the last multiple of `align` below `upto`, or all of them
+/// once the run is done (`u64::MAX`).
+fn aligned(upto: u64, align: u64) -> u64 {
+    if upto == u64::MAX || align <= 1 {
+        return upto;
+    }
+    (upto.saturating_sub(1) / align) * align + 1
+}
+
 /// Collects emitted times and commits them once complete on every worker.
 struct Writer {
     frontiers: Vec<u64>,
     /// Every time below this is committed (shared with the driver).
     committed: Arc<Committed>,
+    /// Commits end at multiples of this (the dataflow's identity step), so
+    /// every commit holds the identity assignments its links imply.
+    align: u64,
     /// Latest lag per (dataflow, worker, source).
     lag: BTreeMap<(String, usize, usize), i64>,
     pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
@@ -404,8 +418,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(workers: usize, committed: Arc<Committed>) -> Writer {
+    fn new(workers: usize, committed: Arc<Committed>, align: u64) -> Writer {
         Writer {
+            align: align.max(1),
             frontiers: vec![0; workers],
             committed,
             lag: BTreeMap::new(),
@@ -454,7 +469,10 @@ impl Writer {
     /// Commits every pending time below the smallest worker frontier, in one
     /// atomic step, in time order. Returns what was committed, if anything.
     fn commit_ready(&mut self, store: &Store) -> Result<Option<Progress>, StoreError> {
-        let upto = self.frontiers.iter().copied().min().unwrap_or(0);
+        let upto = aligned(
+            self.frontiers.iter().copied().min().unwrap_or(0),
+            self.align,
+        );
         let mut changes = Vec::new();
         let mut dead = Vec::new();
         let mut progress = Progress::default();
@@ -491,5 +509,23 @@ impl Writer {
                 .dead_letters += 1;
         }
         Ok(Some(progress))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aligned;
+
+    #[test]
+    fn commits_end_at_identity_steps() {
+        // Times below 40 are complete; steps of 16: commit up to 32.
+        assert_eq!(aligned(40, 16), 33);
+        assert_eq!(aligned(33, 16), 33);
+        assert_eq!(aligned(32, 16), 17);
+        // Time 0 (the rebuild) is a step of its own.
+        assert_eq!(aligned(5, 16), 1);
+        assert_eq!(aligned(0, 16), 1);
+        assert_eq!(aligned(u64::MAX, 16), u64::MAX);
+        assert_eq!(aligned(7, 1), 7);
     }
 }

@@ -374,7 +374,13 @@ fn bound_in_flight(
     started: &mut std::collections::VecDeque<u64>,
     config: &RunConfig,
 ) {
-    while started.len() as u64 > config.in_flight {
+    // The store commits whole identity steps: wait for one only when more
+    // than a step is in flight, or the driver and the store wait for each
+    // other.
+    let limit = config
+        .in_flight
+        .max(config.identity_every.saturating_add(2));
+    while started.len() as u64 > limit {
         let Some(oldest) = started.pop_front() else {
             break;
         };
