@@ -36,6 +36,53 @@ pub fn split_ident(ident: &str) -> (&str, &str) {
     }
 }
 
+/// Which side of an edge a queried identifier is on. One type for the
+/// store's queries, the HTTP API (`direction=out|in`, JSON `"out"`/`"in"`)
+/// and the command line; [`Direction::as_str`] is the name everywhere.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Edges from the identifier (`edge/<type>`).
+    #[default]
+    Out,
+    /// Edges to the identifier (`edge_in/<type>`, only `reverse` edges).
+    In,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+/// How neighbours are ordered. One type for the store's queries, the HTTP
+/// API (`order=id|recent`) and the command line (`--order`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeOrder {
+    /// Neighbour identifier ascending (bytewise).
+    #[default]
+    Id,
+    /// `last_seen` descending, ties by neighbour identifier ascending.
+    Recent,
+}
+
+impl EdgeOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeOrder::Id => "id",
+            EdgeOrder::Recent => "recent",
+        }
+    }
+}
+
 /// The aggregate one dataflow keeps for one record (node, edge or identity
 /// link): how often it was asserted since it was (re)created, when it was first
 /// and last seen (event time), and the props of the latest event by event time.
@@ -153,6 +200,22 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The serde names, the clap names and `as_str` are the same words.
+    #[test]
+    fn direction_and_order_have_one_name_each() {
+        use clap::ValueEnum;
+        for d in Direction::value_variants() {
+            let clap_name = d.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(clap_name.as_deref(), Some(d.as_str()));
+            assert_eq!(serde_json::to_value(d).ok(), Some(d.as_str().into()));
+        }
+        for o in EdgeOrder::value_variants() {
+            let clap_name = o.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(clap_name.as_deref(), Some(o.as_str()));
+            assert_eq!(serde_json::to_value(o).ok(), Some(o.as_str().into()));
+        }
+    }
 
     #[test]
     fn ident_round_trips() {

@@ -8,10 +8,10 @@
 
 use std::borrow::Cow;
 
+use clap::ValueEnum;
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
-use crate::store::{Direction, EdgeOrder};
 
 /// A parsed query string: each allowed key at most once.
 #[derive(Debug, Default)]
@@ -117,33 +117,25 @@ pub fn int_in(key: &str, v: &str, min: usize, max: usize) -> Result<usize, ApiEr
     }
 }
 
-pub fn direction(v: Option<&str>) -> Result<Direction, ApiError> {
-    match v {
-        None | Some("out") => Ok(Direction::Out),
-        Some("in") => Ok(Direction::In),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "`direction` must be `out` or `in`, got `{}`",
-            shorten(other)
-        ))),
-    }
-}
-
-pub fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Out => "out",
-        Direction::In => "in",
-    }
-}
-
-pub fn order(v: Option<&str>) -> Result<EdgeOrder, ApiError> {
-    match v {
-        None | Some("id") => Ok(EdgeOrder::Id),
-        Some("recent") => Ok(EdgeOrder::Recent),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "`order` must be `id` or `recent`, got `{}`",
-            shorten(other)
-        ))),
-    }
+/// One of an enum's names, the same words as its JSON and its command-line
+/// values (`direction`: `out`/`in`, `order`: `id`/`recent`); its default
+/// when absent.
+pub fn choice<E: ValueEnum + Default>(key: &str, v: Option<&str>) -> Result<E, ApiError> {
+    let Some(v) = v else {
+        return Ok(E::default());
+    };
+    E::from_str(v, false).map_err(|_| {
+        let names: Vec<String> = E::value_variants()
+            .iter()
+            .filter_map(ValueEnum::to_possible_value)
+            .map(|p| format!("`{}`", p.get_name()))
+            .collect();
+        ApiError::bad_request(format!(
+            "`{key}` must be {}, got `{}`",
+            names.join(" or "),
+            shorten(v)
+        ))
+    })
 }
 
 /// A name (edge type) of 1 to `max` bytes.
@@ -212,6 +204,26 @@ mod tests {
         assert_eq!(
             p.int_in("limit", 1, 10, 2).expect_err("range").message,
             "`limit` must be an integer from 1 to 10, got `0`"
+        );
+    }
+
+    #[test]
+    fn choices() {
+        use crate::model::{Direction, EdgeOrder};
+        assert_eq!(choice("direction", None), Ok(Direction::Out));
+        assert_eq!(choice("direction", Some("in")), Ok(Direction::In));
+        assert_eq!(choice("order", Some("recent")), Ok(EdgeOrder::Recent));
+        assert_eq!(
+            choice::<Direction>("direction", Some("up"))
+                .expect_err("bad")
+                .message,
+            "`direction` must be `out` or `in`, got `up`"
+        );
+        assert_eq!(
+            choice::<EdgeOrder>("order", Some("ID"))
+                .expect_err("bad")
+                .message,
+            "`order` must be `id` or `recent`, got `ID`"
         );
     }
 

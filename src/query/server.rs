@@ -1,6 +1,7 @@
 //! The server: the route table, the guard every request passes (URI length,
 //! auth, request time, panics, freshness headers, metrics), the accept loop
-//! and the [`Server`] handle.
+//! and the [`Server`] handle. The state requests share is
+//! [`App`](super::state::App), apart from the loop that serves it.
 //!
 //! Invariants: [`ROUTES`] is the one list of routes (the router is built
 //! from it, `openapi.json` must match it, a test checks both ways); at most
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -23,11 +24,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{Semaphore, watch};
 
+use super::ServeConfig;
 use super::error::{ApiError, QueryError};
-use super::fresh::{COMMIT, FreshCache};
+use super::fresh::{COMMIT, COMMITS, FreshCache};
+use super::live::LiveStatus;
 use super::metrics::{CountsCache, Metrics};
-use super::peers::{COMMITS, LOCAL, Peers};
-use super::{LiveStatus, ServeConfig, routes};
+use super::peers::Peers;
+use super::state::App;
+use super::{export, routes};
 use crate::store::Store;
 
 /// What a route does.
@@ -127,42 +131,13 @@ impl Endpoint {
             Endpoint::Search => get(routes::search),
             Endpoint::Links => get(routes::links),
             Endpoint::ClusterMembers => get(routes::cluster_members),
-            Endpoint::Export => get(super::export::export),
+            Endpoint::Export => get(export::export),
             Endpoint::Status => get(routes::status),
             Endpoint::Metrics => get(routes::metrics),
             Endpoint::Healthz => get(routes::healthz),
             Endpoint::Readyz => get(routes::readyz),
             Endpoint::OpenApi => get(routes::openapi),
         }
-    }
-}
-
-/// Everything a request may use.
-pub(crate) struct App {
-    pub store: Store,
-    pub config: ServeConfig,
-    pub live: Arc<dyn LiveStatus>,
-    pub fresh: FreshCache,
-    pub metrics: Metrics,
-    pub counts: Arc<CountsCache>,
-    pub started: Instant,
-    /// One per open connection, over all threads.
-    pub slots: Arc<Semaphore>,
-    /// The other processes, when this one is part of a cluster of several.
-    pub peers: Option<Arc<Peers>>,
-    /// Export slots (`max_exports`).
-    pub exports: Arc<Semaphore>,
-}
-
-impl App {
-    /// The cluster to ask, unless this process answers alone: no cluster,
-    /// or the request says `X-Rdg-Local` (a peer asking for this process's
-    /// share).
-    pub fn coordinator(&self, headers: &HeaderMap) -> Option<Arc<Peers>> {
-        if headers.contains_key(LOCAL) {
-            return None;
-        }
-        self.peers.clone()
     }
 }
 

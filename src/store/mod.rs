@@ -247,25 +247,7 @@ pub struct DataflowMeta {
     pub watermark: Option<i64>,
 }
 
-/// Which side of an edge the queried identifier is on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Direction {
-    /// Edges from the identifier (`edge/<type>`).
-    #[default]
-    Out,
-    /// Edges to the identifier (`edge_in/<type>`, only `reverse` edges).
-    In,
-}
-
-/// How neighbours are ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EdgeOrder {
-    /// Neighbour identifier ascending (bytewise).
-    #[default]
-    Id,
-    /// `last_seen` descending, ties by neighbour identifier ascending.
-    Recent,
-}
+pub use crate::model::{Direction, EdgeOrder};
 
 /// A neighbour query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
