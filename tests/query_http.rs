@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use rdg::model::{Change, ClusterOf, DataflowProgress, Progress, Record};
 use rdg::query::{LiveGauges, LiveStatus, ROUTES, ServeConfig, Server, StaticStatus};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
 use serde_json::{Value, json};
-use support::{data_files, of_ns, parse_export, rdg, replay};
+use support::*;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -37,110 +37,6 @@ fn start(store: &Store, config: ServeConfig, live: Arc<dyn LiveStatus>) -> (Serv
 
 fn start_default(store: &Store) -> (Server, String) {
     start(store, ServeConfig::default(), Arc::new(StaticStatus))
-}
-
-/// One answer: status, headers (lower-case names), body as JSON (or a
-/// string when it is not JSON).
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Value,
-    text: String,
-}
-
-impl Answer {
-    fn describe(&self) -> String {
-        format!("status {} body {}", self.status, self.text)
-    }
-
-    #[track_caller]
-    fn ok(&self) -> &Value {
-        assert_eq!(self.status, 200, "{}", self.describe());
-        &self.body
-    }
-
-    /// Panics unless the status is `status` and the error message contains
-    /// `fragment`.
-    #[track_caller]
-    fn error(&self, status: u16, fragment: &str) {
-        assert_eq!(self.status, status, "{}", self.describe());
-        let msg = self.body["error"].as_str().unwrap_or_default();
-        assert!(
-            msg.contains(fragment),
-            "expected an error containing {fragment:?}: {}",
-            self.describe()
-        );
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-    Answer {
-        status,
-        headers,
-        body,
-        text,
-    }
-}
-
-fn get_with(base: &str, path: &str, token: Option<&str>) -> Answer {
-    let mut req = agent().get(format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    answer(req.call().expect("request"))
-}
-
-fn get(base: &str, path: &str) -> Answer {
-    get_with(base, path, None)
-}
-
-fn post(base: &str, path: &str, body: &str) -> Answer {
-    answer(
-        agent()
-            .post(format!("{base}{path}"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .expect("request"),
-    )
-}
-
-/// Sends raw bytes, returns what came back until the server closed or
-/// 2 s passed.
-fn raw(base: &str, bytes: &[u8]) -> String {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn rec(count: u64, first: i64, last: i64, props: &str) -> Record {
@@ -183,17 +79,6 @@ fn fresh_store() -> (tempfile::TempDir, Store) {
     (tmp, store)
 }
 
-/// Percent-encodes a path segment.
-fn seg(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// `type/id` path segments of `type:id`.
-fn segs(ident: &str) -> String {
-    let (t, id) = ident.split_once(':').expect("type:id");
-    format!("{}/{}", seg(t), seg(id))
-}
-
 /// The sample in `data/` replayed by the binary, then opened here.
 fn sample() -> (tempfile::TempDir, Store, Vec<Value>) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -202,21 +87,6 @@ fn sample() -> (tempfile::TempDir, Store, Vec<Value>) {
     let lines = parse_export(&support::export(&state));
     let store = open_when_free(&state);
     (tmp, store, lines)
-}
-
-/// Opens a state another process just closed.
-fn open_when_free(state: &Path) -> Store {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Store::open(state) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() < until => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("open {}: {e}", state.display()),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
