@@ -644,7 +644,8 @@ fn a_failing_peer_is_named_and_no_other_answer_moves() {
         );
     }
 
-    let broken: [(&str, fn(&str) -> Reply); 2] = [
+    type Broken = fn(&str) -> Reply;
+    let broken: [(&str, Broken); 2] = [
         ("answered 500: boom", |_| {
             (500, Vec::new(), json!({"error": "boom"}).to_string())
         }),
