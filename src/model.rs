@@ -268,15 +268,48 @@ pub mod shard {
 
     #[cfg(test)]
     mod tests {
+        /// Distinct keys spread over every worker; key parts are separated,
+        /// so ("a", "bc") and ("ab", "c") differ.
         #[test]
-        fn stable_and_spread() {
-            // Pinned: these values are part of the on-disk sharding.
-            assert_eq!(super::node("profile:p1"), super::node("profile:p1"));
+        fn keys_spread_and_parts_stay_apart() {
             assert_ne!(super::edge("a", "bc"), super::edge("ab", "c"));
             let spread: std::collections::BTreeSet<usize> = (0..100)
                 .map(|i| super::worker(super::node(&format!("n:{i}")), 4))
                 .collect();
             assert_eq!(spread.len(), 4);
+        }
+
+        /// The hashes of a few fixed keys, computed once from this code: they
+        /// decide which worker's state holds a record on disk and which
+        /// process a query is forwarded to, so a change here would silently
+        /// misplace every stored key. Changing them needs a format version
+        /// bump and a re-shard (a replay into fresh states).
+        #[test]
+        fn pinned_values() {
+            use super::{edge, link, node, worker};
+            // The FNV-1a offset basis: the hash of nothing.
+            assert_eq!(node(""), 0xcbf2_9ce4_8422_2325);
+            let nodes = [
+                ("profile:p1", 0x518c_8b16_f798_014f, 3),
+                ("account:a1", 0xec92_3f20_d384_48a8, 0),
+                ("device:d-42", 0x2cf6_c04b_f768_1dfa, 2),
+                ("title:t7", 0xc22a_7b63_3c9e_39b0, 0),
+                ("email:ab12", 0xeae2_bd81_e2bb_5c33, 3),
+            ];
+            for (id, hash, of_4) in nodes {
+                assert_eq!(node(id), hash, "node {id}");
+                assert_eq!(worker(hash, 4), of_4, "node {id} of 4 workers");
+            }
+            assert_eq!(worker(node("account:a1"), 6), 4);
+            assert_eq!(worker(node("email:ab12"), 6), 5);
+            assert_eq!(edge("watched", "profile:p1"), 0xae9a_5a26_055e_e2a4);
+            assert_eq!(edge("has_profile", "account:a1"), 0xa7bc_9f17_cf06_481f);
+            assert_eq!(edge("a", "bc"), 0xd2b3_f581_9298_d9d6);
+            assert_eq!(edge("ab", "c"), 0xfdf3_a083_ef9b_c024);
+            assert_eq!(link("account:a1", "device:d-42"), 0xbd2d_e953_cd81_1aca);
+            assert_eq!(link("email:ab12", "profile:p1"), 0x4c9f_f17f_b630_43a6);
+            assert_eq!(worker(edge("has_profile", "account:a1"), 4), 3);
+            assert_eq!(worker(link("account:a1", "device:d-42"), 4), 2);
         }
     }
 }

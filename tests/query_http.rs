@@ -73,12 +73,6 @@ fn progress(watermark: i64) -> Progress {
     p
 }
 
-fn fresh_store() -> (tempfile::TempDir, Store) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&tmp.path().join("state")).expect("open");
-    (tmp, store)
-}
-
 /// The sample in `data/` replayed by the binary, then opened here.
 fn sample() -> (tempfile::TempDir, Store, Vec<Value>) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -420,7 +414,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// returned exactly once; nothing twice; the walk strictly in order.
 #[test]
 fn paging_is_stable_while_another_thread_commits() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let node = "profile:p";
     // Stable neighbours: even numbers; volatile ones: odd numbers.
     let stable: BTreeSet<String> = (0..300).map(|i| format!("title:t{:04}", i * 2)).collect();
@@ -541,7 +535,7 @@ fn paging_is_stable_while_another_thread_commits() {
 /// generation number; a reader must never see two generations at once.
 #[test]
 fn reads_never_see_half_of_a_commit() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let batch = |g: i64| -> Vec<Change> {
         let props = format!(r#"{{"gen":{g}}}"#);
         let mut c: Vec<Change> = (0..200)
@@ -636,7 +630,7 @@ fn member_of(cluster: &str, id: &str, hub: bool) -> Vec<Change> {
 
 #[test]
 fn identity_path_explains_a_merge() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     // account:a - device:d1 - email:e - account:b, plus a shortcut-free
     // detour a - device:d2 - email:e; a hub device:h linked to a and c.
     let mut c = vec![
@@ -688,7 +682,7 @@ fn identity_path_explains_a_merge() {
 
 #[test]
 fn traversal_follows_hops_with_defaults_and_caps() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let day = 24 * 3600 * 1000i64;
     let now = 1_000 * day;
     let mut c = vec![
@@ -850,7 +844,7 @@ fn traversal_follows_hops_with_defaults_and_caps() {
 
 #[test]
 fn a_token_protects_every_route_but_health_and_the_page() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let config = ServeConfig {
         auth_token: Some("s3cret-token".into()),
         ..ServeConfig::default()
@@ -900,7 +894,7 @@ fn sample_path(template: &str) -> String {
 
 #[test]
 fn bad_requests_get_a_4xx_that_says_what_is_allowed() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     store
         .commit(
             &[edge(
@@ -1032,7 +1026,7 @@ fn bad_requests_get_a_4xx_that_says_what_is_allowed() {
 
 #[test]
 fn requests_that_take_too_long_are_cut_off() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     // A long chain: a path search has to walk it link by link.
     let n = 3000;
     let mut c = Vec::new();
@@ -1081,7 +1075,7 @@ fn requests_that_take_too_long_are_cut_off() {
 
 #[test]
 fn every_documented_route_answers_and_every_route_is_documented() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let (_server, base) = start_default(&store);
     let doc = get(&base, "/openapi.json");
     let doc = doc.ok();
@@ -1116,7 +1110,7 @@ fn every_documented_route_answers_and_every_route_is_documented() {
 
 #[test]
 fn status_metrics_and_readiness() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let mut p = progress(1234);
     p.dataflows.get_mut("playback").expect("playback").late = 2;
     store
@@ -1197,7 +1191,7 @@ fn status_metrics_and_readiness() {
 
 #[test]
 fn the_server_stops_and_frees_its_port() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let (server, base) = start_default(&store);
     let addr = server.addr();
     assert_eq!(get(&base, "/healthz").status, 200);

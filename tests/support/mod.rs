@@ -4,6 +4,7 @@
 //! - [`http`]: asking a running query service, and a fake peer process;
 //! - [`process`]: free ports, hosts files, signals, bounded waits;
 //! - [`kafka`]: rdkafka's MockCluster holding generated events;
+//! - [`store`]: a fresh store in a temporary folder;
 //! - [`input`]: an independent reading of the sample input in `data/`
 //!   under the shipped definitions (it never calls rdg's library, so tests
 //!   cross-check rdg instead of repeating it).
@@ -19,9 +20,11 @@ pub mod http;
 pub mod input;
 pub mod kafka;
 pub mod process;
+pub mod store;
 
 pub use bin::*;
 pub use http::*;
 pub use input::*;
 pub use kafka::*;
 pub use process::*;
+pub use store::*;
