@@ -38,7 +38,8 @@ pub struct KafkaRunOptions {
     pub cluster: Option<Cluster>,
     /// Serve the query API while ingesting.
     pub serve: Option<ServeConfig>,
-    /// What the query API's status calls this run: `run` or `demo`.
+    /// What the query API's status calls this run: `run`, `demo`, or
+    /// `replay` (`rdg replay --brokers`, which serves nothing).
     pub mode: &'static str,
 }
 

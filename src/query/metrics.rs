@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::LiveStatus;
+use super::live::LiveStatus;
 use crate::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +202,80 @@ fn labelled<N, M: EncodeMetric>(
     Ok(())
 }
 
+/// The per-dataflow families: stored counters and watermarks, and what the
+/// running pipeline reports (lag, ingest rates).
+fn per_dataflow(
+    e: &mut DescriptorEncoder,
+    meta: &crate::store::Meta,
+    live: &dyn LiveStatus,
+) -> Result<(), std::fmt::Error> {
+    let df = |f: fn(&crate::store::DataflowMeta) -> u64| {
+        meta.dataflows
+            .iter()
+            .map(move |(d, m)| (d.clone(), f(m)))
+            .collect::<Vec<_>>()
+    };
+    labelled(
+        e,
+        "rdg_events",
+        "Events applied, per dataflow (stored counter)",
+        MetricType::Counter,
+        "dataflow",
+        df(|m| m.events),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
+        "rdg_late_events",
+        "Late events ignored by a rule, per dataflow (stored counter)",
+        MetricType::Counter,
+        "dataflow",
+        df(|m| m.late),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
+        "rdg_dead_letters",
+        "Dead letters stored, per dataflow",
+        MetricType::Counter,
+        "dataflow",
+        df(|m| m.dead_letters),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
+        "rdg_watermark_milliseconds",
+        "Largest committed watermark (event time, epoch ms), per dataflow",
+        MetricType::Gauge,
+        "dataflow",
+        meta.dataflows
+            .iter()
+            .filter_map(|(d, m)| m.watermark.map(|w| (d.clone(), w))),
+        ConstGauge::new,
+    )?;
+    labelled(
+        e,
+        "rdg_lag_messages",
+        "Messages behind the end of the input, per dataflow (when known)",
+        MetricType::Gauge,
+        "dataflow",
+        live.lag()
+            .into_iter()
+            .filter_map(|(d, l)| l.map(|l| (d, l))),
+        ConstGauge::new,
+    )?;
+    labelled(
+        e,
+        "rdg_ingest_events_per_second",
+        "Events committed per second recently, per dataflow",
+        MetricType::Gauge,
+        "dataflow",
+        live.ingest_rates(),
+        ConstGauge::new,
+    )?;
+    Ok(())
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (commits, meta) = {
@@ -229,71 +303,7 @@ impl Collector for StateCollector {
             commits_metric.metric_type(),
         )?;
         commits_metric.encode(m)?;
-        let df = |f: fn(&crate::store::DataflowMeta) -> u64| {
-            meta.dataflows
-                .iter()
-                .map(move |(d, m)| (d.clone(), f(m)))
-                .collect::<Vec<_>>()
-        };
-        labelled(
-            &mut e,
-            "rdg_events",
-            "Events applied, per dataflow (stored counter)",
-            MetricType::Counter,
-            "dataflow",
-            df(|m| m.events),
-            ConstCounter::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_late_events",
-            "Late events ignored by a rule, per dataflow (stored counter)",
-            MetricType::Counter,
-            "dataflow",
-            df(|m| m.late),
-            ConstCounter::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_dead_letters",
-            "Dead letters stored, per dataflow",
-            MetricType::Counter,
-            "dataflow",
-            df(|m| m.dead_letters),
-            ConstCounter::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_watermark_milliseconds",
-            "Largest committed watermark (event time, epoch ms), per dataflow",
-            MetricType::Gauge,
-            "dataflow",
-            meta.dataflows
-                .iter()
-                .filter_map(|(d, m)| m.watermark.map(|w| (d.clone(), w))),
-            ConstGauge::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_lag_messages",
-            "Messages behind the end of the input, per dataflow (when known)",
-            MetricType::Gauge,
-            "dataflow",
-            self.live
-                .lag()
-                .into_iter()
-                .filter_map(|(d, l)| l.map(|l| (d, l))),
-            ConstGauge::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_ingest_events_per_second",
-            "Events committed per second recently, per dataflow",
-            MetricType::Gauge,
-            "dataflow",
-            self.live.ingest_rates(),
-            ConstGauge::new,
-        )?;
+        per_dataflow(&mut e, &meta, self.live.as_ref())?;
         self.counts.want();
         if let Some(c) = self.counts.get() {
             labelled(
