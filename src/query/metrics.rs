@@ -13,7 +13,7 @@
 //! send.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -106,10 +106,27 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<EndpointLabels, Histogram>,
+    /// Per route (by its index in the route table): its 200 counter and its
+    /// latency histogram, handles into the families above, made on first use
+    /// (so a series appears only once it has a value), so that the common
+    /// answer costs no family lookup.
+    by_route: Vec<RouteMetrics>,
+}
+
+#[derive(Default)]
+struct RouteMetrics {
+    ok: OnceLock<Counter>,
+    latency: OnceLock<Histogram>,
 }
 
 impl Metrics {
-    pub fn new(store: Store, live: Arc<dyn LiveStatus>, counts: Arc<CountsCache>) -> Metrics {
+    /// `routes`: how many routes [`Metrics::observe`] may name by index.
+    pub fn new(
+        store: Store,
+        live: Arc<dyn LiveStatus>,
+        counts: Arc<CountsCache>,
+        routes: usize,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -134,17 +151,39 @@ impl Metrics {
             registry,
             requests,
             latency: latency_family,
+            by_route: (0..routes).map(|_| RouteMetrics::default()).collect(),
         }
     }
 
-    /// Records one answered request.
-    pub fn observe(&self, endpoint: &'static str, code: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { endpoint, code })
-            .inc();
-        self.latency
-            .get_or_create(&EndpointLabels { endpoint })
-            .observe(elapsed.as_secs_f64());
+    /// Records one answered request: `route` is the index of the route
+    /// `endpoint` (its template) names, if any.
+    pub fn observe(
+        &self,
+        route: Option<usize>,
+        endpoint: &'static str,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        let cached = route.and_then(|i| self.by_route.get(i));
+        let requests = |code| {
+            self.requests
+                .get_or_create(&RequestLabels { endpoint, code })
+                .clone()
+        };
+        match cached {
+            Some(m) if code == 200 => m.ok.get_or_init(|| requests(200)).inc(),
+            _ => requests(code).inc(),
+        };
+        let latency = || {
+            self.latency
+                .get_or_create(&EndpointLabels { endpoint })
+                .clone()
+        };
+        let secs = elapsed.as_secs_f64();
+        match cached {
+            Some(m) => m.latency.get_or_init(latency).observe(secs),
+            None => latency().observe(secs),
+        }
     }
 
     /// The text exposition.

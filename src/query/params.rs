@@ -13,34 +13,35 @@ use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
 
-/// A parsed query string: each allowed key at most once.
+/// A parsed query string: each allowed key at most once. Keys and values
+/// borrow from the query string unless they had to be decoded.
 #[derive(Debug, Default)]
-pub struct Params {
-    pairs: Vec<(String, String)>,
+pub struct Params<'q> {
+    pairs: Vec<(Cow<'q, str>, Cow<'q, str>)>,
 }
 
-fn decode(part: &str, what: &str) -> Result<String, ApiError> {
-    let spaced: Cow<str> = if part.contains('+') {
-        Cow::Owned(part.replace('+', " "))
-    } else {
-        Cow::Borrowed(part)
-    };
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ApiError::bad_request(format!("{what} is not UTF-8 once percent-decoded")))
+/// `part` with `+` as space and percent-escapes decoded; `what` names it in
+/// the error.
+fn decode<'q>(part: &'q str, what: impl FnOnce() -> String) -> Result<Cow<'q, str>, ApiError> {
+    let bad = || ApiError::bad_request(format!("{} is not UTF-8 once percent-decoded", what()));
+    if part.contains('+') {
+        let spaced = part.replace('+', " ");
+        let decoded = percent_decode_str(&spaced).decode_utf8().map_err(|_| bad())?;
+        return Ok(Cow::Owned(decoded.into_owned()));
+    }
+    percent_decode_str(part).decode_utf8().map_err(|_| bad())
 }
 
-impl Params {
+impl<'q> Params<'q> {
     /// Parses `raw` (the part after `?`), refusing keys not in `allowed`
     /// and keys given twice.
-    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
-        let mut pairs: Vec<(String, String)> = Vec::new();
+    pub fn parse(raw: Option<&'q str>, allowed: &[&str]) -> Result<Params<'q>, ApiError> {
+        let mut pairs: Vec<(Cow<'q, str>, Cow<'q, str>)> = Vec::new();
         for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            let k = decode(k, "a parameter name")?;
-            let v = decode(v, &format!("parameter `{k}`"))?;
-            if !allowed.contains(&k.as_str()) {
+            let k = decode(k, || "a parameter name".to_string())?;
+            let v = decode(v, || format!("parameter `{k}`"))?;
+            if !allowed.contains(&k.as_ref()) {
                 let shown: String = k.chars().take(64).collect();
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{shown}`; allowed: {}",
@@ -65,7 +66,7 @@ impl Params {
         self.pairs
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// An integer in `min..=max`, or `default` when absent.

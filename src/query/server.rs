@@ -160,10 +160,11 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 /// Runs around every request.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
+    let index = req
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|m| ROUTES.iter().find(|r| r.path == m.as_str()));
+        .and_then(|m| ROUTES.iter().position(|r| r.path == m.as_str()));
+    let route = index.map(|i| &ROUTES[i]);
     let endpoint_label = route.map_or("unmatched", |r| r.path);
     let mut resp = check_and_run(&app, route, req, next).await;
     if !resp.headers().contains_key(COMMIT) {
@@ -184,8 +185,12 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             resp.headers_mut().insert(COMMITS, v);
         }
     }
-    app.metrics
-        .observe(endpoint_label, resp.status().as_u16(), started.elapsed());
+    app.metrics.observe(
+        index,
+        endpoint_label,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }
 
@@ -292,7 +297,7 @@ impl Server {
         let app = Arc::new(App {
             exports: Arc::new(Semaphore::new(config.max_exports)),
             peers,
-            metrics: Metrics::new(store.clone(), live.clone(), counts.clone()),
+            metrics: Metrics::new(store.clone(), live.clone(), counts.clone(), ROUTES.len()),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             store,
             config,
