@@ -6,8 +6,9 @@
 //!
 //! Invariant: every flag is defined once (shared groups are flattened:
 //! [`KafkaArgs`], [`ClusterArgs`], [`ServeArgs`]) and every file a flag
-//! names is read in one place (hosts files: [`host_lines`]; tokens:
-//! [`read_token`]).
+//! names is read in one place (hosts files: [`host_lines`], into one
+//! [`ClusterShape`] for the dataflow, the store and the query service;
+//! tokens: [`read_token`]).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -22,7 +23,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use rdg::app::kafka::{DemoOptions, KafkaRunOptions};
 use rdg::app::{self, ReplayOptions};
-use rdg::dataflow::Cluster;
+use rdg::model::ClusterShape;
 use rdg::query::client::Client;
 use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
@@ -261,40 +262,15 @@ fn host_lines(path: &Path, processes: usize) -> Result<Vec<String>> {
 }
 
 impl ClusterArgs {
-    /// Where the other processes serve their query API (`--http-hosts`),
-    /// for a process that serves one (`listen`) in a cluster.
-    fn query_view(
+    /// This process's cluster shape (`None`: a process alone): timely's
+    /// addresses from `--hosts`, and with `listen` (it serves queries) every
+    /// process's query URL from `--http-hosts`, whose line for this process
+    /// must have `listen`'s port.
+    fn shape(
         &self,
         workers: usize,
-        listen: std::net::SocketAddr,
-    ) -> Result<Option<rdg::query::ClusterView>> {
-        if self.processes <= 1 {
-            return Ok(None);
-        }
-        let Some(file) = &self.http_hosts else {
-            anyhow::bail!(
-                "--processes {} with --listen needs --http-hosts FILE (the query API address of every process, one per line), so that each process can answer for the whole graph",
-                self.processes
-            );
-        };
-        let hosts = host_lines(file, self.processes)?;
-        let own = hosts.get(self.process).map(String::as_str).unwrap_or("");
-        let own_port = own.rsplit_once(':').map(|(_, p)| p);
-        if own_port != Some(listen.port().to_string().as_str()) {
-            anyhow::bail!(
-                "{} gives `{own}` for process {}, but --listen is {listen}: the ports must match",
-                file.display(),
-                self.process
-            );
-        }
-        Ok(Some(rdg::query::ClusterView {
-            process: self.process,
-            workers: workers.max(1),
-            peers: hosts.iter().map(|h| format!("http://{h}")).collect(),
-        }))
-    }
-
-    fn cluster(&self) -> Result<Option<Cluster>> {
+        listen: Option<std::net::SocketAddr>,
+    ) -> Result<Option<ClusterShape>> {
         if self.processes <= 1 {
             return Ok(None);
         }
@@ -311,10 +287,38 @@ impl ClusterArgs {
                 self.processes - 1
             );
         }
-        Ok(Some(Cluster {
+        let query_urls = match listen {
+            Some(listen) => self.query_urls(listen)?,
+            None => Vec::new(),
+        };
+        Ok(Some(ClusterShape {
+            processes: self.processes,
             process: self.process,
+            workers: workers.max(1),
             addresses,
+            query_urls,
         }))
+    }
+
+    /// Where every process serves its query API (`--http-hosts`).
+    fn query_urls(&self, listen: std::net::SocketAddr) -> Result<Vec<String>> {
+        let Some(file) = &self.http_hosts else {
+            anyhow::bail!(
+                "--processes {} with --listen needs --http-hosts FILE (the query API address of every process, one per line), so that each process can answer for the whole graph",
+                self.processes
+            );
+        };
+        let hosts = host_lines(file, self.processes)?;
+        let own = hosts.get(self.process).map(String::as_str).unwrap_or("");
+        let own_port = own.rsplit_once(':').map(|(_, p)| p);
+        if own_port != Some(listen.port().to_string().as_str()) {
+            anyhow::bail!(
+                "{} gives `{own}` for process {}, but --listen is {listen}: the ports must match",
+                file.display(),
+                self.process
+            );
+        }
+        Ok(hosts.iter().map(|h| format!("http://{h}")).collect())
     }
 }
 
@@ -535,12 +539,9 @@ fn run_live(args: RunArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| "127.0.0.1:9092".to_string());
     let stop = app::kafka::stop_on_signals()?;
-    let cluster = args.cluster.cluster()?;
+    let cluster = args.cluster.shape(args.workers, args.serve.listen)?;
     let serve = match args.serve.listen {
-        Some(listen) => Some(ServeConfig {
-            cluster: args.cluster.query_view(args.workers, listen)?,
-            ..args.serve.config()?
-        }),
+        Some(_) => Some(args.serve.config()?),
         None => None,
     };
     let opts = KafkaRunOptions {

@@ -83,6 +83,80 @@ impl EdgeOrder {
     }
 }
 
+/// Where this process sits in a cluster of processes, and where the others
+/// are: one type for the dataflow (timely's cluster mode), the store (the
+/// shape a state was written by: keys are sharded by worker) and the query
+/// service (which process owns a key, where to forward).
+///
+/// Invariant (see [`ClusterShape::problems`]): `process < processes`,
+/// `workers >= 1`, and each address list is empty or names every process,
+/// in process order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterShape {
+    /// How many processes (1: this process alone).
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// Worker threads per process; worker index = process × workers + i.
+    pub workers: usize,
+    /// Every process's `host:port` for timely's data exchange, in process
+    /// order (empty for a single process).
+    pub addresses: Vec<String>,
+    /// Every process's query API base URL (`http://host:port`), in process
+    /// order (empty when the processes do not serve queries to each other).
+    pub query_urls: Vec<String>,
+}
+
+impl ClusterShape {
+    /// One process alone, with `workers` workers.
+    pub fn single(workers: usize) -> ClusterShape {
+        ClusterShape {
+            processes: 1,
+            process: 0,
+            workers,
+            addresses: Vec::new(),
+            query_urls: Vec::new(),
+        }
+    }
+
+    /// The process whose workers own a record of `hash` (a [`shard`] hash).
+    pub fn owner(&self, hash: u64) -> usize {
+        let workers = self.workers.max(1);
+        shard::worker(hash, self.processes.max(1) * workers) / workers
+    }
+
+    /// Every inconsistency, one sentence each (none: the invariant holds).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.processes == 0 {
+            problems.push("a cluster has at least 1 process".to_string());
+        } else if self.process >= self.processes {
+            problems.push(format!(
+                "process {} is out of range for {} processes (0 to {})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            ));
+        }
+        if self.workers == 0 {
+            problems.push("a process has at least 1 worker".to_string());
+        }
+        for (what, list) in [
+            ("addresses", &self.addresses),
+            ("query URLs", &self.query_urls),
+        ] {
+            if !list.is_empty() && list.len() != self.processes {
+                problems.push(format!(
+                    "{} {what} for {} processes: one per process, in process order",
+                    list.len(),
+                    self.processes
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// The aggregate one dataflow keeps for one record (node, edge or identity
 /// link): how often it was asserted since it was (re)created, when it was first
 /// and last seen (event time), and the props of the latest event by event time.
@@ -215,6 +289,27 @@ mod tests {
             assert_eq!(clap_name.as_deref(), Some(o.as_str()));
             assert_eq!(serde_json::to_value(o).ok(), Some(o.as_str().into()));
         }
+    }
+
+    #[test]
+    fn cluster_shapes_check_themselves() {
+        let mut c = ClusterShape {
+            processes: 2,
+            process: 1,
+            workers: 2,
+            addresses: vec!["h:1".into(), "h:2".into()],
+            query_urls: Vec::new(),
+        };
+        assert!(c.problems().is_empty());
+        for i in 0..100 {
+            let hash = shard::node(&format!("n:{i}"));
+            assert_eq!(c.owner(hash), shard::worker(hash, 4) / 2);
+        }
+        c.process = 2;
+        c.workers = 0;
+        c.query_urls = vec!["http://h:3".into()];
+        assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
+        assert!(ClusterShape::single(3).problems().is_empty());
     }
 
     #[test]

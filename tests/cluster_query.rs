@@ -26,9 +26,9 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdg::model::shard;
+use rdg::model::{ClusterShape, shard};
 use rdg::query::client::Client;
-use rdg::query::{ClusterView, ServeConfig, Server, StaticStatus};
+use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -540,10 +540,12 @@ fn a_gone_peer_is_a_502_naming_it(sample: &Sample, store: &Store, states: &Path)
         let store = open_when_free(&states.join(format!("process-{i}")));
         let config = ServeConfig {
             listen: format!("127.0.0.1:{}", ports[i]).parse().expect("addr"),
-            cluster: Some(ClusterView {
+            cluster: Some(ClusterShape {
+                processes: 2,
                 process: i,
                 workers: 2,
-                peers: peers.clone(),
+                addresses: Vec::new(),
+                query_urls: peers.clone(),
             }),
             ..ServeConfig::default()
         };
@@ -618,10 +620,12 @@ fn a_failing_peer_is_named_and_no_other_answer_moves() {
     let config = ServeConfig {
         listen: format!("127.0.0.1:{port}").parse().expect("addr"),
         request_timeout: Duration::from_secs(2),
-        cluster: Some(ClusterView {
+        cluster: Some(ClusterShape {
+            processes: 3,
             process: 0,
             workers: 1,
-            peers: vec![me.clone(), one.base.clone(), two.base.clone()],
+            addresses: Vec::new(),
+            query_urls: vec![me.clone(), one.base.clone(), two.base.clone()],
         }),
         ..ServeConfig::default()
     };

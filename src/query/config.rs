@@ -1,5 +1,6 @@
 //! The query service's settings: [`ServeConfig`] with every default in one
-//! `impl Default`, and this process's place in a cluster ([`ClusterView`]).
+//! `impl Default`, this process's place in a cluster among them (the
+//! model's [`ClusterShape`], the one the dataflow shards by).
 //!
 //! Invariant: a config that passed [`ServeConfig::validate`] (which
 //! [`Server::start`](super::Server::start) calls) has every bound at least 1,
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::error::QueryError;
+use crate::model::ClusterShape;
 
 /// How the server listens and what it allows. Every default is documented on
 /// its field and set in the one `impl Default`; [`ServeConfig::validate`]
@@ -64,21 +66,9 @@ pub struct ServeConfig {
     /// this process's share to a temporary file). Default 4.
     pub max_exports: usize,
     /// This process's place in a cluster of processes, and where the others
-    /// serve; `None` (the default): this process holds the whole graph.
-    pub cluster: Option<ClusterView>,
-}
-
-/// Where the query APIs of a cluster's processes are, for forwarding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterView {
-    /// This process's index.
-    pub process: usize,
-    /// Workers per process (worker index = process × workers + i), so that
-    /// `model::shard` tells which process owns a key.
-    pub workers: usize,
-    /// The base URL of each process's query API, in process order
-    /// (`http://127.0.0.1:7801`); this process's own included.
-    pub peers: Vec<String>,
+    /// serve (its `query_urls`, this process's own included); `None` (the
+    /// default): this process holds the whole graph.
+    pub cluster: Option<ClusterShape>,
 }
 
 impl Default for ServeConfig {
@@ -132,19 +122,11 @@ impl ServeConfig {
         positive("worker_threads", self.worker_threads);
         positive("max_exports", self.max_exports);
         if let Some(c) = &self.cluster {
-            if c.peers.is_empty() {
-                problems.push("cluster.peers must list every process's URL".to_string());
-            } else if c.process >= c.peers.len() {
-                problems.push(format!(
-                    "cluster.process ({}) is out of range for {} processes",
-                    c.process,
-                    c.peers.len()
-                ));
+            problems.extend(c.problems().into_iter().map(|p| format!("cluster: {p}")));
+            if c.query_urls.is_empty() {
+                problems.push("cluster.query_urls must list every process's URL".to_string());
             }
-            if c.workers == 0 {
-                problems.push("cluster.workers must be at least 1".to_string());
-            }
-            for p in &c.peers {
+            for p in &c.query_urls {
                 let rest = p.strip_prefix("http://").unwrap_or("");
                 if rest.is_empty()
                     || rest.contains('/')
@@ -208,12 +190,14 @@ mod tests {
     }
 
     #[test]
-    fn cluster_views_are_checked() {
+    fn cluster_shapes_are_checked() {
         let c = ServeConfig {
-            cluster: Some(ClusterView {
+            cluster: Some(ClusterShape {
+                processes: 2,
                 process: 2,
                 workers: 0,
-                peers: vec!["http://a:1".into(), "b:2".into()],
+                addresses: Vec::new(),
+                query_urls: vec!["http://a:1".into(), "b:2".into()],
             }),
             ..ServeConfig::default()
         };

@@ -61,7 +61,7 @@ mod routes;
 mod server;
 mod state;
 
-pub use config::{ClusterView, ServeConfig};
+pub use config::ServeConfig;
 pub use error::QueryError;
 pub use live::{LiveGauges, LiveStatus, StaticStatus};
 pub use peers::PeerError;
@@ -121,7 +121,7 @@ mod tests {
             }
         }
         let facade = |n: String| match n.as_str() {
-            "ServeConfig" | "ClusterView" => "config".to_string(),
+            "ServeConfig" => "config".to_string(),
             "LiveStatus" | "LiveGauges" | "StaticStatus" => "live".to_string(),
             "QueryError" => "error".to_string(),
             "PeerError" => "peers".to_string(),

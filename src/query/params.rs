@@ -26,7 +26,9 @@ fn decode<'q>(part: &'q str, what: impl FnOnce() -> String) -> Result<Cow<'q, st
     let bad = || ApiError::bad_request(format!("{} is not UTF-8 once percent-decoded", what()));
     if part.contains('+') {
         let spaced = part.replace('+', " ");
-        let decoded = percent_decode_str(&spaced).decode_utf8().map_err(|_| bad())?;
+        let decoded = percent_decode_str(&spaced)
+            .decode_utf8()
+            .map_err(|_| bad())?;
         return Ok(Cow::Owned(decoded.into_owned()));
     }
     percent_decode_str(part).decode_utf8().map_err(|_| bad())

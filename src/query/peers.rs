@@ -36,10 +36,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::ClusterView;
 use super::error::ApiError;
 use super::fresh::ProcessFresh;
-use crate::model::shard;
+use crate::model::{ClusterShape, shard};
 
 /// Sent on every call to a peer: answer from your own store only.
 pub const LOCAL: HeaderName = HeaderName::from_static("x-rdg-local");
@@ -183,7 +182,7 @@ impl PeerAnswer {
 /// This process's view of its cluster, and the one client it calls its
 /// peers with.
 pub struct Peers {
-    view: ClusterView,
+    shape: ClusterShape,
     /// `Bearer <token>`, the token every process of the cluster shares.
     authorization: Option<HeaderValue>,
     client: Client<HttpConnector, Body>,
@@ -192,7 +191,7 @@ pub struct Peers {
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
-            .field("view", &self.view)
+            .field("shape", &self.shape)
             .finish_non_exhaustive()
     }
 }
@@ -235,7 +234,8 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 impl Peers {
     /// `token`: the bearer token every process of the cluster shares. Needs
     /// no runtime; calls run on the runtime of the task that awaits them.
-    pub fn new(view: ClusterView, token: Option<String>) -> Peers {
+    /// `shape`: this process's cluster, with every process's query URL.
+    pub fn new(shape: ClusterShape, token: Option<String>) -> Peers {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -250,19 +250,19 @@ impl Peers {
                     v.set_sensitive(true);
                     v
                 }),
-            view,
+            shape,
             client,
         }
     }
 
     /// This process's index.
     pub fn me(&self) -> usize {
-        self.view.process
+        self.shape.process
     }
 
     /// The number of processes.
     pub fn processes(&self) -> usize {
-        self.view.peers.len()
+        self.shape.processes
     }
 
     /// Every process, in order.
@@ -277,17 +277,18 @@ impl Peers {
 
     /// The base URL of `process`.
     pub fn url(&self, process: usize) -> &str {
-        self.view.peers.get(process).map_or("?", String::as_str)
+        self.shape
+            .query_urls
+            .get(process)
+            .map_or("?", String::as_str)
     }
 
     /// The process whose workers own `key` (see `model::shard`).
     pub fn owner_of(&self, key: Key<'_>) -> usize {
-        let hash = match key {
+        self.shape.owner(match key {
             Key::Node(id) => shard::node(id),
             Key::OutEdges { edge_type, from } => shard::edge(edge_type, from),
-        };
-        let workers = self.view.workers.max(1);
-        shard::worker(hash, self.processes() * workers) / workers
+        })
     }
 
     fn unreachable(&self, process: usize, detail: impl std::fmt::Display) -> PeerError {
@@ -508,17 +509,21 @@ impl Read for PeerReader {
 mod tests {
     use super::*;
 
+    fn shape(workers: usize, query_urls: Vec<String>) -> ClusterShape {
+        ClusterShape {
+            processes: query_urls.len(),
+            process: 0,
+            workers,
+            addresses: Vec::new(),
+            query_urls,
+        }
+    }
+
     fn peers(n: usize) -> Peers {
-        Peers::new(
-            ClusterView {
-                process: 0,
-                workers: 2,
-                peers: (0..n)
-                    .map(|i| format!("http://127.0.0.1:{}", 1 + i))
-                    .collect(),
-            },
-            None,
-        )
+        let urls = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect();
+        Peers::new(shape(2, urls), None)
     }
 
     #[test]
@@ -605,17 +610,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
-        let peers = Peers::new(
-            ClusterView {
-                process: 0,
-                workers: 1,
-                peers: vec![
-                    "http://127.0.0.1:1".into(),
-                    format!("http://127.0.0.1:{port}"),
-                ],
-            },
-            None,
-        );
+        let urls = vec![
+            "http://127.0.0.1:1".into(),
+            format!("http://127.0.0.1:{port}"),
+        ];
+        let peers = Peers::new(shape(1, urls), None);
         let deadline = Instant::now() + Duration::from_secs(5);
         let e = peers
             .get(1, "/v1/status", deadline)

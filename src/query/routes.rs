@@ -592,9 +592,9 @@ pub async fn status(State(app): Shared, RawQuery(raw): RawQuery) -> Result<Answe
         disk_bytes: app.store.size_on_disk().ok(),
         cluster: app.config.cluster.as_ref().map(|c| ClusterOut {
             process: c.process,
-            processes: c.peers.len(),
+            processes: c.processes,
             workers: c.workers,
-            peers: c.peers.clone(),
+            peers: c.query_urls.clone(),
         }),
     };
     Ok(Answer::new(status, Freshness::Local(fresh)))

@@ -288,7 +288,7 @@ impl Server {
         let peers = config
             .cluster
             .clone()
-            .filter(|c| c.peers.len() > 1)
+            .filter(|c| c.processes > 1)
             .map(|c| Arc::new(Peers::new(c, config.auth_token.clone())));
         let blocking_threads = 2 + if peers.is_some() { 32 } else { 0 };
         let fresh = FreshCache::new(&store.read())?;

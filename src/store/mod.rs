@@ -187,7 +187,12 @@ impl Store {
     /// Records the cluster shape on first use and refuses a different one
     /// later. A single process may change its number of workers (it holds
     /// every key either way); a process of a cluster may not.
-    pub fn claim_shape(&self, requested: Shape) -> Result<(), StoreError> {
+    pub fn claim_shape(&self, shape: &crate::model::ClusterShape) -> Result<(), StoreError> {
+        let requested = Shape {
+            processes: shape.processes as u64,
+            process: shape.process as u64,
+            workers: shape.workers as u64,
+        };
         let key = codec::encode(&[META_SHAPE]);
         let stored = match self.inner.meta.get(&key).map_err(|e| self.sled(e))? {
             Some(v) => Some(
