@@ -179,13 +179,21 @@ impl PeerAnswer {
     }
 }
 
-/// This process's view of its cluster, and the one client it calls its
-/// peers with.
+/// This process's view of its cluster, and the client it calls its peers
+/// with: one pooled client per server thread (its runtime drives the
+/// connections that client opens, so a forwarded lookup never hands its
+/// connection to another thread), and one more for calls from elsewhere.
 pub struct Peers {
     shape: ClusterShape,
     /// `Bearer <token>`, the token every process of the cluster shares.
     authorization: Option<HeaderValue>,
-    client: Client<HttpConnector, Body>,
+    clients: Vec<Client<HttpConnector, Body>>,
+}
+
+thread_local! {
+    /// The server thread whose runtime this thread belongs to (its event
+    /// loop or its blocking pool), set by [`Peers::enter_thread`].
+    static SERVER_THREAD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 impl std::fmt::Debug for Peers {
@@ -232,18 +240,23 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Peers {
-    /// `token`: the bearer token every process of the cluster shares. Needs
-    /// no runtime; calls run on the runtime of the task that awaits them.
-    /// `shape`: this process's cluster, with every process's query URL.
-    pub fn new(shape: ClusterShape, token: Option<String>) -> Peers {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(MAX_IDLE)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+    /// `shape`: this process's cluster, with every process's query URL;
+    /// `token`: the bearer token every process of the cluster shares;
+    /// `threads`: the server threads that will call [`Peers::enter_thread`].
+    /// Needs no runtime; calls run on the runtime of the task that awaits
+    /// them.
+    pub fn new(shape: ClusterShape, token: Option<String>, threads: usize) -> Peers {
+        let client = || {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(MAX_IDLE)
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        };
         Peers {
+            clients: (0..=threads).map(|_| client()).collect(),
             authorization: token
                 .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
                 .map(|mut v| {
@@ -251,8 +264,21 @@ impl Peers {
                     v
                 }),
             shape,
-            client,
         }
+    }
+
+    /// Marks the calling thread as belonging to server thread `i` (its event
+    /// loop, or a thread of its blocking pool): its calls use that thread's
+    /// client.
+    pub fn enter_thread(i: usize) {
+        SERVER_THREAD.with(|t| t.set(Some(i)));
+    }
+
+    /// The client of the calling thread's server thread, or the spare one.
+    fn client(&self) -> &Client<HttpConnector, Body> {
+        let i = SERVER_THREAD.with(|t| t.get());
+        let spare = self.clients.len() - 1;
+        &self.clients[i.map_or(spare, |i| i.min(spare))]
     }
 
     /// This process's index.
@@ -337,7 +363,7 @@ impl Peers {
         path_and_query: &str,
     ) -> Result<axum::http::Response<Incoming>, PeerError> {
         let req = self.request(process, path_and_query)?;
-        self.client.request(req).await.map_err(|e| {
+        self.client().request(req).await.map_err(|e| {
             if timed_out(&e) {
                 self.timeout(process, CONNECT_TIMEOUT)
             } else {
@@ -523,7 +549,7 @@ mod tests {
         let urls = (0..n)
             .map(|i| format!("http://127.0.0.1:{}", 1 + i))
             .collect();
-        Peers::new(shape(2, urls), None)
+        Peers::new(shape(2, urls), None, 1)
     }
 
     #[test]
@@ -614,7 +640,7 @@ mod tests {
             "http://127.0.0.1:1".into(),
             format!("http://127.0.0.1:{port}"),
         ];
-        let peers = Peers::new(shape(1, urls), None);
+        let peers = Peers::new(shape(1, urls), None, 1);
         let deadline = Instant::now() + Duration::from_secs(5);
         let e = peers
             .get(1, "/v1/status", deadline)

@@ -285,11 +285,10 @@ impl Server {
             .map_err(|source| QueryError::Bind { addr, source })?;
         // Blocking threads run the multi-read queries (CPU) and, in a
         // cluster, wait on peers (I/O): a cluster gets more of them.
-        let peers = config
-            .cluster
-            .clone()
-            .filter(|c| c.processes > 1)
-            .map(|c| Arc::new(Peers::new(c, config.auth_token.clone())));
+        let peers = config.cluster.clone().filter(|c| c.processes > 1).map(|c| {
+            let token = config.auth_token.clone();
+            Arc::new(Peers::new(c, token, config.worker_threads))
+        });
         let blocking_threads = 2 + if peers.is_some() { 32 } else { 0 };
         let fresh = FreshCache::new(&store.read())?;
         let counts = Arc::new(CountsCache::default());
@@ -314,7 +313,8 @@ impl Server {
         };
         // One single-threaded runtime per thread, all accepting on the same
         // socket: a request never hops between threads, so no cross-thread
-        // wake-ups on the hot path.
+        // wake-ups on the hot path (calls to peers included: each thread, and
+        // its blocking pool, calls them through a client of its own).
         for i in 0..threads {
             let listener = listener
                 .try_clone()
@@ -322,6 +322,7 @@ impl Server {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .max_blocking_threads(blocking_threads)
                 .thread_name("rdg-query-blocking")
+                .on_thread_start(move || Peers::enter_thread(i))
                 .enable_all()
                 .build()
                 .map_err(QueryError::Runtime)?;
@@ -329,6 +330,7 @@ impl Server {
             let thread = std::thread::Builder::new()
                 .name(format!("rdg-query-{i}"))
                 .spawn(move || {
+                    Peers::enter_thread(i);
                     let result = runtime.block_on(serve(listener, app, rx, i == 0));
                     runtime.shutdown_timeout(Duration::from_secs(1));
                     result
