@@ -11,7 +11,9 @@
 #       wrk (keep-alive connections, a Lua script cycling over the keys).
 # Prints both rates and their ratios.
 #   scripts/bench-cluster.sh [EVENTS] [QUERY_SECONDS] [CONNECTIONS]
-# Everything runs on 127.0.0.1; each step is bounded in time.
+# Everything runs on 127.0.0.1; each step is bounded in time. RDG_BIN=PATH
+# measures that binary instead of building target/release/rdg (to compare
+# two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
@@ -20,8 +22,8 @@ connections=${3:-16}
 port=${BENCH_BROKER_PORT:-19094}
 work=target/bench-cluster
 command -v wrk >/dev/null || { echo "bench-cluster.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet
-bin=target/release/rdg
+bin=${RDG_BIN:-target/release/rdg}
+[ -n "${RDG_BIN:-}" ] || cargo build --release --quiet
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
 cleanup() {

@@ -10,6 +10,8 @@
 # 4. 2-hop traversals (account -has_profile-> profile -watched-> title,
 #    default limits): throughput and latency.
 # wrk runs on the same 2 cores as the server, so the numbers are a floor.
+# RDG_BIN=PATH serves with that binary instead of building
+# target/release/rdg (to compare two builds on the same state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-400000}
@@ -23,8 +25,8 @@ if ! command -v wrk >/dev/null; then
   fi
   command -v wrk >/dev/null || { echo "bench-query: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 fi
-cargo build --release --quiet
-bin=target/release/rdg
+bin=${RDG_BIN:-target/release/rdg}
+[ -n "${RDG_BIN:-}" ] || cargo build --release --quiet
 state="$work/state-$events"
 if [ ! -f "$state/ready" ]; then
   rm -rf "$state"

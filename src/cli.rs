@@ -1,26 +1,33 @@
 //! Command-line interface: argument parsing and the thin glue from each
-//! command to the library. Errors here are `anyhow` and end as a message on
-//! stderr with a non-zero exit status.
-
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+//! command to the library, as ripgrep's `main` does it: [`main`] parses and
+//! maps errors to exit codes, [`run`] dispatches, and each subcommand is one
+//! short function over its own argument struct. Errors here are `anyhow`
+//! and end as a message on stderr with a non-zero exit status.
+//!
+//! Invariant: every flag is defined once (shared groups are flattened:
+//! [`KafkaArgs`], [`ClusterArgs`], [`ServeArgs`]) and every file a flag
+//! names is read in one place (hosts files: [`host_lines`], into one
+//! [`ClusterShape`] for the dataflow, the store and the query service;
+//! tokens: [`read_token`]).
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use rdg::app::kafka::{DemoOptions, KafkaRunOptions};
 use rdg::app::{self, ReplayOptions};
-use rdg::dataflow::Cluster;
+use rdg::model::ClusterShape;
 use rdg::query::client::Client;
 use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "rdg", version, about = "A real-time graph of user activity")]
@@ -32,162 +39,189 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate every definition file and print every problem at once.
-    Check {
-        /// The definitions folder.
-        #[arg(long, default_value = "dataflows")]
-        dataflows: PathBuf,
-    },
+    Check(CheckArgs),
     /// Backfill JSON Lines files (`.jsonl`, `.jsonl.gz`) into a state directory.
-    Replay {
-        #[arg(long, default_value = "dataflows")]
-        dataflows: PathBuf,
-        /// The state directory (created if missing; continued if it holds data).
-        #[arg(long)]
-        state: PathBuf,
-        /// Worker threads.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// Files: read FILE as topic TOPIC (`TOPIC=FILE`; otherwise a file's
-        /// topic is its name up to the first dot). With --brokers: replay only
-        /// this topic (repeatable).
-        #[arg(long = "topic", value_name = "TOPIC=FILE | TOPIC")]
-        topics: Vec<String>,
-        /// Replay from Kafka instead of files: each partition up to the end
-        /// offset it had when the replay started.
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        /// Records read from each file per batch (one batch = one atomic commit unit).
-        #[arg(long, default_value_t = 4096)]
-        batch: usize,
-        /// Print the summary as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Input files.
-        files: Vec<PathBuf>,
-    },
+    Replay(ReplayArgs),
     /// Consume every definition's topic live until SIGINT/SIGTERM.
-    Run {
-        #[arg(long, default_value = "dataflows")]
-        dataflows: PathBuf,
-        #[arg(long)]
-        state: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        /// Seconds between status lines (0: none).
-        #[arg(long, default_value_t = 10)]
-        status_interval: u64,
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        #[arg(long, default_value_t = 4096)]
-        batch: usize,
-        #[command(flatten)]
-        serve: ServeArgs,
-    },
+    Run(RunArgs),
     /// Send generated events to the definitions' topics (keyed by account).
-    Produce {
-        #[arg(long, default_value = "dataflows")]
-        dataflows: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        #[arg(long, default_value_t = 10_000)]
-        events: u64,
-        /// Events per second (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Partitions of topics that do not exist yet.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// librdkafka settings for the producer.
-        #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
-        settings: Vec<(String, String)>,
-    },
+    Produce(ProduceArgs),
     /// Zero-setup demo: an in-process Kafka-protocol cluster, generated events
     /// at a steady rate, the pipeline consuming them live.
-    Demo {
-        #[arg(long, default_value = "dataflows")]
-        dataflows: PathBuf,
-        #[arg(long, default_value = "demo-state")]
-        state: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// Events produced per second.
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Events to produce in all (they cover events/20 accounts).
-        #[arg(long, default_value_t = 100_000)]
-        events: u64,
-        /// Stop after this many seconds (default: run until Ctrl-C).
-        #[arg(long)]
-        seconds: Option<u64>,
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[command(flatten)]
-        serve: ServeArgs,
-    },
+    Demo(DemoArgs),
     /// Look up records in a state directory, or ask a running server
     /// (`--url`); prints JSON.
-    Query {
-        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
-        state: Option<PathBuf>,
-        /// Ask the query service at this address (`http://HOST:PORT`)
-        /// instead of opening the state.
-        #[arg(long)]
-        url: Option<String>,
-        /// With --url: a file holding the server's bearer token.
-        #[arg(long, requires = "url")]
-        auth_token_file: Option<PathBuf>,
-        #[command(subcommand)]
-        what: QueryCommand,
-    },
+    Query(QueryArgs),
     /// Serve a state directory that no other process holds over HTTP (JSON
     /// API, /metrics, /openapi.json, explorer page at /) until Ctrl-C.
-    Serve {
-        #[arg(long)]
-        state: PathBuf,
-        #[command(flatten)]
-        serve: ServeArgs,
-    },
+    Serve(ServeCommandArgs),
     /// Print the whole graph as sorted JSON Lines, from a state directory or
     /// from a running server (`--url`; any process of a cluster gives the
     /// whole cluster's graph).
-    Export {
-        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
-        state: Option<PathBuf>,
-        /// Ask the query service at this address (`http://HOST:PORT`).
-        #[arg(long)]
-        url: Option<String>,
-        /// With --url: a file holding the server's bearer token.
-        #[arg(long, requires = "url")]
-        auth_token_file: Option<PathBuf>,
-    },
+    Export(ExportArgs),
     /// Generate deterministic synthetic events for the shipped definitions.
-    Gen {
-        #[arg(long, default_value_t = 10_000)]
-        events: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value = "data")]
-        out: PathBuf,
-        /// Share of events that are deletes.
-        #[arg(long)]
-        delete_share: Option<f64>,
-        /// Maximum out-of-order jitter of event times, in ms.
-        #[arg(long)]
-        jitter_ms: Option<i64>,
-        /// Share of malformed lines.
-        #[arg(long)]
-        malformed_share: Option<f64>,
-    },
+    Gen(GenArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The definitions folder.
+    #[arg(long, default_value = "dataflows")]
+    dataflows: PathBuf,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[arg(long, default_value = "dataflows")]
+    dataflows: PathBuf,
+    /// The state directory (created if missing; continued if it holds data).
+    #[arg(long)]
+    state: PathBuf,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Files: read FILE as topic TOPIC (`TOPIC=FILE`; otherwise a file's
+    /// topic is its name up to the first dot). With --brokers: replay only
+    /// this topic (repeatable).
+    #[arg(long = "topic", value_name = "TOPIC=FILE | TOPIC")]
+    topics: Vec<String>,
+    /// Replay from Kafka instead of files: each partition up to the end
+    /// offset it had when the replay started.
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Records read from each file per batch (one batch = one atomic commit unit).
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Input files.
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value = "dataflows")]
+    dataflows: PathBuf,
+    #[arg(long)]
+    state: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Seconds between status lines (0: none).
+    #[arg(long, default_value_t = 10)]
+    status_interval: u64,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    #[arg(long, default_value = "dataflows")]
+    dataflows: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    /// Events per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Partitions of topics that do not exist yet.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// librdkafka settings for the producer.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, default_value = "dataflows")]
+    dataflows: PathBuf,
+    #[arg(long, default_value = "demo-state")]
+    state: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Events produced per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Events to produce in all (they cover events/20 accounts).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+    state: Option<PathBuf>,
+    /// Ask the query service at this address (`http://HOST:PORT`)
+    /// instead of opening the state.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url: a file holding the server's bearer token.
+    #[arg(long, requires = "url")]
+    auth_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    what: QueryCommand,
+}
+
+#[derive(Args)]
+struct ServeCommandArgs {
+    #[arg(long)]
+    state: PathBuf,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+    state: Option<PathBuf>,
+    /// Ask the query service at this address (`http://HOST:PORT`).
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url: a file holding the server's bearer token.
+    #[arg(long, requires = "url")]
+    auth_token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "data")]
+    out: PathBuf,
+    /// Share of events that are deletes.
+    #[arg(long)]
+    delete_share: Option<f64>,
+    /// Maximum out-of-order jitter of event times, in ms.
+    #[arg(long)]
+    jitter_ms: Option<i64>,
+    /// Share of malformed lines.
+    #[arg(long)]
+    malformed_share: Option<f64>,
 }
 
 /// Timely's cluster mode: several processes exchanging data by key.
-#[derive(clap::Args)]
+#[derive(Args)]
 struct ClusterArgs {
     /// Number of processes in the cluster (1: this process alone).
     #[arg(long, default_value_t = 1)]
@@ -205,44 +239,76 @@ struct ClusterArgs {
     http_hosts: Option<PathBuf>,
 }
 
-/// The non-comment lines of a hosts file.
-fn host_lines(path: &std::path::Path) -> Result<Vec<String>> {
+/// The `host:port` lines of a hosts file (comments and blank lines
+/// skipped), which must be one per process.
+fn host_lines(path: &Path, processes: usize) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the hosts file {}", path.display()))?;
-    Ok(text
+    let hosts: Vec<String> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
-        .collect())
+        .collect();
+    if hosts.len() != processes {
+        anyhow::bail!(
+            "{} lists {} addresses, but --processes is {}",
+            path.display(),
+            hosts.len(),
+            processes
+        );
+    }
+    Ok(hosts)
 }
 
 impl ClusterArgs {
-    /// Where the other processes serve their query API (`--http-hosts`),
-    /// for a process that serves one (`listen`) in a cluster.
-    fn query_view(
+    /// This process's cluster shape (`None`: a process alone): timely's
+    /// addresses from `--hosts`, and with `listen` (it serves queries) every
+    /// process's query URL from `--http-hosts`, whose line for this process
+    /// must have `listen`'s port.
+    fn shape(
         &self,
         workers: usize,
-        listen: std::net::SocketAddr,
-    ) -> Result<Option<rdg::query::ClusterView>> {
+        listen: Option<std::net::SocketAddr>,
+    ) -> Result<Option<ClusterShape>> {
         if self.processes <= 1 {
             return Ok(None);
         }
+        let hosts = self
+            .hosts
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--processes {} needs --hosts FILE", self.processes))?;
+        let addresses = host_lines(hosts, self.processes)?;
+        if self.process >= self.processes {
+            anyhow::bail!(
+                "--process {} is out of range for --processes {} (0 to {})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            );
+        }
+        let query_urls = match listen {
+            Some(listen) => self.query_urls(listen)?,
+            None => Vec::new(),
+        };
+        Ok(Some(ClusterShape {
+            processes: self.processes,
+            process: self.process,
+            workers: workers.max(1),
+            addresses,
+            query_urls,
+        }))
+    }
+
+    /// Where every process serves its query API (`--http-hosts`).
+    fn query_urls(&self, listen: std::net::SocketAddr) -> Result<Vec<String>> {
         let Some(file) = &self.http_hosts else {
             anyhow::bail!(
                 "--processes {} with --listen needs --http-hosts FILE (the query API address of every process, one per line), so that each process can answer for the whole graph",
                 self.processes
             );
         };
-        let hosts = host_lines(file)?;
-        if hosts.len() != self.processes {
-            anyhow::bail!(
-                "{} lists {} addresses, but --processes is {}",
-                file.display(),
-                hosts.len(),
-                self.processes
-            );
-        }
+        let hosts = host_lines(file, self.processes)?;
         let own = hosts.get(self.process).map(String::as_str).unwrap_or("");
         let own_port = own.rsplit_once(':').map(|(_, p)| p);
         if own_port != Some(listen.port().to_string().as_str()) {
@@ -252,54 +318,12 @@ impl ClusterArgs {
                 self.process
             );
         }
-        Ok(Some(rdg::query::ClusterView {
-            process: self.process,
-            workers: workers.max(1),
-            peers: hosts.iter().map(|h| format!("http://{h}")).collect(),
-        }))
-    }
-
-    fn cluster(&self) -> Result<Option<Cluster>> {
-        if self.processes <= 1 {
-            return Ok(None);
-        }
-        let hosts = self
-            .hosts
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("--processes {} needs --hosts FILE", self.processes))?;
-        let text = std::fs::read_to_string(hosts)
-            .with_context(|| format!("reading the hosts file {}", hosts.display()))?;
-        let addresses: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)
-            .collect();
-        if addresses.len() != self.processes {
-            anyhow::bail!(
-                "{} lists {} addresses, but --processes is {}",
-                hosts.display(),
-                addresses.len(),
-                self.processes
-            );
-        }
-        if self.process >= self.processes {
-            anyhow::bail!(
-                "--process {} is out of range for --processes {} (0 to {})",
-                self.process,
-                self.processes,
-                self.processes - 1
-            );
-        }
-        Ok(Some(Cluster {
-            process: self.process,
-            addresses,
-        }))
+        Ok(hosts.iter().map(|h| format!("http://{h}")).collect())
     }
 }
 
 /// How to reach Kafka.
-#[derive(clap::Args)]
+#[derive(Args)]
 struct KafkaArgs {
     /// Kafka bootstrap servers, `HOST:PORT[,...]`.
     #[arg(long)]
@@ -371,17 +395,11 @@ enum QueryCommand {
         /// Only edges last seen at or after this time (epoch ms).
         #[arg(long)]
         since: Option<i64>,
-        #[arg(long, value_enum, default_value_t = Order::Id)]
-        order: Order,
+        #[arg(long, value_enum, default_value_t = EdgeOrder::Id)]
+        order: EdgeOrder,
     },
     /// The identity cluster of an identifier: `identity TYPE ID`.
     Identity { node_type: String, id: String },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Order {
-    Recent,
-    Id,
 }
 
 fn parse_topic_file(s: &str) -> Result<(String, PathBuf)> {
@@ -402,7 +420,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(cli) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -411,320 +429,332 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Check { dataflows } => match rdg::spec::load(&dataflows) {
-            Ok(plan) => {
-                let rules: usize = plan
-                    .dataflows
-                    .iter()
-                    .map(|d| d.nodes.len() + d.edges.len() + d.identity.len())
-                    .sum();
-                print(format!(
-                    "ok: {} definitions, {rules} rules in {}",
-                    plan.dataflows.len(),
-                    dataflows.display()
-                ))?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::from(1))
-            }
-        },
-        Command::Replay {
-            dataflows,
-            state,
-            workers,
-            topics,
-            kafka,
-            batch,
-            json,
-            files,
-        } => {
-            let result = if let Some(brokers) = kafka.brokers.clone() {
-                if !files.is_empty() {
-                    anyhow::bail!("pass either input files or --brokers, not both");
-                }
-                let opts = KafkaRunOptions {
-                    dataflows: dataflows.clone(),
-                    state,
-                    workers,
-                    batch,
-                    kafka: kafka.config(brokers),
-                    topics,
-                    status_every: None,
-                    stop: app::kafka::stop_on_signals()?,
-                    cluster: None,
-                    serve: None,
-                    mode: "replay",
-                };
-                app::kafka::replay_kafka(&opts)
-            } else {
-                if files.is_empty() && topics.is_empty() {
-                    anyhow::bail!(
-                        "no input: pass FILE..., --topic TOPIC=FILE, or --brokers HOST:PORT"
-                    );
-                }
-                let topic_files = topics
-                    .iter()
-                    .map(|t| parse_topic_file(t))
-                    .collect::<Result<Vec<_>>>()?;
-                let opts = ReplayOptions {
-                    dataflows: dataflows.clone(),
-                    state,
-                    workers,
-                    files,
-                    topic_files,
-                    batch,
-                    progress: std::io::stderr().is_terminal(),
-                };
-                app::replay(&opts)
-            };
-            match result {
-                Ok(summary) => {
-                    if json {
-                        print(serde_json::to_string(&summary)?)?;
-                    } else {
-                        print(format!("{summary}"))?;
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(app::AppError::Spec(e)) => {
-                    eprintln!("{e}");
-                    eprintln!(
-                        "error: the definitions in {} are invalid; nothing was replayed",
-                        dataflows.display()
-                    );
-                    Ok(ExitCode::from(1))
-                }
-                Err(e) => Err(e.into()),
-            }
+/// One function per subcommand.
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Check(args) => check(args),
+        Command::Replay(args) => replay(args),
+        Command::Run(args) => run_live(args),
+        Command::Produce(args) => produce(args),
+        Command::Demo(args) => demo(args),
+        Command::Query(args) => query(args),
+        Command::Serve(args) => serve(args),
+        Command::Export(args) => export(args),
+        Command::Gen(args) => generate(args),
+    }
+}
+
+/// `rdg check`: exit 1 with every problem, or a one-line summary.
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let plan = match rdg::spec::load(&args.dataflows) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
         }
-        Command::Run {
-            dataflows,
-            state,
-            workers,
-            kafka,
-            status_interval,
-            cluster,
-            batch,
-            serve,
-        } => {
-            let brokers = kafka
-                .brokers
-                .clone()
-                .unwrap_or_else(|| "127.0.0.1:9092".to_string());
-            let opts = KafkaRunOptions {
-                dataflows,
-                state,
-                workers,
-                batch,
-                kafka: kafka.config(brokers),
-                topics: Vec::new(),
-                status_every: (status_interval > 0).then(|| Duration::from_secs(status_interval)),
-                stop: app::kafka::stop_on_signals()?,
-                cluster: cluster.cluster()?,
-                serve: match serve.listen {
-                    Some(listen) => Some(ServeConfig {
-                        cluster: cluster.query_view(workers, listen)?,
-                        ..serve.config()?
-                    }),
-                    None => None,
-                },
-                mode: "run",
-            };
-            let totals = app::kafka::run_live(&opts)?;
+    };
+    let rules: usize = plan
+        .dataflows
+        .iter()
+        .map(|d| d.nodes.len() + d.edges.len() + d.identity.len())
+        .sum();
+    print(format!(
+        "ok: {} definitions, {rules} rules in {}",
+        plan.dataflows.len(),
+        args.dataflows.display()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rdg replay`: files, or Kafka with `--brokers`; prints the summary.
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let result = match args.kafka.brokers.clone() {
+        Some(brokers) => replay_kafka(&args, brokers)?,
+        None => replay_files(&args)?,
+    };
+    match result {
+        Ok(summary) if args.json => print(serde_json::to_string(&summary)?)?,
+        Ok(summary) => print(format!("{summary}"))?,
+        Err(app::AppError::Spec(e)) => {
+            eprintln!("{e}");
             eprintln!(
-                "stopped: {} events, {} dead letters, {} late committed by this run",
-                totals.events, totals.dead_letters, totals.late
+                "error: the definitions in {} are invalid; nothing was replayed",
+                args.dataflows.display()
             );
-            Ok(ExitCode::SUCCESS)
+            return Ok(ExitCode::from(1));
         }
-        Command::Produce {
-            dataflows,
-            brokers,
-            events,
-            rate,
-            seed,
-            partitions,
-            settings,
-        } => {
-            let plan = rdg::spec::load(&dataflows)?;
-            let settings: BTreeMap<String, String> = settings.into_iter().collect();
-            let topics: Vec<(String, i32)> = plan
-                .dataflows
-                .iter()
-                .map(|d| (d.topic.clone(), partitions))
-                .collect();
-            rdg::produce::create_topics(&brokers, &settings, &topics)?;
-            let gen_opts = rdg::generate::GenOptions {
-                events,
-                seed,
-                ..Default::default()
-            };
-            let sent = rdg::produce::produce(
-                &brokers,
-                &settings,
-                rdg::generate::events(&gen_opts),
-                rate,
-                |_| {},
-            )?;
-            print(format!("produced {sent} events to {brokers}"))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Demo {
-            dataflows,
-            state,
-            workers,
-            rate,
-            events,
-            seconds,
-            partitions,
-            seed,
-            serve,
-        } => {
-            let opts = DemoOptions {
-                dataflows,
-                state,
-                workers,
-                rate,
-                events,
-                duration: seconds.map(Duration::from_secs),
-                partitions,
-                seed,
-                stop: app::kafka::stop_on_signals()?,
-                serve: serve.config()?,
-            };
-            let totals = app::kafka::demo(&opts)?;
-            eprintln!(
-                "demo stopped: {} events, {} dead letters committed",
-                totals.events, totals.dead_letters
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Serve { state, serve: args } => serve(&state, &args),
-        Command::Query {
-            state,
-            url,
-            auth_token_file,
-            what,
-        } => {
-            if let Some(url) = url {
-                return query_url(&url, auth_token_file.as_deref(), what);
-            }
-            let Some(state) = state else {
-                anyhow::bail!("pass --state DIR or --url URL");
-            };
-            let store = open_existing(&state)?;
-            let value = match what {
-                QueryCommand::Node { node_type, id } => {
-                    let ident = format!("{node_type}:{id}");
-                    match store.node(&ident)? {
-                        Some(n) => serde_json::to_value(n)?,
-                        None => return not_found(&ident),
-                    }
-                }
-                QueryCommand::Edges {
-                    edge_type,
-                    node_type,
-                    id,
-                    incoming,
-                    limit,
-                    since,
-                    order,
-                } => {
-                    let ident = format!("{node_type}:{id}");
-                    let q = edge_query(incoming, limit, since, order);
-                    let items = store.edges(&edge_type, &ident, &q)?;
-                    serde_json::json!({
-                        "node": ident,
-                        "edge_type": edge_type,
-                        "direction": if incoming { "in" } else { "out" },
-                        "items": items,
-                    })
-                }
-                QueryCommand::Identity { node_type, id } => {
-                    let ident = format!("{node_type}:{id}");
-                    match store.identity(&ident)? {
-                        Some(v) => serde_json::to_value(v)?,
-                        None => return not_found(&ident),
-                    }
-                }
-            };
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Replayed = std::result::Result<app::ReplaySummary, app::AppError>;
+
+fn replay_kafka(args: &ReplayArgs, brokers: String) -> Result<Replayed> {
+    if !args.files.is_empty() {
+        anyhow::bail!("pass either input files or --brokers, not both");
+    }
+    let opts = KafkaRunOptions {
+        dataflows: args.dataflows.clone(),
+        state: args.state.clone(),
+        workers: args.workers,
+        batch: args.batch,
+        kafka: args.kafka.config(brokers),
+        topics: args.topics.clone(),
+        status_every: None,
+        stop: app::kafka::stop_on_signals()?,
+        cluster: None,
+        serve: None,
+        mode: "replay",
+    };
+    Ok(app::kafka::replay_kafka(&opts))
+}
+
+fn replay_files(args: &ReplayArgs) -> Result<Replayed> {
+    if args.files.is_empty() && args.topics.is_empty() {
+        anyhow::bail!("no input: pass FILE..., --topic TOPIC=FILE, or --brokers HOST:PORT");
+    }
+    let topic_files = args
+        .topics
+        .iter()
+        .map(|t| parse_topic_file(t))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = ReplayOptions {
+        dataflows: args.dataflows.clone(),
+        state: args.state.clone(),
+        workers: args.workers,
+        files: args.files.clone(),
+        topic_files,
+        batch: args.batch,
+        progress: std::io::stderr().is_terminal(),
+    };
+    Ok(app::replay(&opts))
+}
+
+/// `rdg run`: live until SIGINT/SIGTERM, serving queries with `--listen`.
+fn run_live(args: RunArgs) -> Result<ExitCode> {
+    let brokers = args
+        .kafka
+        .brokers
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    let stop = app::kafka::stop_on_signals()?;
+    let cluster = args.cluster.shape(args.workers, args.serve.listen)?;
+    let serve = match args.serve.listen {
+        Some(_) => Some(args.serve.config()?),
+        None => None,
+    };
+    let opts = KafkaRunOptions {
+        kafka: args.kafka.config(brokers),
+        topics: Vec::new(),
+        status_every: (args.status_interval > 0).then(|| Duration::from_secs(args.status_interval)),
+        stop,
+        cluster,
+        serve,
+        mode: "run",
+        dataflows: args.dataflows,
+        state: args.state,
+        workers: args.workers,
+        batch: args.batch,
+    };
+    let totals = app::kafka::run_live(&opts)?;
+    eprintln!(
+        "stopped: {} events, {} dead letters, {} late committed by this run",
+        totals.events, totals.dead_letters, totals.late
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rdg produce`: generated events to the definitions' topics.
+fn produce(args: ProduceArgs) -> Result<ExitCode> {
+    let plan = rdg::spec::load(&args.dataflows)?;
+    let settings: BTreeMap<String, String> = args.settings.into_iter().collect();
+    let topics: Vec<(String, i32)> = plan
+        .dataflows
+        .iter()
+        .map(|d| (d.topic.clone(), args.partitions))
+        .collect();
+    rdg::produce::create_topics(&args.brokers, &settings, &topics)?;
+    let gen_opts = rdg::generate::GenOptions {
+        events: args.events,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let events = rdg::generate::events(&gen_opts);
+    let sent = rdg::produce::produce(&args.brokers, &settings, events, args.rate, |_| {})?;
+    print(format!("produced {sent} events to {}", args.brokers))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rdg demo`: a mock cluster, generated events, the pipeline, the API.
+fn demo(args: DemoArgs) -> Result<ExitCode> {
+    let opts = DemoOptions {
+        stop: app::kafka::stop_on_signals()?,
+        serve: args.serve.config()?,
+        dataflows: args.dataflows,
+        state: args.state,
+        workers: args.workers,
+        rate: args.rate,
+        events: args.events,
+        duration: args.seconds.map(Duration::from_secs),
+        partitions: args.partitions,
+        seed: args.seed,
+    };
+    let totals = app::kafka::demo(&opts)?;
+    eprintln!(
+        "demo stopped: {} events, {} dead letters committed",
+        totals.events, totals.dead_letters
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rdg query`: from a state directory, or from a server with `--url`.
+fn query(args: QueryArgs) -> Result<ExitCode> {
+    let found = match (&args.url, &args.state) {
+        (Some(url), _) => query_url(url, args.auth_token_file.as_deref(), args.what)?,
+        (None, Some(state)) => query_state(state, args.what)?,
+        (None, None) => anyhow::bail!("pass --state DIR or --url URL"),
+    };
+    match found {
+        Found::Yes(value) => {
             print(serde_json::to_string_pretty(&value)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export {
-            state,
-            url,
-            auth_token_file,
-        } => {
-            if let Some(url) = url {
-                let token = auth_token_file.as_deref().map(read_token).transpose()?;
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::new(stdout.lock());
-                let written = Client::new(&url, token)
-                    .export(&mut out)
-                    .map_err(anyhow::Error::new)
-                    .and_then(|_| out.flush().context("writing the export"));
-                return match written {
-                    Err(e) if broken_pipe(&e) => Ok(ExitCode::SUCCESS),
-                    Err(e) => Err(e),
-                    Ok(()) => Ok(ExitCode::SUCCESS),
-                };
-            }
-            let Some(state) = state else {
-                anyhow::bail!("pass --state DIR or --url URL");
-            };
-            let store = open_existing(&state)?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let written = store
-                .export(&mut out)
-                .map_err(anyhow::Error::new)
-                .and_then(|_| out.flush().context("writing the export"));
-            match written {
-                Err(e) if broken_pipe(&e) => Ok(ExitCode::SUCCESS),
-                Err(e) => Err(e),
-                Ok(()) => Ok(ExitCode::SUCCESS),
-            }
-        }
-        Command::Gen {
-            events,
-            seed,
-            out,
-            delete_share,
-            jitter_ms,
-            malformed_share,
-        } => {
-            let mut opts = rdg::generate::GenOptions {
-                events,
-                seed,
-                ..Default::default()
-            };
-            if let Some(x) = delete_share {
-                opts.delete_share = x;
-            }
-            if let Some(x) = jitter_ms {
-                opts.jitter_ms = x;
-            }
-            if let Some(x) = malformed_share {
-                opts.malformed_share = x;
-            }
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let summary = rdg::generate::generate(&opts, &out)
-                .with_context(|| format!("writing events to {}", out.display()))?;
-            for (path, lines) in summary.files {
-                print(format!("{}\t{lines} lines", path.display()))?;
-            }
-            Ok(ExitCode::SUCCESS)
+        Found::No(ident) => {
+            eprintln!("not found: {ident}");
+            Ok(ExitCode::from(1))
         }
     }
 }
 
+/// What a lookup found: the JSON to print, or the identifier not found.
+enum Found {
+    Yes(serde_json::Value),
+    No(String),
+}
+
+impl Found {
+    fn of(value: Option<serde_json::Value>, node_type: &str, id: &str) -> Found {
+        value.map_or_else(|| Found::No(format!("{node_type}:{id}")), Found::Yes)
+    }
+}
+
+/// `rdg query --state`.
+fn query_state(state: &Path, what: QueryCommand) -> Result<Found> {
+    let store = open_existing(state)?;
+    Ok(match what {
+        QueryCommand::Node { node_type, id } => {
+            let node = store.node(&format!("{node_type}:{id}"))?;
+            Found::of(node.map(serde_json::to_value).transpose()?, &node_type, &id)
+        }
+        QueryCommand::Edges {
+            edge_type,
+            node_type,
+            id,
+            incoming,
+            limit,
+            since,
+            order,
+        } => {
+            let ident = format!("{node_type}:{id}");
+            let q = edge_query(incoming, limit, since, order);
+            let items = store.edges(&edge_type, &ident, &q)?;
+            Found::Yes(serde_json::json!({
+                "node": ident,
+                "edge_type": edge_type,
+                "direction": q.direction,
+                "items": items,
+            }))
+        }
+        QueryCommand::Identity { node_type, id } => {
+            let entry = store.identity(&format!("{node_type}:{id}"))?;
+            Found::of(
+                entry.map(serde_json::to_value).transpose()?,
+                &node_type,
+                &id,
+            )
+        }
+    })
+}
+
+/// `rdg query --url`: the same answers as `--state`, from a server.
+fn query_url(url: &str, token_file: Option<&Path>, what: QueryCommand) -> Result<Found> {
+    let token = token_file.map(read_token).transpose()?;
+    let client = Client::new(url, token);
+    Ok(match what {
+        QueryCommand::Node { node_type, id } => {
+            Found::of(client.node(&node_type, &id)?, &node_type, &id)
+        }
+        QueryCommand::Edges {
+            edge_type,
+            node_type,
+            id,
+            incoming,
+            limit,
+            since,
+            order,
+        } => {
+            let q = edge_query(incoming, limit, since, order);
+            Found::Yes(client.edges(&edge_type, &node_type, &id, &q)?)
+        }
+        QueryCommand::Identity { node_type, id } => {
+            Found::of(client.identity(&node_type, &id)?, &node_type, &id)
+        }
+    })
+}
+
+/// `rdg export`: the whole graph to stdout, from a state or a server.
+fn export(args: ExportArgs) -> Result<ExitCode> {
+    let source = match (&args.url, &args.state) {
+        (Some(url), _) => {
+            let token = args
+                .auth_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?;
+            Ok(Client::new(url, token))
+        }
+        (None, Some(state)) => Err(open_existing(state)?),
+        (None, None) => anyhow::bail!("pass --state DIR or --url URL"),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = match source {
+        Ok(client) => client
+            .export(&mut out)
+            .map(drop)
+            .map_err(anyhow::Error::new),
+        Err(store) => store.export(&mut out).map(drop).map_err(anyhow::Error::new),
+    };
+    match written.and_then(|()| out.flush().context("writing the export")) {
+        Err(e) if !broken_pipe(&e) => Err(e),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `rdg gen`: deterministic synthetic events into a folder.
+fn generate(args: GenArgs) -> Result<ExitCode> {
+    let defaults = rdg::generate::GenOptions::default();
+    let opts = rdg::generate::GenOptions {
+        events: args.events,
+        seed: args.seed,
+        delete_share: args.delete_share.unwrap_or(defaults.delete_share),
+        jitter_ms: args.jitter_ms.unwrap_or(defaults.jitter_ms),
+        malformed_share: args.malformed_share.unwrap_or(defaults.malformed_share),
+        ..defaults
+    };
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let summary = rdg::generate::generate(&opts, out)
+        .with_context(|| format!("writing events to {}", out.display()))?;
+    for (path, lines) in summary.files {
+        print(format!("{}\t{lines} lines", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Opens a state directory that must already exist (reads never create one).
-fn open_existing(state: &std::path::Path) -> Result<Store> {
+fn open_existing(state: &Path) -> Result<Store> {
     if !state.is_dir() {
         anyhow::bail!("state directory {} does not exist", state.display());
     }
@@ -751,7 +781,12 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// The store's edge query for `rdg query edges` flags.
-fn edge_query(incoming: bool, limit: Option<usize>, since: Option<i64>, order: Order) -> EdgeQuery {
+fn edge_query(
+    incoming: bool,
+    limit: Option<usize>,
+    since: Option<i64>,
+    order: EdgeOrder,
+) -> EdgeQuery {
     EdgeQuery {
         direction: if incoming {
             Direction::In
@@ -760,16 +795,8 @@ fn edge_query(incoming: bool, limit: Option<usize>, since: Option<i64>, order: O
         },
         limit,
         since,
-        order: match order {
-            Order::Recent => EdgeOrder::Recent,
-            Order::Id => EdgeOrder::Id,
-        },
+        order,
     }
-}
-
-fn not_found(ident: &str) -> Result<ExitCode> {
-    eprintln!("not found: {ident}");
-    Ok(ExitCode::from(1))
 }
 
 // ---------------------------------------------------------------------------
@@ -777,7 +804,7 @@ fn not_found(ident: &str) -> Result<ExitCode> {
 // `run`/`demo` can share (`ServeArgs`).
 
 /// HTTP query service settings.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 struct ServeArgs {
     /// Address to serve the query API on (`rdg serve` and `rdg demo`:
     /// 127.0.0.1:7878 by default; `rdg run` serves only when given).
@@ -826,7 +853,7 @@ impl ServeArgs {
 }
 
 /// Reads a bearer token: the file's content without surrounding whitespace.
-fn read_token(path: &std::path::Path) -> Result<String> {
+fn read_token(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the token file {}", path.display()))?;
     let token = text.trim().to_string();
@@ -836,9 +863,10 @@ fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(token)
 }
 
-fn serve(state: &std::path::Path, args: &ServeArgs) -> Result<ExitCode> {
-    let config = args.config()?;
-    let store = open_existing(state)?;
+/// `rdg serve`: the query API over a state until Ctrl-C.
+fn serve(args: ServeCommandArgs) -> Result<ExitCode> {
+    let config = args.serve.config()?;
+    let store = open_existing(&args.state)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
@@ -846,7 +874,7 @@ fn serve(state: &std::path::Path, args: &ServeArgs) -> Result<ExitCode> {
     let server = Server::start(store, config, Arc::new(StaticStatus))?;
     eprintln!(
         "rdg serve: {} on http://{} (Ctrl-C to stop)",
-        state.display(),
+        args.state.display(),
         server.addr()
     );
     while !stop.load(Ordering::SeqCst) {
@@ -854,41 +882,5 @@ fn serve(state: &std::path::Path, args: &ServeArgs) -> Result<ExitCode> {
     }
     server.stop()?;
     eprintln!("rdg serve: stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `rdg query --url`: the same answers as `--state`, from a server.
-fn query_url(
-    url: &str,
-    token_file: Option<&std::path::Path>,
-    what: QueryCommand,
-) -> Result<ExitCode> {
-    let token = token_file.map(read_token).transpose()?;
-    let client = Client::new(url, token);
-    let value = match what {
-        QueryCommand::Node { node_type, id } => match client.node(&node_type, &id)? {
-            Some(v) => v,
-            None => return not_found(&format!("{node_type}:{id}")),
-        },
-        QueryCommand::Edges {
-            edge_type,
-            node_type,
-            id,
-            incoming,
-            limit,
-            since,
-            order,
-        } => client.edges(
-            &edge_type,
-            &node_type,
-            &id,
-            &edge_query(incoming, limit, since, order),
-        )?,
-        QueryCommand::Identity { node_type, id } => match client.identity(&node_type, &id)? {
-            Some(v) => v,
-            None => return not_found(&format!("{node_type}:{id}")),
-        },
-    };
-    print(serde_json::to_string_pretty(&value)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,17 +3,20 @@
 //! Data flows one way: `source` → `dataflow` → `store` → `query`, and only
 //! `app` (with the binary's `cli`) wires the layers together.
 //!
-//! - [`model`]: identifiers, record aggregates, changes. Depends on nothing.
+//! - [`model`]: identifiers, record aggregates, changes, the shard function,
+//!   the direction and order of neighbour queries. Depends on nothing.
 //! - [`spec`]: definition files → a checked [`spec::Plan`].
-//! - [`source`]: file and Kafka readers; bad records become dead letters, not
-//!   panics.
+//! - [`source`]: file and Kafka readers: raw records with their positions
+//!   (a source never parses them; decoding, and a dead letter for each bad
+//!   record, happen in `spec`'s plan as the dataflow evaluates it).
 //! - [`dataflow`]: timely/differential dataflows; never imports `store`.
 //! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
 //! - [`query`]: the HTTP query service (reads the store; never sees the
 //!   dataflow, sources or app).
 //! - [`generate`]: the deterministic synthetic event generator.
 //! - [`produce`]: writes generated events to Kafka; creates topics.
-//! - [`app`]: wiring for `replay`.
+//! - [`app`]: wiring for `replay` (files), and in `app::kafka` for `run`,
+//!   `replay --brokers` and `demo`.
 
 pub mod app;
 pub mod dataflow;

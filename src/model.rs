@@ -36,6 +36,127 @@ pub fn split_ident(ident: &str) -> (&str, &str) {
     }
 }
 
+/// Which side of an edge a queried identifier is on. One type for the
+/// store's queries, the HTTP API (`direction=out|in`, JSON `"out"`/`"in"`)
+/// and the command line; [`Direction::as_str`] is the name everywhere.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Edges from the identifier (`edge/<type>`).
+    #[default]
+    Out,
+    /// Edges to the identifier (`edge_in/<type>`, only `reverse` edges).
+    In,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+/// How neighbours are ordered. One type for the store's queries, the HTTP
+/// API (`order=id|recent`) and the command line (`--order`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeOrder {
+    /// Neighbour identifier ascending (bytewise).
+    #[default]
+    Id,
+    /// `last_seen` descending, ties by neighbour identifier ascending.
+    Recent,
+}
+
+impl EdgeOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeOrder::Id => "id",
+            EdgeOrder::Recent => "recent",
+        }
+    }
+}
+
+/// Where this process sits in a cluster of processes, and where the others
+/// are: one type for the dataflow (timely's cluster mode), the store (the
+/// shape a state was written by: keys are sharded by worker) and the query
+/// service (which process owns a key, where to forward).
+///
+/// Invariant (see [`ClusterShape::problems`]): `process < processes`,
+/// `workers >= 1`, and each address list is empty or names every process,
+/// in process order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterShape {
+    /// How many processes (1: this process alone).
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// Worker threads per process; worker index = process × workers + i.
+    pub workers: usize,
+    /// Every process's `host:port` for timely's data exchange, in process
+    /// order (empty for a single process).
+    pub addresses: Vec<String>,
+    /// Every process's query API base URL (`http://host:port`), in process
+    /// order (empty when the processes do not serve queries to each other).
+    pub query_urls: Vec<String>,
+}
+
+impl ClusterShape {
+    /// One process alone, with `workers` workers.
+    pub fn single(workers: usize) -> ClusterShape {
+        ClusterShape {
+            processes: 1,
+            process: 0,
+            workers,
+            addresses: Vec::new(),
+            query_urls: Vec::new(),
+        }
+    }
+
+    /// The process whose workers own a record of `hash` (a [`shard`] hash).
+    pub fn owner(&self, hash: u64) -> usize {
+        let workers = self.workers.max(1);
+        shard::worker(hash, self.processes.max(1) * workers) / workers
+    }
+
+    /// Every inconsistency, one sentence each (none: the invariant holds).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.processes == 0 {
+            problems.push("a cluster has at least 1 process".to_string());
+        } else if self.process >= self.processes {
+            problems.push(format!(
+                "process {} is out of range for {} processes (0 to {})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            ));
+        }
+        if self.workers == 0 {
+            problems.push("a process has at least 1 worker".to_string());
+        }
+        for (what, list) in [
+            ("addresses", &self.addresses),
+            ("query URLs", &self.query_urls),
+        ] {
+            if !list.is_empty() && list.len() != self.processes {
+                problems.push(format!(
+                    "{} {what} for {} processes: one per process, in process order",
+                    list.len(),
+                    self.processes
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// The aggregate one dataflow keeps for one record (node, edge or identity
 /// link): how often it was asserted since it was (re)created, when it was first
 /// and last seen (event time), and the props of the latest event by event time.
@@ -154,6 +275,43 @@ impl Progress {
 mod tests {
     use super::*;
 
+    /// The serde names, the clap names and `as_str` are the same words.
+    #[test]
+    fn direction_and_order_have_one_name_each() {
+        use clap::ValueEnum;
+        for d in Direction::value_variants() {
+            let clap_name = d.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(clap_name.as_deref(), Some(d.as_str()));
+            assert_eq!(serde_json::to_value(d).ok(), Some(d.as_str().into()));
+        }
+        for o in EdgeOrder::value_variants() {
+            let clap_name = o.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(clap_name.as_deref(), Some(o.as_str()));
+            assert_eq!(serde_json::to_value(o).ok(), Some(o.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn cluster_shapes_check_themselves() {
+        let mut c = ClusterShape {
+            processes: 2,
+            process: 1,
+            workers: 2,
+            addresses: vec!["h:1".into(), "h:2".into()],
+            query_urls: Vec::new(),
+        };
+        assert!(c.problems().is_empty());
+        for i in 0..100 {
+            let hash = shard::node(&format!("n:{i}"));
+            assert_eq!(c.owner(hash), shard::worker(hash, 4) / 2);
+        }
+        c.process = 2;
+        c.workers = 0;
+        c.query_urls = vec!["http://h:3".into()];
+        assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
+        assert!(ClusterShape::single(3).problems().is_empty());
+    }
+
     #[test]
     fn ident_round_trips() {
         let i = ident("profile", "p:42");
@@ -205,15 +363,48 @@ pub mod shard {
 
     #[cfg(test)]
     mod tests {
+        /// Distinct keys spread over every worker; key parts are separated,
+        /// so ("a", "bc") and ("ab", "c") differ.
         #[test]
-        fn stable_and_spread() {
-            // Pinned: these values are part of the on-disk sharding.
-            assert_eq!(super::node("profile:p1"), super::node("profile:p1"));
+        fn keys_spread_and_parts_stay_apart() {
             assert_ne!(super::edge("a", "bc"), super::edge("ab", "c"));
             let spread: std::collections::BTreeSet<usize> = (0..100)
                 .map(|i| super::worker(super::node(&format!("n:{i}")), 4))
                 .collect();
             assert_eq!(spread.len(), 4);
+        }
+
+        /// The hashes of a few fixed keys, computed once from this code: they
+        /// decide which worker's state holds a record on disk and which
+        /// process a query is forwarded to, so a change here would silently
+        /// misplace every stored key. Changing them needs a format version
+        /// bump and a re-shard (a replay into fresh states).
+        #[test]
+        fn pinned_values() {
+            use super::{edge, link, node, worker};
+            // The FNV-1a offset basis: the hash of nothing.
+            assert_eq!(node(""), 0xcbf2_9ce4_8422_2325);
+            let nodes = [
+                ("profile:p1", 0x518c_8b16_f798_014f, 3),
+                ("account:a1", 0xec92_3f20_d384_48a8, 0),
+                ("device:d-42", 0x2cf6_c04b_f768_1dfa, 2),
+                ("title:t7", 0xc22a_7b63_3c9e_39b0, 0),
+                ("email:ab12", 0xeae2_bd81_e2bb_5c33, 3),
+            ];
+            for (id, hash, of_4) in nodes {
+                assert_eq!(node(id), hash, "node {id}");
+                assert_eq!(worker(hash, 4), of_4, "node {id} of 4 workers");
+            }
+            assert_eq!(worker(node("account:a1"), 6), 4);
+            assert_eq!(worker(node("email:ab12"), 6), 5);
+            assert_eq!(edge("watched", "profile:p1"), 0xae9a_5a26_055e_e2a4);
+            assert_eq!(edge("has_profile", "account:a1"), 0xa7bc_9f17_cf06_481f);
+            assert_eq!(edge("a", "bc"), 0xd2b3_f581_9298_d9d6);
+            assert_eq!(edge("ab", "c"), 0xfdf3_a083_ef9b_c024);
+            assert_eq!(link("account:a1", "device:d-42"), 0xbd2d_e953_cd81_1aca);
+            assert_eq!(link("email:ab12", "profile:p1"), 0x4c9f_f17f_b630_43a6);
+            assert_eq!(worker(edge("has_profile", "account:a1"), 4), 3);
+            assert_eq!(worker(link("account:a1", "device:d-42"), 4), 2);
         }
     }
 }

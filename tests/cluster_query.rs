@@ -6,26 +6,34 @@
 //! process, generated events without deletes (so the graph does not depend
 //! on how partitions interleave), a 1 × 1 `rdg run` as the reference, and a
 //! 2 × 2 cluster with `--listen` and `--http-hosts` on free loopback ports.
-//! Checked against the reference: `rdg export --url` of either process
-//! (byte for byte); node, identity and neighbour-list lookups of a sample of
-//! keys on both processes (the JSON of `rdg query --state`), paged with
-//! small pages too; traversals, identity paths, neighbourhoods, links,
-//! cluster members and search (the JSON of a one-process server). Then a
-//! peer that stops answering (SIGSTOP) gives a 504 naming it, and one that
-//! is gone a 502 naming it.
+//! Checked against the reference, in sections:
+//! (a) `rdg export --url` of either process (byte for byte);
+//! (b) node, identity and neighbour-list lookups of a sample of keys on
+//!     both processes (the JSON of `rdg query --state`), paged with small
+//!     pages too; then traversals, identity paths, neighbourhoods, links,
+//!     cluster members and search (the JSON of a one-process server);
+//! (c) a peer that stops answering (SIGSTOP) gives a 504 naming it, and one
+//!     that is gone a 502 naming it.
+//!
+//! Apart from the cluster: a fan-out where one peer fails names that peer
+//! and keeps every other peer's answer with its own process.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdg::model::shard;
+use rdg::model::{ClusterShape, shard};
 use rdg::query::client::Client;
-use rdg::query::{ClusterView, ServeConfig, Server, StaticStatus};
+use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use serde_json::{Value, json};
+use support::*;
 
 const EVENTS: u64 = 3000;
 /// A bound on every wait, so a broken test fails instead of hanging.
@@ -33,101 +41,8 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Keys of each kind checked on both processes.
 const SAMPLE: usize = 150;
 
-fn rdg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rdg"))
-}
-
-fn dataflows() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dataflows")
-}
-
-fn gen_opts() -> rdg::generate::GenOptions {
-    rdg::generate::GenOptions {
-        events: EVENTS,
-        seed: 11,
-        delete_share: 0.0,
-        ..rdg::generate::GenOptions::default()
-    }
-}
-
-/// Free loopback ports.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
-fn write_hosts(path: &Path, ports: &[u16]) {
-    let text: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
-    std::fs::write(path, text).expect("hosts file");
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-/// Status, headers and JSON body of one request.
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Value,
-}
-
-fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut resp = resp.expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-        .collect();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn get(base: &str, path: &str) -> Answer {
-    answer(agent().get(format!("{base}{path}")).call())
-}
-
-fn post(base: &str, path: &str, body: &Value) -> Answer {
-    answer(
-        agent()
-            .post(format!("{base}{path}"))
-            .header("Content-Type", "application/json")
-            .send(body.to_string()),
-    )
-}
-
-fn seg(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// `type/id` path segments of `type:id`.
-fn segs(ident: &str) -> String {
-    let (t, id) = ident.split_once(':').expect("type:id");
-    format!("{}/{}", seg(t), seg(id))
-}
-
 /// Events and dead letters committed on every process, from `/v1/status`.
-fn committed(bases: &[String]) -> Option<(u64, u64)> {
+fn committed_on(bases: &[String]) -> Option<(u64, u64)> {
     let mut total = (0, 0);
     for base in bases {
         let resp = agent().get(format!("{base}/v1/status")).call().ok()?;
@@ -146,7 +61,7 @@ fn committed(bases: &[String]) -> Option<(u64, u64)> {
 fn wait_committed(bases: &[String], expected: (u64, u64), procs: &mut [Child]) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if committed(bases) == Some(expected) {
+        if committed_on(bases) == Some(expected) {
             return;
         }
         for p in procs.iter_mut() {
@@ -157,54 +72,9 @@ fn wait_committed(bases: &[String], expected: (u64, u64), procs: &mut [Child]) {
         assert!(
             Instant::now() < deadline,
             "only {:?} of {expected:?} committed",
-            committed(bases)
+            committed_on(bases)
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    err
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
-/// SIGTERM to all (a cluster stops together), then each exit status must
-/// be success.
-fn stop_all(children: Vec<Child>) {
-    for c in &children {
-        signal(c, "-TERM");
-    }
-    for c in children {
-        wait_success(c);
-    }
-}
-
-fn wait_success(mut child: Child) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(
-                status.success(),
-                "rdg run after SIGTERM: {status}\n{}",
-                stderr_of(&mut child)
-            );
-            return;
-        }
-        assert!(Instant::now() < deadline, "rdg run did not stop");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -217,10 +87,10 @@ fn start_run(
     listen: u16,
     cluster: Option<(usize, usize, &Path, &Path)>,
 ) -> Child {
-    let mut cmd = rdg();
+    let mut cmd = command();
     cmd.arg("run")
         .arg("--dataflows")
-        .arg(dataflows())
+        .arg(dataflows_dir())
         .arg("--state")
         .arg(state)
         .arg("--brokers")
@@ -240,17 +110,6 @@ fn start_run(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start rdg run")
-}
-
-fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("run rdg");
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// Up to `n` items spread evenly over `items`.
@@ -283,186 +142,220 @@ fn walk_pages(base: &str, first: &str, limit: usize) -> Vec<Value> {
     panic!("{first}: paging did not end");
 }
 
+/// `type:id` split in two.
+fn split(id: &str) -> (String, String) {
+    let (t, i) = id.split_once(':').expect("type:id");
+    (t.to_string(), i.to_string())
+}
+
+/// The process (of 2 × 2 workers) that owns a node.
+fn owner(id: &str) -> usize {
+    shard::worker(shard::node(id), 4) / 2
+}
+
+/// The reference run and the running 2 × 2 cluster over the same events.
+struct Fixture {
+    dir: tempfile::TempDir,
+    kafka: MockCluster<'static, DefaultProducerContext>,
+    /// The 1 × 1 run's state, and its export.
+    single: PathBuf,
+    reference: Vec<u8>,
+    /// The cluster's states (`process-I`), query APIs and processes.
+    states: PathBuf,
+    bases: Vec<String>,
+    procs: Vec<Child>,
+}
+
+impl Fixture {
+    /// Everything committed on the reference and on the cluster.
+    fn start() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let opts = gen_opts(EVENTS, false);
+
+        // The reference counts: a file replay of the same events.
+        let files = event_files(&opts, &dir.path().join("input"));
+        let file_state = dir.path().join("file-state");
+        run_ok(
+            command()
+                .arg("replay")
+                .arg("--dataflows")
+                .arg(dataflows_dir())
+                .arg("--state")
+                .arg(&file_state)
+                .args(&files),
+        );
+        let expected = committed(&file_state);
+        let kafka = mock_with_events(4, &opts);
+        let brokers = kafka.bootstrap_servers();
+
+        // The reference: one process, one worker, until everything is in.
+        let single = dir.path().join("single");
+        let port = free_ports(1)[0];
+        let mut one = vec![start_run(&brokers, &single, 1, port, None)];
+        wait_committed(&[format!("http://127.0.0.1:{port}")], expected, &mut one);
+        stop_all(one, PATIENCE);
+        let reference = run_ok(command().arg("export").arg("--state").arg(&single));
+
+        // The cluster: 2 processes × 2 workers, each serving the query API.
+        let ports = free_ports(4);
+        let hosts = dir.path().join("hosts");
+        let http_hosts = dir.path().join("http-hosts");
+        write_hosts(&hosts, &ports[..2]);
+        write_hosts(&http_hosts, &ports[2..]);
+        let states = dir.path().join("cluster");
+        let bases: Vec<String> = ports[2..]
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let mut procs: Vec<Child> = (0..2)
+            .map(|i| {
+                let state = states.join(format!("process-{i}"));
+                let cluster = Some((2, i, hosts.as_path(), http_hosts.as_path()));
+                start_run(&brokers, &state, 2, ports[2 + i], cluster)
+            })
+            .collect();
+        wait_committed(&bases, expected, &mut procs);
+        eprintln!("cluster committed everything after {:?}", started.elapsed());
+        Fixture {
+            dir,
+            kafka,
+            single,
+            reference,
+            states,
+            bases,
+            procs,
+        }
+    }
+}
+
+/// The keys of the reference export.
+struct Sample {
+    lines: Vec<Value>,
+    nodes: Vec<String>,
+    identities: Vec<String>,
+    /// (type, from, to)
+    edges: Vec<(String, String, String)>,
+}
+
+impl Sample {
+    fn of(export: &[u8]) -> Sample {
+        let lines = parse_export(std::str::from_utf8(export).expect("utf-8"));
+        let nodes = of_ns(&lines, "node")
+            .iter()
+            .map(|v| format!("{}:{}", s(v, "type"), s(v, "id")))
+            .collect();
+        let identities = of_ns(&lines, "identity")
+            .iter()
+            .map(|v| s(v, "id").to_string())
+            .collect();
+        let edges = of_ns(&lines, "edge")
+            .iter()
+            .map(|v| (s(v, "type").into(), s(v, "from").into(), s(v, "to").into()))
+            .collect();
+        Sample {
+            lines,
+            nodes,
+            identities,
+            edges,
+        }
+    }
+}
+
 #[test]
 fn every_process_answers_for_the_whole_graph() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
+    let fx = Fixture::start();
+    exports_equal_the_reference(&fx);
+    let sample = Sample::of(&fx.reference);
+    assert!(sample.nodes.len() > 100 && sample.identities.len() > 100 && sample.edges.len() > 100);
+    query_url_prints_what_query_state_prints(&fx, &sample);
+    let store = Store::open(&fx.single).expect("open the reference state");
+    lookups_equal_the_reference(&fx, &sample, &store);
+    multi_reads_equal_the_reference(&fx, &sample, &store);
+    let Fixture {
+        dir,
+        kafka,
+        states,
+        bases,
+        procs,
+        ..
+    } = fx;
+    let procs = a_stopped_peer_is_a_504_naming_it(&sample, &bases, procs);
+    stop_all(procs, PATIENCE);
+    a_gone_peer_is_a_502_naming_it(&sample, &store, &states);
+    drop((kafka, dir));
+    eprintln!("done after {:?}", started.elapsed());
+}
 
-    // The reference counts: a file replay of the same events.
-    let input = dir.path().join("input");
-    rdg::generate::generate(&gen_opts(), &input).expect("generate");
-    let file_state = dir.path().join("file-state");
-    run_ok(
-        rdg()
-            .arg("replay")
-            .arg("--dataflows")
-            .arg(dataflows())
-            .arg("--state")
-            .arg(&file_state)
-            .args(["playback", "gaming", "login"].map(|t| input.join(format!("{t}.jsonl")))),
-    );
-    let expected = {
-        let store = Store::open(&file_state).expect("open");
-        let meta = store.meta().expect("meta");
-        meta.dataflows
-            .values()
-            .fold((0, 0), |(e, d), m| (e + m.events, d + m.dead_letters))
-    };
-
-    let kafka = MockCluster::new(1).expect("mock cluster");
-    for t in ["playback", "gaming", "login"] {
-        kafka.create_topic(t, 4, 1).expect("topic");
-    }
-    let brokers = kafka.bootstrap_servers();
-    let sent = rdg::produce::produce(
-        &brokers,
-        &BTreeMap::new(),
-        rdg::generate::events(&gen_opts()),
-        None,
-        |_| {},
-    )
-    .expect("produce");
-    assert_eq!(sent, EVENTS);
-
-    // The reference: one process, one worker, until everything is in.
-    let single = dir.path().join("single");
-    let port = free_ports(1)[0];
-    let mut one = vec![start_run(&brokers, &single, 1, port, None)];
-    wait_committed(&[format!("http://127.0.0.1:{port}")], expected, &mut one);
-    stop_all(one);
-    let reference = run_ok(rdg().arg("export").arg("--state").arg(&single));
-
-    // The cluster: 2 processes × 2 workers, each serving the query API.
-    let ports = free_ports(4);
-    let hosts = dir.path().join("hosts");
-    let http_hosts = dir.path().join("http-hosts");
-    write_hosts(&hosts, &ports[..2]);
-    write_hosts(&http_hosts, &ports[2..]);
-    let states = dir.path().join("cluster");
-    let bases: Vec<String> = ports[2..]
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let mut procs: Vec<Child> = (0..2)
-        .map(|i| {
-            start_run(
-                &brokers,
-                &states.join(format!("process-{i}")),
-                2,
-                ports[2 + i],
-                Some((2, i, &hosts, &http_hosts)),
-            )
-        })
-        .collect();
-    wait_committed(&bases, expected, &mut procs);
-    eprintln!("cluster committed everything after {:?}", started.elapsed());
-
-    // (a) The export from either process is the one-process export.
-    for base in &bases {
-        let got = run_ok(rdg().arg("export").arg("--url").arg(base));
+/// (a) The export from either process is the one-process export; each
+/// process holds a share, and the shares add up to the whole.
+fn exports_equal_the_reference(fx: &Fixture) {
+    for base in &fx.bases {
+        let got = run_ok(command().arg("export").arg("--url").arg(base));
         assert!(
-            got == reference,
+            got == fx.reference,
             "rdg export --url {base}: {} bytes, expected {} bytes",
             got.len(),
-            reference.len()
+            fx.reference.len()
         );
     }
-    // Each process holds a share, and the shares add up to the whole.
     let mut shares = 0;
-    for base in &bases {
-        let a = agent()
-            .get(format!("{base}/v1/export?scope=local"))
-            .call()
-            .expect("local export")
-            .into_body()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_vec()
-            .expect("body");
-        assert!(a.len() < reference.len() && !a.is_empty());
-        shares += a.len();
+    for base in &fx.bases {
+        let share = get_bytes(base, "/v1/export?scope=local");
+        assert!(share.len() < fx.reference.len() && !share.is_empty());
+        shares += share.len();
     }
-    assert_eq!(shares, reference.len());
+    assert_eq!(shares, fx.reference.len());
+}
 
-    // (b) Both processes answer every sampled key as the reference does.
-    let lines: Vec<Value> = String::from_utf8(reference.clone())
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
-    let of_ns = |ns: &str| -> Vec<&Value> { lines.iter().filter(|v| v["ns"] == ns).collect() };
-    let nodes: Vec<String> = of_ns("node")
-        .iter()
-        .map(|v| {
-            format!(
-                "{}:{}",
-                v["type"].as_str().expect("type"),
-                v["id"].as_str().expect("id")
-            )
-        })
-        .collect();
-    let identities: Vec<String> = of_ns("identity")
-        .iter()
-        .map(|v| v["id"].as_str().expect("id").to_string())
-        .collect();
-    let edges: Vec<(String, String, String)> = of_ns("edge")
-        .iter()
-        .map(|v| {
-            let s = |k: &str| v[k].as_str().expect(k).to_string();
-            (s("type"), s("from"), s("to"))
-        })
-        .collect();
-    assert!(nodes.len() > 100 && identities.len() > 100 && edges.len() > 100);
-    let clients: Vec<Client> = bases.iter().map(|b| Client::new(b, None)).collect();
-    let split = |id: &str| {
-        let (t, i) = id.split_once(':').expect("type:id");
-        (t.to_string(), i.to_string())
-    };
-
-    // `rdg query --url` of either process prints what `--state` prints
-    // (before this test opens the reference state itself).
-    for id in spread(&nodes, 3) {
+/// (b) `rdg query --url` of either process prints what `--state` prints
+/// (before the test opens the reference state itself).
+fn query_url_prints_what_query_state_prints(fx: &Fixture, sample: &Sample) {
+    for id in spread(&sample.nodes, 3) {
         let (t, i) = split(&id);
         let by_state = run_ok(
-            rdg()
+            command()
                 .args(["query", "--state"])
-                .arg(&single)
+                .arg(&fx.single)
                 .args(["node", &t, &i]),
         );
-        for base in &bases {
-            let by_url = run_ok(rdg().args(["query", "--url", base, "node", &t, &i]));
+        for base in &fx.bases {
+            let by_url = run_ok(command().args(["query", "--url", base, "node", &t, &i]));
             assert_eq!(
                 String::from_utf8_lossy(&by_url),
                 String::from_utf8_lossy(&by_state)
             );
         }
     }
-    let store = Store::open(&single).expect("open the reference state");
+}
 
-    let mut forwarded = 0;
-    for id in spread(&nodes, SAMPLE) {
+/// (b) Both processes answer every sampled node, identity and neighbour
+/// list as the reference does; a node asked of the process that does not
+/// own it is forwarded, and the answer says it was read on the owner.
+fn lookups_equal_the_reference(fx: &Fixture, sample: &Sample, store: &Store) {
+    let clients: Vec<Client> = fx.bases.iter().map(|b| Client::new(b, None)).collect();
+    for id in spread(&sample.nodes, SAMPLE) {
         let expected = serde_json::to_value(store.node(&id).expect("node")).expect("json");
         let (t, i) = split(&id);
         for (p, c) in clients.iter().enumerate() {
             let got = c.node(&t, &i).expect("node").unwrap_or(Value::Null);
             assert_eq!(got, expected, "node {id} from process {p}");
         }
-        // Asked of the process that does not own it: forwarded, and the
-        // answer says it was read on the owner.
-        let owner = shard::worker(shard::node(&id), 4) / 2;
-        let a = get(&bases[1 - owner], &format!("/v1/nodes/{}", segs(&id)));
+        let a = get(
+            &fx.bases[1 - owner(&id)],
+            &format!("/v1/nodes/{}", segs(&id)),
+        );
         assert_eq!(a.status, 200);
         assert_eq!(
             a.headers.get("x-rdg-commits").map(|c| c.split('=').next()),
-            Some(Some(owner.to_string().as_str())),
+            Some(Some(owner(&id).to_string().as_str())),
             "{id}: {:?}",
             a.headers
         );
-        forwarded += 1;
     }
-    assert!(forwarded > 0);
 
-    let mut sampled_ids = spread(&identities, SAMPLE);
+    let mut sampled_ids = spread(&sample.identities, SAMPLE);
     sampled_ids.push("device:no-such-device".to_string());
     for id in &sampled_ids {
         let expected = serde_json::to_value(store.identity(id).expect("identity")).expect("json");
@@ -476,7 +369,7 @@ fn every_process_answers_for_the_whole_graph() {
     // Neighbour lists, both ways, both orders, whole and in pages of 3.
     let reverse: BTreeSet<&str> = ["played", "logged_in_from", "has_email", "watched"].into();
     let mut lists: Vec<(String, String, Direction)> = Vec::new();
-    for (t, from, to) in spread(&edges, SAMPLE / 2) {
+    for (t, from, to) in spread(&sample.edges, SAMPLE / 2) {
         lists.push((t.clone(), from, Direction::Out));
         if reverse.contains(t.as_str()) {
             lists.push((t, to, Direction::In));
@@ -492,31 +385,20 @@ fn every_process_answers_for_the_whole_graph() {
                 order,
             };
             let items = store.edges(edge_type, id, &q).expect("edges");
-            let dir = if *direction == Direction::In {
-                "in"
-            } else {
-                "out"
-            };
+            let dir = direction.as_str();
             let expected = json!({
                 "node": id, "edge_type": edge_type, "direction": dir, "items": items,
             });
-            let order_name = if order == EdgeOrder::Id {
-                "id"
-            } else {
-                "recent"
-            };
             for (p, c) in clients.iter().enumerate() {
                 let got = c.edges(edge_type, &t, &i, &q).expect("edges");
                 assert_eq!(got, expected, "{edge_type} {dir} {id} from process {p}");
-                let paged = walk_pages(
-                    &bases[p],
-                    &format!(
-                        "/v1/edges/{}/{}?direction={dir}&order={order_name}",
-                        seg(edge_type),
-                        segs(id)
-                    ),
-                    3,
+                let first = format!(
+                    "/v1/edges/{}/{}?direction={dir}&order={}",
+                    seg(edge_type),
+                    segs(id),
+                    order.as_str()
                 );
+                let paged = walk_pages(&fx.bases[p], &first, 3);
                 assert_eq!(
                     Value::Array(paged),
                     expected["items"],
@@ -525,25 +407,25 @@ fn every_process_answers_for_the_whole_graph() {
             }
         }
     }
+}
 
-    // The same JSON as one process serving the reference state, for the
-    // multi-read routes.
-    let (reference_server, reference_base) = {
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            ..ServeConfig::default()
-        };
-        let s = Server::start(store.clone(), config, Arc::new(StaticStatus)).expect("server");
-        let base = format!("http://{}", s.addr());
-        (s, base)
+/// (b) The same JSON as one process serving the reference state, for the
+/// multi-read routes: traversals, neighbourhoods, links, cluster members,
+/// identity paths, search.
+fn multi_reads_equal_the_reference(fx: &Fixture, sample: &Sample, store: &Store) {
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..ServeConfig::default()
     };
+    let server = Server::start(store.clone(), config, Arc::new(StaticStatus)).expect("server");
+    let reference_base = format!("http://{}", server.addr());
     let same = |path: &str, body: Option<&Value>| {
         let ask = |base: &str| match body {
-            Some(b) => post(base, path, b),
+            Some(b) => post(base, path, &b.to_string()),
             None => get(base, path),
         };
         let expected = ask(&reference_base);
-        for (p, base) in bases.iter().enumerate() {
+        for (p, base) in fx.bases.iter().enumerate() {
             let got = ask(base);
             assert_eq!(
                 (got.status, &got.body),
@@ -553,7 +435,11 @@ fn every_process_answers_for_the_whole_graph() {
         }
         expected
     };
-    let accounts: Vec<&String> = nodes.iter().filter(|n| n.starts_with("account:")).collect();
+    let accounts: Vec<&String> = sample
+        .nodes
+        .iter()
+        .filter(|n| n.starts_with("account:"))
+        .collect();
     for a in spread(&accounts, 8) {
         let hops = json!({"start": a, "hops": [
             {"edge_type": "has_profile"},
@@ -572,12 +458,12 @@ fn every_process_answers_for_the_whole_graph() {
     }
     // Identity paths between members of the larger clusters.
     let mut by_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for v in of_ns("identity") {
+    for v in of_ns(&sample.lines, "identity") {
         if v["hub"] == false {
             by_cluster
-                .entry(v["cluster"].as_str().expect("cluster").to_string())
+                .entry(s(v, "cluster").to_string())
                 .or_default()
-                .push(v["id"].as_str().expect("id").to_string());
+                .push(s(v, "id").to_string());
         }
     }
     let mut big: Vec<(&String, &Vec<String>)> = by_cluster.iter().collect();
@@ -595,16 +481,21 @@ fn every_process_answers_for_the_whole_graph() {
     for q in ["acc", "profile:acc1", "d", "title:", "zzz"] {
         same(&format!("/v1/search?q={}&limit=7", seg(q)), None);
     }
+}
 
-    drop(reference_server);
-
-    // (c) A peer that stops answering: a 504 naming it, in bounded time.
-    let owned_by_1 = nodes
+/// (c) A peer that stops answering: a 504 naming it, in bounded time; the
+/// same request answers again once it is back.
+fn a_stopped_peer_is_a_504_naming_it(
+    sample: &Sample,
+    bases: &[String],
+    procs: Vec<Child>,
+) -> Vec<Child> {
+    let owned_by_1 = sample
+        .nodes
         .iter()
-        .find(|id| shard::worker(shard::node(id), 4) / 2 == 1)
-        .expect("a node of process 1")
-        .clone();
-    let path = format!("/v1/nodes/{}", segs(&owned_by_1));
+        .find(|id| owner(id) == 1)
+        .expect("a node of process 1");
+    let path = format!("/v1/nodes/{}", segs(owned_by_1));
     assert_eq!(get(&bases[0], &path).status, 200);
     signal(&procs[1], "-STOP");
     let asked = Instant::now();
@@ -626,68 +517,168 @@ fn every_process_answers_for_the_whole_graph() {
         200,
         "answers again once it is back"
     );
-    stop_all(procs);
+    procs
+}
 
-    // A peer that is gone: a 502 naming it (servers over the stopped
-    // cluster's states, so that the other process lives on).
+/// (c) A peer that is gone: a 502 naming it (servers over the stopped
+/// cluster's states, so that the other process lives on); what process 0
+/// owns it still answers.
+fn a_gone_peer_is_a_502_naming_it(sample: &Sample, store: &Store, states: &Path) {
+    let owned_by = |p: usize| {
+        sample
+            .nodes
+            .iter()
+            .find(|id| owner(id) == p)
+            .expect("a node of each process")
+    };
     let ports = free_ports(2);
     let peers: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let servers: Vec<Server> = (0..2)
-        .map(|i| {
-            let store = Store::open(&states.join(format!("process-{i}"))).expect("open");
-            let config = ServeConfig {
-                listen: format!("127.0.0.1:{}", ports[i]).parse().expect("addr"),
-                cluster: Some(ClusterView {
-                    process: i,
-                    workers: 2,
-                    peers: peers.clone(),
-                }),
-                ..ServeConfig::default()
-            };
-            Server::start(store, config, Arc::new(StaticStatus)).expect("server")
-        })
-        .collect();
-    let expected_node = serde_json::to_value(store.node(&owned_by_1).expect("node")).expect("json");
-    let (t, i) = split(&owned_by_1);
+    let mut servers = (0..2).map(|i| {
+        let store = open_when_free(&states.join(format!("process-{i}")));
+        let config = ServeConfig {
+            listen: format!("127.0.0.1:{}", ports[i]).parse().expect("addr"),
+            cluster: Some(ClusterShape {
+                processes: 2,
+                process: i,
+                workers: 2,
+                addresses: Vec::new(),
+                query_urls: peers.clone(),
+            }),
+            ..ServeConfig::default()
+        };
+        Server::start(store, config, Arc::new(StaticStatus)).expect("server")
+    });
+    let (s0, s1) = (servers.next().expect("0"), servers.next().expect("1"));
+    let expected_node = serde_json::to_value(store.node(owned_by(1)).expect("node")).expect("json");
+    let (t, i) = split(owned_by(1));
     assert_eq!(
         Client::new(&peers[0], None).node(&t, &i).expect("node"),
         Some(expected_node)
     );
-    let mut servers = servers.into_iter();
-    let (s0, s1) = (servers.next().expect("0"), servers.next().expect("1"));
     s1.stop().expect("stop process 1's server");
     for path in [
-        path.clone(),
-        format!("/v1/identity/{}", segs(&identities[0])),
+        format!("/v1/nodes/{}", segs(owned_by(1))),
+        format!("/v1/identity/{}", segs(&sample.identities[0])),
         "/v1/export".to_string(),
     ] {
+        get(&peers[0], &path).error(502, "process 1");
         let a = get(&peers[0], &path);
-        assert_eq!(a.status, 502, "{path}: {}", a.body);
-        let msg = a.body["error"].as_str().unwrap_or_default();
         assert!(
-            msg.contains("process 1") && msg.contains(&peers[1]),
-            "{path}: the message names the peer: {msg}"
+            a.text.contains(&peers[1]),
+            "{path}: names the peer: {}",
+            a.text
         );
     }
-    let out = rdg()
+    let out = command()
         .args(["export", "--url", &peers[0]])
         .output()
         .expect("export");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("process 1"));
-    // What process 0 owns it still answers.
-    let owned_by_0 = nodes
-        .iter()
-        .find(|id| shard::worker(shard::node(id), 4) / 2 == 0)
-        .expect("a node of process 0");
-    assert_eq!(
-        get(&peers[0], &format!("/v1/nodes/{}", segs(owned_by_0))).status,
-        200
-    );
+    let path = format!("/v1/nodes/{}", segs(owned_by(0)));
+    assert_eq!(get(&peers[0], &path).status, 200);
     s0.stop().expect("stop");
-    drop(kafka);
-    eprintln!("done after {:?}", started.elapsed());
+}
+
+/// A fake peer's answer to a fan-out read: `items` (a page, a search, a
+/// cluster's members) with freshness headers saying commit `commit`.
+fn fake_answer(target: &str, commit: u64, item: &str) -> Reply {
+    let fresh = vec![
+        ("X-Rdg-Commit".to_string(), commit.to_string()),
+        ("X-Rdg-Watermark".to_string(), format!("playback={commit}")),
+        ("X-Rdg-Offsets".to_string(), String::new()),
+        ("Content-Type".to_string(), "application/json".to_string()),
+    ];
+    let body = if target.starts_with("/v1/clusters/") {
+        json!({"cluster": "account:x", "members": [item]})
+    } else if target.starts_with("/v1/search") {
+        json!({"q": "account", "items": [item]})
+    } else {
+        let edge = json!({"node": item, "count": 1, "first_seen": 0, "last_seen": 0, "props": {}});
+        json!({"node": "account:x", "items": [edge], "next_cursor": null})
+    };
+    (200, fresh, body.to_string())
+}
+
+/// Process 0 of a 3-process cluster (a real server over an empty store)
+/// with two fake peers: every fan-out answer stays with the process that
+/// sent it (`X-Rdg-Commits` lists each process's own commit count, the
+/// items are each process's), and when one peer fails (an error status,
+/// an answer that is not JSON, no answer at all) the answer is that
+/// process's 502, naming it and no other.
+#[test]
+fn a_failing_peer_is_named_and_no_other_answer_moves() {
+    let one = FakePeer::start(|t| fake_answer(t, 101, "account:from-1"));
+    let two = FakePeer::start(|t| fake_answer(t, 202, "account:from-2"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state")).expect("open");
+    let port = free_ports(1)[0];
+    let me = format!("http://127.0.0.1:{port}");
+    let config = ServeConfig {
+        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+        request_timeout: Duration::from_secs(2),
+        cluster: Some(ClusterShape {
+            processes: 3,
+            process: 0,
+            workers: 1,
+            addresses: Vec::new(),
+            query_urls: vec![me.clone(), one.base.clone(), two.base.clone()],
+        }),
+        ..ServeConfig::default()
+    };
+    let server = Server::start(store, config, Arc::new(StaticStatus)).expect("server");
+    let fan_outs = [
+        "/v1/search?q=account&limit=10",
+        "/v1/links/account/x",
+        "/v1/edges/watched/title/x?direction=in",
+        "/v1/clusters/account/x",
+    ];
+    for path in fan_outs {
+        let a = get(&me, path);
+        assert_eq!(a.status, 200, "{path}: {}", a.describe());
+        assert_eq!(a.headers["x-rdg-commits"], "0=0,1=101,2=202", "{path}");
+        assert_eq!(a.headers["x-rdg-commit"], "303", "{path}");
+        let text = a.text.clone();
+        assert!(
+            text.contains("account:from-1") && text.contains("account:from-2"),
+            "{path}: {text}"
+        );
+    }
+
+    type Broken = fn(&str) -> Reply;
+    let broken: [(&str, Broken); 2] = [
+        ("answered 500: boom", |_| {
+            (500, Vec::new(), json!({"error": "boom"}).to_string())
+        }),
+        ("does not understand", |t| {
+            let (status, headers, _) = fake_answer(t, 101, "x");
+            (status, headers, "not json".to_string())
+        }),
+    ];
+    for (what, reply) in broken {
+        one.set(reply);
+        for path in fan_outs {
+            let a = get(&me, path);
+            a.error(502, &format!("process 1 of the cluster ({})", one.base));
+            a.error(502, what);
+            assert!(
+                !a.text.contains("process 2") && !a.text.contains(&two.base),
+                "{path}: only process 1 failed: {}",
+                a.describe()
+            );
+        }
+    }
+    // A peer that does not answer in time is a 504 naming it.
+    one.set(|_| {
+        std::thread::sleep(Duration::from_secs(3));
+        (200, Vec::new(), String::new())
+    });
+    get(&me, fan_outs[0]).error(504, &format!("process 1 of the cluster ({})", one.base));
+    one.set(|t| fake_answer(t, 101, "account:from-1"));
+    assert_eq!(get(&me, fan_outs[0]).status, 200);
+    assert!(two.seen.lock().expect("seen").len() >= fan_outs.len());
+    server.stop().expect("stop");
 }

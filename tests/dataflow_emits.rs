@@ -1,8 +1,9 @@
 //! The dataflow layer alone: events in, emitted changes out, on 1 and 2
 //! workers, with every time complete before its frontier report.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rdg::dataflow::{self, Emitted, RunConfig, Start};
@@ -43,10 +44,8 @@ impl Source for Lines {
 }
 
 fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
-    let plan = Arc::new(
-        rdg::spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dataflows"))
-            .expect("shipped definitions load"),
-    );
+    let plan =
+        Arc::new(rdg::spec::load(&support::dataflows_dir()).expect("shipped definitions load"));
     let login: Vec<String> = vec![
         r#"{"ts": 100, "result": "success", "account_id": "a1", "device_id": "d1", "email_sha256": "e1"}"#,
         r#"{"ts": 101, "result": "success", "account_id": "a2", "device_id": "d1"}"#,

@@ -12,67 +12,28 @@
 //! written from one account's events, nothing is late or expires within the
 //! generated span, and the graph again cannot depend on the interleaving.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-
-use rdg::generate::{GenOptions, events};
+use support::*;
 
 const EVENTS: u64 = 3000;
 /// A bound on every wait, so a broken test fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
 
-fn rdg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rdg"))
-}
-
-fn dataflows() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dataflows")
-}
-
-fn gen_opts(deletes: bool) -> GenOptions {
-    GenOptions {
-        events: EVENTS,
-        seed: 11,
-        delete_share: if deletes { 0.02 } else { 0.0 },
-        ..GenOptions::default()
-    }
-}
-
-/// A mock cluster holding the generated events, keyed by account.
-fn cluster_with_events(
-    partitions: i32,
-    deletes: bool,
-) -> MockCluster<'static, DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    for t in ["playback", "gaming", "login"] {
-        cluster.create_topic(t, partitions, 1).expect("topic");
-    }
-    let sent = rdg::produce::produce(
-        &cluster.bootstrap_servers(),
-        &BTreeMap::new(),
-        events(&gen_opts(deletes)),
-        None,
-        |_| {},
-    )
-    .expect("produce");
-    assert_eq!(sent, EVENTS);
-    cluster
-}
-
 /// The export of a file replay of the same events.
 fn file_replay_export(dir: &Path, deletes: bool) -> Vec<String> {
     let input = dir.join("input");
-    rdg::generate::generate(&gen_opts(deletes), &input).expect("generate");
+    rdg::generate::generate(&gen_opts(EVENTS, deletes), &input).expect("generate");
     let state = dir.join("file-state");
-    let out = rdg()
+    let out = command()
         .arg("replay")
         .arg("--dataflows")
-        .arg(dataflows())
+        .arg(dataflows_dir())
         .arg("--state")
         .arg(&state)
         .args(["playback", "gaming", "login"].map(|t| input.join(format!("{t}.jsonl"))))
@@ -89,7 +50,7 @@ fn file_replay_export(dir: &Path, deletes: bool) -> Vec<String> {
 /// The export with dead letters reduced to their dataflow (their source
 /// names a file line in one run, a topic/partition/offset in the other).
 fn export(state: &Path) -> Vec<String> {
-    let out = rdg()
+    let out = command()
         .arg("export")
         .arg("--state")
         .arg(state)
@@ -117,11 +78,11 @@ fn export(state: &Path) -> Vec<String> {
 }
 
 fn start_run(brokers: &str, state: &Path, workers: usize) -> Child {
-    start_run_with(&dataflows(), brokers, state, workers)
+    start_run_with(&dataflows_dir(), brokers, state, workers)
 }
 
 fn start_run_with(dataflows: &Path, brokers: &str, state: &Path, workers: usize) -> Child {
-    rdg()
+    command()
         .arg("run")
         .arg("--dataflows")
         .arg(dataflows)
@@ -138,42 +99,9 @@ fn start_run_with(dataflows: &Path, brokers: &str, state: &Path, workers: usize)
         .expect("start rdg run")
 }
 
-fn terminate(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-fn wait(mut child: Child) -> (std::process::ExitStatus, String) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status, err);
-        }
-        assert!(Instant::now() < deadline, "rdg run did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Events and dead letters committed so far, from the state's counters.
-fn committed(state: &Path) -> (u64, u64) {
-    let store = rdg::store::Store::open(state).expect("open state");
-    let meta = store.meta().expect("meta");
-    meta.dataflows
-        .values()
-        .fold((0, 0), |(e, d), m| (e + m.events, d + m.dead_letters))
-}
-
 /// Runs until every event is committed: start, let it work, SIGTERM, check.
 fn run_to_completion(brokers: &str, state: &Path, workers: usize, expected: (u64, u64)) {
-    run_to_completion_with(&dataflows(), brokers, state, workers, expected)
+    run_to_completion_with(&dataflows_dir(), brokers, state, workers, expected)
 }
 
 fn run_to_completion_with(
@@ -185,10 +113,10 @@ fn run_to_completion_with(
 ) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let mut child = start_run_with(dataflows, brokers, state, workers);
+        let child = start_run_with(dataflows, brokers, state, workers);
         std::thread::sleep(Duration::from_secs(3));
-        terminate(&mut child);
-        let (status, err) = wait(child);
+        signal(&child, "-TERM");
+        let (status, err) = wait_exit(child, PATIENCE);
         assert!(status.success(), "rdg run after SIGTERM: {status}\n{err}");
         let got = committed(state);
         assert!(
@@ -235,7 +163,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = file_replay_export(dir.path(), deletes);
     let expected = committed(&dir.path().join("file-state"));
-    let cluster = cluster_with_events(partitions, deletes);
+    let cluster = mock_with_events(partitions, &gen_opts(EVENTS, deletes));
     let brokers = cluster.bootstrap_servers();
 
     // Several runs killed (SIGKILL: no chance to commit) at pseudo-random
@@ -250,7 +178,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
         let mut child = start_run(&brokers, &state, workers);
         std::thread::sleep(Duration::from_millis(300 + seed % 1500));
         child.kill().expect("kill");
-        let _ = wait(child);
+        let _ = wait_exit(child, PATIENCE);
         let got = committed(&state);
         assert!(
             got.0 <= expected.0,
@@ -264,10 +192,10 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
 
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
-    let out = rdg()
+    let out = command()
         .arg("replay")
         .arg("--dataflows")
-        .arg(dataflows())
+        .arg(dataflows_dir())
         .arg("--state")
         .arg(&replayed)
         .arg("--brokers")
@@ -305,7 +233,7 @@ fn real_broker_events_from_an_independent_client() {
     );
     let defs = dir.path().join("dataflows");
     std::fs::create_dir_all(&defs).expect("mkdir");
-    for entry in std::fs::read_dir(dataflows()).expect("dataflows") {
+    for entry in std::fs::read_dir(dataflows_dir()).expect("dataflows") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("read");
         let text = ["playback", "gaming", "login"]
@@ -325,7 +253,7 @@ fn real_broker_events_from_an_independent_client() {
     rdg::produce::create_topics(&brokers, &BTreeMap::new(), &topics).expect("create topics");
 
     let input = dir.path().join("input");
-    rdg::generate::generate(&gen_opts(true), &input).expect("generate");
+    rdg::generate::generate(&gen_opts(EVENTS, true), &input).expect("generate");
     let mut produce = Command::new("python3");
     produce
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/produce.py"))
@@ -349,7 +277,7 @@ fn real_broker_events_from_an_independent_client() {
 
     // The reference: the same files replayed, read as the suffixed topics.
     let file_state = dir.path().join("file-state");
-    let mut replay = rdg();
+    let mut replay = command();
     replay
         .arg("replay")
         .arg("--dataflows")
@@ -376,30 +304,19 @@ fn real_broker_events_from_an_independent_client() {
     let mut child = start_run_with(&defs, &brokers, &state, 2);
     std::thread::sleep(Duration::from_millis(700));
     child.kill().expect("kill");
-    let _ = wait(child);
+    let _ = wait_exit(child, PATIENCE);
     run_to_completion_with(&defs, &brokers, &state, 2, expected);
     assert_same(&export(&state), &reference, "real broker");
-}
-
-/// Free loopback ports for a cluster's processes.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
 }
 
 /// Starts every process of an N × W cluster (`--state DIR/process-I`).
 fn start_cluster(brokers: &str, dir: &Path, hosts: &Path, n: usize, w: usize) -> Vec<Child> {
     (0..n)
         .map(|i| {
-            rdg()
+            command()
                 .arg("run")
                 .arg("--dataflows")
-                .arg(dataflows())
+                .arg(dataflows_dir())
                 .arg("--state")
                 .arg(dir.join(format!("process-{i}")))
                 .arg("--brokers")
@@ -438,7 +355,7 @@ fn cluster_export(dir: &Path, n: usize) -> (Vec<String>, (u64, u64)) {
 #[test]
 fn two_processes_equal_one_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = cluster_with_events(4, false);
+    let cluster = mock_with_events(4, &gen_opts(EVENTS, false));
     let brokers = cluster.bootstrap_servers();
     let single = dir.path().join("single");
     let reference_counts = {
@@ -452,14 +369,7 @@ fn two_processes_equal_one_and_survive_a_restart() {
 
     let hosts = dir.path().join("hosts");
     let ports = free_ports(2);
-    std::fs::write(
-        &hosts,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .expect("hosts");
+    write_hosts(&hosts, &ports);
     let states = dir.path().join("cluster");
 
     // A first run: process 1 is killed; process 0 must stop by itself.
@@ -467,9 +377,9 @@ fn two_processes_equal_one_and_survive_a_restart() {
     std::thread::sleep(Duration::from_millis(1500));
     let mut p1 = procs.pop().expect("process 1");
     p1.kill().expect("kill process 1");
-    let _ = wait(p1);
+    let _ = wait_exit(p1, PATIENCE);
     let p0 = procs.pop().expect("process 0");
-    let (status, err) = wait(p0);
+    let (status, err) = wait_exit(p0, PATIENCE);
     assert!(
         !status.success(),
         "process 0 should fail when its peer dies"
@@ -485,10 +395,10 @@ fn two_processes_equal_one_and_survive_a_restart() {
         let mut procs = start_cluster(&brokers, &states, &hosts, 2, 2);
         std::thread::sleep(Duration::from_secs(4));
         for p in procs.iter_mut() {
-            terminate(p);
+            signal(p, "-TERM");
         }
         for p in procs {
-            let (status, err) = wait(p);
+            let (status, err) = wait_exit(p, PATIENCE);
             assert!(
                 status.success(),
                 "cluster process after SIGTERM: {status}\n{err}"
@@ -520,10 +430,10 @@ fn two_processes_equal_one_and_survive_a_restart() {
     }
 
     // A different shape is refused with a message that explains re-sharding.
-    let out = rdg()
+    let out = command()
         .arg("run")
         .arg("--dataflows")
-        .arg(dataflows())
+        .arg(dataflows_dir())
         .arg("--state")
         .arg(states.join("process-0"))
         .arg("--brokers")

@@ -10,6 +10,8 @@
 //! `scripts/broker.sh`). It cannot look offsets up by time, nor create
 //! topics through the admin API.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -24,17 +26,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rdg::produce::{ProduceError, produce};
 use rdg::source::kafka::{OffsetCommitter, group_id, owner};
 use rdg::source::{KafkaConfig, KafkaSource, OnGap, Poll, RawRecord, Source, SourceError};
+use support::{eventually, logs};
 
 /// A bound on every wait, so a broken test fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Logs to the test's output (shown when it fails).
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_test_writer()
-        .try_init();
-}
 
 fn mock(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
     logs();
@@ -522,14 +517,6 @@ fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Of
         .collect()
 }
 
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn offsets_are_committed_to_the_dataflow_group() {
     let cluster = mock("plays", 4);
@@ -540,7 +527,7 @@ fn offsets_are_committed_to_the_dataflow_group() {
     let committer = OffsetCommitter::new("df", "plays", &config(&brokers)).unwrap();
     assert_eq!(committer.group(), "rdg-df");
     committer.commit(&positions).unwrap();
-    eventually("committer's offsets", || {
+    eventually("committer's offsets", PATIENCE, || {
         committed(&brokers, "rdg-df", "plays", 4) == (1..=4).map(Offset::Offset).collect::<Vec<_>>()
     });
 
@@ -556,7 +543,7 @@ fn offsets_are_committed_to_the_dataflow_group() {
             }
         })
         .collect();
-    eventually("source's offsets", || {
+    eventually("source's offsets", PATIENCE, || {
         committed(&brokers, &group_id("other"), "plays", 4) == want
     });
 }
@@ -619,7 +606,7 @@ fn real_broker_partitions_added_while_running_are_picked_up() {
         }
         Err(e) => panic!("{e}"),
     }
-    eventually("new partitions known", || {
+    eventually("new partitions known", PATIENCE, || {
         let mut out = Vec::new();
         src.poll(10, &mut out).unwrap();
         src.owned_partitions().len() == 4

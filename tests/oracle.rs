@@ -17,14 +17,15 @@
 mod inputs;
 #[path = "oracle/model.rs"]
 mod model;
+mod support;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use inputs::Run;
 use model::Model;
+use support::{MANIFEST, rdg_result};
 
 /// Lines per seed, over the three topics.
 const EVENTS: usize = 300;
@@ -37,28 +38,7 @@ fn seeds() -> u64 {
 }
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oracle")
-}
-
-/// Runs the binary; its stdout, or an error with everything it printed.
-fn rdg(args: Vec<OsString>) -> Result<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_rdg"))
-        .args(&args)
-        .output()
-        .map_err(|e| format!("cannot run rdg: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "`rdg {}` failed ({})\n--- stdout\n{stdout}\n--- stderr\n{}",
-            args.iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(stdout)
+    Path::new(MANIFEST).join("tests/fixtures/oracle")
 }
 
 /// Writes a run's non-empty files as `<dir>/<topic>.jsonl`.
@@ -113,12 +93,12 @@ impl Case {
                 args.push((3 + self.seed % 29).to_string().into());
             }
             args.extend(files.into_iter().map(OsString::from));
-            rdg(args)?;
+            rdg_result(args)?;
             let refs: Vec<(&str, &[String])> =
                 run.iter().map(|(t, l)| (*t, l.as_slice())).collect();
             model.replay(&refs);
         }
-        let actual = rdg(vec!["export".into(), "--state".into(), state.into()])?;
+        let actual = rdg_result(vec!["export".into(), "--state".into(), state.into()])?;
         let actual: Vec<String> = actual.lines().map(str::to_string).collect();
         let split = self.runs.len() > 1;
         let expected = comparable_expected(&model, split);

@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use rdg::model::{Change, ClusterOf, DataflowProgress, Progress, Record};
 use rdg::query::{LiveGauges, LiveStatus, ROUTES, ServeConfig, Server, StaticStatus};
 use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
 use serde_json::{Value, json};
-use support::{data_files, of_ns, parse_export, rdg, replay};
+use support::*;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -37,110 +37,6 @@ fn start(store: &Store, config: ServeConfig, live: Arc<dyn LiveStatus>) -> (Serv
 
 fn start_default(store: &Store) -> (Server, String) {
     start(store, ServeConfig::default(), Arc::new(StaticStatus))
-}
-
-/// One answer: status, headers (lower-case names), body as JSON (or a
-/// string when it is not JSON).
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Value,
-    text: String,
-}
-
-impl Answer {
-    fn describe(&self) -> String {
-        format!("status {} body {}", self.status, self.text)
-    }
-
-    #[track_caller]
-    fn ok(&self) -> &Value {
-        assert_eq!(self.status, 200, "{}", self.describe());
-        &self.body
-    }
-
-    /// Panics unless the status is `status` and the error message contains
-    /// `fragment`.
-    #[track_caller]
-    fn error(&self, status: u16, fragment: &str) {
-        assert_eq!(self.status, status, "{}", self.describe());
-        let msg = self.body["error"].as_str().unwrap_or_default();
-        assert!(
-            msg.contains(fragment),
-            "expected an error containing {fragment:?}: {}",
-            self.describe()
-        );
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-    Answer {
-        status,
-        headers,
-        body,
-        text,
-    }
-}
-
-fn get_with(base: &str, path: &str, token: Option<&str>) -> Answer {
-    let mut req = agent().get(format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    answer(req.call().expect("request"))
-}
-
-fn get(base: &str, path: &str) -> Answer {
-    get_with(base, path, None)
-}
-
-fn post(base: &str, path: &str, body: &str) -> Answer {
-    answer(
-        agent()
-            .post(format!("{base}{path}"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .expect("request"),
-    )
-}
-
-/// Sends raw bytes, returns what came back until the server closed or
-/// 2 s passed.
-fn raw(base: &str, bytes: &[u8]) -> String {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn rec(count: u64, first: i64, last: i64, props: &str) -> Record {
@@ -177,23 +73,6 @@ fn progress(watermark: i64) -> Progress {
     p
 }
 
-fn fresh_store() -> (tempfile::TempDir, Store) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&tmp.path().join("state")).expect("open");
-    (tmp, store)
-}
-
-/// Percent-encodes a path segment.
-fn seg(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// `type/id` path segments of `type:id`.
-fn segs(ident: &str) -> String {
-    let (t, id) = ident.split_once(':').expect("type:id");
-    format!("{}/{}", seg(t), seg(id))
-}
-
 /// The sample in `data/` replayed by the binary, then opened here.
 fn sample() -> (tempfile::TempDir, Store, Vec<Value>) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -202,21 +81,6 @@ fn sample() -> (tempfile::TempDir, Store, Vec<Value>) {
     let lines = parse_export(&support::export(&state));
     let store = open_when_free(&state);
     (tmp, store, lines)
-}
-
-/// Opens a state another process just closed.
-fn open_when_free(state: &Path) -> Store {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Store::open(state) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() < until => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("open {}: {e}", state.display()),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -550,7 +414,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// returned exactly once; nothing twice; the walk strictly in order.
 #[test]
 fn paging_is_stable_while_another_thread_commits() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let node = "profile:p";
     // Stable neighbours: even numbers; volatile ones: odd numbers.
     let stable: BTreeSet<String> = (0..300).map(|i| format!("title:t{:04}", i * 2)).collect();
@@ -671,7 +535,7 @@ fn paging_is_stable_while_another_thread_commits() {
 /// generation number; a reader must never see two generations at once.
 #[test]
 fn reads_never_see_half_of_a_commit() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let batch = |g: i64| -> Vec<Change> {
         let props = format!(r#"{{"gen":{g}}}"#);
         let mut c: Vec<Change> = (0..200)
@@ -766,7 +630,7 @@ fn member_of(cluster: &str, id: &str, hub: bool) -> Vec<Change> {
 
 #[test]
 fn identity_path_explains_a_merge() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     // account:a - device:d1 - email:e - account:b, plus a shortcut-free
     // detour a - device:d2 - email:e; a hub device:h linked to a and c.
     let mut c = vec![
@@ -818,7 +682,7 @@ fn identity_path_explains_a_merge() {
 
 #[test]
 fn traversal_follows_hops_with_defaults_and_caps() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let day = 24 * 3600 * 1000i64;
     let now = 1_000 * day;
     let mut c = vec![
@@ -980,7 +844,7 @@ fn traversal_follows_hops_with_defaults_and_caps() {
 
 #[test]
 fn a_token_protects_every_route_but_health_and_the_page() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let config = ServeConfig {
         auth_token: Some("s3cret-token".into()),
         ..ServeConfig::default()
@@ -1030,7 +894,7 @@ fn sample_path(template: &str) -> String {
 
 #[test]
 fn bad_requests_get_a_4xx_that_says_what_is_allowed() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     store
         .commit(
             &[edge(
@@ -1162,7 +1026,7 @@ fn bad_requests_get_a_4xx_that_says_what_is_allowed() {
 
 #[test]
 fn requests_that_take_too_long_are_cut_off() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     // A long chain: a path search has to walk it link by link.
     let n = 3000;
     let mut c = Vec::new();
@@ -1211,7 +1075,7 @@ fn requests_that_take_too_long_are_cut_off() {
 
 #[test]
 fn every_documented_route_answers_and_every_route_is_documented() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let (_server, base) = start_default(&store);
     let doc = get(&base, "/openapi.json");
     let doc = doc.ok();
@@ -1246,7 +1110,7 @@ fn every_documented_route_answers_and_every_route_is_documented() {
 
 #[test]
 fn status_metrics_and_readiness() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let mut p = progress(1234);
     p.dataflows.get_mut("playback").expect("playback").late = 2;
     store
@@ -1327,7 +1191,7 @@ fn status_metrics_and_readiness() {
 
 #[test]
 fn the_server_stops_and_frees_its_port() {
-    let (_tmp, store) = fresh_store();
+    let (_tmp, store) = temp_store();
     let (server, base) = start_default(&store);
     let addr = server.addr();
     assert_eq!(get(&base, "/healthz").status, 200);

@@ -7,13 +7,14 @@
 //! are compared with the manifest directory stripped from paths, so they read
 //! `case/file.toml:line:col: error: ...`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rdg::spec::{self, Condition, EdgeType, FieldPath, Outcome, Plan, TimeUnit};
 use serde_json::json;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+use support::{MANIFEST, dataflows_dir};
 
 fn fixtures() -> PathBuf {
     Path::new(MANIFEST).join("tests/fixtures/bad_definitions")
@@ -39,7 +40,7 @@ fn assert_problems(case: &str, expected: &str) {
 }
 
 fn shipped() -> Plan {
-    match spec::load(&Path::new(MANIFEST).join("dataflows")) {
+    match spec::load(&dataflows_dir()) {
         Ok(plan) => plan,
         Err(e) => panic!("shipped definitions do not load:\n{e}"),
     }
@@ -635,7 +636,7 @@ fn garbage_never_panics() {
         rng
     };
     for name in ["playback.toml", "login.toml", "gaming.toml", "rdg.toml"] {
-        let text = std::fs::read(Path::new(MANIFEST).join("dataflows").join(name)).expect("read");
+        let text = std::fs::read(dataflows_dir().join(name)).expect("read");
         for cut in (0..text.len()).step_by(7) {
             inputs.push(text[..cut].to_vec());
         }

@@ -6,6 +6,8 @@
 //! `contributions`, `meta` and `is_empty`. Also: the directory lock, the
 //! format version check, and a many-tree commit surviving a reopen.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -16,6 +18,7 @@ use rdg::store::{
     Counts, DataflowMeta, Direction, EdgeOrder, EdgeQuery, Meta, Store, StoreError, codec,
 };
 use serde_json::Value;
+use support::temp_store;
 
 const NODE_TYPES: &[&str] = &["profile", "a", "a!", "x\u{0}"];
 const IDS: &[&str] = &["p4", "p42", "p4\u{0}", "", "ÿ", "q\"", "a b", "p4!"];
@@ -910,8 +913,7 @@ fn many_tree_commit_is_all_there_after_reopen() {
 
 #[test]
 fn concurrent_commits_from_clones_add_up() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("open");
+    let (_dir, store) = temp_store();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let store = store.clone();

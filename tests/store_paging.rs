@@ -5,12 +5,15 @@
 //! is refused, search by prefix, the schema, per-namespace counts, and the
 //! commit count.
 
+mod support;
+
 use std::collections::BTreeSet;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdg::model::{Change, ClusterOf, Progress, Record};
 use rdg::store::{Direction, EdgeCursor, EdgeOrder, EdgeQuery, EdgeView, Store, StoreError};
+use support::temp_store;
 
 const IDS: &[&str] = &[
     "t", "t\u{0}", "t\u{0}1", "t1", "t10", "tÿ", "t😀", "", "u", "t!",
@@ -87,8 +90,7 @@ fn walk(store: &Store, id: &str, q: &EdgeQuery, size: usize) -> Vec<EdgeView> {
 fn paging_equals_the_full_list() {
     for seed in 0..4 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(tmp.path()).expect("open");
+        let (_tmp, store) = temp_store();
         random_graph(&mut rng, &store);
         let mut ids: Vec<String> = (0..3).map(|i| format!("p:{}", IDS[i])).collect();
         ids.extend(IDS.iter().take(4).map(|i| format!("title:{i}0")));
@@ -140,8 +142,7 @@ fn cursors_are_checked() {
             "{bad:?}"
         );
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(tmp.path()).expect("open");
+    let (_tmp, store) = temp_store();
     let q = EdgeQuery {
         order: EdgeOrder::Recent,
         limit: Some(1),
@@ -177,8 +178,7 @@ fn cursors_are_checked() {
 
 #[test]
 fn search_schema_counts_and_commit_count() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(tmp.path()).expect("open");
+    let (tmp, store) = temp_store();
     assert_eq!(store.commit_count(), 0);
     let r = Record {
         count: 1,

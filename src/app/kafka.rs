@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
-use crate::dataflow::{Cluster, Positions, RunConfig, SourceFactory};
-use crate::model::Progress;
+use crate::dataflow::{Positions, RunConfig, SourceFactory};
+use crate::model::{ClusterShape, Progress};
 use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
 use crate::spec::{self, Plan};
-use crate::store::{Counts, Shape, Store};
+use crate::store::{Counts, Store};
 
 /// What `rdg run` and `rdg replay --brokers` are asked to do.
 #[derive(Clone, Debug)]
@@ -34,11 +34,15 @@ pub struct KafkaRunOptions {
     pub status_every: Option<Duration>,
     /// Set to stop (SIGINT/SIGTERM): what was read is committed, then exit.
     pub stop: Arc<AtomicBool>,
-    /// This process's place in a cluster (`rdg run --processes N ...`).
-    pub cluster: Option<Cluster>,
-    /// Serve the query API while ingesting.
+    /// This process's place in a cluster (`rdg run --processes N ...`):
+    /// timely's addresses, and the query URLs when it serves queries. Its
+    /// `workers` are this run's.
+    pub cluster: Option<ClusterShape>,
+    /// Serve the query API while ingesting (in a cluster, with `cluster`'s
+    /// query URLs: the query service and the dataflow see one shape).
     pub serve: Option<ServeConfig>,
-    /// What the query API's status calls this run: `run` or `demo`.
+    /// What the query API's status calls this run: `run`, `demo`, or
+    /// `replay` (`rdg replay --brokers`, which serves nothing).
     pub mode: &'static str,
 }
 
@@ -185,19 +189,55 @@ pub fn status_line(
     }
 }
 
+/// This run's cluster shape (a single process when there is no cluster),
+/// checked.
+fn shape(opts: &KafkaRunOptions) -> Result<ClusterShape, AppError> {
+    let workers = opts.workers.max(1);
+    let shape = opts
+        .cluster
+        .clone()
+        .unwrap_or_else(|| ClusterShape::single(workers));
+    let mut problems = shape.problems();
+    if shape.workers != workers {
+        problems.push(format!(
+            "the cluster shape has {} workers per process, but the run has {workers}",
+            shape.workers
+        ));
+    }
+    if problems.is_empty() {
+        Ok(shape)
+    } else {
+        Err(AppError::Input(format!(
+            "invalid cluster shape: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
 /// Opens the state and checks that it was written by this cluster shape.
 fn open_state(opts: &KafkaRunOptions) -> Result<Store, AppError> {
     let store = Store::open(&opts.state)?;
-    let (processes, process) = match &opts.cluster {
-        Some(c) => (c.addresses.len() as u64, c.process as u64),
-        None => (1, 0),
-    };
-    store.claim_shape(Shape {
-        processes,
-        process,
-        workers: opts.workers.max(1) as u64,
-    })?;
+    store.claim_shape(&shape(opts)?)?;
     Ok(store)
+}
+
+/// The query API's settings for this run: in a cluster, its shape (so the
+/// query service routes by the same shape the dataflow shards by), which
+/// must name every process's query URL.
+fn serve_config(opts: &KafkaRunOptions, serve: &ServeConfig) -> Result<ServeConfig, AppError> {
+    let shape = shape(opts)?;
+    if shape.processes <= 1 {
+        return Ok(serve.clone());
+    }
+    if shape.query_urls.is_empty() {
+        return Err(AppError::Input(
+            "a process of a cluster that serves the query API needs the query addresses of every process (--http-hosts)".into(),
+        ));
+    }
+    Ok(ServeConfig {
+        cluster: Some(shape),
+        ..serve.clone()
+    })
 }
 
 /// `rdg run`: consumes every definition's topic until `opts.stop` is set.
@@ -208,7 +248,7 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         tracing::info!(
             "process {} of {}: connecting to its peers {} (timely reports each it still waits for)",
             c.process,
-            c.addresses.len(),
+            c.processes,
             c.addresses.join(", ")
         );
     }
@@ -226,12 +266,10 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         committers.insert(d.name.clone(), c);
     }
     let gauges = Arc::new(LiveGauges::new(opts.mode));
-    if let Some(config) = &opts.serve {
-        check_query_cluster(opts.cluster.as_ref(), opts.workers.max(1), config)?;
-    }
     let server = match &opts.serve {
         Some(config) => {
-            let server = Server::start(store.clone(), config.clone(), gauges.clone())
+            let config = serve_config(opts, config)?;
+            let server = Server::start(store.clone(), config, gauges.clone())
                 .map_err(|e| AppError::Input(format!("cannot serve the query API: {e}")))?;
             eprintln!(
                 "serving the query API and the graph explorer on http://{}",
@@ -264,34 +302,6 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
         tracing::warn!("stopping the query API: {e}");
     }
     result
-}
-
-/// The query API's view of the cluster must be this run's: the same
-/// process among as many processes, with this run's workers (owners are
-/// computed from them).
-fn check_query_cluster(
-    cluster: Option<&Cluster>,
-    workers: usize,
-    serve: &ServeConfig,
-) -> Result<(), AppError> {
-    let Some(view) = &serve.cluster else {
-        return match cluster {
-            Some(c) if c.addresses.len() > 1 => Err(AppError::Input(
-                "a process of a cluster that serves the query API needs the query addresses of every process (--http-hosts)".into(),
-            )),
-            _ => Ok(()),
-        };
-    };
-    let (processes, process) = cluster.map_or((1, 0), |c| (c.addresses.len(), c.process));
-    if view.peers.len() != processes || view.process != process || view.workers != workers {
-        return Err(AppError::Input(format!(
-            "the query API sees process {} of {} with {} workers, but the run is process {process} of {processes} with {workers}",
-            view.process,
-            view.peers.len(),
-            view.workers
-        )));
-    }
-    Ok(())
 }
 
 /// How often the demo prints its status line.

@@ -29,7 +29,7 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 
 use differential_dataflow::AsCollection;
 
-use crate::model::{Change, DeadLetter, Progress};
+use crate::model::{Change, ClusterShape, DeadLetter, Progress};
 use crate::source::{Source, SourceError};
 use crate::spec::Plan;
 use collect::ToStore;
@@ -86,15 +86,6 @@ pub type SourceFactory = Arc<
 /// Contributions rebuilt from the store, read by worker 0 at time 0.
 pub type Contributions = Box<dyn Iterator<Item = Result<Change, String>> + Send>;
 
-/// This process's place in a cluster of processes (timely's cluster mode).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cluster {
-    /// This process's index in `addresses`.
-    pub process: usize,
-    /// `host:port` of every process, in process order.
-    pub addresses: Vec<String>,
-}
-
 /// Tuning of a run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -102,7 +93,7 @@ pub struct RunConfig {
     pub workers: usize,
     /// Several processes exchanging data by key over TCP; `None`: this
     /// process alone.
-    pub cluster: Option<Cluster>,
+    pub cluster: Option<ClusterShape>,
     /// Records read from each source per time.
     pub batch: usize,
     /// How many times may be in flight before the driver waits.

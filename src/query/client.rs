@@ -1,4 +1,7 @@
-//! A small blocking client of the query service, for `rdg query --url`.
+//! A small blocking client of the query service, for `rdg query --url` and
+//! `rdg export --url` (ureq: a command makes a few calls and needs no
+//! runtime; the server's calls to its peers use the async client of
+//! `peers`).
 //!
 //! Invariant: its answers have the same shapes as `rdg query --state`
 //! (node views, complete neighbour lists without cursors, identity views),
@@ -10,7 +13,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
-use crate::store::{Direction, EdgeOrder, EdgeQuery};
+use crate::store::EdgeQuery;
 
 /// Everything but RFC 3986 unreserved characters is escaped in a segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -129,14 +132,7 @@ impl Client {
         q: &EdgeQuery,
     ) -> Result<Value, ClientError> {
         let (limit, since) = (q.limit, q.since);
-        let dir = match q.direction {
-            Direction::Out => "out",
-            Direction::In => "in",
-        };
-        let order = match q.order {
-            EdgeOrder::Id => "id",
-            EdgeOrder::Recent => "recent",
-        };
+        let (dir, order) = (q.direction.as_str(), q.order.as_str());
         let mut items: Vec<Value> = Vec::new();
         let mut cursor: Option<String> = None;
         loop {

@@ -21,31 +21,24 @@
 //! correctly on every process.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::Instant;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::client::seg;
-use super::error::ApiError;
-use super::fresh::Fresh;
+use super::fresh::{FreshSet, ProcessFresh};
 use super::graph::{GraphError, GraphReads, Hop};
-use super::params;
-use super::peers::{FreshSet, Key, MAX_PARALLEL, Peers, ProcessFresh, parallel};
-use super::server::App;
+use super::peers::{Key, PeerError, Peers};
+use super::state::App;
 use crate::model::split_ident;
 use crate::store::{
     Direction, EdgeCursor, EdgeOrder, EdgePage, EdgeQuery, EdgeView, IdentityView, ReadView,
     StoreError,
 };
-
-/// The freshness of a local read, in the form peers' answers are read in.
-pub fn local_fresh(fresh: &Fresh) -> ProcessFresh {
-    let mut h = HeaderMap::new();
-    fresh.apply(&mut h);
-    ProcessFresh::from_headers(&h)
-}
 
 /// Reads this process's store through one view; the answer with the
 /// freshness of what it read.
@@ -56,54 +49,46 @@ pub fn local<T>(
     let view = app.store.read();
     let fresh = app.fresh.of(&view)?;
     let t = f(&view)?;
-    Ok((t, local_fresh(&fresh)))
+    Ok((t, fresh.process()))
 }
 
-/// Runs `f` for each process of `procs` at once; their answers in order and
-/// the freshness of all of them. The first error wins.
-fn across<T: Send>(
-    procs: &[usize],
-    f: impl Fn(usize) -> Result<(T, ProcessFresh), GraphError> + Sync,
-) -> Result<(Vec<T>, FreshSet), GraphError> {
+/// Runs `call` for every process at once (this one included: it reads
+/// locally); their answers in process order and the freshness of all of
+/// them. The first error, in process order, wins, and names its process.
+async fn across<T, F, Fut>(peers: &Peers, call: F) -> Result<(Vec<T>, FreshSet), GraphError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<(T, ProcessFresh), GraphError>>,
+{
     let mut fresh = FreshSet::default();
-    let mut out = Vec::with_capacity(procs.len());
-    for (p, r) in procs.iter().zip(parallel(procs, MAX_PARALLEL, |p| f(*p))) {
-        let (t, pf) = r?;
-        fresh.add(*p, pf);
+    let mut out = Vec::with_capacity(peers.processes());
+    for (p, answer) in peers.fan_out(&peers.all(), call).await {
+        let (t, f) = answer?;
+        fresh.add(p, f);
         out.push(t);
     }
     Ok((out, fresh))
 }
 
-/// A JSON answer with the cluster freshness headers of `fresh`.
-pub fn json(fresh: &FreshSet, status: StatusCode, body: &impl Serialize) -> Response {
-    super::routes::json_with(status, body, |h| fresh.apply(h))
-}
-
-/// An error answer with the freshness of what was read before it.
-pub fn fail(fresh: &FreshSet, e: ApiError) -> Response {
-    let mut resp = e.into_response();
-    fresh.apply(resp.headers_mut());
-    resp
-}
-
 /// Asks `process` the same request (`uri`: path and query) and hands its
 /// answer back as it is, with its freshness.
-pub async fn relay(peers: &Peers, process: usize, uri: &str, deadline: Instant) -> Response {
-    match peers.get_async(process, uri, deadline).await {
-        Ok(a) => {
-            let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut resp = (status, a.body).into_response();
-            if let Some(ct) = a.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            let mut fresh = FreshSet::default();
-            fresh.add(process, a.fresh);
-            fresh.apply(resp.headers_mut());
-            resp
-        }
-        Err(e) => ApiError::from(e).into_response(),
-    }
+pub async fn relay(
+    peers: &Peers,
+    process: usize,
+    uri: &str,
+    deadline: Instant,
+) -> Result<Response, PeerError> {
+    let a = peers.get(process, uri, deadline).await?;
+    let mut resp = Response::new(Body::from(a.body));
+    *resp.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        a.content_type
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    FreshSet::of(process, a.fresh).apply(headers);
+    Ok(resp)
 }
 
 /// The process that holds what a request asks about, when one does.
@@ -116,13 +101,6 @@ pub fn owner(peers: &Peers, key: Key<'_>) -> Option<usize> {
 fn segs(ident: &str) -> String {
     let (t, id) = split_ident(ident);
     format!("{}/{}", seg(t), seg(id))
-}
-
-fn order_name(o: EdgeOrder) -> &'static str {
-    match o {
-        EdgeOrder::Id => "id",
-        EdgeOrder::Recent => "recent",
-    }
 }
 
 /// A list whose items are spread over every process.
@@ -181,7 +159,7 @@ pub fn merge_page(
 }
 
 /// One page of a spread list, read on every process and merged.
-pub fn spread_page(
+pub async fn spread_page(
     app: &App,
     peers: &Peers,
     what: Spread<'_>,
@@ -189,7 +167,7 @@ pub fn spread_page(
     cursor: Option<&EdgeCursor>,
     deadline: Instant,
 ) -> Result<(EdgePage, FreshSet), GraphError> {
-    let mut query = format!("order={}", order_name(q.order));
+    let mut query = format!("order={}", q.order.as_str());
     if let Some(l) = q.limit {
         query.push_str(&format!("&limit={l}"));
     }
@@ -209,7 +187,8 @@ pub fn spread_page(
         }
         Spread::Links { id } => format!("/v1/links/{}?{query}", segs(id)),
     };
-    let (pages, fresh) = across(&peers.all(), |p| {
+    let path = path.as_str();
+    let (pages, fresh) = across(peers, |p| async move {
         if p == peers.me() {
             local(app, |v| match what {
                 Spread::InEdges { edge_type, id } => v.edges_page(edge_type, id, q, cursor),
@@ -217,18 +196,19 @@ pub fn spread_page(
             })
             .map(|(page, f)| ((page.items, page.next.is_some()), f))
         } else {
-            let a = peers.get(p, &path, deadline)?;
+            let a = peers.get(p, path, deadline).await?;
             let page: PageIn = a.ok(peers)?;
             Ok(((page.items, page.next_cursor.is_some()), a.fresh))
         }
-    })?;
+    })
+    .await?;
     let more = pages.iter().any(|(_, more)| *more);
     let items = pages.into_iter().flat_map(|(items, _)| items).collect();
     Ok((merge_page(items, more, q.order, q.limit), fresh))
 }
 
 /// Every link of `id`, in neighbour order, page by page.
-pub fn all_links(
+pub async fn all_links(
     app: &App,
     peers: &Peers,
     id: &str,
@@ -242,14 +222,8 @@ pub fn all_links(
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
-        let (page, f) = spread_page(
-            app,
-            peers,
-            Spread::Links { id },
-            &q,
-            cursor.as_ref(),
-            deadline,
-        )?;
+        let what = Spread::Links { id };
+        let (page, f) = spread_page(app, peers, what, &q, cursor.as_ref(), deadline).await?;
         fresh.merge(f);
         out.extend(page.items);
         match page.next {
@@ -268,7 +242,7 @@ pub struct MembersOut {
 }
 
 /// Every stored member of `cluster`, on every process, sorted.
-pub fn members(
+pub async fn members(
     app: &App,
     peers: &Peers,
     cluster: &str,
@@ -276,15 +250,17 @@ pub fn members(
     fresh: &mut FreshSet,
 ) -> Result<Vec<String>, GraphError> {
     let path = format!("/v1/clusters/{}", segs(cluster));
-    let (lists, f) = across(&peers.all(), |p| {
+    let path = path.as_str();
+    let (lists, f) = across(peers, |p| async move {
         if p == peers.me() {
             local(app, |v| v.cluster_members(cluster))
         } else {
-            let a = peers.get(p, &path, deadline)?;
+            let a = peers.get(p, path, deadline).await?;
             let m: Option<MembersOut> = a.found(peers)?;
             Ok((m.map(|m| m.members).unwrap_or_default(), a.fresh))
         }
-    })?;
+    })
+    .await?;
     fresh.merge(f);
     let all: BTreeSet<String> = lists.into_iter().flatten().collect();
     Ok(all.into_iter().collect())
@@ -292,7 +268,7 @@ pub fn members(
 
 /// Where `id` belongs (the process holding its entry), with the members of
 /// its cluster from every process.
-pub fn identity(
+pub async fn identity(
     app: &App,
     peers: &Peers,
     id: &str,
@@ -300,45 +276,48 @@ pub fn identity(
     fresh: &mut FreshSet,
 ) -> Result<Option<IdentityView>, GraphError> {
     let path = format!("/v1/identity/{}", segs(id));
-    let (entries, f) = across(&peers.all(), |p| {
+    let path = path.as_str();
+    let (entries, f) = across(peers, |p| async move {
         if p == peers.me() {
             local(app, |v| v.identity(id))
         } else {
-            let a = peers.get(p, &path, deadline)?;
+            let a = peers.get(p, path, deadline).await?;
             Ok((a.found::<IdentityView>(peers)?, a.fresh))
         }
-    })?;
+    })
+    .await?;
     fresh.merge(f);
     let Some(mut entry) = entries.into_iter().flatten().next() else {
         return Ok(None);
     };
-    entry.members = members(app, peers, &entry.cluster, deadline, fresh)?;
+    entry.members = members(app, peers, &entry.cluster, deadline, fresh).await?;
     Ok(Some(entry))
 }
 
 /// The largest watermark of any dataflow on any process (for traversal
 /// defaults), from each process's freshness headers.
-pub fn max_watermark(
+pub async fn max_watermark(
     app: &App,
     peers: &Peers,
     deadline: Instant,
     fresh: &mut FreshSet,
 ) -> Result<Option<i64>, GraphError> {
-    let (_, f) = across(&peers.all(), |p| {
+    let (_, f) = across(peers, |p| async move {
         if p == peers.me() {
             local(app, |_| Ok(()))
         } else {
-            let a = peers.get(p, "/v1/status", deadline)?;
+            let a = peers.get(p, "/v1/status", deadline).await?;
             a.ok::<serde_json::Value>(peers)?;
             Ok(((), a.fresh))
         }
-    })?;
+    })
+    .await?;
     fresh.merge(f);
     Ok(fresh.max_watermark())
 }
 
 /// Identifiers starting with `prefix` on any process: the first `limit`.
-pub fn search(
+pub async fn search(
     app: &App,
     peers: &Peers,
     prefix: &str,
@@ -350,29 +329,76 @@ pub fn search(
         items: Vec<String>,
     }
     let path = format!("/v1/search?q={}&limit={limit}", seg(prefix));
-    let (lists, fresh) = across(&peers.all(), |p| {
+    let path = path.as_str();
+    let (lists, fresh) = across(peers, |p| async move {
         if p == peers.me() {
             local(app, |v| v.search(prefix, limit))
         } else {
-            let a = peers.get(p, &path, deadline)?;
+            let a = peers.get(p, path, deadline).await?;
             Ok((a.ok::<SearchIn>(peers)?.items, a.fresh))
         }
-    })?;
+    })
+    .await?;
     let all: BTreeSet<String> = lists.into_iter().flatten().collect();
     Ok((all.into_iter().take(limit).collect(), fresh))
 }
 
 /// [`GraphReads`] over the whole cluster: each read goes where its records
-/// live; a hop's nodes are read in parallel.
+/// live; a hop's nodes are read at once. The graph walk is synchronous
+/// (it runs on the blocking pool), so each batch of calls is driven to its
+/// end on `runtime`, the server thread's runtime.
 pub struct PeerReads<'a> {
     pub app: &'a App,
     pub peers: &'a Peers,
     pub deadline: Instant,
     pub fresh: FreshSet,
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Nodes of a hop asked for at once.
 const HOP_BATCH: usize = 64;
+
+impl<'a> PeerReads<'a> {
+    /// Reads for a graph query on the blocking pool of the current runtime
+    /// (the server thread's).
+    pub fn new(app: &'a App, peers: &'a Peers, deadline: Instant) -> PeerReads<'a> {
+        PeerReads {
+            app,
+            peers,
+            deadline,
+            fresh: FreshSet::default(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// One hop's page of `node` from `process`.
+    async fn hop_page(
+        &self,
+        hop: &Hop,
+        q: &EdgeQuery,
+        node: &str,
+        process: usize,
+    ) -> Result<(Vec<EdgeView>, ProcessFresh), GraphError> {
+        let peers = self.peers;
+        if process == peers.me() {
+            return local(self.app, |v| v.edges_page(&hop.edge_type, node, q, None))
+                .map(|(page, f)| (page.items, f));
+        }
+        let mut path = format!(
+            "/v1/edges/{}/{}?direction={}&order=recent&limit={}",
+            seg(&hop.edge_type),
+            segs(node),
+            hop.direction.as_str(),
+            hop.limit
+        );
+        if let Some(s) = hop.since {
+            path.push_str(&format!("&since={s}"));
+        }
+        let a = peers.get(process, &path, self.deadline).await?;
+        let page: PageIn = a.ok(peers)?;
+        Ok((page.items, a.fresh))
+    }
+}
 
 impl GraphReads for PeerReads<'_> {
     fn batch(&self) -> usize {
@@ -381,7 +407,8 @@ impl GraphReads for PeerReads<'_> {
 
     fn hop_pages(&mut self, hop: &Hop, nodes: &[String]) -> Result<Vec<Vec<EdgeView>>, GraphError> {
         let q = super::graph::hop_query(hop);
-        // (node index, process) reads.
+        // Each call: (node index, process); a node's out-edges live on its
+        // owner, its in-edges on every process.
         let mut reads: Vec<(usize, usize)> = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             match hop.direction {
@@ -395,31 +422,20 @@ impl GraphReads for PeerReads<'_> {
                 Direction::In => reads.extend(self.peers.all().into_iter().map(|p| (i, p))),
             }
         }
-        let (app, peers, deadline) = (self.app, self.peers, self.deadline);
-        let answers = parallel(&reads, MAX_PARALLEL, |&(i, p)| {
-            let node = &nodes[i];
-            if p == peers.me() {
-                local(app, |v| v.edges_page(&hop.edge_type, node, &q, None))
-                    .map(|(page, f)| (page.items, f))
-            } else {
-                let mut path = format!(
-                    "/v1/edges/{}/{}?direction={}&order=recent&limit={}",
-                    seg(&hop.edge_type),
-                    segs(node),
-                    params::direction_name(hop.direction),
-                    hop.limit
-                );
-                if let Some(s) = hop.since {
-                    path.push_str(&format!("&since={s}"));
-                }
-                let a = peers.get(p, &path, deadline)?;
-                let page: PageIn = a.ok(peers)?;
-                Ok((page.items, a.fresh))
-            }
-        });
+        let me = &*self;
+        let q = &q;
+        let answers = self.runtime.block_on(self.peers.fan_out_each(
+            &reads,
+            |(_, p)| p,
+            |(i, p)| async move {
+                me.hop_page(hop, q, &nodes[i], p)
+                    .await
+                    .map(|(items, f)| (i, items, f))
+            },
+        ));
         let mut pages: Vec<Vec<EdgeView>> = vec![Vec::new(); nodes.len()];
-        for (&(i, p), answer) in reads.iter().zip(answers) {
-            let (items, f) = answer?;
+        for (p, answer) in answers {
+            let (i, items, f) = answer?;
             self.fresh.add(p, f);
             pages[i].extend(items);
         }
@@ -430,11 +446,15 @@ impl GraphReads for PeerReads<'_> {
     }
 
     fn identity(&mut self, id: &str) -> Result<Option<IdentityView>, GraphError> {
-        identity(self.app, self.peers, id, self.deadline, &mut self.fresh)
+        let (app, peers, deadline) = (self.app, self.peers, self.deadline);
+        self.runtime
+            .block_on(identity(app, peers, id, deadline, &mut self.fresh))
     }
 
     fn links(&mut self, id: &str) -> Result<Vec<EdgeView>, GraphError> {
-        all_links(self.app, self.peers, id, self.deadline, &mut self.fresh)
+        let (app, peers, deadline) = (self.app, self.peers, self.deadline);
+        self.runtime
+            .block_on(all_links(app, peers, id, deadline, &mut self.fresh))
     }
 
     fn check_deadline(&self) -> Result<(), GraphError> {

@@ -3,13 +3,17 @@
 //! status with a JSON body `{"error": message, "hint": ...}`).
 //!
 //! Invariant: every 4xx says what was wrong and, where it helps, what is
-//! allowed; a 5xx never leaks more than the store's own message.
+//! allowed; a 5xx never leaks more than the store's own message. An error
+//! met after a read carries that read's freshness headers
+//! ([`ApiError::with_fresh`]), like an answer would.
 
 use std::net::SocketAddr;
 
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::fresh::Freshness;
 use crate::store::StoreError;
 
 /// Why the server could not start or stopped with an error.
@@ -30,12 +34,14 @@ pub enum QueryError {
     Panicked,
 }
 
-/// A failed request: status, message, optional hint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A failed request: status, message, optional hint, and the freshness of
+/// what was read before it failed (none: the latest headers are sent).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub hint: Option<String>,
+    pub fresh: Option<Box<Freshness>>,
 }
 
 impl ApiError {
@@ -44,7 +50,13 @@ impl ApiError {
             status,
             message: message.into(),
             hint: None,
+            fresh: None,
         }
+    }
+
+    /// A bug on this side (the server goes on).
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -57,6 +69,15 @@ impl ApiError {
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Sends the freshness of what was read before the error (unless it
+    /// already has one: the first read it met is the one it describes).
+    pub fn with_fresh(mut self, fresh: &Freshness) -> ApiError {
+        if self.fresh.is_none() {
+            self.fresh = Some(Box::new(fresh.clone()));
+        }
         self
     }
 
@@ -94,11 +115,16 @@ impl IntoResponse for ApiError {
             body.insert("hint".into(), h.into());
         }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = (self.status, bytes).into_response();
-        resp.headers_mut().insert(
+        let mut resp = Response::new(Body::from(bytes));
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(f) = self.fresh {
+            f.apply(headers);
+        }
         resp
     }
 }

@@ -12,9 +12,10 @@
 //!
 //! Invariants: the answer's headers are sent only once every process has
 //! answered (an unreachable peer is a 502/504 naming it, not a short
-//! export); an error later (a peer dying mid-stream, a disk error) aborts
-//! the HTTP stream, so a client sees a broken transfer, never a silently
-//! truncated graph; at most `max_exports` exports run at once.
+//! export); an error later (a peer dying mid-stream, a disk error, a bug
+//! that panics the export thread) aborts the HTTP stream, so a client sees
+//! a broken transfer, never a silently truncated graph; at most
+//! `max_exports` exports run at once.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,15 +25,15 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::cluster::local_fresh;
 use super::error::ApiError;
-use super::params::Params;
-use super::peers::{FreshSet, Peers};
-use super::server::App;
+use super::fresh::FreshSet;
+use super::params::{self, Params};
+use super::peers::Peers;
+use super::state::{App, Caller};
 
 /// Bytes per chunk sent to the client.
 const CHUNK: usize = 64 << 10;
@@ -41,33 +42,54 @@ const CHANNEL: usize = 8;
 
 type Chunk = Result<Bytes, std::io::Error>;
 
+/// A sorted line stream to merge, named for error messages.
+type Source = (String, Box<dyn BufRead + Send>);
+
+/// The export as it streams: JSON Lines with the freshness of every process
+/// it is read from (sent before the first byte).
+pub struct Streamed {
+    fresh: FreshSet,
+    chunks: mpsc::Receiver<Chunk>,
+}
+
+impl IntoResponse for Streamed {
+    fn into_response(self) -> Response {
+        let stream = futures_util::stream::unfold(self.chunks, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let mut resp = Response::new(Body::from_stream(stream));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        self.fresh.apply(resp.headers_mut());
+        resp
+    }
+}
+
 pub async fn export(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    caller: Caller,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let q = match Params::parse(raw.as_deref(), &["scope"]) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Streamed, ApiError> {
+    let q = Params::parse(raw.as_deref(), &["scope"])?;
     let local_only = match q.get("scope") {
         None | Some("cluster") => false,
         Some("local") => true,
         Some(other) => {
-            return ApiError::bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "`scope` must be `cluster` or `local`, got `{}`",
-                super::params::shorten(other)
-            ))
-            .into_response();
+                params::shorten(other)
+            )));
         }
     };
     let peers = if local_only {
         None
     } else {
-        app.coordinator(&headers)
+        app.coordinator(caller)
     };
-    let Ok(permit) = app.exports.clone().try_acquire_owned() else {
-        return ApiError::new(
+    let permit = app.exports.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "{} exports are already running on this process",
@@ -75,43 +97,45 @@ pub async fn export(
             ),
         )
         .with_hint("try again when one has finished")
-        .into_response();
-    };
+    })?;
     let deadline = Instant::now() + app.config.request_timeout.mul_f64(0.8);
+    let mut fresh = FreshSet::default();
+    let mut sources: Vec<Source> = Vec::new();
+    if let Some(peers) = &peers {
+        let opened = peers
+            .fan_out(&peers.others(), |p| {
+                peers.stream(p, "/v1/export?scope=local", deadline)
+            })
+            .await;
+        for (p, stream) in opened {
+            let (f, reader) = stream?;
+            fresh.add(p, f);
+            let name = format!("process {p} ({})", peers.url(p));
+            sources.push((name, Box::new(BufReader::with_capacity(CHUNK, reader))));
+        }
+    }
+    let me = peers.as_deref().map_or(0, Peers::me);
     let (head_tx, head_rx) = oneshot::channel::<Result<FreshSet, ApiError>>();
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL);
     let worker = app.clone();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("rdg-export".into())
-        .spawn(move || produce(&worker, peers.as_deref(), deadline, head_tx, tx, permit));
-    if let Err(e) = spawned {
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot start the export: {e}"),
-        )
-        .into_response();
-    }
-    let fresh = match head_rx.await {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return e.into_response(),
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the export stopped before it began (a bug; the server goes on)",
-            )
-            .into_response();
-        }
-    };
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    let mut resp = Body::from_stream(stream).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    fresh.apply(resp.headers_mut());
-    resp
+        .spawn(move || {
+            // A panic must break the transfer, not end it as if complete.
+            let broken = tx.clone();
+            let run = || produce(&worker, me, fresh, sources, head_tx, tx, permit);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                let e = "the export stopped: an internal error (a bug; the server goes on)";
+                let _ = broken.blocking_send(Err(std::io::Error::other(e)));
+            }
+        })
+        .map_err(|e| ApiError::internal(format!("cannot start the export: {e}")))?;
+    let fresh = head_rx.await.unwrap_or_else(|_| {
+        Err(ApiError::internal(
+            "the export stopped before it began (a bug; the server goes on)",
+        ))
+    })?;
+    Ok(Streamed { fresh, chunks: rx })
 }
 
 /// Writes chunks to the connection; false once the client is gone.
@@ -150,44 +174,19 @@ impl Write for ChunkWriter {
     }
 }
 
-/// The export thread: opens every peer's stream, exports this process's
-/// store to a temporary file, then merges everything into `tx`.
+/// The export thread: exports this process's store (process `me`) to a
+/// temporary file under one view, sends the answer's freshness (`fresh`:
+/// the peers' streams already opened, then this process's), then merges
+/// every source into `tx`.
 fn produce(
     app: &App,
-    peers: Option<&Peers>,
-    deadline: Instant,
+    me: usize,
+    mut fresh: FreshSet,
+    mut sources: Vec<Source>,
     head: oneshot::Sender<Result<FreshSet, ApiError>>,
     tx: mpsc::Sender<Chunk>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let mut fresh = FreshSet::default();
-    let mut sources: Vec<(String, Box<dyn BufRead + Send>)> = Vec::new();
-    if let Some(peers) = peers {
-        let remotes: Vec<usize> = peers
-            .all()
-            .into_iter()
-            .filter(|p| *p != peers.me())
-            .collect();
-        let opened = super::peers::parallel(&remotes, remotes.len(), |p| {
-            peers.stream(*p, "/v1/export?scope=local", deadline)
-        });
-        for (p, r) in remotes.iter().zip(opened) {
-            match r {
-                Ok((f, reader)) => {
-                    fresh.add(*p, f);
-                    sources.push((
-                        format!("process {p} ({})", peers.url(*p)),
-                        Box::new(BufReader::with_capacity(CHUNK, reader)),
-                    ));
-                }
-                Err(e) => {
-                    let _ = head.send(Err(e.into()));
-                    return;
-                }
-            }
-        }
-    }
-    let me = peers.map_or(0, Peers::me);
     let file = {
         let view = app.store.read();
         let local = match app.fresh.of(&view) {
@@ -197,7 +196,7 @@ fn produce(
                 return;
             }
         };
-        fresh.add(me, local_fresh(&local));
+        fresh.add(me, local.process());
         if head.send(Ok(fresh)).is_err() {
             return;
         }
@@ -238,10 +237,7 @@ fn produce(
 
 /// Merges sorted line streams into `out`, bytewise. A source whose lines
 /// are out of order, or that ends without a newline, is an error naming it.
-pub fn merge(
-    sources: &mut [(String, Box<dyn BufRead + Send>)],
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
+pub fn merge(sources: &mut [Source], out: &mut dyn Write) -> std::io::Result<()> {
     let read = |name: &str, r: &mut dyn BufRead, line: &mut Vec<u8>| -> std::io::Result<bool> {
         line.clear();
         let n = r
@@ -283,7 +279,7 @@ pub fn merge(
 mod tests {
     use super::*;
 
-    fn src(name: &str, text: &'static str) -> (String, Box<dyn BufRead + Send>) {
+    fn src(name: &str, text: &'static str) -> Source {
         (name.to_string(), Box::new(text.as_bytes()))
     }
 

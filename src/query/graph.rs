@@ -104,15 +104,10 @@ pub enum GraphError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Hop {
     pub edge_type: String,
-    #[serde(serialize_with = "ser_direction")]
     pub direction: Direction,
     pub since: Option<i64>,
     /// Edges followed from each node of the hop, most recent first.
     pub limit: usize,
-}
-
-fn ser_direction<S: serde::Serializer>(d: &Direction, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(super::params::direction_name(*d))
 }
 
 /// An edge record as stored: `from -[edge_type]-> to`.

@@ -1,5 +1,8 @@
-//! [`LiveGauges`]: a ready-made [`LiveStatus`] that an ingest loop updates
-//! (readiness, per-dataflow committed events and lag) and the server reads.
+//! What only a running pipeline knows, as the server sees it: the
+//! [`LiveStatus`] trait, [`StaticStatus`] for a state nothing ingests into
+//! (`rdg serve`), and [`LiveGauges`], a ready-made [`LiveStatus`] that an
+//! ingest loop (`rdg run`, `rdg demo`) updates (readiness, per-dataflow
+//! committed events and lag) and the server reads.
 //!
 //! Invariant: rates are derived only from what the owner reported, over
 //! windows of at least [`RATE_WINDOW`], so a burst of reports in one
@@ -9,7 +12,40 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::LiveStatus;
+/// What only a running pipeline knows. `rdg serve` uses [`StaticStatus`];
+/// `rdg run` and `rdg demo` pass a [`LiveGauges`] they update as they commit.
+/// Everything else (stored offsets, watermarks, counters, dead letters,
+/// sizes) comes from the store.
+pub trait LiveStatus: Send + Sync {
+    /// Ready to answer: the state is loaded and the sources are assigned.
+    fn ready(&self) -> bool;
+    /// Per dataflow: messages behind the end of its input (`None`: unknown).
+    fn lag(&self) -> BTreeMap<String, Option<i64>>;
+    /// Per dataflow: events committed per second, recently.
+    fn ingest_rates(&self) -> BTreeMap<String, f64>;
+    /// What is serving, for `/v1/status`: `serve`, `run`, `demo`.
+    fn mode(&self) -> &str;
+}
+
+/// The status of a state that nothing ingests into (`rdg serve`): always
+/// ready, no lag, no ingest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StaticStatus;
+
+impl LiveStatus for StaticStatus {
+    fn ready(&self) -> bool {
+        true
+    }
+    fn lag(&self) -> BTreeMap<String, Option<i64>> {
+        BTreeMap::new()
+    }
+    fn ingest_rates(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+    fn mode(&self) -> &str {
+        "serve"
+    }
+}
 
 /// The shortest time between two rate samples.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);

@@ -13,7 +13,7 @@
 //! send.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::LiveStatus;
+use super::live::LiveStatus;
 use crate::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,10 +106,27 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<EndpointLabels, Histogram>,
+    /// Per route (by its index in the route table): its 200 counter and its
+    /// latency histogram, handles into the families above, made on first use
+    /// (so a series appears only once it has a value), so that the common
+    /// answer costs no family lookup.
+    by_route: Vec<RouteMetrics>,
+}
+
+#[derive(Default)]
+struct RouteMetrics {
+    ok: OnceLock<Counter>,
+    latency: OnceLock<Histogram>,
 }
 
 impl Metrics {
-    pub fn new(store: Store, live: Arc<dyn LiveStatus>, counts: Arc<CountsCache>) -> Metrics {
+    /// `routes`: how many routes [`Metrics::observe`] may name by index.
+    pub fn new(
+        store: Store,
+        live: Arc<dyn LiveStatus>,
+        counts: Arc<CountsCache>,
+        routes: usize,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -134,17 +151,39 @@ impl Metrics {
             registry,
             requests,
             latency: latency_family,
+            by_route: (0..routes).map(|_| RouteMetrics::default()).collect(),
         }
     }
 
-    /// Records one answered request.
-    pub fn observe(&self, endpoint: &'static str, code: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { endpoint, code })
-            .inc();
-        self.latency
-            .get_or_create(&EndpointLabels { endpoint })
-            .observe(elapsed.as_secs_f64());
+    /// Records one answered request: `route` is the index of the route
+    /// `endpoint` (its template) names, if any.
+    pub fn observe(
+        &self,
+        route: Option<usize>,
+        endpoint: &'static str,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        let cached = route.and_then(|i| self.by_route.get(i));
+        let requests = |code| {
+            self.requests
+                .get_or_create(&RequestLabels { endpoint, code })
+                .clone()
+        };
+        match cached {
+            Some(m) if code == 200 => m.ok.get_or_init(|| requests(200)).inc(),
+            _ => requests(code).inc(),
+        };
+        let latency = || {
+            self.latency
+                .get_or_create(&EndpointLabels { endpoint })
+                .clone()
+        };
+        let secs = elapsed.as_secs_f64();
+        match cached {
+            Some(m) => m.latency.get_or_init(latency).observe(secs),
+            None => latency().observe(secs),
+        }
     }
 
     /// The text exposition.
@@ -202,6 +241,80 @@ fn labelled<N, M: EncodeMetric>(
     Ok(())
 }
 
+/// The per-dataflow families: stored counters and watermarks, and what the
+/// running pipeline reports (lag, ingest rates).
+fn per_dataflow(
+    e: &mut DescriptorEncoder,
+    meta: &crate::store::Meta,
+    live: &dyn LiveStatus,
+) -> Result<(), std::fmt::Error> {
+    let df = |f: fn(&crate::store::DataflowMeta) -> u64| {
+        meta.dataflows
+            .iter()
+            .map(move |(d, m)| (d.clone(), f(m)))
+            .collect::<Vec<_>>()
+    };
+    labelled(
+        e,
+        "rdg_events",
+        "Events applied, per dataflow (stored counter)",
+        MetricType::Counter,
+        "dataflow",
+        df(|m| m.events),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
+        "rdg_late_events",
+        "Late events ignored by a rule, per dataflow (stored counter)",
+        MetricType::Counter,
+        "dataflow",
+        df(|m| m.late),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
+        "rdg_dead_letters",
+        "Dead letters stored, per dataflow",
+        MetricType::Counter,
+        "dataflow",
+        df(|m| m.dead_letters),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
+        "rdg_watermark_milliseconds",
+        "Largest committed watermark (event time, epoch ms), per dataflow",
+        MetricType::Gauge,
+        "dataflow",
+        meta.dataflows
+            .iter()
+            .filter_map(|(d, m)| m.watermark.map(|w| (d.clone(), w))),
+        ConstGauge::new,
+    )?;
+    labelled(
+        e,
+        "rdg_lag_messages",
+        "Messages behind the end of the input, per dataflow (when known)",
+        MetricType::Gauge,
+        "dataflow",
+        live.lag()
+            .into_iter()
+            .filter_map(|(d, l)| l.map(|l| (d, l))),
+        ConstGauge::new,
+    )?;
+    labelled(
+        e,
+        "rdg_ingest_events_per_second",
+        "Events committed per second recently, per dataflow",
+        MetricType::Gauge,
+        "dataflow",
+        live.ingest_rates(),
+        ConstGauge::new,
+    )?;
+    Ok(())
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (commits, meta) = {
@@ -229,71 +342,7 @@ impl Collector for StateCollector {
             commits_metric.metric_type(),
         )?;
         commits_metric.encode(m)?;
-        let df = |f: fn(&crate::store::DataflowMeta) -> u64| {
-            meta.dataflows
-                .iter()
-                .map(move |(d, m)| (d.clone(), f(m)))
-                .collect::<Vec<_>>()
-        };
-        labelled(
-            &mut e,
-            "rdg_events",
-            "Events applied, per dataflow (stored counter)",
-            MetricType::Counter,
-            "dataflow",
-            df(|m| m.events),
-            ConstCounter::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_late_events",
-            "Late events ignored by a rule, per dataflow (stored counter)",
-            MetricType::Counter,
-            "dataflow",
-            df(|m| m.late),
-            ConstCounter::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_dead_letters",
-            "Dead letters stored, per dataflow",
-            MetricType::Counter,
-            "dataflow",
-            df(|m| m.dead_letters),
-            ConstCounter::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_watermark_milliseconds",
-            "Largest committed watermark (event time, epoch ms), per dataflow",
-            MetricType::Gauge,
-            "dataflow",
-            meta.dataflows
-                .iter()
-                .filter_map(|(d, m)| m.watermark.map(|w| (d.clone(), w))),
-            ConstGauge::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_lag_messages",
-            "Messages behind the end of the input, per dataflow (when known)",
-            MetricType::Gauge,
-            "dataflow",
-            self.live
-                .lag()
-                .into_iter()
-                .filter_map(|(d, l)| l.map(|l| (d, l))),
-            ConstGauge::new,
-        )?;
-        labelled(
-            &mut e,
-            "rdg_ingest_events_per_second",
-            "Events committed per second recently, per dataflow",
-            MetricType::Gauge,
-            "dataflow",
-            self.live.ingest_rates(),
-            ConstGauge::new,
-        )?;
+        per_dataflow(&mut e, &meta, self.live.as_ref())?;
         self.counts.want();
         if let Some(c) = self.counts.get() {
             labelled(

@@ -26,290 +26,133 @@
 //!   process's store alone; that is how processes ask each other, so a
 //!   request is forwarded at most once.
 //!
-//! Run it with [`Server::start`] (its own thread and tokio runtime, so it
+//! Run it with [`Server::start`] (its own threads and tokio runtimes, so it
 //! serves while the caller blocks in an ingest loop) and end it with
 //! [`Server::stop`].
+//!
+//! Modules, each using only those below it (a test checks the `use` lines):
+//! - `server`: the route table, the guard around every request, the accept
+//!   loop;
+//! - `routes` (one handler per route), `export` (the streamed export),
+//!   `neighbourhood` (the explorer's view of a node);
+//! - `cluster`: reads sent to the processes that hold them, and merged;
+//! - `state`: [`App`](state::App), what every request may use, and the
+//!   reads every handler makes through it;
+//! - `graph` (traversals and identity paths over any reads), `metrics`;
+//! - `peers`: the client that calls the other processes, and fan-outs;
+//! - `respond` (answers with freshness), `params` (input checks), `config`,
+//!   `error`, `fresh` (freshness headers), `live`, `client` (the CLI's
+//!   client).
 
 pub mod client;
 mod cluster;
+mod config;
 mod error;
 mod export;
 mod fresh;
 mod graph;
 mod live;
 mod metrics;
+mod neighbourhood;
 mod params;
 mod peers;
+mod respond;
 mod routes;
 mod server;
+mod state;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::time::Duration;
-
+pub use config::ServeConfig;
 pub use error::QueryError;
-pub use live::LiveGauges;
+pub use live::{LiveGauges, LiveStatus, StaticStatus};
 pub use peers::PeerError;
 pub use server::{ROUTES, Route, Server};
 
-/// How the server listens and what it allows. Every default is documented on
-/// its field and set in the one `impl Default`; [`ServeConfig::validate`]
-/// checks the combination at [`Server::start`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServeConfig {
-    /// Where to listen. Default `127.0.0.1:7878` (loopback only).
-    pub listen: SocketAddr,
-    /// When set, every route but `/healthz`, `/readyz` and the explorer's
-    /// static files needs `Authorization: Bearer <token>`. Default none.
-    pub auth_token: Option<String>,
-    /// Most hops in one traversal. Default 4.
-    pub max_hops: usize,
-    /// Largest per-hop `limit` a traversal may ask for (edges followed from
-    /// each node of a hop). Default 1000.
-    pub max_edges_per_hop: usize,
-    /// A hop's `limit` when the request gives none. Default 300.
-    pub default_edges_per_hop: usize,
-    /// A hop's `since` when the request gives none: this long before the
-    /// largest committed watermark. Default 100 days; `None`: no default.
-    pub default_lookback: Option<Duration>,
-    /// Largest `limit` of a traversal (edge records returned in all).
-    /// Default 10 000.
-    pub max_traverse_limit: usize,
-    /// A traversal's `limit` when the request gives none. Default 1000.
-    pub default_traverse_limit: usize,
-    /// Largest page (`limit`) of a neighbour list or a search. Default 1000.
-    pub max_limit: usize,
-    /// A page's `limit` when the request gives none. Default 100.
-    pub default_limit: usize,
-    /// Most identifiers an identity path search visits. Default 20 000.
-    pub max_path_visits: usize,
-    /// Longest identifier (type and id together) or edge type, in bytes.
-    /// Default 512.
-    pub max_id_bytes: usize,
-    /// Longest request target (path and query), in bytes. Default 4096.
-    pub max_uri_bytes: usize,
-    /// Largest request body, in bytes. Default 64 KiB.
-    pub max_body_bytes: usize,
-    /// Longest time a request may take (body included). Default 5 s.
-    pub request_timeout: Duration,
-    /// Most open connections; more are closed at once. Default 1024.
-    pub max_connections: usize,
-    /// Tokio worker threads. Default 2.
-    pub worker_threads: usize,
-    /// Least time between two recounts of the per-namespace sizes of
-    /// `/v1/status` and `/metrics` (a full scan, in the background, only when
-    /// one of those was asked for and something was committed since).
-    /// Default 30 s.
-    pub counts_interval: Duration,
-    /// Most exports streamed at once (`GET /v1/export`; each first writes
-    /// this process's share to a temporary file). Default 4.
-    pub max_exports: usize,
-    /// This process's place in a cluster of processes, and where the others
-    /// serve; `None` (the default): this process holds the whole graph.
-    pub cluster: Option<ClusterView>,
-}
-
-/// Where the query APIs of a cluster's processes are, for forwarding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterView {
-    /// This process's index.
-    pub process: usize,
-    /// Workers per process (worker index = process × workers + i), so that
-    /// `model::shard` tells which process owns a key.
-    pub workers: usize,
-    /// The base URL of each process's query API, in process order
-    /// (`http://127.0.0.1:7801`); this process's own included.
-    pub peers: Vec<String>,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
-            auth_token: None,
-            max_hops: 4,
-            max_edges_per_hop: 1000,
-            default_edges_per_hop: 300,
-            default_lookback: Some(Duration::from_secs(100 * 24 * 3600)),
-            max_traverse_limit: 10_000,
-            default_traverse_limit: 1000,
-            max_limit: 1000,
-            default_limit: 100,
-            max_path_visits: 20_000,
-            max_id_bytes: 512,
-            max_uri_bytes: 4096,
-            max_body_bytes: 64 << 10,
-            request_timeout: Duration::from_secs(5),
-            max_connections: 1024,
-            worker_threads: 2,
-            counts_interval: Duration::from_secs(30),
-            max_exports: 4,
-            cluster: None,
-        }
-    }
-}
-
-impl ServeConfig {
-    /// Every inconsistency at once, one per line.
-    pub fn validate(&self) -> Result<(), QueryError> {
-        let mut problems = Vec::new();
-        let mut positive = |name: &str, v: usize| {
-            if v == 0 {
-                problems.push(format!("{name} must be at least 1"));
-            }
-        };
-        positive("max_hops", self.max_hops);
-        positive("max_edges_per_hop", self.max_edges_per_hop);
-        positive("default_edges_per_hop", self.default_edges_per_hop);
-        positive("max_traverse_limit", self.max_traverse_limit);
-        positive("default_traverse_limit", self.default_traverse_limit);
-        positive("max_limit", self.max_limit);
-        positive("default_limit", self.default_limit);
-        positive("max_path_visits", self.max_path_visits);
-        positive("max_id_bytes", self.max_id_bytes);
-        positive("max_uri_bytes", self.max_uri_bytes);
-        positive("max_body_bytes", self.max_body_bytes);
-        positive("max_connections", self.max_connections);
-        positive("worker_threads", self.worker_threads);
-        positive("max_exports", self.max_exports);
-        if let Some(c) = &self.cluster {
-            if c.peers.is_empty() {
-                problems.push("cluster.peers must list every process's URL".to_string());
-            } else if c.process >= c.peers.len() {
-                problems.push(format!(
-                    "cluster.process ({}) is out of range for {} processes",
-                    c.process,
-                    c.peers.len()
-                ));
-            }
-            if c.workers == 0 {
-                problems.push("cluster.workers must be at least 1".to_string());
-            }
-            for p in &c.peers {
-                let rest = p.strip_prefix("http://").unwrap_or("");
-                if rest.is_empty()
-                    || rest.contains('/')
-                    || rest.bytes().any(|b| !b.is_ascii_graphic())
-                {
-                    problems.push(format!(
-                        "cluster peer `{p}` is not a base URL like http://127.0.0.1:7801"
-                    ));
-                }
-            }
-        }
-        if self.default_edges_per_hop > self.max_edges_per_hop {
-            problems.push(format!(
-                "default_edges_per_hop ({}) is above max_edges_per_hop ({})",
-                self.default_edges_per_hop, self.max_edges_per_hop
-            ));
-        }
-        if self.default_traverse_limit > self.max_traverse_limit {
-            problems.push(format!(
-                "default_traverse_limit ({}) is above max_traverse_limit ({})",
-                self.default_traverse_limit, self.max_traverse_limit
-            ));
-        }
-        if self.default_limit > self.max_limit {
-            problems.push(format!(
-                "default_limit ({}) is above max_limit ({})",
-                self.default_limit, self.max_limit
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            problems.push("request_timeout must be above zero".to_string());
-        }
-        if self.counts_interval.is_zero() {
-            problems.push("counts_interval must be above zero".to_string());
-        }
-        if let Some(t) = &self.auth_token
-            && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            problems.push(
-                "the auth token must be non-empty visible ASCII (no spaces or control characters)"
-                    .to_string(),
-            );
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(QueryError::Config(problems.join("\n")))
-        }
-    }
-}
-
-/// What only a running pipeline knows. `rdg serve` uses [`StaticStatus`];
-/// `rdg run` and `rdg demo` pass a [`LiveGauges`] they update as they commit.
-/// Everything else (stored offsets, watermarks, counters, dead letters,
-/// sizes) comes from the store.
-pub trait LiveStatus: Send + Sync {
-    /// Ready to answer: the state is loaded and the sources are assigned.
-    fn ready(&self) -> bool;
-    /// Per dataflow: messages behind the end of its input (`None`: unknown).
-    fn lag(&self) -> BTreeMap<String, Option<i64>>;
-    /// Per dataflow: events committed per second, recently.
-    fn ingest_rates(&self) -> BTreeMap<String, f64>;
-    /// What is serving, for `/v1/status`: `serve`, `run`, `demo`.
-    fn mode(&self) -> &str;
-}
-
-/// The status of a state that nothing ingests into (`rdg serve`): always
-/// ready, no lag, no ingest.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StaticStatus;
-
-impl LiveStatus for StaticStatus {
-    fn ready(&self) -> bool {
-        true
-    }
-    fn lag(&self) -> BTreeMap<String, Option<i64>> {
-        BTreeMap::new()
-    }
-    fn ingest_rates(&self) -> BTreeMap<String, f64> {
-        BTreeMap::new()
-    }
-    fn mode(&self) -> &str {
-        "serve"
-    }
-}
+/// The layers of `query`, top first: a module may use only modules below
+/// it (the facade `mod.rs` aside, which only declares and re-exports).
+#[cfg(test)]
+const LAYERS: &[(&str, &str)] = &[
+    ("server", include_str!("server.rs")),
+    ("routes", include_str!("routes.rs")),
+    ("export", include_str!("export.rs")),
+    ("neighbourhood", include_str!("neighbourhood.rs")),
+    ("cluster", include_str!("cluster.rs")),
+    ("state", include_str!("state.rs")),
+    ("graph", include_str!("graph.rs")),
+    ("metrics", include_str!("metrics.rs")),
+    ("peers", include_str!("peers.rs")),
+    ("respond", include_str!("respond.rs")),
+    ("params", include_str!("params.rs")),
+    ("config", include_str!("config.rs")),
+    ("error", include_str!("error.rs")),
+    ("fresh", include_str!("fresh.rs")),
+    ("live", include_str!("live.rs")),
+    ("client", include_str!("client.rs")),
+];
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::LAYERS;
 
-    #[test]
-    fn default_config_is_valid_and_loopback() {
-        let c = ServeConfig::default();
-        c.validate().expect("valid");
-        assert!(c.listen.ip().is_loopback());
+    /// The modules `source` names: `super::NAME` paths (in `use` lines or
+    /// inline, comments aside) and the names in `use super::{...}` groups;
+    /// re-exports of the facade by the module that defines them.
+    fn uses(source: &str) -> Vec<String> {
+        let code: String = source
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut names = Vec::new();
+        for (i, _) in code.match_indices("super::") {
+            let source = code.as_str();
+            let rest = &source[i + "super::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                names.extend(
+                    group
+                        .split(',')
+                        .map(|n| n.trim().split("::").next().unwrap_or_default().to_string()),
+                );
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                names.push(rest[..end].to_string());
+            }
+        }
+        let facade = |n: String| match n.as_str() {
+            "ServeConfig" => "config".to_string(),
+            "LiveStatus" | "LiveGauges" | "StaticStatus" => "live".to_string(),
+            "QueryError" => "error".to_string(),
+            "PeerError" => "peers".to_string(),
+            "ROUTES" | "Route" | "Server" => "server".to_string(),
+            _ => n,
+        };
+        names.into_iter().map(facade).collect()
     }
 
+    /// Every module uses only modules below it, so `src/query` has no
+    /// import circle: server → routes/export → cluster → state → peers →
+    /// response and freshness helpers → error.
     #[test]
-    fn cluster_views_are_checked() {
-        let c = ServeConfig {
-            cluster: Some(ClusterView {
-                process: 2,
-                workers: 0,
-                peers: vec!["http://a:1".into(), "b:2".into()],
-            }),
-            ..ServeConfig::default()
-        };
-        let QueryError::Config(text) = c.validate().expect_err("invalid") else {
-            panic!("a config error");
-        };
-        assert_eq!(text.lines().count(), 3, "{text}");
-    }
-
-    #[test]
-    fn validate_reports_every_problem() {
-        let c = ServeConfig {
-            max_hops: 0,
-            default_limit: 5000,
-            auth_token: Some("a b".into()),
-            ..ServeConfig::default()
-        };
-        let QueryError::Config(text) = c.validate().expect_err("invalid") else {
-            panic!("a config error");
-        };
-        assert_eq!(text.lines().count(), 3, "{text}");
+    fn modules_use_only_the_layers_below() {
+        let position = |name: &str| LAYERS.iter().position(|(n, _)| *n == name);
+        for (i, (module, source)) in LAYERS.iter().enumerate() {
+            // A module's own tests (`use super::*`) are not a layer's use.
+            let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+            for used in uses(code) {
+                let Some(j) = position(&used) else {
+                    panic!("{module} uses `super::{used}`, which is not a module of the layers");
+                };
+                assert!(j > i, "{module} uses {used}, which is not below it");
+            }
+        }
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/query"))
+            .expect("src/query")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|f| f.strip_suffix(".rs").map(str::to_string))
+            .filter(|f| f != "mod")
+            .count();
+        assert_eq!(files, LAYERS.len(), "every module of src/query has a layer");
     }
 }

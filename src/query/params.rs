@@ -8,39 +8,42 @@
 
 use std::borrow::Cow;
 
+use clap::ValueEnum;
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
-use crate::store::{Direction, EdgeOrder};
 
-/// A parsed query string: each allowed key at most once.
+/// A parsed query string: each allowed key at most once. Keys and values
+/// borrow from the query string unless they had to be decoded.
 #[derive(Debug, Default)]
-pub struct Params {
-    pairs: Vec<(String, String)>,
+pub struct Params<'q> {
+    pairs: Vec<(Cow<'q, str>, Cow<'q, str>)>,
 }
 
-fn decode(part: &str, what: &str) -> Result<String, ApiError> {
-    let spaced: Cow<str> = if part.contains('+') {
-        Cow::Owned(part.replace('+', " "))
-    } else {
-        Cow::Borrowed(part)
-    };
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ApiError::bad_request(format!("{what} is not UTF-8 once percent-decoded")))
+/// `part` with `+` as space and percent-escapes decoded; `what` names it in
+/// the error.
+fn decode<'q>(part: &'q str, what: impl FnOnce() -> String) -> Result<Cow<'q, str>, ApiError> {
+    let bad = || ApiError::bad_request(format!("{} is not UTF-8 once percent-decoded", what()));
+    if part.contains('+') {
+        let spaced = part.replace('+', " ");
+        let decoded = percent_decode_str(&spaced)
+            .decode_utf8()
+            .map_err(|_| bad())?;
+        return Ok(Cow::Owned(decoded.into_owned()));
+    }
+    percent_decode_str(part).decode_utf8().map_err(|_| bad())
 }
 
-impl Params {
+impl<'q> Params<'q> {
     /// Parses `raw` (the part after `?`), refusing keys not in `allowed`
     /// and keys given twice.
-    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
-        let mut pairs: Vec<(String, String)> = Vec::new();
+    pub fn parse(raw: Option<&'q str>, allowed: &[&str]) -> Result<Params<'q>, ApiError> {
+        let mut pairs: Vec<(Cow<'q, str>, Cow<'q, str>)> = Vec::new();
         for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            let k = decode(k, "a parameter name")?;
-            let v = decode(v, &format!("parameter `{k}`"))?;
-            if !allowed.contains(&k.as_str()) {
+            let k = decode(k, || "a parameter name".to_string())?;
+            let v = decode(v, || format!("parameter `{k}`"))?;
+            if !allowed.contains(&k.as_ref()) {
                 let shown: String = k.chars().take(64).collect();
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{shown}`; allowed: {}",
@@ -65,7 +68,7 @@ impl Params {
         self.pairs
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// An integer in `min..=max`, or `default` when absent.
@@ -117,33 +120,25 @@ pub fn int_in(key: &str, v: &str, min: usize, max: usize) -> Result<usize, ApiEr
     }
 }
 
-pub fn direction(v: Option<&str>) -> Result<Direction, ApiError> {
-    match v {
-        None | Some("out") => Ok(Direction::Out),
-        Some("in") => Ok(Direction::In),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "`direction` must be `out` or `in`, got `{}`",
-            shorten(other)
-        ))),
-    }
-}
-
-pub fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Out => "out",
-        Direction::In => "in",
-    }
-}
-
-pub fn order(v: Option<&str>) -> Result<EdgeOrder, ApiError> {
-    match v {
-        None | Some("id") => Ok(EdgeOrder::Id),
-        Some("recent") => Ok(EdgeOrder::Recent),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "`order` must be `id` or `recent`, got `{}`",
-            shorten(other)
-        ))),
-    }
+/// One of an enum's names, the same words as its JSON and its command-line
+/// values (`direction`: `out`/`in`, `order`: `id`/`recent`); its default
+/// when absent.
+pub fn choice<E: ValueEnum + Default>(key: &str, v: Option<&str>) -> Result<E, ApiError> {
+    let Some(v) = v else {
+        return Ok(E::default());
+    };
+    E::from_str(v, false).map_err(|_| {
+        let names: Vec<String> = E::value_variants()
+            .iter()
+            .filter_map(ValueEnum::to_possible_value)
+            .map(|p| format!("`{}`", p.get_name()))
+            .collect();
+        ApiError::bad_request(format!(
+            "`{key}` must be {}, got `{}`",
+            names.join(" or "),
+            shorten(v)
+        ))
+    })
 }
 
 /// A name (edge type) of 1 to `max` bytes.
@@ -212,6 +207,26 @@ mod tests {
         assert_eq!(
             p.int_in("limit", 1, 10, 2).expect_err("range").message,
             "`limit` must be an integer from 1 to 10, got `0`"
+        );
+    }
+
+    #[test]
+    fn choices() {
+        use crate::model::{Direction, EdgeOrder};
+        assert_eq!(choice("direction", None), Ok(Direction::Out));
+        assert_eq!(choice("direction", Some("in")), Ok(Direction::In));
+        assert_eq!(choice("order", Some("recent")), Ok(EdgeOrder::Recent));
+        assert_eq!(
+            choice::<Direction>("direction", Some("up"))
+                .expect_err("bad")
+                .message,
+            "`direction` must be `out` or `in`, got `up`"
+        );
+        assert_eq!(
+            choice::<EdgeOrder>("order", Some("ID"))
+                .expect_err("bad")
+                .message,
+            "`order` must be `id` or `recent`, got `ID`"
         );
     }
 

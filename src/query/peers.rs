@@ -1,9 +1,12 @@
 //! The other processes of a cluster, as seen by one process's query
 //! server: who owns a key ([`Peers::owner_of`]), HTTP calls to a peer with a
-//! deadline (blocking, [`Peers::get`], for reads made from the blocking
-//! pool; async, [`Peers::get_async`], for a single forwarded lookup on the
-//! event loop), calls to several peers at once ([`parallel`]), and the
-//! freshness of answers read on several processes ([`FreshSet`]).
+//! deadline ([`Peers::get`], [`Peers::stream`]), and calls to several
+//! peers at once ([`Peers::fan_out`]).
+//!
+//! Every call goes through one pooled async client (hyper-util's
+//! `client::legacy::Client`: keep-alive connections per peer, a stale one
+//! replaced transparently); a fan-out runs its calls as a `futures` buffered
+//! stream, at most [`MAX_PARALLEL`] at once, on the task that awaits it.
 //!
 //! Invariants:
 //! - **No loops.** Every call carries `X-Rdg-Local: 1`; a server that sees
@@ -13,36 +16,46 @@
 //!   exchange, or for a stream each read); a peer that is down, refuses, or
 //!   does not answer in time is a [`PeerError`] naming the process and its
 //!   address (502, or 504 for time), never a wait beyond the request's time.
-//! - Blocking calls run on the caller's thread (the server's blocking pool),
-//!   so they never hold up the event loop; answers to internal calls never
-//!   wait for the blocking pool, so two processes calling each other cannot
-//!   deadlock.
+//! - **No misattribution.** A fan-out returns one `(process, result)` per
+//!   call, in the order asked, whatever happens to the others: a call that
+//!   fails or panics is that process's error ([`PeerError::Panicked`] for a
+//!   panic), never a shorter list.
+//! - Answers to internal calls never wait for the blocking pool, so two
+//!   processes calling each other cannot deadlock.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use futures_util::{FutureExt as _, StreamExt as _};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::ClusterView;
 use super::error::ApiError;
-use super::fresh::{COMMIT, OFFSETS, WATERMARK};
-use crate::model::shard;
+use super::fresh::ProcessFresh;
+use crate::model::{ClusterShape, shard};
 
 /// Sent on every call to a peer: answer from your own store only.
 pub const LOCAL: HeaderName = HeaderName::from_static("x-rdg-local");
-/// On answers put together by a process of a cluster: `process=commit`
-/// pairs of every process whose store the answer was read from.
-pub const COMMITS: HeaderName = HeaderName::from_static("x-rdg-commits");
 
 /// The longest a connection to a peer may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a streamed answer (an export) may stay silent.
 pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// Calls in flight at once from one request (a traversal hop, a fan-out).
+/// Calls in flight at once from one fan-out (a traversal hop, a list read
+/// on every process).
 pub const MAX_PARALLEL: usize = 16;
 /// The largest answer body read from a peer.
-const MAX_BODY: u64 = 256 << 20;
+const MAX_BODY: usize = 256 << 20;
+/// The largest error body read from a peer that refused a stream.
+const MAX_ERROR_BODY: usize = 1 << 16;
+/// Idle keep-alive connections kept per peer.
+const MAX_IDLE: usize = 64;
 
 /// A peer that did not answer as it should.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +87,24 @@ pub enum PeerError {
         url: String,
         detail: String,
     },
+    /// Asking the process, or reading its answer, hit a bug on this side.
+    #[error(
+        "the call to process {process} of the cluster ({url}) failed: an internal error (a bug; the server goes on)"
+    )]
+    Panicked { process: usize, url: String },
+}
+
+impl PeerError {
+    /// The process the error is about.
+    pub fn process(&self) -> usize {
+        match self {
+            PeerError::Unreachable { process, .. }
+            | PeerError::Timeout { process, .. }
+            | PeerError::Failed { process, .. }
+            | PeerError::BadAnswer { process, .. }
+            | PeerError::Panicked { process, .. } => *process,
+        }
+    }
 }
 
 impl From<PeerError> for ApiError {
@@ -95,8 +126,8 @@ pub struct PeerAnswer {
     pub process: usize,
     pub status: u16,
     pub fresh: ProcessFresh,
-    pub content_type: Option<String>,
-    pub body: Vec<u8>,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
 }
 
 impl PeerAnswer {
@@ -148,143 +179,27 @@ impl PeerAnswer {
     }
 }
 
-/// The freshness of what one process answered, read back from its
-/// `X-Rdg-Commit`, `X-Rdg-Watermark` and `X-Rdg-Offsets` headers (items
-/// kept in their header-safe form).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcessFresh {
-    pub commit: u64,
-    /// dataflow -> watermark (epoch ms).
-    pub watermarks: BTreeMap<String, i64>,
-    /// `dataflow/partition` -> next position.
-    pub offsets: BTreeMap<String, u64>,
-}
-
-fn pairs<V: std::str::FromStr>(text: &str) -> BTreeMap<String, V> {
-    text.split(',')
-        .filter_map(|item| {
-            let (k, v) = item.rsplit_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-impl ProcessFresh {
-    /// From an answer's headers (missing or odd items are left out).
-    pub fn from_headers(h: &HeaderMap) -> ProcessFresh {
-        let text = |name: &HeaderName| {
-            h.get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
-        ProcessFresh {
-            commit: text(&COMMIT).parse().unwrap_or(0),
-            watermarks: pairs(&text(&WATERMARK)),
-            offsets: pairs(&text(&OFFSETS)),
-        }
-    }
-
-    /// The largest watermark of any dataflow.
-    pub fn max_watermark(&self) -> Option<i64> {
-        self.watermarks.values().copied().max()
-    }
-}
-
-/// The freshness of an answer read on several processes: per process, the
-/// newest state any of its reads saw.
-#[derive(Clone, Debug, Default)]
-pub struct FreshSet {
-    by_process: BTreeMap<usize, ProcessFresh>,
-}
-
-impl FreshSet {
-    pub fn add(&mut self, process: usize, f: ProcessFresh) {
-        match self.by_process.get(&process) {
-            Some(old) if old.commit >= f.commit => {}
-            _ => {
-                self.by_process.insert(process, f);
-            }
-        }
-    }
-
-    pub fn merge(&mut self, other: FreshSet) {
-        for (p, f) in other.by_process {
-            self.add(p, f);
-        }
-    }
-
-    /// The largest watermark of any dataflow on any process.
-    pub fn max_watermark(&self) -> Option<i64> {
-        self.by_process
-            .values()
-            .filter_map(ProcessFresh::max_watermark)
-            .max()
-    }
-
-    /// Sets the freshness headers of a cluster answer:
-    /// - `X-Rdg-Commits`: `process=commit` of each process read;
-    /// - `X-Rdg-Commit`: the sum of those commit counts (it grows with every
-    ///   commit of any of them; equal per-process counts mean equal data);
-    /// - `X-Rdg-Watermark`: per dataflow, the smallest watermark among the
-    ///   processes that have one (every process has read at least that far);
-    /// - `X-Rdg-Offsets`: every process's stored offsets (each partition is
-    ///   read by one worker, so they do not overlap).
-    pub fn apply(&self, h: &mut HeaderMap) {
-        let mut commits = Vec::new();
-        let mut sum = 0u64;
-        let mut watermarks: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut offsets: BTreeMap<&str, u64> = BTreeMap::new();
-        for (p, f) in &self.by_process {
-            commits.push(format!("{p}={}", f.commit));
-            sum = sum.saturating_add(f.commit);
-            for (d, w) in &f.watermarks {
-                let e = watermarks.entry(d).or_insert(*w);
-                *e = (*e).min(*w);
-            }
-            for (k, n) in &f.offsets {
-                let e = offsets.entry(k).or_insert(*n);
-                *e = (*e).min(*n);
-            }
-        }
-        let join = |items: Vec<String>| {
-            HeaderValue::from_str(&items.join(",")).unwrap_or(HeaderValue::from_static(""))
-        };
-        h.insert(COMMIT, HeaderValue::from(sum));
-        h.insert(COMMITS, join(commits));
-        h.insert(
-            WATERMARK,
-            join(watermarks.iter().map(|(d, w)| format!("{d}={w}")).collect()),
-        );
-        h.insert(
-            OFFSETS,
-            join(offsets.iter().map(|(k, n)| format!("{k}={n}")).collect()),
-        );
-    }
-}
-
-/// Idle keep-alive connections kept per peer for [`Peers::get_async`].
-const MAX_IDLE_ASYNC: usize = 64;
-
-type Sender = hyper::client::conn::http1::SendRequest<axum::body::Body>;
-
-/// This process's view of its cluster, and the clients it calls peers with:
-/// blocking (`ureq`, for reads made from the blocking pool: fan-outs,
-/// traversals, exports) and async (hyper, on the event loop, for the
-/// single forwarded lookup, the most frequent call).
+/// This process's view of its cluster, and the client it calls its peers
+/// with: one pooled client per server thread (its runtime drives the
+/// connections that client opens, so a forwarded lookup never hands its
+/// connection to another thread), and one more for calls from elsewhere.
 pub struct Peers {
-    view: ClusterView,
-    token: Option<String>,
-    agent: ureq::Agent,
-    stream_agent: ureq::Agent,
-    /// Per process, idle async connections.
-    idle: Vec<std::sync::Mutex<Vec<Sender>>>,
+    shape: ClusterShape,
+    /// `Bearer <token>`, the token every process of the cluster shares.
+    authorization: Option<HeaderValue>,
+    clients: Vec<Client<HttpConnector, Body>>,
+}
+
+thread_local! {
+    /// The server thread whose runtime this thread belongs to (its event
+    /// loop or its blocking pool), set by [`Peers::enter_thread`].
+    static SERVER_THREAD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
-            .field("view", &self.view)
+            .field("shape", &self.shape)
             .finish_non_exhaustive()
     }
 }
@@ -298,31 +213,108 @@ pub enum Key<'a> {
     OutEdges { edge_type: &'a str, from: &'a str },
 }
 
+/// The text of an error and of every error under it.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// True when some error under `e` is an I/O timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl Peers {
-    /// `token`: the bearer token every process of the cluster shares.
-    pub fn new(view: ClusterView, token: Option<String>) -> Peers {
-        let agent = |per_read: Option<Duration>| -> ureq::Agent {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_connect(Some(CONNECT_TIMEOUT))
-                .timeout_per_read(per_read)
-                .max_idle_connections(256)
-                .max_idle_connections_per_host(64)
-                .user_agent("rdg-peer")
-                .build()
-                .into()
+    /// `shape`: this process's cluster, with every process's query URL;
+    /// `token`: the bearer token every process of the cluster shares;
+    /// `threads`: the server threads that will call [`Peers::enter_thread`].
+    /// Needs no runtime; calls run on the runtime of the task that awaits
+    /// them.
+    pub fn new(shape: ClusterShape, token: Option<String>, threads: usize) -> Peers {
+        let client = || {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(MAX_IDLE)
+                .pool_timer(TokioTimer::new())
+                .build(connector)
         };
         Peers {
-            idle: view
-                .peers
-                .iter()
-                .map(|_| std::sync::Mutex::new(Vec::new()))
-                .collect(),
-            view,
-            token,
-            agent: agent(None),
-            stream_agent: agent(Some(STREAM_READ_TIMEOUT)),
+            clients: (0..=threads).map(|_| client()).collect(),
+            authorization: token
+                .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                }),
+            shape,
         }
+    }
+
+    /// Marks the calling thread as belonging to server thread `i` (its event
+    /// loop, or a thread of its blocking pool): its calls use that thread's
+    /// client.
+    pub fn enter_thread(i: usize) {
+        SERVER_THREAD.with(|t| t.set(Some(i)));
+    }
+
+    /// The client of the calling thread's server thread, or the spare one.
+    fn client(&self) -> &Client<HttpConnector, Body> {
+        let i = SERVER_THREAD.with(|t| t.get());
+        let spare = self.clients.len() - 1;
+        &self.clients[i.map_or(spare, |i| i.min(spare))]
+    }
+
+    /// This process's index.
+    pub fn me(&self) -> usize {
+        self.shape.process
+    }
+
+    /// The number of processes.
+    pub fn processes(&self) -> usize {
+        self.shape.processes
+    }
+
+    /// Every process, in order.
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.processes()).collect()
+    }
+
+    /// Every process but this one, in order.
+    pub fn others(&self) -> Vec<usize> {
+        (0..self.processes()).filter(|p| *p != self.me()).collect()
+    }
+
+    /// The base URL of `process`.
+    pub fn url(&self, process: usize) -> &str {
+        self.shape
+            .query_urls
+            .get(process)
+            .map_or("?", String::as_str)
+    }
+
+    /// The process whose workers own `key` (see `model::shard`).
+    pub fn owner_of(&self, key: Key<'_>) -> usize {
+        self.shape.owner(match key {
+            Key::Node(id) => shard::node(id),
+            Key::OutEdges { edge_type, from } => shard::edge(edge_type, from),
+        })
     }
 
     fn unreachable(&self, process: usize, detail: impl std::fmt::Display) -> PeerError {
@@ -333,209 +325,56 @@ impl Peers {
         }
     }
 
-    /// A new async connection to `process`.
-    async fn connect(&self, process: usize) -> Result<Sender, PeerError> {
-        let authority = self.url(process).trim_start_matches("http://").to_string();
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(self.unreachable(process, e)),
-                Err(_) => {
-                    return Err(PeerError::Timeout {
-                        process,
-                        url: self.url(process).to_string(),
-                        ms: CONNECT_TIMEOUT.as_millis(),
-                    });
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| self.unreachable(process, e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
-    fn take_idle(&self, process: usize) -> Option<Sender> {
-        let mut idle = self
-            .idle
-            .get(process)?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, process: usize, sender: Sender) {
-        if let Some(idle) = self.idle.get(process) {
-            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_ASYNC {
-                idle.push(sender);
-            }
+    fn timeout(&self, process: usize, limit: Duration) -> PeerError {
+        PeerError::Timeout {
+            process,
+            url: self.url(process).to_string(),
+            ms: limit.as_millis(),
         }
     }
 
-    /// One exchange on `sender`; the sender back when it can be reused.
-    async fn exchange(
-        &self,
-        process: usize,
-        mut sender: Sender,
-        path_and_query: &str,
-    ) -> Result<(PeerAnswer, Sender), String> {
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let mut req = axum::http::Request::get(path_and_query)
-            .header(
-                axum::http::header::HOST,
-                self.url(process).trim_start_matches("http://"),
-            )
-            .header(LOCAL, "1");
-        if let Some(t) = &self.token {
-            req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {t}"));
+    fn panicked(&self, process: usize) -> PeerError {
+        PeerError::Panicked {
+            process,
+            url: self.url(process).to_string(),
         }
-        let req = req
-            .body(axum::body::Body::empty())
-            .unwrap_or_else(|_| axum::http::Request::new(axum::body::Body::empty()));
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = resp.into_parts();
-        let body = axum::body::to_bytes(axum::body::Body::new(body), MAX_BODY as usize)
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_vec();
-        Ok((
-            PeerAnswer {
-                process,
-                status: parts.status.as_u16(),
-                fresh: ProcessFresh::from_headers(&parts.headers),
-                content_type: parts
-                    .headers
-                    .get(axum::http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                body,
-            },
-            sender,
-        ))
     }
 
-    /// [`Peers::get`] on the event loop, over kept-alive connections: a
-    /// connection the peer closed meanwhile is replaced once.
-    pub async fn get_async(
+    /// A GET of `path_and_query` on `process`, answered from its store only.
+    fn request(&self, process: usize, path_and_query: &str) -> Result<Request<Body>, PeerError> {
+        let uri: Uri = format!("{}{path_and_query}", self.url(process))
+            .parse()
+            .map_err(|e| self.unreachable(process, format!("bad address: {e}")))?;
+        let mut req = Request::get(uri)
+            .header(LOCAL, HeaderValue::from_static("1"))
+            .body(Body::empty())
+            .map_err(|e| self.unreachable(process, e))?;
+        if let Some(auth) = &self.authorization {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        Ok(req)
+    }
+
+    /// Sends the request; the answer's head, once it is in.
+    async fn send(
         &self,
         process: usize,
         path_and_query: &str,
-        deadline: Instant,
-    ) -> Result<PeerAnswer, PeerError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let work = async {
-            if let Some(sender) = self.take_idle(process)
-                && let Ok((answer, sender)) = self.exchange(process, sender, path_and_query).await
-            {
-                self.put_idle(process, sender);
-                return Ok(answer);
+    ) -> Result<axum::http::Response<Incoming>, PeerError> {
+        let req = self.request(process, path_and_query)?;
+        self.client().request(req).await.map_err(|e| {
+            if timed_out(&e) {
+                self.timeout(process, CONNECT_TIMEOUT)
+            } else {
+                self.unreachable(process, chain(&e))
             }
-            let sender = self.connect(process).await?;
-            let (answer, sender) = self
-                .exchange(process, sender, path_and_query)
-                .await
-                .map_err(|e| self.unreachable(process, e))?;
-            self.put_idle(process, sender);
-            Ok(answer)
-        };
-        match tokio::time::timeout(left, work).await {
-            Ok(r) => r,
-            Err(_) => Err(PeerError::Timeout {
-                process,
-                url: self.url(process).to_string(),
-                ms: left.as_millis(),
-            }),
-        }
-    }
-
-    /// This process's index.
-    pub fn me(&self) -> usize {
-        self.view.process
-    }
-
-    /// The number of processes.
-    pub fn processes(&self) -> usize {
-        self.view.peers.len()
-    }
-
-    /// Every process, in order.
-    pub fn all(&self) -> Vec<usize> {
-        (0..self.processes()).collect()
-    }
-
-    /// The base URL of `process`.
-    pub fn url(&self, process: usize) -> &str {
-        self.view.peers.get(process).map_or("?", String::as_str)
-    }
-
-    /// The process whose workers own `key` (see `model::shard`).
-    pub fn owner_of(&self, key: Key<'_>) -> usize {
-        let hash = match key {
-            Key::Node(id) => shard::node(id),
-            Key::OutEdges { edge_type, from } => shard::edge(edge_type, from),
-        };
-        let workers = self.view.workers.max(1);
-        shard::worker(hash, self.processes() * workers) / workers
-    }
-
-    fn request(
-        &self,
-        agent: &ureq::Agent,
-        process: usize,
-        path_and_query: &str,
-        timeout: Option<Duration>,
-    ) -> Result<ureq::http::Response<ureq::Body>, PeerError> {
-        let url = format!("{}{path_and_query}", self.url(process));
-        let mut req = agent
-            .get(&url)
-            .config()
-            .timeout_per_call(timeout)
-            .build()
-            .header(LOCAL.as_str(), "1");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        req.call().map_err(|e| self.call_error(process, e, timeout))
-    }
-
-    fn call_error(&self, process: usize, e: ureq::Error, timeout: Option<Duration>) -> PeerError {
-        let url = self.url(process).to_string();
-        match e {
-            ureq::Error::Timeout(_) => PeerError::Timeout {
-                process,
-                url,
-                ms: timeout.unwrap_or(STREAM_READ_TIMEOUT).as_millis(),
-            },
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                PeerError::Timeout {
-                    process,
-                    url,
-                    ms: timeout.unwrap_or(STREAM_READ_TIMEOUT).as_millis(),
-                }
-            }
-            other => PeerError::Unreachable {
-                process,
-                url,
-                detail: other.to_string(),
-            },
-        }
+        })
     }
 
     /// GET `path_and_query` from `process` (never this one), answered from
     /// its own store, by `deadline`.
-    pub fn get(
+    pub async fn get(
         &self,
         process: usize,
         path_and_query: &str,
@@ -543,135 +382,179 @@ impl Peers {
     ) -> Result<PeerAnswer, PeerError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(PeerError::Timeout {
-                process,
-                url: self.url(process).to_string(),
-                ms: 0,
-            });
+            return Err(self.timeout(process, left));
         }
-        let mut resp = self.request(&self.agent, process, path_and_query, Some(left))?;
-        let status = resp.status().as_u16();
-        let fresh = ProcessFresh::from_headers(resp.headers());
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY)
-            .read_to_vec()
-            .map_err(|e| self.call_error(process, e, Some(left)))?;
-        Ok(PeerAnswer {
-            process,
-            status,
-            fresh,
-            content_type,
-            body,
-        })
+        let call = async {
+            let (parts, body) = self.send(process, path_and_query).await?.into_parts();
+            let body = axum::body::to_bytes(Body::new(body), MAX_BODY)
+                .await
+                .map_err(|e| self.unreachable(process, format!("reading the answer: {e}")))?;
+            Ok(PeerAnswer {
+                process,
+                status: parts.status.as_u16(),
+                fresh: ProcessFresh::from_headers(&parts.headers),
+                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                body,
+            })
+        };
+        tokio::time::timeout(left, call)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout(process, left)))
     }
 
     /// Starts a streamed GET (an export): returns once the headers are in
-    /// (by `deadline`); then each read of the body may take at most
-    /// [`STREAM_READ_TIMEOUT`]. A status other than 200 is an error.
-    pub fn stream(
+    /// (by `deadline`), with a blocking reader of the body for a thread of
+    /// its own (each read may wait at most [`STREAM_READ_TIMEOUT`]). A
+    /// status other than 200 is an error. Call it from the runtime.
+    pub async fn stream(
         &self,
         process: usize,
         path_and_query: &str,
         deadline: Instant,
-    ) -> Result<(ProcessFresh, ureq::BodyReader<'static>), PeerError> {
+    ) -> Result<(ProcessFresh, PeerReader), PeerError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        let url = format!("{}{path_and_query}", self.url(process));
-        let mut req = self
-            .stream_agent
-            .get(&url)
-            .config()
-            .timeout_recv_response(Some(left))
-            .build()
-            .header(LOCAL.as_str(), "1");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let resp = req
-            .call()
-            .map_err(|e| self.call_error(process, e, Some(left)))?;
-        let status = resp.status().as_u16();
-        let fresh = ProcessFresh::from_headers(resp.headers());
-        if status != 200 {
-            let content_type = None;
-            let body = resp
-                .into_body()
-                .with_config()
-                .limit(1 << 16)
-                .read_to_vec()
-                .unwrap_or_default();
-            let answer = PeerAnswer {
-                process,
-                status,
-                fresh: fresh.clone(),
-                content_type,
-                body,
-            };
-            return Err(answer.failed(self));
-        }
-        Ok((fresh, resp.into_body().into_reader()))
+        let head = async {
+            let (parts, body) = self.send(process, path_and_query).await?.into_parts();
+            let fresh = ProcessFresh::from_headers(&parts.headers);
+            if parts.status != StatusCode::OK {
+                let body = axum::body::to_bytes(Body::new(body), MAX_ERROR_BODY)
+                    .await
+                    .unwrap_or_default();
+                let answer = PeerAnswer {
+                    process,
+                    status: parts.status.as_u16(),
+                    fresh,
+                    content_type: None,
+                    body,
+                };
+                return Err(answer.failed(self));
+            }
+            Ok((fresh, body))
+        };
+        let (fresh, body) = tokio::time::timeout(left, head)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout(process, left)))?;
+        let reader = PeerReader {
+            runtime: tokio::runtime::Handle::current(),
+            body: Body::new(body).into_data_stream(),
+            chunk: Bytes::new(),
+        };
+        Ok((fresh, reader))
+    }
+
+    /// Runs `call(p)` for every process of `procs`, at most
+    /// [`MAX_PARALLEL`] at once: one `(process, result)` per process, in the
+    /// order of `procs`. A call that panics is that process's
+    /// [`PeerError::Panicked`].
+    pub async fn fan_out<T, E, F, Fut>(
+        &self,
+        procs: &[usize],
+        call: F,
+    ) -> Vec<(usize, Result<T, E>)>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<PeerError>,
+    {
+        self.fan_out_each(procs, |p| p, call).await
+    }
+
+    /// [`Peers::fan_out`] over calls that are not one per process (a hop's
+    /// reads: one per node and process): `process_of(item)` is the process
+    /// `call(item)` asks, and names its result.
+    pub async fn fan_out_each<I, T, E, F, Fut>(
+        &self,
+        items: &[I],
+        process_of: impl Fn(I) -> usize,
+        call: F,
+    ) -> Vec<(usize, Result<T, E>)>
+    where
+        I: Copy,
+        F: Fn(I) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<PeerError>,
+    {
+        let call = &call;
+        futures_util::stream::iter(items.iter().copied())
+            .map(|item| {
+                let p = process_of(item);
+                async move {
+                    // `call(item)` runs inside the guard too: a panic while
+                    // making the future is the same as one while running it.
+                    let guarded = AssertUnwindSafe(async move { call(item).await }).catch_unwind();
+                    let result = guarded
+                        .await
+                        .unwrap_or_else(|_| Err(E::from(self.panicked(p))));
+                    (p, result)
+                }
+            })
+            .buffered(MAX_PARALLEL)
+            .collect()
+            .await
     }
 }
 
-/// Runs `f` on every item with up to `threads` threads at once (the caller's
-/// among them); results in the order of `items`.
-pub fn parallel<T, R, F>(items: &[T], threads: usize, f: F) -> Vec<R>
-where
-    T: Sync,
-    R: Send,
-    F: Fn(&T) -> R + Sync,
-{
-    let threads = threads.clamp(1, items.len().max(1));
-    if threads == 1 {
-        return items.iter().map(&f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(item) = items.get(i) else {
-                return done;
-            };
-            done.push((i, f(item)));
-        }
-    };
-    let mut all: Vec<(usize, R)> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in helpers {
-            // A helper that panicked lost its items; the caller sees fewer
-            // results and reports it below.
-            if let Ok(mut d) = h.join() {
-                all.append(&mut d);
+/// A peer's streamed body, read from a plain thread: each read waits on the
+/// runtime the stream was opened on, at most [`STREAM_READ_TIMEOUT`].
+pub struct PeerReader {
+    runtime: tokio::runtime::Handle,
+    body: axum::body::BodyDataStream,
+    chunk: Bytes,
+}
+
+impl Read for PeerReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            // The timer is made inside `block_on`, in the runtime's context.
+            let body = &mut self.body;
+            let next = self
+                .runtime
+                .block_on(async { tokio::time::timeout(STREAM_READ_TIMEOUT, body.next()).await });
+            match next {
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "silent for {} s in the middle of its answer",
+                            STREAM_READ_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+                Ok(None) => return Ok(0),
+                Ok(Some(Err(e))) => return Err(std::io::Error::other(e)),
+                Ok(Some(Ok(data))) => self.chunk = data,
             }
         }
-        all
-    });
-    all.sort_unstable_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shape(workers: usize, query_urls: Vec<String>) -> ClusterShape {
+        ClusterShape {
+            processes: query_urls.len(),
+            process: 0,
+            workers,
+            addresses: Vec::new(),
+            query_urls,
+        }
+    }
+
+    fn peers(n: usize) -> Peers {
+        let urls = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect();
+        Peers::new(shape(2, urls), None, 1)
+    }
+
     #[test]
     fn owners_follow_the_worker_shards() {
-        let peers = Peers::new(
-            ClusterView {
-                process: 0,
-                workers: 2,
-                peers: vec!["http://a".into(), "http://b".into()],
-            },
-            None,
-        );
+        let peers = peers(2);
         for i in 0..200 {
             let id = format!("profile:p{i}");
             let w = shard::worker(shard::node(&id), 4);
@@ -679,38 +562,99 @@ mod tests {
         }
     }
 
-    #[test]
-    fn parallel_keeps_order() {
-        let items: Vec<u32> = (0..100).collect();
+    /// One call that panics and one that fails are those processes' errors;
+    /// every other answer stays with its process, in order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_or_panicking_call_is_its_own_process_error() {
+        let five = peers(5);
+        let peers = &five;
+        let procs: Vec<usize> = (0..5).rev().collect();
+        let answers = peers
+            .fan_out(&procs, |p| async move {
+                tokio::task::yield_now().await;
+                match p {
+                    1 => panic!("a bug while asking process 1"),
+                    3 => Err(peers.unreachable(3, "connection refused")),
+                    _ => Ok::<_, PeerError>(p * 10),
+                }
+            })
+            .await;
+        let got: Vec<(usize, Result<usize, usize>)> = answers
+            .iter()
+            .map(|(p, r)| (*p, r.as_ref().map(|v| *v).map_err(PeerError::process)))
+            .collect();
         assert_eq!(
-            parallel(&items, 7, |x| x * 2),
-            items.iter().map(|x| x * 2).collect::<Vec<_>>()
+            got,
+            vec![
+                (4, Ok(40)),
+                (3, Err(3)),
+                (2, Ok(20)),
+                (1, Err(1)),
+                (0, Ok(0))
+            ]
         );
-        assert!(parallel(&[] as &[u32], 4, |x| *x).is_empty());
+        let Err(e) = &answers[3].1 else {
+            panic!("process 1 failed")
+        };
+        assert!(matches!(e, PeerError::Panicked { process: 1, .. }), "{e}");
+        let api = ApiError::from(e.clone());
+        assert_eq!(api.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            api.message.contains("process 1 ") && api.message.contains("http://127.0.0.1:2"),
+            "{}",
+            api.message
+        );
     }
 
-    #[test]
-    fn fresh_set_merges_processes() {
-        let mut h = HeaderMap::new();
-        h.insert(COMMIT, HeaderValue::from_static("5"));
-        h.insert(WATERMARK, HeaderValue::from_static("login=7,playback=10"));
-        h.insert(OFFSETS, HeaderValue::from_static("playback/0=3"));
-        let a = ProcessFresh::from_headers(&h);
-        assert_eq!(a.commit, 5);
-        assert_eq!(a.max_watermark(), Some(10));
-        let mut h2 = HeaderMap::new();
-        h2.insert(COMMIT, HeaderValue::from_static("2"));
-        h2.insert(WATERMARK, HeaderValue::from_static("playback=8"));
-        h2.insert(OFFSETS, HeaderValue::from_static("playback/1=4"));
-        let mut set = FreshSet::default();
-        set.add(0, a);
-        set.add(1, ProcessFresh::from_headers(&h2));
-        let mut out = HeaderMap::new();
-        set.apply(&mut out);
-        assert_eq!(out[&COMMIT], "7");
-        assert_eq!(out[&COMMITS], "0=5,1=2");
-        assert_eq!(out[&WATERMARK], "login=7,playback=8");
-        assert_eq!(out[&OFFSETS], "playback/0=3,playback/1=4");
-        assert_eq!(set.max_watermark(), Some(10));
+    /// More calls than may run at once all complete, in order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn fan_out_keeps_order_beyond_its_parallelism() {
+        let peers = peers(2);
+        let procs: Vec<usize> = (0..MAX_PARALLEL * 3).collect();
+        let answers = peers
+            .fan_out(&procs, |p| async move {
+                tokio::time::sleep(Duration::from_millis((p % 3) as u64)).await;
+                Ok::<_, PeerError>(p)
+            })
+            .await;
+        assert!(
+            answers
+                .iter()
+                .enumerate()
+                .all(|(i, (p, r))| i == *p && r == &Ok(i))
+        );
+        assert!(
+            peers
+                .fan_out(&[], |p| async move { Ok::<_, PeerError>(p) })
+                .await
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_is_not_there_is_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let urls = vec![
+            "http://127.0.0.1:1".into(),
+            format!("http://127.0.0.1:{port}"),
+        ];
+        let peers = Peers::new(shape(1, urls), None, 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = peers
+            .get(1, "/v1/status", deadline)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(e, PeerError::Unreachable { process: 1, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+        let e = peers
+            .get(1, "/v1/status", Instant::now())
+            .await
+            .expect_err("late");
+        assert!(matches!(e, PeerError::Timeout { process: 1, .. }), "{e}");
     }
 }

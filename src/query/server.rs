@@ -1,6 +1,7 @@
 //! The server: the route table, the guard every request passes (URI length,
 //! auth, request time, panics, freshness headers, metrics), the accept loop
-//! and the [`Server`] handle.
+//! and the [`Server`] handle. The state requests share is
+//! [`App`](super::state::App), apart from the loop that serves it.
 //!
 //! Invariants: [`ROUTES`] is the one list of routes (the router is built
 //! from it, `openapi.json` must match it, a test checks both ways); at most
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -23,11 +24,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{Semaphore, watch};
 
+use super::ServeConfig;
 use super::error::{ApiError, QueryError};
-use super::fresh::{COMMIT, FreshCache};
+use super::fresh::{COMMIT, COMMITS, FreshCache};
+use super::live::LiveStatus;
 use super::metrics::{CountsCache, Metrics};
-use super::peers::{COMMITS, LOCAL, Peers};
-use super::{LiveStatus, ServeConfig, routes};
+use super::peers::Peers;
+use super::state::App;
+use super::{export, routes};
 use crate::store::Store;
 
 /// What a route does.
@@ -127,42 +131,13 @@ impl Endpoint {
             Endpoint::Search => get(routes::search),
             Endpoint::Links => get(routes::links),
             Endpoint::ClusterMembers => get(routes::cluster_members),
-            Endpoint::Export => get(super::export::export),
+            Endpoint::Export => get(export::export),
             Endpoint::Status => get(routes::status),
             Endpoint::Metrics => get(routes::metrics),
             Endpoint::Healthz => get(routes::healthz),
             Endpoint::Readyz => get(routes::readyz),
             Endpoint::OpenApi => get(routes::openapi),
         }
-    }
-}
-
-/// Everything a request may use.
-pub(crate) struct App {
-    pub store: Store,
-    pub config: ServeConfig,
-    pub live: Arc<dyn LiveStatus>,
-    pub fresh: FreshCache,
-    pub metrics: Metrics,
-    pub counts: Arc<CountsCache>,
-    pub started: Instant,
-    /// One per open connection, over all threads.
-    pub slots: Arc<Semaphore>,
-    /// The other processes, when this one is part of a cluster of several.
-    pub peers: Option<Arc<Peers>>,
-    /// Export slots (`max_exports`).
-    pub exports: Arc<Semaphore>,
-}
-
-impl App {
-    /// The cluster to ask, unless this process answers alone: no cluster,
-    /// or the request says `X-Rdg-Local` (a peer asking for this process's
-    /// share).
-    pub fn coordinator(&self, headers: &HeaderMap) -> Option<Arc<Peers>> {
-        if headers.contains_key(LOCAL) {
-            return None;
-        }
-        self.peers.clone()
     }
 }
 
@@ -185,10 +160,11 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 /// Runs around every request.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
+    let index = req
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|m| ROUTES.iter().find(|r| r.path == m.as_str()));
+        .and_then(|m| ROUTES.iter().position(|r| r.path == m.as_str()));
+    let route = index.map(|i| &ROUTES[i]);
     let endpoint_label = route.map_or("unmatched", |r| r.path);
     let mut resp = check_and_run(&app, route, req, next).await;
     if !resp.headers().contains_key(COMMIT) {
@@ -209,8 +185,12 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             resp.headers_mut().insert(COMMITS, v);
         }
     }
-    app.metrics
-        .observe(endpoint_label, resp.status().as_u16(), started.elapsed());
+    app.metrics.observe(
+        index,
+        endpoint_label,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }
 
@@ -305,11 +285,10 @@ impl Server {
             .map_err(|source| QueryError::Bind { addr, source })?;
         // Blocking threads run the multi-read queries (CPU) and, in a
         // cluster, wait on peers (I/O): a cluster gets more of them.
-        let peers = config
-            .cluster
-            .clone()
-            .filter(|c| c.peers.len() > 1)
-            .map(|c| Arc::new(Peers::new(c, config.auth_token.clone())));
+        let peers = config.cluster.clone().filter(|c| c.processes > 1).map(|c| {
+            let token = config.auth_token.clone();
+            Arc::new(Peers::new(c, token, config.worker_threads))
+        });
         let blocking_threads = 2 + if peers.is_some() { 32 } else { 0 };
         let fresh = FreshCache::new(&store.read())?;
         let counts = Arc::new(CountsCache::default());
@@ -317,7 +296,7 @@ impl Server {
         let app = Arc::new(App {
             exports: Arc::new(Semaphore::new(config.max_exports)),
             peers,
-            metrics: Metrics::new(store.clone(), live.clone(), counts.clone()),
+            metrics: Metrics::new(store.clone(), live.clone(), counts.clone(), ROUTES.len()),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             store,
             config,
@@ -334,7 +313,8 @@ impl Server {
         };
         // One single-threaded runtime per thread, all accepting on the same
         // socket: a request never hops between threads, so no cross-thread
-        // wake-ups on the hot path.
+        // wake-ups on the hot path (calls to peers included: each thread, and
+        // its blocking pool, calls them through a client of its own).
         for i in 0..threads {
             let listener = listener
                 .try_clone()
@@ -342,6 +322,7 @@ impl Server {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .max_blocking_threads(blocking_threads)
                 .thread_name("rdg-query-blocking")
+                .on_thread_start(move || Peers::enter_thread(i))
                 .enable_all()
                 .build()
                 .map_err(QueryError::Runtime)?;
@@ -349,6 +330,7 @@ impl Server {
             let thread = std::thread::Builder::new()
                 .name(format!("rdg-query-{i}"))
                 .spawn(move || {
+                    Peers::enter_thread(i);
                     let result = runtime.block_on(serve(listener, app, rx, i == 0));
                     runtime.shutdown_timeout(Duration::from_secs(1));
                     result

@@ -187,7 +187,12 @@ impl Store {
     /// Records the cluster shape on first use and refuses a different one
     /// later. A single process may change its number of workers (it holds
     /// every key either way); a process of a cluster may not.
-    pub fn claim_shape(&self, requested: Shape) -> Result<(), StoreError> {
+    pub fn claim_shape(&self, shape: &crate::model::ClusterShape) -> Result<(), StoreError> {
+        let requested = Shape {
+            processes: shape.processes as u64,
+            process: shape.process as u64,
+            workers: shape.workers as u64,
+        };
         let key = codec::encode(&[META_SHAPE]);
         let stored = match self.inner.meta.get(&key).map_err(|e| self.sled(e))? {
             Some(v) => Some(
@@ -247,25 +252,7 @@ pub struct DataflowMeta {
     pub watermark: Option<i64>,
 }
 
-/// Which side of an edge the queried identifier is on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Direction {
-    /// Edges from the identifier (`edge/<type>`).
-    #[default]
-    Out,
-    /// Edges to the identifier (`edge_in/<type>`, only `reverse` edges).
-    In,
-}
-
-/// How neighbours are ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EdgeOrder {
-    /// Neighbour identifier ascending (bytewise).
-    #[default]
-    Id,
-    /// `last_seen` descending, ties by neighbour identifier ascending.
-    Recent,
-}
+pub use crate::model::{Direction, EdgeOrder};
 
 /// A neighbour query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
