@@ -1,0 +1,456 @@
+"""The side-by-side comparison (run through scripts/compare/run.sh, which
+prepares the venv and the rdg binary). Steps, in this order, one at a time:
+
+ 1. the events: `rdg gen` (or the given JSONL files);
+ 2. rdg replay from the files into an empty state (streaming ingest from
+    files, and rdg's bulk load), its export = the ground truth;
+ 3. the peers' input from the same events (events.py) and the export's CSVs;
+ 4. each graph database in its own process: streaming ingest + counts +
+    sample + lookups, then bulk load + counts + sample (peer_run.py);
+ 5. rdg serve on the replayed state: lookups over HTTP (+ wrk when
+    installed) and the sample; then the in-process query bench (cargo);
+ 6. rdg run from the tansu broker (streaming ingest from Kafka), its export
+    compared with the replay's, then identity updates on it, live;
+ 7. networkx and igraph recomputing components after the same changes;
+ 8. results.json, BENCHMARKS.md and the plots (report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import events as ev  # noqa: E402
+import identity  # noqa: E402
+import report  # noqa: E402
+import sys_rdg  # noqa: E402
+from cypher_embedded import graph_csv  # noqa: E402
+from harness import loadavg, log, now, time_lookups, write_json  # noqa: E402
+
+ROOT = sys_rdg.ROOT
+HERE = Path(__file__).resolve().parent
+PEERS = ["falkordb", "ladybug", "kuzu"]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("events_pos", nargs="?", type=int, help="events to generate")
+    p.add_argument("--events", type=int, help="events to generate (same as the positional)")
+    p.add_argument("--input", action="append", default=[], type=Path,
+                   help="a JSONL file of events instead of generated ones; its topic is its name up to the "
+                        "first dot (playback.jsonl), as for rdg replay; repeatable")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rdg-bin", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=ROOT / "target/compare/run")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--plots", type=Path, default=ROOT / "docs/benchmarks")
+    p.add_argument("--lookup-seconds", type=float, default=10.0)
+    p.add_argument("--lookup-max", type=int, default=100_000)
+    p.add_argument("--identity-changes", type=int, default=5, help="links added then removed, each")
+    p.add_argument("--broker-port", type=int, default=19097)
+    p.add_argument("--unavailable", type=Path, help="JSON {system: reason} of peers run.sh could not install")
+    p.add_argument("--command", default="", help="the command line, for the report")
+    a = p.parse_args()
+    a.events = a.events or a.events_pos or 1_000_000
+    return a
+
+
+def sh(*cmd, **kw) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw).stdout.strip()
+    except Exception as e:
+        return f"unknown ({e})"
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory": mem,
+        "os": platform.platform(), "python": platform.python_version(),
+        "git": sh("git", "-C", str(ROOT), "describe", "--always", "--dirty"),
+        "branch": sh("git", "-C", str(ROOT), "rev-parse", "--abbrev-ref", "HEAD"),
+    }
+
+
+def count_lines(files) -> int:
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n += sum(1 for _ in fh)
+    return n
+
+
+def step(results: dict, name: str, fn):
+    """Runs one measurement; an error is recorded under `name` and reported,
+    never skipped silently."""
+    log(f"{name} (load {loadavg()})")
+    t0 = now()
+    try:
+        value = fn()
+        results[name] = value
+    except Exception as e:
+        log(f"{name} FAILED: {type(e).__name__}: {e}")
+        results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    log(f"{name} took {now() - t0:.1f} s")
+    return results[name]
+
+
+def compare_graph(observed: dict, sample_obs: list, expected: dict) -> dict:
+    """A system's counts and sample of neighbour lists against the export."""
+    problems = []
+    if observed.get("vertices") != expected["vertices"]:
+        problems.append(f"vertices {observed.get('vertices')} (export: {expected['vertices']})")
+    if observed.get("edges") != expected["edges"]:
+        problems.append(f"edges {observed.get('edges')} (export: {expected['edges']})")
+    for t, n in expected["edges_by_type"].items():
+        got = observed.get("edges_by_type", {}).get(t)
+        if got is not None and got != n:
+            problems.append(f"{t} edges {got} (export: {n})")
+    wrong = 0
+    example = None
+    exp = {(t, s): lst for t, s, lst in expected["sample"]}
+    for t, s, lst in sample_obs:
+        want = exp.get((t, s))
+        if sorted(lst) != want:
+            wrong += 1
+            if example is None:
+                example = f"{t} of {s}: {sorted(lst)[:8]} (export: {want[:8] if want else want})"
+    if wrong:
+        problems.append(f"{wrong} of {len(sample_obs)} sampled neighbour lists differ, e.g. {example}")
+    return {"agrees": not problems, "problems": problems, "sampled": len(sample_obs)}
+
+
+def main() -> int:
+    a = parse_args()
+    work = a.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    dataflows = ROOT / "dataflows"
+    rdg = sys_rdg.Rdg(a.rdg_bin.resolve(), dataflows, a.workers)
+    unavailable = json.loads(a.unavailable.read_text()) if a.unavailable and a.unavailable.exists() else {}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    R: dict = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "command": a.command, "seed": a.seed, "workers": a.workers,
+        "rdg_version": rdg.version(), "rdg_bin": str(a.rdg_bin), "unavailable": unavailable,
+        "load_start": loadavg(),
+    }
+    R["versions"] = {"tansu": sh(str(Path.home() / ".cargo/bin/tansu"), "--version") or sh("tansu", "--version")}
+    defs = ev.load_definitions(dataflows)
+    settings = ev.load_settings(dataflows)
+    blocklist = ev.blocklist_of(dataflows)
+    node_schema, edge_schema = ev.schema(defs)
+
+    # 1. events
+    if a.input:
+        files = [p.resolve() for p in a.input]
+        R["input"] = {"files": [str(f) for f in files], "generated": False}
+    else:
+        files = rdg.gen(a.events, a.seed, work / "events")
+        R["input"] = {"generated": True, "events": a.events, "seed": a.seed,
+                      "command": f"rdg gen --events {a.events} --seed {a.seed}"}
+    total = count_lines(files)
+    R["input"]["lines"] = total
+    log(f"{total} input lines in {len(files)} files")
+
+    # 2. rdg replay: streaming ingest from files, and rdg's bulk load
+    rep = step(R, "rdg_replay", lambda: {
+        **rdg.replay(files, work / "replay-state", total), "load": loadavg(),
+        "command": f"rdg replay --workers {a.workers} --state STATE --json {' '.join(f.name for f in files)}"})
+    if rep.get("ok") is False:
+        raise SystemExit(f"rdg replay failed, nothing to compare: {rep['error']}")
+    export = work / "export.jsonl"
+    rdg.export_state(work / "replay-state", export)
+    graph = ev.read_export(export)
+    nbrs = graph.neighbours()
+    rng = random.Random(a.seed)
+    sample = []
+    for t in edge_schema:
+        keys = sorted(k for k in nbrs if k[0] == t)
+        sample += rng.sample(keys, min(100, len(keys)))
+    expected = {
+        "vertices": len(graph.vertices), "node_records": len(graph.node_records), "edges": len(graph.edges),
+        "edges_by_type": {t: sum(1 for e in graph.edges if e[0] == t) for t in edge_schema},
+        "sample": [[t, src.split(":", 1)[1], [d.split(":", 1)[1] for d in nbrs[(t, src)]]] for t, src in sample],
+        "identity_entries": len(graph.identity),
+    }
+    R["expected"] = {k: v for k, v in expected.items() if k != "sample"}
+    lookup_type = "watched"
+    from_type = edge_schema[lookup_type][0]
+    lk = sorted(src.split(":", 1)[1] for t, src in nbrs if t == lookup_type)
+    rng.shuffle(lk)
+    lookup_keys = lk[:5000]
+    lens = [len(nbrs[(lookup_type, f"{from_type}:{k}")]) for k in lookup_keys]
+    R["lookup"] = {"edge_type": lookup_type, "from_type": from_type, "keys": len(lookup_keys),
+                   "mean_list": sum(lens) / max(len(lens), 1), "max_list": max(lens, default=0),
+                   "seconds": a.lookup_seconds, "max_calls": a.lookup_max}
+
+    # 3. the peers' input
+    batches = work / "batches.pkl"
+    t0 = now()
+    R["peer_input"] = ev.write_batches(files, defs, blocklist, graph, batches)
+    R["peer_input"]["csv"] = graph_csv(export, node_schema, edge_schema, work / "csv")
+    R["peer_input"]["seconds"] = now() - t0
+    spec = {"node_schema": node_schema, "edge_schema": edge_schema, "batches": str(batches),
+            "csv_dir": str(work / "csv"), "work": str(work / "peers"),
+            "sample": [[t, s] for t, s, _ in expected["sample"]],
+            "lookup_edge_type": lookup_type, "lookup_keys": lookup_keys,
+            "lookup_seconds": a.lookup_seconds, "lookup_max": a.lookup_max}
+    (work / "spec.json").write_text(json.dumps(spec))
+
+    # 4. the graph databases, each in its own process
+    R["peers"] = {}
+    for system in PEERS:
+        R["peers"][system] = res = {}
+        if system in unavailable:
+            res["unavailable"] = unavailable[system]
+            log(f"{system}: not installed: {unavailable[system]}")
+            continue
+        for task in ("stream", "bulk"):
+            out = work / f"{system}-{task}.json"
+            log(f"{system} {task} (load {loadavg()})")
+            t0 = now()
+            timeout = max(1800, total / 200)
+            try:
+                p = subprocess.run([sys.executable, str(HERE / "peer_run.py"), system, task,
+                                    str(work / "spec.json"), str(out)],
+                                   capture_output=True, text=True, timeout=timeout)
+                r = json.loads(out.read_text()) if out.exists() else {
+                    "ok": False, "error": f"exit {p.returncode} without a result: {p.stderr[-2000:]}"}
+            except subprocess.TimeoutExpired:
+                r = {"ok": False, "error": f"did not finish within {timeout:.0f} s"}
+            if r.get("ok"):
+                r["correctness"] = compare_graph(r["counts"], r["sample"], expected)
+            else:
+                log(f"{system} {task} FAILED: {r.get('error')}")
+            r.pop("sample", None)
+            res[task] = r
+            log(f"{system} {task} took {now() - t0:.1f} s")
+        shutil.rmtree(work / "peers", ignore_errors=True)
+
+    # 5. rdg serve: lookups over HTTP, then in process
+    def http_lookups():
+        server, url = rdg.serve(work / "replay-state", work / "serve.log")
+        try:
+            sys_rdg.wait_ready(url)
+            ask = sys_rdg.neighbour_asker(url, lookup_type, from_type)
+            obs = [[t, s, ask_t(url, t, edge_schema, s)] for t, s, _ in expected["sample"]]
+            for key in lookup_keys[:200]:
+                ask(key)
+            out = {"lookups": time_lookups(ask, lookup_keys, a.lookup_seconds, a.lookup_max),
+                   "load": loadavg(), "correctness": compare_graph(
+                       {"vertices": expected["vertices"], "edges": expected["edges"]}, obs, expected)}
+            out["correctness"]["note"] = "counts are the export's own; the sample is read over HTTP"
+            if shutil.which("wrk"):
+                lua = work / "edges.lua"
+                ids = ",".join(json.dumps(k) for k in lookup_keys)
+                lua.write_text(f"local ids = {{{ids}}}\nlocal n = 0\nrequest = function()\n  n = n + 1\n"
+                               f"  return wrk.format(\"GET\", \"/v1/edges/{lookup_type}/{from_type}/\" .. "
+                               f"ids[(n * 7919) % #ids + 1] .. \"?limit=1000\")\nend\n")
+                try:
+                    out["wrk"] = {**sys_rdg.wrk_max(url, lua, int(a.lookup_seconds), work / "wrk.txt"),
+                                  "load": loadavg(), "command": f"wrk -t2 -c64 -d{int(a.lookup_seconds)}s"}
+                except Exception as e:
+                    out["wrk"] = {"ok": False, "error": str(e)}
+            else:
+                out["wrk"] = {"ok": False, "error": "wrk is not installed (apt-get install wrk)"}
+            return out
+        finally:
+            sys_rdg.stop(server)
+    step(R, "rdg_http", http_lookups)
+    if shutil.which("cargo") and (ROOT / "benches/query.rs").exists():
+        step(R, "rdg_inprocess", lambda: {**sys_rdg.inprocess_bench(work / "replay-state", max(1, int(a.lookup_seconds / 3)),
+                                                                     work / "bench.log"), "load": loadavg()})
+    else:
+        R["rdg_inprocess"] = {"ok": False, "error": "cargo or benches/query.rs not available"}
+
+    # 6. rdg run from tansu, then identity updates on it
+    expected_records = rep["summary"]["events"] + rep["summary"]["dead_letters"]
+    brokers = f"127.0.0.1:{a.broker_port}"
+    broker = ROOT / "scripts/broker.sh"
+    subprocess.run([str(broker), "stop", str(a.broker_port)], capture_output=True)
+    run_proc = None
+    try:
+        subprocess.run([str(broker), "start", str(a.broker_port)], check=True, cwd=ROOT)
+
+        def produce():
+            t0 = now()
+            if a.input:
+                produce_files(brokers, files)
+            else:
+                rdg.produce_generated(brokers, a.events, a.seed)
+            return {"seconds": now() - t0}
+        step(R, "produce", produce)
+
+        def run_ingest():
+            nonlocal run_proc
+            api = f"127.0.0.1:{free_port()}"
+            run_proc, res = rdg.run_live(brokers, work / "run-state", api, work / "run.log",
+                                         expected_records, total, timeout=max(1800, total / 200))
+            res["load"] = loadavg()
+            res["url"] = f"http://{api}"
+            res["command"] = (f"rdg run --workers {a.workers} --state STATE --brokers {brokers} "
+                              f"--status-interval 1 --listen {api}")
+            sys_rdg.wait_ready(res["url"])
+            run_export = work / "run-export.jsonl"
+            rdg.export_url(res["url"], run_export)
+            res["export_vs_replay"] = diff_exports(export, run_export)
+            return res
+        run = step(R, "rdg_run", run_ingest)
+
+        def rdg_identity():
+            if run.get("ok") is False or run_proc is None:
+                raise RuntimeError("rdg run did not ingest the events")
+            pairs = identity_pairs(graph, a.identity_changes, rng)
+            ts = max_login_ts(files, defs)
+            out = sys_rdg.identity_update(run["url"], brokers, pairs, ts)
+            out["pairs"] = pairs
+            out["load"] = loadavg()
+            st = sys_rdg.Http(run["url"]).get_json("/v1/status")
+            out["status_counts"] = (st or {}).get("counts")
+            return out
+        step(R, "rdg_identity", rdg_identity)
+    finally:
+        if run_proc is not None:
+            sys_rdg.stop(run_proc)
+        subprocess.run([str(broker), "stop", str(a.broker_port)], capture_output=True, cwd=ROOT)
+
+    # 7. networkx, igraph
+    def links_and_check():
+        links = ev.identity_links(files, defs, blocklist)
+        hubs = identity.hubs_of(links, settings)
+        return links, hubs
+    links, hubs = links_and_check()
+    st = identity.stitched(links, hubs)
+    ident = R.get("rdg_identity", {})
+    pairs = [tuple(p) for p in ident.get("pairs", [])] or identity_pairs(graph, a.identity_changes, rng)
+    R["identity_input"] = {"links": len(links), "hubs": len(hubs), "stitched_links": len(st),
+                           "changes": len(pairs) * 2}
+
+    def nx_run():
+        r = identity.networkx_changes(st, pairs)
+        comps = r.pop("components")
+        r["partition_vs_rdg"] = identity.partition_check(comps, graph.identity)
+        r["load"] = loadavg()
+        return r
+    step(R, "networkx", nx_run)
+    step(R, "igraph", lambda: {**identity.igraph_changes(st, pairs), "load": loadavg()})
+
+    # 8. results and report
+    R["load_end"] = loadavg()
+    R["seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    write_json(work / "results.json", R)
+    report.write(R, a.out, a.plots)
+    log(f"wrote {a.out} and plots in {a.plots} (results: {work / 'results.json'})")
+    return 0
+
+
+def ask_t(url, t, edge_schema, s):
+    return sys_rdg.neighbour_asker(url, t, edge_schema[t][0])(s)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def diff_exports(a: Path, b: Path) -> dict:
+    """Node, edge and identity lines of two exports (dead letters name their
+    source, file:line or topic/partition/offset, so they differ by design)."""
+    def lines(p):
+        with open(p) as f:
+            return {line for line in f if not line.startswith('{"ns":"dead_letter"')}
+    x, y = lines(a), lines(b)
+    return {"equal": x == y, "only_replay": len(x - y), "only_run": len(y - x), "lines": len(x)}
+
+
+def identity_pairs(graph, n: int, rng) -> list:
+    """(account, device) pairs in different clusters, each identifier used
+    once: private devices (`devN`) with few links, so no change creates a
+    hub."""
+    accounts = sorted(k for k, (c, hub) in graph.identity.items() if k.startswith("account:") and not hub)
+    devices = sorted(k for k, (c, hub) in graph.identity.items()
+                     if k.startswith("device:dev") and not hub and k[len("device:dev"):].isdigit())
+    rng.shuffle(accounts)
+    rng.shuffle(devices)
+    pairs, used = [], set()
+    for acc in accounts:
+        for dev in devices:
+            if dev in used:
+                continue
+            if graph.identity[acc][0] != graph.identity[dev][0]:
+                pairs.append((acc, dev))
+                used.add(dev)
+                break
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def max_login_ts(files, defs) -> int:
+    best = 0
+    for f in files:
+        if ev.topic_of(f) != "login":
+            continue
+        with open(f, "rb") as fh:
+            for line in fh:
+                try:
+                    e = json.loads(line)
+                    if isinstance(e, dict) and isinstance(e.get("ts"), int) and not isinstance(e.get("ts"), bool):
+                        best = max(best, e["ts"])
+                except ValueError:
+                    pass
+    if not best:
+        raise RuntimeError("no login events: the identity measurement needs the shipped login topic")
+    return best
+
+
+def produce_files(brokers: str, files) -> None:
+    """Given JSONL files: every line to its topic (name up to the first dot),
+    in file order, with kafka-python (topics of 4 partitions created by
+    `rdg produce --events 0`)."""
+    from kafka import KafkaProducer
+    rdg_bin = sys.argv[sys.argv.index("--rdg-bin") + 1]
+    subprocess.run([rdg_bin, "produce", "--dataflows", str(ROOT / "dataflows"), "--brokers", brokers,
+                    "--events", "0", "--partitions", "4"], check=True, capture_output=True)
+    prod = KafkaProducer(bootstrap_servers=brokers, linger_ms=5, acks=1)
+    for f in files:
+        topic = ev.topic_of(f)
+        with open(f, "rb") as fh:
+            for line in fh:
+                prod.send(topic, value=line.rstrip(b"\n"))
+    prod.flush()
+    prod.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
