@@ -227,7 +227,10 @@ def write(R: dict, out: Path, plots: Path) -> None:
     w("- rdg: a live `rdg run` (the Kafka run above, all events consumed) gets one login event (then its "
       "`\"op\":\"delete\"` twin) through tansu; the time runs from the send to the first "
       "`GET /v1/identity/device/ID` (polled every millisecond) that shows the change: broker round trip, "
-      "consumption, the incremental identity update, the commit and one HTTP read.")
+      "consumption, the incremental identity update, the commit and one HTTP read. An idle `rdg run` "
+      "parks its workers for up to 100 ms (`IDLE_PARK` in src/dataflow/driver.rs) and a time completes only "
+      "when every worker has moved past it, so a single event on an idle pipeline usually takes about that "
+      "long; under a steady stream, produce-to-visible is lower (README, `scripts/bench-latency.sh`).")
     w("- networkx, igraph: the graph of links between non-hubs held in memory; the time per change is the "
       "edge added (or removed) plus all connected components recomputed from scratch "
       "(`nx.connected_components`, `Graph.connected_components`). They do not compute hubs or rdg's cluster "
@@ -238,7 +241,8 @@ def write(R: dict, out: Path, plots: Path) -> None:
     if ok(ident) and ident.get("changes"):
         xs = [c["seconds"] * 1000 for c in ident["changes"]]
         w(f"| rdg (live, produce → visible over HTTP) | {fmt_ms(statistics.median(xs))} | {fmt_ms(min(xs))} | "
-          f"{fmt_ms(max(xs))} | {load_str(ident.get('load'))} | every change seen |")
+          f"{fmt_ms(max(xs))} | {load_str(ident.get('load'))} | every change seen; broker ack "
+          f"{fmt_ms(statistics.median(c.get('ack_seconds', 0) * 1000 for c in ident['changes']))} ms of it (median) |")
     else:
         w(f"| rdg | {failed(ident)} | | | | |")
     for s in ("networkx", "igraph"):
@@ -343,7 +347,13 @@ def _run_check(r):
         return "not checked"
     if d["equal"]:
         return f"export equal to the replay's ({d['lines']:,} node/edge/identity lines)"
-    return f"DISAGREES with the replay's export: {d['only_run']:,} lines only in run, {d['only_replay']:,} only in replay"
+    text = (f"{d['only_run']:,} lines only in the run's export, {d['only_replay']:,} only in the replay's: "
+            f"{d['records']:,} node/edge records ({d['records_a_delete_retracts']:,} of them retracted by some "
+            f"delete event), {d['identity_entries']:,} identity entries")
+    if d["records"] == d["records_a_delete_retracts"]:
+        return ("differs only where deletes are involved, as expected with 4 partitions per topic (a delete "
+                "is read in another order relative to the same record's other events than in the files): " + text)
+    return "DISAGREES with the replay's export: " + text
 
 
 def plot(R: dict, plots: Path) -> None:

@@ -304,6 +304,7 @@ def identity_update(url: str, brokers: str, pairs: list, ts_s: int, timeout: flo
                 body = dict(ev, op="delete") if op == "delete" else ev
                 t0 = now()
                 prod.send("login", key=a_id.encode(), value=json.dumps(body).encode()).get(timeout=30)
+                acked = now() - t0
                 while True:
                     r = h.get_json(f"/v1/identity/device/{urllib.parse.quote(d_id, safe='')}")
                     members = set(r["members"]) if r else set()
@@ -313,7 +314,8 @@ def identity_update(url: str, brokers: str, pairs: list, ts_s: int, timeout: flo
                         raise RuntimeError(f"identity of {device} did not show the {op} of a link to {account} "
                                            f"within {timeout} s (last answer {r})")
                     time.sleep(0.001)
-                out.append({"op": op, "account": account, "device": device, "seconds": now() - t0})
+                out.append({"op": op, "account": account, "device": device, "seconds": now() - t0,
+                            "ack_seconds": acked})
     finally:
         prod.close()
     return {"changes": out}
