@@ -8,8 +8,8 @@ edges with MATCH + MERGE + SET), with an index on `id` of every label
 created first. Bulk load: FalkorDBLite has no loader of its own (the
 separate falkordb-bulk-loader needs a Redis URL and CSVs of its own format),
 so the bulk path is the client's fastest plain write: `UNWIND $rows AS r
-CREATE ...` in chunks of 10,000 rows, nodes first, then the id indexes, then
-edges.
+CREATE ...` in chunks of 10,000 rows, nodes first, then the id indexes
+(waiting until FalkorDB has built them: see wait_for_indexes), then edges.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Falkor:
     def create_schema(self) -> None:
         for t in self.node_schema:
             self.g.query(f"CREATE INDEX FOR (n:{q(t)}) ON (n.id)")
+        self.wait_for_indexes()
 
     def write_batch(self, rows: dict) -> None:
         for t, node_rows in rows["nodes"].items():
@@ -111,6 +112,23 @@ class Falkor:
                 self.g.query(f"UNWIND $rows AS r MATCH (a:{q(f)} {{id: r.from}}), (b:{q(to)} {{id: r.to}}) "
                              f"CREATE (a)-[:{q(t)} {{n: r.n, first_seen: r.first_seen, last_seen: r.last_seen{sets}}}]->(b)",
                              {"rows": rows})
+
+    def wait_for_indexes(self, timeout: float = 3600) -> None:
+        """FalkorDB builds an index over existing nodes in the background
+        ("UNDER CONSTRUCTION" in `CALL db.indexes()`). Edges written by
+        MATCH on `id` during that time came out duplicated here (has_email:
+        14,332 edges for 7,166 at 200k events), so the loader waits until
+        every index is OPERATIONAL (inside the timed load)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.g.ro_query("CALL db.indexes()").result_set
+            pending = [r[0] for r in rows if not any(x == "OPERATIONAL" for x in r if isinstance(x, str))]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"indexes still under construction after {timeout} s: {pending}")
+            time.sleep(0.01)
 
     def neighbours(self, edge_type: str, src: str) -> list[str]:
         f, to, _ = self.edge_schema[edge_type]

@@ -108,6 +108,7 @@ def write(R: dict, out: Path, plots: Path) -> None:
       f"{best_id[0] + ' ' + fmt_ms(best_id[1] * 1000) if best_id[0] else 'n/a'} | "
       f"{ratio(best_id[1], rdg_change)} |")
     w("")
+    R["_headline"] = L[L.index("## Headline: rdg ÷ best peer") + 2:]
     w("A ratio above 1 means rdg is faster. What each side does differs, so read the method notes below "
       "before quoting a ratio.")
     w("")
@@ -318,6 +319,29 @@ def write(R: dict, out: Path, plots: Path) -> None:
     w("")
     out.write_text("\n".join(L))
     plot(R, plots)
+
+
+def update_readme(R: dict, readme: Path, benchmarks: str) -> None:
+    """Rewrites the README's block between the compare markers: the link and
+    the headline ratios of this run."""
+    begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise RuntimeError(f"{readme} has no {begin} ... {end} block to update")
+    rows = R["_headline"]
+    block = "\n".join([
+        begin,
+        f"Side by side with FalkorDB, LadybugDB and Kuzu (graph databases) and networkx and igraph (identity) on "
+        f"the same {R['input']['lines']:,} events, one run of `scripts/compare/run.sh` on {R['date']} "
+        f"(2-core machine, load average {load_str(R['load_start'])} at the start): [{benchmarks}]({benchmarks}) "
+        f"has every table, the exact commands, the load next to each number, the correctness check of every "
+        f"system's final graph and the plots. rdg ÷ best peer (above 1: rdg is faster):",
+        "",
+        *[r for r in rows if r],
+        "",
+        end,
+    ])
+    readme.write_text(text[:text.index(begin)] + block + text[text.index(end) + len(end):])
 
 
 def _version(R, s):
