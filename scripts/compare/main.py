@@ -10,8 +10,11 @@ prepares the venv and the rdg binary). Steps, in this order, one at a time:
  5. rdg serve on the replayed state: lookups over HTTP (+ wrk when
     installed) and the sample; then the in-process query bench (cargo);
  6. rdg run from the tansu broker (streaming ingest from Kafka), its export
-    compared with the replay's, then identity updates on it, live;
- 7. networkx and igraph recomputing components after the same changes;
+    compared with the replay's;
+ 7. identity, on a larger event set (--identity-events, ~1M links) unless
+    told otherwise: rdg replay into a state, a live `rdg run` on it, links
+    added and deleted through Kafka; networkx and igraph recomputing
+    components after the same changes;
  8. results.json, BENCHMARKS.md and the plots (report.py).
 """
 
@@ -42,6 +45,9 @@ from harness import loadavg, log, now, time_lookups, write_json  # noqa: E402
 ROOT = sys_rdg.ROOT
 HERE = Path(__file__).resolve().parent
 PEERS = ["falkordb", "ladybug", "kuzu"]
+# About 1M live identity links with the generator's defaults (measured: see
+# BENCHMARKS.md "Identity" for the count of each run).
+IDENTITY_EVENTS = 4_400_000
 
 
 def parse_args():
@@ -60,6 +66,9 @@ def parse_args():
     p.add_argument("--lookup-seconds", type=float, default=10.0)
     p.add_argument("--lookup-max", type=int, default=100_000)
     p.add_argument("--identity-changes", type=int, default=5, help="links added then removed, each")
+    p.add_argument("--identity-events", type=int, default=IDENTITY_EVENTS,
+                   help="events of the set the identity update is measured on (rdg replay, then a live rdg run; "
+                        "networkx, igraph), sized for about 1M identity links; 0: the main event set")
     p.add_argument("--broker-port", type=int, default=19097)
     p.add_argument("--unavailable", type=Path, help="JSON {system: reason} of peers run.sh could not install")
     p.add_argument("--command", default="", help="the command line, for the report")
@@ -291,7 +300,7 @@ def main() -> int:
     else:
         R["rdg_inprocess"] = {"ok": False, "error": "cargo or benches/query.rs not available"}
 
-    # 6. rdg run from tansu, then identity updates on it
+    # 6. rdg run from tansu: streaming ingest from Kafka
     expected_records = rep["summary"]["events"] + rep["summary"]["dead_letters"]
     brokers = f"127.0.0.1:{a.broker_port}"
     broker = ROOT / "scripts/broker.sh"
@@ -323,41 +332,75 @@ def main() -> int:
             rdg.export_url(res["url"], run_export)
             res["export_vs_replay"] = diff_exports(export, run_export, deleted_records(files, defs, blocklist))
             return res
-        run = step(R, "rdg_run", run_ingest)
-
-        def rdg_identity():
-            if run.get("ok") is False or run_proc is None:
-                raise RuntimeError("rdg run did not ingest the events")
-            pairs = identity_pairs(graph, a.identity_changes, rng)
-            ts = max_login_ts(files, defs)
-            out = sys_rdg.identity_update(run["url"], brokers, pairs, ts)
-            out["pairs"] = pairs
-            out["load"] = loadavg()
-            st = sys_rdg.Http(run["url"]).get_json("/v1/status")
-            out["status_counts"] = (st or {}).get("counts")
-            return out
-        step(R, "rdg_identity", rdg_identity)
+        step(R, "rdg_run", run_ingest)
     finally:
         if run_proc is not None:
             sys_rdg.stop(run_proc)
         subprocess.run([str(broker), "stop", str(a.broker_port)], capture_output=True, cwd=ROOT)
 
-    # 7. networkx, igraph
-    def links_and_check():
-        links = ev.identity_links(files, defs, blocklist)
-        hubs = identity.hubs_of(links, settings)
-        return links, hubs
-    links, hubs = links_and_check()
+    # 7. identity: rdg's live update on a state of the identity event set
+    # (the same events unless --identity-events asks for more), then
+    # networkx and igraph recomputing after the same changes.
+    id_events = a.identity_events if a.identity_events and not a.input else 0
+    if id_events and id_events != a.events:
+        id_files = rdg.gen(id_events, a.seed, work / "identity-events")
+        id_state = work / "identity-state"
+
+        def id_replay():
+            r = rdg.replay(id_files, id_state, count_lines(id_files))
+            r["ingest"].pop("points", None)
+            return {**r, "load": loadavg(), "events": id_events,
+                    "command": f"rdg gen --events {id_events} --seed {a.seed}; rdg replay --workers {a.workers} "
+                               f"--state STATE --json playback.jsonl gaming.jsonl login.jsonl"}
+        idr = step(R, "identity_replay", id_replay)
+        if idr.get("ok") is False:
+            raise SystemExit(f"the identity event set could not be replayed: {idr['error']}")
+        id_export = work / "identity-export.jsonl"
+        rdg.export_state(id_state, id_export)
+        id_graph = ev.read_export(id_export)
+        id_export.unlink()
+    else:
+        id_files, id_state, id_graph = files, work / "replay-state", graph
+    R["identity_set"] = {"events": id_events or total, "lines": count_lines(id_files),
+                         "separate": id_files is not files}
+    pairs = identity_pairs(id_graph, a.identity_changes, rng)
+
+    def rdg_identity():
+        subprocess.run([str(broker), "start", str(a.broker_port)], check=True, cwd=ROOT, capture_output=True)
+        proc = None
+        try:
+            subprocess.run([str(a.rdg_bin), "produce", "--dataflows", str(dataflows), "--brokers", brokers,
+                            "--events", "0", "--partitions", "4"], check=True, capture_output=True)
+            api = f"127.0.0.1:{free_port()}"
+            proc, url = rdg.start_run(brokers, id_state, api, work / "identity-run.log")
+            t0 = now()
+            sys_rdg.wait_ready(url, timeout=3600)
+            out = {"ready_seconds": now() - t0,
+                   "command": f"rdg run --workers {a.workers} --state STATE --brokers {brokers} --listen {api}"}
+            st = sys_rdg.Http(url).get_json("/v1/status")
+            out["status_counts"] = (st or {}).get("counts")
+            ts = max_login_ts(id_files, defs)
+            out.update(sys_rdg.identity_update(url, brokers, pairs, ts))
+            out["pairs"] = pairs
+            out["load"] = loadavg()
+            return out
+        finally:
+            if proc is not None:
+                sys_rdg.stop(proc)
+            subprocess.run([str(broker), "stop", str(a.broker_port)], capture_output=True, cwd=ROOT)
+    step(R, "rdg_identity", rdg_identity)
+
+    links = ev.identity_links(id_files, defs, blocklist)
+    hubs = identity.hubs_of(links, settings)
     st = identity.stitched(links, hubs)
-    ident = R.get("rdg_identity", {})
-    pairs = [tuple(p) for p in ident.get("pairs", [])] or identity_pairs(graph, a.identity_changes, rng)
     R["identity_input"] = {"links": len(links), "hubs": len(hubs), "stitched_links": len(st),
                            "changes": len(pairs) * 2}
+    del links
 
     def nx_run():
         r = identity.networkx_changes(st, pairs)
         comps = r.pop("components")
-        r["partition_vs_rdg"] = identity.partition_check(comps, graph.identity)
+        r["partition_vs_rdg"] = identity.partition_check(comps, id_graph.identity)
         r["load"] = loadavg()
         return r
     step(R, "networkx", nx_run)

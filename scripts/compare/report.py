@@ -219,13 +219,27 @@ def write(R: dict, out: Path, plots: Path) -> None:
     w("## Identity: connected components after one change")
     w("")
     st = ident.get("status_counts") if ok(ident) else None
+    iset = R.get("identity_set", {})
+    idr = R.get("identity_replay")
+    if iset.get("separate"):
+        w(f"Measured on a separate, larger event set: `rdg gen --events {iset['events']:,} --seed {R['seed']}` "
+          f"({iset['lines']:,} lines), replayed into a state"
+          + (f" in {idr['seconds']:.0f} s ({fmt_rate(idr['ingest']['rate'])} events/s, load "
+             f"{load_str(idr.get('load'))})" if ok(idr) else f" ({failed(idr)})")
+          + ", then served by a live `rdg run` on that state"
+          + (f" (ready {ident['ready_seconds']:.1f} s after its start: it rebuilds folds and identity "
+             f"from the store)" if ok(ident) and "ready_seconds" in ident else "") + ".")
+    else:
+        w(f"Measured on the same event set ({iset.get('lines', 0):,} lines), replayed as above, then served by a "
+          f"live `rdg run` on that state.")
+    w("")
     w(f"Identity links derived from the events by the `[[identity]]` rules: {ii.get('links', 0):,} live links, "
       f"{ii.get('hubs', 0):,} hubs (more neighbours than `max_links`), {ii.get('stitched_links', 0):,} links between "
       f"non-hubs. Each change links an account and a private device of two different clusters, then deletes "
       f"that link again ({ii.get('changes', 0)} changes)."
       + (f" rdg's live state's counts: `{json.dumps(st)}`." if st else ""))
     w("")
-    w("- rdg: a live `rdg run` (the Kafka run above, all events consumed) gets one login event (then its "
+    w("- rdg: the live `rdg run` gets one login event (then its "
       "`\"op\":\"delete\"` twin) through tansu; the time runs from the send to the first "
       "`GET /v1/identity/device/ID` (polled every millisecond) that shows the change: broker round trip, "
       "consumption, the incremental identity update, the commit and one HTTP read. An idle `rdg run` "

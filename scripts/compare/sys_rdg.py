@@ -148,6 +148,15 @@ class Rdg:
                     break
         return p, {"seconds": series.total()[0], "ingest": series.summary()}
 
+    def start_run(self, brokers: str, state: Path, listen: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+        """`rdg run` continuing `state`, serving on `listen`; returns at once
+        (wait_ready tells when it has rebuilt the state)."""
+        logf = open(log_path, "w")
+        p = subprocess.Popen([self.bin, "run", "--dataflows", self.dataflows, "--workers", str(self.workers),
+                              "--state", str(state), "--brokers", brokers, "--listen", listen],
+                             stderr=logf, stdout=subprocess.DEVNULL)
+        return p, f"http://{listen}"
+
     def produce_generated(self, brokers: str, events: int, seed: int) -> None:
         subprocess.run([self.bin, "produce", "--dataflows", self.dataflows, "--brokers", brokers,
                         "--events", str(events), "--seed", str(seed), "--partitions", "4"],
