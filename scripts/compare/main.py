@@ -29,7 +29,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 

@@ -326,8 +326,9 @@ def write(R: dict, out: Path, plots: Path) -> None:
       "OPERATIONAL, inside its timed load.")
     w("- **rdg's rates** are wall-clock times of the whole process (`rdg replay`: start to exit, including "
       "opening the state and the final counts; `rdg run`: start until its status line shows every record "
-      "committed). Rate over time: `rdg run`'s status lines (one a second); `rdg replay`'s progress bar "
-      "(bytes read, read through a pseudo-terminal, converted to events in proportion).")
+      "committed). Rate over time: `rdg run`'s status lines (one a second, records scaled to input lines). "
+      "`rdg replay` shows no committed progress (its progress bar counts bytes read, which runs far ahead of "
+      "the commits), so it has no first/last 10% and no curve in the plot.")
     w("- **Bulk loads** of the databases start from CSV files of the final graph, already deduplicated and "
       "aggregated, while rdg's replay starts from the raw events: this favours the databases.")
     w("- **Lookups**: one client, one request at a time, all on the same 2 cores as the server. rdg's in-process "
@@ -423,10 +424,9 @@ def plot(R: dict, plots: Path) -> None:
         return xs, ys
 
     series = []
-    for label, key in (("rdg run (Kafka)", "rdg_run"), ("rdg replay (files)", "rdg_replay")):
-        r = R.get(key)
-        if ok(r):
-            series.append((label, r["ingest"]["points"]))
+    r = R.get("rdg_run")
+    if ok(r):
+        series.append(("rdg run (Kafka)", r["ingest"]["points"]))
     for s, p in R["peers"].items():
         r = p.get("stream")
         if ok(r):
