@@ -1,6 +1,6 @@
 """BENCHMARKS.md and its plots from results.json (main.py writes both; run
-`python report.py results.json BENCHMARKS.md PLOTDIR` to redo the report
-alone)."""
+`python report.py results.json BENCHMARKS.md PLOTDIR [README.md]` to redo
+the report alone)."""
 
 from __future__ import annotations
 
@@ -471,4 +471,8 @@ def plot(R: dict, plots: Path) -> None:
 
 
 if __name__ == "__main__":
-    write(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3]))
+    # python report.py RESULTS.json BENCHMARKS.md PLOTDIR [README.md]
+    results = json.loads(Path(sys.argv[1]).read_text())
+    write(results, Path(sys.argv[2]), Path(sys.argv[3]))
+    if len(sys.argv) > 4:
+        update_readme(results, Path(sys.argv[4]), os.path.relpath(sys.argv[2], Path(sys.argv[4]).parent))
