@@ -416,3 +416,44 @@ pub(crate) enum Bound<'a> {
 fn mismatch() -> KvIter {
     Box::new(std::iter::once(Err(EngineError::Mismatch("snapshot"))))
 }
+
+/// Direct access for tests that damage a state on purpose.
+#[cfg(test)]
+impl Ns {
+    pub fn raw_insert(&self, key: &[u8], value: &[u8]) {
+        match self {
+            Ns::Fjall(ks) => ks.insert(key, value).expect("fjall insert"),
+            Ns::Sled(t) => {
+                t.insert(key, value).expect("sled insert");
+            }
+        }
+    }
+
+    pub fn raw_remove(&self, key: &[u8]) {
+        match self {
+            Ns::Fjall(ks) => ks.remove(key).expect("fjall remove"),
+            Ns::Sled(t) => {
+                t.remove(key).expect("sled remove");
+            }
+        }
+    }
+
+    pub fn raw_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        match self {
+            Ns::Fjall(ks) => ks
+                .iter()
+                .map(|g| {
+                    let (k, v) = g.into_inner().expect("fjall item");
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect(),
+            Ns::Sled(t) => t
+                .iter()
+                .map(|i| {
+                    let (k, v) = i.expect("sled item");
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect(),
+        }
+    }
+}
