@@ -3,19 +3,31 @@
 //! stress the key codec: NUL bytes, prefixes of one another, multi-byte
 //! characters), cursors survive their text form, a cursor of the other order
 //! is refused, search by prefix, the schema, per-namespace counts, and the
-//! commit count.
+//! commit count. Every test runs on both engines.
 
 use std::collections::BTreeSet;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdg::model::{Change, ClusterOf, Progress, Record};
-use rdg::store::{Direction, EdgeCursor, EdgeOrder, EdgeQuery, EdgeView, Store, StoreError};
+use rdg::store::{
+    Direction, EdgeCursor, EdgeOrder, EdgeQuery, EdgeView, Engine, Store, StoreError, StoreOptions,
+};
 
 const IDS: &[&str] = &[
     "t", "t\u{0}", "t\u{0}1", "t1", "t10", "tÿ", "t😀", "", "u", "t!",
 ];
 const DATAFLOWS: &[&str] = &["a", "b", "c\u{0}"];
+
+fn open(dir: &std::path::Path, engine: Engine) -> Result<Store, StoreError> {
+    Store::open_with(
+        dir,
+        &StoreOptions {
+            engine: Some(engine),
+            cache_bytes: Some(16 << 20),
+        },
+    )
+}
 
 fn rec(rng: &mut StdRng) -> Record {
     let first = rng.random_range(0..50);
@@ -83,12 +95,11 @@ fn walk(store: &Store, id: &str, q: &EdgeQuery, size: usize) -> Vec<EdgeView> {
     }
 }
 
-#[test]
-fn paging_equals_the_full_list() {
+fn paging_equals_the_full_list(engine: Engine) {
     for seed in 0..4 {
         let mut rng = StdRng::seed_from_u64(seed);
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(tmp.path()).expect("open");
+        let store = open(tmp.path(), engine).expect("open");
         random_graph(&mut rng, &store);
         let mut ids: Vec<String> = (0..3).map(|i| format!("p:{}", IDS[i])).collect();
         ids.extend(IDS.iter().take(4).map(|i| format!("title:{i}0")));
@@ -117,8 +128,7 @@ fn paging_equals_the_full_list() {
     }
 }
 
-#[test]
-fn cursors_are_checked() {
+fn cursors_are_checked(engine: Engine) {
     for c in [
         EdgeCursor::Id {
             after: "title:\u{0}ÿ😀".into(),
@@ -141,7 +151,7 @@ fn cursors_are_checked() {
         );
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(tmp.path()).expect("open");
+    let store = open(tmp.path(), engine).expect("open");
     let q = EdgeQuery {
         order: EdgeOrder::Recent,
         limit: Some(1),
@@ -175,10 +185,9 @@ fn cursors_are_checked() {
     ));
 }
 
-#[test]
-fn search_schema_counts_and_commit_count() {
+fn search_schema_counts_and_commit_count(engine: Engine) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(tmp.path()).expect("open");
+    let store = open(tmp.path(), engine).expect("open");
     assert_eq!(store.commit_count(), 0);
     let r = Record {
         count: 1,
@@ -284,6 +293,19 @@ fn search_schema_counts_and_commit_count() {
         .expect("commit");
     assert_eq!(store.commit_count(), 1);
     drop(store);
-    let store = Store::open(tmp.path()).expect("reopen");
+    let store = open(tmp.path(), engine).expect("reopen");
     assert_eq!(store.commit_count(), 1, "read back from meta");
 }
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_fjall {
+            $( #[test] fn $name() { super::$name(super::Engine::Fjall) } )*
+        }
+        mod on_sled {
+            $( #[test] fn $name() { super::$name(super::Engine::Sled) } )*
+        }
+    };
+}
+
+both_engines!(paging_equals_the_full_list, cursors_are_checked, search_schema_counts_and_commit_count);
