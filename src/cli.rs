@@ -18,7 +18,7 @@ use rdg::dataflow::Cluster;
 use rdg::query::client::Client;
 use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
-use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
+use rdg::store::{Direction, EdgeOrder, EdgeQuery, Engine, Store, StoreOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -62,6 +62,13 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// The store engine of a new state: fjall (default) or sled. An
+        /// existing state keeps the engine it was written with.
+        #[arg(long)]
+        engine: Option<Engine>,
+        /// The store's cache in MiB (default: fjall 256, sled 512).
+        #[arg(long)]
+        cache_mb: Option<u64>,
         /// Input files.
         files: Vec<PathBuf>,
     },
@@ -84,6 +91,12 @@ enum Command {
         batch: usize,
         #[command(flatten)]
         serve: ServeArgs,
+        /// The store engine of a new state: fjall (default) or sled.
+        #[arg(long)]
+        engine: Option<Engine>,
+        /// The store's cache in MiB (default: fjall 256, sled 512).
+        #[arg(long)]
+        cache_mb: Option<u64>,
     },
     /// Send generated events to the definitions' topics (keyed by account).
     Produce {
@@ -129,6 +142,12 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         serve: ServeArgs,
+        /// The store engine of a new state: fjall (default) or sled.
+        #[arg(long)]
+        engine: Option<Engine>,
+        /// The store's cache in MiB (default: fjall 256, sled 512).
+        #[arg(long)]
+        cache_mb: Option<u64>,
     },
     /// Look up records in a state directory, or ask a running server
     /// (`--url`); prints JSON.
@@ -142,6 +161,9 @@ enum Command {
         /// With --url: a file holding the server's bearer token.
         #[arg(long, requires = "url")]
         auth_token_file: Option<PathBuf>,
+        /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
+        #[arg(long, conflicts_with = "url")]
+        cache_mb: Option<u64>,
         #[command(subcommand)]
         what: QueryCommand,
     },
@@ -152,6 +174,9 @@ enum Command {
         state: PathBuf,
         #[command(flatten)]
         serve: ServeArgs,
+        /// The store's cache in MiB (default: fjall 256, sled 512).
+        #[arg(long)]
+        cache_mb: Option<u64>,
     },
     /// Print the whole graph as sorted JSON Lines, from a state directory or
     /// from a running server (`--url`; any process of a cluster gives the
@@ -165,6 +190,9 @@ enum Command {
         /// With --url: a file holding the server's bearer token.
         #[arg(long, requires = "url")]
         auth_token_file: Option<PathBuf>,
+        /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
+        #[arg(long, conflicts_with = "url")]
+        cache_mb: Option<u64>,
     },
     /// Generate deterministic synthetic events for the shipped definitions.
     Gen {
@@ -394,9 +422,10 @@ fn parse_topic_file(s: &str) -> Result<(String, PathBuf)> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     app::install_panic_hook();
-    // Logs go to stderr; RUST_LOG overrides the default level (info).
+    // Logs go to stderr; RUST_LOG overrides the default level (info; the
+    // store engine's own logs from warnings up).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -440,8 +469,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             kafka,
             batch,
             json,
+            engine,
+            cache_mb,
             files,
         } => {
+            let store = store_options(engine, cache_mb);
             let result = if let Some(brokers) = kafka.brokers.clone() {
                 if !files.is_empty() {
                     anyhow::bail!("pass either input files or --brokers, not both");
@@ -458,6 +490,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cluster: None,
                     serve: None,
                     mode: "replay",
+                    store,
                 };
                 app::kafka::replay_kafka(&opts)
             } else {
@@ -478,6 +511,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     topic_files,
                     batch,
                     progress: std::io::stderr().is_terminal(),
+                    store,
                 };
                 app::replay(&opts)
             };
@@ -510,6 +544,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cluster,
             batch,
             serve,
+            engine,
+            cache_mb,
         } => {
             let brokers = kafka
                 .brokers
@@ -533,6 +569,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     None => None,
                 },
                 mode: "run",
+                store: store_options(engine, cache_mb),
             };
             let totals = app::kafka::run_live(&opts)?;
             eprintln!(
@@ -583,6 +620,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             partitions,
             seed,
             serve,
+            engine,
+            cache_mb,
         } => {
             let opts = DemoOptions {
                 dataflows,
@@ -595,6 +634,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seed,
                 stop: app::kafka::stop_on_signals()?,
                 serve: serve.config()?,
+                store: store_options(engine, cache_mb),
             };
             let totals = app::kafka::demo(&opts)?;
             eprintln!(
@@ -603,11 +643,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { state, serve: args } => serve(&state, &args),
+        Command::Serve {
+            state,
+            serve: args,
+            cache_mb,
+        } => serve(&state, &args, cache_mb),
         Command::Query {
             state,
             url,
             auth_token_file,
+            cache_mb,
             what,
         } => {
             if let Some(url) = url {
@@ -616,7 +661,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(state) = state else {
                 anyhow::bail!("pass --state DIR or --url URL");
             };
-            let store = open_existing(&state)?;
+            let store = open_existing(&state, cache_mb)?;
             let value = match what {
                 QueryCommand::Node { node_type, id } => {
                     let ident = format!("{node_type}:{id}");
@@ -659,6 +704,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state,
             url,
             auth_token_file,
+            cache_mb,
         } => {
             if let Some(url) = url {
                 let token = auth_token_file.as_deref().map(read_token).transpose()?;
@@ -677,7 +723,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(state) = state else {
                 anyhow::bail!("pass --state DIR or --url URL");
             };
-            let store = open_existing(&state)?;
+            let store = open_existing(&state, cache_mb)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let written = store
@@ -723,12 +769,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Opens a state directory that must already exist (reads never create one).
-fn open_existing(state: &std::path::Path) -> Result<Store> {
+/// Opens a state directory that must already exist (reads never create one),
+/// with the engine it records.
+fn open_existing(state: &std::path::Path, cache_mb: Option<u64>) -> Result<Store> {
     if !state.is_dir() {
         anyhow::bail!("state directory {} does not exist", state.display());
     }
-    Ok(Store::open(state)?)
+    Ok(Store::open_with(state, &store_options(None, cache_mb))?)
+}
+
+/// The store options of `--engine` and `--cache-mb`.
+fn store_options(engine: Option<Engine>, cache_mb: Option<u64>) -> StoreOptions {
+    StoreOptions {
+        engine,
+        cache_bytes: cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
+    }
 }
 
 /// Writes to stdout; a reader that went away (`| head`) ends the command
@@ -836,9 +891,9 @@ fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(token)
 }
 
-fn serve(state: &std::path::Path, args: &ServeArgs) -> Result<ExitCode> {
+fn serve(state: &std::path::Path, args: &ServeArgs, cache_mb: Option<u64>) -> Result<ExitCode> {
     let config = args.config()?;
-    let store = open_existing(state)?;
+    let store = open_existing(state, cache_mb)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))

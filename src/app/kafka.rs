@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
+use super::{AppError, Observer, ReplaySummary, Totals, replay_into_store, run_into_store};
 use crate::dataflow::{Cluster, Positions, RunConfig, SourceFactory};
 use crate::model::Progress;
 use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
 use crate::spec::{self, Plan};
-use crate::store::{Counts, Shape, Store};
+use crate::store::{Counts, Shape, Store, StoreOptions};
 
 /// What `rdg run` and `rdg replay --brokers` are asked to do.
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct KafkaRunOptions {
     pub serve: Option<ServeConfig>,
     /// What the query API's status calls this run: `run` or `demo`.
     pub mode: &'static str,
+    /// The store's engine (for a new state) and cache.
+    pub store: StoreOptions,
 }
 
 /// Each worker reads every selected dataflow's topic, owning the partitions
@@ -187,7 +189,7 @@ pub fn status_line(
 
 /// Opens the state and checks that it was written by this cluster shape.
 fn open_state(opts: &KafkaRunOptions) -> Result<Store, AppError> {
-    let store = Store::open(&opts.state)?;
+    let store = Store::open_with(&opts.state, &opts.store)?;
     let (processes, process) = match &opts.cluster {
         Some(c) => (c.addresses.len() as u64, c.process as u64),
         None => (1, 0),
@@ -298,11 +300,13 @@ fn check_query_cluster(
 const DEMO_STATUS: Duration = Duration::from_secs(5);
 
 /// `rdg replay --brokers`: reads each partition up to the end offset it had
-/// at the start, then stops.
+/// at the start, then stops. Into an empty state it is a bulk load (see
+/// [`replay_into_store`]).
 pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
     let started = Instant::now();
     let plan = Arc::new(spec::load(&opts.dataflows)?);
     let store = open_state(opts)?;
+    let bulk = store.is_empty()?;
     let sources = kafka_sources(&plan, opts, true)?;
     let config = RunConfig {
         workers: opts.workers.max(1),
@@ -313,9 +317,11 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
         ..RunConfig::default()
     };
     let mut nothing = |_: &Totals| {};
-    let totals = run_into_store(&store, plan, config, sources, &mut nothing)?;
+    let totals = replay_into_store(&store, bulk, plan, config, sources, &mut nothing)?;
     let counts: Counts = store.counts()?;
-    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+    let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
+    summary.add_store(&store, bulk);
+    Ok(summary)
 }
 
 /// Installs SIGINT/SIGTERM handling that sets `stop`; a second signal exits
@@ -351,6 +357,8 @@ pub struct DemoOptions {
     pub stop: Arc<AtomicBool>,
     /// The query API, served while the demo runs.
     pub serve: ServeConfig,
+    /// The store's engine (for a new state) and cache.
+    pub store: StoreOptions,
 }
 
 /// `rdg demo`: an in-process Kafka-protocol cluster (librdkafka's mock
@@ -426,6 +434,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
         cluster: None,
         serve: Some(opts.serve.clone()),
         mode: "demo",
+        store: opts.store,
     };
     let totals = run_live(&run);
     opts.stop.store(true, Ordering::SeqCst);
