@@ -382,7 +382,14 @@ pub fn run_into_store(
     sources: dataflow::SourceFactory,
     observer: &mut dyn Observer,
 ) -> Result<Totals, AppError> {
-    let totals = run_into_sink(store, &mut Sink::Commit(store), plan, config, sources, observer);
+    let totals = run_into_sink(
+        store,
+        &mut Sink::Commit(store),
+        plan,
+        config,
+        sources,
+        observer,
+    );
     store.flush()?;
     totals
 }

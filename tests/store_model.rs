@@ -1103,7 +1103,9 @@ fn bulk_load_equals_commits(engine: Engine) {
         let mut model = Model::default();
         for _ in 0..120 {
             let (changes, dead, progress) = random_commit(&mut rng, &model);
-            committed.commit(&changes, &dead, &progress).expect("commit");
+            committed
+                .commit(&changes, &dead, &progress)
+                .expect("commit");
             bulk.write(&changes, &dead, &progress).expect("bulk write");
             model.apply(&changes, &dead, &progress);
         }
@@ -1121,8 +1123,14 @@ fn bulk_load_equals_commits(engine: Engine) {
         let expected = export(&committed);
         assert!(expected.len() > 1000, "a real export");
         assert_eq!(export(&loaded), expected, "{engine} {method:?}");
-        assert_eq!(loaded.meta().expect("meta"), committed.meta().expect("meta"));
-        assert_eq!(loaded.counts().expect("counts"), committed.counts().expect("counts"));
+        assert_eq!(
+            loaded.meta().expect("meta"),
+            committed.meta().expect("meta")
+        );
+        assert_eq!(
+            loaded.counts().expect("counts"),
+            committed.counts().expect("counts")
+        );
         check(&loaded, &model, &mut rng, 0);
         // Durable and complete: the same after a reopen, and it continues
         // with commits like any state.

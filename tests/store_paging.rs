@@ -308,4 +308,8 @@ macro_rules! both_engines {
     };
 }
 
-both_engines!(paging_equals_the_full_list, cursors_are_checked, search_schema_counts_and_commit_count);
+both_engines!(
+    paging_equals_the_full_list,
+    cursors_are_checked,
+    search_schema_counts_and_commit_count
+);

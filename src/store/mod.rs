@@ -111,8 +111,8 @@
 //! Reads during a bulk load may see part of it (it is meant for offline
 //! backfills, which nobody reads while they run).
 
-pub mod codec;
 mod bulk;
+pub mod codec;
 mod engine;
 mod export;
 mod layout;
@@ -567,7 +567,6 @@ impl DynTrees {
         }
     }
 }
-
 
 /// The counters of every dataflow, as committed, kept in memory so that a
 /// commit never reads them; its mutex also serializes commits.
@@ -1043,7 +1042,8 @@ fn load_counters(snap: &Snap, meta: &Ns) -> Result<(u64, Counters), LoadError> {
     let prefix = codec::encode(&[META_DATAFLOW]);
     for item in snap.prefix(meta, &prefix) {
         let (k, v) = item.map_err(LoadError::Engine)?;
-        let corrupt = |d: &dyn std::fmt::Display| LoadError::Store(StoreError::corrupt(TREE_META, &k, d));
+        let corrupt =
+            |d: &dyn std::fmt::Display| LoadError::Store(StoreError::corrupt(TREE_META, &k, d));
         let mut d = codec::Decoder::new(&k[prefix.len()..]);
         let name = d.str().map_err(|e| corrupt(&e))?;
         d.end().map_err(|e| corrupt(&e))?;

@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 
 use compact_str::CompactString;
 
+use super::engine::{Bound, KvIter, Ns, Snap};
 use super::merge::{
     Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge, to_json_map,
 };
-use super::engine::{Bound, KvIter, Ns, Snap};
 use super::{
     Direction, EdgeCursor, EdgeOrder, EdgePage, EdgeQuery, EdgeView, Family, IdentityView,
     NodeView, Store, StoreError, TREE_CLUSTER, TREE_ID, TREE_LINK, codec,
@@ -149,11 +149,7 @@ impl Store {
     }
 
     /// The stored members of `cluster` (`identity/cluster` entries), sorted.
-    pub(crate) fn members_in(
-        &self,
-        snap: &Snap,
-        cluster: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn members_in(&self, snap: &Snap, cluster: &str) -> Result<Vec<String>, StoreError> {
         let prefix = codec::encode(&[cluster]);
         let mut members = Vec::new();
         for item in snap.prefix(&self.inner.cluster, &prefix) {

@@ -274,7 +274,8 @@ impl ReadView<'_> {
         q: &EdgeQuery,
         after: Option<&EdgeCursor>,
     ) -> Result<EdgePage, StoreError> {
-        self.store.edges_page_in(&self.snap, edge_type, id, q, after)
+        self.store
+            .edges_page_in(&self.snap, edge_type, id, q, after)
     }
 
     /// See [`Store::links`].
@@ -336,21 +337,21 @@ impl ReadView<'_> {
             k.truncate(k.len() - 2);
             k
         };
-        let node_types: Vec<(compact_str::CompactString, Ns, String)> =
-            match prefix.split_once(':') {
-                Some((t, id)) => self
-                    .store
-                    .dyn_tree(Family::Node, t)
-                    .map(|tree| (t.into(), tree, id.to_string()))
-                    .into_iter()
-                    .collect(),
-                None => self
-                    .store
-                    .dyn_trees(Family::Node)
-                    .into_iter()
-                    .map(|(t, tree)| (t, tree, prefix.to_string()))
-                    .collect(),
-            };
+        let node_types: Vec<(compact_str::CompactString, Ns, String)> = match prefix.split_once(':')
+        {
+            Some((t, id)) => self
+                .store
+                .dyn_tree(Family::Node, t)
+                .map(|tree| (t.into(), tree, id.to_string()))
+                .into_iter()
+                .collect(),
+            None => self
+                .store
+                .dyn_trees(Family::Node)
+                .into_iter()
+                .map(|(t, tree)| (t, tree, prefix.to_string()))
+                .collect(),
+        };
         for (node_type, tree, id_prefix) in node_types {
             let name = tree_name(Family::Node, &node_type);
             let mut taken = 0;

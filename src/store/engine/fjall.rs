@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
-use super::{Bound, Bytes, BulkMethod, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteSet};
+use super::{Bound, BulkMethod, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteSet};
 
 /// The engine's folder inside the state directory.
 pub(crate) const DIR: &str = "fjall";
