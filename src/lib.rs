@@ -8,7 +8,7 @@
 //! - [`source`]: file and Kafka readers; bad records become dead letters, not
 //!   panics.
 //! - [`dataflow`]: timely/differential dataflows; never imports `store`.
-//! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
+//! - [`store`]: namespaces over fjall or sled, key codec, atomic writer, bulk load, reader, export.
 //! - [`query`]: the HTTP query service (reads the store; never sees the
 //!   dataflow, sources or app).
 //! - [`generate`]: the deterministic synthetic event generator.

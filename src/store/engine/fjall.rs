@@ -120,7 +120,12 @@ impl FjallDb {
         set: &WriteSet,
         method: BulkMethod,
     ) -> Result<(), EngineError> {
-        if method == BulkMethod::Batch {
+        let ingest = match method {
+            BulkMethod::Ingest => true,
+            BulkMethod::Batch => false,
+            BulkMethod::Auto => set.arena.len() >= super::AUTO_INGEST_BYTES,
+        };
+        if !ingest {
             return Ok(self.batch(ns, set)?.commit()?);
         }
         let mut rest = &set.ops[..];

@@ -231,15 +231,23 @@ impl WriteSet {
     }
 }
 
-/// How a bulk load chunk reaches fjall (sled always uses per-tree batches).
+/// How a bulk load's buffer reaches fjall (sled always uses per-tree
+/// batches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BulkMethod {
-    /// Keyspace ingestion: sorted runs written straight to tables.
+    /// Ingestion for buffers of at least [`AUTO_INGEST_BYTES`], one batch
+    /// for smaller ones (an ingestion costs a few fsyncs per keyspace, which
+    /// dominate small loads).
     #[default]
+    Auto,
+    /// Keyspace ingestion: sorted runs written straight to tables.
     Ingest,
-    /// One atomic write batch per chunk, as a commit.
+    /// One write batch per buffer, as a commit (not synced until the end).
     Batch,
 }
+
+/// The buffer size from which [`BulkMethod::Auto`] ingests.
+pub const AUTO_INGEST_BYTES: usize = 4 << 20;
 
 /// Sizes and knobs an engine is opened with.
 #[derive(Clone, Copy, Debug)]
