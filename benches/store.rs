@@ -3,9 +3,10 @@
 //! commits and by bulk loads, on each engine. Prints keys/s (wall clock,
 //! encoding included) and the engine's own time.
 //!
-//! `cargo bench --bench store -- [EDGES] [EDGES_PER_COMMIT] [CASES]`
-//! (defaults 1000000, 10000, all); CASES is a comma-separated subset of
-//! `fjall-commit,sled-commit,fjall-ingest,fjall-batch,sled-bulk`.
+//! `cargo bench --bench store -- [EDGES] [EDGES_PER_COMMIT] [CASES] [BUFFER_MB]`
+//! (defaults 1000000, 10000, all, 64); CASES is a comma-separated subset of
+//! `fjall-commit,sled-commit,fjall-ingest,fjall-batch,fjall-auto,sled-bulk`;
+//! BUFFER_MB is the bulk load's buffer.
 
 use std::time::Instant;
 
@@ -72,7 +73,7 @@ fn progress(events: u64) -> Progress {
     p
 }
 
-fn run(case: &str, edges: u64, per_commit: u64) {
+fn run(case: &str, edges: u64, per_commit: u64, buffer: usize) {
     let (engine, bulk) = match case {
         "fjall-commit" => (Engine::Fjall, None),
         "sled-commit" => (Engine::Sled, None),
@@ -94,11 +95,7 @@ fn run(case: &str, edges: u64, per_commit: u64) {
     )
     .expect("open");
     let started = Instant::now();
-    let mut load = bulk.map(|m| {
-        store
-            .bulk_load_with(m, rdg::store::DEFAULT_BULK_BUFFER_BYTES)
-            .expect("bulk load")
-    });
+    let mut load = bulk.map(|m| store.bulk_load_with(m, buffer).expect("bulk load"));
     let mut i = 0;
     while i < edges {
         let changes = chunk(i, per_commit);
@@ -131,14 +128,23 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let edges: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let edges: u64 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let per_commit: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let cases = args
-        .get(2)
-        .cloned()
-        .unwrap_or_else(|| "fjall-commit,sled-commit,fjall-ingest,fjall-batch,sled-bulk".into());
-    println!("{edges} edges, {per_commit} per commit or chunk; machine: 2 cores (shared)");
+    let cases = args.get(2).cloned().unwrap_or_else(|| {
+        "fjall-commit,sled-commit,fjall-ingest,fjall-batch,fjall-auto,sled-bulk".into()
+    });
+    let buffer = args
+        .get(3)
+        .and_then(|a| a.parse::<usize>().ok())
+        .map_or(rdg::store::DEFAULT_BULK_BUFFER_BYTES, |mb| mb << 20);
+    println!(
+        "{edges} edges, {per_commit} per commit or chunk, bulk buffer {} MiB; machine: 2 cores (shared)",
+        buffer >> 20
+    );
     for case in cases.split(',') {
-        run(case, edges, per_commit);
+        run(case, edges, per_commit, buffer);
     }
 }

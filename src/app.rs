@@ -442,7 +442,7 @@ fn run_into_sink(
             let _ = tx.send(e);
         }
     });
-    let run = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
         let mut writer = Writer::new(workers, committed);
         let mut result: Result<(), AppError> = Ok(());
@@ -476,8 +476,7 @@ fn run_into_sink(
             })
         });
         result.and(joined).map(|()| writer.totals.clone())
-    });
-    run
+    })
 }
 
 /// Collects emitted times and commits them once complete on every worker.

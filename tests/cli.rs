@@ -767,10 +767,21 @@ fn a_state_open_in_another_process_is_refused() {
     assert!(run.ok().lines().count() > 100, "{}", run.describe());
 }
 
+/// Creates an empty state written with sled (the engine is recorded in it).
+fn create_sled_state(state: &std::path::Path) {
+    let options = rdg::store::StoreOptions {
+        engine: Some(rdg::store::Engine::Sled),
+        cache_bytes: None,
+    };
+    drop(rdg::store::Store::open_with(state, &options).expect("creating a sled state"));
+}
+
 #[test]
 fn a_state_of_another_format_version_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
+    // A sled state, so that the test can rewrite it with sled directly.
+    create_sled_state(&state);
     replay(&state, 1, &[data_dir().join("login.jsonl")]);
     // `meta` key enc("format") (a string segment ends with 0x00 0x01), value
     // the version as a big-endian u64 (src/store/mod.rs, "Layout").
@@ -993,6 +1004,7 @@ fn replay_reports_store_errors_once() {
 
     // Another format version.
     let other = tmp.path().join("other");
+    create_sled_state(&other);
     replay(&other, 1, std::slice::from_ref(&login));
     {
         let db = sled::open(&other).expect("opening the state with sled");

@@ -22,7 +22,7 @@ use super::{
     DataflowCounters, DeadLetterRef, Family, META_COMMITS, META_DATAFLOW, META_POSITION, Store,
     StoreError, codec,
 };
-use crate::model::{Change, DataflowProgress, DeadLetter, Progress, split_ident};
+use crate::model::{Change, DataflowProgress, DeadLetter, Progress, Record, split_ident};
 
 /// Fixed positions of the always-present namespaces in a [`Plan`].
 const T_META: usize = 0;
@@ -145,45 +145,12 @@ impl Plan {
                 dataflow,
                 reverse,
                 record,
-            } => {
-                let fwd = match record {
-                    Some(_) => self.get_or_create(store, Family::Edge, edge_type)?,
-                    // An `edge_in/` key never exists without its `edge/` key.
-                    None => match self.get_existing(store, Family::Edge, edge_type) {
-                        Some(tree) => tree,
-                        None => return Ok(()),
-                    },
-                };
-                let inn = if record.is_some() && *reverse {
-                    Some(self.get_or_create(store, Family::EdgeIn, edge_type)?)
-                } else {
-                    self.get_existing(store, Family::EdgeIn, edge_type)
-                };
-                let key = self.key(&[from, to, dataflow]);
-                let in_key = inn.map(|_| self.key(&[to, from, dataflow]));
-                match record {
-                    Some(r) => {
-                        let start = self.postcard(r, "an edge record")?.start;
-                        self.set.arena.push(u8::from(*reverse));
-                        let value = self.set.span_from(start);
-                        self.set.put(fwd, key, value);
-                        if let (Some(inn), Some(in_key)) = (inn, in_key) {
-                            if *reverse {
-                                self.set.put(inn, in_key, value);
-                            } else {
-                                // Blind: it may have been written reversed.
-                                self.set.remove(inn, in_key);
-                            }
-                        }
-                    }
-                    None => {
-                        self.set.remove(fwd, key);
-                        if let (Some(inn), Some(in_key)) = (inn, in_key) {
-                            self.set.remove(inn, in_key);
-                        }
-                    }
-                }
-            }
+            } => self.edge(
+                store,
+                [edge_type, from, to, dataflow],
+                *reverse,
+                record.as_ref(),
+            )?,
             Change::Link {
                 a: x,
                 b: y,
@@ -224,6 +191,55 @@ impl Plan {
                     self.set.put(T_CLUSTER, key, Span::default());
                 } else {
                     self.set.remove(T_CLUSTER, key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes an edge put (its `edge_in/` key put when `reverse`, removed
+    /// blindly otherwise) or removal (both keys).
+    fn edge(
+        &mut self,
+        store: &Store,
+        [edge_type, from, to, dataflow]: [&str; 4],
+        reverse: bool,
+        record: Option<&Record>,
+    ) -> Result<(), StoreError> {
+        let fwd = match record {
+            Some(_) => self.get_or_create(store, Family::Edge, edge_type)?,
+            // An `edge_in/` key never exists without its `edge/` key.
+            None => match self.get_existing(store, Family::Edge, edge_type) {
+                Some(tree) => tree,
+                None => return Ok(()),
+            },
+        };
+        let inn = if record.is_some() && reverse {
+            Some(self.get_or_create(store, Family::EdgeIn, edge_type)?)
+        } else {
+            self.get_existing(store, Family::EdgeIn, edge_type)
+        };
+        let key = self.key(&[from, to, dataflow]);
+        let in_key = inn.map(|_| self.key(&[to, from, dataflow]));
+        match record {
+            Some(r) => {
+                let start = self.postcard(r, "an edge record")?.start;
+                self.set.arena.push(u8::from(reverse));
+                let value = self.set.span_from(start);
+                self.set.put(fwd, key, value);
+                if let (Some(inn), Some(in_key)) = (inn, in_key) {
+                    if reverse {
+                        self.set.put(inn, in_key, value);
+                    } else {
+                        // Blind: it may have been written reversed.
+                        self.set.remove(inn, in_key);
+                    }
+                }
+            }
+            None => {
+                self.set.remove(fwd, key);
+                if let (Some(inn), Some(in_key)) = (inn, in_key) {
+                    self.set.remove(inn, in_key);
                 }
             }
         }
