@@ -296,6 +296,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     assert_eq!(
         keys,
         [
+            "bulk_load",
             "clusters",
             "dead_letters",
             "edges",
@@ -304,9 +305,21 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
             "events_per_s",
             "identifiers",
             "late",
-            "nodes"
+            "nodes",
+            "store_bytes_written",
+            "store_engine",
+            "store_keys_per_s",
+            "store_keys_written",
+            "store_write_s",
         ]
         .into()
+    );
+    // A new state: fjall by default, bulk loaded.
+    assert_eq!(summary["store_engine"], "fjall", "{summary}");
+    assert_eq!(summary["bulk_load"], true, "{summary}");
+    assert!(
+        summary["store_keys_written"].as_u64() > summary["edges"].as_u64(),
+        "{summary}"
     );
     let n = |k: &str| {
         summary[k]
@@ -354,7 +367,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     let text_state = tmp.path().join("text");
     let text = replay(&text_state, 2, &data_files());
     let text_lines: Vec<&str> = text.lines().collect();
-    assert_eq!(text_lines.len(), 3, "{text}");
+    assert_eq!(text_lines.len(), 4, "{text}");
     assert_eq!(
         text_lines[0],
         format!("events {events}  dead letters {dead}  late 0")
@@ -371,6 +384,11 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     );
     assert!(
         text_lines[2].starts_with("elapsed ") && text_lines[2].ends_with(" events/s"),
+        "{text}"
+    );
+    assert!(
+        text_lines[3].starts_with("store fjall (bulk load): ")
+            && text_lines[3].ends_with(" keys/s)"),
         "{text}"
     );
 }

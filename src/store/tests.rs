@@ -484,6 +484,32 @@ fn bulk_load_refuses_a_state_with_commits(engine: Engine) {
         .expect("commit");
 }
 
+/// A type name fjall cannot hold as a keyspace name (over 255 bytes) is an
+/// error naming it, not a panic; sled holds it.
+fn overlong_type_name_is_an_error_not_a_panic(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), engine);
+    let long = "t".repeat(300);
+    let r = store.commit(
+        &[node(&format!("{long}:x"), "d", 1)],
+        &[],
+        &Progress::default(),
+    );
+    match engine {
+        Engine::Fjall => match r {
+            Err(e @ StoreError::Engine { .. }) => {
+                assert!(e.to_string().contains(&long), "{e}");
+                assert!(store.is_empty().expect("is_empty"), "nothing committed");
+            }
+            other => panic!("expected an engine error, got {other:?}"),
+        },
+        Engine::Sled => {
+            r.expect("sled takes any name");
+            assert!(store.node(&format!("{long}:x")).expect("node").is_some());
+        }
+    }
+}
+
 macro_rules! both_engines {
     ($($name:ident),* $(,)?) => {
         mod on_fjall {
@@ -507,4 +533,5 @@ both_engines!(
     commit_path_does_not_read,
     interrupted_bulk_load_reopens_empty,
     bulk_load_refuses_a_state_with_commits,
+    overlong_type_name_is_an_error_not_a_panic,
 );
