@@ -79,7 +79,8 @@ fn run(case: &str, edges: u64, per_commit: u64, buffer: usize) {
         "sled-commit" => (Engine::Sled, None),
         "fjall-ingest" => (Engine::Fjall, Some(BulkMethod::Ingest)),
         "fjall-batch" => (Engine::Fjall, Some(BulkMethod::Batch)),
-        "sled-bulk" => (Engine::Sled, Some(BulkMethod::Ingest)),
+        "fjall-auto" => (Engine::Fjall, Some(BulkMethod::Auto)),
+        "sled-bulk" => (Engine::Sled, Some(BulkMethod::Auto)),
         other => {
             eprintln!("unknown case {other}");
             return;
