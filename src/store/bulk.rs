@@ -201,6 +201,18 @@ impl BulkLoad {
             plan.commit_count(commits);
         }
         plan.set.normalize();
+        let meta = super::Meta {
+            dataflows: self
+                .counters
+                .iter()
+                .map(|(name, c)| (name.to_string(), c.into()))
+                .collect(),
+            positions: self
+                .positions
+                .iter()
+                .map(|((d, p), pos)| ((d.to_string(), p.clone()), *pos))
+                .collect(),
+        };
         let mut counters = inner.counters.lock().unwrap_or_else(|p| p.into_inner());
         {
             let _exclusive = store.gate_exclusive();
@@ -211,6 +223,7 @@ impl BulkLoad {
             inner.db.flush().map_err(|e| store.engine_err(e))?;
             layout::remove_bulk_marker(&inner.path)?;
             inner.commits.store(commits, Ordering::Release);
+            store.publish(meta);
         }
         counters.dataflows = std::mem::take(&mut self.counters);
         inner.bulk.store(false, Ordering::Release);

@@ -496,6 +496,17 @@ pub struct Counts {
     pub dead_letters: u64,
 }
 
+impl From<&DataflowCounters> for DataflowMeta {
+    fn from(c: &DataflowCounters) -> DataflowMeta {
+        DataflowMeta {
+            events: c.events,
+            late: c.late,
+            dead_letters: c.dead_letters,
+            watermark: c.watermark,
+        }
+    }
+}
+
 /// The stored form of a dataflow's counters (`meta`, enc("dataflow", name)).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DataflowCounters {
@@ -593,6 +604,12 @@ struct Inner {
     /// The number of non-empty commits (meta enc("commits")); changed only
     /// while `gate` is held exclusively.
     commits: AtomicU64,
+    /// Every dataflow's counters and every position as of the last commit
+    /// (what `meta` holds), replaced only while `gate` is held exclusively,
+    /// so a view reads it with its snapshot instead of scanning `meta`, whose
+    /// few keys every commit rewrites (on fjall, a scan would step over every
+    /// version still in the memtable).
+    published: RwLock<Arc<Meta>>,
     /// Committed counters; held by every commit from plan to apply.
     counters: Mutex<Counters>,
     stats: StatCounters,
@@ -785,6 +802,10 @@ impl Store {
             LoadError::Engine(source) => engine_err(source),
             LoadError::Store(e) => e,
         })?;
+        let published = meta_of(&snap, &meta).map_err(|e| match e {
+            LoadError::Engine(source) => engine_err(source),
+            LoadError::Store(e) => e,
+        })?;
         drop(snap);
         Ok(Store {
             inner: Arc::new(Inner {
@@ -797,6 +818,7 @@ impl Store {
                 dyn_trees: RwLock::new(dyn_trees),
                 gate: RwLock::new(()),
                 commits: AtomicU64::new(commits),
+                published: RwLock::new(Arc::new(published)),
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
                 bulk: AtomicBool::new(false),
@@ -835,49 +857,24 @@ impl Store {
         self.read().meta()
     }
 
-    pub(crate) fn meta_in(&self, snap: &Snap) -> Result<Meta, StoreError> {
-        let mut out = Meta::default();
-        for item in snap.iter(&self.inner.meta) {
-            let (k, v) = item.map_err(|e| self.engine_err(e))?;
-            let corrupt = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_META, &k, d);
-            let mut d = codec::Decoder::new(&k);
-            let tag = d.str().map_err(|e| corrupt(&e))?;
-            match tag.as_ref() {
-                META_DATAFLOW => {
-                    let name = d.str().map_err(|e| corrupt(&e))?;
-                    d.end().map_err(|e| corrupt(&e))?;
-                    let c: DataflowCounters =
-                        merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
-                    out.dataflows.insert(
-                        name.into_owned(),
-                        DataflowMeta {
-                            events: c.events,
-                            late: c.late,
-                            dead_letters: c.dead_letters,
-                            watermark: c.watermark,
-                        },
-                    );
-                }
-                META_POSITION => {
-                    let dataflow = d.str().map_err(|e| corrupt(&e))?;
-                    let partition = d.str().map_err(|e| corrupt(&e))?;
-                    d.end().map_err(|e| corrupt(&e))?;
-                    let pos = <[u8; 8]>::try_from(&v[..])
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| corrupt(&"position is not 8 bytes"))?;
-                    out.positions
-                        .insert((dataflow.into_owned(), partition.into_owned()), pos);
-                }
-                META_FORMAT | META_COMMITS => {
-                    d.end().map_err(|e| corrupt(&e))?;
-                    if v.len() != 8 {
-                        return Err(corrupt(&"value is not a u64 (8 bytes)"));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
+    /// Makes `meta` what views see from now on (the caller holds the gate
+    /// exclusively, with the commit that wrote it).
+    fn publish(&self, meta: Meta) {
+        *self
+            .inner
+            .published
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(meta);
+    }
+
+    /// What views see now (a copy to update).
+    fn published(&self) -> Meta {
+        let m = self
+            .inner
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        Meta::clone(&m)
     }
 
     /// Holds the gate shared: no commit is applied until the guard is dropped.
@@ -1052,4 +1049,52 @@ fn load_counters(snap: &Snap, meta: &Ns) -> Result<(u64, Counters), LoadError> {
         counters.dataflows.insert(name.as_ref().into(), c);
     }
     Ok((commits, counters))
+}
+
+/// Every dataflow's counters and every position stored in `meta` (which
+/// also checks every `meta` entry).
+fn meta_of(snap: &Snap, meta: &Ns) -> Result<Meta, LoadError> {
+    let mut out = Meta::default();
+    for item in snap.iter(meta) {
+        let (k, v) = item.map_err(LoadError::Engine)?;
+        let corrupt =
+            |d: &dyn std::fmt::Display| LoadError::Store(StoreError::corrupt(TREE_META, &k, d));
+        let mut d = codec::Decoder::new(&k);
+        let tag = d.str().map_err(|e| corrupt(&e))?;
+        match tag.as_ref() {
+            META_DATAFLOW => {
+                let name = d.str().map_err(|e| corrupt(&e))?;
+                d.end().map_err(|e| corrupt(&e))?;
+                let c: DataflowCounters =
+                    merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
+                out.dataflows.insert(
+                    name.into_owned(),
+                    DataflowMeta {
+                        events: c.events,
+                        late: c.late,
+                        dead_letters: c.dead_letters,
+                        watermark: c.watermark,
+                    },
+                );
+            }
+            META_POSITION => {
+                let dataflow = d.str().map_err(|e| corrupt(&e))?;
+                let partition = d.str().map_err(|e| corrupt(&e))?;
+                d.end().map_err(|e| corrupt(&e))?;
+                let pos = <[u8; 8]>::try_from(&v[..])
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt(&"position is not 8 bytes"))?;
+                out.positions
+                    .insert((dataflow.into_owned(), partition.into_owned()), pos);
+            }
+            META_FORMAT | META_COMMITS => {
+                d.end().map_err(|e| corrupt(&e))?;
+                if v.len() != 8 {
+                    return Err(corrupt(&"value is not a u64 (8 bytes)"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

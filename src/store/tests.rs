@@ -123,8 +123,9 @@ fn bad_values_are_corrupt_errors(engine: Engine) {
     let store = seeded(dir.path(), engine);
     for (name, tree) in trees(&store) {
         for (k, v) in tree.raw_pairs() {
-            // Values that are read and decoded.
-            if name == "identity/cluster" {
+            // Values that are read and decoded (`meta` is read at open:
+            // `bad_meta_values_are_refused_at_open`).
+            if name == "identity/cluster" || name == "meta" {
                 continue;
             }
             for bad in [&b""[..], b"\xff\xff\xff", &[&v[..], b"\x07\x07"].concat()] {
@@ -343,6 +344,71 @@ fn removes_do_not_create_trees(engine: Engine) {
     assert!(!store.is_empty().expect("is_empty"));
 }
 
+/// `meta` is read (and checked) when the state is opened: a damaged entry
+/// is an error naming it then.
+fn bad_meta_values_are_refused_at_open(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut progress = Progress::default();
+    progress
+        .positions
+        .insert(("playback".into(), "0".into()), 7);
+    {
+        let store = seeded(dir.path(), engine);
+        store.commit(&[], &[], &progress).expect("commit");
+    }
+    let keys = [
+        codec::encode(&[META_DATAFLOW, "playback"]),
+        codec::encode(&[META_POSITION, "playback", "0"]),
+        codec::encode(&[META_COMMITS]),
+    ];
+    for key in &keys {
+        let good = {
+            let store = open(dir.path(), engine);
+            let good = store
+                .inner
+                .meta
+                .raw_pairs()
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .expect("the key is stored");
+            store.inner.meta.raw_insert(key, b"\xff\xff\xff");
+            good
+        };
+        let r = Store::open_with(
+            dir.path(),
+            &StoreOptions {
+                engine: Some(engine),
+                cache_bytes: None,
+            },
+        );
+        match r {
+            Err(StoreError::Corrupt { tree, key: k, .. }) => {
+                assert_eq!(tree, TREE_META);
+                assert_eq!(k, hex::encode(key));
+            }
+            other => panic!("{key:?}: expected Corrupt, got {other:?}"),
+        }
+        // Repair it through the engine directly.
+        let db = Db::open(
+            engine,
+            dir.path(),
+            OpenConfig {
+                cache_bytes: 8 << 20,
+            },
+            true,
+        )
+        .map_err(|_| "open")
+        .expect("raw open");
+        db.namespace(TREE_META)
+            .expect("meta")
+            .raw_insert(key, &good);
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path(), engine);
+    assert_eq!(store.meta().expect("meta").positions.len(), 1);
+}
+
 /// Garbage where a commit used to read (the stored counters, the commit
 /// count, the old value of an edge) does not stop a commit: nothing on the
 /// commit path reads. The commit's blind writes then replace the garbage.
@@ -356,7 +422,6 @@ fn commit_path_does_not_read(engine: Engine) {
     edges.raw_insert(&edge_key, b"\xff\xff\xff");
     store.inner.meta.raw_insert(&counters_key, b"\xff\xff");
     store.inner.meta.raw_insert(&commits_key, b"\x01");
-    assert!(matches!(store.meta(), Err(StoreError::Corrupt { .. })));
 
     let mut progress = Progress::default();
     progress.dataflows.insert(
@@ -531,6 +596,7 @@ both_engines!(
     dead_letter_sequences_continue_across_commits_and_reopen,
     removes_do_not_create_trees,
     commit_path_does_not_read,
+    bad_meta_values_are_refused_at_open,
     interrupted_bulk_load_reopens_empty,
     bulk_load_refuses_a_state_with_commits,
     overlong_type_name_is_an_error_not_a_panic,

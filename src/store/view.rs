@@ -134,6 +134,7 @@ pub struct ReadView<'a> {
     store: &'a Store,
     pub(crate) snap: Snap,
     commits: u64,
+    meta: std::sync::Arc<Meta>,
     _shared: Option<RwLockReadGuard<'a, ()>>,
 }
 
@@ -145,6 +146,12 @@ impl Store {
         // exclusively, so the snapshot and the count agree.
         let snap = self.inner.db.snapshot();
         let commits = self.inner.commits.load(Ordering::Acquire);
+        let meta = self
+            .inner
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let shared = match &snap {
             Snap::Sled => Some(shared),
             Snap::Fjall(_) => None,
@@ -153,6 +160,7 @@ impl Store {
             store: self,
             snap,
             commits,
+            meta,
             _shared: shared,
         }
     }
@@ -314,9 +322,10 @@ impl ReadView<'_> {
             .export_in(&self.snap, out, super::export::DEFAULT_BUDGET)
     }
 
-    /// See [`Store::meta`].
+    /// See [`Store::meta`]: kept in memory with each commit (checked
+    /// against `meta` when the state is opened), so it costs no read.
     pub fn meta(&self) -> Result<Meta, StoreError> {
-        self.store.meta_in(&self.snap)
+        Ok(Meta::clone(&self.meta))
     }
 
     /// Identifiers (`type:id`) that start with `prefix`, sorted, at most

@@ -364,6 +364,14 @@ impl Store {
         let commits = self.commit_count().saturating_add(1);
         plan.commit_count(commits);
         plan.set.normalize();
+        let mut meta = self.published();
+        for (name, c) in &updated {
+            meta.dataflows.insert(name.to_string(), c.into());
+        }
+        for ((dataflow, partition), pos) in &progress.positions {
+            meta.positions
+                .insert((dataflow.to_string(), partition.clone()), *pos);
+        }
         let (keys, bytes) = plan.set.size();
         let started = Instant::now();
         {
@@ -376,6 +384,7 @@ impl Store {
             self.inner
                 .commits
                 .store(commits, std::sync::atomic::Ordering::Release);
+            self.publish(meta);
         }
         self.inner.stats.add(keys, bytes, started.elapsed());
         counters.dataflows.extend(updated);
