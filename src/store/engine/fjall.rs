@@ -10,7 +10,7 @@
 //! one unsynced batch.
 //!
 //! Memory: the block cache is `cache_bytes` (the store's default is
-//! 256 MiB); each keyspace's memtable is sealed at [`MEMTABLE_BYTES`] and
+//! 256 MiB); each keyspace's memtable is sealed at [`MEMTABLE_BYTES`] (4 MiB) and
 //! the journals are bounded by [`JOURNAL_BYTES`] (past it, fjall flushes the
 //! memtables that hold the oldest journal back), so write buffers take at
 //! most about `MEMTABLE_BYTES` per written keyspace plus sealed memtables
@@ -28,7 +28,16 @@ pub(crate) const DIR: &str = "fjall";
 
 /// Size at which a keyspace's memtable is sealed and flushed (fjall's
 /// default is 64 MiB per keyspace; rdg writes about 15 keyspaces at once).
-pub(crate) const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Small, because a scan steps over every version of a key still in the
+/// memtable, and rdg rewrites hot records (a popular title, a busy profile's
+/// edges) on many commits: `tests/query_http.rs`
+/// `paging_is_stable_while_another_thread_commits` (one node's edges
+/// rewritten in a tight loop while pages are read) took 160 s with 16 MiB
+/// memtables and 26 s with 2 MiB. Commits of 1M edges
+/// (`cargo bench --bench store -- 1000000 10000 fjall-commit`) ran at
+/// 314–350k keys/s with 16 MiB and 225k with 2 MiB on a busier machine;
+/// 4 MiB sits between the two (not measured separately).
+pub(crate) const MEMTABLE_BYTES: u64 = 4 << 20;
 
 /// Upper bound of all journals (fjall's default is 512 MiB, its minimum 64).
 pub(crate) const JOURNAL_BYTES: u64 = 128 << 20;
