@@ -19,7 +19,7 @@ use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, Start}
 use crate::model::{Change, DeadLetter, Progress};
 use crate::source::{FileSource, Shared, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
-use crate::store::{Counts, Store, StoreError};
+use crate::store::{BulkLoad, Counts, Store, StoreError, StoreOptions, WriteStats};
 
 pub mod kafka;
 
@@ -88,6 +88,8 @@ pub struct ReplayOptions {
     pub batch: usize,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// The store's engine (for a new state) and cache.
+    pub store: StoreOptions,
 }
 
 /// The end-of-replay report.
@@ -102,6 +104,17 @@ pub struct ReplaySummary {
     pub clusters: u64,
     pub elapsed_s: f64,
     pub events_per_s: f64,
+    /// The state's engine (`fjall` or `sled`).
+    pub store_engine: String,
+    /// True when the state was empty and was bulk loaded.
+    pub bulk_load: bool,
+    /// Keys the store wrote (puts and removals).
+    pub store_keys_written: u64,
+    pub store_bytes_written: u64,
+    /// Seconds spent inside the engine's writes.
+    pub store_write_s: f64,
+    /// `store_keys_written / store_write_s`.
+    pub store_keys_per_s: f64,
 }
 
 impl std::fmt::Display for ReplaySummary {
@@ -116,10 +129,19 @@ impl std::fmt::Display for ReplaySummary {
             "nodes {}  edges {}  identifiers {}  clusters {}",
             self.nodes, self.edges, self.identifiers, self.clusters
         )?;
-        write!(
+        writeln!(
             f,
             "elapsed {:.2}s  {:.0} events/s",
             self.elapsed_s, self.events_per_s
+        )?;
+        write!(
+            f,
+            "store {}{}: {} keys in {:.2}s of engine writes ({:.0} keys/s)",
+            self.store_engine,
+            if self.bulk_load { " (bulk load)" } else { "" },
+            self.store_keys_written,
+            self.store_write_s,
+            self.store_keys_per_s
         )
     }
 }
@@ -182,7 +204,8 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    let store = Store::open(&opts.state)?;
+    let store = Store::open_with(&opts.state, &opts.store)?;
+    let bulk = store.is_empty()?;
     let bytes_read = Arc::new(AtomicU64::new(0));
     let workers = opts.workers.max(1);
     let clock = Arc::new(AtomicU64::new(1));
@@ -224,12 +247,36 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
             bar.set_position(bytes_read.load(Ordering::Relaxed));
         }
     };
-    let totals = run_into_store(&store, plan, config, sources, &mut show)?;
+    let totals = replay_into_store(&store, bulk, plan, config, sources, &mut show)?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
     let counts: Counts = store.counts()?;
-    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+    let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
+    summary.add_store(&store, bulk);
+    Ok(summary)
+}
+
+/// [`run_into_store`] for a replay: into an empty state (`bulk`) through a
+/// bulk load, which leaves the state empty if the replay fails; otherwise
+/// by commits, which leave a consistent prefix.
+pub fn replay_into_store(
+    store: &Store,
+    bulk: bool,
+    plan: Arc<Plan>,
+    config: RunConfig,
+    sources: dataflow::SourceFactory,
+    observer: &mut dyn Observer,
+) -> Result<Totals, AppError> {
+    if !bulk {
+        return run_into_store(store, plan, config, sources, observer);
+    }
+    let mut sink = Sink::Bulk(store.bulk_load()?);
+    let totals = run_into_sink(store, &mut sink, plan, config, sources, observer)?;
+    if let Sink::Bulk(load) = sink {
+        load.finish()?;
+    }
+    Ok(totals)
 }
 
 impl ReplaySummary {
@@ -251,7 +298,19 @@ impl ReplaySummary {
             } else {
                 0.0
             },
+            ..ReplaySummary::default()
         }
+    }
+
+    /// Adds what `store` wrote (its write statistics).
+    pub fn add_store(&mut self, store: &Store, bulk: bool) {
+        let w: WriteStats = store.write_stats();
+        self.store_engine = store.engine().to_string();
+        self.bulk_load = bulk;
+        self.store_keys_written = w.keys_written;
+        self.store_bytes_written = w.bytes_written;
+        self.store_write_s = w.engine_time.as_secs_f64();
+        self.store_keys_per_s = w.keys_per_s();
     }
 }
 
@@ -305,10 +364,53 @@ impl<F: FnMut(&Totals)> Observer for F {
     }
 }
 
+/// Where the [`Writer`] sends complete times.
+enum Sink<'a> {
+    /// One atomic commit per write.
+    Commit(&'a Store),
+    /// Chunks of a bulk load into an empty state.
+    Bulk(BulkLoad),
+}
+
+impl Sink<'_> {
+    fn write(
+        &mut self,
+        changes: &[Change],
+        dead: &[DeadLetter],
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        match self {
+            Sink::Commit(store) => store.commit(changes, dead, progress),
+            Sink::Bulk(load) => load.write(changes, dead, progress),
+        }
+    }
+}
+
 /// Runs the dataflow and commits everything it emits; `observer` hears
 /// about progress on the calling thread while it runs.
 pub fn run_into_store(
     store: &Store,
+    plan: Arc<Plan>,
+    config: RunConfig,
+    sources: dataflow::SourceFactory,
+    observer: &mut dyn Observer,
+) -> Result<Totals, AppError> {
+    let totals = run_into_sink(
+        store,
+        &mut Sink::Commit(store),
+        plan,
+        config,
+        sources,
+        observer,
+    );
+    store.flush()?;
+    totals
+}
+
+/// Runs the dataflow and writes everything it emits to `sink`.
+fn run_into_sink(
+    store: &Store,
+    sink: &mut Sink<'_>,
     plan: Arc<Plan>,
     config: RunConfig,
     sources: dataflow::SourceFactory,
@@ -338,7 +440,12 @@ pub fn run_into_store(
         positions,
     });
     let workers = config.workers;
-    let identity_every = config.identity_every;
+    // Commits that readers or a restart can see end at identity steps; the
+    // chunks of a bulk load are seen by nobody until it finishes.
+    let align = match sink {
+        Sink::Bulk(_) => 1,
+        Sink::Commit(_) => config.identity_every,
+    };
     let stop = config.stop.clone();
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
@@ -354,9 +461,9 @@ pub fn run_into_store(
             let _ = tx.send(e);
         }
     });
-    let run = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers, committed, identity_every);
+        let mut writer = Writer::new(workers, committed, align);
         let mut result: Result<(), AppError> = Ok(());
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -366,7 +473,7 @@ pub fn run_into_store(
                         writer.receive(e);
                     }
                     if result.is_ok() {
-                        match writer.commit_ready(store) {
+                        match writer.commit_ready(sink) {
                             Ok(Some(progress)) => observer.committed(&progress),
                             Ok(None) => {}
                             Err(e) => {
@@ -388,9 +495,7 @@ pub fn run_into_store(
             })
         });
         result.and(joined).map(|()| writer.totals.clone())
-    });
-    store.flush()?;
-    run
+    })
 }
 
 /// The commit bound for a frontier `upto` (every time below it complete):
@@ -468,7 +573,7 @@ impl Writer {
 
     /// Commits every pending time below the smallest worker frontier, in one
     /// atomic step, in time order. Returns what was committed, if anything.
-    fn commit_ready(&mut self, store: &Store) -> Result<Option<Progress>, StoreError> {
+    fn commit_ready(&mut self, sink: &mut Sink<'_>) -> Result<Option<Progress>, StoreError> {
         let upto = aligned(
             self.frontiers.iter().copied().min().unwrap_or(0),
             self.align,
@@ -490,7 +595,7 @@ impl Writer {
             self.committed.advance(upto);
             return Ok(None);
         }
-        store.commit(&changes, &dead, &progress)?;
+        sink.write(&changes, &dead, &progress)?;
         self.committed.advance(upto);
         for (name, p) in &progress.dataflows {
             self.totals.events += p.events;
