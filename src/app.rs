@@ -42,10 +42,31 @@ pub fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        if FIRST_PANIC.set(format!("{what}{at}")).is_ok() {
-            eprintln!("error: a thread stopped: {what}{at}");
+        let first = format!("{what}{at}");
+        if FIRST_PANIC.set(first.clone()).is_ok() {
+            eprintln!("error: a thread stopped: {first}");
+            if is_lost_peer(&first) {
+                // Timely's other threads now panic in turn, some while
+                // unwinding (which aborts the process before the run could
+                // report). Nothing more can be committed without the peer,
+                // and what was committed is atomic: say why and stop here.
+                eprintln!("error: {}", lost_peer(&first));
+                std::process::exit(2);
+            }
         }
     }));
+}
+
+/// A panic of timely's communication: a peer process went away.
+fn is_lost_peer(first: &str) -> bool {
+    first.contains("timely communication error")
+}
+
+/// What a process of a cluster says when a peer went away.
+fn lost_peer(first: &str) -> String {
+    format!(
+        "lost the connection to a peer process ({first}). A timely cluster cannot continue without every process, so this one stops too; what was committed is safe: restart every process of the cluster to resume"
+    )
 }
 
 /// Explains a worker panic; a lost peer gets the cluster's story.
@@ -54,10 +75,8 @@ fn panic_error() -> AppError {
         .get()
         .cloned()
         .unwrap_or_else(|| "a dataflow thread panicked".to_string());
-    if first.contains("timely communication error") {
-        AppError::Input(format!(
-            "lost the connection to a peer process ({first}). A timely cluster cannot continue without every process, so this one stops too; what was committed is safe: restart every process of the cluster to resume"
-        ))
+    if is_lost_peer(&first) {
+        AppError::Input(lost_peer(&first))
     } else {
         AppError::Input(format!("a dataflow thread panicked: {first}"))
     }
