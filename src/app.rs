@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, Start};
+use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, StageSeconds, Start};
 use crate::model::{Change, DeadLetter, Progress};
 use crate::source::{FileSource, Shared, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
@@ -134,6 +134,10 @@ pub struct ReplaySummary {
     pub store_write_s: f64,
     /// `store_keys_written / store_write_s`.
     pub store_keys_per_s: f64,
+    /// Seconds spent per stage, summed over threads: decode, fold,
+    /// identity, collect (the dataflow's workers) and commit (the writer,
+    /// engine included).
+    pub stage_s: BTreeMap<String, f64>,
 }
 
 impl std::fmt::Display for ReplaySummary {
@@ -161,7 +165,20 @@ impl std::fmt::Display for ReplaySummary {
             self.store_keys_written,
             self.store_write_s,
             self.store_keys_per_s
-        )
+        )?;
+        if !self.stage_s.is_empty() {
+            let stages: Vec<String> = self
+                .stage_s
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}s"))
+                .collect();
+            write!(
+                f,
+                "\ntime by stage (summed over threads): {}",
+                stages.join(", ")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -290,7 +307,7 @@ pub fn replay_into_store(
     if !bulk {
         return run_into_store(store, plan, config, sources, observer);
     }
-    let mut sink = Sink::Bulk(store.bulk_load()?);
+    let mut sink = Sink::Bulk(Box::new(store.bulk_load()?));
     let totals = run_into_sink(store, &mut sink, plan, config, sources, observer)?;
     if let Sink::Bulk(load) = sink {
         load.finish()?;
@@ -317,6 +334,7 @@ impl ReplaySummary {
             } else {
                 0.0
             },
+            stage_s: totals.stages.clone(),
             ..ReplaySummary::default()
         }
     }
@@ -356,6 +374,9 @@ pub struct Totals {
     /// The state is rebuilt and the sources are assigned: every worker has
     /// passed time 0.
     pub ready: bool,
+    /// Seconds spent so far per stage, summed over threads: the dataflow's
+    /// (decode, fold, identity, collect) and the writer's `commit`.
+    pub stages: BTreeMap<String, f64>,
 }
 
 /// One dataflow's share of [`Totals`].
@@ -388,19 +409,26 @@ enum Sink<'a> {
     /// One atomic commit per write.
     Commit(&'a Store),
     /// Chunks of a bulk load into an empty state.
-    Bulk(BulkLoad),
+    Bulk(Box<BulkLoad>),
 }
 
 impl Sink<'_> {
+    /// Writes the changes of several times (in time order) with their dead
+    /// letters and progress: one commit, or chunks of the bulk load.
     fn write(
         &mut self,
-        changes: &[Change],
+        parts: &[&[Change]],
         dead: &[DeadLetter],
         progress: &Progress,
     ) -> Result<(), StoreError> {
         match self {
-            Sink::Commit(store) => store.commit(changes, dead, progress),
-            Sink::Bulk(load) => load.write(changes, dead, progress),
+            Sink::Commit(store) => store.commit_parts(parts, dead, progress),
+            Sink::Bulk(load) => {
+                for changes in parts {
+                    load.write(changes, &[], &Progress::default())?;
+                }
+                load.write(&[], dead, progress)
+            }
         }
     }
 }
@@ -466,6 +494,7 @@ fn run_into_sink(
         Sink::Commit(_) => config.identity_every,
     };
     let stop = config.stop.clone();
+    let stages = config.stages.clone();
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
         committed: committed.clone(),
@@ -505,6 +534,7 @@ fn run_into_sink(
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
             observer.tick(&writer.totals);
         }
         let joined = handle.join().map_err(|_| panic_error()).and_then(|r| {
@@ -513,8 +543,23 @@ fn run_into_sink(
                 e => AppError::from(e),
             })
         });
+        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
         result.and(joined).map(|()| writer.totals.clone())
     })
+}
+
+/// The stage times as reported: the dataflow's and the writer's.
+fn stage_map(dataflow: &StageSeconds, commit_s: f64) -> BTreeMap<String, f64> {
+    [
+        ("decode", dataflow.decode),
+        ("fold", dataflow.fold),
+        ("identity", dataflow.identity),
+        ("collect", dataflow.collect),
+        ("commit", commit_s),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The commit bound for a frontier `upto` (every time below it complete):
@@ -535,16 +580,24 @@ struct Writer {
     /// Commits end at multiples of this (the dataflow's identity step), so
     /// every commit holds the identity assignments its links imply.
     align: u64,
+    /// Seconds spent writing to the store (encoding and engine).
+    commit_s: f64,
     /// Latest lag per (dataflow, worker, source).
     lag: BTreeMap<(String, usize, usize), i64>,
-    pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
+    pending: BTreeMap<u64, PendingTime>,
     totals: Totals,
 }
+
+/// What the writer holds for one time until every worker has finished it:
+/// each worker's changes (kept apart, never concatenated), dead letters and
+/// source progress.
+type PendingTime = (Vec<Vec<Change>>, Vec<DeadLetter>, Progress);
 
 impl Writer {
     fn new(workers: usize, committed: Arc<Committed>, align: u64) -> Writer {
         Writer {
             align: align.max(1),
+            commit_s: 0.0,
             frontiers: vec![0; workers],
             committed,
             lag: BTreeMap::new(),
@@ -557,12 +610,12 @@ impl Writer {
         match e {
             Emitted::Data {
                 epoch,
-                mut changes,
+                changes,
                 mut dead_letters,
                 progress,
             } => {
                 let slot = self.pending.entry(epoch).or_default();
-                slot.0.append(&mut changes);
+                slot.0.push(changes);
                 slot.1.append(&mut dead_letters);
                 slot.2.merge(progress);
             }
@@ -597,24 +650,29 @@ impl Writer {
             self.frontiers.iter().copied().min().unwrap_or(0),
             self.align,
         );
-        let mut changes = Vec::new();
+        // Each time's changes stay in the vectors they arrived in (moving
+        // them into one would copy megabytes into fresh pages per commit).
+        let mut parts: Vec<Vec<Change>> = Vec::new();
         let mut dead = Vec::new();
         let mut progress = Progress::default();
         while let Some((&t, _)) = self.pending.first_key_value() {
             if t >= upto {
                 break;
             }
-            if let Some((_, (mut c, mut d, p))) = self.pending.pop_first() {
-                changes.append(&mut c);
+            if let Some((_, (c, mut d, p))) = self.pending.pop_first() {
+                parts.extend(c.into_iter().filter(|c| !c.is_empty()));
                 dead.append(&mut d);
                 progress.merge(p);
             }
         }
-        if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
+        if parts.is_empty() && dead.is_empty() && progress == Progress::default() {
             self.committed.advance(upto);
             return Ok(None);
         }
-        sink.write(&changes, &dead, &progress)?;
+        let began = Instant::now();
+        let slices: Vec<&[Change]> = parts.iter().map(Vec::as_slice).collect();
+        sink.write(&slices, &dead, &progress)?;
+        self.commit_s += began.elapsed().as_secs_f64();
         self.committed.advance(upto);
         for (name, p) in &progress.dataflows {
             self.totals.events += p.events;

@@ -306,6 +306,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
             "identifiers",
             "late",
             "nodes",
+            "stage_s",
             "store_bytes_written",
             "store_engine",
             "store_keys_per_s",
@@ -314,6 +315,25 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
         ]
         .into()
     );
+    // Where the time went: every stage named, each a non-negative number of
+    // seconds, together no more than both workers' whole run.
+    let stages = summary["stage_s"]
+        .as_object()
+        .expect("stage_s is an object");
+    let names: BTreeSet<&str> = stages.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["collect", "commit", "decode", "fold", "identity"].into(),
+        "{summary}"
+    );
+    let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
+    for (stage, secs) in stages {
+        let secs = secs.as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.0..=2.0 * elapsed + 1.0).contains(&secs),
+            "stage {stage}: {secs} s of {elapsed} s"
+        );
+    }
     // A new state: fjall by default, bulk loaded.
     assert_eq!(summary["store_engine"], "fjall", "{summary}");
     assert_eq!(summary["bulk_load"], true, "{summary}");
@@ -367,7 +387,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     let text_state = tmp.path().join("text");
     let text = replay(&text_state, 2, &data_files());
     let text_lines: Vec<&str> = text.lines().collect();
-    assert_eq!(text_lines.len(), 4, "{text}");
+    assert_eq!(text_lines.len(), 5, "{text}");
     assert_eq!(
         text_lines[0],
         format!("events {events}  dead letters {dead}  late 0")
@@ -389,6 +409,11 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     assert!(
         text_lines[3].starts_with("store fjall (bulk load): ")
             && text_lines[3].ends_with(" keys/s)"),
+        "{text}"
+    );
+    assert!(
+        text_lines[4].starts_with("time by stage (summed over threads): collect ")
+            && text_lines[4].contains(", identity "),
         "{text}"
     );
 }

@@ -328,7 +328,18 @@ impl Store {
         dead_letters: &[DeadLetter],
         progress: &Progress,
     ) -> Result<(), StoreError> {
-        if changes.is_empty()
+        self.commit_parts(&[changes], dead_letters, progress)
+    }
+
+    /// [`Store::commit`] of the changes of several parts, in order (as if
+    /// concatenated), without concatenating them.
+    pub fn commit_parts(
+        &self,
+        parts: &[&[Change]],
+        dead_letters: &[DeadLetter],
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        if parts.iter().all(|p| p.is_empty())
             && dead_letters.is_empty()
             && progress.dataflows.is_empty()
             && progress.positions.is_empty()
@@ -343,7 +354,9 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut plan = Plan::new(self);
-        plan.changes(self, changes)?;
+        for changes in parts {
+            plan.changes(self, changes)?;
+        }
         let mut updated: BTreeMap<CompactString, DataflowCounters> = BTreeMap::new();
         for (name, p) in &progress.dataflows {
             add_progress(counters_of(&mut updated, &counters.dataflows, name), p);

@@ -23,6 +23,13 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Sn
 
 use super::{Bound, BulkMethod, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteSet};
 
+/// fjall's background threads (flushes and compactions). One: with two
+/// or more, fjall 3.1's first worker hands every compaction request it
+/// receives back to the queue while another worker compacts, and so spins
+/// (`worker_pool::worker_tick`, 6% of all samples of a 2M-event replay here
+/// with two workers, for nothing).
+const WORKER_THREADS: usize = 1;
+
 /// The engine's folder inside the state directory.
 pub(crate) const DIR: &str = "fjall";
 
@@ -72,6 +79,7 @@ impl FjallDb {
             let opened = Database::builder(&path)
                 .cache_size(config.cache_bytes)
                 .max_journaling_size(JOURNAL_BYTES)
+                .worker_threads(WORKER_THREADS)
                 .open();
             match opened {
                 Ok(db) => return Ok(FjallDb { db }),

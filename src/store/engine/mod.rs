@@ -156,6 +156,11 @@ pub(crate) struct Op {
 pub(crate) struct WriteSet {
     pub arena: Vec<u8>,
     pub ops: Vec<Op>,
+    /// Scratch of `normalize`, kept for its capacity: (namespace, key
+    /// prefix, position).
+    order: Vec<(usize, u128, usize)>,
+    /// The other buffer of `normalize`, kept for its capacity.
+    sorted: Vec<Op>,
 }
 
 impl WriteSet {
@@ -196,20 +201,44 @@ impl WriteSet {
 
     /// Sorts by (namespace, key) and keeps the last operation given for each
     /// key.
+    ///
+    /// Sorting a large buffer is most of a bulk load's own work: keys are
+    /// compared by their first 16 bytes as one integer, and by their bytes
+    /// only when those are equal; the sort is unstable, with the position
+    /// as the last tie-break (the last write of a key sorts last).
     pub fn normalize(&mut self) {
         let arena = &self.arena;
         let key = |op: &Op| &arena[op.key.start..op.key.end];
-        // Stable: operations on one key keep the order they were given in.
-        self.ops
-            .sort_by(|a, b| a.ns.cmp(&b.ns).then_with(|| key(a).cmp(key(b))));
-        let mut out: Vec<Op> = Vec::with_capacity(self.ops.len());
-        for op in self.ops.iter().copied() {
+        let prefix = |k: &[u8]| {
+            let mut b = [0u8; 16];
+            let n = k.len().min(16);
+            b[..n].copy_from_slice(&k[..n]);
+            u128::from_be_bytes(b)
+        };
+        let ops = &self.ops;
+        let order = &mut self.order;
+        order.clear();
+        order.extend(
+            ops.iter()
+                .enumerate()
+                .map(|(i, op)| (op.ns, prefix(key(op)), i)),
+        );
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.cmp(&b.1))
+                .then_with(|| key(&ops[a.2]).cmp(key(&ops[b.2])))
+                .then(a.2.cmp(&b.2))
+        });
+        let mut out = std::mem::take(&mut self.sorted);
+        out.clear();
+        for &(_, _, i) in order.iter() {
+            let op = ops[i];
             match out.last_mut() {
                 Some(last) if last.ns == op.ns && key(last) == key(&op) => *last = op,
                 _ => out.push(op),
             }
         }
-        self.ops = out;
+        self.sorted = std::mem::replace(&mut self.ops, out);
     }
 
     /// Keys and key + value bytes of the operations.
