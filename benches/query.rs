@@ -48,6 +48,7 @@ fn main() {
                     topic_files: Vec::new(),
                     batch: 4096,
                     progress: false,
+                    store: rdg::store::StoreOptions::default(),
                 })
                 .expect("replay");
             }

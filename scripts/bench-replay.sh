@@ -2,6 +2,7 @@
 # Replay benchmark: generate N events, replay them into a fresh state with
 # W workers, report events/s and peak resident memory.
 #   scripts/bench-replay.sh [EVENTS] [WORKERS]
+# RDG_REPLAY_ARGS adds arguments to `rdg replay` (e.g. "--engine sled").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-1000000}
@@ -14,7 +15,8 @@ if [ ! -f "$work/events-$events/playback.jsonl" ]; then
   "$bin" gen --events "$events" --seed 7 --out "$work/events-$events" >/dev/null
 fi
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; events=$events workers=$workers"
-/usr/bin/time -f "peak_rss_kb=%M wall_s=%e" "$bin" replay --workers "$workers" --state "$work/state" --json \
+# shellcheck disable=SC2086 # RDG_REPLAY_ARGS is a list of arguments
+/usr/bin/time -f "peak_rss_kb=%M wall_s=%e" "$bin" replay --workers "$workers" --state "$work/state" --json ${RDG_REPLAY_ARGS:-} \
   "$work/events-$events"/playback.jsonl "$work/events-$events"/gaming.jsonl "$work/events-$events"/login.jsonl \
   2> "$work/time.txt" | tee "$work/summary.json"
 cat "$work/time.txt"
@@ -24,4 +26,7 @@ s = json.load(open(sys.argv[1]))
 rss = int(re.search(r"peak_rss_kb=(\d+)", open(sys.argv[2]).read()).group(1)) * 1024
 print(f"events/s {s['events_per_s']:.0f}; live edges {s['edges']}; peak RSS {rss/2**20:.0f} MiB"
       f" = {rss/max(s['edges'],1):.0f} bytes per live edge")
+if 'store_engine' in s:
+    print(f"store {s['store_engine']}{' (bulk load)' if s['bulk_load'] else ''}: {s['store_keys_written']} keys,"
+          f" {s['store_write_s']:.2f} s of engine writes = {s['store_keys_per_s']:.0f} keys/s")
 PY

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, Start};
+use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, StageSeconds, Start};
 use crate::model::{Change, DeadLetter, Progress};
 use crate::source::{FileSource, Shared, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
-use crate::store::{Counts, Store, StoreError};
+use crate::store::{BulkLoad, Counts, Store, StoreError, StoreOptions, WriteStats};
 
 pub mod kafka;
 
@@ -42,10 +42,31 @@ pub fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        if FIRST_PANIC.set(format!("{what}{at}")).is_ok() {
-            eprintln!("error: a thread stopped: {what}{at}");
+        let first = format!("{what}{at}");
+        if FIRST_PANIC.set(first.clone()).is_ok() {
+            eprintln!("error: a thread stopped: {first}");
+            if is_lost_peer(&first) {
+                // Timely's other threads now panic in turn, some while
+                // unwinding (which aborts the process before the run could
+                // report). Nothing more can be committed without the peer,
+                // and what was committed is atomic: say why and stop here.
+                eprintln!("error: {}", lost_peer(&first));
+                std::process::exit(2);
+            }
         }
     }));
+}
+
+/// A panic of timely's communication: a peer process went away.
+fn is_lost_peer(first: &str) -> bool {
+    first.contains("timely communication error")
+}
+
+/// What a process of a cluster says when a peer went away.
+fn lost_peer(first: &str) -> String {
+    format!(
+        "lost the connection to a peer process ({first}). A timely cluster cannot continue without every process, so this one stops too; what was committed is safe: restart every process of the cluster to resume"
+    )
 }
 
 /// Explains a worker panic; a lost peer gets the cluster's story.
@@ -54,10 +75,8 @@ fn panic_error() -> AppError {
         .get()
         .cloned()
         .unwrap_or_else(|| "a dataflow thread panicked".to_string());
-    if first.contains("timely communication error") {
-        AppError::Input(format!(
-            "lost the connection to a peer process ({first}). A timely cluster cannot continue without every process, so this one stops too; what was committed is safe: restart every process of the cluster to resume"
-        ))
+    if is_lost_peer(&first) {
+        AppError::Input(lost_peer(&first))
     } else {
         AppError::Input(format!("a dataflow thread panicked: {first}"))
     }
@@ -88,6 +107,8 @@ pub struct ReplayOptions {
     pub batch: usize,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// The store's engine (for a new state) and cache.
+    pub store: StoreOptions,
 }
 
 /// The end-of-replay report.
@@ -102,6 +123,21 @@ pub struct ReplaySummary {
     pub clusters: u64,
     pub elapsed_s: f64,
     pub events_per_s: f64,
+    /// The state's engine (`fjall` or `sled`).
+    pub store_engine: String,
+    /// True when the state was empty and was bulk loaded.
+    pub bulk_load: bool,
+    /// Keys the store wrote (puts and removals).
+    pub store_keys_written: u64,
+    pub store_bytes_written: u64,
+    /// Seconds spent inside the engine's writes.
+    pub store_write_s: f64,
+    /// `store_keys_written / store_write_s`.
+    pub store_keys_per_s: f64,
+    /// Seconds spent per stage, summed over threads: decode, fold,
+    /// identity, collect (the dataflow's workers) and commit (the writer,
+    /// engine included).
+    pub stage_s: BTreeMap<String, f64>,
 }
 
 impl std::fmt::Display for ReplaySummary {
@@ -116,11 +152,33 @@ impl std::fmt::Display for ReplaySummary {
             "nodes {}  edges {}  identifiers {}  clusters {}",
             self.nodes, self.edges, self.identifiers, self.clusters
         )?;
-        write!(
+        writeln!(
             f,
             "elapsed {:.2}s  {:.0} events/s",
             self.elapsed_s, self.events_per_s
-        )
+        )?;
+        write!(
+            f,
+            "store {}{}: {} keys in {:.2}s of engine writes ({:.0} keys/s)",
+            self.store_engine,
+            if self.bulk_load { " (bulk load)" } else { "" },
+            self.store_keys_written,
+            self.store_write_s,
+            self.store_keys_per_s
+        )?;
+        if !self.stage_s.is_empty() {
+            let stages: Vec<String> = self
+                .stage_s
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}s"))
+                .collect();
+            write!(
+                f,
+                "\ntime by stage (summed over threads): {}",
+                stages.join(", ")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -182,7 +240,8 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    let store = Store::open(&opts.state)?;
+    let store = Store::open_with(&opts.state, &opts.store)?;
+    let bulk = store.is_empty()?;
     let bytes_read = Arc::new(AtomicU64::new(0));
     let workers = opts.workers.max(1);
     let clock = Arc::new(AtomicU64::new(1));
@@ -224,12 +283,36 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
             bar.set_position(bytes_read.load(Ordering::Relaxed));
         }
     };
-    let totals = run_into_store(&store, plan, config, sources, &mut show)?;
+    let totals = replay_into_store(&store, bulk, plan, config, sources, &mut show)?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
     let counts: Counts = store.counts()?;
-    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+    let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
+    summary.add_store(&store, bulk);
+    Ok(summary)
+}
+
+/// [`run_into_store`] for a replay: into an empty state (`bulk`) through a
+/// bulk load, which leaves the state empty if the replay fails; otherwise
+/// by commits, which leave a consistent prefix.
+pub fn replay_into_store(
+    store: &Store,
+    bulk: bool,
+    plan: Arc<Plan>,
+    config: RunConfig,
+    sources: dataflow::SourceFactory,
+    observer: &mut dyn Observer,
+) -> Result<Totals, AppError> {
+    if !bulk {
+        return run_into_store(store, plan, config, sources, observer);
+    }
+    let mut sink = Sink::Bulk(Box::new(store.bulk_load()?));
+    let totals = run_into_sink(store, &mut sink, plan, config, sources, observer)?;
+    if let Sink::Bulk(load) = sink {
+        load.finish()?;
+    }
+    Ok(totals)
 }
 
 impl ReplaySummary {
@@ -251,7 +334,20 @@ impl ReplaySummary {
             } else {
                 0.0
             },
+            stage_s: totals.stages.clone(),
+            ..ReplaySummary::default()
         }
+    }
+
+    /// Adds what `store` wrote (its write statistics).
+    pub fn add_store(&mut self, store: &Store, bulk: bool) {
+        let w: WriteStats = store.write_stats();
+        self.store_engine = store.engine().to_string();
+        self.bulk_load = bulk;
+        self.store_keys_written = w.keys_written;
+        self.store_bytes_written = w.bytes_written;
+        self.store_write_s = w.engine_time.as_secs_f64();
+        self.store_keys_per_s = w.keys_per_s();
     }
 }
 
@@ -278,6 +374,9 @@ pub struct Totals {
     /// The state is rebuilt and the sources are assigned: every worker has
     /// passed time 0.
     pub ready: bool,
+    /// Seconds spent so far per stage, summed over threads: the dataflow's
+    /// (decode, fold, identity, collect) and the writer's `commit`.
+    pub stages: BTreeMap<String, f64>,
 }
 
 /// One dataflow's share of [`Totals`].
@@ -305,10 +404,60 @@ impl<F: FnMut(&Totals)> Observer for F {
     }
 }
 
+/// Where the [`Writer`] sends complete times.
+enum Sink<'a> {
+    /// One atomic commit per write.
+    Commit(&'a Store),
+    /// Chunks of a bulk load into an empty state.
+    Bulk(Box<BulkLoad>),
+}
+
+impl Sink<'_> {
+    /// Writes the changes of several times (in time order) with their dead
+    /// letters and progress: one commit, or chunks of the bulk load.
+    fn write(
+        &mut self,
+        parts: &[&[Change]],
+        dead: &[DeadLetter],
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        match self {
+            Sink::Commit(store) => store.commit_parts(parts, dead, progress),
+            Sink::Bulk(load) => {
+                for changes in parts {
+                    load.write(changes, &[], &Progress::default())?;
+                }
+                load.write(&[], dead, progress)
+            }
+        }
+    }
+}
+
 /// Runs the dataflow and commits everything it emits; `observer` hears
 /// about progress on the calling thread while it runs.
 pub fn run_into_store(
     store: &Store,
+    plan: Arc<Plan>,
+    config: RunConfig,
+    sources: dataflow::SourceFactory,
+    observer: &mut dyn Observer,
+) -> Result<Totals, AppError> {
+    let totals = run_into_sink(
+        store,
+        &mut Sink::Commit(store),
+        plan,
+        config,
+        sources,
+        observer,
+    );
+    store.flush()?;
+    totals
+}
+
+/// Runs the dataflow and writes everything it emits to `sink`.
+fn run_into_sink(
+    store: &Store,
+    sink: &mut Sink<'_>,
     plan: Arc<Plan>,
     config: RunConfig,
     sources: dataflow::SourceFactory,
@@ -338,8 +487,14 @@ pub fn run_into_store(
         positions,
     });
     let workers = config.workers;
-    let identity_every = config.identity_every;
+    // Commits that readers or a restart can see end at identity steps; the
+    // chunks of a bulk load are seen by nobody until it finishes.
+    let align = match sink {
+        Sink::Bulk(_) => 1,
+        Sink::Commit(_) => config.identity_every,
+    };
     let stop = config.stop.clone();
+    let stages = config.stages.clone();
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
         committed: committed.clone(),
@@ -354,9 +509,9 @@ pub fn run_into_store(
             let _ = tx.send(e);
         }
     });
-    let run = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers, committed, identity_every);
+        let mut writer = Writer::new(workers, committed, align);
         let mut result: Result<(), AppError> = Ok(());
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -366,7 +521,7 @@ pub fn run_into_store(
                         writer.receive(e);
                     }
                     if result.is_ok() {
-                        match writer.commit_ready(store) {
+                        match writer.commit_ready(sink) {
                             Ok(Some(progress)) => observer.committed(&progress),
                             Ok(None) => {}
                             Err(e) => {
@@ -379,6 +534,7 @@ pub fn run_into_store(
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
             observer.tick(&writer.totals);
         }
         let joined = handle.join().map_err(|_| panic_error()).and_then(|r| {
@@ -387,10 +543,23 @@ pub fn run_into_store(
                 e => AppError::from(e),
             })
         });
+        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
         result.and(joined).map(|()| writer.totals.clone())
-    });
-    store.flush()?;
-    run
+    })
+}
+
+/// The stage times as reported: the dataflow's and the writer's.
+fn stage_map(dataflow: &StageSeconds, commit_s: f64) -> BTreeMap<String, f64> {
+    [
+        ("decode", dataflow.decode),
+        ("fold", dataflow.fold),
+        ("identity", dataflow.identity),
+        ("collect", dataflow.collect),
+        ("commit", commit_s),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The commit bound for a frontier `upto` (every time below it complete):
@@ -411,16 +580,24 @@ struct Writer {
     /// Commits end at multiples of this (the dataflow's identity step), so
     /// every commit holds the identity assignments its links imply.
     align: u64,
+    /// Seconds spent writing to the store (encoding and engine).
+    commit_s: f64,
     /// Latest lag per (dataflow, worker, source).
     lag: BTreeMap<(String, usize, usize), i64>,
-    pending: BTreeMap<u64, (Vec<Change>, Vec<DeadLetter>, Progress)>,
+    pending: BTreeMap<u64, PendingTime>,
     totals: Totals,
 }
+
+/// What the writer holds for one time until every worker has finished it:
+/// each worker's changes (kept apart, never concatenated), dead letters and
+/// source progress.
+type PendingTime = (Vec<Vec<Change>>, Vec<DeadLetter>, Progress);
 
 impl Writer {
     fn new(workers: usize, committed: Arc<Committed>, align: u64) -> Writer {
         Writer {
             align: align.max(1),
+            commit_s: 0.0,
             frontiers: vec![0; workers],
             committed,
             lag: BTreeMap::new(),
@@ -433,12 +610,12 @@ impl Writer {
         match e {
             Emitted::Data {
                 epoch,
-                mut changes,
+                changes,
                 mut dead_letters,
                 progress,
             } => {
                 let slot = self.pending.entry(epoch).or_default();
-                slot.0.append(&mut changes);
+                slot.0.push(changes);
                 slot.1.append(&mut dead_letters);
                 slot.2.merge(progress);
             }
@@ -468,29 +645,34 @@ impl Writer {
 
     /// Commits every pending time below the smallest worker frontier, in one
     /// atomic step, in time order. Returns what was committed, if anything.
-    fn commit_ready(&mut self, store: &Store) -> Result<Option<Progress>, StoreError> {
+    fn commit_ready(&mut self, sink: &mut Sink<'_>) -> Result<Option<Progress>, StoreError> {
         let upto = aligned(
             self.frontiers.iter().copied().min().unwrap_or(0),
             self.align,
         );
-        let mut changes = Vec::new();
+        // Each time's changes stay in the vectors they arrived in (moving
+        // them into one would copy megabytes into fresh pages per commit).
+        let mut parts: Vec<Vec<Change>> = Vec::new();
         let mut dead = Vec::new();
         let mut progress = Progress::default();
         while let Some((&t, _)) = self.pending.first_key_value() {
             if t >= upto {
                 break;
             }
-            if let Some((_, (mut c, mut d, p))) = self.pending.pop_first() {
-                changes.append(&mut c);
+            if let Some((_, (c, mut d, p))) = self.pending.pop_first() {
+                parts.extend(c.into_iter().filter(|c| !c.is_empty()));
                 dead.append(&mut d);
                 progress.merge(p);
             }
         }
-        if changes.is_empty() && dead.is_empty() && progress == Progress::default() {
+        if parts.is_empty() && dead.is_empty() && progress == Progress::default() {
             self.committed.advance(upto);
             return Ok(None);
         }
-        store.commit(&changes, &dead, &progress)?;
+        let began = Instant::now();
+        let slices: Vec<&[Change]> = parts.iter().map(Vec::as_slice).collect();
+        sink.write(&slices, &dead, &progress)?;
+        self.commit_s += began.elapsed().as_secs_f64();
         self.committed.advance(upto);
         for (name, p) in &progress.dataflows {
             self.totals.events += p.events;

@@ -27,7 +27,7 @@ use rdg::model::ClusterShape;
 use rdg::query::client::Client;
 use rdg::query::{ServeConfig, Server, StaticStatus};
 use rdg::source::kafka::{KafkaConfig, OnGap, StartFrom};
-use rdg::store::{Direction, EdgeOrder, EdgeQuery, Store};
+use rdg::store::{Direction, EdgeOrder, EdgeQuery, Engine, Store, StoreOptions};
 
 #[derive(Parser)]
 #[command(name = "rdg", version, about = "A real-time graph of user activity")]
@@ -95,8 +95,31 @@ struct ReplayArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Input files.
     files: Vec<PathBuf>,
+}
+
+/// The store of a run: engine (for a new state) and cache.
+#[derive(Args, Clone, Copy)]
+struct StoreArgs {
+    /// The store engine of a new state: fjall (default) or sled. An
+    /// existing state keeps the engine it was written with.
+    #[arg(long)]
+    engine: Option<Engine>,
+    /// The store's cache in MiB (default: fjall 256, sled 512).
+    #[arg(long)]
+    cache_mb: Option<u64>,
+}
+
+impl StoreArgs {
+    fn options(self) -> StoreOptions {
+        StoreOptions {
+            engine: self.engine,
+            cache_bytes: self.cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -118,6 +141,8 @@ struct RunArgs {
     batch: usize,
     #[command(flatten)]
     serve: ServeArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -164,6 +189,8 @@ struct DemoArgs {
     seed: u64,
     #[command(flatten)]
     serve: ServeArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -177,6 +204,9 @@ struct QueryArgs {
     /// With --url: a file holding the server's bearer token.
     #[arg(long, requires = "url")]
     auth_token_file: Option<PathBuf>,
+    /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
+    #[arg(long, conflicts_with = "url")]
+    cache_mb: Option<u64>,
     #[command(subcommand)]
     what: QueryCommand,
 }
@@ -187,6 +217,9 @@ struct ServeCommandArgs {
     state: PathBuf,
     #[command(flatten)]
     serve: ServeArgs,
+    /// The store's cache in MiB (default: fjall 256, sled 512).
+    #[arg(long)]
+    cache_mb: Option<u64>,
 }
 
 #[derive(Args)]
@@ -199,6 +232,9 @@ struct ExportArgs {
     /// With --url: a file holding the server's bearer token.
     #[arg(long, requires = "url")]
     auth_token_file: Option<PathBuf>,
+    /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
+    #[arg(long, conflicts_with = "url")]
+    cache_mb: Option<u64>,
 }
 
 #[derive(Args)]
@@ -414,7 +450,7 @@ pub fn main() -> ExitCode {
     app::install_panic_hook();
     // Logs go to stderr; RUST_LOG overrides the default level (info).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -506,6 +542,7 @@ fn replay_kafka(args: &ReplayArgs, brokers: String) -> Result<Replayed> {
         cluster: None,
         serve: None,
         mode: "replay",
+        store: args.store.options(),
     };
     Ok(app::kafka::replay_kafka(&opts))
 }
@@ -527,6 +564,7 @@ fn replay_files(args: &ReplayArgs) -> Result<Replayed> {
         topic_files,
         batch: args.batch,
         progress: std::io::stderr().is_terminal(),
+        store: args.store.options(),
     };
     Ok(app::replay(&opts))
 }
@@ -556,6 +594,7 @@ fn run_live(args: RunArgs) -> Result<ExitCode> {
         state: args.state,
         workers: args.workers,
         batch: args.batch,
+        store: args.store.options(),
     };
     let totals = app::kafka::run_live(&opts)?;
     eprintln!(
@@ -599,6 +638,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         duration: args.seconds.map(Duration::from_secs),
         partitions: args.partitions,
         seed: args.seed,
+        store: args.store.options(),
     };
     let totals = app::kafka::demo(&opts)?;
     eprintln!(
@@ -612,7 +652,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
 fn query(args: QueryArgs) -> Result<ExitCode> {
     let found = match (&args.url, &args.state) {
         (Some(url), _) => query_url(url, args.auth_token_file.as_deref(), args.what)?,
-        (None, Some(state)) => query_state(state, args.what)?,
+        (None, Some(state)) => query_state(state, args.cache_mb, args.what)?,
         (None, None) => anyhow::bail!("pass --state DIR or --url URL"),
     };
     match found {
@@ -640,8 +680,8 @@ impl Found {
 }
 
 /// `rdg query --state`.
-fn query_state(state: &Path, what: QueryCommand) -> Result<Found> {
-    let store = open_existing(state)?;
+fn query_state(state: &Path, cache_mb: Option<u64>, what: QueryCommand) -> Result<Found> {
+    let store = open_existing(state, cache_mb)?;
     Ok(match what {
         QueryCommand::Node { node_type, id } => {
             let node = store.node(&format!("{node_type}:{id}"))?;
@@ -714,7 +754,7 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
                 .transpose()?;
             Ok(Client::new(url, token))
         }
-        (None, Some(state)) => Err(open_existing(state)?),
+        (None, Some(state)) => Err(open_existing(state, args.cache_mb)?),
         (None, None) => anyhow::bail!("pass --state DIR or --url URL"),
     };
     let stdout = std::io::stdout();
@@ -753,12 +793,18 @@ fn generate(args: GenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens a state directory that must already exist (reads never create one).
-fn open_existing(state: &Path) -> Result<Store> {
+/// Opens a state directory that must already exist (reads never create one),
+/// with the engine it records.
+fn open_existing(state: &Path, cache_mb: Option<u64>) -> Result<Store> {
     if !state.is_dir() {
         anyhow::bail!("state directory {} does not exist", state.display());
     }
-    Ok(Store::open(state)?)
+    let options = StoreArgs {
+        engine: None,
+        cache_mb,
+    }
+    .options();
+    Ok(Store::open_with(state, &options)?)
 }
 
 /// Writes to stdout; a reader that went away (`| head`) ends the command
@@ -866,7 +912,7 @@ fn read_token(path: &Path) -> Result<String> {
 /// `rdg serve`: the query API over a state until Ctrl-C.
 fn serve(args: ServeCommandArgs) -> Result<ExitCode> {
     let config = args.serve.config()?;
-    let store = open_existing(&args.state)?;
+    let store = open_existing(&args.state, args.cache_mb)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))

@@ -10,7 +10,7 @@
 //!   (a source never parses them; decoding, and a dead letter for each bad
 //!   record, happen in `spec`'s plan as the dataflow evaluates it).
 //! - [`dataflow`]: timely/differential dataflows; never imports `store`.
-//! - [`store`]: sled namespaces, key codec, atomic writer, reader, export.
+//! - [`store`]: namespaces over fjall or sled, key codec, atomic writer, bulk load, reader, export.
 //! - [`query`]: the HTTP query service (reads the store; never sees the
 //!   dataflow, sources or app).
 //! - [`generate`]: the deterministic synthetic event generator.

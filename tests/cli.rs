@@ -296,6 +296,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     assert_eq!(
         keys,
         [
+            "bulk_load",
             "clusters",
             "dead_letters",
             "edges",
@@ -304,9 +305,41 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
             "events_per_s",
             "identifiers",
             "late",
-            "nodes"
+            "nodes",
+            "stage_s",
+            "store_bytes_written",
+            "store_engine",
+            "store_keys_per_s",
+            "store_keys_written",
+            "store_write_s",
         ]
         .into()
+    );
+    // Where the time went: every stage named, each a non-negative number of
+    // seconds, together no more than both workers' whole run.
+    let stages = summary["stage_s"]
+        .as_object()
+        .expect("stage_s is an object");
+    let names: BTreeSet<&str> = stages.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["collect", "commit", "decode", "fold", "identity"].into(),
+        "{summary}"
+    );
+    let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
+    for (stage, secs) in stages {
+        let secs = secs.as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.0..=2.0 * elapsed + 1.0).contains(&secs),
+            "stage {stage}: {secs} s of {elapsed} s"
+        );
+    }
+    // A new state: fjall by default, bulk loaded.
+    assert_eq!(summary["store_engine"], "fjall", "{summary}");
+    assert_eq!(summary["bulk_load"], true, "{summary}");
+    assert!(
+        summary["store_keys_written"].as_u64() > summary["edges"].as_u64(),
+        "{summary}"
     );
     let n = |k: &str| {
         summary[k]
@@ -354,7 +387,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     let text_state = tmp.path().join("text");
     let text = replay(&text_state, 2, &data_files());
     let text_lines: Vec<&str> = text.lines().collect();
-    assert_eq!(text_lines.len(), 3, "{text}");
+    assert_eq!(text_lines.len(), 5, "{text}");
     assert_eq!(
         text_lines[0],
         format!("events {events}  dead letters {dead}  late 0")
@@ -371,6 +404,16 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
     );
     assert!(
         text_lines[2].starts_with("elapsed ") && text_lines[2].ends_with(" events/s"),
+        "{text}"
+    );
+    assert!(
+        text_lines[3].starts_with("store fjall (bulk load): ")
+            && text_lines[3].ends_with(" keys/s)"),
+        "{text}"
+    );
+    assert!(
+        text_lines[4].starts_with("time by stage (summed over threads): collect ")
+            && text_lines[4].contains(", identity "),
         "{text}"
     );
 }
@@ -767,10 +810,21 @@ fn a_state_open_in_another_process_is_refused() {
     assert!(run.ok().lines().count() > 100, "{}", run.describe());
 }
 
+/// Creates an empty state written with sled (the engine is recorded in it).
+fn create_sled_state(state: &std::path::Path) {
+    let options = rdg::store::StoreOptions {
+        engine: Some(rdg::store::Engine::Sled),
+        cache_bytes: None,
+    };
+    drop(rdg::store::Store::open_with(state, &options).expect("creating a sled state"));
+}
+
 #[test]
 fn a_state_of_another_format_version_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
+    // A sled state, so that the test can rewrite it with sled directly.
+    create_sled_state(&state);
     replay(&state, 1, &[data_dir().join("login.jsonl")]);
     // `meta` key enc("format") (a string segment ends with 0x00 0x01), value
     // the version as a big-endian u64 (src/store/mod.rs, "Layout").
@@ -993,6 +1047,7 @@ fn replay_reports_store_errors_once() {
 
     // Another format version.
     let other = tmp.path().join("other");
+    create_sled_state(&other);
     replay(&other, 1, std::slice::from_ref(&login));
     {
         let db = sled::open(&other).expect("opening the state with sled");

@@ -1,7 +1,9 @@
 //! Golden test: the committed sample `data/*.jsonl`, replayed by the real
 //! `rdg` binary with the shipped `dataflows/`, must export exactly
 //! `tests/golden/export.jsonl`, byte for byte, with one worker, with two, and
-//! when each file is split at its middle line into two successive replays.
+//! when each file is split at its middle line into two successive replays
+//! (the first a bulk load into an empty state, the second commits), on each
+//! store engine: so the export is byte-identical whichever engine wrote it.
 //!
 //! Invariant: the golden file is only ever written on purpose. When it is
 //! missing, or `RDG_BLESS=1` is set, the one-worker test writes it and
@@ -55,7 +57,7 @@ fn golden_or_bless(actual: &str, may_bless: bool) -> String {
     }
     if blessing() {
         panic!(
-            "RDG_BLESS=1: only `replay_with_one_worker_matches_golden` writes the golden file; run again without RDG_BLESS"
+            "RDG_BLESS=1: only `on_fjall::replay_with_one_worker_matches_golden` writes the golden file; run again without RDG_BLESS"
         );
     }
     std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -98,28 +100,44 @@ fn assert_same_export(case: &str, expected: &str, actual: &str) {
     panic!("{msg}");
 }
 
-#[test]
-fn replay_with_one_worker_matches_golden() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let state = tmp.path().join("state");
-    replay(&state, 1, &data_files());
-    let actual = export(&state);
-    let golden = golden_or_bless(&actual, true);
-    assert_same_export("workers-1", &golden, &actual);
+/// `rdg replay --engine ENGINE --state STATE --workers N FILES`, which must
+/// succeed.
+#[track_caller]
+fn replay_on(engine: &str, state: &Path, workers: usize, files: &[PathBuf]) {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "replay".into(),
+        "--engine".into(),
+        engine.into(),
+        "--dataflows".into(),
+        dataflows_dir().into(),
+        "--state".into(),
+        state.into(),
+        "--workers".into(),
+        workers.to_string().into(),
+    ];
+    args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
+    rdg(args).ok();
 }
 
-#[test]
-fn replay_with_two_workers_matches_golden() {
+fn replay_with_one_worker_matches_golden(engine: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    replay(&state, 2, &data_files());
+    replay_on(engine, &state, 1, &data_files());
+    let actual = export(&state);
+    let golden = golden_or_bless(&actual, engine == "fjall");
+    assert_same_export(&format!("{engine}-workers-1"), &golden, &actual);
+}
+
+fn replay_with_two_workers_matches_golden(engine: &str) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    replay_on(engine, &state, 2, &data_files());
     let actual = export(&state);
     let golden = golden_or_bless(&actual, false);
-    assert_same_export("workers-2", &golden, &actual);
+    assert_same_export(&format!("{engine}-workers-2"), &golden, &actual);
 }
 
-#[test]
-fn two_successive_replays_of_split_files_match_golden() {
+fn two_successive_replays_of_split_files_match_golden(engine: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
     std::fs::create_dir_all(&first).expect("mkdir");
@@ -140,8 +158,8 @@ fn two_successive_replays_of_split_files_match_golden() {
         part2.push(p2);
     }
     let state = tmp.path().join("state");
-    replay(&state, 1, &part1);
-    replay(&state, 2, &part2);
+    replay_on(engine, &state, 1, &part1);
+    replay_on(engine, &state, 2, &part2);
     let actual = export(&state);
 
     let golden = golden_or_bless(&actual, false);
@@ -152,8 +170,15 @@ fn two_successive_replays_of_split_files_match_golden() {
     expected.sort();
     let mut expected = expected.join("\n");
     expected.push('\n');
-    assert_same_export("split", &expected, &actual);
+    assert_same_export(&format!("{engine}-split"), &expected, &actual);
 }
+
+both_engines!(
+    names:
+    replay_with_one_worker_matches_golden,
+    replay_with_two_workers_matches_golden,
+    two_successive_replays_of_split_files_match_golden,
+);
 
 /// A golden line as the split replay writes it: a dead letter from line `n`
 /// past the middle `m` of its file names `file:(n - m)`.

@@ -11,6 +11,9 @@
 //! that scenario runs without deletes: every record with props is then
 //! written from one account's events, nothing is late or expires within the
 //! generated span, and the graph again cannot depend on the interleaving.
+//!
+//! The killed-and-restarted scenarios run on the fjall store (the default);
+//! the one-partition one also on sled, against the same fjall file replay.
 
 mod support;
 
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdg::store::{Engine, Store, StoreOptions};
 use support::*;
 
 const EVENTS: u64 = 3000;
@@ -149,17 +153,32 @@ fn assert_same(actual: &[String], expected: &[String], what: &str) {
     );
 }
 
+/// Creates an empty state written with `engine`; the runs started on it
+/// keep that engine (it is recorded in the state).
+fn create_state(state: &Path, engine: Engine) {
+    let options = StoreOptions {
+        engine: Some(engine),
+        cache_bytes: None,
+    };
+    drop(Store::open_with(state, &options).expect("create the state"));
+}
+
 #[test]
 fn one_partition_per_topic_with_deletes() {
-    killed_and_restarted_runs_equal_one_file_replay(1, true);
+    killed_and_restarted_runs_equal_one_file_replay(1, true, Engine::Fjall);
+}
+
+#[test]
+fn one_partition_per_topic_with_deletes_on_sled() {
+    killed_and_restarted_runs_equal_one_file_replay(1, true, Engine::Sled);
 }
 
 #[test]
 fn four_partitions_per_topic_spread_over_workers() {
-    killed_and_restarted_runs_equal_one_file_replay(4, false);
+    killed_and_restarted_runs_equal_one_file_replay(4, false, Engine::Fjall);
 }
 
-fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: bool) {
+fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: bool, engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = file_replay_export(dir.path(), deletes);
     let expected = committed(&dir.path().join("file-state"));
@@ -169,6 +188,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     // Several runs killed (SIGKILL: no chance to commit) at pseudo-random
     // moments, alternating 1 and 2 workers, then runs until complete.
     let state = dir.path().join("kafka-state");
+    create_state(&state, engine);
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..4 {
         seed ^= seed << 13;
@@ -192,6 +212,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
 
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
+    create_state(&replayed, engine);
     let out = command()
         .arg("replay")
         .arg("--dataflows")
@@ -209,6 +230,9 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
         String::from_utf8_lossy(&out.stderr)
     );
     assert_same(&export(&replayed), &reference, "replay --brokers");
+    let store = Store::open(&replayed).expect("open the replayed state");
+    assert_eq!(store.engine(), engine);
+    drop(store);
     drop(cluster);
 }
 

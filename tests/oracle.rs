@@ -59,11 +59,12 @@ fn write_run(dir: &Path, run: &Run) -> Result<Vec<PathBuf>, String> {
 }
 
 /// One check: successive replays (each with its number of workers) into one
-/// fresh state, then one export.
+/// fresh state of store engine `engine`, then one export.
 struct Case {
     name: String,
     seed: u64,
     runs: Vec<(Run, usize)>,
+    engine: &'static str,
 }
 
 impl Case {
@@ -79,6 +80,8 @@ impl Case {
             }
             let mut args: Vec<OsString> = vec![
                 "replay".into(),
+                "--engine".into(),
+                self.engine.into(),
                 "--dataflows".into(),
                 fixture().into(),
                 "--state".into(),
@@ -283,29 +286,46 @@ fn check_all(cases: Vec<Case>) {
     panic!("{msg}");
 }
 
-fn single_replays(workers: usize) -> Vec<Case> {
-    (0..seeds())
+fn single_replays(workers: usize, seeds: u64, engine: &'static str) -> Vec<Case> {
+    (0..seeds)
         .map(|seed| Case {
-            name: format!("w{workers}-seed{seed}"),
+            name: format!("{engine}-w{workers}-seed{seed}"),
             seed,
             runs: vec![(inputs::generate(seed, EVENTS), workers)],
+            engine,
         })
         .collect()
 }
 
 #[test]
 fn replay_with_one_worker_matches_the_model() {
-    check_all(single_replays(1));
+    check_all(single_replays(1, seeds(), "fjall"));
 }
 
 #[test]
 fn replay_with_two_workers_matches_the_model() {
-    check_all(single_replays(2));
+    check_all(single_replays(2, seeds(), "fjall"));
+}
+
+/// The sled engine on a quarter of the seeds (the store model tests cover
+/// it fully).
+#[test]
+fn replay_with_two_workers_on_sled_matches_the_model() {
+    check_all(single_replays(2, seeds().div_ceil(4), "sled"));
 }
 
 #[test]
 fn successive_replays_into_one_state_match_the_model() {
-    let cases = (0..seeds().div_ceil(2))
+    check_all(successive_replays(seeds().div_ceil(2), "fjall"));
+}
+
+#[test]
+fn successive_replays_on_sled_match_the_model() {
+    check_all(successive_replays(seeds().div_ceil(4), "sled"));
+}
+
+fn successive_replays(seeds: u64, engine: &'static str) -> Vec<Case> {
+    (0..seeds)
         .map(|seed| {
             let parts = 2 + (seed % 2) as usize;
             let runs = inputs::split(&inputs::generate(seed, EVENTS), parts, seed)
@@ -314,13 +334,13 @@ fn successive_replays_into_one_state_match_the_model() {
                 .map(|(i, run)| (run, 1 + (i + seed as usize) % 2))
                 .collect();
             Case {
-                name: format!("split{parts}-seed{seed}"),
+                name: format!("{engine}-split{parts}-seed{seed}"),
                 seed,
                 runs,
+                engine,
             }
         })
-        .collect();
-    check_all(cases);
+        .collect()
 }
 
 #[test]

@@ -499,7 +499,9 @@ fn paging_is_stable_while_another_thread_commits() {
                     None => break,
                 }
             }
-            assert!(pages > 50, "the walk took {pages} pages");
+            // At least the 300 stable neighbours, 7 a page; how many of the
+            // others a walk meets depends on how fast the store commits.
+            assert!(pages > 300 / 7, "the walk took {pages} pages");
             // Strictly in order: no duplicates, no going back.
             for w in seen.windows(2) {
                 let ok = match order {

@@ -4,9 +4,12 @@
 //! against a plain `BTreeMap` model of the merged view: `node`, `edges` (both
 //! directions, limit/since/order), `identity`, `export`, `counts`,
 //! `contributions`, `meta` and `is_empty`. Also: the directory lock, the
-//! format version check, and a many-tree commit surviving a reopen.
+//! format version check, a many-tree commit surviving a reopen, the engine
+//! recorded in the state, and bulk loads equal to the same commits. Every
+//! test runs on both engines (`both_engines!`).
 
 mod support;
+use support::{both_engines, open_engine};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -15,10 +18,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdg::model::{Change, ClusterOf, DataflowProgress, DeadLetter, Progress, Record, ident};
 use rdg::store::{
-    Counts, DataflowMeta, Direction, EdgeOrder, EdgeQuery, Meta, Store, StoreError, codec,
+    BulkMethod, Counts, DataflowMeta, Direction, EdgeOrder, EdgeQuery, Engine, Meta, Store,
+    StoreError, codec,
 };
 use serde_json::Value;
-use support::temp_store;
 
 const NODE_TYPES: &[&str] = &["profile", "a", "a!", "x\u{0}"];
 const IDS: &[&str] = &["p4", "p42", "p4\u{0}", "", "ÿ", "q\"", "a b", "p4!"];
@@ -703,10 +706,10 @@ fn check(store: &Store, model: &Model, rng: &mut StdRng, step: usize) {
     assert_eq!(store.meta().expect("meta"), model.meta, "{}", ctx("meta"));
 }
 
-fn run_model(seed: u64, steps: usize) {
+fn run_model(seed: u64, steps: usize, engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut store = Store::open(dir.path()).expect("open");
+    let mut store = open_engine(dir.path(), engine).expect("open");
     let mut model = Model::default();
     check(&store, &model, &mut rng, 0);
     for step in 1..=steps {
@@ -718,7 +721,7 @@ fn run_model(seed: u64, steps: usize) {
                 store.flush().expect("flush");
             }
             drop(store);
-            store = Store::open(dir.path()).expect("reopen");
+            store = open_engine(dir.path(), engine).expect("reopen");
         }
         check(&store, &model, &mut rng, step);
     }
@@ -732,27 +735,23 @@ fn run_model(seed: u64, steps: usize) {
     assert!(!model.meta.positions.is_empty());
 }
 
-#[test]
-fn model_seed_1() {
-    run_model(1, 300);
+fn model_seed_1(engine: Engine) {
+    run_model(1, 300, engine);
 }
 
-#[test]
-fn model_seed_2() {
-    run_model(2, 300);
+fn model_seed_2(engine: Engine) {
+    run_model(2, 300, engine);
 }
 
-#[test]
-fn model_seed_3() {
-    run_model(3, 300);
+fn model_seed_3(engine: Engine) {
+    run_model(3, 300, engine);
 }
 
-#[test]
-fn second_open_is_locked_and_names_the_dir() {
+fn second_open_is_locked_and_names_the_dir(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state");
-    let store = Store::open(&path).expect("open");
-    match Store::open(&path) {
+    let store = open_engine(&path, engine).expect("open");
+    match open_engine(&path, engine) {
         Err(e @ StoreError::Locked { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(&path.display().to_string()), "{msg}");
@@ -764,31 +763,46 @@ fn second_open_is_locked_and_names_the_dir() {
     let clone = store.clone();
     drop(store);
     drop(clone);
-    Store::open(&path).expect("reopens after drop");
+    open_engine(&path, engine).expect("reopens after drop");
 }
 
-fn set_version(path: &Path, version: u64) {
-    // sled releases the directory lock shortly after the store is dropped.
+/// Waits for the engine's own lock after a store was dropped.
+fn retry<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
     let started = std::time::Instant::now();
-    let db = loop {
-        match sled::open(path) {
-            Ok(db) => break db,
-            Err(e) if started.elapsed().as_secs() >= 5 => panic!("sled open: {e}"),
+    loop {
+        match f() {
+            Ok(x) => return x,
+            Err(e) if started.elapsed().as_secs() >= 5 => panic!("open: {e:?}"),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
-    };
-    let meta = db.open_tree("meta").expect("meta tree");
-    meta.insert(codec::encode(&["format"]), &version.to_be_bytes())
-        .expect("insert");
-    db.flush().expect("flush");
+    }
 }
 
-#[test]
-fn other_format_version_is_refused() {
+fn set_version(path: &Path, version: u64, engine: Engine) {
+    let key = codec::encode(&["format"]);
+    match engine {
+        Engine::Sled => {
+            let db = retry(|| sled::open(path));
+            let meta = db.open_tree("meta").expect("meta tree");
+            meta.insert(key, &version.to_be_bytes()).expect("insert");
+            db.flush().expect("flush");
+        }
+        Engine::Fjall => {
+            let db = retry(|| fjall::Database::builder(path.join("fjall")).open());
+            let meta = db
+                .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+                .expect("meta keyspace");
+            meta.insert(key, version.to_be_bytes()).expect("insert");
+            db.persist(fjall::PersistMode::SyncAll).expect("persist");
+        }
+    }
+}
+
+fn other_format_version_is_refused(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    drop(Store::open(dir.path()).expect("open"));
-    set_version(dir.path(), 99);
-    match Store::open(dir.path()) {
+    drop(open_engine(dir.path(), engine).expect("open"));
+    set_version(dir.path(), 99, engine);
+    match open_engine(dir.path(), engine) {
         Err(e @ StoreError::Version { found: 99, .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
@@ -798,8 +812,7 @@ fn other_format_version_is_refused() {
     }
 }
 
-#[test]
-fn many_tree_commit_is_all_there_after_reopen() {
+fn many_tree_commit_is_all_there_after_reopen(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rec = |t: i64| Record {
         count: 1,
@@ -859,7 +872,7 @@ fn many_tree_commit_is_all_there_after_reopen() {
         .positions
         .insert(("playback".into(), "0".into()), 251);
     let before = {
-        let store = Store::open(dir.path()).expect("open");
+        let store = open_engine(dir.path(), engine).expect("open");
         assert!(store.is_empty().expect("is_empty"));
         store.commit(&changes, &dead, &progress).expect("commit");
         store.flush().expect("flush");
@@ -867,7 +880,7 @@ fn many_tree_commit_is_all_there_after_reopen() {
         store.export(&mut out).expect("export");
         out
     };
-    let store = Store::open(dir.path()).expect("reopen");
+    let store = open_engine(dir.path(), engine).expect("reopen");
     assert!(!store.is_empty().expect("is_empty"));
     assert_eq!(
         store.counts().expect("counts"),
@@ -911,9 +924,9 @@ fn many_tree_commit_is_all_there_after_reopen() {
     assert_eq!(incoming[0].node, "profile:p0");
 }
 
-#[test]
-fn concurrent_commits_from_clones_add_up() {
-    let (_dir, store) = temp_store();
+fn concurrent_commits_from_clones_add_up(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(dir.path(), engine).expect("open");
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let store = store.clone();
@@ -965,4 +978,185 @@ fn concurrent_commits_from_clones_add_up() {
     assert_eq!((counts.nodes, counts.dead_letters), (200, 200));
     let mut out = Vec::new();
     assert_eq!(store.export(&mut out).expect("export").lines, 400);
+}
+
+fn other(engine: Engine) -> Engine {
+    match engine {
+        Engine::Fjall => Engine::Sled,
+        Engine::Sled => Engine::Fjall,
+    }
+}
+
+fn engine_is_recorded_and_another_is_refused(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state");
+    {
+        let store = open_engine(&path, engine).expect("open");
+        assert_eq!(store.engine(), engine);
+        store
+            .commit(
+                &[Change::Node {
+                    id: "n:1".into(),
+                    dataflow: "d".into(),
+                    record: Some(Record {
+                        count: 1,
+                        first_seen: 1,
+                        last_seen: 1,
+                        props: "".into(),
+                    }),
+                }],
+                &[],
+                &Progress::default(),
+            )
+            .expect("commit");
+    }
+    match retry(|| match open_engine(&path, other(engine)) {
+        Err(StoreError::Locked { .. }) => Err("locked"),
+        other => Ok(other),
+    }) {
+        Err(e @ StoreError::EngineMismatch { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(engine.name()), "{msg}");
+            assert!(msg.contains(other(engine).name()), "{msg}");
+        }
+        other => panic!("expected EngineMismatch, got {other:?}"),
+    }
+    // Without an engine: the recorded one.
+    let store = retry(|| Store::open(&path));
+    assert_eq!(store.engine(), engine);
+    assert!(store.node("n:1").expect("node").is_some());
+}
+
+fn new_state_defaults_to_fjall() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(store.engine(), Engine::Fjall);
+    assert!(dir.path().join("fjall").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rdg-engine")).expect("marker"),
+        "fjall\n"
+    );
+}
+
+/// A sled state written before engines were recorded (no `rdg-engine`
+/// file) opens as sled.
+fn state_without_engine_marker_opens_as_sled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_engine(dir.path(), Engine::Sled).expect("open");
+        store
+            .commit(
+                &[Change::Cluster {
+                    id: "device:d".into(),
+                    cluster: Some(ClusterOf {
+                        cluster: "account:a".into(),
+                        hub: false,
+                    }),
+                }],
+                &[],
+                &Progress::default(),
+            )
+            .expect("commit");
+        store.flush().expect("flush");
+    }
+    std::fs::remove_file(dir.path().join("rdg-engine")).expect("remove marker");
+    let store = retry(|| Store::open(dir.path()));
+    assert_eq!(store.engine(), Engine::Sled);
+    assert!(store.identity("device:d").expect("identity").is_some());
+    drop(store);
+    assert!(matches!(
+        retry(|| match open_engine(dir.path(), Engine::Fjall) {
+            Err(StoreError::Locked { .. }) => Err("locked"),
+            other => Ok(other),
+        }),
+        Err(StoreError::EngineMismatch {
+            recorded: Engine::Sled,
+            requested: Engine::Fjall,
+            ..
+        })
+    ));
+}
+
+/// Random chunks (with overrides, removals and dead letters) written by a
+/// bulk load give the state that committing them one by one gives: the
+/// same export, meta, counts and contributions, and the model's answers.
+fn bulk_load_equals_commits(engine: Engine) {
+    let methods: &[BulkMethod] = match engine {
+        Engine::Fjall => &[BulkMethod::Ingest, BulkMethod::Batch],
+        Engine::Sled => &[BulkMethod::Ingest],
+    };
+    for (seed, &method) in methods.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(40 + seed as u64);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committed = open_engine(&dir.path().join("commits"), engine).expect("open");
+        let loaded = open_engine(&dir.path().join("bulk"), engine).expect("open");
+        // A small buffer: many engine writes that override each other.
+        let mut bulk = loaded.bulk_load_with(method, 1500).expect("bulk load");
+        let mut model = Model::default();
+        for _ in 0..120 {
+            let (changes, dead, progress) = random_commit(&mut rng, &model);
+            committed
+                .commit(&changes, &dead, &progress)
+                .expect("commit");
+            bulk.write(&changes, &dead, &progress).expect("bulk write");
+            model.apply(&changes, &dead, &progress);
+        }
+        bulk.finish().expect("finish");
+        assert!(
+            loaded.write_stats().commits > 8,
+            "the buffer was written many times: {:?}",
+            loaded.write_stats()
+        );
+        let export = |s: &Store| {
+            let mut out = Vec::new();
+            s.export(&mut out).expect("export");
+            out
+        };
+        let expected = export(&committed);
+        assert!(expected.len() > 1000, "a real export");
+        assert_eq!(export(&loaded), expected, "{engine} {method:?}");
+        assert_eq!(
+            loaded.meta().expect("meta"),
+            committed.meta().expect("meta")
+        );
+        assert_eq!(
+            loaded.counts().expect("counts"),
+            committed.counts().expect("counts")
+        );
+        check(&loaded, &model, &mut rng, 0);
+        // Durable and complete: the same after a reopen, and it continues
+        // with commits like any state.
+        let path = loaded.path().to_path_buf();
+        drop(loaded);
+        let loaded = retry(|| open_engine(&path, engine));
+        assert_eq!(loaded.commit_count(), 1);
+        assert_eq!(export(&loaded), expected);
+        let (changes, dead, progress) = random_commit(&mut rng, &model);
+        loaded.commit(&changes, &dead, &progress).expect("commit");
+        model.apply(&changes, &dead, &progress);
+        check(&loaded, &model, &mut rng, 1);
+    }
+}
+
+both_engines!(
+    model_seed_1,
+    model_seed_2,
+    model_seed_3,
+    second_open_is_locked_and_names_the_dir,
+    other_format_version_is_refused,
+    many_tree_commit_is_all_there_after_reopen,
+    concurrent_commits_from_clones_add_up,
+    engine_is_recorded_and_another_is_refused,
+    bulk_load_equals_commits,
+);
+
+#[test]
+fn a_new_state_defaults_to_fjall() {
+    new_state_defaults_to_fjall();
+}
+
+#[test]
+fn a_state_without_engine_marker_opens_as_sled() {
+    state_without_engine_marker_opens_as_sled();
 }

@@ -3,17 +3,19 @@
 //! stress the key codec: NUL bytes, prefixes of one another, multi-byte
 //! characters), cursors survive their text form, a cursor of the other order
 //! is refused, search by prefix, the schema, per-namespace counts, and the
-//! commit count.
+//! commit count. Every test runs on both engines.
 
 mod support;
+use support::{both_engines, open_engine};
 
 use std::collections::BTreeSet;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdg::model::{Change, ClusterOf, Progress, Record};
-use rdg::store::{Direction, EdgeCursor, EdgeOrder, EdgeQuery, EdgeView, Store, StoreError};
-use support::temp_store;
+use rdg::store::{
+    Direction, EdgeCursor, EdgeOrder, EdgeQuery, EdgeView, Engine, Store, StoreError,
+};
 
 const IDS: &[&str] = &[
     "t", "t\u{0}", "t\u{0}1", "t1", "t10", "tÿ", "t😀", "", "u", "t!",
@@ -86,11 +88,11 @@ fn walk(store: &Store, id: &str, q: &EdgeQuery, size: usize) -> Vec<EdgeView> {
     }
 }
 
-#[test]
-fn paging_equals_the_full_list() {
+fn paging_equals_the_full_list(engine: Engine) {
     for seed in 0..4 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let (_tmp, store) = temp_store();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = open_engine(tmp.path(), engine).expect("open");
         random_graph(&mut rng, &store);
         let mut ids: Vec<String> = (0..3).map(|i| format!("p:{}", IDS[i])).collect();
         ids.extend(IDS.iter().take(4).map(|i| format!("title:{i}0")));
@@ -119,8 +121,7 @@ fn paging_equals_the_full_list() {
     }
 }
 
-#[test]
-fn cursors_are_checked() {
+fn cursors_are_checked(engine: Engine) {
     for c in [
         EdgeCursor::Id {
             after: "title:\u{0}ÿ😀".into(),
@@ -142,7 +143,8 @@ fn cursors_are_checked() {
             "{bad:?}"
         );
     }
-    let (_tmp, store) = temp_store();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(tmp.path(), engine).expect("open");
     let q = EdgeQuery {
         order: EdgeOrder::Recent,
         limit: Some(1),
@@ -176,9 +178,9 @@ fn cursors_are_checked() {
     ));
 }
 
-#[test]
-fn search_schema_counts_and_commit_count() {
-    let (tmp, store) = temp_store();
+fn search_schema_counts_and_commit_count(engine: Engine) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(tmp.path(), engine).expect("open");
     assert_eq!(store.commit_count(), 0);
     let r = Record {
         count: 1,
@@ -284,6 +286,12 @@ fn search_schema_counts_and_commit_count() {
         .expect("commit");
     assert_eq!(store.commit_count(), 1);
     drop(store);
-    let store = Store::open(tmp.path()).expect("reopen");
+    let store = open_engine(tmp.path(), engine).expect("reopen");
     assert_eq!(store.commit_count(), 1, "read back from meta");
 }
+
+both_engines!(
+    paging_equals_the_full_list,
+    cursors_are_checked,
+    search_schema_counts_and_commit_count
+);

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{AppError, Observer, ReplaySummary, Totals, run_into_store};
+use super::{AppError, Observer, ReplaySummary, Totals, replay_into_store, run_into_store};
 use crate::dataflow::{Positions, RunConfig, SourceFactory};
 use crate::model::{ClusterShape, Progress};
 use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
 use crate::spec::{self, Plan};
-use crate::store::{Counts, Store};
+use crate::store::{Counts, Store, StoreOptions};
 
 /// What `rdg run` and `rdg replay --brokers` are asked to do.
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub struct KafkaRunOptions {
     /// What the query API's status calls this run: `run`, `demo`, or
     /// `replay` (`rdg replay --brokers`, which serves nothing).
     pub mode: &'static str,
+    /// The store's engine (for a new state) and cache.
+    pub store: StoreOptions,
 }
 
 /// Each worker reads every selected dataflow's topic, owning the partitions
@@ -133,6 +135,7 @@ impl Observer for LiveObserver {
 
     fn tick(&mut self, totals: &Totals) {
         self.gauges.set_ready(totals.ready);
+        self.gauges.set_stages(totals.stages.clone());
         for (name, t) in &totals.dataflows {
             self.gauges.observe(name, t.events, t.lag);
         }
@@ -216,7 +219,7 @@ fn shape(opts: &KafkaRunOptions) -> Result<ClusterShape, AppError> {
 
 /// Opens the state and checks that it was written by this cluster shape.
 fn open_state(opts: &KafkaRunOptions) -> Result<Store, AppError> {
-    let store = Store::open(&opts.state)?;
+    let store = Store::open_with(&opts.state, &opts.store)?;
     store.claim_shape(&shape(opts)?)?;
     Ok(store)
 }
@@ -308,11 +311,13 @@ pub fn run_live(opts: &KafkaRunOptions) -> Result<Totals, AppError> {
 const DEMO_STATUS: Duration = Duration::from_secs(5);
 
 /// `rdg replay --brokers`: reads each partition up to the end offset it had
-/// at the start, then stops.
+/// at the start, then stops. Into an empty state it is a bulk load (see
+/// [`replay_into_store`]).
 pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
     let started = Instant::now();
     let plan = Arc::new(spec::load(&opts.dataflows)?);
     let store = open_state(opts)?;
+    let bulk = store.is_empty()?;
     let sources = kafka_sources(&plan, opts, true)?;
     let config = RunConfig {
         workers: opts.workers.max(1),
@@ -324,9 +329,11 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
         ..RunConfig::default()
     };
     let mut nothing = |_: &Totals| {};
-    let totals = run_into_store(&store, plan, config, sources, &mut nothing)?;
+    let totals = replay_into_store(&store, bulk, plan, config, sources, &mut nothing)?;
     let counts: Counts = store.counts()?;
-    Ok(ReplaySummary::new(&totals, &counts, started.elapsed()))
+    let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
+    summary.add_store(&store, bulk);
+    Ok(summary)
 }
 
 /// Installs SIGINT/SIGTERM handling that sets `stop`; a second signal exits
@@ -362,6 +369,8 @@ pub struct DemoOptions {
     pub stop: Arc<AtomicBool>,
     /// The query API, served while the demo runs.
     pub serve: ServeConfig,
+    /// The store's engine (for a new state) and cache.
+    pub store: StoreOptions,
 }
 
 /// `rdg demo`: an in-process Kafka-protocol cluster (librdkafka's mock
@@ -437,6 +446,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
         cluster: None,
         serve: Some(opts.serve.clone()),
         mode: "demo",
+        store: opts.store,
     };
     let totals = run_live(&run);
     opts.stop.store(true, Ordering::SeqCst);

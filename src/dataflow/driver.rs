@@ -22,6 +22,7 @@ use timely::dataflow::ProbeHandle;
 
 use super::ops::{Feeder, Names, Op};
 use super::stages::Stage;
+use super::symbols::SymCache;
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
 use crate::model::{DataflowProgress, DeadLetter, Progress};
 use crate::source::{Poll, RawRecord, Source};
@@ -103,6 +104,8 @@ pub(super) struct Reader<'a> {
     raw: Vec<RawRecord>,
     scratch: DecodeScratch,
     decoded: Decoded,
+    /// This worker's front of the symbol table, shared by its sources.
+    symbols: SymCache,
     /// The ops of the last batch.
     pub ops: Vec<Op>,
 }
@@ -140,6 +143,7 @@ impl<'a> Reader<'a> {
             raw: Vec::with_capacity(config.batch),
             scratch: DecodeScratch::default(),
             decoded: Decoded::default(),
+            symbols: SymCache::new(),
             ops: Vec::new(),
         })
     }
@@ -213,14 +217,12 @@ impl<'a> Reader<'a> {
                     if fresh {
                         batch.progress.events += 1;
                     }
-                    reading
-                        .feeder
-                        .feed(
-                            &mut self.decoded,
-                            seq_of(r.partition, r.offset),
-                            &mut self.ops,
-                        )
-                        .map_err(|e| DataflowError::Rebuild(e.to_string()))?;
+                    reading.feeder.feed(
+                        &mut self.decoded,
+                        seq_of(r.partition, r.offset),
+                        &mut self.symbols,
+                        &mut self.ops,
+                    )?;
                 }
                 Verdict::Reject(reason) if fresh => batch.dead_letters.push(DeadLetter {
                     dataflow: CompactString::from(d.name.as_str()),

@@ -196,6 +196,8 @@ pub enum DataflowError {
     UnknownDataflow(String),
     #[error("cannot rebuild state from the store: {0}")]
     Rebuild(String),
+    #[error(transparent)]
+    Symbols(#[from] symbols::TableFull),
     #[error("timely: {0}")]
     Timely(String),
 }

@@ -202,7 +202,6 @@ pub(crate) struct Feeder {
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
     scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
-    symbols: SymCache,
 }
 
 impl Feeder {
@@ -217,14 +216,20 @@ impl Feeder {
             edge_types,
             watermark,
             scratch: Vec::new(),
-            symbols: SymCache::new(),
         }
     }
 
     /// Appends the ops of one event to `out` and advances the watermark.
     /// A record asserted by several rules of this event counts once; its
     /// props are merged key by key, later rules winning.
-    pub fn feed(&mut self, ev: &mut Decoded, seq: u64, out: &mut Vec<Op>) -> Result<(), TableFull> {
+    /// `symbols` is the worker's cache of the symbol table.
+    pub fn feed(
+        &mut self,
+        ev: &mut Decoded,
+        seq: u64,
+        symbols: &mut SymCache,
+        out: &mut Vec<Op>,
+    ) -> Result<(), TableFull> {
         let wm = self.watermark;
         self.scratch.clear();
         for (rule, id, props) in ev.nodes.drain(..) {
@@ -242,14 +247,14 @@ impl Feeder {
             let r = &self.plan.edges[rule];
             let key = RecKey::Edge(
                 self.edge_types[rule],
-                self.symbols.intern(&from)?,
-                self.symbols.intern(&to)?,
+                symbols.intern(&from)?,
+                symbols.intern(&to)?,
             );
             let h = shard::edge(&r.edge_type, &from);
             push_scratch(&mut self.scratch, key, h, r.retention, props);
         }
         for (rule, a, b) in ev.links.drain(..) {
-            let key = RecKey::Link(self.symbols.intern(&a)?, self.symbols.intern(&b)?);
+            let key = RecKey::Link(symbols.intern(&a)?, symbols.intern(&b)?);
             let h = shard::link(&a, &b);
             let ret = self.plan.identity[rule].retention;
             push_scratch(&mut self.scratch, key, h, ret, CompactString::default());

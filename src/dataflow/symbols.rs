@@ -56,7 +56,7 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| Table {
 /// The table is full: more than `u32::MAX` distinct identifiers.
 #[derive(Debug, thiserror::Error)]
 #[error("more than {} distinct identifiers in one process", u32::MAX)]
-pub(crate) struct TableFull;
+pub struct TableFull;
 
 impl Sym {
     /// The symbol of `text`, interning it if new.
@@ -132,7 +132,8 @@ pub(crate) struct SymCache {
 }
 
 impl SymCache {
-    const SLOTS: usize = 1 << 14;
+    /// 4 MiB per worker: hits for about the 200 000 most recent identifiers.
+    const SLOTS: usize = 1 << 18;
 
     pub fn new() -> SymCache {
         SymCache {

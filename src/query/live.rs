@@ -2,7 +2,7 @@
 //! [`LiveStatus`] trait, [`StaticStatus`] for a state nothing ingests into
 //! (`rdg serve`), and [`LiveGauges`], a ready-made [`LiveStatus`] that an
 //! ingest loop (`rdg run`, `rdg demo`) updates (readiness, per-dataflow
-//! committed events and lag) and the server reads.
+//! committed events and lag, time per stage) and the server reads.
 //!
 //! Invariant: rates are derived only from what the owner reported, over
 //! windows of at least [`RATE_WINDOW`], so a burst of reports in one
@@ -25,6 +25,11 @@ pub trait LiveStatus: Send + Sync {
     fn ingest_rates(&self) -> BTreeMap<String, f64>;
     /// What is serving, for `/v1/status`: `serve`, `run`, `demo`.
     fn mode(&self) -> &str;
+    /// Seconds the pipeline spent so far per stage (`decode`, `fold`,
+    /// `identity`, `collect`, `commit`), summed over its threads.
+    fn stage_seconds(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
 }
 
 /// The status of a state that nothing ingests into (`rdg serve`): always
@@ -62,6 +67,7 @@ struct Gauge {
 struct Inner {
     ready: bool,
     dataflows: BTreeMap<String, Gauge>,
+    stages: BTreeMap<String, f64>,
 }
 
 /// Readiness, lag and ingest rates reported by `rdg run` / `rdg demo`.
@@ -88,6 +94,11 @@ impl LiveGauges {
     /// Ready once the state is loaded and the sources are assigned.
     pub fn set_ready(&self, ready: bool) {
         self.lock().ready = ready;
+    }
+
+    /// Reports the seconds spent so far per stage (running totals).
+    pub fn set_stages(&self, stages: BTreeMap<String, f64>) {
+        self.lock().stages = stages;
     }
 
     /// Reports a dataflow's events committed so far by this run (a running
@@ -136,6 +147,10 @@ impl LiveStatus for LiveGauges {
 
     fn mode(&self) -> &str {
         &self.mode
+    }
+
+    fn stage_seconds(&self) -> BTreeMap<String, f64> {
+        self.lock().stages.clone()
     }
 }
 

@@ -312,6 +312,15 @@ fn per_dataflow(
         live.ingest_rates(),
         ConstGauge::new,
     )?;
+    labelled(
+        e,
+        "rdg_stage_seconds",
+        "Seconds the pipeline spent per stage (decode, fold, identity, collect, commit), summed over its threads",
+        MetricType::Counter,
+        "stage",
+        live.stage_seconds(),
+        ConstCounter::new,
+    )?;
     Ok(())
 }
 
@@ -364,6 +373,31 @@ impl Collector for StateCollector {
             )?,
             Err(err) => tracing::warn!("metrics: size on disk: {err}"),
         }
+        let w = self.store.write_stats();
+        counter(
+            &mut e,
+            "rdg_store_keys_written",
+            "Keys this process wrote to the store (puts and removals)",
+            w.keys_written,
+        )?;
+        counter(
+            &mut e,
+            "rdg_store_write_seconds",
+            "Seconds this process spent inside the store engine's writes",
+            w.engine_time.as_secs_f64(),
+        )?;
         Ok(())
     }
+}
+
+/// One unlabelled counter.
+fn counter<N: prometheus_client::encoding::EncodeCounterValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    let m = e.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(m)
 }

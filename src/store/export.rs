@@ -19,8 +19,8 @@ use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 
 use compact_str::CompactString;
 use serde_json::Value;
-use sled::Tree;
 
+use super::engine::{Ns, Snap};
 use super::merge::{Contribution, decode_edge_value, decode_exact, decode_record, merge};
 use super::reader::{decode_cluster_of, decode_strs, tree_name};
 use super::{DeadLetterOwned, ExportCounts, Family, Store, StoreError, TREE_ID, codec};
@@ -58,7 +58,7 @@ fn block_order(name: &str) -> Vec<u8> {
 }
 
 /// Sorts trees by [`block_order`] of their names.
-fn in_block_order(mut trees: Vec<(CompactString, Tree)>) -> Vec<(CompactString, Tree)> {
+fn in_block_order(mut trees: Vec<(CompactString, Ns)>) -> Vec<(CompactString, Ns)> {
     trees.sort_by_cached_key(|(name, _)| block_order(name));
     trees
 }
@@ -173,8 +173,8 @@ impl Store {
     /// `docs/semantics.md`, "Export"). Reverse indexes and links are not
     /// exported.
     ///
-    /// Holds the gate for the whole export (a consistent copy), so commits
-    /// of this process wait until it ends.
+    /// Reads through one view (a consistent copy): on sled it holds the gate
+    /// for the whole export, so commits of this process wait until it ends.
     pub fn export(&self, out: &mut dyn Write) -> Result<ExportCounts, StoreError> {
         self.export_with_budget(out, DEFAULT_BUDGET)
     }
@@ -184,14 +184,15 @@ impl Store {
         out: &mut dyn Write,
         budget: usize,
     ) -> Result<ExportCounts, StoreError> {
-        let _shared = self.gate_shared();
-        self.export_unguarded(out, budget)
+        let view = self.read();
+        self.export_in(&view.snap, out, budget)
     }
 
-    /// [`Store::export`] for a caller that holds the gate (a
-    /// [`ReadView`](super::ReadView)).
-    pub(crate) fn export_unguarded(
+    /// [`Store::export`] through the snapshot of a
+    /// [`ReadView`](super::ReadView).
+    pub(crate) fn export_in(
         &self,
+        snap: &Snap,
         out: &mut dyn Write,
         budget: usize,
     ) -> Result<ExportCounts, StoreError> {
@@ -202,8 +203,8 @@ impl Store {
 
         for (dataflow, tree) in in_block_order(self.dyn_trees(Family::Dead)) {
             let name = tree_name(Family::Dead, &dataflow);
-            for item in tree.iter() {
-                let (k, v) = item.map_err(|e| self.sled(e))?;
+            for item in snap.iter(&tree) {
+                let (k, v) = item.map_err(|e| self.engine_err(e))?;
                 let mut seq = codec::Decoder::new(&k);
                 seq.u64()
                     .and_then(|_| seq.end())
@@ -258,8 +259,8 @@ impl Store {
                 line.push(b'}');
                 sorter.push(&line).map_err(export_err)
             };
-            for item in tree.iter() {
-                let (k, v) = item.map_err(|e| self.sled(e))?;
+            for item in snap.iter(&tree) {
+                let (k, v) = item.map_err(|e| self.engine_err(e))?;
                 let n1 = codec::segment_len(&k).map_err(|e| corrupt(&k, &e))?;
                 let n2 = codec::segment_len(&k[n1..]).map_err(|e| corrupt(&k, &e))?;
                 let n = n1 + n2;
@@ -280,8 +281,8 @@ impl Store {
             lines += sorter.finish(&mut out).map_err(export_err)?;
         }
 
-        for item in self.inner.id.iter() {
-            let (k, v) = item.map_err(|e| self.sled(e))?;
+        for item in snap.iter(&self.inner.id) {
+            let (k, v) = item.map_err(|e| self.engine_err(e))?;
             let [id] = decode_strs::<1>(&k).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
             let of = decode_cluster_of(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
             line.clear();
@@ -329,8 +330,8 @@ impl Store {
                 line.push(b'}');
                 sorter.push(&line).map_err(export_err)
             };
-            for item in tree.iter() {
-                let (k, v) = item.map_err(|e| self.sled(e))?;
+            for item in snap.iter(&tree) {
+                let (k, v) = item.map_err(|e| self.engine_err(e))?;
                 let n = codec::segment_len(&k).map_err(|e| corrupt(&k, &e))?;
                 if k[..n] != node[..] {
                     emit(&mut group, &node, &mut sorter)?;

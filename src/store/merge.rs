@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 use serde_json::Value;
 
+use super::engine::Bytes;
 use crate::model::Record;
 
 /// Decodes a postcard value that must fill `v` exactly (no trailing bytes).
@@ -42,20 +43,13 @@ pub(crate) fn decode_edge_value(v: &[u8]) -> Result<(Record, bool), String> {
     }
 }
 
-/// Whether a stored edge value says the contribution was written with
-/// `reverse = true` (its last byte). Malformed values count as reversed so
-/// that a removal also cleans the reverse index.
-pub(crate) fn edge_value_reverse(v: &[u8]) -> bool {
-    v.last() != Some(&0)
-}
-
 /// One dataflow's contribution to a record.
 #[derive(Clone, Debug)]
 pub(crate) struct Contribution {
     pub dataflow: CompactString,
     pub record: Record,
     /// The key it was read from, for error messages.
-    pub key: sled::IVec,
+    pub key: Bytes,
 }
 
 /// A record as read: contributions merged.
@@ -78,7 +72,7 @@ fn parse_props(text: &str) -> Result<BTreeMap<String, Value>, String> {
 
 /// Merges contributions (at least one; sorted in place). On bad props,
 /// returns the offending contribution's key with the detail.
-pub(crate) fn merge(contribs: &mut [Contribution]) -> Result<Merged, (sled::IVec, String)> {
+pub(crate) fn merge(contribs: &mut [Contribution]) -> Result<Merged, (Bytes, String)> {
     // Apply props in (last_seen, dataflow) order so that later writes win.
     contribs.sort_unstable_by(|a, b| {
         (a.record.last_seen, &a.dataflow).cmp(&(b.record.last_seen, &b.dataflow))
@@ -121,7 +115,7 @@ mod tests {
                 last_seen: last,
                 props: props.into(),
             },
-            key: sled::IVec::from(df.as_bytes()),
+            key: Bytes::from(df.as_bytes()),
         }
     }
 
@@ -161,7 +155,6 @@ mod tests {
         v.push(1);
         assert!(decode_record(&v).is_err());
         assert_eq!(decode_edge_value(&v), Ok((r, true)));
-        assert!(edge_value_reverse(&v));
         v.push(0);
         assert!(decode_edge_value(&v).is_err());
         assert!(decode_edge_value(&[0xff, 0xff]).is_err());

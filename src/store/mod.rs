@@ -1,16 +1,39 @@
-//! The store: rdg's state on disk, one sled tree per namespace, behind a
-//! narrow API (open, atomic commit, point and neighbour reads, export).
+//! The store: rdg's state on disk, one namespace per node type, edge type,
+//! dataflow and identity table, behind a narrow API (open, atomic commit,
+//! bulk load, point and neighbour reads, export), over one of two engines
+//! chosen when a state is created: **fjall 3** (the default) or **sled 0.34**
+//! (module `engine`).
 //!
 //! It owns the on-disk layout below and keeps one invariant: **every commit
-//! is applied in one sled multi-tree transaction**, so after a crash either
-//! all of a commit's changes, dead letters, counters and positions are there,
-//! or none are (durable once [`Store::flush`] returned).
+//! is applied in one atomic write across namespaces** (fjall: one
+//! cross-keyspace `WriteBatch`; sled: one multi-tree transaction), so after a
+//! crash either all of a commit's changes, dead letters, counters and
+//! positions are there, or none are (durable once [`Store::flush`]
+//! returned). Nothing on the commit path reads the engine: counters, the
+//! commit count and dead-letter sequence numbers are loaded at open and kept
+//! in memory, and every write is blind.
+//!
+//! # Engines and files
+//! The engine is recorded in the state directory (`rdg-engine`, module
+//! `layout`) when the state is created, and [`Store::open_with`] refuses to
+//! open it with the other one ([`StoreError::EngineMismatch`]). A state
+//! without that file that holds sled's files is a sled state of rdg before
+//! engines existed: it opens as sled, unchanged (format version 1).
+//!
+//! | engine | where | one namespace is |
+//! |--------|-------|------------------|
+//! | fjall  | `STATE/fjall/` | a keyspace named as below |
+//! | sled   | `STATE/` (sled's `conf`, `db`, `blobs/`) | a tree named as below |
+//!
+//! Both engines hold the same namespaces, keys and values, so the export of
+//! a state does not depend on its engine (tested byte for byte).
 //!
 //! # Layout
 //! `enc(..)` is the order-preserving, prefix-free key codec of [`codec`];
-//! identifiers are `type:id` strings; `<x>` in a tree name is the raw name.
+//! identifiers are `type:id` strings; `<x>` in a namespace name is the raw
+//! name.
 //!
-//! | tree | key | value |
+//! | namespace | key | value |
 //! |------|-----|-------|
 //! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`](crate::model::Record)) |
 //! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`](crate::model::Record)) ++ reverse byte |
@@ -23,8 +46,10 @@
 //!
 //! The edge value ends with one byte, `1` when the contribution was written
 //! with `reverse = true` (then the `edge_in/` key exists too) and `0`
-//! otherwise, so [`Store::contributions`] can hand `reverse` back and a put
-//! or remove knows whether an `edge_in/` key must go.
+//! otherwise, so [`Store::contributions`] can hand `reverse` back. A put
+//! with `reverse = false` removes the `edge_in/` key blindly whenever that
+//! namespace exists (it may have been written reversed before); a removal
+//! removes both keys.
 //!
 //! `meta` keys (all through the codec):
 //! - enc("format") → u64 BE format version ([`FORMAT_VERSION`]); a store with
@@ -33,6 +58,7 @@
 //! - enc("dataflow", name) → postcard of the dataflow's counters: events,
 //!   late, dead letters, maximum watermark, next dead-letter sequence.
 //! - enc("position", dataflow, partition) → u64 BE next position.
+//! - enc("shape") → postcard([`Shape`]).
 //!
 //! # Reading
 //! Several dataflows may contribute to one node, edge or link; reads merge
@@ -45,24 +71,51 @@
 //! directions), for "why are these merged" path queries.
 //!
 //! # Isolation
-//! sled's plain reads are not isolated from a multi-tree transaction in
-//! progress: a prefix scan could see some of a commit's keys and not others.
-//! So the store has a gate (an `RwLock<()>` shared by every clone):
-//! [`Store::commit`] holds it exclusively around its transaction, and every
-//! public read holds it shared for the whole read, so **a read never sees
-//! half of a commit**. [`Store::read`] hands out a [`ReadView`] that holds the
-//! gate across several reads (a traversal, an answer with its freshness), so
-//! they all see the same commits. The lock is writer-preferring: while a
-//! commit waits, new readers wait too, so a commit is delayed by at most the
-//! reads already running. Do not call the `Store`'s own read methods while
-//! holding a `ReadView` on the same thread (the lock is not re-entrant: it
-//! would deadlock behind a waiting commit); use the view's methods.
+//! **A read never sees half of a commit**, on either engine. Every read goes
+//! through a [`ReadView`] ([`Store::read`]; the `Store`'s own read methods
+//! open one per call), and everything read through one view sees the same
+//! commits, named by [`ReadView::commit_count`].
+//! - fjall: the view holds a snapshot (one sequence number across all
+//!   keyspaces). The gate (an `RwLock<()>`) is held only while the snapshot
+//!   and its commit count are taken, and by a commit only while its batch is
+//!   applied, so the count always matches the snapshot; reads themselves
+//!   never wait for commits, nor commits for reads.
+//! - sled: plain reads are not isolated from a transaction in progress, so
+//!   the view holds the gate shared for its whole life and a commit holds it
+//!   exclusively around its transaction. The lock is writer-preferring: a
+//!   commit is delayed by at most the reads already running. Do not call the
+//!   `Store`'s own read methods while holding a `ReadView` on the same thread
+//!   (the lock is not re-entrant: it would deadlock behind a waiting commit);
+//!   use the view's methods.
+//!
 //! Exceptions: [`Store::contributions`] (a restart stream, read before this
-//! process commits) and [`Store::namespace_counts`] (statistics, read in
-//! short gated chunks so that a large store does not stall commits).
+//! process commits; on fjall it reads one snapshot, on sled it does not hold
+//! the gate) and [`Store::namespace_counts`] (statistics, read in short
+//! chunks, each through its own view).
+//!
+//! # Durability
+//! A commit is handed to the engine's log when [`Store::commit`] returns
+//! (fjall: written to the OS; sled: in its log buffer, written back within
+//! about 500 ms) and fsynced by [`Store::flush`]. A crash loses at most the
+//! commits after the last flush, always whole commits.
+//!
+//! # Bulk load
+//! [`Store::bulk_load`] writes a backfill into an **empty** state faster than
+//! commits (fjall: sorted ingestion straight into tables; sled: one batch per
+//! tree), chunk by chunk, and is not atomic. Its crash contract: a marker
+//! file is written durably before the first chunk and removed by
+//! [`BulkLoad::finish`] once everything (counters, positions, commit count
+//! included) is durable; opening a state that still has the marker (the load
+//! was interrupted) wipes it back to empty, with a logged warning. So a
+//! replay into an empty state that fails leaves the state before it: empty.
+//! Reads during a bulk load may see part of it (it is meant for offline
+//! backfills, which nobody reads while they run).
 
+mod bulk;
 pub mod codec;
+mod engine;
 mod export;
+mod layout;
 mod merge;
 mod reader;
 mod view;
@@ -70,21 +123,25 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sled::Tree;
 
+pub use bulk::{BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES};
+pub use engine::{AUTO_INGEST_BYTES, BulkMethod, Engine, EngineError, UnknownEngine};
 pub use reader::Contributions;
 pub use view::{EdgeCursor, EdgePage, ReadView, Schema};
+
+use engine::{Db, Ns, OpenConfig, OpenError, Snap};
 
 #[cfg(test)]
 mod tests;
 
-/// The on-disk format this build reads and writes.
+/// The on-disk format this build reads and writes (the same on both engines).
 pub const FORMAT_VERSION: u64 = 1;
 
 const TREE_META: &str = "meta";
@@ -103,6 +160,95 @@ const META_POSITION: &str = "position";
 /// The cluster shape the state was written by: processes, process, workers.
 const META_SHAPE: &str = "shape";
 
+/// Default block cache of fjall: 256 MiB. fjall's commits never read, so
+/// the cache only serves queries and restarts.
+pub const FJALL_CACHE_BYTES: u64 = 256 << 20;
+
+/// Default page cache of sled: 512 MiB. sled reads the old value of every
+/// insert internally, so a cache smaller than the hot part of the state
+/// slows commits: replaying 1M generated events ran at 6.9k events/s with
+/// 64 MiB and 10.9k with 512 MiB, at the same peak RSS
+/// (`scripts/bench-replay.sh 1000000 2`).
+pub const SLED_CACHE_BYTES: u64 = 512 << 20;
+
+/// How a state is opened. The defaults: the engine the state records (fjall
+/// for a new state), and the engine's default cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The engine: a new state is created with it; an existing state must
+    /// have been written with it ([`StoreError::EngineMismatch`]). `None`:
+    /// the recorded engine, fjall for a new state.
+    pub engine: Option<Engine>,
+    /// The engine's cache in bytes (fjall's block cache, sled's page cache).
+    /// `None`: [`FJALL_CACHE_BYTES`] or [`SLED_CACHE_BYTES`].
+    pub cache_bytes: Option<u64>,
+}
+
+impl StoreOptions {
+    /// The cache size `engine` gets with these options.
+    pub fn cache_bytes_for(&self, engine: Engine) -> u64 {
+        self.cache_bytes.unwrap_or(match engine {
+            Engine::Fjall => FJALL_CACHE_BYTES,
+            Engine::Sled => SLED_CACHE_BYTES,
+        })
+    }
+}
+
+/// What this `Store` wrote since it was opened (commits and bulk loads),
+/// for the caller's metrics. Cumulative; cheap to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WriteStats {
+    /// Non-empty commits, plus bulk load chunks written.
+    pub commits: u64,
+    /// Keys written or removed (after the last write of a key in one commit
+    /// or chunk replaced the earlier ones).
+    pub keys_written: u64,
+    /// Key and value bytes written.
+    pub bytes_written: u64,
+    /// Time spent inside the engine's write calls.
+    pub engine_time: Duration,
+}
+
+impl WriteStats {
+    /// Keys written per second of engine time (0 when none was spent).
+    pub fn keys_per_s(&self) -> f64 {
+        let s = self.engine_time.as_secs_f64();
+        if s > 0.0 {
+            self.keys_written as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The atomics behind [`WriteStats`].
+#[derive(Default)]
+struct StatCounters {
+    commits: AtomicU64,
+    keys: AtomicU64,
+    bytes: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl StatCounters {
+    fn add(&self, keys: u64, bytes: u64, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.keys.fetch_add(keys, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> WriteStats {
+        WriteStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            keys_written: self.keys.load(Ordering::Relaxed),
+            bytes_written: self.bytes.load(Ordering::Relaxed),
+            engine_time: Duration::from_nanos(self.nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 /// Everything that can go wrong in the store. Each variant names where.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -117,13 +263,24 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+    #[error(
+        "state directory {} was written with the {recorded} engine and cannot be opened with {requested}: omit --engine to use {recorded}, or replay into a new state directory to change engines",
+        path.display()
+    )]
+    EngineMismatch {
+        path: PathBuf,
+        recorded: Engine,
+        requested: Engine,
+    },
     #[error("state directory {}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("state directory {}: {source}", path.display())]
-    Sled { path: PathBuf, source: sled::Error },
+    Engine { path: PathBuf, source: EngineError },
+    #[error("state directory {}: {detail}", path.display())]
+    BulkLoad { path: PathBuf, detail: String },
     #[error("corrupt entry in tree {tree} at key {key}: {detail}")]
     Corrupt {
         tree: String,
@@ -194,7 +351,13 @@ impl Store {
             workers: shape.workers as u64,
         };
         let key = codec::encode(&[META_SHAPE]);
-        let stored = match self.inner.meta.get(&key).map_err(|e| self.sled(e))? {
+        let found = {
+            let view = self.read();
+            view.snap
+                .get(&self.inner.meta, &key)
+                .map_err(|e| self.engine_err(e))?
+        };
+        let stored = match found {
             Some(v) => Some(
                 merge::decode_exact::<Shape>(&v, "cluster shape")
                     .map_err(|e| StoreError::corrupt(TREE_META, &key, e))?,
@@ -230,8 +393,10 @@ impl Store {
             what: "cluster shape",
             detail: e.to_string(),
         })?;
-        self.inner.meta.insert(key, v).map_err(|e| self.sled(e))?;
-        Ok(())
+        self.inner
+            .db
+            .put_one(&self.inner.meta, key, &v)
+            .map_err(|e| self.engine_err(e))
     }
 }
 
@@ -318,9 +483,20 @@ pub struct Counts {
     pub dead_letters: u64,
 }
 
+impl From<&DataflowCounters> for DataflowMeta {
+    fn from(c: &DataflowCounters) -> DataflowMeta {
+        DataflowMeta {
+            events: c.events,
+            late: c.late,
+            dead_letters: c.dead_letters,
+            watermark: c.watermark,
+        }
+    }
+}
+
 /// The stored form of a dataflow's counters (`meta`, enc("dataflow", name)).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct DataflowCounters {
+pub(crate) struct DataflowCounters {
     events: u64,
     late: u64,
     dead_letters: u64,
@@ -341,13 +517,13 @@ struct DeadLetterOwned {
     reason: String,
 }
 
-/// The trees whose names carry a type or a dataflow, by that name.
+/// The namespaces whose names carry a type or a dataflow, by that name.
 #[derive(Default)]
 struct DynTrees {
-    nodes: BTreeMap<CompactString, Tree>,
-    edges: BTreeMap<CompactString, Tree>,
-    edges_in: BTreeMap<CompactString, Tree>,
-    dead: BTreeMap<CompactString, Tree>,
+    nodes: BTreeMap<CompactString, Ns>,
+    edges: BTreeMap<CompactString, Ns>,
+    edges_in: BTreeMap<CompactString, Ns>,
+    dead: BTreeMap<CompactString, Ns>,
 }
 
 /// Which family of dynamic trees.
@@ -371,7 +547,7 @@ impl Family {
 }
 
 impl DynTrees {
-    fn map(&self, f: Family) -> &BTreeMap<CompactString, Tree> {
+    fn map(&self, f: Family) -> &BTreeMap<CompactString, Ns> {
         match f {
             Family::Node => &self.nodes,
             Family::Edge => &self.edges,
@@ -380,7 +556,7 @@ impl DynTrees {
         }
     }
 
-    fn map_mut(&mut self, f: Family) -> &mut BTreeMap<CompactString, Tree> {
+    fn map_mut(&mut self, f: Family) -> &mut BTreeMap<CompactString, Ns> {
         match f {
             Family::Node => &mut self.nodes,
             Family::Edge => &mut self.edges,
@@ -390,82 +566,53 @@ impl DynTrees {
     }
 }
 
+/// The counters of every dataflow, as committed, kept in memory so that a
+/// commit never reads them; its mutex also serializes commits.
+#[derive(Default)]
+struct Counters {
+    dataflows: BTreeMap<CompactString, DataflowCounters>,
+}
+
 struct Inner {
     path: PathBuf,
-    db: sled::Db,
-    meta: Tree,
-    link: Tree,
-    id: Tree,
-    cluster: Tree,
-    /// Every dynamic tree that exists. Only this process can create trees
-    /// (sled locks the directory) and all creation goes through
+    db: Db,
+    meta: Ns,
+    link: Ns,
+    id: Ns,
+    cluster: Ns,
+    /// Every dynamic namespace that exists. Only this process can create
+    /// namespaces (the state is locked) and all creation goes through
     /// [`Store::dyn_tree_or_create`], so absence here means absence on disk.
     dyn_trees: RwLock<DynTrees>,
-    /// Isolates readers from commits: [`Store::commit`] holds it exclusively
-    /// around its transaction, every read holds it shared (see "Isolation").
+    /// Isolates readers from commits (see "Isolation"): sled reads hold it
+    /// shared for a whole view, fjall views only while they take their
+    /// snapshot; commits hold it exclusively while the engine applies them.
     gate: RwLock<()>,
-    /// The number of non-empty commits (meta enc("commits")), kept in memory;
-    /// only changed while `gate` is held exclusively.
+    /// The number of non-empty commits (meta enc("commits")); changed only
+    /// while `gate` is held exclusively.
     commits: AtomicU64,
+    /// Every dataflow's counters and every position as of the last commit
+    /// (what `meta` holds), replaced only while `gate` is held exclusively,
+    /// so a view reads it with its snapshot instead of scanning `meta`, whose
+    /// few keys every commit rewrites (on fjall, a scan would step over every
+    /// version still in the memtable).
+    published: RwLock<Arc<Meta>>,
+    /// Committed counters; held by every commit from plan to apply.
+    counters: Mutex<Counters>,
+    stats: StatCounters,
+    /// A bulk load started in this process and has not finished: commits
+    /// and other bulk loads are refused.
+    bulk: AtomicBool,
+    /// The state's lock file, locked while this is alive.
+    _lock: std::fs::File,
 }
 
 /// The stores opened by this process, by canonical directory. A live entry
 /// means the directory is open here; a dead one that it was closed, in which
-/// case sled may hold its file lock a few more milliseconds (background
-/// threads finishing), so [`open_db`] waits for it.
+/// case the engine may hold its own file lock a few more milliseconds
+/// (background threads finishing), so opening waits for it.
 static OPEN_IN_PROCESS: std::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Inner>>> =
     std::sync::Mutex::new(BTreeMap::new());
-
-/// How long to wait for sled to release the lock of a store this process
-/// has closed before.
-const RELOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How long to wait for the lock otherwise (another process, or a raw sled
-/// handle of this one that was just dropped).
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// sled's page cache. Every insert reads the old value, so a cache smaller
-/// than the hot part of the state slows commits: replaying 1M generated
-/// events ran at 6.9k events/s with 64 MiB and 10.9k with 512 MiB, at the
-/// same peak RSS (`scripts/bench-replay.sh 1000000 2`).
-const CACHE_BYTES: u64 = 512 << 20;
-
-/// Opens the sled database in `dir`. A lock conflict is
-/// [`StoreError::Locked`] once it lasted [`LOCK_WAIT`], or [`RELOCK_WAIT`]
-/// when this process itself closed the directory before.
-fn open_db(dir: &Path, recently_closed: bool) -> Result<sled::Db, StoreError> {
-    let wait = if recently_closed {
-        RELOCK_WAIT
-    } else {
-        LOCK_WAIT
-    };
-    let started = std::time::Instant::now();
-    let mut pause = std::time::Duration::from_millis(1);
-    loop {
-        match sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-        {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-                if started.elapsed() >= wait {
-                    return Err(StoreError::Locked {
-                        path: dir.to_path_buf(),
-                    });
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(50));
-            }
-            Err(source) => {
-                return Err(StoreError::Sled {
-                    path: dir.to_path_buf(),
-                    source,
-                });
-            }
-        }
-    }
-}
 
 /// rdg's state directory. Cloning is cheap and shares the open database.
 #[derive(Clone)]
@@ -477,20 +624,29 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.inner.path)
+            .field("engine", &self.engine())
             .finish_non_exhaustive()
     }
 }
 
 impl Store {
+    /// Opens (creating if missing) the state directory `dir` with the
+    /// default [`StoreOptions`]: the engine it records, fjall for a new one.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, &StoreOptions::default())
+    }
+
     /// Opens (creating if missing) the state directory `dir`.
     ///
-    /// A new store gets the current [`FORMAT_VERSION`]; an existing one must
-    /// have it ([`StoreError::Version`] otherwise). Fails with
-    /// [`StoreError::Locked`] when another `Store` has the directory open: at
-    /// once when it is one of this process, after a short wait (sled's lock
-    /// is released asynchronously after a close) when it is another process.
-    /// Share one open `Store` by cloning it.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// A new store gets `options.engine` (fjall by default), recorded in the
+    /// directory, and the current [`FORMAT_VERSION`]; an existing one must
+    /// have both ([`StoreError::EngineMismatch`], [`StoreError::Version`]
+    /// otherwise). A state whose bulk load was interrupted is wiped back to
+    /// empty first (with a warning). Fails with [`StoreError::Locked`] when
+    /// another `Store` has the directory open: at once when it is one of this
+    /// process, after a short wait when it is another process. Share one open
+    /// `Store` by cloning it.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -510,51 +666,97 @@ impl Store {
             Some(_) => true,
             None => false,
         };
-        let db = open_db(dir, recently_closed)?;
-        match Store::from_db(dir, db) {
+        let lock = layout::lock(dir)?;
+        let result = Store::open_locked(dir, options, lock, recently_closed);
+        match &result {
             Ok(store) => {
                 open.insert(canonical, Arc::downgrade(&store.inner));
-                Ok(store)
             }
-            Err(e) => {
-                // The database was opened and dropped: a retry may race
-                // sled's lock release like a reopen after close.
+            Err(_) => {
+                // The database may have been opened and dropped: a retry may
+                // race the engine's lock release like a reopen after close.
                 open.insert(canonical, std::sync::Weak::new());
-                Err(e)
             }
         }
+        result
     }
 
-    fn from_db(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {
-        let sled_err = |source| StoreError::Sled {
+    fn open_locked(
+        dir: &Path,
+        options: &StoreOptions,
+        lock: std::fs::File,
+        recently_closed: bool,
+    ) -> Result<Store, StoreError> {
+        let engine = match (layout::recorded_engine(dir)?, options.engine) {
+            (Some(recorded), Some(requested)) if recorded != requested => {
+                return Err(StoreError::EngineMismatch {
+                    path: dir.to_path_buf(),
+                    recorded,
+                    requested,
+                });
+            }
+            (Some(recorded), _) => recorded,
+            (None, requested) => {
+                let engine = requested.unwrap_or_default();
+                layout::record_engine(dir, engine)?;
+                engine
+            }
+        };
+        let config = OpenConfig {
+            cache_bytes: options.cache_bytes_for(engine),
+        };
+        let db = Db::open(engine, dir, config, recently_closed).map_err(|e| match e {
+            OpenError::Locked => StoreError::Locked {
+                path: dir.to_path_buf(),
+            },
+            OpenError::Engine(source) => StoreError::Engine {
+                path: dir.to_path_buf(),
+                source,
+            },
+        })?;
+        if layout::bulk_marker_present(dir) {
+            tracing::warn!(
+                "state directory {}: a bulk load into it was interrupted; wiping it back to empty (the state before the load)",
+                dir.display()
+            );
+            db.wipe().map_err(|source| StoreError::Engine {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            layout::remove_bulk_marker(dir)?;
+        }
+        Store::from_db(dir, db, lock)
+    }
+
+    fn from_db(dir: &Path, db: Db, lock: std::fs::File) -> Result<Store, StoreError> {
+        let engine_err = |source| StoreError::Engine {
             path: dir.to_path_buf(),
             source,
         };
         let mut dyn_trees = DynTrees::default();
+        let snap = db.snapshot();
+        let non_empty = |ns: &Ns| snap.iter(ns).next().is_some();
         let mut has_data = false;
-        for name in db.tree_names() {
-            let Ok(name) = std::str::from_utf8(&name) else {
-                continue;
-            };
+        for name in db.namespace_names() {
             let family = [Family::Node, Family::Edge, Family::EdgeIn, Family::Dead]
                 .into_iter()
                 .find_map(|f| name.strip_prefix(f.prefix()).map(|rest| (f, rest)));
             if let Some((family, rest)) = family {
-                let tree = db.open_tree(name).map_err(sled_err)?;
-                has_data |= !tree.is_empty();
-                dyn_trees.map_mut(family).insert(rest.into(), tree);
+                let ns = db.namespace(&name).map_err(engine_err)?;
+                has_data |= non_empty(&ns);
+                dyn_trees.map_mut(family).insert(rest.into(), ns);
             }
         }
-        let meta = db.open_tree(TREE_META).map_err(sled_err)?;
-        let link = db.open_tree(TREE_LINK).map_err(sled_err)?;
-        let id = db.open_tree(TREE_ID).map_err(sled_err)?;
-        let cluster = db.open_tree(TREE_CLUSTER).map_err(sled_err)?;
-        has_data |= !meta.is_empty() || !link.is_empty() || !id.is_empty() || !cluster.is_empty();
+        let meta = db.namespace(TREE_META).map_err(engine_err)?;
+        let link = db.namespace(TREE_LINK).map_err(engine_err)?;
+        let id = db.namespace(TREE_ID).map_err(engine_err)?;
+        let cluster = db.namespace(TREE_CLUSTER).map_err(engine_err)?;
+        has_data |= non_empty(&meta) || non_empty(&link) || non_empty(&id) || non_empty(&cluster);
 
         let format_key = codec::encode(&[META_FORMAT]);
-        match meta.get(&format_key).map_err(sled_err)? {
+        match snap.get(&meta, &format_key).map_err(engine_err)? {
             Some(v) => {
-                let found = <[u8; 8]>::try_from(v.as_ref())
+                let found = <[u8; 8]>::try_from(&v[..])
                     .map(u64::from_be_bytes)
                     .map_err(|_| {
                         StoreError::corrupt(TREE_META, &format_key, "format version is not 8 bytes")
@@ -578,23 +780,20 @@ impl Store {
                 ));
             }
             None => {
-                meta.insert(&format_key, &FORMAT_VERSION.to_be_bytes())
-                    .map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
+                db.put_one(&meta, &format_key, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(engine_err)?;
+                db.flush().map_err(engine_err)?;
             }
         }
-        let commits = match meta.get(codec::encode(&[META_COMMITS])).map_err(sled_err)? {
-            Some(v) => <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| {
-                    StoreError::corrupt(
-                        TREE_META,
-                        &codec::encode(&[META_COMMITS]),
-                        "commit count is not 8 bytes",
-                    )
-                })?,
-            None => 0,
-        };
+        let (commits, counters) = load_counters(&snap, &meta).map_err(|e| match e {
+            LoadError::Engine(source) => engine_err(source),
+            LoadError::Store(e) => e,
+        })?;
+        let published = meta_of(&snap, &meta).map_err(|e| match e {
+            LoadError::Engine(source) => engine_err(source),
+            LoadError::Store(e) => e,
+        })?;
+        drop(snap);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -606,6 +805,11 @@ impl Store {
                 dyn_trees: RwLock::new(dyn_trees),
                 gate: RwLock::new(()),
                 commits: AtomicU64::new(commits),
+                published: RwLock::new(Arc::new(published)),
+                counters: Mutex::new(counters),
+                stats: StatCounters::default(),
+                bulk: AtomicBool::new(false),
+                _lock: lock,
             }),
         })
     }
@@ -615,83 +819,57 @@ impl Store {
         &self.inner.path
     }
 
+    /// The engine this state is written with.
+    pub fn engine(&self) -> Engine {
+        self.inner.db.engine()
+    }
+
+    /// What this `Store` wrote since it was opened.
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.stats.get()
+    }
+
     /// True when nothing (no data, no counters) has ever been committed.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
-        let _shared = self.gate_shared();
-        let key = codec::encode(&[META_COMMITS]);
-        Ok(self
-            .inner
-            .meta
-            .get(key)
-            .map_err(|e| self.sled(e))?
-            .is_none())
+        Ok(self.commit_count() == 0)
     }
 
     /// Writes everything committed so far to disk (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush().map(|_| ()).map_err(|e| self.sled(e))
+        self.inner.db.flush().map_err(|e| self.engine_err(e))
     }
 
     /// Every dataflow's counters and every stored position.
     pub fn meta(&self) -> Result<Meta, StoreError> {
-        let _shared = self.gate_shared();
-        self.meta_unguarded()
+        self.read().meta()
     }
 
-    pub(crate) fn meta_unguarded(&self) -> Result<Meta, StoreError> {
-        let mut out = Meta::default();
-        for item in self.inner.meta.iter() {
-            let (k, v) = item.map_err(|e| self.sled(e))?;
-            let corrupt = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_META, &k, d);
-            let mut d = codec::Decoder::new(&k);
-            let tag = d.str().map_err(|e| corrupt(&e))?;
-            match tag.as_ref() {
-                META_DATAFLOW => {
-                    let name = d.str().map_err(|e| corrupt(&e))?;
-                    d.end().map_err(|e| corrupt(&e))?;
-                    let c: DataflowCounters =
-                        merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
-                    out.dataflows.insert(
-                        name.into_owned(),
-                        DataflowMeta {
-                            events: c.events,
-                            late: c.late,
-                            dead_letters: c.dead_letters,
-                            watermark: c.watermark,
-                        },
-                    );
-                }
-                META_POSITION => {
-                    let dataflow = d.str().map_err(|e| corrupt(&e))?;
-                    let partition = d.str().map_err(|e| corrupt(&e))?;
-                    d.end().map_err(|e| corrupt(&e))?;
-                    let pos = <[u8; 8]>::try_from(v.as_ref())
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| corrupt(&"position is not 8 bytes"))?;
-                    out.positions
-                        .insert((dataflow.into_owned(), partition.into_owned()), pos);
-                }
-                META_FORMAT | META_COMMITS | META_SHAPE => {
-                    if tag.as_ref() == META_SHAPE {
-                        continue;
-                    }
-                    d.end().map_err(|e| corrupt(&e))?;
-                    if v.len() != 8 {
-                        return Err(corrupt(&"value is not a u64 (8 bytes)"));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
+    /// Makes `meta` what views see from now on (the caller holds the gate
+    /// exclusively, with the commit that wrote it).
+    fn publish(&self, meta: Meta) {
+        *self
+            .inner
+            .published
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(meta);
     }
 
-    /// Holds the gate shared: no commit runs until the guard is dropped.
+    /// What views see now (a copy to update).
+    fn published(&self) -> Meta {
+        let m = self
+            .inner
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        Meta::clone(&m)
+    }
+
+    /// Holds the gate shared: no commit is applied until the guard is dropped.
     fn gate_shared(&self) -> RwLockReadGuard<'_, ()> {
         self.inner.gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Holds the gate exclusively: no read runs until the guard is dropped.
+    /// Holds the gate exclusively: no read starts until the guard is dropped.
     fn gate_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.inner.gate.write().unwrap_or_else(|p| p.into_inner())
     }
@@ -703,20 +881,20 @@ impl Store {
         self.inner.commits.load(Ordering::Acquire)
     }
 
-    /// Bytes the state directory takes on disk (sled's estimate).
+    /// Bytes the state directory takes on disk (the engine's estimate).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.db.size_on_disk().map_err(|e| self.sled(e))
+        self.inner.db.size_on_disk().map_err(|e| self.engine_err(e))
     }
 
-    fn sled(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled {
+    fn engine_err(&self, source: EngineError) -> StoreError {
+        StoreError::Engine {
             path: self.inner.path.clone(),
             source,
         }
     }
 
-    /// The dynamic tree `family/name`, if it exists.
-    fn dyn_tree(&self, family: Family, name: &str) -> Option<Tree> {
+    /// The dynamic namespace `family/name`, if it exists.
+    fn dyn_tree(&self, family: Family, name: &str) -> Option<Ns> {
         let trees = self
             .inner
             .dyn_trees
@@ -725,8 +903,8 @@ impl Store {
         trees.map(family).get(name).cloned()
     }
 
-    /// The dynamic tree `family/name`, created if missing.
-    fn dyn_tree_or_create(&self, family: Family, name: &str) -> Result<Tree, StoreError> {
+    /// The dynamic namespace `family/name`, created if missing.
+    fn dyn_tree_or_create(&self, family: Family, name: &str) -> Result<Ns, StoreError> {
         if let Some(t) = self.dyn_tree(family, name) {
             return Ok(t);
         }
@@ -744,14 +922,14 @@ impl Store {
         let tree = self
             .inner
             .db
-            .open_tree(tree_name.as_bytes())
-            .map_err(|e| self.sled(e))?;
+            .namespace(&tree_name)
+            .map_err(|e| self.engine_err(e))?;
         trees.map_mut(family).insert(name.into(), tree.clone());
         Ok(tree)
     }
 
-    /// A snapshot of the dynamic trees of `family`, sorted by name.
-    fn dyn_trees(&self, family: Family) -> Vec<(CompactString, Tree)> {
+    /// A snapshot of the dynamic namespaces of `family`, sorted by name.
+    fn dyn_trees(&self, family: Family) -> Vec<(CompactString, Ns)> {
         let trees = self
             .inner
             .dyn_trees
@@ -764,22 +942,26 @@ impl Store {
             .collect()
     }
 
-    /// Sizes of the stored graph (scans everything).
+    /// Sizes of the stored graph (scans everything, through one view).
     pub fn counts(&self) -> Result<Counts, StoreError> {
-        let _shared = self.gate_shared();
+        let view = self.read();
+        let snap = &view.snap;
         let mut c = Counts::default();
         for (name, tree) in self.dyn_trees(Family::Node) {
-            c.nodes += self.count_distinct_prefixes(&tree, Family::Node, &name, 1)?;
+            c.nodes += self.count_distinct_prefixes(snap, &tree, Family::Node, &name, 1)?;
         }
         for (name, tree) in self.dyn_trees(Family::Edge) {
-            c.edges += self.count_distinct_prefixes(&tree, Family::Edge, &name, 2)?;
+            c.edges += self.count_distinct_prefixes(snap, &tree, Family::Edge, &name, 2)?;
         }
         for (_, tree) in self.dyn_trees(Family::Dead) {
-            c.dead_letters += tree.len() as u64;
+            for item in snap.iter(&tree) {
+                item.map_err(|e| self.engine_err(e))?;
+                c.dead_letters += 1;
+            }
         }
         let mut clusters = std::collections::BTreeSet::new();
-        for item in self.inner.id.iter() {
-            let (k, v) = item.map_err(|e| self.sled(e))?;
+        for item in snap.iter(&self.inner.id) {
+            let (k, v) = item.map_err(|e| self.engine_err(e))?;
             let of =
                 reader::decode_cluster_of(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
             c.identifiers += 1;
@@ -793,15 +975,16 @@ impl Store {
     /// the keys of `tree` (adjacent, since keys are sorted).
     fn count_distinct_prefixes(
         &self,
-        tree: &Tree,
+        snap: &Snap,
+        tree: &Ns,
         family: Family,
         name: &str,
         segments: usize,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
         let mut last: Vec<u8> = Vec::new();
-        for item in tree.iter().keys() {
-            let k = item.map_err(|e| self.sled(e))?;
+        for item in snap.iter(tree) {
+            let (k, _) = item.map_err(|e| self.engine_err(e))?;
             let mut len = 0;
             for _ in 0..segments {
                 len += codec::segment_len(&k[len..])
@@ -816,4 +999,89 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Why [`load_counters`] failed.
+enum LoadError {
+    Engine(EngineError),
+    Store(StoreError),
+}
+
+/// The commit count and every dataflow's counters, from `meta`.
+fn load_counters(snap: &Snap, meta: &Ns) -> Result<(u64, Counters), LoadError> {
+    let commits_key = codec::encode(&[META_COMMITS]);
+    let commits = match snap.get(meta, &commits_key).map_err(LoadError::Engine)? {
+        Some(v) => <[u8; 8]>::try_from(&v[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                LoadError::Store(StoreError::corrupt(
+                    TREE_META,
+                    &commits_key,
+                    "commit count is not 8 bytes",
+                ))
+            })?,
+        None => 0,
+    };
+    let mut counters = Counters::default();
+    let prefix = codec::encode(&[META_DATAFLOW]);
+    for item in snap.prefix(meta, &prefix) {
+        let (k, v) = item.map_err(LoadError::Engine)?;
+        let corrupt =
+            |d: &dyn std::fmt::Display| LoadError::Store(StoreError::corrupt(TREE_META, &k, d));
+        let mut d = codec::Decoder::new(&k[prefix.len()..]);
+        let name = d.str().map_err(|e| corrupt(&e))?;
+        d.end().map_err(|e| corrupt(&e))?;
+        let c: DataflowCounters =
+            merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
+        counters.dataflows.insert(name.as_ref().into(), c);
+    }
+    Ok((commits, counters))
+}
+
+/// Every dataflow's counters and every position stored in `meta` (which
+/// also checks every `meta` entry).
+fn meta_of(snap: &Snap, meta: &Ns) -> Result<Meta, LoadError> {
+    let mut out = Meta::default();
+    for item in snap.iter(meta) {
+        let (k, v) = item.map_err(LoadError::Engine)?;
+        let corrupt =
+            |d: &dyn std::fmt::Display| LoadError::Store(StoreError::corrupt(TREE_META, &k, d));
+        let mut d = codec::Decoder::new(&k);
+        let tag = d.str().map_err(|e| corrupt(&e))?;
+        match tag.as_ref() {
+            META_DATAFLOW => {
+                let name = d.str().map_err(|e| corrupt(&e))?;
+                d.end().map_err(|e| corrupt(&e))?;
+                let c: DataflowCounters =
+                    merge::decode_exact(&v, "dataflow counters").map_err(|e| corrupt(&e))?;
+                out.dataflows.insert(
+                    name.into_owned(),
+                    DataflowMeta {
+                        events: c.events,
+                        late: c.late,
+                        dead_letters: c.dead_letters,
+                        watermark: c.watermark,
+                    },
+                );
+            }
+            META_POSITION => {
+                let dataflow = d.str().map_err(|e| corrupt(&e))?;
+                let partition = d.str().map_err(|e| corrupt(&e))?;
+                d.end().map_err(|e| corrupt(&e))?;
+                let pos = <[u8; 8]>::try_from(&v[..])
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt(&"position is not 8 bytes"))?;
+                out.positions
+                    .insert((dataflow.into_owned(), partition.into_owned()), pos);
+            }
+            META_FORMAT | META_COMMITS => {
+                d.end().map_err(|e| corrupt(&e))?;
+                if v.len() != 8 {
+                    return Err(corrupt(&"value is not a u64 (8 bytes)"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

@@ -1,14 +1,17 @@
 //! The read path: point reads of nodes and identities, neighbour scans, and
 //! the stream of every stored contribution for a restart.
 //!
-//! Invariant: reads never create trees (a missing tree means "nothing
+//! Invariant: reads never create namespaces (a missing one means "nothing
 //! stored") and never panic on stored bytes: anything that does not decode is
-//! `StoreError::Corrupt` naming the tree and the key.
+//! `StoreError::Corrupt` naming the namespace and the key. Every read goes
+//! through a [`Snap`] of a [`ReadView`](super::ReadView) (the `Store`'s own
+//! methods open one per call), so it sees whole commits only.
 
 use std::collections::VecDeque;
 
 use compact_str::CompactString;
 
+use super::engine::{Bound, KvIter, Ns, Snap};
 use super::merge::{
     Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge, to_json_map,
 };
@@ -44,8 +47,7 @@ pub(crate) fn decode_cluster_of(v: &[u8]) -> Result<ClusterOf, String> {
 impl Store {
     /// The node `type:id`, all dataflows' contributions merged.
     pub fn node(&self, id: &str) -> Result<Option<NodeView>, StoreError> {
-        let _shared = self.gate_shared();
-        self.node_unguarded(id)
+        self.read().node(id)
     }
 
     /// The neighbours of `id` over `edge_type` edges, contributions merged.
@@ -56,8 +58,7 @@ impl Store {
         id: &str,
         q: &EdgeQuery,
     ) -> Result<Vec<EdgeView>, StoreError> {
-        let _shared = self.gate_shared();
-        Ok(self.edges_page_unguarded(edge_type, id, q, None)?.items)
+        Ok(self.read().edges_page(edge_type, id, q, None)?.items)
     }
 
     /// One page of [`Store::edges`]: at most `q.limit` neighbours strictly
@@ -71,25 +72,22 @@ impl Store {
         q: &EdgeQuery,
         after: Option<&EdgeCursor>,
     ) -> Result<EdgePage, StoreError> {
-        let _shared = self.gate_shared();
-        self.edges_page_unguarded(edge_type, id, q, after)
+        self.read().edges_page(edge_type, id, q, after)
     }
 
     /// The identifiers `id` shares a stored identity link with (from any
     /// dataflow, contributions merged), read from `identity/link`. Links are
     /// undirected: `q.direction` is ignored; limit, since and order apply.
     pub fn links(&self, id: &str, q: &EdgeQuery) -> Result<Vec<EdgeView>, StoreError> {
-        let _shared = self.gate_shared();
-        self.links_unguarded(id, q)
+        self.read().links(id, q)
     }
 
     /// Where `id` belongs, with the members of its cluster.
     pub fn identity(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
-        let _shared = self.gate_shared();
-        self.identity_unguarded(id)
+        self.read().identity(id)
     }
 
-    pub(crate) fn node_unguarded(&self, id: &str) -> Result<Option<NodeView>, StoreError> {
+    pub(crate) fn node_in(&self, snap: &Snap, id: &str) -> Result<Option<NodeView>, StoreError> {
         let (node_type, id_part) = split_ident(id);
         let Some(tree) = self.dyn_tree(Family::Node, node_type) else {
             return Ok(None);
@@ -99,8 +97,8 @@ impl Store {
         };
         let prefix = codec::encode(&[id_part]);
         let mut contribs = Vec::new();
-        for item in tree.scan_prefix(&prefix) {
-            let (k, v) = item.map_err(|e| self.sled(e))?;
+        for item in snap.prefix(&tree, &prefix) {
+            let (k, v) = item.map_err(|e| self.engine_err(e))?;
             let [dataflow] = decode_strs::<1>(&k[prefix.len()..]).map_err(|e| corrupt(&k, &e))?;
             let record = decode_record(&v).map_err(|e| corrupt(&k, &e))?;
             contribs.push(Contribution {
@@ -122,8 +120,9 @@ impl Store {
         }))
     }
 
-    pub(crate) fn edges_page_unguarded(
+    pub(crate) fn edges_page_in(
         &self,
+        snap: &Snap,
         edge_type: &str,
         id: &str,
         q: &EdgeQuery,
@@ -136,32 +135,25 @@ impl Store {
         let Some(tree) = self.dyn_tree(family, edge_type) else {
             return Ok(EdgePage::default());
         };
-        self.neighbours(&tree, Some((family, edge_type)), id, q, true, after)
+        self.neighbours(snap, &tree, Some((family, edge_type)), id, q, true, after)
     }
 
-    pub(crate) fn links_unguarded(
+    pub(crate) fn links_page_in(
         &self,
-        id: &str,
-        q: &EdgeQuery,
-    ) -> Result<Vec<EdgeView>, StoreError> {
-        Ok(self.links_page_unguarded(id, q, None)?.items)
-    }
-
-    pub(crate) fn links_page_unguarded(
-        &self,
+        snap: &Snap,
         id: &str,
         q: &EdgeQuery,
         after: Option<&EdgeCursor>,
     ) -> Result<EdgePage, StoreError> {
-        self.neighbours(&self.inner.link, None, id, q, false, after)
+        self.neighbours(snap, &self.inner.link, None, id, q, false, after)
     }
 
     /// The stored members of `cluster` (`identity/cluster` entries), sorted.
-    pub(crate) fn members_unguarded(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn members_in(&self, snap: &Snap, cluster: &str) -> Result<Vec<String>, StoreError> {
         let prefix = codec::encode(&[cluster]);
         let mut members = Vec::new();
-        for item in self.inner.cluster.scan_prefix(&prefix).keys() {
-            let k = item.map_err(|e| self.sled(e))?;
+        for item in snap.prefix(&self.inner.cluster, &prefix) {
+            let (k, _) = item.map_err(|e| self.engine_err(e))?;
             let [m] = decode_strs::<1>(&k[prefix.len()..])
                 .map_err(|e| StoreError::corrupt(TREE_CLUSTER, &k, e))?;
             members.push(m.into_owned());
@@ -174,9 +166,11 @@ impl Store {
     /// `after`. `name` is the dynamic tree's (family, name), `None` for
     /// `identity/link`; `edge_values` says whether values carry the edge's
     /// reverse byte.
+    #[allow(clippy::too_many_arguments)]
     fn neighbours(
         &self,
-        tree: &sled::Tree,
+        snap: &Snap,
+        tree: &Ns,
         name: Option<(Family, &str)>,
         id: &str,
         q: &EdgeQuery,
@@ -258,8 +252,8 @@ impl Store {
             Ok(())
         };
 
-        for item in tree.range(start..) {
-            let (k, v) = item.map_err(|e| self.sled(e))?;
+        for item in snap.range(tree, Bound::Included(&start)) {
+            let (k, v) = item.map_err(|e| self.engine_err(e))?;
             if !k.starts_with(&prefix) {
                 break;
             }
@@ -312,13 +306,20 @@ impl Store {
         Ok(EdgePage { items: out, next })
     }
 
-    pub(crate) fn identity_unguarded(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
+    pub(crate) fn identity_in(
+        &self,
+        snap: &Snap,
+        id: &str,
+    ) -> Result<Option<IdentityView>, StoreError> {
         let key = codec::encode(&[id]);
-        let Some(v) = self.inner.id.get(&key).map_err(|e| self.sled(e))? else {
+        let Some(v) = snap
+            .get(&self.inner.id, &key)
+            .map_err(|e| self.engine_err(e))?
+        else {
             return Ok(None);
         };
         let of = decode_cluster_of(&v).map_err(|d| StoreError::corrupt(TREE_ID, &key, d))?;
-        let members = self.members_unguarded(&of.cluster)?;
+        let members = self.members_in(snap, &of.cluster)?;
         Ok(Some(IdentityView {
             id: id.to_string(),
             cluster: of.cluster.to_string(),
@@ -331,10 +332,11 @@ impl Store {
     /// flag, links once with `a <= b`), as `Change`s with `Some(record)`, to
     /// rebuild in-memory state on restart. Streams tree by tree.
     ///
-    /// The one read that does not hold the gate (see "Isolation" in the
-    /// module docs): it is meant for a restart, before this process commits
-    /// anything, and a stream that held the gate would block every commit
-    /// until it was dropped.
+    /// On fjall it reads one snapshot, taken now. On sled it is the one read
+    /// that does not hold the gate (see "Isolation" in the module docs): it
+    /// is meant for a restart, before this process commits anything, and a
+    /// stream that held the gate would block every commit until it was
+    /// dropped.
     pub fn contributions(&self) -> Contributions {
         let mut sources = VecDeque::new();
         for (name, tree) in self.dyn_trees(Family::Node) {
@@ -346,6 +348,7 @@ impl Store {
         sources.push_back((Source::Link, self.inner.link.clone()));
         Contributions {
             store: self.clone(),
+            snap: self.inner.db.snapshot(),
             sources,
             current: None,
         }
@@ -363,8 +366,9 @@ enum Source {
 /// The iterator of [`Store::contributions`].
 pub struct Contributions {
     store: Store,
-    sources: VecDeque<(Source, sled::Tree)>,
-    current: Option<(Source, sled::Iter)>,
+    snap: Snap,
+    sources: VecDeque<(Source, Ns)>,
+    current: Option<(Source, KvIter)>,
 }
 
 impl Contributions {
@@ -424,12 +428,12 @@ impl Iterator for Contributions {
         loop {
             if self.current.is_none() {
                 let (source, tree) = self.sources.pop_front()?;
-                self.current = Some((source, tree.iter()));
+                self.current = Some((source, self.snap.iter(&tree)));
             }
             let (source, iter) = self.current.as_mut()?;
             match iter.next() {
                 None => self.current = None,
-                Some(Err(e)) => return Some(Err(self.store.sled(e))),
+                Some(Err(e)) => return Some(Err(self.store.engine_err(e))),
                 Some(Ok((k, v))) => match Self::decode(source, &k, &v) {
                     Ok(None) => {}
                     Ok(Some(change)) => return Some(Ok(change)),

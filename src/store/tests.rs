@@ -1,6 +1,7 @@
 //! Store tests that need the inside: raw bytes written around the API to
 //! check that corruption is reported (never a panic), the export's spilling
-//! sorter against the in-memory path, and what `open` refuses.
+//! sorter against the in-memory path, what `open` refuses, and that the
+//! commit path does not read. Each runs on both engines (`both_engines!`).
 
 use super::*;
 use crate::model::{Change, ClusterOf, DeadLetter, Progress, Record, ident};
@@ -49,8 +50,19 @@ fn read_all(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn seeded(dir: &Path) -> Store {
-    let store = Store::open(dir).expect("open");
+fn open(dir: &Path, engine: Engine) -> Store {
+    Store::open_with(
+        dir,
+        &StoreOptions {
+            engine: Some(engine),
+            cache_bytes: Some(8 << 20),
+        },
+    )
+    .expect("open")
+}
+
+fn seeded(dir: &Path, engine: Engine) -> Store {
+    let store = open(dir, engine);
     let changes = vec![
         node("profile:p1", "playback", 1),
         Change::Edge {
@@ -92,35 +104,32 @@ fn seeded(dir: &Path) -> Store {
     store
 }
 
-/// Every tree of the seeded store, by name.
-fn trees(store: &Store) -> Vec<(String, Tree)> {
+/// Every namespace of the seeded store, by name.
+fn trees(store: &Store) -> Vec<(String, Ns)> {
     store
         .inner
         .db
-        .tree_names()
+        .namespace_names()
         .into_iter()
-        .filter(|n| &n[..] != b"__sled__default")
-        .map(|n| {
-            let name = String::from_utf8_lossy(&n).into_owned();
-            let tree = store.inner.db.open_tree(&n).expect("open tree");
-            (name, tree)
+        .map(|name| {
+            let ns = store.inner.db.namespace(&name).expect("namespace");
+            (name, ns)
         })
         .collect()
 }
 
-#[test]
-fn bad_values_are_corrupt_errors() {
+fn bad_values_are_corrupt_errors(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path());
+    let store = seeded(dir.path(), engine);
     for (name, tree) in trees(&store) {
-        for item in tree.iter() {
-            let (k, v) = item.expect("item");
-            // Values that are read and decoded.
-            if name == "identity/cluster" {
+        for (k, v) in tree.raw_pairs() {
+            // Values that are read and decoded (`meta` is read at open:
+            // `bad_meta_values_are_refused_at_open`).
+            if name == "identity/cluster" || name == "meta" {
                 continue;
             }
             for bad in [&b""[..], b"\xff\xff\xff", &[&v[..], b"\x07\x07"].concat()] {
-                tree.insert(&k, bad).expect("insert");
+                tree.raw_insert(&k, bad);
                 match read_all(&store) {
                     Err(StoreError::Corrupt { tree: t, key, .. }) => {
                         assert_eq!(t, name);
@@ -129,45 +138,41 @@ fn bad_values_are_corrupt_errors() {
                     other => panic!("{name}: {bad:?} gave {other:?}"),
                 }
             }
-            tree.insert(&k, v).expect("restore");
+            tree.raw_insert(&k, &v);
         }
     }
     read_all(&store).expect("restored");
 }
 
-#[test]
-fn bad_keys_are_corrupt_errors() {
+fn bad_keys_are_corrupt_errors(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path());
+    let store = seeded(dir.path(), engine);
     for (name, tree) in trees(&store) {
         if name == "meta" {
             continue;
         }
-        let entries: Vec<(sled::IVec, sled::IVec)> =
-            tree.iter().collect::<Result<_, _>>().expect("entries");
-        for (k, v) in entries {
-            tree.remove(&k).expect("remove");
+        for (k, v) in tree.raw_pairs() {
+            tree.raw_remove(&k);
             // Cut inside the last segment, or add a trailing byte.
             let bad_keys = [k[..k.len() - 1].to_vec(), [&k[..], b"\x00"].concat()];
             for bad in bad_keys {
-                tree.insert(&bad, &v).expect("insert");
+                tree.raw_insert(&bad, &v);
                 let r = read_all(&store);
                 assert!(
                     matches!(r, Err(StoreError::Corrupt { .. })),
                     "{name}: key {bad:?} gave {r:?}"
                 );
-                tree.remove(&bad).expect("remove");
+                tree.raw_remove(&bad);
             }
-            tree.insert(&k, v).expect("restore");
+            tree.raw_insert(&k, &v);
         }
     }
     read_all(&store).expect("restored");
 }
 
-#[test]
-fn random_garbage_never_panics() {
+fn random_garbage_never_panics(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path());
+    let store = seeded(dir.path(), engine);
     let trees = trees(&store);
     let mut rng = StdRng::seed_from_u64(11);
     let bytes = |rng: &mut StdRng| -> Vec<u8> {
@@ -184,17 +189,20 @@ fn random_garbage_never_panics() {
             Vec::new()
         };
         k.extend(bytes(&mut rng));
+        if k.is_empty() {
+            // The store never writes an empty key (fjall cannot hold one).
+            continue;
+        }
         let v = bytes(&mut rng);
-        tree.insert(&k, v).expect("insert");
+        tree.raw_insert(&k, &v);
         let _ = read_all(&store);
-        tree.remove(&k).expect("remove");
+        tree.raw_remove(&k);
     }
 }
 
-#[test]
-fn spilled_export_equals_in_memory_export() {
+fn spilled_export_equals_in_memory_export(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("open");
+    let store = open(dir.path(), engine);
     let mut rng = StdRng::seed_from_u64(12);
     let ids = ["a", "a!", "a\u{1}", "a\"", "a\\", "ab", "", "ÿ", "a\u{0}"];
     let mut changes = Vec::new();
@@ -230,25 +238,36 @@ fn spilled_export_equals_in_memory_export() {
     assert!(lines.windows(2).all(|w| w[0] <= w[1]), "sorted");
 }
 
-#[test]
-fn data_without_format_version_is_refused() {
+fn data_without_format_version_is_refused(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let db = sled::open(dir.path()).expect("sled");
-        db.open_tree("node/profile")
-            .expect("tree")
-            .insert(b"k", b"v")
-            .expect("insert");
-        db.flush().expect("flush");
+    match engine {
+        Engine::Sled => {
+            let db = ::sled::open(dir.path()).expect("sled");
+            db.open_tree("node/profile")
+                .expect("tree")
+                .insert(b"k", b"v")
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        Engine::Fjall => {
+            let db = ::fjall::Database::builder(dir.path().join("fjall"))
+                .open()
+                .expect("fjall");
+            let ks = db
+                .keyspace("node/profile", ::fjall::KeyspaceCreateOptions::default)
+                .expect("keyspace");
+            ks.insert(b"k", b"v").expect("insert");
+            db.persist(::fjall::PersistMode::SyncAll).expect("persist");
+        }
     }
+    // Without --engine the files say which engine it is.
     let r = Store::open(dir.path());
     assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
 }
 
-#[test]
-fn empty_commit_keeps_store_empty_and_data_makes_it_not() {
+fn empty_commit_keeps_store_empty_and_data_makes_it_not(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("open");
+    let store = open(dir.path(), engine);
     assert!(store.is_empty().expect("is_empty"));
     store
         .commit(&[], &[], &Progress::default())
@@ -271,8 +290,7 @@ fn empty_commit_keeps_store_empty_and_data_makes_it_not() {
     assert_eq!(store.node("profile:p1").expect("node"), None);
 }
 
-#[test]
-fn dead_letter_sequences_continue_across_commits_and_reopen() {
+fn dead_letter_sequences_continue_across_commits_and_reopen(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let letter = |s: &str| DeadLetter {
         dataflow: "d".into(),
@@ -280,32 +298,28 @@ fn dead_letter_sequences_continue_across_commits_and_reopen() {
         reason: "r".into(),
     };
     {
-        let store = Store::open(dir.path()).expect("open");
+        let store = open(dir.path(), engine);
         store
             .commit(&[], &[letter("1"), letter("2")], &Progress::default())
             .expect("commit");
     }
-    let store = Store::open(dir.path()).expect("reopen");
+    let store = open(dir.path(), engine);
     store
         .commit(&[], &[letter("3")], &Progress::default())
         .expect("commit");
     let tree = store.dyn_tree(Family::Dead, "d").expect("tree");
     let keys: Vec<u64> = tree
-        .iter()
-        .keys()
-        .map(|k| {
-            let k = k.expect("key");
-            codec::Decoder::new(&k).u64().expect("u64")
-        })
+        .raw_pairs()
+        .into_iter()
+        .map(|(k, _)| codec::Decoder::new(&k).u64().expect("u64"))
         .collect();
     assert_eq!(keys, vec![0, 1, 2]);
     assert_eq!(store.meta().expect("meta").dataflows["d"].dead_letters, 3);
 }
 
-#[test]
-fn removes_do_not_create_trees() {
+fn removes_do_not_create_trees(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("open");
+    let store = open(dir.path(), engine);
     let changes = [
         Change::Node {
             id: "ghost:g1".into(),
@@ -329,3 +343,261 @@ fn removes_do_not_create_trees() {
     assert!(store.dyn_tree(Family::EdgeIn, "haunts").is_none());
     assert!(!store.is_empty().expect("is_empty"));
 }
+
+/// `meta` is read (and checked) when the state is opened: a damaged entry
+/// is an error naming it then.
+fn bad_meta_values_are_refused_at_open(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut progress = Progress::default();
+    progress
+        .positions
+        .insert(("playback".into(), "0".into()), 7);
+    {
+        let store = seeded(dir.path(), engine);
+        store.commit(&[], &[], &progress).expect("commit");
+    }
+    let keys = [
+        codec::encode(&[META_DATAFLOW, "playback"]),
+        codec::encode(&[META_POSITION, "playback", "0"]),
+        codec::encode(&[META_COMMITS]),
+    ];
+    for key in &keys {
+        let good = {
+            let store = open(dir.path(), engine);
+            let good = store
+                .inner
+                .meta
+                .raw_pairs()
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .expect("the key is stored");
+            store.inner.meta.raw_insert(key, b"\xff\xff\xff");
+            good
+        };
+        let r = Store::open_with(
+            dir.path(),
+            &StoreOptions {
+                engine: Some(engine),
+                cache_bytes: None,
+            },
+        );
+        match r {
+            Err(StoreError::Corrupt { tree, key: k, .. }) => {
+                assert_eq!(tree, TREE_META);
+                assert_eq!(k, hex::encode(key));
+            }
+            other => panic!("{key:?}: expected Corrupt, got {other:?}"),
+        }
+        // Repair it through the engine directly.
+        let db = Db::open(
+            engine,
+            dir.path(),
+            OpenConfig {
+                cache_bytes: 8 << 20,
+            },
+            true,
+        )
+        .map_err(|_| "open")
+        .expect("raw open");
+        db.namespace(TREE_META)
+            .expect("meta")
+            .raw_insert(key, &good);
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path(), engine);
+    assert_eq!(store.meta().expect("meta").positions.len(), 1);
+}
+
+/// Garbage where a commit used to read (the stored counters, the commit
+/// count, the old value of an edge) does not stop a commit: nothing on the
+/// commit path reads. The commit's blind writes then replace the garbage.
+fn commit_path_does_not_read(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), engine);
+    let edge_key = codec::encode(&["profile:p1", "title:t1", "playback"]);
+    let counters_key = codec::encode(&[META_DATAFLOW, "playback"]);
+    let commits_key = codec::encode(&[META_COMMITS]);
+    let edges = store.dyn_tree(Family::Edge, "watched").expect("edge ns");
+    edges.raw_insert(&edge_key, b"\xff\xff\xff");
+    store.inner.meta.raw_insert(&counters_key, b"\xff\xff");
+    store.inner.meta.raw_insert(&commits_key, b"\x01");
+
+    let mut progress = Progress::default();
+    progress.dataflows.insert(
+        "playback".into(),
+        crate::model::DataflowProgress {
+            events: 5,
+            late: 1,
+            watermark: Some(9),
+        },
+    );
+    let changes = [Change::Edge {
+        edge_type: "watched".into(),
+        from: "profile:p1".into(),
+        to: "title:t1".into(),
+        dataflow: "playback".into(),
+        reverse: false,
+        record: Some(rec(4, "")),
+    }];
+    let dead = [DeadLetter {
+        dataflow: "playback".into(),
+        source: "p.jsonl:9".into(),
+        reason: "bad".into(),
+    }];
+    store.commit(&changes, &dead, &progress).expect("commit");
+
+    read_all(&store).expect("the commit replaced every damaged value");
+    let meta = store.meta().expect("meta");
+    assert_eq!(
+        meta.dataflows["playback"],
+        DataflowMeta {
+            events: 5,
+            late: 1,
+            dead_letters: 2,
+            watermark: Some(9),
+        }
+    );
+    assert_eq!(store.commit_count(), 2);
+    drop(edges);
+    let out = store
+        .edges("watched", "profile:p1", &EdgeQuery::default())
+        .expect("out");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].last_seen, 4);
+    // Not reversed any more: the `edge_in/` key went blindly.
+    let incoming = EdgeQuery {
+        direction: Direction::In,
+        ..EdgeQuery::default()
+    };
+    assert!(
+        store
+            .edges("watched", "title:t1", &incoming)
+            .expect("in")
+            .is_empty()
+    );
+    drop(store);
+    let store = open(dir.path(), engine);
+    assert_eq!(store.commit_count(), 2);
+    assert_eq!(store.meta().expect("meta"), meta);
+}
+
+/// A bulk load that did not finish leaves its marker; the store that ran it
+/// refuses commits, and reopening wipes the state back to empty.
+fn interrupted_bulk_load_reopens_empty(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path(), engine);
+        let mut bulk = store
+            .bulk_load_with(BulkMethod::Ingest, 64)
+            .expect("bulk load");
+        let changes: Vec<Change> = (0..50)
+            .map(|i| node(&format!("profile:p{i}"), "x", i))
+            .collect();
+        let dead = [DeadLetter {
+            dataflow: "x".into(),
+            source: "f:1".into(),
+            reason: "r".into(),
+        }];
+        bulk.write(&changes, &dead, &Progress::default())
+            .expect("write");
+        drop(bulk);
+        // The chunks reached the engine (the buffer is 64 bytes).
+        assert!(store.write_stats().keys_written >= 50);
+        assert!(store.node("profile:p1").expect("node").is_some());
+        let r = store.commit(&[node("profile:q", "x", 1)], &[], &Progress::default());
+        assert!(matches!(r, Err(StoreError::BulkLoad { .. })), "{r:?}");
+        assert!(matches!(
+            store.bulk_load(),
+            Err(StoreError::BulkLoad { .. })
+        ));
+    }
+    assert!(layout::bulk_marker_present(dir.path()));
+    let store = open(dir.path(), engine);
+    assert!(!layout::bulk_marker_present(dir.path()));
+    assert!(store.is_empty().expect("is_empty"));
+    assert_eq!(store.counts().expect("counts"), Counts::default());
+    assert_eq!(store.schema(), Schema::default());
+    let mut out = Vec::new();
+    assert_eq!(store.export(&mut out).expect("export").lines, 0);
+    assert_eq!(store.meta().expect("meta"), Meta::default());
+    // The wiped state works as a new one.
+    store
+        .commit(&[node("profile:q", "x", 1)], &[], &Progress::default())
+        .expect("commit");
+    drop(store);
+    let store = open(dir.path(), engine);
+    assert_eq!(store.commit_count(), 1);
+    assert!(store.node("profile:q").expect("node").is_some());
+    assert!(store.node("profile:p1").expect("node").is_none());
+}
+
+/// A bulk load needs an empty state.
+fn bulk_load_refuses_a_state_with_commits(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), engine);
+    match store.bulk_load() {
+        Err(e @ StoreError::BulkLoad { .. }) => {
+            assert!(e.to_string().contains("empty"), "{e}");
+        }
+        other => panic!("expected BulkLoad, got {other:?}"),
+    }
+    assert!(!layout::bulk_marker_present(dir.path()));
+    // Still writable by commits.
+    store
+        .commit(&[node("profile:p2", "x", 1)], &[], &Progress::default())
+        .expect("commit");
+}
+
+/// A type name fjall cannot hold as a keyspace name (over 255 bytes) is an
+/// error naming it, not a panic; sled holds it.
+fn overlong_type_name_is_an_error_not_a_panic(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), engine);
+    let long = "t".repeat(300);
+    let r = store.commit(
+        &[node(&format!("{long}:x"), "d", 1)],
+        &[],
+        &Progress::default(),
+    );
+    match engine {
+        Engine::Fjall => match r {
+            Err(e @ StoreError::Engine { .. }) => {
+                assert!(e.to_string().contains(&long), "{e}");
+                assert!(store.is_empty().expect("is_empty"), "nothing committed");
+            }
+            other => panic!("expected an engine error, got {other:?}"),
+        },
+        Engine::Sled => {
+            r.expect("sled takes any name");
+            assert!(store.node(&format!("{long}:x")).expect("node").is_some());
+        }
+    }
+}
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_fjall {
+            $( #[test] fn $name() { super::$name(super::Engine::Fjall) } )*
+        }
+        mod on_sled {
+            $( #[test] fn $name() { super::$name(super::Engine::Sled) } )*
+        }
+    };
+}
+
+both_engines!(
+    bad_values_are_corrupt_errors,
+    bad_keys_are_corrupt_errors,
+    random_garbage_never_panics,
+    spilled_export_equals_in_memory_export,
+    data_without_format_version_is_refused,
+    empty_commit_keeps_store_empty_and_data_makes_it_not,
+    dead_letter_sequences_continue_across_commits_and_reopen,
+    removes_do_not_create_trees,
+    commit_path_does_not_read,
+    bad_meta_values_are_refused_at_open,
+    interrupted_bulk_load_reopens_empty,
+    bulk_load_refuses_a_state_with_commits,
+    overlong_type_name_is_an_error_not_a_panic,
+);

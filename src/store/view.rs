@@ -3,17 +3,19 @@
 //! list of stored types, and per-namespace sizes.
 //!
 //! Invariants: everything read through one `ReadView` sees the same commits
-//! (the view holds the store's gate shared until it is dropped, and
-//! [`ReadView::commit_count`] names that state); a cursor is the sort key of
+//! (it holds a fjall snapshot, or for sled the store's gate shared until it
+//! is dropped; [`ReadView::commit_count`] names that state); a cursor is the sort key of
 //! the last item of a page, so resuming never returns an item twice and
 //! never skips an item that existed, unchanged, during the whole walk.
 
 use std::collections::BTreeMap;
 use std::sync::RwLockReadGuard;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::engine::{Bound, Ns, Snap};
 use super::reader::{decode_strs, tree_name};
 use super::{
     EdgeOrder, EdgeQuery, EdgeView, Family, IdentityView, Meta, NodeView, Store, StoreError,
@@ -23,8 +25,9 @@ use super::{
 /// Where a page of neighbours ended: the sort key of its last item.
 /// Encoded as an opaque URL-safe string by [`EdgeCursor::encode`].
 ///
-/// What paging guarantees while commits run (each page is read under the
-/// gate, so each page is consistent; the walk as a whole is not a snapshot):
+/// What paging guarantees while commits run (each page is read through its
+/// own view, so each page is consistent; the walk as a whole is not a
+/// snapshot):
 /// - `Id` order resumes strictly after the last neighbour id with a range
 ///   scan. A neighbour present during the whole walk is returned exactly
 ///   once; none is returned twice; neighbours added behind the cursor are
@@ -122,20 +125,43 @@ pub struct Schema {
     pub reverse_edge_types: Vec<String>,
 }
 
-/// Several reads that see the same commits: holds the store's gate shared
-/// until dropped, so commits wait. Keep it short-lived, and do not call the
-/// [`Store`]'s own read methods while holding one (see "Isolation").
+/// Several reads that see the same commits: on fjall a snapshot (commits go
+/// on; the snapshot keeps what it sees from being compacted away), on sled
+/// the store's gate held shared until dropped, so commits wait. Keep it
+/// short-lived, and do not call the [`Store`]'s own read methods while
+/// holding one (see "Isolation").
 pub struct ReadView<'a> {
     store: &'a Store,
-    _shared: RwLockReadGuard<'a, ()>,
+    pub(crate) snap: Snap,
+    commits: u64,
+    meta: std::sync::Arc<Meta>,
+    _shared: Option<RwLockReadGuard<'a, ()>>,
 }
 
 impl Store {
     /// A view for several consistent reads (see [`ReadView`]).
     pub fn read(&self) -> ReadView<'_> {
+        let shared = self.gate_shared();
+        // Commits change the count only while they hold the gate
+        // exclusively, so the snapshot and the count agree.
+        let snap = self.inner.db.snapshot();
+        let commits = self.inner.commits.load(Ordering::Acquire);
+        let meta = self
+            .inner
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let shared = match &snap {
+            Snap::Sled => Some(shared),
+            Snap::Fjall(_) => None,
+        };
         ReadView {
             store: self,
-            _shared: self.gate_shared(),
+            snap,
+            commits,
+            meta,
+            _shared: shared,
         }
     }
 
@@ -159,14 +185,14 @@ impl Store {
     /// both directions counted once), `identity/id` (identifiers),
     /// `identity/cluster` (clusters), `dead_letter/<dataflow>`.
     ///
-    /// Scans everything, in chunks of `chunk` keys each read under the gate
-    /// (so commits are not stalled by a large store): each chunk is
-    /// consistent, the totals are not one snapshot when commits run during
+    /// Scans everything, in chunks of `chunk` keys each read through its own
+    /// view (so sled's commits are not stalled by a large store): each chunk
+    /// is consistent, the totals are not one snapshot when commits run during
     /// the scan. For statistics, not for answers.
     pub fn namespace_counts(&self, chunk: usize) -> Result<BTreeMap<String, u64>, StoreError> {
         let chunk = chunk.max(1);
         let mut out = BTreeMap::new();
-        let mut trees: Vec<(String, sled::Tree, usize)> = Vec::new();
+        let mut trees: Vec<(String, Ns, usize)> = Vec::new();
         for (f, segments) in [
             (Family::Node, 1),
             (Family::Edge, 2),
@@ -194,7 +220,7 @@ impl Store {
     fn count_chunked(
         &self,
         name: &str,
-        tree: &sled::Tree,
+        tree: &Ns,
         segments: usize,
         chunk: usize,
     ) -> Result<u64, StoreError> {
@@ -202,17 +228,14 @@ impl Store {
         let mut last: Vec<u8> = Vec::new();
         let mut from: Option<Vec<u8>> = None;
         loop {
-            let _shared = self.gate_shared();
+            let view = self.read();
             let iter = match &from {
-                None => tree.iter(),
-                Some(k) => tree.range::<&[u8], _>((
-                    std::ops::Bound::Excluded(k.as_slice()),
-                    std::ops::Bound::Unbounded,
-                )),
+                None => view.snap.iter(tree),
+                Some(k) => view.snap.range(tree, Bound::Excluded(k)),
             };
             let mut read = 0;
-            for item in iter.keys() {
-                let k = item.map_err(|e| self.sled(e))?;
+            for item in iter {
+                let (k, _) = item.map_err(|e| self.engine_err(e))?;
                 read += 1;
                 if segments == 0 {
                     n += 1;
@@ -243,12 +266,12 @@ impl Store {
 impl ReadView<'_> {
     /// The number of non-empty commits this view sees.
     pub fn commit_count(&self) -> u64 {
-        self.store.commit_count()
+        self.commits
     }
 
     /// See [`Store::node`].
     pub fn node(&self, id: &str) -> Result<Option<NodeView>, StoreError> {
-        self.store.node_unguarded(id)
+        self.store.node_in(&self.snap, id)
     }
 
     /// See [`Store::edges_page`].
@@ -259,17 +282,18 @@ impl ReadView<'_> {
         q: &EdgeQuery,
         after: Option<&EdgeCursor>,
     ) -> Result<EdgePage, StoreError> {
-        self.store.edges_page_unguarded(edge_type, id, q, after)
+        self.store
+            .edges_page_in(&self.snap, edge_type, id, q, after)
     }
 
     /// See [`Store::links`].
     pub fn links(&self, id: &str, q: &EdgeQuery) -> Result<Vec<EdgeView>, StoreError> {
-        self.store.links_unguarded(id, q)
+        Ok(self.store.links_page_in(&self.snap, id, q, None)?.items)
     }
 
     /// See [`Store::identity`].
     pub fn identity(&self, id: &str) -> Result<Option<IdentityView>, StoreError> {
-        self.store.identity_unguarded(id)
+        self.store.identity_in(&self.snap, id)
     }
 
     /// One page of [`Store::links`]: at most `q.limit` link neighbours
@@ -281,26 +305,27 @@ impl ReadView<'_> {
         q: &EdgeQuery,
         after: Option<&EdgeCursor>,
     ) -> Result<EdgePage, StoreError> {
-        self.store.links_page_unguarded(id, q, after)
+        self.store.links_page_in(&self.snap, id, q, after)
     }
 
     /// The stored members of the cluster `cluster` (its `identity/cluster`
     /// entries), sorted bytewise; empty when there are none.
     pub fn cluster_members(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
-        self.store.members_unguarded(cluster)
+        self.store.members_in(&self.snap, cluster)
     }
 
-    /// [`Store::export`] of the state this view sees (the view already
-    /// holds the gate, so commits wait until the export ends: write to a
-    /// fast sink such as a temporary file, not to a slow client).
+    /// [`Store::export`] of the state this view sees (on sled the view holds
+    /// the gate, so commits wait until the export ends: write to a fast sink
+    /// such as a temporary file, not to a slow client).
     pub fn export(&self, out: &mut dyn std::io::Write) -> Result<super::ExportCounts, StoreError> {
         self.store
-            .export_unguarded(out, super::export::DEFAULT_BUDGET)
+            .export_in(&self.snap, out, super::export::DEFAULT_BUDGET)
     }
 
-    /// See [`Store::meta`].
+    /// See [`Store::meta`]: kept in memory with each commit (checked
+    /// against `meta` when the state is opened), so it costs no read.
     pub fn meta(&self) -> Result<Meta, StoreError> {
-        self.store.meta_unguarded()
+        Ok(Meta::clone(&self.meta))
     }
 
     /// Identifiers (`type:id`) that start with `prefix`, sorted, at most
@@ -321,27 +346,27 @@ impl ReadView<'_> {
             k.truncate(k.len() - 2);
             k
         };
-        let node_types: Vec<(compact_str::CompactString, sled::Tree, String)> =
-            match prefix.split_once(':') {
-                Some((t, id)) => self
-                    .store
-                    .dyn_tree(Family::Node, t)
-                    .map(|tree| (t.into(), tree, id.to_string()))
-                    .into_iter()
-                    .collect(),
-                None => self
-                    .store
-                    .dyn_trees(Family::Node)
-                    .into_iter()
-                    .map(|(t, tree)| (t, tree, prefix.to_string()))
-                    .collect(),
-            };
+        let node_types: Vec<(compact_str::CompactString, Ns, String)> = match prefix.split_once(':')
+        {
+            Some((t, id)) => self
+                .store
+                .dyn_tree(Family::Node, t)
+                .map(|tree| (t.into(), tree, id.to_string()))
+                .into_iter()
+                .collect(),
+            None => self
+                .store
+                .dyn_trees(Family::Node)
+                .into_iter()
+                .map(|(t, tree)| (t, tree, prefix.to_string()))
+                .collect(),
+        };
         for (node_type, tree, id_prefix) in node_types {
             let name = tree_name(Family::Node, &node_type);
             let mut taken = 0;
             let mut last: Vec<u8> = Vec::new();
-            for item in tree.scan_prefix(raw_prefix(&id_prefix)).keys() {
-                let k = item.map_err(|e| self.store.sled(e))?;
+            for item in self.snap.prefix(&tree, &raw_prefix(&id_prefix)) {
+                let (k, _) = item.map_err(|e| self.store.engine_err(e))?;
                 let n = codec::segment_len(&k).map_err(|e| StoreError::corrupt(&name, &k, e))?;
                 if k[..n] == last[..] {
                     continue;
@@ -358,8 +383,8 @@ impl ReadView<'_> {
             }
         }
         let mut taken = 0;
-        for item in self.store.inner.id.scan_prefix(raw_prefix(prefix)).keys() {
-            let k = item.map_err(|e| self.store.sled(e))?;
+        for item in self.snap.prefix(&self.store.inner.id, &raw_prefix(prefix)) {
+            let (k, _) = item.map_err(|e| self.store.engine_err(e))?;
             let [id] = decode_strs::<1>(&k).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
             found.insert(id.into_owned());
             taken += 1;

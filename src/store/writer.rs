@@ -1,129 +1,93 @@
 //! The write path: [`Store::commit`] turns changes, dead letters and progress
-//! into one sled multi-tree transaction.
+//! into one atomic write across namespaces ([`engine::Db::write`]).
 //!
-//! Invariant: everything a commit writes goes through a single
-//! `Transactional::transaction` call over every tree it touches, so sled
-//! recovers it all or nothing. The closure may run more than once, so it is
-//! pure: keys and values are encoded beforehand into one arena, and the
-//! closure only reads through the transaction (edge flags, counters) and
-//! writes. Trees are opened before the transaction (sled cannot open one
-//! inside); removals never create a tree.
-//!
-//! The closure writes key by key rather than through per-tree `sled::Batch`es:
-//! inside a transaction `apply_batch` is the same loop of inserts, and one
-//! write (dropping a stale `edge_in/` key when an edge stops being reversed)
-//! depends on the old value, which only the transaction can read.
+//! Invariants: everything a commit writes is encoded first into one
+//! [`WriteSet`] (keys and values in one arena) and then applied by a single
+//! engine call, so the engine recovers it all or nothing. **Nothing on this
+//! path reads the engine**: counters, the commit count and dead-letter
+//! sequence numbers come from the store's memory (loaded at open, updated
+//! only after the engine accepted the write, under the counters' mutex,
+//! which also serializes commits), and a put of a non-reversed edge removes
+//! its `edge_in/` key blindly when that namespace exists. Namespaces are
+//! created before the write; removals never create one. [`Plan`] is shared
+//! with the bulk load, so both encode changes the same way.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
-use sled::Tree;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
-};
+use compact_str::CompactString;
 
-use super::merge::{decode_exact, edge_value_reverse};
+use super::engine::{Ns, Span, WriteSet};
 use super::{
     DataflowCounters, DeadLetterRef, Family, META_COMMITS, META_DATAFLOW, META_POSITION, Store,
-    StoreError, TREE_META, codec,
+    StoreError, codec,
 };
-use crate::model::{Change, DataflowProgress, DeadLetter, Progress, split_ident};
+use crate::model::{Change, DataflowProgress, DeadLetter, Progress, Record, split_ident};
 
-/// Fixed positions of the always-present trees in the transaction.
+/// Fixed positions of the always-present namespaces in a [`Plan`].
 const T_META: usize = 0;
 const T_LINK: usize = 1;
 const T_ID: usize = 2;
 const T_CLUSTER: usize = 3;
 
-/// A byte range of the arena.
-#[derive(Clone, Copy, Debug)]
-struct Span {
-    start: usize,
-    end: usize,
+/// Encoded writes and the namespaces they go to.
+pub(crate) struct Plan {
+    pub ns: Vec<Ns>,
+    index: BTreeMap<(Family, CompactString), usize>,
+    pub set: WriteSet,
 }
 
-/// One write, with its bytes in the arena and its trees as indexes.
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Put {
-        tree: usize,
-        key: Span,
-        value: Span,
-    },
-    Del {
-        tree: usize,
-        key: Span,
-    },
-    /// Forward key always; reverse key when `reverse`; when not `reverse`,
-    /// the reverse key is removed if the old value was written reversed.
-    EdgePut {
-        fwd: usize,
-        inn: Option<usize>,
-        key: Span,
-        in_key: Span,
-        value: Span,
-        reverse: bool,
-    },
-    EdgeDel {
-        fwd: usize,
-        inn: Option<usize>,
-        key: Span,
-        in_key: Span,
-    },
-    LinkPut {
-        ab: Span,
-        ba: Span,
-        value: Span,
-    },
-    LinkDel {
-        ab: Span,
-        ba: Span,
-    },
-}
-
-/// Counter updates and dead letters of one dataflow.
-struct DataflowPlan<'a> {
-    name: &'a str,
-    meta_key: Span,
-    progress: Option<&'a DataflowProgress>,
-    dead_tree: Option<usize>,
-    dead_values: Vec<Span>,
-}
-
-/// Everything a commit writes, encoded, ready for the transaction.
-struct Plan<'a> {
-    trees: Vec<Tree>,
-    arena: Vec<u8>,
-    ops: Vec<Op>,
-    dataflows: Vec<DataflowPlan<'a>>,
-    positions: Vec<(Span, u64)>,
-    commits_key: Span,
-}
-
-impl Plan<'_> {
-    fn bytes(&self, s: Span) -> &[u8] {
-        &self.arena[s.start..s.end]
-    }
-}
-
-/// Builds keys and values into the arena.
-struct Arena {
-    buf: Vec<u8>,
-}
-
-impl Arena {
-    fn span_from(&self, start: usize) -> Span {
-        Span {
-            start,
-            end: self.buf.len(),
+impl Plan {
+    pub fn new(store: &Store) -> Plan {
+        let inner = &store.inner;
+        Plan {
+            ns: vec![
+                inner.meta.clone(),
+                inner.link.clone(),
+                inner.id.clone(),
+                inner.cluster.clone(),
+            ],
+            index: BTreeMap::new(),
+            set: WriteSet::default(),
         }
+    }
+
+    /// The index of `family/name`, creating the namespace if needed.
+    fn get_or_create(
+        &mut self,
+        store: &Store,
+        family: Family,
+        name: &str,
+    ) -> Result<usize, StoreError> {
+        if let Some(&i) = self.index.get(&(family, CompactString::from(name))) {
+            return Ok(i);
+        }
+        let ns = store.dyn_tree_or_create(family, name)?;
+        Ok(self.push(family, name, ns))
+    }
+
+    /// The index of `family/name` if that namespace exists.
+    fn get_existing(&mut self, store: &Store, family: Family, name: &str) -> Option<usize> {
+        if let Some(&i) = self.index.get(&(family, CompactString::from(name))) {
+            return Some(i);
+        }
+        let ns = store.dyn_tree(family, name)?;
+        Some(self.push(family, name, ns))
+    }
+
+    fn push(&mut self, family: Family, name: &str, ns: Ns) -> usize {
+        let i = self.ns.len();
+        self.ns.push(ns);
+        self.index.insert((family, name.into()), i);
+        i
     }
 
     fn key(&mut self, segments: &[&str]) -> Span {
-        let start = self.buf.len();
+        let start = self.set.arena.len();
         for s in segments {
-            codec::push_str(&mut self.buf, s);
+            codec::push_str(&mut self.set.arena, s);
         }
-        self.span_from(start)
+        self.set.span_from(start)
     }
 
     fn postcard<T: serde::Serialize>(
@@ -131,393 +95,322 @@ impl Arena {
         value: &T,
         what: &'static str,
     ) -> Result<Span, StoreError> {
-        let start = self.buf.len();
-        postcard::to_io(value, &mut self.buf).map_err(|e| StoreError::Encode {
+        let start = self.set.arena.len();
+        postcard::to_io(value, &mut self.set.arena).map_err(|e| StoreError::Encode {
             what,
             detail: e.to_string(),
         })?;
-        Ok(self.span_from(start))
+        Ok(self.set.span_from(start))
+    }
+
+    /// Encodes every change (puts and removes).
+    pub fn changes(&mut self, store: &Store, changes: &[Change]) -> Result<(), StoreError> {
+        self.set.ops.reserve(changes.len() * 2);
+        self.set.arena.reserve(changes.len() * 96);
+        for change in changes {
+            self.change(store, change)?;
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, store: &Store, change: &Change) -> Result<(), StoreError> {
+        match change {
+            Change::Node {
+                id,
+                dataflow,
+                record,
+            } => {
+                let (node_type, id_part) = split_ident(id);
+                let tree = match record {
+                    Some(_) => self.get_or_create(store, Family::Node, node_type)?,
+                    // No namespace, nothing to remove: do not create one.
+                    None => match self.get_existing(store, Family::Node, node_type) {
+                        Some(tree) => tree,
+                        None => return Ok(()),
+                    },
+                };
+                let key = self.key(&[id_part, dataflow]);
+                match record {
+                    Some(r) => {
+                        let value = self.postcard(r, "a node record")?;
+                        self.set.put(tree, key, value);
+                    }
+                    None => self.set.remove(tree, key),
+                }
+            }
+            Change::Edge {
+                edge_type,
+                from,
+                to,
+                dataflow,
+                reverse,
+                record,
+            } => self.edge(
+                store,
+                [edge_type, from, to, dataflow],
+                *reverse,
+                record.as_ref(),
+            )?,
+            Change::Link {
+                a: x,
+                b: y,
+                dataflow,
+                record,
+            } => {
+                let ab = self.key(&[x, y, dataflow]);
+                let ba = self.key(&[y, x, dataflow]);
+                match record {
+                    Some(r) => {
+                        let value = self.postcard(r, "a link record")?;
+                        self.set.put(T_LINK, ab, value);
+                        self.set.put(T_LINK, ba, value);
+                    }
+                    None => {
+                        self.set.remove(T_LINK, ab);
+                        self.set.remove(T_LINK, ba);
+                    }
+                }
+            }
+            Change::Cluster { id, cluster } => {
+                let key = self.key(&[id]);
+                match cluster {
+                    Some(c) => {
+                        let value = self.postcard(c, "a cluster entry")?;
+                        self.set.put(T_ID, key, value);
+                    }
+                    None => self.set.remove(T_ID, key),
+                }
+            }
+            Change::Member {
+                cluster,
+                member,
+                present,
+            } => {
+                let key = self.key(&[cluster, member]);
+                if *present {
+                    self.set.put(T_CLUSTER, key, Span::default());
+                } else {
+                    self.set.remove(T_CLUSTER, key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes an edge put (its `edge_in/` key put when `reverse`, removed
+    /// blindly otherwise) or removal (both keys).
+    fn edge(
+        &mut self,
+        store: &Store,
+        [edge_type, from, to, dataflow]: [&str; 4],
+        reverse: bool,
+        record: Option<&Record>,
+    ) -> Result<(), StoreError> {
+        let fwd = match record {
+            Some(_) => self.get_or_create(store, Family::Edge, edge_type)?,
+            // An `edge_in/` key never exists without its `edge/` key.
+            None => match self.get_existing(store, Family::Edge, edge_type) {
+                Some(tree) => tree,
+                None => return Ok(()),
+            },
+        };
+        let inn = if record.is_some() && reverse {
+            Some(self.get_or_create(store, Family::EdgeIn, edge_type)?)
+        } else {
+            self.get_existing(store, Family::EdgeIn, edge_type)
+        };
+        let key = self.key(&[from, to, dataflow]);
+        let in_key = inn.map(|_| self.key(&[to, from, dataflow]));
+        match record {
+            Some(r) => {
+                let start = self.postcard(r, "an edge record")?.start;
+                self.set.arena.push(u8::from(reverse));
+                let value = self.set.span_from(start);
+                self.set.put(fwd, key, value);
+                if let (Some(inn), Some(in_key)) = (inn, in_key) {
+                    if reverse {
+                        self.set.put(inn, in_key, value);
+                    } else {
+                        // Blind: it may have been written reversed.
+                        self.set.remove(inn, in_key);
+                    }
+                }
+            }
+            None => {
+                self.set.remove(fwd, key);
+                if let (Some(inn), Some(in_key)) = (inn, in_key) {
+                    self.set.remove(inn, in_key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes dead letter `d` under sequence number `seq`.
+    pub fn dead_letter(
+        &mut self,
+        store: &Store,
+        d: &DeadLetter,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let tree = self.get_or_create(store, Family::Dead, &d.dataflow)?;
+        let key = self.set.push(&seq.to_be_bytes());
+        let value = self.postcard(
+            &DeadLetterRef {
+                source: &d.source,
+                reason: &d.reason,
+            },
+            "a dead letter",
+        )?;
+        self.set.put(tree, key, value);
+        Ok(())
+    }
+
+    /// Encodes the counters of dataflow `name`.
+    pub fn counters(&mut self, name: &str, c: &DataflowCounters) -> Result<(), StoreError> {
+        let key = self.key(&[META_DATAFLOW, name]);
+        let value = self.postcard(c, "dataflow counters")?;
+        self.set.put(T_META, key, value);
+        Ok(())
+    }
+
+    /// Encodes a position.
+    pub fn position(&mut self, dataflow: &str, partition: &str, pos: u64) {
+        let key = self.key(&[META_POSITION, dataflow, partition]);
+        let value = self.set.push(&pos.to_be_bytes());
+        self.set.put(T_META, key, value);
+    }
+
+    /// Encodes the commit count.
+    pub fn commit_count(&mut self, commits: u64) {
+        let key = self.key(&[META_COMMITS]);
+        let value = self.set.push(&commits.to_be_bytes());
+        self.set.put(T_META, key, value);
     }
 }
 
-/// Resolves (family, name) to an index in the transaction's tree list.
-struct TreeIndex<'a> {
-    store: &'a Store,
-    trees: Vec<Tree>,
-    index: BTreeMap<(Family, &'a str), usize>,
+/// Adds a commit's progress to a dataflow's counters (the watermark keeps
+/// its maximum).
+pub(crate) fn add_progress(c: &mut DataflowCounters, p: &DataflowProgress) {
+    c.events = c.events.saturating_add(p.events);
+    c.late = c.late.saturating_add(p.late);
+    c.watermark = match (c.watermark, p.watermark) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
 }
 
-impl<'a> TreeIndex<'a> {
-    /// The index of `family/name`, opening (creating) the tree if needed.
-    fn get_or_create(&mut self, family: Family, name: &'a str) -> Result<usize, StoreError> {
-        if let Some(&i) = self.index.get(&(family, name)) {
-            return Ok(i);
-        }
-        let tree = self.store.dyn_tree_or_create(family, name)?;
-        Ok(self.push(family, name, tree))
-    }
-
-    /// The index of `family/name` if that tree exists.
-    fn get_existing(&mut self, family: Family, name: &'a str) -> Option<usize> {
-        if let Some(&i) = self.index.get(&(family, name)) {
-            return Some(i);
-        }
-        let tree = self.store.dyn_tree(family, name)?;
-        Some(self.push(family, name, tree))
-    }
-
-    fn push(&mut self, family: Family, name: &'a str, tree: Tree) -> usize {
-        let i = self.trees.len();
-        self.trees.push(tree);
-        self.index.insert((family, name), i);
-        i
-    }
+/// The counters of `name` as updated so far, starting from `committed`.
+pub(crate) fn counters_of<'a>(
+    updated: &'a mut BTreeMap<CompactString, DataflowCounters>,
+    committed: &BTreeMap<CompactString, DataflowCounters>,
+    name: &str,
+) -> &'a mut DataflowCounters {
+    updated
+        .entry(name.into())
+        .or_insert_with(|| committed.get(name).cloned().unwrap_or_default())
 }
 
 impl Store {
     /// Applies all `changes`, `dead_letters` and `progress` in ONE atomic
-    /// step across every tree (a sled multi-tree transaction), holding the
-    /// gate exclusively so that no read sees a part of it.
+    /// step across every namespace (see the module docs), so that no read
+    /// sees a part of it.
     ///
     /// `record: Some(r)` puts that dataflow's contribution, `None` removes it
     /// (with its reverse-index or other-direction key). `Cluster { cluster:
-    /// None }` and `Member { present: false }` remove. Progress counters are
-    /// added, the watermark keeps its maximum, positions are set. Dead letters
-    /// get the next sequence numbers of their dataflow.
+    /// None }` and `Member { present: false }` remove. Within one commit the
+    /// last change of a key wins. Progress counters are added, the watermark
+    /// keeps its maximum, positions are set. Dead letters get the next
+    /// sequence numbers of their dataflow. Refused while a bulk load runs.
     pub fn commit(
         &self,
         changes: &[Change],
         dead_letters: &[DeadLetter],
         progress: &Progress,
     ) -> Result<(), StoreError> {
-        if changes.is_empty()
+        self.commit_parts(&[changes], dead_letters, progress)
+    }
+
+    /// [`Store::commit`] of the changes of several parts, in order (as if
+    /// concatenated), without concatenating them.
+    pub fn commit_parts(
+        &self,
+        parts: &[&[Change]],
+        dead_letters: &[DeadLetter],
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        if parts.iter().all(|p| p.is_empty())
             && dead_letters.is_empty()
             && progress.dataflows.is_empty()
             && progress.positions.is_empty()
         {
             return Ok(());
         }
-        let plan = self.plan(changes, dead_letters, progress)?;
-        // Readers wait while the transaction runs (see "Isolation").
-        let _exclusive = self.gate_exclusive();
-        let result = plan
-            .trees
-            .as_slice()
-            .transaction(|views: &Vec<TransactionalTree>| apply(&plan, views));
-        match result {
-            Ok(()) => {
-                self.inner
-                    .commits
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                Ok(())
-            }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(self.sled(e)),
+        self.refuse_during_bulk_load()?;
+        // Serializes commits and guards the in-memory counters.
+        let mut counters = self
+            .inner
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut plan = Plan::new(self);
+        for changes in parts {
+            plan.changes(self, changes)?;
         }
-    }
-
-    /// Encodes every key and value and opens every tree the commit needs.
-    fn plan<'a>(
-        &'a self,
-        changes: &'a [Change],
-        dead_letters: &'a [DeadLetter],
-        progress: &'a Progress,
-    ) -> Result<Plan<'a>, StoreError> {
-        let inner = &self.inner;
-        let mut trees = TreeIndex {
-            store: self,
-            trees: vec![
-                inner.meta.clone(),
-                inner.link.clone(),
-                inner.id.clone(),
-                inner.cluster.clone(),
-            ],
-            index: BTreeMap::new(),
-        };
-        let mut a = Arena {
-            buf: Vec::with_capacity(changes.len() * 96 + dead_letters.len() * 128 + 256),
-        };
-        let mut ops = Vec::with_capacity(changes.len());
-        for change in changes {
-            let op = match change {
-                Change::Node {
-                    id,
-                    dataflow,
-                    record,
-                } => {
-                    let (node_type, id_part) = split_ident(id);
-                    let tree = match record {
-                        Some(_) => trees.get_or_create(Family::Node, node_type)?,
-                        // No tree, nothing to remove: do not create one.
-                        None => match trees.get_existing(Family::Node, node_type) {
-                            Some(tree) => tree,
-                            None => continue,
-                        },
-                    };
-                    let key = a.key(&[id_part, dataflow]);
-                    match record {
-                        Some(r) => Op::Put {
-                            tree,
-                            key,
-                            value: a.postcard(r, "a node record")?,
-                        },
-                        None => Op::Del { tree, key },
-                    }
-                }
-                Change::Edge {
-                    edge_type,
-                    from,
-                    to,
-                    dataflow,
-                    reverse,
-                    record,
-                } => {
-                    let writes = record.is_some();
-                    let fwd = if writes {
-                        trees.get_or_create(Family::Edge, edge_type)?
-                    } else {
-                        // An `edge_in/` key never exists without its `edge/` key.
-                        match trees.get_existing(Family::Edge, edge_type) {
-                            Some(tree) => tree,
-                            None => continue,
-                        }
-                    };
-                    let inn = if writes && *reverse {
-                        Some(trees.get_or_create(Family::EdgeIn, edge_type)?)
-                    } else {
-                        trees.get_existing(Family::EdgeIn, edge_type)
-                    };
-                    let key = a.key(&[from, to, dataflow]);
-                    let in_key = match inn {
-                        Some(_) => a.key(&[to, from, dataflow]),
-                        None => Span { start: 0, end: 0 },
-                    };
-                    match record {
-                        Some(r) => {
-                            let value = a.postcard(r, "an edge record")?;
-                            a.buf.push(u8::from(*reverse));
-                            Op::EdgePut {
-                                fwd,
-                                inn,
-                                key,
-                                in_key,
-                                value: a.span_from(value.start),
-                                reverse: *reverse,
-                            }
-                        }
-                        None => Op::EdgeDel {
-                            fwd,
-                            inn,
-                            key,
-                            in_key,
-                        },
-                    }
-                }
-                Change::Link {
-                    a: x,
-                    b: y,
-                    dataflow,
-                    record,
-                } => {
-                    let ab = a.key(&[x, y, dataflow]);
-                    let ba = a.key(&[y, x, dataflow]);
-                    match record {
-                        Some(r) => Op::LinkPut {
-                            ab,
-                            ba,
-                            value: a.postcard(r, "a link record")?,
-                        },
-                        None => Op::LinkDel { ab, ba },
-                    }
-                }
-                Change::Cluster { id, cluster } => {
-                    let key = a.key(&[id]);
-                    match cluster {
-                        Some(c) => Op::Put {
-                            tree: T_ID,
-                            key,
-                            value: a.postcard(c, "a cluster entry")?,
-                        },
-                        None => Op::Del { tree: T_ID, key },
-                    }
-                }
-                Change::Member {
-                    cluster,
-                    member,
-                    present,
-                } => {
-                    let key = a.key(&[cluster, member]);
-                    if *present {
-                        Op::Put {
-                            tree: T_CLUSTER,
-                            key,
-                            value: Span { start: 0, end: 0 },
-                        }
-                    } else {
-                        Op::Del {
-                            tree: T_CLUSTER,
-                            key,
-                        }
-                    }
-                }
-            };
-            ops.push(op);
-        }
-
-        // Counters: one entry per dataflow with progress or dead letters.
-        let mut by_name: BTreeMap<&str, DataflowPlan<'a>> = BTreeMap::new();
+        let mut updated: BTreeMap<CompactString, DataflowCounters> = BTreeMap::new();
         for (name, p) in &progress.dataflows {
-            by_name
-                .entry(name.as_str())
-                .or_insert_with(|| DataflowPlan {
-                    name,
-                    meta_key: Span { start: 0, end: 0 },
-                    progress: None,
-                    dead_tree: None,
-                    dead_values: Vec::new(),
-                })
-                .progress = Some(p);
+            add_progress(counters_of(&mut updated, &counters.dataflows, name), p);
         }
         for d in dead_letters {
-            let tree = trees.get_or_create(Family::Dead, &d.dataflow)?;
-            let value = a.postcard(
-                &DeadLetterRef {
-                    source: &d.source,
-                    reason: &d.reason,
-                },
-                "a dead letter",
-            )?;
-            let plan = by_name
-                .entry(d.dataflow.as_str())
-                .or_insert_with(|| DataflowPlan {
-                    name: &d.dataflow,
-                    meta_key: Span { start: 0, end: 0 },
-                    progress: None,
-                    dead_tree: None,
-                    dead_values: Vec::new(),
-                });
-            plan.dead_tree = Some(tree);
-            plan.dead_values.push(value);
+            let c = counters_of(&mut updated, &counters.dataflows, &d.dataflow);
+            let seq = c.next_dead_letter;
+            c.next_dead_letter = c.next_dead_letter.saturating_add(1);
+            c.dead_letters = c.dead_letters.saturating_add(1);
+            plan.dead_letter(self, d, seq)?;
         }
-        let mut dataflows: Vec<DataflowPlan<'a>> = by_name.into_values().collect();
-        for d in &mut dataflows {
-            d.meta_key = a.key(&[META_DATAFLOW, d.name]);
+        for (name, c) in &updated {
+            plan.counters(name, c)?;
         }
-        let positions = progress
-            .positions
-            .iter()
-            .map(|((dataflow, partition), pos)| {
-                (a.key(&[META_POSITION, dataflow, partition]), *pos)
-            })
-            .collect();
-        let commits_key = a.key(&[META_COMMITS]);
-        Ok(Plan {
-            trees: trees.trees,
-            arena: a.buf,
-            ops,
-            dataflows,
-            positions,
-            commits_key,
-        })
-    }
-}
-
-/// The transaction body: pure given `plan` and what it reads through `t`.
-fn apply(
-    plan: &Plan<'_>,
-    t: &[TransactionalTree],
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let b = |s: Span| plan.bytes(s);
-    for op in &plan.ops {
-        match *op {
-            Op::Put { tree, key, value } => {
-                t[tree].insert(b(key), b(value))?;
-            }
-            Op::Del { tree, key } => {
-                t[tree].remove(b(key))?;
-            }
-            Op::EdgePut {
-                fwd,
-                inn,
-                key,
-                in_key,
-                value,
-                reverse,
-            } => {
-                let old = t[fwd].insert(b(key), b(value))?;
-                if let Some(inn) = inn {
-                    if reverse {
-                        t[inn].insert(b(in_key), b(value))?;
-                    } else if old.is_some_and(|v| edge_value_reverse(&v)) {
-                        t[inn].remove(b(in_key))?;
-                    }
-                }
-            }
-            Op::EdgeDel {
-                fwd,
-                inn,
-                key,
-                in_key,
-            } => {
-                t[fwd].remove(b(key))?;
-                if let Some(inn) = inn {
-                    t[inn].remove(b(in_key))?;
-                }
-            }
-            Op::LinkPut { ab, ba, value } => {
-                t[T_LINK].insert(b(ab), b(value))?;
-                t[T_LINK].insert(b(ba), b(value))?;
-            }
-            Op::LinkDel { ab, ba } => {
-                t[T_LINK].remove(b(ab))?;
-                t[T_LINK].remove(b(ba))?;
-            }
+        for ((dataflow, partition), pos) in &progress.positions {
+            plan.position(dataflow, partition, *pos);
         }
+        let commits = self.commit_count().saturating_add(1);
+        plan.commit_count(commits);
+        plan.set.normalize();
+        let mut meta = self.published();
+        for (name, c) in &updated {
+            meta.dataflows.insert(name.to_string(), c.into());
+        }
+        for ((dataflow, partition), pos) in &progress.positions {
+            meta.positions
+                .insert((dataflow.to_string(), partition.clone()), *pos);
+        }
+        let (keys, bytes) = plan.set.size();
+        let started = Instant::now();
+        {
+            // Readers wait while the engine applies it (see "Isolation").
+            let _exclusive = self.gate_exclusive();
+            self.inner
+                .db
+                .write(&plan.ns, &plan.set)
+                .map_err(|e| self.engine_err(e))?;
+            self.inner
+                .commits
+                .store(commits, std::sync::atomic::Ordering::Release);
+            self.publish(meta);
+        }
+        self.inner.stats.add(keys, bytes, started.elapsed());
+        counters.dataflows.extend(updated);
+        Ok(())
     }
 
-    let meta = &t[T_META];
-    let corrupt = |key: &[u8], detail: &dyn std::fmt::Display| {
-        ConflictableTransactionError::Abort(StoreError::corrupt(TREE_META, key, detail))
-    };
-    let encode_err = |e: postcard::Error| {
-        ConflictableTransactionError::Abort(StoreError::Encode {
-            what: "dataflow counters",
-            detail: e.to_string(),
-        })
-    };
-    for d in &plan.dataflows {
-        let key = b(d.meta_key);
-        let mut c: DataflowCounters = match meta.get(key)? {
-            Some(v) => decode_exact(&v, "dataflow counters").map_err(|e| corrupt(key, &e))?,
-            None => DataflowCounters::default(),
-        };
-        if let Some(p) = d.progress {
-            c.events = c.events.saturating_add(p.events);
-            c.late = c.late.saturating_add(p.late);
-            c.watermark = match (c.watermark, p.watermark) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
+    fn refuse_during_bulk_load(&self) -> Result<(), StoreError> {
+        if self.inner.bulk.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::BulkLoad {
+                path: self.inner.path.clone(),
+                detail: "a bulk load into this state is running or was interrupted; commits wait for its finish (after an interruption, reopen the state: it is wiped back to empty)".to_string(),
+            });
         }
-        if let Some(tree) = d.dead_tree {
-            for &v in &d.dead_values {
-                t[tree].insert(&c.next_dead_letter.to_be_bytes()[..], b(v))?;
-                c.next_dead_letter = c.next_dead_letter.saturating_add(1);
-                c.dead_letters = c.dead_letters.saturating_add(1);
-            }
-        }
-        meta.insert(key, postcard::to_stdvec(&c).map_err(encode_err)?)?;
+        Ok(())
     }
-    for &(key, pos) in &plan.positions {
-        meta.insert(b(key), &pos.to_be_bytes()[..])?;
-    }
-    let commits_key = b(plan.commits_key);
-    let commits = match meta.get(commits_key)? {
-        Some(v) => <[u8; 8]>::try_from(v.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| corrupt(commits_key, &"commit count is not 8 bytes"))?,
-        None => 0,
-    };
-    meta.insert(commits_key, &commits.saturating_add(1).to_be_bytes()[..])?;
-    Ok(())
 }

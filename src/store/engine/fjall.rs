@@ -1,0 +1,219 @@
+//! The fjall 3 engine: one keyspace per namespace in `STATE/fjall/`.
+//!
+//! Invariants: a commit is one cross-keyspace `WriteBatch` (atomic after a
+//! crash: fjall's journal replays a batch whole or not at all), written to
+//! the OS at commit (`PersistMode::Buffer`) and fsynced by [`FjallDb::flush`];
+//! reads go through a `Snapshot`, which sees every keyspace at one sequence
+//! number, so a read never sees part of a batch. A bulk load chunk is either
+//! ingested (sorted runs written straight into tables, one keyspace after
+//! the other: not atomic, which the bulk load's marker covers) or written as
+//! one unsynced batch.
+//!
+//! Memory: the block cache is `cache_bytes` (the store's default is
+//! 256 MiB); each keyspace's memtable is sealed at [`MEMTABLE_BYTES`] (4 MiB) and
+//! the journals are bounded by [`JOURNAL_BYTES`] (past it, fjall flushes the
+//! memtables that hold the oldest journal back), so write buffers take at
+//! most about `MEMTABLE_BYTES` per written keyspace plus sealed memtables
+//! waiting for their flush.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+
+use super::{Bound, BulkMethod, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteSet};
+
+/// fjall's background threads (flushes and compactions). One: with two
+/// or more, fjall 3.1's first worker hands every compaction request it
+/// receives back to the queue while another worker compacts, and so spins
+/// (`worker_pool::worker_tick`, 6% of all samples of a 2M-event replay here
+/// with two workers, for nothing).
+const WORKER_THREADS: usize = 1;
+
+/// The engine's folder inside the state directory.
+pub(crate) const DIR: &str = "fjall";
+
+/// Size at which a keyspace's memtable is sealed and flushed (fjall's
+/// default is 64 MiB per keyspace; rdg writes about 15 keyspaces at once).
+/// Small, because a scan steps over every version of a key still in the
+/// memtable, and rdg rewrites hot records (a popular title, a busy profile's
+/// edges) on many commits: `tests/query_http.rs`
+/// `paging_is_stable_while_another_thread_commits` (one node's edges
+/// rewritten in a tight loop while pages are read) took 160 s with 16 MiB
+/// memtables and 26 s with 2 MiB. Commits of 1M edges
+/// (`cargo bench --bench store -- 1000000 10000 fjall-commit`) ran at
+/// 314–350k keys/s with 16 MiB and 225k with 2 MiB on a busier machine;
+/// 4 MiB sits between the two (not measured separately).
+pub(crate) const MEMTABLE_BYTES: u64 = 4 << 20;
+
+/// Upper bound of all journals (fjall's default is 512 MiB, its minimum 64).
+pub(crate) const JOURNAL_BYTES: u64 = 128 << 20;
+
+/// The longest name fjall accepts for a keyspace (it panics beyond).
+const MAX_NAME: usize = 255;
+
+/// How long to wait for fjall's own lock when this process closed the
+/// database just before (its background threads release it), and otherwise.
+const RELOCK_WAIT: Duration = Duration::from_secs(5);
+const LOCK_WAIT: Duration = Duration::from_millis(250);
+
+pub(crate) struct FjallDb {
+    db: Database,
+}
+
+impl FjallDb {
+    pub fn open(
+        dir: &Path,
+        config: OpenConfig,
+        recently_closed: bool,
+    ) -> Result<FjallDb, OpenError> {
+        let path = dir.join(DIR);
+        let wait = if recently_closed {
+            RELOCK_WAIT
+        } else {
+            LOCK_WAIT
+        };
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let opened = Database::builder(&path)
+                .cache_size(config.cache_bytes)
+                .max_journaling_size(JOURNAL_BYTES)
+                .worker_threads(WORKER_THREADS)
+                .open();
+            match opened {
+                Ok(db) => return Ok(FjallDb { db }),
+                Err(fjall::Error::Locked) if started.elapsed() < wait => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(fjall::Error::Locked) => return Err(OpenError::Locked),
+                Err(e) => return Err(OpenError::Engine(e.into())),
+            }
+        }
+    }
+
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.db
+            .list_keyspace_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    pub fn namespace(&self, name: &str) -> Result<Keyspace, EngineError> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(EngineError::Name(name.to_string()));
+        }
+        Ok(self.db.keyspace(name, || {
+            KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+        })?)
+    }
+
+    fn batch(&self, ns: &[Ns], set: &WriteSet) -> Result<fjall::OwnedWriteBatch, EngineError> {
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), set.ops.len());
+        for op in &set.ops {
+            let Some(Ns::Fjall(ks)) = ns.get(op.ns) else {
+                return Err(EngineError::Mismatch("namespace"));
+            };
+            match op.value {
+                Some(v) => batch.insert(ks, set.bytes(op.key), set.bytes(v)),
+                None => batch.remove(ks, set.bytes(op.key)),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// One atomic batch, handed to the OS before it returns.
+    pub fn write(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
+        let batch = self.batch(ns, set)?.durability(Some(PersistMode::Buffer));
+        Ok(batch.commit()?)
+    }
+
+    /// A bulk load chunk, sorted by (namespace, key), one entry per key.
+    pub fn bulk_write(
+        &self,
+        ns: &[Ns],
+        set: &WriteSet,
+        method: BulkMethod,
+    ) -> Result<(), EngineError> {
+        let ingest = match method {
+            BulkMethod::Ingest => true,
+            BulkMethod::Batch => false,
+            BulkMethod::Auto => set.arena.len() >= super::AUTO_INGEST_BYTES,
+        };
+        if !ingest {
+            return Ok(self.batch(ns, set)?.commit()?);
+        }
+        let mut rest = &set.ops[..];
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|op| op.ns == first.ns).count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let Some(Ns::Fjall(ks)) = ns.get(first.ns) else {
+                return Err(EngineError::Mismatch("namespace"));
+            };
+            let mut ingestion = ks.start_ingestion()?;
+            for op in run {
+                match op.value {
+                    Some(v) => ingestion.write(set.bytes(op.key), set.bytes(v))?,
+                    None => ingestion.write_tombstone(set.bytes(op.key))?,
+                }
+            }
+            ingestion.finish()?;
+        }
+        Ok(())
+    }
+
+    pub fn put_one(&self, ks: &Keyspace, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        Ok(ks.insert(key, value)?)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.db.snapshot()
+    }
+
+    pub fn flush(&self) -> Result<(), EngineError> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, EngineError> {
+        Ok(self.db.disk_space()?)
+    }
+
+    /// Deletes every keyspace.
+    pub fn wipe(&self) -> Result<(), EngineError> {
+        for name in self.namespace_names() {
+            let ks = self.namespace(&name)?;
+            self.db.delete_keyspace(ks)?;
+        }
+        self.flush()
+    }
+}
+
+pub(crate) fn get(s: &Snapshot, ks: &Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+    Ok(s.get(ks, key)?.map(Bytes::Fjall))
+}
+
+fn pairs(iter: fjall::Iter) -> KvIter {
+    Box::new(iter.map(|guard| {
+        guard
+            .into_inner()
+            .map(|(k, v)| (Bytes::Fjall(k), Bytes::Fjall(v)))
+            .map_err(EngineError::from)
+    }))
+}
+
+pub(crate) fn prefix(s: &Snapshot, ks: &Keyspace, prefix: &[u8]) -> KvIter {
+    pairs(s.prefix(ks, prefix))
+}
+
+pub(crate) fn range(s: &Snapshot, ks: &Keyspace, start: Bound<'_>) -> KvIter {
+    use std::ops::Bound as B;
+    let r: (B<&[u8]>, B<&[u8]>) = match start {
+        Bound::Unbounded => (B::Unbounded, B::Unbounded),
+        Bound::Included(k) => (B::Included(k), B::Unbounded),
+        Bound::Excluded(k) => (B::Excluded(k), B::Unbounded),
+    };
+    pairs(s.range::<&[u8], _>(ks, r))
+}

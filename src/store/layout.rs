@@ -1,0 +1,139 @@
+//! The files of a state directory around the engine's own: which engine
+//! wrote it, the lock that keeps it to one `Store`, and the marker of a bulk
+//! load in progress.
+//!
+//! | file | what |
+//! |------|------|
+//! | `rdg-engine` | `fjall` or `sled` and a newline: the engine the state was created with |
+//! | `rdg.lock` | locked (`flock`) while a `Store` has the state open |
+//! | `rdg-bulk-load` | present from [`Store::bulk_load`](super::Store::bulk_load) until its `finish` |
+//! | `fjall/` | the fjall database |
+//! | `conf`, `db`, `blobs/`, `snap.*` | the sled database (at the top, as rdg's first states have it) |
+//!
+//! Invariants: the engine marker is written (and fsynced with its
+//! directory) before the engine writes anything, so a state with data always
+//! names its engine, except the states of rdg before the marker existed,
+//! which are sled's: a directory without the marker that holds sled's `conf`
+//! or `db` file is a sled state. The bulk load marker is durable before the
+//! first byte of the load is written and is removed only after the load's
+//! last byte is durable.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+use super::engine::Engine;
+
+const ENGINE_FILE: &str = "rdg-engine";
+const LOCK_FILE: &str = "rdg.lock";
+const BULK_FILE: &str = "rdg-bulk-load";
+
+/// How long to wait for another process's lock before giving up.
+const LOCK_WAIT: Duration = Duration::from_millis(250);
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Takes the state's lock (released when the file is dropped). Another
+/// holder is [`StoreError::Locked`] once it lasted [`LOCK_WAIT`].
+pub(crate) fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(dir))?;
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(dir)(e)),
+        }
+    }
+}
+
+/// The engine the state in `dir` was written with; `None` for a new state.
+pub(crate) fn recorded_engine(dir: &Path) -> Result<Option<Engine>, StoreError> {
+    let path = dir.join(ENGINE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .parse::<Engine>()
+            .map(Some)
+            .map_err(|e| StoreError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("conf").exists() || dir.join("db").exists() {
+                // A state of rdg before engines were recorded.
+                Ok(Some(Engine::Sled))
+            } else if dir.join(super::engine::fjall::DIR).exists() {
+                Ok(Some(Engine::Fjall))
+            } else {
+                Ok(None)
+            }
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Records `engine` as the state's engine, durably.
+pub(crate) fn record_engine(dir: &Path, engine: Engine) -> Result<(), StoreError> {
+    write_durably(&dir.join(ENGINE_FILE), format!("{engine}\n").as_bytes())?;
+    sync_dir(dir)
+}
+
+fn bulk_path(dir: &Path) -> PathBuf {
+    dir.join(BULK_FILE)
+}
+
+/// True when a bulk load started and did not finish.
+pub(crate) fn bulk_marker_present(dir: &Path) -> bool {
+    bulk_path(dir).exists()
+}
+
+/// Marks a bulk load as started, durably.
+pub(crate) fn write_bulk_marker(dir: &Path) -> Result<(), StoreError> {
+    write_durably(
+        &bulk_path(dir),
+        b"a bulk load into this state started and has not finished; opening the state wipes it back to empty\n",
+    )?;
+    sync_dir(dir)
+}
+
+/// Marks the bulk load as finished, durably.
+pub(crate) fn remove_bulk_marker(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(bulk_path(dir)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    sync_dir(dir)
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
