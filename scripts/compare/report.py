@@ -487,6 +487,10 @@ def plot(R: dict, plots: Path) -> None:
         xs, ys = windows([tuple(x) for x in pts])
         if xs:
             ax.plot(xs, ys, marker=".", label=label)
+    r = R.get("rdg_replay")
+    if ok(r) and r["ingest"].get("rate"):
+        ax.hlines(r["ingest"]["rate"], 0, r["seconds"], colors="black", linestyles="dashed",
+                  label="rdg replay (files, bulk load; whole-run rate only)")
     ax.set_xlabel("seconds since the start of the ingest")
     ax.set_ylabel("events/s (over ~1/40 of the events)")
     ax.set_yscale("log")
