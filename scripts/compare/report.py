@@ -113,10 +113,11 @@ def write(R: dict, out: Path, plots: Path) -> None:
       "before quoting a ratio.")
     w("")
     losses = _losses(R, best_bulk, rep_rate, best_lk, http, best_id, rdg_change)
+    R["_loss_names"] = [f"{what} (to {peer})" for what, peer, _ in losses]
     if losses:
         w("**Where rdg loses in this run:**")
         w("")
-        L.extend(losses)
+        L.extend(f"- **{what[0].upper() + what[1:]}**: {text}" for what, _, text in losses)
         w("")
 
     # streaming ingest
@@ -176,14 +177,15 @@ def write(R: dict, out: Path, plots: Path) -> None:
     summ = R.get("rdg_replay", {}).get("summary", {}) if ok(R.get("rdg_replay")) else {}
     if summ:
         stages = summ.get("stage_s") or {}
-        w(f"rdg's own account of that replay (`--json` summary): {summ.get('events', 0):,} events, "
+        w(f"rdg's own account of that replay (`--json` summary): {summ.get('events', 0):,} of the {lines:,} lines "
+          f"were events for its dataflows (for the others their source's `when` did not hold: ignored), "
           f"{summ.get('dead_letters', 0):,} dead letters, {summ.get('elapsed_s', 0):.1f} s inside rdg; store "
           f"{summ.get('store_engine', '?')}" + (" (bulk load: the state was empty)" if summ.get("bulk_load") else "")
           + f", {summ.get('store_keys_written', 0):,} keys written in {summ.get('store_write_s', 0):.1f} s of "
             f"engine writes"
           + (("; time by stage, summed over threads: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())) if stages else "")
-          + ". The databases' loaders skip everything before the last of these stages: their input is the "
+          + ". The databases' loaders skip the work of decode, fold and identity: their input is the "
             "final graph.")
         w("")
 
@@ -377,43 +379,52 @@ def update_readme(R: dict, readme: Path, benchmarks: str) -> None:
     block = "\n".join([
         begin,
         f"Side by side with FalkorDB, LadybugDB and Kuzu (graph databases) and networkx and igraph (identity) on "
-        f"the same {R['input']['lines']:,} events, one run of `scripts/compare/run.sh` on {R['date']} "
-        f"(2-core machine, load average {load_str(R['load_start'])} at the start): [{benchmarks}]({benchmarks}) "
+        f"the same {R['input']['lines']:,} events"
+        + (f" (identity: on a separate set of {R['identity_set']['lines']:,} events, "
+           f"{R.get('identity_input', {}).get('links', 0):,} identity links)"
+           if R.get("identity_set", {}).get("separate") else "")
+        + f", one run of `{R['command'] or 'scripts/compare/run.sh'}` on {R['date']} "
+        f"(shared 2-core machine, load average {load_str(R['load_start'])} at the start, "
+        f"{load_str(R.get('load_end'))} at the end): [{benchmarks}]({benchmarks}) "
         f"has every table, the exact commands, the load next to each number, the correctness check of every "
         f"system's final graph and the plots. rdg ÷ best peer (above 1: rdg is faster):",
         "",
         *[r for r in rows if r],
+        "",
+        *([f"Where rdg loses: {'; '.join(R['_loss_names'])} (details and reasons in {benchmarks})."]
+          if R.get("_loss_names") else []),
         "",
         end,
     ])
     readme.write_text(text[:text.index(begin)] + block + text[text.index(end) + len(end):])
 
 
-def _losses(R, best_bulk, rep_rate, best_lk, http, best_id, rdg_change) -> list[str]:
-    """Plain sentences for every headline measure where rdg is slower than
-    the best peer."""
+def _losses(R, best_bulk, rep_rate, best_lk, http, best_id, rdg_change) -> list[tuple[str, str, str]]:
+    """(measure, best peer, plain sentence) for every headline measure where
+    rdg is slower than the best peer."""
     out = []
     if best_bulk[1] and rep_rate and rep_rate < best_bulk[1]:
-        out.append(f"- **Bulk load**: {best_bulk[0]} loads the final graph {best_bulk[1] / rep_rate:.1f}× faster "
+        out.append(("bulk load", best_bulk[0], f"{best_bulk[0]} loads the final graph {best_bulk[1] / rep_rate:.1f}× faster "
                    f"(in input events/s) than `rdg replay` builds it from the raw events. Their loaders start "
                    f"from CSV files of the already deduplicated graph; rdg decodes, folds and resolves identity "
                    f"on the way, but a team that only needs the final graph loaded once is better served by "
-                   f"their COPY.")
+                   f"their COPY."))
     if best_lk[1] and http and http < best_lk[1]:
         inproc = R.get("rdg_inprocess", {})
         extra = ""
         if ok(inproc) and "threads1" in inproc:
             extra = (f" The store read itself is not the bottleneck: in process rdg answers "
-                     f"{fmt_rate(inproc['threads1']['per_s'])} lookups/s on one thread; the difference is the "
-                     f"HTTP round trip and JSON for each call, where the embedded databases make a function call.")
-        out.append(f"- **Single-client lookups**: {best_lk[0]} answers {best_lk[1] / http:.1f}× more one-hop "
-                   f"lookups per second from one Python client than rdg over HTTP.{extra}")
+                     f"{fmt_rate(inproc['threads1']['per_s'])} lookups/s on one thread; the difference is mostly the "
+                     f"HTTP request, its JSON and the Python HTTP client for each call, where {best_lk[0]}, "
+                     f"embedded, answers a function call in the client's own process.")
+        out.append(("single-client lookups", best_lk[0], f"{best_lk[0]} answers {best_lk[1] / http:.1f}× more one-hop "
+                   f"lookups per second from one Python client than rdg over HTTP.{extra}"))
     if best_id[1] and rdg_change and rdg_change > best_id[1]:
-        out.append(f"- **Identity update, one change on an idle pipeline**: {best_id[0]} recomputing every "
+        out.append(("identity update on an idle pipeline", best_id[0], f"{best_id[0]} recomputing every "
                    f"component takes {fmt_ms(best_id[1] * 1000)} ms, rdg's produce-to-visible "
                    f"{fmt_ms(rdg_change * 1000)} ms (broker, consumption, update, commit, HTTP read; an idle "
                    f"`rdg run` parks its workers up to 100 ms). rdg keeps clusters current as events stream in "
-                   f"and serves them; the libraries hold the graph in one process's memory and do neither.")
+                   f"and serves them; the libraries hold the graph in one process's memory and do neither."))
     return out
 
 
