@@ -64,6 +64,11 @@ def write(R: dict, out: Path, plots: Path) -> None:
         f"({R['expected']['node_records']:,} node records, the rest edge endpoints) and "
         f"{R['expected']['edges']:,} live edges.")
     w("")
+    w("Size: the main set is the run's argument (default 400,000: the largest that keeps the whole run within "
+      "about 45 minutes on the 2-core machine, since LadybugDB and Kuzu take over 10 minutes each to MERGE "
+      "400,000 events and slow down as their graph grows; issue 11's own measurement used 2M events). The "
+      "identity update is measured on its own set sized for about 1M identity links (`--identity-events`).")
+    w("")
     w(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}; Python {m['python']}. "
       f"Load average (1 min) at the start {load_str(R['load_start'])}, at the end {load_str(R.get('load_end'))}; "
       f"the machine is shared with other builds, so each number has the load average next to it, and "
