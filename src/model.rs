@@ -18,6 +18,12 @@ pub type Ident = CompactString;
 /// The name of a dataflow: its definition file's stem (`playback`).
 pub type DataflowName = CompactString;
 
+/// Where each source partition of each dataflow continues: (dataflow,
+/// partition) -> the next line or offset to read. The one type of positions
+/// for the dataflow (where workers resume), the store (what commits record)
+/// and the query service (freshness).
+pub type Positions = std::collections::BTreeMap<(DataflowName, String), u64>;
+
 /// Builds the `type:id` form of an identifier.
 pub fn ident(node_type: &str, id: &str) -> Ident {
     let mut s = CompactString::with_capacity(node_type.len() + 1 + id.len());
@@ -235,7 +241,7 @@ pub struct Progress {
     /// dataflow -> (events applied delta, late delta, watermark if any).
     pub dataflows: std::collections::BTreeMap<DataflowName, DataflowProgress>,
     /// (dataflow, partition) -> next position to read (line or offset).
-    pub positions: std::collections::BTreeMap<(DataflowName, String), u64>,
+    pub positions: Positions,
 }
 
 /// Counters of one dataflow for a commit.

@@ -206,7 +206,7 @@ impl Model {
         for ((df, part), pos) in &progress.positions {
             self.meta
                 .positions
-                .insert((df.to_string(), part.to_string()), *pos);
+                .insert((df.clone(), part.to_string()), *pos);
         }
         if !changes.is_empty()
             || !dead.is_empty()

@@ -201,7 +201,10 @@ impl<'a> Reader<'a> {
                 if !self.config.skip_applied {
                     return 0;
                 }
-                let key = (d.name.clone(), reading.source.partition_key(r.partition));
+                let key = (
+                    d.name.as_str().into(),
+                    reading.source.partition_key(r.partition),
+                );
                 self.start.positions.get(&key).copied().unwrap_or(0)
             });
             let fresh = r.offset >= from;

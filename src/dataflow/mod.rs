@@ -74,7 +74,7 @@ fn wall_clock_ms() -> u64 {
 pub type Emitter = Arc<dyn Fn(Emitted) + Send + Sync>;
 
 /// Positions by (dataflow, partition key): the next offset to read.
-pub type Positions = BTreeMap<(String, String), u64>;
+pub use crate::model::Positions;
 
 /// Builds the sources of one worker: `(worker index, number of workers,
 /// where to resume)`. The positions are the smallest any process of the
@@ -491,7 +491,7 @@ fn agree_on_positions(
         // A marker, so processes without positions are counted too.
         input.send((me, String::new(), String::new(), 0));
         for ((d, p), next) in mine {
-            input.send((me, d.clone(), p.clone(), *next));
+            input.send((me, d.to_string(), p.clone(), *next));
         }
     }
     drop(input);
@@ -509,6 +509,6 @@ fn agree_on_positions(
     by_key
         .into_iter()
         .filter(|(_, (n, _))| *n == contributors.len())
-        .map(|(k, (_, next))| (k, next))
+        .map(|((d, p), (_, next))| ((d.into(), p), next))
         .collect()
 }

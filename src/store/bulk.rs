@@ -48,7 +48,7 @@ pub struct BulkLoad {
     store: Store,
     plan: Plan,
     counters: BTreeMap<CompactString, DataflowCounters>,
-    positions: BTreeMap<(CompactString, String), u64>,
+    positions: crate::model::Positions,
     /// Something (data, dead letters or progress) was written.
     wrote: bool,
     buffer_bytes: usize,
@@ -207,11 +207,7 @@ impl BulkLoad {
                 .iter()
                 .map(|(name, c)| (name.to_string(), c.into()))
                 .collect(),
-            positions: self
-                .positions
-                .iter()
-                .map(|((d, p), pos)| ((d.to_string(), p.clone()), *pos))
-                .collect(),
+            positions: self.positions.clone(),
         };
         let mut counters = inner.counters.lock().unwrap_or_else(|p| p.into_inner());
         {

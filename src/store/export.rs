@@ -21,9 +21,10 @@ use compact_str::CompactString;
 use serde_json::Value;
 
 use super::engine::{Ns, Snap};
-use super::merge::{Contribution, decode_edge_value, decode_exact, decode_record, merge};
+use super::merge::{Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge};
 use super::reader::{decode_cluster_of, decode_strs, tree_name};
 use super::{DeadLetterOwned, ExportCounts, Family, Store, StoreError, TREE_ID, codec};
+use crate::model::Record;
 
 /// Default memory for one block's lines before they spill to disk.
 pub(crate) const DEFAULT_BUDGET: usize = 64 << 20;
@@ -224,62 +225,7 @@ impl Store {
             lines += sorter.finish(&mut out).map_err(export_err)?;
         }
 
-        for (edge_type, tree) in in_block_order(self.dyn_trees(Family::Edge)) {
-            let name = tree_name(Family::Edge, &edge_type);
-            let corrupt = |k: &[u8], d: &dyn std::fmt::Display| StoreError::corrupt(&name, k, d);
-            let mut group: Vec<Contribution> = Vec::new();
-            // Encoded (from, to) of `group`.
-            let mut pair: Vec<u8> = Vec::new();
-            let mut emit = |group: &mut Vec<Contribution>,
-                            pair: &[u8],
-                            sorter: &mut LineSorter|
-             -> Result<(), StoreError> {
-                if group.is_empty() {
-                    return Ok(());
-                }
-                let m = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
-                let key = group[0].key.clone();
-                group.clear();
-                let [from, to] = decode_strs::<2>(pair).map_err(|e| corrupt(&key, &e))?;
-                line.clear();
-                line.extend_from_slice(br#"{"ns":"edge","type":"#);
-                push_json_str(&mut line, &edge_type);
-                line.extend_from_slice(br#","from":"#);
-                push_json_str(&mut line, &from);
-                line.extend_from_slice(br#","to":"#);
-                push_json_str(&mut line, &to);
-                line.extend_from_slice(br#","count":"#);
-                push_num(&mut line, m.count);
-                line.extend_from_slice(br#","first_seen":"#);
-                push_num(&mut line, m.first_seen);
-                line.extend_from_slice(br#","last_seen":"#);
-                push_num(&mut line, m.last_seen);
-                line.extend_from_slice(br#","props":"#);
-                push_props(&mut line, &m.props);
-                line.push(b'}');
-                sorter.push(&line).map_err(export_err)
-            };
-            for item in snap.iter(&tree) {
-                let (k, v) = item.map_err(|e| self.engine_err(e))?;
-                let n1 = codec::segment_len(&k).map_err(|e| corrupt(&k, &e))?;
-                let n2 = codec::segment_len(&k[n1..]).map_err(|e| corrupt(&k, &e))?;
-                let n = n1 + n2;
-                if k[..n] != pair[..] {
-                    emit(&mut group, &pair, &mut sorter)?;
-                    pair.clear();
-                    pair.extend_from_slice(&k[..n]);
-                }
-                let [dataflow] = decode_strs::<1>(&k[n..]).map_err(|e| corrupt(&k, &e))?;
-                let (record, _) = decode_edge_value(&v).map_err(|e| corrupt(&k, &e))?;
-                group.push(Contribution {
-                    dataflow: CompactString::from(dataflow.as_ref()),
-                    record,
-                    key: k.clone(),
-                });
-            }
-            emit(&mut group, &pair, &mut sorter)?;
-            lines += sorter.finish(&mut out).map_err(export_err)?;
-        }
+        lines += self.export_records(snap, Records::Edge, &mut sorter, &mut out)?;
 
         for item in snap.iter(&self.inner.id) {
             let (k, v) = item.map_err(|e| self.engine_err(e))?;
@@ -299,14 +245,111 @@ impl Store {
         }
         lines += sorter.finish(&mut out).map_err(export_err)?;
 
-        for (node_type, tree) in in_block_order(self.dyn_trees(Family::Node)) {
-            let name = tree_name(Family::Node, &node_type);
+        lines += self.export_records(snap, Records::Node, &mut sorter, &mut out)?;
+
+        out.flush().map_err(export_err)?;
+        Ok(ExportCounts { lines })
+    }
+}
+
+/// The two kinds of record blocks, which differ only in how many key
+/// segments name the record and in the line they write.
+#[derive(Clone, Copy)]
+enum Records {
+    /// `node/<type>`: keys `id / dataflow`.
+    Node,
+    /// `edge/<type>`: keys `from / to / dataflow`.
+    Edge,
+}
+
+impl Records {
+    fn family(self) -> Family {
+        match self {
+            Records::Node => Family::Node,
+            Records::Edge => Family::Edge,
+        }
+    }
+
+    /// Length of the key segments that name the record (all but the
+    /// dataflow).
+    fn record_len(self, k: &[u8]) -> Result<usize, codec::CodecError> {
+        let n = codec::segment_len(k)?;
+        Ok(match self {
+            Records::Node => n,
+            Records::Edge => n + codec::segment_len(&k[n..])?,
+        })
+    }
+
+    /// One contribution's record from its stored value.
+    fn decode(self, v: &[u8]) -> Result<Record, String> {
+        match self {
+            Records::Node => decode_record(v),
+            Records::Edge => decode_edge_value(v).map(|(r, _)| r),
+        }
+    }
+
+    /// The export line of the merged record named by `record` (the encoded
+    /// key segments of [`Records::record_len`]) in the block of `name`.
+    fn line(
+        self,
+        line: &mut Vec<u8>,
+        name: &str,
+        record: &[u8],
+        m: &Merged,
+    ) -> Result<(), codec::CodecError> {
+        line.clear();
+        match self {
+            Records::Node => {
+                let [id] = decode_strs::<1>(record)?;
+                line.extend_from_slice(br#"{"ns":"node","type":"#);
+                push_json_str(line, name);
+                line.extend_from_slice(br#","id":"#);
+                push_json_str(line, &id);
+            }
+            Records::Edge => {
+                let [from, to] = decode_strs::<2>(record)?;
+                line.extend_from_slice(br#"{"ns":"edge","type":"#);
+                push_json_str(line, name);
+                line.extend_from_slice(br#","from":"#);
+                push_json_str(line, &from);
+                line.extend_from_slice(br#","to":"#);
+                push_json_str(line, &to);
+                line.extend_from_slice(br#","count":"#);
+                push_num(line, m.count);
+            }
+        }
+        line.extend_from_slice(br#","first_seen":"#);
+        push_num(line, m.first_seen);
+        line.extend_from_slice(br#","last_seen":"#);
+        push_num(line, m.last_seen);
+        line.extend_from_slice(br#","props":"#);
+        push_props(line, &m.props);
+        line.push(b'}');
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Writes every block of `kind`: each tree's keys grouped by record
+    /// (keys of one record are adjacent: they share the record's segments
+    /// and differ in the dataflow), contributions merged, one line a record.
+    fn export_records(
+        &self,
+        snap: &Snap,
+        kind: Records,
+        sorter: &mut LineSorter,
+        out: &mut dyn Write,
+    ) -> Result<u64, StoreError> {
+        let mut lines = 0;
+        let mut line = Vec::with_capacity(256);
+        for (type_name, tree) in in_block_order(self.dyn_trees(kind.family())) {
+            let name = tree_name(kind.family(), &type_name);
             let corrupt = |k: &[u8], d: &dyn std::fmt::Display| StoreError::corrupt(&name, k, d);
             let mut group: Vec<Contribution> = Vec::new();
-            // Encoded id part of `group`.
-            let mut node: Vec<u8> = Vec::new();
+            // The encoded record segments of `group`.
+            let mut record: Vec<u8> = Vec::new();
             let mut emit = |group: &mut Vec<Contribution>,
-                            node: &[u8],
+                            record: &[u8],
                             sorter: &mut LineSorter|
              -> Result<(), StoreError> {
                 if group.is_empty() {
@@ -315,43 +358,30 @@ impl Store {
                 let m = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
                 let key = group[0].key.clone();
                 group.clear();
-                let [id] = decode_strs::<1>(node).map_err(|e| corrupt(&key, &e))?;
-                line.clear();
-                line.extend_from_slice(br#"{"ns":"node","type":"#);
-                push_json_str(&mut line, &node_type);
-                line.extend_from_slice(br#","id":"#);
-                push_json_str(&mut line, &id);
-                line.extend_from_slice(br#","first_seen":"#);
-                push_num(&mut line, m.first_seen);
-                line.extend_from_slice(br#","last_seen":"#);
-                push_num(&mut line, m.last_seen);
-                line.extend_from_slice(br#","props":"#);
-                push_props(&mut line, &m.props);
-                line.push(b'}');
+                kind.line(&mut line, &type_name, record, &m)
+                    .map_err(|e| corrupt(&key, &e))?;
                 sorter.push(&line).map_err(export_err)
             };
             for item in snap.iter(&tree) {
                 let (k, v) = item.map_err(|e| self.engine_err(e))?;
-                let n = codec::segment_len(&k).map_err(|e| corrupt(&k, &e))?;
-                if k[..n] != node[..] {
-                    emit(&mut group, &node, &mut sorter)?;
-                    node.clear();
-                    node.extend_from_slice(&k[..n]);
+                let n = kind.record_len(&k).map_err(|e| corrupt(&k, &e))?;
+                if k[..n] != record[..] {
+                    emit(&mut group, &record, sorter)?;
+                    record.clear();
+                    record.extend_from_slice(&k[..n]);
                 }
                 let [dataflow] = decode_strs::<1>(&k[n..]).map_err(|e| corrupt(&k, &e))?;
-                let record = decode_record(&v).map_err(|e| corrupt(&k, &e))?;
+                let rec = kind.decode(&v).map_err(|e| corrupt(&k, &e))?;
                 group.push(Contribution {
                     dataflow: CompactString::from(dataflow.as_ref()),
-                    record,
+                    record: rec,
                     key: k.clone(),
                 });
             }
-            emit(&mut group, &node, &mut sorter)?;
-            lines += sorter.finish(&mut out).map_err(export_err)?;
+            emit(&mut group, &record, sorter)?;
+            lines += sorter.finish(out).map_err(export_err)?;
         }
-
-        out.flush().map_err(export_err)?;
-        Ok(ExportCounts { lines })
+        Ok(lines)
     }
 }
 

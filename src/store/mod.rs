@@ -404,7 +404,7 @@ impl Store {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Meta {
     pub dataflows: BTreeMap<String, DataflowMeta>,
-    pub positions: BTreeMap<(String, String), u64>,
+    pub positions: crate::model::Positions,
 }
 
 /// The counters of one dataflow.
@@ -1072,7 +1072,7 @@ fn meta_of(snap: &Snap, meta: &Ns) -> Result<Meta, LoadError> {
                     .map(u64::from_be_bytes)
                     .map_err(|_| corrupt(&"position is not 8 bytes"))?;
                 out.positions
-                    .insert((dataflow.into_owned(), partition.into_owned()), pos);
+                    .insert((dataflow.as_ref().into(), partition.into_owned()), pos);
             }
             META_FORMAT | META_COMMITS => {
                 d.end().map_err(|e| corrupt(&e))?;

@@ -383,7 +383,7 @@ impl Store {
         }
         for ((dataflow, partition), pos) in &progress.positions {
             meta.positions
-                .insert((dataflow.to_string(), partition.clone()), *pos);
+                .insert((dataflow.clone(), partition.clone()), *pos);
         }
         let (keys, bytes) = plan.set.size();
         let started = Instant::now();
