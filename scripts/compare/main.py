@@ -512,10 +512,28 @@ def max_login_ts(files, defs) -> int:
     return best
 
 
+def message_key(line: bytes):
+    """The Kafka key of one input line, as `rdg produce` keys generated
+    events (one account's events in one partition): `account_id`, else
+    `linked_account_id`, else `game_profile_id`; None (any partition) for a
+    line without one."""
+    try:
+        e = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(e, dict):
+        return None
+    for field in ("account_id", "linked_account_id", "game_profile_id"):
+        v = e.get(field)
+        if isinstance(v, str) and v:
+            return v.encode()
+    return None
+
+
 def produce_files(brokers: str, files) -> None:
     """Given JSONL files: every line to its topic (name up to the first dot),
-    in file order, with kafka-python (topics of 4 partitions created by
-    `rdg produce --events 0`)."""
+    in file order, keyed by `message_key`, with kafka-python (topics of 4
+    partitions created by `rdg produce --events 0`)."""
     from kafka import KafkaProducer
     rdg_bin = sys.argv[sys.argv.index("--rdg-bin") + 1]
     subprocess.run([rdg_bin, "produce", "--dataflows", str(ROOT / "dataflows"), "--brokers", brokers,
@@ -525,7 +543,8 @@ def produce_files(brokers: str, files) -> None:
         topic = ev.topic_of(f)
         with open(f, "rb") as fh:
             for line in fh:
-                prod.send(topic, value=line.rstrip(b"\n"))
+                line = line.rstrip(b"\n")
+                prod.send(topic, key=message_key(line), value=line)
     prod.flush()
     prod.close()
 
