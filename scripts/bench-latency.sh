@@ -4,6 +4,9 @@
 # playback events at each RATE with kafka-python and times, for one event in
 # 200, broker acknowledgement -> its profile node readable over HTTP.
 #   scripts/bench-latency.sh [WORKERS] [SECONDS] [RATE...]
+# BENCH_LOAD_RATE=N adds a steady background load while each probe runs:
+# `rdg produce --rate N` sends generated events to every topic (the probe's
+# own events come on top), so latency is measured under N events/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=${1:-2}
@@ -26,6 +29,19 @@ pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; scripts/broker.sh stop "$port" || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$api_port/readyz" >/dev/null && break; sleep 0.2; done
 echo "machine: $(nproc) cores; rdg run --workers $workers; broker tansu (memory) on loopback"
+load_rate=${BENCH_LOAD_RATE:-0}
 for rate in $rates; do
+  load=
+  if [ "$load_rate" -gt 0 ]; then
+    "$bin" produce --brokers "127.0.0.1:$port" --rate "$load_rate" \
+      --events $(( load_rate * (seconds + 10) )) --seed "$rate" 2>>"$work/produce.log" &
+    load=$!
+    sleep 3
+    echo "background load: rdg produce --rate $load_rate"
+  fi
   python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds"
+  if [ -n "$load" ]; then
+    kill "$load" 2>/dev/null || true
+    wait "$load" 2>/dev/null || true
+  fi
 done
