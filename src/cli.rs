@@ -193,8 +193,9 @@ struct DemoArgs {
     store: StoreArgs,
 }
 
+/// Where `query` and `export` read: a state directory or a query service.
 #[derive(Args)]
-struct QueryArgs {
+struct ReadFrom {
     #[arg(long, required_unless_present = "url", conflicts_with = "url")]
     state: Option<PathBuf>,
     /// Ask the query service at this address (`http://HOST:PORT`)
@@ -207,6 +208,12 @@ struct QueryArgs {
     /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
     #[arg(long, conflicts_with = "url")]
     cache_mb: Option<u64>,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    from: ReadFrom,
     #[command(subcommand)]
     what: QueryCommand,
 }
@@ -224,17 +231,8 @@ struct ServeCommandArgs {
 
 #[derive(Args)]
 struct ExportArgs {
-    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
-    state: Option<PathBuf>,
-    /// Ask the query service at this address (`http://HOST:PORT`).
-    #[arg(long)]
-    url: Option<String>,
-    /// With --url: a file holding the server's bearer token.
-    #[arg(long, requires = "url")]
-    auth_token_file: Option<PathBuf>,
-    /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
-    #[arg(long, conflicts_with = "url")]
-    cache_mb: Option<u64>,
+    #[command(flatten)]
+    from: ReadFrom,
 }
 
 #[derive(Args)]
@@ -650,9 +648,10 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
 
 /// `rdg query`: from a state directory, or from a server with `--url`.
 fn query(args: QueryArgs) -> Result<ExitCode> {
-    let found = match (&args.url, &args.state) {
-        (Some(url), _) => query_url(url, args.auth_token_file.as_deref(), args.what)?,
-        (None, Some(state)) => query_state(state, args.cache_mb, args.what)?,
+    let from = &args.from;
+    let found = match (&from.url, &from.state) {
+        (Some(url), _) => query_url(url, from.auth_token_file.as_deref(), args.what)?,
+        (None, Some(state)) => query_state(state, from.cache_mb, args.what)?,
         (None, None) => anyhow::bail!("pass --state DIR or --url URL"),
     };
     match found {
@@ -745,16 +744,17 @@ fn query_url(url: &str, token_file: Option<&Path>, what: QueryCommand) -> Result
 
 /// `rdg export`: the whole graph to stdout, from a state or a server.
 fn export(args: ExportArgs) -> Result<ExitCode> {
-    let source = match (&args.url, &args.state) {
+    let from = &args.from;
+    let source = match (&from.url, &from.state) {
         (Some(url), _) => {
-            let token = args
+            let token = from
                 .auth_token_file
                 .as_deref()
                 .map(read_token)
                 .transpose()?;
             Ok(Client::new(url, token))
         }
-        (None, Some(state)) => Err(open_existing(state, args.cache_mb)?),
+        (None, Some(state)) => Err(open_existing(state, from.cache_mb)?),
         (None, None) => anyhow::bail!("pass --state DIR or --url URL"),
     };
     let stdout = std::io::stdout();

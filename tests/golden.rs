@@ -100,29 +100,10 @@ fn assert_same_export(case: &str, expected: &str, actual: &str) {
     panic!("{msg}");
 }
 
-/// `rdg replay --engine ENGINE --state STATE --workers N FILES`, which must
-/// succeed.
-#[track_caller]
-fn replay_on(engine: &str, state: &Path, workers: usize, files: &[PathBuf]) {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "replay".into(),
-        "--engine".into(),
-        engine.into(),
-        "--dataflows".into(),
-        dataflows_dir().into(),
-        "--state".into(),
-        state.into(),
-        "--workers".into(),
-        workers.to_string().into(),
-    ];
-    args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
-    rdg(args).ok();
-}
-
 fn replay_with_one_worker_matches_golden(engine: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    replay_on(engine, &state, 1, &data_files());
+    replay_with(&["--engine", engine], &state, 1, &data_files());
     let actual = export(&state);
     let golden = golden_or_bless(&actual, engine == "fjall");
     assert_same_export(&format!("{engine}-workers-1"), &golden, &actual);
@@ -131,7 +112,7 @@ fn replay_with_one_worker_matches_golden(engine: &str) {
 fn replay_with_two_workers_matches_golden(engine: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    replay_on(engine, &state, 2, &data_files());
+    replay_with(&["--engine", engine], &state, 2, &data_files());
     let actual = export(&state);
     let golden = golden_or_bless(&actual, false);
     assert_same_export(&format!("{engine}-workers-2"), &golden, &actual);
@@ -158,8 +139,8 @@ fn two_successive_replays_of_split_files_match_golden(engine: &str) {
         part2.push(p2);
     }
     let state = tmp.path().join("state");
-    replay_on(engine, &state, 1, &part1);
-    replay_on(engine, &state, 2, &part2);
+    replay_with(&["--engine", engine], &state, 1, &part1);
+    replay_with(&["--engine", engine], &state, 2, &part2);
     let actual = export(&state);
 
     let golden = golden_or_bless(&actual, false);

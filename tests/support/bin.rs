@@ -126,15 +126,22 @@ where
 /// which must succeed; its stdout.
 #[track_caller]
 pub fn replay(state: &Path, workers: usize, files: &[PathBuf]) -> String {
-    let mut args: Vec<OsString> = vec![
-        "replay".into(),
+    replay_with(&[], state, workers, files)
+}
+
+/// [`replay`] with `extra` arguments after `replay` (`--engine sled`).
+#[track_caller]
+pub fn replay_with(extra: &[&str], state: &Path, workers: usize, files: &[PathBuf]) -> String {
+    let mut args: Vec<OsString> = vec!["replay".into()];
+    args.extend(extra.iter().map(OsString::from));
+    args.extend::<[OsString; 6]>([
         "--dataflows".into(),
         dataflows_dir().into(),
         "--state".into(),
         state.into(),
         "--workers".into(),
         workers.to_string().into(),
-    ];
+    ]);
     args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
     rdg(args).ok().to_string()
 }
