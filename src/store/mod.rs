@@ -732,15 +732,17 @@ impl Store {
             OpenError::Locked => StoreError::Locked {
                 path: dir.to_path_buf(),
             },
-            OpenError::Engine(error) if !may_be_empty => StoreError::Unreadable {
-                path: dir.to_path_buf(),
-                engine,
-                files: match engine {
-                    Engine::Fjall => dir.join(engine::fjall::DIR),
-                    Engine::Sled => dir.to_path_buf(),
-                },
-                error,
-            },
+            OpenError::Engine(error) if !may_be_empty && error.may_be_damage() => {
+                StoreError::Unreadable {
+                    path: dir.to_path_buf(),
+                    engine,
+                    files: match engine {
+                        Engine::Fjall => dir.join(engine::fjall::DIR),
+                        Engine::Sled => dir.to_path_buf(),
+                    },
+                    error,
+                }
+            }
             OpenError::Engine(source) => StoreError::Engine {
                 path: dir.to_path_buf(),
                 source,
