@@ -5,7 +5,8 @@
 //!
 //! Invariants: [`ROUTES`] is the one list of routes (the router is built
 //! from it, `openapi.json` must match it, a test checks both ways); at most
-//! `max_connections` connections are open; a request that panics is a 500,
+//! `max_connections` connections are served (one more is answered 503 and
+//! closed); headers must arrive within 10 s; a request that panics is a 500,
 //! not a dead server; a stopped server has released its port.
 
 use std::net::SocketAddr;
@@ -414,8 +415,8 @@ async fn serve(
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Over max_connections: close at once.
-                    drop(stream);
+                    // Over max_connections: a 503, then closed.
+                    tokio::spawn(refuse_busy(stream, app.config.max_connections));
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -440,6 +441,33 @@ async fn serve(
         _ = tokio::time::sleep(STOP_GRACE) => {}
     }
     Ok(())
+}
+
+/// How long a refused connection is kept to deliver its 503.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a connection over `max_connections` with a 503 and closes it.
+/// What the client sent is read (at most [`REFUSE_LINGER`]) before the
+/// close, so that the kernel does not reset the connection and lose the
+/// answer.
+async fn refuse_busy(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(
+        "{{\"error\":\"the server has {max} connections open, its limit; try again later\"}}"
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 1024];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSE_LINGER, answer).await;
 }
 
 /// Recounts the per-namespace sizes when status or metrics asked for them,
