@@ -242,6 +242,41 @@ async fn check_and_run(app: &App, route: Option<&Route>, req: Request, next: Nex
     }
 }
 
+/// The state every request of a server shares.
+fn app(
+    store: Store,
+    config: ServeConfig,
+    live: Arc<dyn LiveStatus>,
+) -> Result<Arc<App>, QueryError> {
+    let peers = config.cluster.clone().filter(|c| c.processes > 1).map(|c| {
+        let token = config.auth_token.clone();
+        Arc::new(Peers::new(c, token, config.worker_threads))
+    });
+    let fresh = FreshCache::new(&store.read())?;
+    let counts = Arc::new(CountsCache::default());
+    Ok(Arc::new(App {
+        exports: Arc::new(Semaphore::new(config.max_exports)),
+        peers,
+        metrics: Metrics::new(store.clone(), live.clone(), counts.clone(), ROUTES.len()),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        store,
+        config,
+        live,
+        fresh,
+        counts,
+        started: Instant::now(),
+    }))
+}
+
+/// The router of a server over `store`, guard included, without a socket:
+/// requests go through it in process (`rdg::fuzzing`). Call it from inside
+/// a tokio runtime (the router spawns blocking reads).
+#[doc(hidden)]
+pub fn in_process_router(store: Store, config: ServeConfig) -> Result<Router, QueryError> {
+    config.validate()?;
+    Ok(router(app(store, config, Arc::new(super::StaticStatus))?))
+}
+
 /// A running server. Dropping it stops it like [`Server::stop`].
 pub struct Server {
     addr: SocketAddr,
@@ -284,28 +319,11 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|source| QueryError::Bind { addr, source })?;
+        let app = app(store, config, live)?;
         // Blocking threads run the multi-read queries (CPU) and, in a
         // cluster, wait on peers (I/O): a cluster gets more of them.
-        let peers = config.cluster.clone().filter(|c| c.processes > 1).map(|c| {
-            let token = config.auth_token.clone();
-            Arc::new(Peers::new(c, token, config.worker_threads))
-        });
-        let blocking_threads = 2 + if peers.is_some() { 32 } else { 0 };
-        let fresh = FreshCache::new(&store.read())?;
-        let counts = Arc::new(CountsCache::default());
-        let threads = config.worker_threads;
-        let app = Arc::new(App {
-            exports: Arc::new(Semaphore::new(config.max_exports)),
-            peers,
-            metrics: Metrics::new(store.clone(), live.clone(), counts.clone(), ROUTES.len()),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
-            store,
-            config,
-            live,
-            fresh,
-            counts,
-            started: Instant::now(),
-        });
+        let blocking_threads = 2 + if app.peers.is_some() { 32 } else { 0 };
+        let threads = app.config.worker_threads;
         let (tx, rx) = watch::channel(false);
         let mut server = Server {
             addr,
