@@ -1100,6 +1100,23 @@ fn load_counters(snap: &Snap, meta: &Ns) -> Result<(u64, Counters), LoadError> {
     Ok((commits, counters))
 }
 
+/// Runs the store's value decoders on `v` (for `rdg::fuzzing`: bytes a
+/// damaged state could hold): each must refuse bad bytes, never panic.
+/// How many accepted them.
+#[doc(hidden)]
+pub fn decode_value_for_fuzzing(v: &[u8]) -> usize {
+    [
+        merge::decode_record(v).is_ok(),
+        merge::decode_edge_value(v).is_ok(),
+        reader::decode_cluster_of(v).is_ok(),
+        merge::decode_exact::<DataflowCounters>(v, "dataflow counters").is_ok(),
+        merge::decode_exact::<Shape>(v, "shape").is_ok(),
+    ]
+    .into_iter()
+    .filter(|ok| *ok)
+    .count()
+}
+
 /// Every dataflow's counters and every position stored in `meta` (which
 /// also checks every `meta` entry).
 fn meta_of(snap: &Snap, meta: &Ns) -> Result<Meta, LoadError> {
