@@ -5,7 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz entry point.
+type Target = fn(&[u8]);
+
+const TARGETS: &[(&str, Target)] = &[
     ("event", rdg::fuzzing::event),
     ("definitions", rdg::fuzzing::definitions),
     ("store_codec", rdg::fuzzing::store_codec),
@@ -24,7 +27,7 @@ fn corpus(target: &str) -> Vec<PathBuf> {
     files
 }
 
-fn replay(target: &str, run: fn(&[u8])) {
+fn replay(target: &str, run: Target) {
     let files = corpus(target);
     assert!(!files.is_empty(), "no corpus for {target}");
     for file in &files {
