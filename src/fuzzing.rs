@@ -46,13 +46,20 @@ fn evaluate_both(plan: &Plan, bytes: &[u8]) {
     for dataflow in &plan.dataflows {
         let mut out = Decoded::default();
         let fast = dataflow.decode_into(bytes, &plan.identity, &mut scratch, &mut out);
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-            assert!(
-                matches!(fast, Verdict::Reject(_)),
-                "{}: bytes that are not JSON were accepted: {fast:?}",
-                dataflow.name
-            );
-            continue;
+        let value = match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(v) => v,
+            // A number beyond f64's range is JSON, but not a `Value`: in a
+            // field the definition does not read, the fast decoder (which
+            // skips it) accepts the event (see `decode_into`).
+            Err(e) if e.to_string().starts_with("number out of range") => continue,
+            Err(_) => {
+                assert!(
+                    matches!(fast, Verdict::Reject(_)),
+                    "{}: bytes that are not JSON were accepted: {fast:?}",
+                    dataflow.name
+                );
+                continue;
+            }
         };
         let slow = dataflow.evaluate(&value, &plan.identity);
         let same = match (&fast, &slow) {
