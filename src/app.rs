@@ -450,8 +450,13 @@ pub fn run_into_store(
         sources,
         observer,
     );
-    store.flush()?;
-    totals
+    // Flushed also after an error (what was committed stays), but the
+    // run's own error is the one reported: after a failed write the engine
+    // refuses everything else (fjall: "Poisoned"), which says nothing of why.
+    let flushed = store.flush();
+    let totals = totals?;
+    flushed?;
+    Ok(totals)
 }
 
 /// Runs the dataflow and writes everything it emits to `sink`.

@@ -15,11 +15,15 @@
 //!   dataflow, sources or app).
 //! - [`generate`]: the deterministic synthetic event generator.
 //! - [`produce`]: writes generated events to Kafka; creates topics.
+//! - `fuzzing` (hidden): one entry point per input surface, for the fuzz
+//!   targets in `fuzz/` and the corpus replay in `tests/fuzz_corpus.rs`.
 //! - [`app`]: wiring for `replay` (files), and in `app::kafka` for `run`,
 //!   `replay --brokers` and `demo`.
 
 pub mod app;
 pub mod dataflow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod model;
 pub mod produce;

@@ -22,146 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdg::store::{Engine, Store, StoreOptions};
+use rdg::store::{Engine, Store};
 use support::*;
 
 const EVENTS: u64 = 3000;
-/// A bound on every wait, so a broken test fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// The export of a file replay of the same events.
-fn file_replay_export(dir: &Path, deletes: bool) -> Vec<String> {
-    let input = dir.join("input");
-    rdg::generate::generate(&gen_opts(EVENTS, deletes), &input).expect("generate");
-    let state = dir.join("file-state");
-    let out = command()
-        .arg("replay")
-        .arg("--dataflows")
-        .arg(dataflows_dir())
-        .arg("--state")
-        .arg(&state)
-        .args(["playback", "gaming", "login"].map(|t| input.join(format!("{t}.jsonl"))))
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    export(&state)
-}
-
-/// The export with dead letters reduced to their dataflow (their source
-/// names a file line in one run, a topic/partition/offset in the other).
-fn export(state: &Path) -> Vec<String> {
-    let out = command()
-        .arg("export")
-        .arg("--state")
-        .arg(state)
-        .output()
-        .expect("export");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            if v["ns"] == "dead_letter" {
-                format!("dead_letter {}", v["dataflow"])
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn start_run(brokers: &str, state: &Path, workers: usize) -> Child {
-    start_run_with(&dataflows_dir(), brokers, state, workers)
-}
-
-fn start_run_with(dataflows: &Path, brokers: &str, state: &Path, workers: usize) -> Child {
-    command()
-        .arg("run")
-        .arg("--dataflows")
-        .arg(dataflows)
-        .arg("--state")
-        .arg(state)
-        .arg("--brokers")
-        .arg(brokers)
-        .arg("--workers")
-        .arg(workers.to_string())
-        .args(["--status-interval", "0", "--batch", "97"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start rdg run")
-}
-
-/// Runs until every event is committed: start, let it work, SIGTERM, check.
-fn run_to_completion(brokers: &str, state: &Path, workers: usize, expected: (u64, u64)) {
-    run_to_completion_with(&dataflows_dir(), brokers, state, workers, expected)
-}
-
-fn run_to_completion_with(
-    dataflows: &Path,
-    brokers: &str,
-    state: &Path,
-    workers: usize,
-    expected: (u64, u64),
-) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let child = start_run_with(dataflows, brokers, state, workers);
-        std::thread::sleep(Duration::from_secs(3));
-        signal(&child, "-TERM");
-        let (status, err) = wait_exit(child, PATIENCE);
-        assert!(status.success(), "rdg run after SIGTERM: {status}\n{err}");
-        let got = committed(state);
-        assert!(
-            got.0 <= expected.0 && got.1 <= expected.1,
-            "more committed than produced: {got:?} > {expected:?} (counted twice)"
-        );
-        if got == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {got:?} of {expected:?} committed"
-        );
-    }
-}
-
-/// Compares two sorted exports and shows what differs.
-fn assert_same(actual: &[String], expected: &[String], what: &str) {
-    if actual == expected {
-        return;
-    }
-    let a: std::collections::BTreeSet<&String> = actual.iter().collect();
-    let e: std::collections::BTreeSet<&String> = expected.iter().collect();
-    let missing: Vec<_> = e.difference(&a).take(10).collect();
-    let extra: Vec<_> = a.difference(&e).take(10).collect();
-    panic!(
-        "{what}: {} lines, expected {}\nmissing: {missing:#?}\nunexpected: {extra:#?}",
-        actual.len(),
-        expected.len()
-    );
-}
-
-/// Creates an empty state written with `engine`; the runs started on it
-/// keep that engine (it is recorded in the state).
-fn create_state(state: &Path, engine: Engine) {
-    let options = StoreOptions {
-        engine: Some(engine),
-        cache_bytes: None,
-    };
-    drop(Store::open_with(state, &options).expect("create the state"));
-}
 
 #[test]
 fn one_partition_per_topic_with_deletes() {
@@ -180,7 +44,7 @@ fn four_partitions_per_topic_spread_over_workers() {
 
 fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: bool, engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = file_replay_export(dir.path(), deletes);
+    let reference = file_replay_export(dir.path(), EVENTS, deletes);
     let expected = committed(&dir.path().join("file-state"));
     let cluster = mock_with_events(partitions, &gen_opts(EVENTS, deletes));
     let brokers = cluster.bootstrap_servers();
@@ -208,7 +72,11 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
         );
     }
     run_to_completion(&brokers, &state, 2, expected);
-    assert_same(&export(&state), &reference, "killed and restarted runs");
+    assert_same(
+        &normalized_export(&state),
+        &reference,
+        "killed and restarted runs",
+    );
 
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
@@ -229,7 +97,11 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_same(&export(&replayed), &reference, "replay --brokers");
+    assert_same(
+        &normalized_export(&replayed),
+        &reference,
+        "replay --brokers",
+    );
     let store = Store::open(&replayed).expect("open the replayed state");
     assert_eq!(store.engine(), engine);
     drop(store);
@@ -320,7 +192,7 @@ fn real_broker_events_from_an_independent_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reference = export(&file_state);
+    let reference = normalized_export(&file_state);
     let expected = committed(&file_state);
 
     // One run killed mid-way, then runs until everything is committed.
@@ -330,7 +202,7 @@ fn real_broker_events_from_an_independent_client() {
     child.kill().expect("kill");
     let _ = wait_exit(child, PATIENCE);
     run_to_completion_with(&defs, &brokers, &state, 2, expected);
-    assert_same(&export(&state), &reference, "real broker");
+    assert_same(&normalized_export(&state), &reference, "real broker");
 }
 
 /// Starts every process of an N × W cluster (`--state DIR/process-I`).
@@ -364,7 +236,7 @@ fn cluster_export(dir: &Path, n: usize) -> (Vec<String>, (u64, u64)) {
     let mut total = (0, 0);
     for i in 0..n {
         let state = dir.join(format!("process-{i}"));
-        lines.extend(export(&state));
+        lines.extend(normalized_export(&state));
         let c = committed(&state);
         total = (total.0 + c.0, total.1 + c.1);
     }
@@ -385,11 +257,11 @@ fn two_processes_equal_one_and_survive_a_restart() {
     let reference_counts = {
         // What the file replay commits is what every run must commit.
         let files = dir.path().join("files");
-        file_replay_export(&files, false);
+        file_replay_export(&files, EVENTS, false);
         committed(&files.join("file-state"))
     };
     run_to_completion(&brokers, &single, 1, reference_counts);
-    let reference = export(&single);
+    let reference = normalized_export(&single);
 
     let hosts = dir.path().join("hosts");
     let ports = free_ports(2);
@@ -445,7 +317,7 @@ fn two_processes_equal_one_and_survive_a_restart() {
     assert_same(&lines, &reference, "2 × 2 cluster against 1 × 1");
     // Both processes hold a share of the graph.
     for i in 0..2 {
-        let share = export(&states.join(format!("process-{i}")));
+        let share = normalized_export(&states.join(format!("process-{i}")));
         assert!(
             share.len() > reference.len() / 5,
             "process {i} holds only {} lines",

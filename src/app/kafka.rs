@@ -135,6 +135,8 @@ impl Observer for LiveObserver {
 
     fn tick(&mut self, totals: &Totals) {
         self.gauges.set_ready(totals.ready);
+        self.gauges
+            .set_outage(crate::source::kafka::broker_outage());
         self.gauges.set_stages(totals.stages.clone());
         for (name, t) in &totals.dataflows {
             self.gauges.observe(name, t.events, t.lag);

@@ -53,7 +53,7 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Longest time a request may take (body included). Default 5 s.
     pub request_timeout: Duration,
-    /// Most open connections; more are closed at once. Default 1024.
+    /// Most open connections; one more is answered 503 and closed. Default 1024.
     pub max_connections: usize,
     /// Tokio worker threads. Default 2.
     pub worker_threads: usize,

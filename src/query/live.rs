@@ -1,7 +1,7 @@
 //! What only a running pipeline knows, as the server sees it: the
 //! [`LiveStatus`] trait, [`StaticStatus`] for a state nothing ingests into
 //! (`rdg serve`), and [`LiveGauges`], a ready-made [`LiveStatus`] that an
-//! ingest loop (`rdg run`, `rdg demo`) updates (readiness, per-dataflow
+//! ingest loop (`rdg run`, `rdg demo`) updates (readiness and outages, per-dataflow
 //! committed events and lag, time per stage) and the server reads.
 //!
 //! Invariant: rates are derived only from what the owner reported, over
@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 pub trait LiveStatus: Send + Sync {
     /// Ready to answer: the state is loaded and the sources are assigned.
     fn ready(&self) -> bool;
+    /// Why it is not ready, when it is not and knows why (a broker outage).
+    fn not_ready_because(&self) -> Option<String> {
+        None
+    }
     /// Per dataflow: messages behind the end of its input (`None`: unknown).
     fn lag(&self) -> BTreeMap<String, Option<i64>>;
     /// Per dataflow: events committed per second, recently.
@@ -66,6 +70,8 @@ struct Gauge {
 #[derive(Debug, Default)]
 struct Inner {
     ready: bool,
+    /// Why not ready, beyond loading (a broker outage).
+    outage: Option<String>,
     dataflows: BTreeMap<String, Gauge>,
     stages: BTreeMap<String, f64>,
 }
@@ -94,6 +100,12 @@ impl LiveGauges {
     /// Ready once the state is loaded and the sources are assigned.
     pub fn set_ready(&self, ready: bool) {
         self.lock().ready = ready;
+    }
+
+    /// Reports an outage of the input (`None`: none): not ready while it
+    /// lasts, with that reason.
+    pub fn set_outage(&self, outage: Option<String>) {
+        self.lock().outage = outage;
     }
 
     /// Reports the seconds spent so far per stage (running totals).
@@ -126,7 +138,12 @@ impl LiveGauges {
 
 impl LiveStatus for LiveGauges {
     fn ready(&self) -> bool {
-        self.lock().ready
+        let inner = self.lock();
+        inner.ready && inner.outage.is_none()
+    }
+
+    fn not_ready_because(&self) -> Option<String> {
+        self.lock().outage.clone()
     }
 
     fn lag(&self) -> BTreeMap<String, Option<i64>> {

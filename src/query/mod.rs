@@ -65,7 +65,7 @@ pub use config::ServeConfig;
 pub use error::QueryError;
 pub use live::{LiveGauges, LiveStatus, StaticStatus};
 pub use peers::PeerError;
-pub use server::{ROUTES, Route, Server};
+pub use server::{ROUTES, Route, Server, in_process_router};
 
 /// The layers of `query`, top first: a module may use only modules below
 /// it (the facade `mod.rs` aside, which only declares and re-exports).

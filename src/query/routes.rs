@@ -623,18 +623,17 @@ pub async fn healthz() -> Fixed {
     )
 }
 
-pub async fn readyz(State(app): Shared) -> (StatusCode, Fixed) {
+pub async fn readyz(State(app): Shared) -> (StatusCode, ([(HeaderName, &'static str); 1], String)) {
     let json = [(header::CONTENT_TYPE, "application/json")];
     if app.live.ready() {
-        (StatusCode::OK, (json, r#"{"ready":true}"#))
+        (StatusCode::OK, (json, r#"{"ready":true}"#.to_string()))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            (
-                json,
-                r#"{"ready":false,"error":"not ready: the state is loading or sources are not assigned yet"}"#,
-            ),
-        )
+        let why = app
+            .live
+            .not_ready_because()
+            .unwrap_or_else(|| "the state is loading or sources are not assigned yet".to_string());
+        let body = serde_json::json!({"ready": false, "error": format!("not ready: {why}")});
+        (StatusCode::SERVICE_UNAVAILABLE, (json, body.to_string()))
     }
 }
 

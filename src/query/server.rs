@@ -5,7 +5,8 @@
 //!
 //! Invariants: [`ROUTES`] is the one list of routes (the router is built
 //! from it, `openapi.json` must match it, a test checks both ways); at most
-//! `max_connections` connections are open; a request that panics is a 500,
+//! `max_connections` connections are served (one more is answered 503 and
+//! closed); headers must arrive within 10 s; a request that panics is a 500,
 //! not a dead server; a stopped server has released its port.
 
 use std::net::SocketAddr;
@@ -241,6 +242,41 @@ async fn check_and_run(app: &App, route: Option<&Route>, req: Request, next: Nex
     }
 }
 
+/// The state every request of a server shares.
+fn app(
+    store: Store,
+    config: ServeConfig,
+    live: Arc<dyn LiveStatus>,
+) -> Result<Arc<App>, QueryError> {
+    let peers = config.cluster.clone().filter(|c| c.processes > 1).map(|c| {
+        let token = config.auth_token.clone();
+        Arc::new(Peers::new(c, token, config.worker_threads))
+    });
+    let fresh = FreshCache::new(&store.read())?;
+    let counts = Arc::new(CountsCache::default());
+    Ok(Arc::new(App {
+        exports: Arc::new(Semaphore::new(config.max_exports)),
+        peers,
+        metrics: Metrics::new(store.clone(), live.clone(), counts.clone(), ROUTES.len()),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        store,
+        config,
+        live,
+        fresh,
+        counts,
+        started: Instant::now(),
+    }))
+}
+
+/// The router of a server over `store`, guard included, without a socket:
+/// requests go through it in process (`rdg::fuzzing`). Call it from inside
+/// a tokio runtime (the router spawns blocking reads).
+#[doc(hidden)]
+pub fn in_process_router(store: Store, config: ServeConfig) -> Result<Router, QueryError> {
+    config.validate()?;
+    Ok(router(app(store, config, Arc::new(super::StaticStatus))?))
+}
+
 /// A running server. Dropping it stops it like [`Server::stop`].
 pub struct Server {
     addr: SocketAddr,
@@ -283,28 +319,11 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|source| QueryError::Bind { addr, source })?;
+        let app = app(store, config, live)?;
         // Blocking threads run the multi-read queries (CPU) and, in a
         // cluster, wait on peers (I/O): a cluster gets more of them.
-        let peers = config.cluster.clone().filter(|c| c.processes > 1).map(|c| {
-            let token = config.auth_token.clone();
-            Arc::new(Peers::new(c, token, config.worker_threads))
-        });
-        let blocking_threads = 2 + if peers.is_some() { 32 } else { 0 };
-        let fresh = FreshCache::new(&store.read())?;
-        let counts = Arc::new(CountsCache::default());
-        let threads = config.worker_threads;
-        let app = Arc::new(App {
-            exports: Arc::new(Semaphore::new(config.max_exports)),
-            peers,
-            metrics: Metrics::new(store.clone(), live.clone(), counts.clone(), ROUTES.len()),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
-            store,
-            config,
-            live,
-            fresh,
-            counts,
-            started: Instant::now(),
-        });
+        let blocking_threads = 2 + if app.peers.is_some() { 32 } else { 0 };
+        let threads = app.config.worker_threads;
         let (tx, rx) = watch::channel(false);
         let mut server = Server {
             addr,
@@ -414,8 +433,8 @@ async fn serve(
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Over max_connections: close at once.
-                    drop(stream);
+                    // Over max_connections: a 503, then closed.
+                    tokio::spawn(refuse_busy(stream, app.config.max_connections));
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -440,6 +459,33 @@ async fn serve(
         _ = tokio::time::sleep(STOP_GRACE) => {}
     }
     Ok(())
+}
+
+/// How long a refused connection is kept to deliver its 503.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a connection over `max_connections` with a 503 and closes it.
+/// What the client sent is read (at most [`REFUSE_LINGER`]) before the
+/// close, so that the kernel does not reset the connection and lose the
+/// answer.
+async fn refuse_busy(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(
+        "{{\"error\":\"the server has {max} connections open, its limit; try again later\"}}"
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 1024];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSE_LINGER, answer).await;
 }
 
 /// Recounts the per-namespace sizes when status or metrics asked for them,

@@ -159,6 +159,20 @@ impl WakerSlot {
 
 /// Locks, ignoring poisoning: the data behind these mutexes stays consistent
 /// (plain values written whole).
+/// Topics whose brokers the watcher threads of this process cannot reach
+/// now, with why (for readiness: [`broker_outage`]).
+static OUTAGES: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// Why the Kafka brokers of some topic cannot be reached right now, if
+/// they cannot (`topic: detail`); `None` once every watcher reached its
+/// brokers again.
+pub fn broker_outage() -> Option<String> {
+    lock(&OUTAGES)
+        .iter()
+        .next()
+        .map(|(topic, detail)| format!("topic `{topic}`: {detail}"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -360,6 +374,7 @@ impl Watcher {
             let wait = match self.refresh(&mut logged) {
                 Ok(changed) => {
                     let was_down = lock(&self.shared).unreachable.take().is_some();
+                    lock(&OUTAGES).remove(&self.topic);
                     if was_down {
                         tracing::info!("reached the Kafka broker(s) at {} again", self.brokers);
                     }
@@ -376,6 +391,13 @@ impl Watcher {
                         self.brokers,
                         self.topic,
                         backoff.as_secs_f64()
+                    );
+                    lock(&OUTAGES).insert(
+                        self.topic.clone(),
+                        format!(
+                            "cannot reach the Kafka broker(s) at {}: {detail}",
+                            self.brokers
+                        ),
                     );
                     lock(&self.shared)
                         .unreachable

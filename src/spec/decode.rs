@@ -162,12 +162,16 @@ impl FieldSet {
         level.child(last)?.slot
     }
 
-    /// Decodes an event. `None` when the bytes are not a JSON object (the
-    /// caller then takes the reference path through `Value`).
+    /// Decodes an event. `None` when the bytes are not a JSON object or
+    /// not UTF-8 (the caller then takes the reference path through `Value`).
     pub fn decode<'a>(&self, bytes: &'a [u8], out: &mut Fields<'a>) -> Option<()> {
         out.slots.clear();
         out.slots.resize(self.slots, None);
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // serde_json skips the strings it ignores without checking their
+        // UTF-8, where the reference path rejects invalid UTF-8 anywhere
+        // (found by fuzzing: fuzz/corpus/event/regression-*): check first.
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let seed = LevelSeed {
             level: &self.root,
             slots: &mut out.slots,

@@ -37,16 +37,40 @@ const SETTINGS_FILE: &str = "rdg.toml";
 /// name = file stem), plus `dir/rdg.toml` (optional; defaults from
 /// [`IdentityConfig::default`]).
 pub fn load(dir: &Path) -> Result<Plan, SpecErrors> {
-    let mut problems = Vec::new();
     let files = list_toml_files(dir).map_err(|p| SpecErrors { problems: vec![p] })?;
+    let read = files
+        .into_iter()
+        .map(|(name, path)| {
+            let text = read_text(&path);
+            (name, path, text)
+        })
+        .collect();
+    check_files(dir, read)
+}
 
+/// Checks definition texts as [`load`] checks the files of a folder: each
+/// `(file name, text)` as if it were `dir/NAME` (for tests and fuzzing,
+/// without files).
+pub fn load_texts(dir: &Path, texts: &[(String, String)]) -> Result<Plan, SpecErrors> {
+    let files = texts
+        .iter()
+        .map(|(name, text)| (name.clone(), dir.join(name), Ok(text.clone())))
+        .collect();
+    check_files(dir, files)
+}
+
+/// A loaded file: name, path, text or why it could not be read.
+type ReadFile = (String, PathBuf, Result<String, Problem>);
+
+fn check_files(dir: &Path, files: Vec<ReadFile>) -> Result<Plan, SpecErrors> {
+    let mut problems = Vec::new();
     let mut identity = Some(IdentityConfig::default());
     let mut definitions = Vec::new();
-    for (file_name, path) in &files {
-        let text = match read_text(path) {
+    for (file_name, path, text) in &files {
+        let text = match text {
             Ok(text) => text,
             Err(p) => {
-                problems.push(p);
+                problems.push(p.clone());
                 if file_name == SETTINGS_FILE {
                     identity = None;
                 }
@@ -54,17 +78,17 @@ pub fn load(dir: &Path) -> Result<Plan, SpecErrors> {
             }
         };
         if file_name == SETTINGS_FILE {
-            let (config, ps) = check::read_settings(path, &text);
+            let (config, ps) = check::read_settings(path, text);
             identity = config;
             problems.extend(ps);
         } else {
             let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
-            let def = check::read_definition(path, stem, &text);
+            let def = check::read_definition(path, stem, text);
             problems.extend(def.problems.iter().cloned());
             definitions.push((stem.to_string(), def));
         }
     }
-    let readable = files.iter().filter(|(n, _)| n != SETTINGS_FILE).count();
+    let readable = files.iter().filter(|(n, _, _)| n != SETTINGS_FILE).count();
     if readable == 0 {
         problems.push(folder_problem(
             dir,

@@ -7,6 +7,7 @@
 //! | `rdg-engine` | `fjall` or `sled` and a newline: the engine the state was created with |
 //! | `rdg.lock` | locked (`flock`) while a `Store` has the state open |
 //! | `rdg-bulk-load` | present from [`Store::bulk_load`](super::Store::bulk_load) until its `finish` |
+//! | `rdg-format` | the format version and a newline, written once the engine holds it durably |
 //! | `fjall/` | the fjall database |
 //! | `conf`, `db`, `blobs/`, `snap.*` | the sled database (at the top, as rdg's first states have it) |
 //!
@@ -16,7 +17,12 @@
 //! which are sled's: a directory without the marker that holds sled's `conf`
 //! or `db` file is a sled state. The bulk load marker is durable before the
 //! first byte of the load is written and is removed only after the load's
-//! last byte is durable.
+//! last byte is durable. `rdg-format` is written only after the engine holds
+//! the format version durably, so a state that has the file and whose engine
+//! has no format version lost its data (a missing, truncated or zeroed
+//! journal, a deleted keyspace): it is refused, never reopened as a new,
+//! empty state. States written before the file existed get it when next
+//! opened.
 
 use std::fs::File;
 use std::io::Write;
@@ -29,6 +35,7 @@ use super::engine::Engine;
 const ENGINE_FILE: &str = "rdg-engine";
 const LOCK_FILE: &str = "rdg.lock";
 const BULK_FILE: &str = "rdg-bulk-load";
+const FORMAT_FILE: &str = "rdg-format";
 
 /// How long to wait for another process's lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_millis(250);
@@ -95,6 +102,17 @@ pub(crate) fn recorded_engine(dir: &Path) -> Result<Option<Engine>, StoreError> 
 /// Records `engine` as the state's engine, durably.
 pub(crate) fn record_engine(dir: &Path, engine: Engine) -> Result<(), StoreError> {
     write_durably(&dir.join(ENGINE_FILE), format!("{engine}\n").as_bytes())?;
+    sync_dir(dir)
+}
+
+/// True when the state says its engine holds a format version.
+pub(crate) fn format_recorded(dir: &Path) -> bool {
+    dir.join(FORMAT_FILE).exists()
+}
+
+/// Records, durably, that the engine holds format version `version`.
+pub(crate) fn record_format(dir: &Path, version: u64) -> Result<(), StoreError> {
+    write_durably(&dir.join(FORMAT_FILE), format!("{version}\n").as_bytes())?;
     sync_dir(dir)
 }
 

@@ -279,6 +279,26 @@ pub enum StoreError {
     },
     #[error("state directory {}: {source}", path.display())]
     Engine { path: PathBuf, source: EngineError },
+    /// The engine could not open the database of an existing state: a
+    /// file of it is missing, truncated, zeroed or not the engine's.
+    #[error(
+        "state directory {} is damaged: its {engine} database in {} cannot be opened ({error}); restore the directory from a copy, or replay into a new state directory",
+        path.display(), files.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        engine: Engine,
+        /// The engine's files (`STATE/fjall`, or the state for sled).
+        files: PathBuf,
+        error: EngineError,
+    },
+    /// The state recorded that it holds data (`rdg-format`), but its engine
+    /// holds none: its files were lost or damaged.
+    #[error(
+        "state directory {} is damaged: {detail}; restore the directory from a copy, or replay into a new state directory",
+        path.display()
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error("state directory {}: {detail}", path.display())]
     BulkLoad { path: PathBuf, detail: String },
     #[error("corrupt entry in tree {tree} at key {key}: {detail}")]
@@ -687,7 +707,10 @@ impl Store {
         lock: std::fs::File,
         recently_closed: bool,
     ) -> Result<Store, StoreError> {
-        let engine = match (layout::recorded_engine(dir)?, options.engine) {
+        let recorded = layout::recorded_engine(dir)?;
+        // Only a state created by this open may lack its format version.
+        let mut may_be_empty = recorded.is_none();
+        let engine = match (recorded, options.engine) {
             (Some(recorded), Some(requested)) if recorded != requested => {
                 return Err(StoreError::EngineMismatch {
                     path: dir.to_path_buf(),
@@ -709,6 +732,17 @@ impl Store {
             OpenError::Locked => StoreError::Locked {
                 path: dir.to_path_buf(),
             },
+            OpenError::Engine(error) if !may_be_empty && error.may_be_damage() => {
+                StoreError::Unreadable {
+                    path: dir.to_path_buf(),
+                    engine,
+                    files: match engine {
+                        Engine::Fjall => dir.join(engine::fjall::DIR),
+                        Engine::Sled => dir.to_path_buf(),
+                    },
+                    error,
+                }
+            }
             OpenError::Engine(source) => StoreError::Engine {
                 path: dir.to_path_buf(),
                 source,
@@ -724,11 +758,20 @@ impl Store {
                 source,
             })?;
             layout::remove_bulk_marker(dir)?;
+            may_be_empty = true;
         }
-        Store::from_db(dir, db, lock)
+        Store::from_db(dir, db, lock, may_be_empty)
     }
 
-    fn from_db(dir: &Path, db: Db, lock: std::fs::File) -> Result<Store, StoreError> {
+    /// `may_be_empty`: the state was created by this open or wiped back to
+    /// empty, so it may lack its format version; otherwise a state whose
+    /// `rdg-format` file says it has one must have it.
+    fn from_db(
+        dir: &Path,
+        db: Db,
+        lock: std::fs::File,
+        may_be_empty: bool,
+    ) -> Result<Store, StoreError> {
         let engine_err = |source| StoreError::Engine {
             path: dir.to_path_buf(),
             source,
@@ -768,6 +811,24 @@ impl Store {
                         expected: FORMAT_VERSION,
                     });
                 }
+                if !layout::format_recorded(dir) {
+                    // A state of an rdg before the file existed.
+                    layout::record_format(dir, FORMAT_VERSION)?;
+                }
+            }
+            None if !may_be_empty && layout::format_recorded(dir) => {
+                return Err(StoreError::Damaged {
+                    path: dir.to_path_buf(),
+                    detail: format!(
+                        "it was written by rdg (rdg-format), but its {} database holds {} (files of it missing, truncated or zeroed?)",
+                        db.engine(),
+                        if has_data {
+                            "data without a format version"
+                        } else {
+                            "nothing, not even the format version"
+                        }
+                    ),
+                });
             }
             None if has_data => {
                 return Err(StoreError::corrupt(
@@ -783,6 +844,7 @@ impl Store {
                 db.put_one(&meta, &format_key, &FORMAT_VERSION.to_be_bytes())
                     .map_err(engine_err)?;
                 db.flush().map_err(engine_err)?;
+                layout::record_format(dir, FORMAT_VERSION)?;
             }
         }
         let (commits, counters) = load_counters(&snap, &meta).map_err(|e| match e {
@@ -1036,6 +1098,23 @@ fn load_counters(snap: &Snap, meta: &Ns) -> Result<(u64, Counters), LoadError> {
         counters.dataflows.insert(name.as_ref().into(), c);
     }
     Ok((commits, counters))
+}
+
+/// Runs the store's value decoders on `v` (for `rdg::fuzzing`: bytes a
+/// damaged state could hold): each must refuse bad bytes, never panic.
+/// How many accepted them.
+#[doc(hidden)]
+pub fn decode_value_for_fuzzing(v: &[u8]) -> usize {
+    [
+        merge::decode_record(v).is_ok(),
+        merge::decode_edge_value(v).is_ok(),
+        reader::decode_cluster_of(v).is_ok(),
+        merge::decode_exact::<DataflowCounters>(v, "dataflow counters").is_ok(),
+        merge::decode_exact::<Shape>(v, "shape").is_ok(),
+    ]
+    .into_iter()
+    .filter(|ok| *ok)
+    .count()
 }
 
 /// Every dataflow's counters and every position stored in `meta` (which

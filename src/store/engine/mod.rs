@@ -90,6 +90,46 @@ pub enum EngineError {
     Mismatch(&'static str),
 }
 
+impl EngineError {
+    /// The kind of the I/O error this one comes from, if any.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            EngineError::Sled(::sled::Error::Io(e)) => Some(e.kind()),
+            EngineError::Fjall(e) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(c) = cause {
+                    if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                        return Some(io.kind());
+                    }
+                    cause = c.source();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// False when the error comes from the machine rather than from the
+    /// database's files: a full disk, a quota, permissions, a read-only
+    /// file system, memory. A state that fails to open for such a reason
+    /// is not damaged.
+    pub fn may_be_damage(&self) -> bool {
+        use std::io::ErrorKind as K;
+        !matches!(
+            self.io_kind(),
+            Some(
+                K::StorageFull
+                    | K::QuotaExceeded
+                    | K::PermissionDenied
+                    | K::ReadOnlyFilesystem
+                    | K::OutOfMemory
+                    | K::ResourceBusy
+                    | K::FileTooLarge
+            )
+        )
+    }
+}
+
 /// A stored key or value, borrowed from the engine (cheap to clone).
 #[derive(Clone)]
 pub(crate) enum Bytes {

@@ -1,0 +1,341 @@
+//! Damaged state directories, on both engines, through the real binary: a
+//! file of the engine truncated, zero-filled or replaced by a foreign file,
+//! a file deleted, the engine marker garbled, and a state of another format
+//! version (rdg's own, and the engine's). Every command that opens a state
+//! (`export`, `query`, `replay` continuing it, `serve`) must either refuse
+//! it — exit non-zero, a message naming the state directory, no panic — or
+//! answer exactly what the intact state answers. Never a wrong answer, and
+//! never a damaged state silently reopened as a new, empty one.
+
+mod support;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+/// How a case damages a copy of the state.
+type Damage = fn(&Path);
+
+/// What every case of one engine starts from: the sample replayed, its
+/// export and the answer to one node query.
+struct Intact {
+    _tmp: tempfile::TempDir,
+    state: PathBuf,
+    export: String,
+    node: String,
+}
+
+fn intact(engine: &str) -> Intact {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let mut args: Vec<OsString> = vec![
+        "replay".into(),
+        "--engine".into(),
+        engine.into(),
+        "--dataflows".into(),
+        dataflows_dir().into(),
+        "--state".into(),
+        state.clone().into(),
+    ];
+    args.extend(data_files().into_iter().map(OsString::from));
+    rdg(args).ok();
+    let export = support::export(&state);
+    assert!(export.lines().count() > 1000, "the sample exports a graph");
+    let node = node_query(&state).ok().to_string();
+    Intact {
+        _tmp: tmp,
+        state,
+        export,
+        node,
+    }
+}
+
+fn node_query(state: &Path) -> Run {
+    rdg([
+        OsString::from("query"),
+        "--state".into(),
+        state.into(),
+        "node".into(),
+        "account".into(),
+        "acc0".into(),
+    ])
+}
+
+/// Copies a state directory (files only, recursively).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The largest table file of the fjall database (where the bulk load put
+/// the sample).
+fn largest_table(state: &Path) -> PathBuf {
+    files_under(&state.join("fjall/keyspaces"))
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("tables")))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap_or_else(|| panic!("no table file under {}", state.display()))
+}
+
+fn truncate_to(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
+}
+
+fn zero_fill(path: &Path) {
+    let len = std::fs::metadata(path).expect("metadata").len();
+    std::fs::write(path, vec![0u8; len as usize]).expect("zero-fill");
+}
+
+/// Zeroes `len` bytes at `offset`, keeping the rest.
+fn zero_range(path: &Path, offset: usize, len: usize) {
+    let mut bytes = std::fs::read(path).expect("read");
+    assert!(
+        bytes.len() > offset + len,
+        "{} is too short",
+        path.display()
+    );
+    bytes[offset..offset + len].fill(0);
+    std::fs::write(path, bytes).expect("write");
+}
+
+/// A file that belongs to nobody's database.
+fn foreign(path: &Path) {
+    std::fs::copy(Path::new(MANIFEST).join("Cargo.toml"), path).expect("copy a foreign file");
+}
+
+fn journal(state: &Path) -> PathBuf {
+    let j = state.join("fjall/0.jnl");
+    assert!(j.exists(), "fjall's first journal is {}", j.display());
+    j
+}
+
+const FJALL_CASES: &[(&str, Damage)] = &[
+    ("table truncated", |s| truncate_to(&largest_table(s), 1000)),
+    ("table emptied", |s| truncate_to(&largest_table(s), 0)),
+    ("table zero-filled", |s| zero_fill(&largest_table(s))),
+    ("table replaced by a foreign file", |s| {
+        foreign(&largest_table(s))
+    }),
+    ("journal zero-filled", |s| zero_fill(&journal(s))),
+    ("journal replaced by a foreign file", |s| {
+        foreign(&journal(s))
+    }),
+    ("journal deleted", |s| {
+        std::fs::remove_file(journal(s)).expect("rm")
+    }),
+    ("every keyspace deleted", |s| {
+        std::fs::remove_dir_all(s.join("fjall/keyspaces")).expect("rm")
+    }),
+    ("fjall's version file of another version", |s| {
+        std::fs::write(s.join("fjall/version"), b"FJL\x09").expect("write")
+    }),
+    ("fjall's version file foreign", |s| {
+        foreign(&s.join("fjall/version"))
+    }),
+    ("engine marker garbled", |s| {
+        std::fs::write(s.join("rdg-engine"), b"\x00\x00garbage").expect("write")
+    }),
+];
+
+const SLED_CASES: &[(&str, Damage)] = &[
+    ("db truncated", |s| truncate_to(&s.join("db"), 1000)),
+    ("db emptied", |s| truncate_to(&s.join("db"), 0)),
+    ("db zero-filled", |s| zero_fill(&s.join("db"))),
+    ("db zeroed in the middle", |s| {
+        zero_range(&s.join("db"), 400_000, 200_000)
+    }),
+    ("db replaced by a foreign file", |s| foreign(&s.join("db"))),
+    ("db deleted", |s| {
+        std::fs::remove_file(s.join("db")).expect("rm")
+    }),
+    ("conf zero-filled", |s| zero_fill(&s.join("conf"))),
+    ("conf replaced by a foreign file", |s| {
+        foreign(&s.join("conf"))
+    }),
+    ("engine marker garbled", |s| {
+        std::fs::write(s.join("rdg-engine"), b"\x00\x00garbage").expect("write")
+    }),
+];
+
+/// Cases in which the damage is found when the state is opened, so every
+/// command refuses it with "is damaged" (or the marker's own message).
+/// Others (sled reads pages lazily) may fail later, on the read that meets
+/// the damage.
+fn refused_at_open(case: &str) -> bool {
+    case != "db zeroed in the middle"
+}
+
+/// The checks every command's run must pass on a damaged state: refused
+/// (non-zero, naming the state, no panic) or the intact answer.
+#[track_caller]
+fn refused_or_right(case: &str, what: &str, run: &Run, state: &Path, right: Option<&str>) {
+    assert!(
+        !run.stderr.contains("panicked"),
+        "{case}: {what} panicked\n{}",
+        run.describe()
+    );
+    if run.code == Some(0) {
+        let right = right.unwrap_or_else(|| {
+            panic!(
+                "{case}: {what} accepted a damaged state\n{}",
+                run.describe()
+            )
+        });
+        assert!(
+            run.stdout == right,
+            "{case}: {what} answered from a damaged state, and wrongly\n{}",
+            run.describe()
+        );
+        return;
+    }
+    assert_eq!(run.code, Some(2), "{case}: {what}\n{}", run.describe());
+    assert!(
+        run.stderr.contains(&state.display().to_string()),
+        "{case}: {what}'s error does not name the state directory\n{}",
+        run.describe()
+    );
+    if refused_at_open(case) {
+        assert!(
+            run.stderr.contains("is damaged") || run.stderr.contains("unknown store engine"),
+            "{case}: {what}'s error does not say the state is damaged\n{}",
+            run.describe()
+        );
+    }
+}
+
+/// `rdg serve` on the damaged state: exits non-zero by itself when the
+/// damage is found at open; otherwise it is stopped (its answers are the
+/// query's, checked above).
+fn serve_refuses(case: &str, state: &Path) {
+    let child = command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rdg serve");
+    let (status, stderr) = wait_exit(child, Duration::from_secs(60));
+    assert!(
+        !status.success() && !stderr.contains("panicked"),
+        "{case}: rdg serve on a damaged state: {status}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("is damaged") || stderr.contains("unknown store engine"),
+        "{case}: rdg serve: {stderr}"
+    );
+}
+
+fn damaged_states_are_refused(engine: &str) {
+    let intact = intact(engine);
+    let cases = if engine == "sled" {
+        SLED_CASES
+    } else {
+        FJALL_CASES
+    };
+    for (case, damage) in cases {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("damaged");
+        copy_dir(&intact.state, &state);
+        damage(&state);
+        eprintln!("{engine}: {case}");
+
+        let export = rdg([OsString::from("export"), "--state".into(), (&state).into()]);
+        refused_or_right(case, "export", &export, &state, Some(&intact.export));
+        let node = node_query(&state);
+        refused_or_right(case, "query", &node, &state, Some(&intact.node));
+        let replay = rdg([
+            OsString::from("replay"),
+            "--dataflows".into(),
+            dataflows_dir().into(),
+            "--state".into(),
+            (&state).into(),
+            data_dir().join("login.jsonl").into(),
+        ]);
+        // A replay that continues a damaged state has no right answer.
+        refused_or_right(case, "replay", &replay, &state, None);
+        if refused_at_open(case) {
+            serve_refuses(case, &state);
+        }
+    }
+}
+
+/// The state's `meta` format version rewritten to 99, with the engine
+/// itself.
+fn set_format_version(state: &Path, engine: &str, version: u64) {
+    let key = rdg::store::codec::encode(&["format"]);
+    if engine == "sled" {
+        let db = sled::open(state).expect("open with sled");
+        let meta = db.open_tree("meta").expect("meta tree");
+        meta.insert(key, &version.to_be_bytes()).expect("insert");
+        db.flush().expect("flush");
+    } else {
+        let db = fjall::Database::builder(state.join("fjall"))
+            .open()
+            .expect("open with fjall");
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .expect("meta keyspace");
+        meta.insert(key, version.to_be_bytes()).expect("insert");
+        db.persist(fjall::PersistMode::SyncAll).expect("persist");
+    }
+}
+
+fn another_format_version_is_refused(engine: &str) {
+    let intact = intact(engine);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("v99");
+    copy_dir(&intact.state, &state);
+    set_format_version(&state, engine, 99);
+    let expected = format!(
+        "state directory {} has format version 99, but this rdg reads version {}",
+        state.display(),
+        rdg::store::FORMAT_VERSION
+    );
+    for args in [
+        vec!["export"],
+        vec!["query", "node", "account", "acc0"],
+        vec!["replay", "data/login.jsonl"],
+    ] {
+        let mut all: Vec<OsString> = vec![args[0].into(), "--state".into(), (&state).into()];
+        all.extend(args[1..].iter().map(OsString::from));
+        let run = rdg(all);
+        run.expect_code(2);
+        assert_eq!(run.stdout, "", "{}", run.describe());
+        assert!(
+            run.stderr.contains(&expected) && !run.stderr.contains("panicked"),
+            "{}",
+            run.describe()
+        );
+    }
+}
+
+both_engines!(names: damaged_states_are_refused, another_format_version_is_refused);
