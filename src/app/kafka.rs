@@ -153,8 +153,9 @@ impl Observer for LiveObserver {
     }
 }
 
-/// `playback: 1200 ev/s (35000 events), lag 40, watermark 2023-11-14T22:13:20.000Z (delay 1.2s), dead letters 3 | ...`
-/// (events and dead letters: committed by this run).
+/// `playback: 1200 ev/s (35000 events), lag 40, watermark 2023-11-14T22:13:20.000Z (delay 1.2s), dead letters 3 | ...; time by stage: collect 0.4s, commit 2.1s, ...`
+/// (events and dead letters: committed by this run; stage seconds summed
+/// over threads since the start).
 pub fn status_line(
     totals: &Totals,
     last_events: &mut BTreeMap<String, u64>,
@@ -188,10 +189,19 @@ pub fn status_line(
         })
         .collect();
     if parts.is_empty() {
-        "status: waiting for data".to_string()
-    } else {
-        format!("status: {}", parts.join(" | "))
+        return "status: waiting for data".to_string();
     }
+    let mut line = format!("status: {}", parts.join(" | "));
+    if !totals.stages.is_empty() {
+        let stages: Vec<String> = totals
+            .stages
+            .iter()
+            .map(|(stage, secs)| format!("{stage} {secs:.1}s"))
+            .collect();
+        line.push_str("; time by stage: ");
+        line.push_str(&stages.join(", "));
+    }
+    line
 }
 
 /// This run's cluster shape (a single process when there is no cluster),
@@ -459,4 +469,47 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
     }
     drop(cluster);
     totals
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::status_line;
+    use crate::app::{DataflowTotals, Totals};
+
+    #[test]
+    fn status_line_names_each_dataflow_then_the_stage_times() {
+        let mut totals = Totals::default();
+        assert_eq!(
+            status_line(&totals, &mut BTreeMap::new(), Duration::from_secs(1)),
+            "status: waiting for data"
+        );
+        totals.dataflows.insert(
+            "playback".into(),
+            DataflowTotals {
+                events: 500,
+                dead_letters: 2,
+                lag: Some(7),
+                ..DataflowTotals::default()
+            },
+        );
+        totals.stages = [("commit".to_string(), 2.04), ("decode".to_string(), 0.5)]
+            .into_iter()
+            .collect();
+        let mut last = BTreeMap::from([("playback".to_string(), 300)]);
+        let line = status_line(&totals, &mut last, Duration::from_secs(2));
+        assert!(
+            line.starts_with(
+                "status: playback: 100 ev/s (500 events), lag 7, no watermark yet, dead letters 2"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; time by stage: commit 2.0s, decode 0.5s"),
+            "{line}"
+        );
+        assert_eq!(last["playback"], 500);
+    }
 }
