@@ -7,14 +7,15 @@
 #   scripts/bench-kafka.sh [EVENTS] [WORKERS]
 # (`rdg replay --brokers` is not used here: tansu's ListOffsets answers end
 # offsets below the real ones, so a bounded replay stops early against it.)
+# RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
 workers=${2:-2}
 port=${BENCH_BROKER_PORT:-19093}
 work=target/bench-kafka
-cargo build --release --quiet
-bin=target/release/rdg
+if [ -z "${RDG_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${RDG_BIN:-target/release/rdg}
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
 trap 'scripts/broker.sh stop "$port" || true' EXIT

@@ -7,6 +7,7 @@
 # BENCH_LOAD_RATE=N adds a steady background load while each probe runs:
 # `rdg produce --rate N` sends generated events to every topic (the probe's
 # own events come on top), so latency is measured under N events/s.
+# RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=${1:-2}
@@ -17,8 +18,8 @@ port=${BENCH_BROKER_PORT:-19095}
 api_port=${BENCH_API_PORT:-17878}
 work=target/bench-latency
 python3 -c 'import kafka' 2>/dev/null || python3 -m pip install --quiet kafka-python
-cargo build --release --quiet
-bin=target/release/rdg
+if [ -z "${RDG_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${RDG_BIN:-target/release/rdg}
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
 rm -rf "$work" && mkdir -p "$work"
