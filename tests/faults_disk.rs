@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::ffi::OsString;
 use std::path::Path;
 
 use rdg::store::Engine;
@@ -44,25 +43,11 @@ fn stopped_for_lack_of_space(what: &str, code: Option<i32>, stderr: &str, state:
     );
 }
 
-fn replay_args(engine: &str, state: &Path, files: &[std::path::PathBuf]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "replay".into(),
-        "--engine".into(),
-        engine.into(),
-        "--dataflows".into(),
-        dataflows_dir().into(),
-        "--state".into(),
-        state.into(),
-    ];
-    args.extend(files.iter().map(OsString::from));
-    args
-}
-
 fn disk_full_during_a_replay(engine: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = event_files(&gen_opts(EVENTS, true), &dir.path().join("input"));
     let reference_state = dir.path().join("reference");
-    rdg(replay_args(engine, &reference_state, &files)).ok();
+    replay_with(&["--engine", engine], &reference_state, 1, &files);
     let reference = export(&reference_state);
     let needed = disk_usage(&reference_state);
 
@@ -70,12 +55,12 @@ fn disk_full_during_a_replay(engine: &str) {
         return;
     };
     let state = fs.path("state");
-    let run = rdg(replay_args(engine, &state, &files));
+    let run = rdg(replay_args(&["--engine", engine], &state, 1, &files));
     stopped_for_lack_of_space("rdg replay", run.code, &run.stderr, &state);
 
     // Space freed: the interrupted bulk load is wiped, the replay redone.
     fs.resize(needed * 4 + (64 << 20));
-    rdg(replay_args(engine, &state, &files)).ok();
+    replay_with(&["--engine", engine], &state, 1, &files);
     assert!(
         export(&state) == reference,
         "the replay after space was freed differs from an uninterrupted one"
@@ -93,7 +78,7 @@ fn disk_full_during_a_run(engine: &str) {
         .iter()
         .map(|t| dir.path().join("input").join(format!("{t}.jsonl")))
         .collect();
-    rdg(replay_args(engine, &sized, &files)).ok();
+    replay_with(&["--engine", engine], &sized, 1, &files);
     let needed = disk_usage(&sized);
     let cluster = mock_with_events(1, &gen_opts(EVENTS, true));
     let brokers = cluster.bootstrap_servers();

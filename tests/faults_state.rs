@@ -31,17 +31,7 @@ struct Intact {
 fn intact(engine: &str) -> Intact {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    let mut args: Vec<OsString> = vec![
-        "replay".into(),
-        "--engine".into(),
-        engine.into(),
-        "--dataflows".into(),
-        dataflows_dir().into(),
-        "--state".into(),
-        state.clone().into(),
-    ];
-    args.extend(data_files().into_iter().map(OsString::from));
-    rdg(args).ok();
+    replay_with(&["--engine", engine], &state, 1, &data_files());
     let export = support::export(&state);
     assert!(export.lines().count() > 1000, "the sample exports a graph");
     let node = node_query(&state).ok().to_string();

@@ -132,6 +132,18 @@ pub fn replay(state: &Path, workers: usize, files: &[PathBuf]) -> String {
 /// [`replay`] with `extra` arguments after `replay` (`--engine sled`).
 #[track_caller]
 pub fn replay_with(extra: &[&str], state: &Path, workers: usize, files: &[PathBuf]) -> String {
+    rdg(replay_args(extra, state, workers, files))
+        .ok()
+        .to_string()
+}
+
+/// The arguments of [`replay_with`], for a run whose failure is the point.
+pub fn replay_args(
+    extra: &[&str],
+    state: &Path,
+    workers: usize,
+    files: &[PathBuf],
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["replay".into()];
     args.extend(extra.iter().map(OsString::from));
     args.extend::<[OsString; 6]>([
@@ -143,7 +155,7 @@ pub fn replay_with(extra: &[&str], state: &Path, workers: usize, files: &[PathBu
         workers.to_string().into(),
     ]);
     args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
-    rdg(args).ok().to_string()
+    args
 }
 
 /// `rdg export --state STATE`, which must succeed; its stdout.
