@@ -17,7 +17,6 @@
 //! waiting for their flush.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
@@ -52,11 +51,6 @@ pub(crate) const JOURNAL_BYTES: u64 = 128 << 20;
 /// The longest name fjall accepts for a keyspace (it panics beyond).
 const MAX_NAME: usize = 255;
 
-/// How long to wait for fjall's own lock when this process closed the
-/// database just before (its background threads release it), and otherwise.
-const RELOCK_WAIT: Duration = Duration::from_secs(5);
-const LOCK_WAIT: Duration = Duration::from_millis(250);
-
 pub(crate) struct FjallDb {
     db: Database,
 }
@@ -68,29 +62,18 @@ impl FjallDb {
         recently_closed: bool,
     ) -> Result<FjallDb, OpenError> {
         let path = dir.join(DIR);
-        let wait = if recently_closed {
-            RELOCK_WAIT
-        } else {
-            LOCK_WAIT
-        };
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let opened = Database::builder(&path)
+        super::open_retrying(recently_closed, || {
+            match Database::builder(&path)
                 .cache_size(config.cache_bytes)
                 .max_journaling_size(JOURNAL_BYTES)
                 .worker_threads(WORKER_THREADS)
-                .open();
-            match opened {
-                Ok(db) => return Ok(FjallDb { db }),
-                Err(fjall::Error::Locked) if started.elapsed() < wait => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Err(fjall::Error::Locked) => return Err(OpenError::Locked),
-                Err(e) => return Err(OpenError::Engine(e.into())),
+                .open()
+            {
+                Ok(db) => Ok(FjallDb { db }),
+                Err(fjall::Error::Locked) => Err(OpenError::Locked),
+                Err(e) => Err(OpenError::Engine(e.into())),
             }
-        }
+        })
     }
 
     pub fn namespace_names(&self) -> Vec<String> {

@@ -26,6 +26,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 /// The key-value engine a state is written with. Recorded in the state when
 /// it is created; a state is always reopened with the same engine.
@@ -444,6 +445,36 @@ pub(crate) enum OpenError {
     /// Another process (or this one, not yet released) holds it.
     Locked,
     Engine(EngineError),
+}
+
+/// How long to wait for an engine's own lock when this process closed the
+/// database just before (both engines release it from background threads),
+/// and otherwise.
+const RELOCK_WAIT: Duration = Duration::from_secs(5);
+const LOCK_WAIT: Duration = Duration::from_millis(250);
+
+/// Calls `open` until it succeeds, fails otherwise than [`OpenError::Locked`],
+/// or the lock wait is over (backing off from 1 to 50 ms).
+fn open_retrying<T>(
+    recently_closed: bool,
+    mut open: impl FnMut() -> Result<T, OpenError>,
+) -> Result<T, OpenError> {
+    let wait = if recently_closed {
+        RELOCK_WAIT
+    } else {
+        LOCK_WAIT
+    };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match open() {
+            Err(OpenError::Locked) if started.elapsed() < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// A consistent read of the store's namespaces.

@@ -10,7 +10,6 @@
 //! (atomic per tree only; the bulk load's marker covers a crash).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -19,11 +18,6 @@ use super::{Bound, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteS
 
 /// sled's own tree, which rdg does not use.
 const DEFAULT_TREE: &[u8] = b"__sled__default";
-
-/// How long to wait for sled's lock when this process closed the database
-/// just before (sled releases it asynchronously), and otherwise.
-const RELOCK_WAIT: Duration = Duration::from_secs(5);
-const LOCK_WAIT: Duration = Duration::from_millis(250);
 
 pub(crate) struct SledDb {
     db: sled::Db,
@@ -35,30 +29,19 @@ impl SledDb {
         config: OpenConfig,
         recently_closed: bool,
     ) -> Result<SledDb, OpenError> {
-        let wait = if recently_closed {
-            RELOCK_WAIT
-        } else {
-            LOCK_WAIT
-        };
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
+        super::open_retrying(recently_closed, || {
             match sled::Config::new()
                 .path(dir)
                 .cache_capacity(config.cache_bytes)
                 .open()
             {
-                Ok(db) => return Ok(SledDb { db }),
+                Ok(db) => Ok(SledDb { db }),
                 Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-                    if started.elapsed() >= wait {
-                        return Err(OpenError::Locked);
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    Err(OpenError::Locked)
                 }
-                Err(e) => return Err(OpenError::Engine(e.into())),
+                Err(e) => Err(OpenError::Engine(e.into())),
             }
-        }
+        })
     }
 
     pub fn namespace_names(&self) -> Vec<String> {
