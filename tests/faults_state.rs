@@ -1,7 +1,8 @@
 //! Damaged state directories, on both engines, through the real binary: a
 //! file of the engine truncated, zero-filled or replaced by a foreign file,
-//! a file deleted, the engine marker garbled, and a state of another format
-//! version (rdg's own, and the engine's). Every command that opens a state
+//! a file deleted, the engine marker garbled, fjall's journal zeroed in the
+//! middle, and a state of another format version (rdg's own, and the
+//! engine's). Every command that opens a state
 //! (`export`, `query`, `replay` continuing it, `serve`) must either refuse
 //! it — exit non-zero, a message naming the state directory, no panic — or
 //! answer exactly what the intact state answers. Never a wrong answer, and
@@ -326,6 +327,55 @@ fn another_format_version_is_refused(engine: &str) {
             run.describe()
         );
     }
+}
+
+/// A journal damaged in the middle: fjall's recovery cuts it short at the
+/// first bad batch without an error, so the engine opens with fewer commits
+/// than its last flush made durable, which `rdg-durable` recorded: every
+/// command refuses the state, saying how many commits were lost.
+#[test]
+fn fjall_journal_damaged_in_the_middle_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    // A bulk load of one file, then two replays that continue it with
+    // commits, which go through the journal.
+    let files = data_files();
+    for file in &files {
+        replay_with(
+            &["--engine", "fjall"],
+            &state,
+            1,
+            std::slice::from_ref(file),
+        );
+    }
+    let durable = std::fs::read_to_string(state.join("rdg-durable")).expect("rdg-durable");
+    let durable: u64 = durable.trim().parse().expect("a number of commits");
+    assert!(durable >= 3, "three replays flushed {durable} commits");
+    let journal = journal(&state);
+    let len = std::fs::metadata(&journal).expect("metadata").len() as usize;
+    assert!(len > 10_000, "the journal holds the commits ({len} bytes)");
+    zero_range(&journal, len / 2, 64);
+
+    for args in [
+        vec!["export"],
+        vec!["query", "node", "account", "acc0"],
+        vec!["replay", "data/login.jsonl"],
+    ] {
+        let mut all: Vec<OsString> = vec![args[0].into(), "--state".into(), (&state).into()];
+        all.extend(args[1..].iter().map(OsString::from));
+        let run = rdg(all);
+        run.expect_code(2);
+        assert_eq!(run.stdout, "", "{}", run.describe());
+        assert!(
+            run.stderr.contains(&format!(
+                "state directory {} is damaged: its last flush made {durable} commits durable, but its fjall database holds ",
+                state.display()
+            )) && !run.stderr.contains("panicked"),
+            "{}",
+            run.describe()
+        );
+    }
+    serve_refuses("journal zeroed in the middle", &state);
 }
 
 both_engines!(names: damaged_states_are_refused, another_format_version_is_refused);

@@ -217,6 +217,7 @@ impl BulkLoad {
                 .write(&plan.ns, &plan.set)
                 .map_err(|e| store.engine_err(e))?;
             inner.db.flush().map_err(|e| store.engine_err(e))?;
+            layout::record_durable(&inner.path, commits)?;
             layout::remove_bulk_marker(&inner.path)?;
             inner.commits.store(commits, Ordering::Release);
             store.publish(meta);

@@ -8,6 +8,7 @@
 //! | `rdg.lock` | locked (`flock`) while a `Store` has the state open |
 //! | `rdg-bulk-load` | present from [`Store::bulk_load`](super::Store::bulk_load) until its `finish` |
 //! | `rdg-format` | the format version and a newline, written once the engine holds it durably |
+//! | `rdg-durable` | the number of commits the engine held durably at the last flush, and a newline |
 //! | `fjall/` | the fjall database |
 //! | `conf`, `db`, `blobs/`, `snap.*` | the sled database (at the top, as rdg's first states have it) |
 //!
@@ -22,7 +23,11 @@
 //! has no format version lost its data (a missing, truncated or zeroed
 //! journal, a deleted keyspace): it is refused, never reopened as a new,
 //! empty state. States written before the file existed get it when next
-//! opened.
+//! opened. `rdg-durable` is replaced (written aside, fsynced, renamed) only
+//! after the engine made that many commits durable, and removed before a
+//! wipe empties the state, so an engine that opens with fewer commits lost
+//! durable ones (a journal damaged in the middle, which the engine's own
+//! recovery cuts short without a word): the state is refused.
 
 use std::fs::File;
 use std::io::Write;
@@ -36,6 +41,7 @@ const ENGINE_FILE: &str = "rdg-engine";
 const LOCK_FILE: &str = "rdg.lock";
 const BULK_FILE: &str = "rdg-bulk-load";
 const FORMAT_FILE: &str = "rdg-format";
+const DURABLE_FILE: &str = "rdg-durable";
 
 /// How long to wait for another process's lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_millis(250);
@@ -113,6 +119,45 @@ pub(crate) fn format_recorded(dir: &Path) -> bool {
 /// Records, durably, that the engine holds format version `version`.
 pub(crate) fn record_format(dir: &Path, version: u64) -> Result<(), StoreError> {
     write_durably(&dir.join(FORMAT_FILE), format!("{version}\n").as_bytes())?;
+    sync_dir(dir)
+}
+
+/// The number of commits the last flush made durable; `None` when no flush
+/// recorded one (a new state, or one written before the file existed).
+pub(crate) fn durable_commits(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let path = dir.join(DURABLE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim_end()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|e| StoreError::Damaged {
+                path: dir.to_path_buf(),
+                detail: format!("{} does not hold a number of commits ({e})", path.display()),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Records that the engine holds `commits` commits durably (call after
+/// the engine's flush): written aside and renamed, so the file is always
+/// whole.
+pub(crate) fn record_durable(dir: &Path, commits: u64) -> Result<(), StoreError> {
+    let path = dir.join(DURABLE_FILE);
+    let aside = dir.join(format!("{DURABLE_FILE}.new"));
+    write_durably(&aside, format!("{commits}\n").as_bytes())?;
+    std::fs::rename(&aside, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
+}
+
+/// Forgets the durable commit count (before the state is wiped empty).
+pub(crate) fn remove_durable(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(dir.join(DURABLE_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(dir)(e)),
+    }
     sync_dir(dir)
 }
 

@@ -97,7 +97,10 @@
 //! A commit is handed to the engine's log when [`Store::commit`] returns
 //! (fjall: written to the OS; sled: in its log buffer, written back within
 //! about 500 ms) and fsynced by [`Store::flush`]. A crash loses at most the
-//! commits after the last flush, always whole commits.
+//! commits after the last flush, always whole commits. The flush records
+//! how many commits it made durable (`rdg-durable`); a state whose engine
+//! opens with fewer lost durable commits to damage (a journal zeroed in the
+//! middle, which fjall's recovery cuts short silently) and is refused.
 //!
 //! # Bulk load
 //! [`Store::bulk_load`] writes a backfill into an **empty** state faster than
@@ -753,6 +756,7 @@ impl Store {
                 "state directory {}: a bulk load into it was interrupted; wiping it back to empty (the state before the load)",
                 dir.display()
             );
+            layout::remove_durable(dir)?;
             db.wipe().map_err(|source| StoreError::Engine {
                 path: dir.to_path_buf(),
                 source,
@@ -851,6 +855,7 @@ impl Store {
             LoadError::Engine(source) => engine_err(source),
             LoadError::Store(e) => e,
         })?;
+        check_durable(dir, db.engine(), commits)?;
         let published = meta_of(&snap, &meta).map_err(|e| match e {
             LoadError::Engine(source) => engine_err(source),
             LoadError::Store(e) => e,
@@ -896,9 +901,13 @@ impl Store {
         Ok(self.commit_count() == 0)
     }
 
-    /// Writes everything committed so far to disk (fsync).
+    /// Writes everything committed so far to disk (fsync), and records how
+    /// many commits that made durable (`rdg-durable`, checked at open).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush().map_err(|e| self.engine_err(e))
+        // Commits counted before the flush are durable after it.
+        let commits = self.commit_count();
+        self.inner.db.flush().map_err(|e| self.engine_err(e))?;
+        layout::record_durable(&self.inner.path, commits)
     }
 
     /// Every dataflow's counters and every stored position.
@@ -1070,6 +1079,21 @@ enum LoadError {
 }
 
 /// The commit count and every dataflow's counters, from `meta`.
+/// Refuses a state whose engine holds fewer commits than its last flush
+/// made durable (`rdg-durable`): its engine lost some without an error
+/// (fjall cuts a damaged journal short at the first bad batch).
+fn check_durable(dir: &Path, engine: Engine, commits: u64) -> Result<(), StoreError> {
+    match layout::durable_commits(dir)? {
+        Some(durable) if durable > commits => Err(StoreError::Damaged {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "its last flush made {durable} commits durable, but its {engine} database holds {commits} (the engine's journal lost commits: a file of it truncated, zeroed or damaged?)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn load_counters(snap: &Snap, meta: &Ns) -> Result<(u64, Counters), LoadError> {
     let commits_key = codec::encode(&[META_COMMITS]);
     let commits = match snap.get(meta, &commits_key).map_err(LoadError::Engine)? {

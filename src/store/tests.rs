@@ -513,8 +513,12 @@ fn interrupted_bulk_load_reopens_empty(engine: Engine) {
         ));
     }
     assert!(layout::bulk_marker_present(dir.path()));
+    // As if the load's finish had recorded its commit durable just before
+    // the crash: the wipe forgets it with the load.
+    layout::record_durable(dir.path(), 1).expect("record");
     let store = open(dir.path(), engine);
     assert!(!layout::bulk_marker_present(dir.path()));
+    assert_eq!(layout::durable_commits(dir.path()).expect("read"), None);
     assert!(store.is_empty().expect("is_empty"));
     assert_eq!(store.counts().expect("counts"), Counts::default());
     assert_eq!(store.schema(), Schema::default());
@@ -530,6 +534,60 @@ fn interrupted_bulk_load_reopens_empty(engine: Engine) {
     assert_eq!(store.commit_count(), 1);
     assert!(store.node("profile:q").expect("node").is_some());
     assert!(store.node("profile:p1").expect("node").is_none());
+}
+
+/// A flush records how many commits it made durable; an engine that opens
+/// with fewer lost some, and the state is refused; commits after the last
+/// flush may be lost (as after a crash) without a refusal.
+fn losing_durable_commits_is_refused(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path(), engine);
+        for t in 0..3 {
+            store
+                .commit(&[node("profile:p1", "x", t)], &[], &Progress::default())
+                .expect("commit");
+        }
+        store.flush().expect("flush");
+        assert_eq!(layout::durable_commits(dir.path()).expect("read"), Some(3));
+        store
+            .commit(&[node("profile:p1", "x", 9)], &[], &Progress::default())
+            .expect("commit");
+    }
+    // One commit past the last flush: more than it recorded, accepted.
+    assert_eq!(open(dir.path(), engine).commit_count(), 4);
+    // The engine holds fewer than a flush made durable.
+    layout::record_durable(dir.path(), 5).expect("record");
+    let refused = Store::open_with(
+        dir.path(),
+        &StoreOptions {
+            engine: Some(engine),
+            cache_bytes: Some(8 << 20),
+        },
+    );
+    match refused {
+        Err(e @ StoreError::Damaged { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("made 5 commits durable"), "{text}");
+            assert!(
+                text.contains(&format!("{engine} database holds 4")),
+                "{text}"
+            );
+            assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        }
+        other => panic!(
+            "expected Damaged, got {:?}",
+            other.map(|s| s.commit_count())
+        ),
+    }
+    // A mark that is not a number is refused too, never ignored.
+    std::fs::write(dir.path().join("rdg-durable"), b"\x00\x00").expect("write");
+    let garbled = Store::open_with(dir.path(), &StoreOptions::default());
+    assert!(
+        matches!(garbled, Err(StoreError::Damaged { .. })),
+        "{:?}",
+        garbled.map(|s| s.commit_count())
+    );
 }
 
 /// A bulk load needs an empty state.
@@ -598,6 +656,7 @@ both_engines!(
     commit_path_does_not_read,
     bad_meta_values_are_refused_at_open,
     interrupted_bulk_load_reopens_empty,
+    losing_durable_commits_is_refused,
     bulk_load_refuses_a_state_with_commits,
     overlong_type_name_is_an_error_not_a_panic,
 );
