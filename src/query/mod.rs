@@ -56,6 +56,7 @@ mod metrics;
 mod neighbourhood;
 mod params;
 mod peers;
+mod reclaim;
 mod respond;
 mod routes;
 mod server;

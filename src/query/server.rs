@@ -6,8 +6,9 @@
 //! Invariants: [`ROUTES`] is the one list of routes (the router is built
 //! from it, `openapi.json` must match it, a test checks both ways); at most
 //! `max_connections` connections are served (one more is answered 503 and
-//! closed); headers must arrive within 10 s; a request that panics is a 500,
-//! not a dead server; a stopped server has released its port.
+//! closed); headers must arrive within 10 s (else a 408, then closed); a
+//! request that panics is a 500, not a dead server; a stopped server has
+//! released its port.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -31,6 +32,7 @@ use super::fresh::{COMMIT, COMMITS, FreshCache};
 use super::live::LiveStatus;
 use super::metrics::{CountsCache, Metrics};
 use super::peers::Peers;
+use super::reclaim::Reclaim;
 use super::state::App;
 use super::{export, routes};
 use crate::store::Store;
@@ -413,7 +415,7 @@ async fn serve(
     let slots = app.slots.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
     loop {
         tokio::select! {
@@ -438,13 +440,20 @@ async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let (stream, returned) = Reclaim::new(stream);
                 let conn = http.serve_connection(
                     TokioIo::new(stream),
                     TowerToHyperService::new(service.clone()),
                 );
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    if let Err(e) = conn.await
+                        && e.is_timeout()
+                        && let Some(stream) = returned.take()
+                    {
+                        // hyper gave up waiting for a request's headers.
+                        refuse(stream, REQUEST_TIMEOUT, &request_timeout_body()).await;
+                    }
                     drop(slot);
                 });
             }
@@ -461,20 +470,38 @@ async fn serve(
     Ok(())
 }
 
-/// How long a refused connection is kept to deliver its 503.
+/// How long a refused connection is kept to deliver its answer.
 const REFUSE_LINGER: Duration = Duration::from_secs(1);
 
+/// How long a request's headers may take to arrive (then: a 408).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const BUSY: &str = "503 Service Unavailable\r\nretry-after: 1";
+const REQUEST_TIMEOUT: &str = "408 Request Timeout";
+
+fn request_timeout_body() -> String {
+    format!(
+        "{{\"error\":\"the request's headers did not arrive within {} s\"}}",
+        HEADER_TIMEOUT.as_secs()
+    )
+}
+
 /// Answers a connection over `max_connections` with a 503 and closes it.
-/// What the client sent is read (at most [`REFUSE_LINGER`]) before the
-/// close, so that the kernel does not reset the connection and lose the
-/// answer.
-async fn refuse_busy(mut stream: tokio::net::TcpStream, max: usize) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn refuse_busy(stream: tokio::net::TcpStream, max: usize) {
     let body = format!(
         "{{\"error\":\"the server has {max} connections open, its limit; try again later\"}}"
     );
+    refuse(stream, BUSY, &body).await;
+}
+
+/// Answers `status` (the status line's code and reason, and any extra
+/// header lines) with a JSON `body` and closes the connection. What the
+/// client sent is read (at most [`REFUSE_LINGER`]) before the close, so
+/// that the kernel does not reset the connection and lose the answer.
+async fn refuse(mut stream: tokio::net::TcpStream, status: &str, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let answer = async {
