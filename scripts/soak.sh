@@ -10,12 +10,15 @@
 # disk over the second half of the run.
 #   scripts/soak.sh [MINUTES]           (default 30)
 #   SOAK_RATE=1000 RETENTION=1h RDG_ENGINE=sled scripts/soak.sh 10
+#   SOAK_CACHE_MB=16 scripts/soak.sh 30   (the store's cache; default fjall 256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
 rate=${SOAK_RATE:-500}
 retention=${RETENTION:-2h}
 engine=${RDG_ENGINE:-fjall}
+cache_args=()
+if [ -n "${SOAK_CACHE_MB:-}" ]; then cache_args=(--cache-mb "$SOAK_CACHE_MB"); fi
 port=${SOAK_BROKER_PORT:-19095}
 http=${SOAK_HTTP_PORT:-19096}
 work=target/soak
@@ -36,12 +39,12 @@ done
 "$bin" check --dataflows "$work/dataflows" >/dev/null
 brokers="127.0.0.1:$port"
 events=$(( rate * (minutes * 60 + 60) ))
-echo "soak: $minutes min at $rate events/s (retention $retention, engine $engine), tansu on $brokers"
+echo "soak: $minutes min at $rate events/s (retention $retention, engine $engine, cache ${SOAK_CACHE_MB:-default} MiB), tansu on $brokers"
 
 nice -n 10 "$bin" produce --dataflows "$work/dataflows" --brokers "$brokers" --events "$events" \
   --rate "$rate" --partitions 1 >/dev/null 2>"$work/produce.log" &
 pids+=($!)
-nice -n 10 "$bin" run --engine "$engine" --dataflows "$work/dataflows" --state "$work/state" \
+nice -n 10 "$bin" run --engine "$engine" "${cache_args[@]}" --dataflows "$work/dataflows" --state "$work/state" \
   --brokers "$brokers" --workers 2 --listen "127.0.0.1:$http" --status-interval 10 \
   >/dev/null 2>"$work/run.log" &
 run=$!
