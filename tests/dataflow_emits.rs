@@ -157,3 +157,83 @@ fn login_events_become_nodes_edges_and_clusters() {
         }
     }
 }
+
+/// A live source that never has anything, or fails on its `fail_at`th poll.
+struct Quiet {
+    polls: usize,
+    fail_at: Option<usize>,
+}
+
+impl Source for Quiet {
+    fn dataflow(&self) -> &str {
+        "login"
+    }
+    fn poll(&mut self, _max: usize, _out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+        self.polls += 1;
+        if self.fail_at.is_some_and(|n| self.polls >= n) {
+            return Err(SourceError::Broker {
+                brokers: "127.0.0.1:1".into(),
+                detail: "unreachable for 30 s".into(),
+            });
+        }
+        Ok(Poll::Idle)
+    }
+    fn describe(&self, _p: u32, o: u64) -> String {
+        format!("quiet:{o}")
+    }
+    fn partition_key(&self, _p: u32) -> String {
+        "0".into()
+    }
+}
+
+/// A live run whose source fails on one worker ends, with that error, on
+/// every worker: the other workers must not go on reading their sources
+/// (their partitions) as if nothing happened, with the failed worker's
+/// partitions silently stalled.
+#[test]
+fn a_source_error_on_one_worker_stops_the_whole_run() {
+    let plan =
+        Arc::new(rdg::spec::load(&support::dataflows_dir()).expect("shipped definitions load"));
+    let sources: dataflow::SourceFactory =
+        Arc::new(move |index, _peers, _resume: &dataflow::Positions| {
+            let fail_at = (index == 1).then_some(3);
+            Ok(vec![
+                Box::new(Quiet { polls: 0, fail_at }) as Box<dyn Source>
+            ])
+        });
+    let start = Arc::new(Start {
+        watermarks: BTreeMap::new(),
+        contributions: Mutex::new(None),
+        positions: BTreeMap::new(),
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let config = RunConfig {
+        workers: 2,
+        live: true,
+        stop: stop.clone(),
+        ..RunConfig::default()
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let run = std::thread::spawn(move || {
+        let r = dataflow::run(config, plan, start, sources, Arc::new(|_| {}));
+        let _ = done_tx.send(());
+        r
+    });
+    let ended = done_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .is_ok();
+    // Unblock the run either way, so a failure does not hang the test.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = run.join().expect("run thread");
+    assert!(
+        ended,
+        "worker 1's source failed, but the run went on (worker 0 kept reading) for 30 s"
+    );
+    match result {
+        Err(e) => assert!(
+            e.to_string().contains("cannot reach the Kafka broker"),
+            "{e}"
+        ),
+        Ok(()) => panic!("the run ended without the source's error"),
+    }
+}

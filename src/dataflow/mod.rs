@@ -99,6 +99,7 @@ pub struct RunConfig {
     /// How many times may be in flight before the driver waits.
     pub in_flight: u64,
     /// Set from outside to stop reading; what was read is still completed.
+    /// A worker that fails sets it too, so every worker stops with it.
     pub stop: Arc<AtomicBool>,
     /// Live sources: idle is not the end; run until `stop`. Times follow the
     /// wall clock (ms) so idle workers let the others' times complete.
@@ -226,7 +227,14 @@ pub fn run(
         },
     };
     let guards = timely::execute(timely_config, move |worker| {
-        run_worker(worker, &config, &plan, &start, &sources, &emit)
+        let result = run_worker(worker, &config, &plan, &start, &sources, &emit);
+        if result.is_err() {
+            // One worker cannot go on: every other stops reading too (what
+            // was read is still completed), so the run ends with this error
+            // instead of going on with this worker's sources unread.
+            config.stop.store(true, Ordering::Relaxed);
+        }
+        result
     })
     .map_err(DataflowError::Timely)?;
     let mut first_error = None;
