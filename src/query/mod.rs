@@ -73,6 +73,7 @@ pub use server::{ROUTES, Route, Server, in_process_router};
 #[cfg(test)]
 const LAYERS: &[(&str, &str)] = &[
     ("server", include_str!("server.rs")),
+    ("reclaim", include_str!("reclaim.rs")),
     ("routes", include_str!("routes.rs")),
     ("export", include_str!("export.rs")),
     ("neighbourhood", include_str!("neighbourhood.rs")),
