@@ -11,6 +11,7 @@
 #   scripts/soak.sh [MINUTES]           (default 30)
 #   SOAK_RATE=1000 RETENTION=1h RDG_ENGINE=sled scripts/soak.sh 10
 #   SOAK_CACHE_MB=16 scripts/soak.sh 30   (the store's cache; default fjall 256)
+#   RDG_BIN=/path/to/rdg scripts/soak.sh 30  (soak that build instead of building one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -22,8 +23,8 @@ if [ -n "${SOAK_CACHE_MB:-}" ]; then cache_args=(--cache-mb "$SOAK_CACHE_MB"); f
 port=${SOAK_BROKER_PORT:-19095}
 http=${SOAK_HTTP_PORT:-19096}
 work=target/soak
-nice -n 10 cargo build --release --quiet
-bin=target/release/rdg
+bin=${RDG_BIN:-target/release/rdg}
+[ -n "${RDG_BIN:-}" ] || nice -n 10 cargo build --release --quiet
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
 pids=()
