@@ -81,21 +81,16 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
     create_state(&replayed, engine);
-    let out = command()
-        .arg("replay")
-        .arg("--dataflows")
-        .arg(dataflows_dir())
-        .arg("--state")
-        .arg(&replayed)
-        .arg("--brokers")
-        .arg(&brokers)
-        .args(["--workers", "2", "--json"])
-        .output()
-        .expect("replay --brokers");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        command()
+            .arg("replay")
+            .arg("--dataflows")
+            .arg(dataflows_dir())
+            .arg("--state")
+            .arg(&replayed)
+            .arg("--brokers")
+            .arg(&brokers)
+            .args(["--workers", "2", "--json"]),
     );
     assert_same(
         &normalized_export(&replayed),

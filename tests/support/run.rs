@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdg::store::{Engine, Store, StoreOptions};
 
-use super::bin::{command, dataflows_dir};
+use super::bin::{command, dataflows_dir, export, replay_with};
 use super::kafka::{committed, gen_opts};
 use super::process::{signal, wait_exit};
 
@@ -23,39 +23,15 @@ pub fn file_replay_export(dir: &Path, events: u64, deletes: bool) -> Vec<String>
     let input = dir.join("input");
     rdg::generate::generate(&gen_opts(events, deletes), &input).expect("generate");
     let state = dir.join("file-state");
-    let out = command()
-        .arg("replay")
-        .arg("--dataflows")
-        .arg(dataflows_dir())
-        .arg("--state")
-        .arg(&state)
-        .args(["playback", "gaming", "login"].map(|t| input.join(format!("{t}.jsonl"))))
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let files = ["playback", "gaming", "login"].map(|t| input.join(format!("{t}.jsonl")));
+    replay_with(&[], &state, 1, &files);
     normalized_export(&state)
 }
 
 /// The export with dead letters reduced to their dataflow (their source
 /// names a file line in one run, a topic/partition/offset in the other).
 pub fn normalized_export(state: &Path) -> Vec<String> {
-    let out = command()
-        .arg("export")
-        .arg("--state")
-        .arg(state)
-        .output()
-        .expect("export");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8(out.stdout)
-        .expect("utf-8")
+    let mut lines: Vec<String> = export(state)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("json line");
