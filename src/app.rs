@@ -167,15 +167,10 @@ impl std::fmt::Display for ReplaySummary {
             self.store_keys_per_s
         )?;
         if !self.stage_s.is_empty() {
-            let stages: Vec<String> = self
-                .stage_s
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.2}s"))
-                .collect();
             write!(
                 f,
                 "\ntime by stage (summed over threads): {}",
-                stages.join(", ")
+                stage_list(&self.stage_s, 2)
             )?;
         }
         Ok(())
@@ -551,6 +546,15 @@ fn run_into_sink(
         writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
         result.and(joined).map(|()| writer.totals.clone())
     })
+}
+
+/// Stage times as text: `decode 1.25s, fold 0.50s, ...` with `decimals`.
+fn stage_list(stages: &BTreeMap<String, f64>, decimals: usize) -> String {
+    stages
+        .iter()
+        .map(|(stage, secs)| format!("{stage} {secs:.decimals$}s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The stage times as reported: the dataflow's and the writer's.

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{AppError, Observer, ReplaySummary, Totals, replay_into_store, run_into_store};
+use super::{
+    AppError, Observer, ReplaySummary, Totals, replay_into_store, run_into_store, stage_list,
+};
 use crate::dataflow::{Positions, RunConfig, SourceFactory};
 use crate::model::{ClusterShape, Progress};
 use crate::query::{LiveGauges, ServeConfig, Server};
@@ -193,13 +195,8 @@ pub fn status_line(
     }
     let mut line = format!("status: {}", parts.join(" | "));
     if !totals.stages.is_empty() {
-        let stages: Vec<String> = totals
-            .stages
-            .iter()
-            .map(|(stage, secs)| format!("{stage} {secs:.1}s"))
-            .collect();
         line.push_str("; time by stage: ");
-        line.push_str(&stages.join(", "));
+        line.push_str(&stage_list(&totals.stages, 1));
     }
     line
 }
