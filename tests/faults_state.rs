@@ -69,24 +69,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Every regular file under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read_dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// The largest table file of the fjall database (where the bulk load put
 /// the sample).
 fn largest_table(state: &Path) -> PathBuf {
-    files_under(&state.join("fjall/keyspaces"))
+    support::store::files_under(&state.join("fjall/keyspaces"))
         .into_iter()
         .filter(|p| p.parent().is_some_and(|d| d.ends_with("tables")))
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))

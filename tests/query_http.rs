@@ -10,7 +10,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -246,7 +245,7 @@ fn query_url_prints_what_query_state_prints() {
     // A copy for `--state`, since the server holds the original.
     let copy = tmp.path().join("copy");
     std::fs::create_dir_all(&copy).expect("mkdir");
-    for f in walk(&state) {
+    for f in support::store::files_under(&state) {
         let to = copy.join(f.strip_prefix(&state).expect("under state"));
         std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
         std::fs::copy(&f, &to).expect("copy");
@@ -391,19 +390,6 @@ fn export_links_and_cluster_members_agree_with_the_store() {
     );
     assert_eq!(a.body, get(&base, "/v1/search?q=acc").body);
     assert!(!a.headers.contains_key("x-rdg-commits"));
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read_dir") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------

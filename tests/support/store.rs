@@ -2,7 +2,7 @@
 //! temporary folder (deleted with the returned guard), on either engine, and
 //! `both_engines!`, which runs a test function once per engine.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rdg::store::{Engine, Store, StoreError, StoreOptions};
 
@@ -51,3 +51,17 @@ macro_rules! both_engines {
 }
 #[allow(unused_imports)]
 pub(crate) use both_engines;
+
+/// Every regular file under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
