@@ -15,7 +15,7 @@ use rdg::dataflow::{self, Emitted, RunConfig, Start};
 use rdg::source::Shared;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use rdg::generate::{GenOptions, events};
 use rdg::source::{MemorySource, Source};
 

@@ -11,7 +11,7 @@ use rdg::generate::{GenOptions, events};
 use rdg::spec::{DecodeScratch, Decoded, Verdict};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let n: u64 = std::env::args()
