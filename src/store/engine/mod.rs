@@ -198,8 +198,8 @@ pub(crate) struct WriteSet {
     pub arena: Vec<u8>,
     pub ops: Vec<Op>,
     /// Scratch of `normalize`, kept for its capacity: (namespace, key
-    /// prefix, position).
-    order: Vec<(usize, u128, usize)>,
+    /// prefix as two integers, position).
+    order: Vec<(usize, u128, u128, usize)>,
     /// The other buffer of `normalize`, kept for its capacity.
     sorted: Vec<Op>,
 }
@@ -244,35 +244,40 @@ impl WriteSet {
     /// key.
     ///
     /// Sorting a large buffer is most of a bulk load's own work: keys are
-    /// compared by their first 16 bytes as one integer, and by their bytes
-    /// only when those are equal; the sort is unstable, with the position
-    /// as the last tie-break (the last write of a key sorts last).
+    /// compared by their first 32 bytes as two integers (zero-padded, which
+    /// keeps the bytewise order), and by their bytes in the arena only when
+    /// those are equal (a random read: 16 bytes left most edge keys of one
+    /// source tied); the sort is unstable, with the position as the last
+    /// tie-break (the last write of a key sorts last).
     pub fn normalize(&mut self) {
         let arena = &self.arena;
         let key = |op: &Op| &arena[op.key.start..op.key.end];
         let prefix = |k: &[u8]| {
-            let mut b = [0u8; 16];
-            let n = k.len().min(16);
+            let mut b = [0u8; 32];
+            let n = k.len().min(32);
             b[..n].copy_from_slice(&k[..n]);
-            u128::from_be_bytes(b)
+            let (hi, lo) = b.split_at(16);
+            (
+                u128::from_be_bytes(hi.try_into().unwrap_or_default()),
+                u128::from_be_bytes(lo.try_into().unwrap_or_default()),
+            )
         };
         let ops = &self.ops;
         let order = &mut self.order;
         order.clear();
-        order.extend(
-            ops.iter()
-                .enumerate()
-                .map(|(i, op)| (op.ns, prefix(key(op)), i)),
-        );
+        order.extend(ops.iter().enumerate().map(|(i, op)| {
+            let (hi, lo) = prefix(key(op));
+            (op.ns, hi, lo, i)
+        }));
         order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.cmp(&b.1))
-                .then_with(|| key(&ops[a.2]).cmp(key(&ops[b.2])))
-                .then(a.2.cmp(&b.2))
+            (a.0, a.1, a.2)
+                .cmp(&(b.0, b.1, b.2))
+                .then_with(|| key(&ops[a.3]).cmp(key(&ops[b.3])))
+                .then(a.3.cmp(&b.3))
         });
         let mut out = std::mem::take(&mut self.sorted);
         out.clear();
-        for &(_, _, i) in order.iter() {
+        for &(_, _, _, i) in order.iter() {
             let op = ops[i];
             match out.last_mut() {
                 Some(last) if last.ns == op.ns && key(last) == key(&op) => *last = op,
@@ -566,6 +571,61 @@ impl Ns {
                     (k.to_vec(), v.to_vec())
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::Xoshiro256PlusPlus;
+    use rand::{RngExt, SeedableRng};
+
+    use super::WriteSet;
+
+    /// (namespace, key) → the value written last, `None` for a removal.
+    type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
+
+    /// Keys that share long prefixes (up to past the 32 bytes compared as
+    /// integers), differ only in length or end in zero bytes, written several
+    /// times each: `normalize` sorts by (namespace, key bytes) and keeps the
+    /// last write, as a `BTreeMap` fed in order does.
+    #[test]
+    fn normalize_sorts_by_key_bytes_and_keeps_the_last_write() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+        for round in 0..50 {
+            let mut set = WriteSet::default();
+            let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+            for n in 0..rng.random_range(0..400usize) {
+                let shared = rng.random_range(0..40usize);
+                let mut key = vec![b'k'; shared];
+                for _ in 0..rng.random_range(0..3usize) {
+                    key.push([0u8, 1, b'a', 0xff][rng.random_range(0..4usize)]);
+                }
+                let ns = rng.random_range(0..3usize);
+                let key_span = set.push(&key);
+                if rng.random_range(0..4u8) == 0 {
+                    set.remove(ns, key_span);
+                    want.insert((ns, key), None);
+                } else {
+                    let value = format!("{round}-{n}").into_bytes();
+                    let value_span = set.push(&value);
+                    set.put(ns, key_span, value_span);
+                    want.insert((ns, key), Some(value));
+                }
+            }
+            set.normalize();
+            let got: Vec<Written> = set
+                .ops
+                .iter()
+                .map(|op| {
+                    let value = op.value.map(|v| set.bytes(v).to_vec());
+                    ((op.ns, set.bytes(op.key).to_vec()), value)
+                })
+                .collect();
+            let want: Vec<Written> = want.into_iter().collect();
+            assert_eq!(got, want, "round {round}");
         }
     }
 }
