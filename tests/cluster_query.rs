@@ -176,15 +176,7 @@ impl Fixture {
         // The reference counts: a file replay of the same events.
         let files = event_files(&opts, &dir.path().join("input"));
         let file_state = dir.path().join("file-state");
-        run_ok(
-            command()
-                .arg("replay")
-                .arg("--dataflows")
-                .arg(dataflows_dir())
-                .arg("--state")
-                .arg(&file_state)
-                .args(&files),
-        );
+        replay(&file_state, 1, &files);
         let expected = committed(&file_state);
         let kafka = mock_with_events(4, &opts);
         let brokers = kafka.bootstrap_servers();

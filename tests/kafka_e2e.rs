@@ -81,17 +81,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
     create_state(&replayed, engine);
-    run_ok(
-        command()
-            .arg("replay")
-            .arg("--dataflows")
-            .arg(dataflows_dir())
-            .arg("--state")
-            .arg(&replayed)
-            .arg("--brokers")
-            .arg(&brokers)
-            .args(["--workers", "2", "--json"]),
-    );
+    replay_with(&["--brokers", brokers.as_str()], &replayed, 2, &[]);
     assert_same(
         &normalized_export(&replayed),
         &reference,
