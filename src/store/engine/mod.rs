@@ -252,22 +252,20 @@ impl WriteSet {
     pub fn normalize(&mut self) {
         let arena = &self.arena;
         let key = |op: &Op| &arena[op.key.start..op.key.end];
-        let prefix = |k: &[u8]| {
-            let mut b = [0u8; 32];
-            let n = k.len().min(32);
-            b[..n].copy_from_slice(&k[..n]);
-            let (hi, lo) = b.split_at(16);
-            (
-                u128::from_be_bytes(hi.try_into().unwrap_or_default()),
-                u128::from_be_bytes(lo.try_into().unwrap_or_default()),
-            )
+        // Bytes `from..from + 16` of `k`, zero-padded, as one integer.
+        let word = |k: &[u8], from: usize| {
+            let part = k.get(from..).unwrap_or_default();
+            let n = part.len().min(16);
+            let mut b = [0u8; 16];
+            b[..n].copy_from_slice(&part[..n]);
+            u128::from_be_bytes(b)
         };
         let ops = &self.ops;
         let order = &mut self.order;
         order.clear();
         order.extend(ops.iter().enumerate().map(|(i, op)| {
-            let (hi, lo) = prefix(key(op));
-            (op.ns, hi, lo, i)
+            let k = key(op);
+            (op.ns, word(k, 0), word(k, 16), i)
         }));
         order.sort_unstable_by(|a, b| {
             (a.0, a.1, a.2)
