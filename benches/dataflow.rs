@@ -94,7 +94,7 @@ fn main() {
         workers,
         batch,
         clock,
-        identity_every: dataflow::REPLAY_IDENTITY_EVERY,
+        step: dataflow::REPLAY_STEP,
         ..RunConfig::default()
     };
     let stages = config.stages.clone();

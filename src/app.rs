@@ -269,7 +269,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         workers,
         batch: opts.batch.max(1),
         clock,
-        identity_every: dataflow::REPLAY_IDENTITY_EVERY,
+        step: dataflow::REPLAY_STEP,
         ..RunConfig::default()
     };
     let bar = opts.progress.then(|| progress_bar(total_bytes));
@@ -303,6 +303,12 @@ pub fn replay_into_store(
         return run_into_store(store, plan, config, sources, observer);
     }
     let mut sink = Sink::Bulk(Box::new(store.bulk_load()?));
+    // Nothing of a bulk load is visible before it finishes: identity once,
+    // at the end, is all it needs.
+    let config = RunConfig {
+        identity_at_end: true,
+        ..config
+    };
     let totals = run_into_sink(store, &mut sink, plan, config, sources, observer)?;
     if let Sink::Bulk(load) = sink {
         load.finish()?;
@@ -491,7 +497,7 @@ fn run_into_sink(
     // chunks of a bulk load are seen by nobody until it finishes.
     let align = match sink {
         Sink::Bulk(_) => 1,
-        Sink::Commit(_) => config.identity_every,
+        Sink::Commit(_) => config.step,
     };
     let stop = config.stop.clone();
     let stages = config.stages.clone();

@@ -334,7 +334,7 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
         skip_applied: true,
         stop: opts.stop.clone(),
         cluster: opts.cluster.clone(),
-        identity_every: crate::dataflow::REPLAY_IDENTITY_EVERY,
+        step: crate::dataflow::REPLAY_STEP,
         ..RunConfig::default()
     };
     let mut nothing = |_: &Totals| {};

@@ -33,6 +33,9 @@ pub(crate) enum ToStore {
     Position(usize, String, u64),
 }
 
+/// How many emptied buffers the collector keeps for reuse.
+const FREE_BUFFERS: usize = 2;
+
 pub(crate) fn collect<'s>(
     stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
     names: Arc<Names>,
@@ -45,7 +48,9 @@ pub(crate) fn collect<'s>(
         move |_cap, _info| {
             let mut pending: BTreeMap<u64, Vec<(ToStore, isize)>> = BTreeMap::new();
             let mut reported: Option<u64> = None;
-            // Buffers reused from time to time (see the fold).
+            // Buffers reused from time to time (see the fold); a few only:
+            // a step's time holds many more updates than the others, and a
+            // long free list would keep that size many times over.
             let mut free: Vec<Vec<(ToStore, isize)>> = Vec::new();
             move |(input, frontier), _output| {
                 input.for_each(|_cap, data| {
@@ -75,7 +80,9 @@ pub(crate) fn collect<'s>(
                         updates.retain(|(u, _)| matches!(u, ToStore::Cluster(..)));
                     }
                     let (changes, progress) = to_changes(updates.drain(..), &names);
-                    free.push(updates);
+                    if free.len() < FREE_BUFFERS {
+                        free.push(updates);
+                    }
                     if !changes.is_empty() || progress != Progress::default() {
                         emit(Emitted::Data {
                             epoch: t,

@@ -379,12 +379,12 @@ fn bound_in_flight(
     started: &mut std::collections::VecDeque<u64>,
     config: &RunConfig,
 ) {
-    // The store commits whole identity steps: wait for one only when more
-    // than a step is in flight, or the driver and the store wait for each
-    // other.
-    let limit = config
-        .in_flight
-        .max(config.identity_every.saturating_add(2));
+    // The folds emit, and the store commits, whole steps: wait for one only
+    // when more than a step is in flight, or the driver and the store wait
+    // for each other (a bulk load, whose chunks need not end at steps, is
+    // also faster so: a step's worth of reading ahead covers the writer's
+    // pauses while it hands a buffer to the engine).
+    let limit = config.in_flight.max(config.step.saturating_add(2));
     while started.len() as u64 > limit {
         let Some(oldest) = started.pop_front() else {
             break;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use super::ops::{Op, OpKind};
@@ -47,19 +48,19 @@ impl Applied {
 
 /// What waits for a time to complete: a capability to emit at it, its ops,
 /// and the largest watermark reported for it.
-type Pending = (
-    Option<timely::dataflow::operators::Capability<u64>>,
-    Vec<Op>,
-    i64,
-);
+type Pending = (Option<Capability<u64>>, Vec<Op>, i64);
 
 /// Builds the fold for one dataflow. `watermarks` carries each source's
-/// watermark at the end of a time and is broadcast to every worker.
+/// watermark at the end of a time and is broadcast to every worker. The
+/// records a time changed are emitted at the next multiple of `every` (at
+/// that time itself when `every` is 1), once each however many times in
+/// between changed them; late counts at their own time.
 pub(crate) fn fold<'s>(
     ops: StreamVec<'s, u64, Op>,
     watermarks: StreamVec<'s, u64, i64>,
     initial_watermark: i64,
     applied: Applied,
+    every: u64,
     name: &str,
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
     let exchange = Exchange::new(|op: &Op| op.shard);
@@ -67,6 +68,9 @@ pub(crate) fn fold<'s>(
         let mut records = Records::default();
         let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
         let mut watermark = initial_watermark;
+        // A capability at the last time of the step whose changes are not
+        // emitted yet.
+        let mut step: Option<Capability<u64>> = None;
         // Buffers reused from time to time: a time's ops can take megabytes,
         // and fresh ones cost page faults every time.
         let mut free: Vec<Vec<Op>> = Vec::new();
@@ -104,6 +108,11 @@ pub(crate) fn fold<'s>(
                 let Some((_, (cap, mut ops, wm))) = stash.pop_first() else {
                     break;
                 };
+                // A time of a later step: the earlier step is complete.
+                if let Some(c) = step.take_if(|c| *c.time() < t) {
+                    records.take_changes(*c.time(), &mut out);
+                    output.session(&c).give_iterator(out.drain(..));
+                }
                 if !applied.is_empty() {
                     ops.retain(|op| !applied.holds(op));
                 }
@@ -114,15 +123,24 @@ pub(crate) fn fold<'s>(
                     op.wm = op.wm.max(watermark);
                 }
                 watermark = watermark.max(wm);
-                records.apply_time(&mut ops, watermark, t, &mut out);
+                let late = records.apply_time(&mut ops, watermark);
                 ops.clear();
                 free.push(ops);
-                if let Some(cap) = cap
-                    && !out.is_empty()
-                {
-                    output.session(&cap).give_iterator(out.drain(..));
+                if let Some(cap) = cap {
+                    if late > 0 {
+                        output.session(&cap).give((Folded::Late(late), t, 1));
+                    }
+                    if step.is_none() && records.has_changes() {
+                        step = Some(cap.delayed(&super::round_up(t, every)));
+                    }
                 }
-                out.clear();
+            }
+            // The step's last time is complete on both inputs.
+            if let Some(c) = step
+                .take_if(|c| !frontier.less_equal(c.time()) && !wm_frontier.less_equal(c.time()))
+            {
+                records.take_changes(*c.time(), &mut out);
+                output.session(&c).give_iterator(out.drain(..));
             }
         }
     })

@@ -116,9 +116,15 @@ pub struct RunConfig {
     pub clock: Arc<AtomicU64>,
     /// Where the workers' time goes, by stage.
     pub stages: Arc<StageTimes>,
-    /// Identity is computed at multiples of this time only (replays: a
-    /// coarser step saves work; live runs: 1, every time).
-    pub identity_every: u64,
+    /// The folds emit the records they changed, and identity is computed,
+    /// at multiples of this time only (replays: a coarser step writes a
+    /// record changed by many times once and saves relabelling; live runs:
+    /// 1, every time).
+    pub step: u64,
+    /// Identity is computed once, after the last time, instead of at every
+    /// step: for bulk loads, which nobody sees before they finish. The
+    /// links wait in differential's input, consolidated, until then.
+    pub identity_at_end: bool,
 }
 
 /// How far the store has committed, with the workers that wait for it: a
@@ -173,7 +179,8 @@ impl Default for RunConfig {
             committed: Arc::new(Committed::new(u64::MAX)),
             clock: Arc::new(AtomicU64::new(1)),
             stages: Arc::new(StageTimes::default()),
-            identity_every: 1,
+            step: 1,
+            identity_at_end: false,
         }
     }
 }
@@ -313,6 +320,13 @@ fn build(
         )
     };
     let collect_names = Arc::new(names.clone());
+    let step = config.step.max(1);
+    // Far beyond any time of a replay (they count from 1).
+    let identity_step = if config.identity_at_end {
+        1 << 62
+    } else {
+        step
+    };
     worker.dataflow::<u64, _, _>(|scope| {
         let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
         let mut ops_in = Vec::new();
@@ -330,7 +344,7 @@ fn build(
             let folded = scope.region_named(&d.name, |region| {
                 let ops = ops.enter(region);
                 let wms = wms.enter(region).broadcast();
-                fold::fold(ops, wms, w0, applied, &fold_name).leave(scope)
+                fold::fold(ops, wms, w0, applied, step, &fold_name).leave(scope)
             });
             links.push(folded.clone().flat_map(|(f, t, _)| match f {
                 Folded::Changed {
@@ -355,13 +369,12 @@ fn build(
         let identity_config = Arc::new(plan.identity.clone());
         let clusters = scope.region_named("identity", |region| {
             // Identity is a function of the live links alone: a replay may
-            // compute it every `identity_every` times instead of every time
-            // (intermediate cluster labels are never visible there), which
-            // saves most relabelling as clusters grow.
-            let every = config.identity_every.max(1);
+            // compute it every `step` times instead of every time, or once
+            // at the end (intermediate cluster labels are never visible
+            // there), which saves most relabelling as clusters grow.
             let links = scope
                 .concatenate(links)
-                .map(move |(d, t, r)| (d, round_up(t, every), r))
+                .map(move |(d, t, r)| (d, round_up(t, identity_step), r))
                 .enter(region)
                 .as_collection();
             identity::stitch(links, identity_config).inner.leave(scope)
@@ -449,9 +462,10 @@ fn rebuild(
     Ok(())
 }
 
-/// The identity step of replays ([`RunConfig::identity_every`]): with the
-/// default batch of 20 000 records, identity runs about every 320 000.
-pub const REPLAY_IDENTITY_EVERY: u64 = 16;
+/// The step of replays ([`RunConfig::step`]): with the default batch of
+/// 20 000 records, changed records are emitted and identity runs about every
+/// 320 000.
+pub const REPLAY_STEP: u64 = 16;
 
 /// The first multiple of `every` at or after `t` (0 stays 0: the rebuild).
 fn round_up(t: u64, every: u64) -> u64 {

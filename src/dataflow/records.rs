@@ -1,23 +1,28 @@
 //! The per-record state of one dataflow on one worker: one aggregate per live
 //! record, and an index of when records expire. [`Records::apply_time`]
-//! applies one complete time's ops; the fold operator (`fold.rs`) decides
-//! when a time is complete.
+//! applies one complete time's ops; [`Records::take_changes`] emits what
+//! changed since it last did; the fold operator (`fold.rs`) decides when a
+//! time is complete and how often changes are emitted.
 //!
-//! Invariant: after `apply_time`, the state equals the sequential model
+//! Invariants: after `apply_time`, the state equals the sequential model
 //! after the same events: per record, ops in `seq` order, each against
 //! the watermark its event saw; then every record that the time's final
-//! watermark ends is gone. Memory follows live records: ops are dropped once
-//! applied, and the expiry index holds each live record at most a bounded
-//! number of times (see [`Expiry`]).
+//! watermark ends is gone. `take_changes` emits each record changed since
+//! its last call once, with its aggregate now, so a reader of everything
+//! emitted holds the same records as after per-time emission, with fewer
+//! writes. Memory follows live records: ops are dropped once applied, the
+//! set of changed records is a subset of the records, and the expiry index
+//! holds each live record at most a bounded number of times (see
+//! [`Expiry`]).
 
 use std::collections::BTreeMap;
 
 use super::ops::{Op, OpKind, RecKey};
 use crate::model::Record;
 
-/// Hash maps of the fold: iteration order never reaches output (changes are
-/// emitted in key order of the ops, then of the expiry index), so a fast
-/// fixed-seed hasher is fine.
+/// Hash maps of the fold: iteration order never reaches output (the store
+/// sorts every write by key, identity is a function of the set of links),
+/// so a fast fixed-seed hasher is fine.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// One output of a time: a record's aggregate after the time, or a count of
@@ -113,11 +118,35 @@ impl Expiry {
     }
 }
 
+/// What a record was when its changes were last emitted: whether it
+/// existed, and (links) its first_seen then.
+#[derive(Clone, Copy)]
+struct Emitted {
+    existed: bool,
+    link_first_seen: Option<i64>,
+}
+
+impl Emitted {
+    fn of(key: RecKey, entry: Option<&Entry>) -> Emitted {
+        Emitted {
+            existed: entry.is_some(),
+            link_first_seen: match key {
+                RecKey::Link(..) => entry.map(|e| e.rec.first_seen),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The live records of one dataflow on one worker.
 #[derive(Default)]
 pub(crate) struct Records {
     state: HashMap<RecKey, Entry>,
     expiry: Expiry,
+    /// Records changed since [`Records::take_changes`] last emitted, with
+    /// what they were then: a record changed by many times in a row is
+    /// emitted once, with its aggregate at the end.
+    changed: HashMap<RecKey, Emitted>,
     /// Reused buffer of due filings.
     due: Vec<((u64, i64), RecKey)>,
 }
@@ -135,15 +164,15 @@ impl Records {
         self.state.get(key).map(|e| &e.rec)
     }
 
-    /// Applies the ops of time `t` and expires what `watermark` (the time's
-    /// final watermark) ends; appends what changed to `out`.
-    pub fn apply_time(
-        &mut self,
-        ops: &mut [Op],
-        watermark: i64,
-        t: u64,
-        out: &mut Vec<(Folded, u64, isize)>,
-    ) {
+    /// Whether a record changed since the last [`Records::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// Applies the ops of one time and expires what `watermark` (the time's
+    /// final watermark) ends; returns how many ops were late. What changed
+    /// is emitted by [`Records::take_changes`].
+    pub fn apply_time(&mut self, ops: &mut [Op], watermark: i64) -> u64 {
         ops.sort_unstable_by_key(|op| (op.key, op.seq));
         let mut late = 0u64;
         for group in ops.chunk_by_mut(|a, b| a.key == b.key) {
@@ -157,10 +186,7 @@ impl Records {
             let filed = cur
                 .as_ref()
                 .and_then(|e| Some((e.retention?, Expiry::bucket(e.deadline()?, e.retention?))));
-            let old_first_seen = match key {
-                RecKey::Link(..) => cur.as_ref().map(|e| e.rec.first_seen),
-                _ => None,
-            };
+            let before = Emitted::of(key, cur.as_ref());
             let (mut cur, mut changed, group_late) = apply_group(cur, group);
             late += group_late;
             // The time's final watermark may end the record right away.
@@ -173,7 +199,6 @@ impl Records {
                 changed = true;
             }
             self.expiry.refile(key, filed, cur.as_ref());
-            let new = changed.then(|| cur.as_ref().map(|e| e.rec.clone()));
             match (slot, cur) {
                 (Some(slot), Some(e)) => *slot = e,
                 (Some(_), None) => {
@@ -184,27 +209,39 @@ impl Records {
                 }
                 (None, None) => {}
             }
-            if let Some(new) = new {
-                out.push((
-                    Folded::Changed {
-                        key,
-                        old_first_seen,
-                        new,
-                    },
-                    t,
-                    1,
-                ));
+            if changed {
+                self.changed.entry(key).or_insert(before);
             }
         }
-        self.expire(watermark, t, out);
-        if late > 0 {
-            out.push((Folded::Late(late), t, 1));
+        self.expire(watermark);
+        late
+    }
+
+    /// Appends, at time `t`, every record changed since the last call, once,
+    /// with its aggregate now (`None`: gone). A record that did not exist at
+    /// the last call and does not exist now is left out: nothing was ever
+    /// emitted for it.
+    pub fn take_changes(&mut self, t: u64, out: &mut Vec<(Folded, u64, isize)>) {
+        for (key, before) in self.changed.drain() {
+            let new = self.state.get(&key).map(|e| e.rec.clone());
+            if !before.existed && new.is_none() {
+                continue;
+            }
+            out.push((
+                Folded::Changed {
+                    key,
+                    old_first_seen: before.link_first_seen,
+                    new,
+                },
+                t,
+                1,
+            ));
         }
     }
 
     /// Removes every record, untouched by this time, whose deadline is
     /// `<= watermark`.
-    fn expire(&mut self, watermark: i64, t: u64, out: &mut Vec<(Folded, u64, isize)>) {
+    fn expire(&mut self, watermark: i64) {
         let mut due = std::mem::take(&mut self.due);
         self.expiry.due(watermark, &mut due);
         due.sort_unstable();
@@ -225,19 +262,8 @@ impl Records {
                 continue;
             }
             if let Some(e) = self.state.remove(&key) {
-                let old_first_seen = match key {
-                    RecKey::Link(..) => Some(e.rec.first_seen),
-                    _ => None,
-                };
-                out.push((
-                    Folded::Changed {
-                        key,
-                        old_first_seen,
-                        new: None,
-                    },
-                    t,
-                    1,
-                ));
+                let before = Emitted::of(key, Some(&e));
+                self.changed.entry(key).or_insert(before);
             }
         }
         self.due = due;
@@ -350,10 +376,22 @@ mod tests {
         )
     }
 
+    /// One time applied and its changes taken: (late ops, changes).
+    fn step(
+        r: &mut Records,
+        ops: &mut [Op],
+        watermark: i64,
+        t: u64,
+    ) -> (u64, Vec<(Folded, u64, isize)>) {
+        let late = r.apply_time(ops, watermark);
+        let mut out = Vec::new();
+        r.take_changes(t, &mut out);
+        (late, out)
+    }
+
     #[test]
     fn expiry_restarts_and_late_events_are_counted() {
         let mut r = Records::default();
-        let mut out = Vec::new();
         // a at 0; then an event at 20 (W before = 0) on b; then a again at 25 with W = 20:
         // a (last_seen 0, retention 10) expired at W = 20 and starts anew.
         let mut ops = vec![
@@ -363,14 +401,13 @@ mod tests {
             // late for the rule: 5 + 10 <= 25
             assert_op("n:a", 3, 25, 5, r#"{"x":2}"#),
         ];
-        r.apply_time(&mut ops, 25, 1, &mut out);
+        let (late, _) = step(&mut r, &mut ops, 25, 1);
         let a = r.get(&node("n:a")).unwrap();
         assert_eq!((a.count, a.first_seen, a.last_seen), (1, 25, 25));
         assert_eq!(a.props, r#"{"x":1}"#);
-        assert!(out.contains(&(Folded::Late(1), 1, 1)));
+        assert_eq!(late, 1);
         // W = 35 expires b (20 + 10 <= 35) and a (25 + 10 <= 35).
-        let mut out = Vec::new();
-        r.apply_time(&mut [], 35, 2, &mut out);
+        let (_, out) = step(&mut r, &mut [], 35, 2);
         assert_eq!(r.len(), 0);
         assert_eq!(out.len(), 2);
     }
@@ -378,14 +415,13 @@ mod tests {
     #[test]
     fn delete_then_reassert_starts_a_new_record() {
         let mut r = Records::default();
-        let mut out = Vec::new();
         let mut ops = vec![
             op("n:a", 0, i64::MIN, 5, None, OpKind::Assert("".into())),
             op("n:a", 1, 5, 6, None, OpKind::Assert("".into())),
             op("n:a", 2, 6, 7, None, OpKind::Delete),
             op("n:a", 3, 7, 3, None, OpKind::Assert("".into())),
         ];
-        r.apply_time(&mut ops, 7, 1, &mut out);
+        let (_, out) = step(&mut r, &mut ops, 7, 1);
         let a = r.get(&node("n:a")).unwrap();
         assert_eq!((a.count, a.first_seen, a.last_seen), (1, 3, 3));
         // One output per record and time.
@@ -395,17 +431,15 @@ mod tests {
     #[test]
     fn a_record_whose_ops_are_all_late_still_expires_with_the_time() {
         let mut r = Records::default();
-        let mut out = Vec::new();
-        r.apply_time(
+        step(
+            &mut r,
             &mut [assert_op("n:late", 0, i64::MIN, 15, "")],
             15,
             1,
-            &mut out,
         );
         // Only a late op (5 + 10 <= 16), before which the record lives
         // (15 + 10 > 16); the time's final watermark 30 ends it.
-        let mut out = Vec::new();
-        r.apply_time(&mut [assert_op("n:late", 1, 16, 5, "")], 30, 2, &mut out);
+        let (late, out) = step(&mut r, &mut [assert_op("n:late", 1, 16, 5, "")], 30, 2);
         assert_eq!(r.len(), 0);
         assert!(out.contains(&(
             Folded::Changed {
@@ -416,7 +450,7 @@ mod tests {
             2,
             1
         )));
-        assert!(out.contains(&(Folded::Late(1), 2, 1)));
+        assert_eq!(late, 1);
     }
 
     /// Against a plain model: records asserted at random times with random
@@ -460,13 +494,112 @@ mod tests {
             }
             w += rng.random_range(0..150);
             model.retain(|_, last| *last + retention as i64 > w);
-            let mut out = Vec::new();
-            r.apply_time(&mut ops, w, t, &mut out);
+            step(&mut r, &mut ops, w, t);
             assert_eq!(r.len(), model.len(), "time {t}");
             for (name, last) in &model {
                 assert_eq!(r.get(&node(name)).map(|x| x.last_seen), Some(*last));
             }
         }
+    }
+
+    /// What a reader of everything emitted holds: the store's records, and
+    /// identity's view of the links (first_seen per link, from the retracted
+    /// and asserted first_seen of each change).
+    #[derive(Default, PartialEq, Debug)]
+    struct Reader {
+        records: BTreeMap<String, Record>,
+        links: BTreeMap<String, i64>,
+    }
+
+    impl Reader {
+        fn apply(&mut self, out: Vec<(Folded, u64, isize)>) {
+            for (f, _, _) in out {
+                let Folded::Changed {
+                    key,
+                    old_first_seen,
+                    new,
+                } = f
+                else {
+                    continue;
+                };
+                let name = format!("{key:?}");
+                if let RecKey::Link(..) = key {
+                    assert_eq!(self.links.get(&name).copied(), old_first_seen, "{name}");
+                    match &new {
+                        Some(r) => self.links.insert(name.clone(), r.first_seen),
+                        None => self.links.remove(&name),
+                    };
+                }
+                match new {
+                    Some(r) => self.records.insert(name, r),
+                    None => self.records.remove(&name),
+                };
+            }
+        }
+    }
+
+    /// Changes taken every `k` times leave a reader with what changes taken
+    /// every time leave it with (and the live records), at every step, on
+    /// random asserts, deletes, late events and expiry of nodes and links;
+    /// a record changed several times in a step is emitted once.
+    #[test]
+    fn changes_taken_every_k_times_equal_changes_taken_every_time() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let k = 5u64;
+        let (mut each, mut every_k) = (Records::default(), Records::default());
+        let (mut reader_each, mut reader_k) = (Reader::default(), Reader::default());
+        let (mut emitted_each, mut emitted_k) = (0usize, 0usize);
+        let syms: Vec<Sym> = (0..40)
+            .map(|i| Sym::intern(&format!("n:coalesce{i}")).unwrap())
+            .collect();
+        let mut w = 0i64;
+        let mut seq = 0u64;
+        for t in 1..=300u64 {
+            let mut ops = Vec::new();
+            for _ in 0..rng.random_range(0..12) {
+                let a = syms[rng.random_range(0..syms.len())];
+                let key = if rng.random_bool(0.5) {
+                    RecKey::Node(a)
+                } else {
+                    let b = syms[rng.random_range(0..syms.len())];
+                    if a == b {
+                        continue;
+                    }
+                    RecKey::Link(a.min(b), a.max(b))
+                };
+                let kind = if rng.random_bool(0.2) {
+                    OpKind::Delete
+                } else {
+                    OpKind::Assert(CompactString::from(format!("{{\"v\":{seq}}}")))
+                };
+                seq += 1;
+                ops.push(Op {
+                    key,
+                    shard: 0,
+                    seq,
+                    wm: w,
+                    time: w + rng.random_range(-300..200),
+                    retention: Some(400),
+                    kind,
+                });
+            }
+            w += rng.random_range(0..60);
+            let mut ops_k = ops.clone();
+            let (_, out) = step(&mut each, &mut ops, w, t);
+            emitted_each += out.len();
+            reader_each.apply(out);
+            every_k.apply_time(&mut ops_k, w);
+            if t % k == 0 {
+                let mut out = Vec::new();
+                every_k.take_changes(t, &mut out);
+                emitted_k += out.len();
+                reader_k.apply(out);
+                assert_eq!(reader_k, reader_each, "time {t}");
+                assert_eq!(reader_k.records.len(), every_k.len(), "time {t}");
+            }
+        }
+        assert!(emitted_k < emitted_each, "{emitted_k} vs {emitted_each}");
     }
 
     impl Op {
