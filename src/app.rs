@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -303,10 +303,10 @@ pub fn replay_into_store(
         return run_into_store(store, plan, config, sources, observer);
     }
     let mut sink = Sink::Bulk(Box::new(store.bulk_load()?));
-    // Nothing of a bulk load is visible before it finishes: identity once,
-    // at the end, is all it needs.
+    // Nothing of a bulk load is visible before it finishes: each record
+    // written once, identity computed once, at the end, is all it needs.
     let config = RunConfig {
-        identity_at_end: true,
+        at_end: true,
         ..config
     };
     let totals = run_into_sink(store, &mut sink, plan, config, sources, observer)?;
@@ -508,7 +508,12 @@ fn run_into_sink(
     };
     let (tx, rx) = mpsc::channel::<Emitted>();
     let tx = Mutex::new(tx);
+    let backlog = Arc::new(Backlog::default());
+    let sent = backlog.clone();
     let emit: dataflow::Emitter = Arc::new(move |e| {
+        if let Emitted::Data { changes, .. } = &e {
+            sent.add(changes.len());
+        }
         if let Ok(tx) = tx.lock() {
             // The receiver outlives the run; a send can only fail after a
             // commit error, when nothing more is wanted.
@@ -522,9 +527,21 @@ fn run_into_sink(
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(e) => {
-                    writer.receive(e);
-                    while let Ok(e) = rx.try_recv() {
-                        writer.receive(e);
+                    let mut next = Some(e);
+                    while let Some(e) = next.take().or_else(|| rx.try_recv().ok()) {
+                        let n = match &e {
+                            Emitted::Data { changes, .. } => changes.len(),
+                            _ => 0,
+                        };
+                        // After a failed write the rest is only drained, so
+                        // that no worker waits on the backlog.
+                        if result.is_ok()
+                            && let Err(e) = writer.receive(e, sink)
+                        {
+                            stop.store(true, Ordering::Relaxed);
+                            result = Err(e.into());
+                        }
+                        backlog.take(n);
                     }
                     if result.is_ok() {
                         match writer.commit_ready(sink) {
@@ -587,6 +604,44 @@ fn aligned(upto: u64, align: u64) -> u64 {
     (upto.saturating_sub(1) / align) * align + 1
 }
 
+/// Changes emitted and not yet taken by the writer. An emitter that would
+/// take it past [`BACKLOG_CHANGES`] waits: the end of a bulk load hands on
+/// every record at once, faster than the writer encodes them, and memory
+/// must not hold them all twice. The writer takes every message on
+/// receipt, whatever it then waits for, so a waiting worker never waits on
+/// itself.
+#[derive(Default)]
+struct Backlog {
+    changes: Mutex<usize>,
+    taken: Condvar,
+}
+
+/// The most changes in flight between the workers and the writer (a
+/// message alone may be larger).
+const BACKLOG_CHANGES: usize = 1 << 18;
+
+impl Backlog {
+    fn add(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        while *c > 0 && *c + n > BACKLOG_CHANGES {
+            c = self.taken.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+        *c += n;
+    }
+
+    fn take(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        *c = c.saturating_sub(n);
+        self.taken.notify_all();
+    }
+}
+
 /// Collects emitted times and commits them once complete on every worker.
 struct Writer {
     frontiers: Vec<u64>,
@@ -621,7 +676,10 @@ impl Writer {
         }
     }
 
-    fn receive(&mut self, e: Emitted) {
+    /// Takes one message. A bulk load's changes are written on receipt:
+    /// each record comes once, from the worker that owns it, in the order
+    /// it emitted them; dead letters and progress wait for their time.
+    fn receive(&mut self, e: Emitted, sink: &mut Sink<'_>) -> Result<(), StoreError> {
         match e {
             Emitted::Data {
                 epoch,
@@ -629,6 +687,15 @@ impl Writer {
                 mut dead_letters,
                 progress,
             } => {
+                let changes = match sink {
+                    Sink::Bulk(load) if !changes.is_empty() => {
+                        let began = Instant::now();
+                        load.write(&changes, &[], &Progress::default())?;
+                        self.commit_s += began.elapsed().as_secs_f64();
+                        Vec::new()
+                    }
+                    _ => changes,
+                };
                 let slot = self.pending.entry(epoch).or_default();
                 slot.0.push(changes);
                 slot.1.append(&mut dead_letters);
@@ -656,6 +723,7 @@ impl Writer {
                 self.totals.dataflows.entry(dataflow).or_default().lag = Some(sum);
             }
         }
+        Ok(())
     }
 
     /// Commits every pending time below the smallest worker frontier, in one

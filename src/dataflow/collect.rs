@@ -3,7 +3,8 @@
 //! `model::Change`s and hands them out one complete time at a time.
 //!
 //! Invariant: a time's changes are emitted only after the sink's input
-//! frontier has passed it, and always before the frontier report that says so;
+//! frontier has passed it, and always before the frontier report that says
+//! so (bulk loads: the folds' records, each emitted once, as they come);
 //! identity assignments are consolidated per key first, so a reader never sees
 //! a half-applied time.
 
@@ -36,10 +37,14 @@ pub(crate) enum ToStore {
 /// How many emptied buffers the collector keeps for reuse.
 const FREE_BUFFERS: usize = 2;
 
+/// The collector of worker `worker`. With `forward` (bulk loads, whose
+/// folds emit each record once, at the end) the folds' records are emitted
+/// as they arrive instead of once their time is complete.
 pub(crate) fn collect<'s>(
     stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
     names: Arc<Names>,
     worker: usize,
+    forward: bool,
     emit: Emitter,
 ) -> StreamVec<'s, u64, ()> {
     stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -52,13 +57,27 @@ pub(crate) fn collect<'s>(
             // a step's time holds many more updates than the others, and a
             // long free list would keep that size many times over.
             let mut free: Vec<Vec<(ToStore, isize)>> = Vec::new();
+            let mut forwarded: Vec<(ToStore, isize)> = Vec::new();
             move |(input, frontier), _output| {
-                input.for_each(|_cap, data| {
+                input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
+                        if forward && matches!(x, ToStore::Folded(_, Folded::Changed { .. })) {
+                            forwarded.push((x, d));
+                            continue;
+                        }
                         pending
                             .entry(t)
                             .or_insert_with(|| free.pop().unwrap_or_default())
                             .push((x, d));
+                    }
+                    if !forwarded.is_empty() {
+                        let (changes, _) = to_changes(forwarded.drain(..), &names);
+                        emit(Emitted::Data {
+                            epoch: cap.least().copied().unwrap_or(0),
+                            changes,
+                            dead_letters: Vec::new(),
+                            progress: Progress::default(),
+                        });
                     }
                 });
                 let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);

@@ -46,6 +46,9 @@ impl Applied {
     }
 }
 
+/// Records emitted per activation once the inputs are closed.
+const END_CHUNK: usize = 16_384;
+
 /// What waits for a time to complete: a capability to emit at it, its ops,
 /// and the largest watermark reported for it.
 type Pending = (Option<Capability<u64>>, Vec<Op>, i64);
@@ -64,7 +67,9 @@ pub(crate) fn fold<'s>(
     name: &str,
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
     let exchange = Exchange::new(|op: &Op| op.shard);
-    ops.binary_frontier(watermarks, exchange, Pipeline, name, move |_cap, _info| {
+    let scope = ops.scope();
+    ops.binary_frontier(watermarks, exchange, Pipeline, name, move |_cap, info| {
+        let activator = scope.activator_for(info.address);
         let mut records = Records::default();
         let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
         let mut watermark = initial_watermark;
@@ -110,7 +115,7 @@ pub(crate) fn fold<'s>(
                 };
                 // A time of a later step: the earlier step is complete.
                 if let Some(c) = step.take_if(|c| *c.time() < t) {
-                    records.take_changes(*c.time(), &mut out);
+                    records.take_changes(*c.time(), &mut out, usize::MAX);
                     output.session(&c).give_iterator(out.drain(..));
                 }
                 if !applied.is_empty() {
@@ -139,8 +144,17 @@ pub(crate) fn fold<'s>(
             if let Some(c) = step
                 .take_if(|c| !frontier.less_equal(c.time()) && !wm_frontier.less_equal(c.time()))
             {
-                records.take_changes(*c.time(), &mut out);
+                // Once the inputs are closed nothing can come between two
+                // chunks: the records of a whole run (a bulk load's step)
+                // go out a chunk per activation, never copied all at once.
+                let closed = frontier.is_empty() && wm_frontier.is_empty();
+                let limit = if closed { END_CHUNK } else { usize::MAX };
+                let more = records.take_changes(*c.time(), &mut out, limit);
                 output.session(&c).give_iterator(out.drain(..));
+                if more {
+                    step = Some(c);
+                    activator.activate();
+                }
             }
         }
     })

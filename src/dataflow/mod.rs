@@ -121,10 +121,12 @@ pub struct RunConfig {
     /// record changed by many times once and saves relabelling; live runs:
     /// 1, every time).
     pub step: u64,
-    /// Identity is computed once, after the last time, instead of at every
-    /// step: for bulk loads, which nobody sees before they finish. The
-    /// links wait in differential's input, consolidated, until then.
-    pub identity_at_end: bool,
+    /// For bulk loads, which nobody sees before they finish: the folds emit
+    /// their records, and identity is computed, once, after the last time
+    /// (the links wait in differential's input, consolidated, until then),
+    /// and the collector hands the folds' records on as they come, each
+    /// record exactly once.
+    pub at_end: bool,
 }
 
 /// How far the store has committed, with the workers that wait for it: a
@@ -180,7 +182,7 @@ impl Default for RunConfig {
             clock: Arc::new(AtomicU64::new(1)),
             stages: Arc::new(StageTimes::default()),
             step: 1,
-            identity_at_end: false,
+            at_end: false,
         }
     }
 }
@@ -320,13 +322,13 @@ fn build(
         )
     };
     let collect_names = Arc::new(names.clone());
-    let step = config.step.max(1);
     // Far beyond any time of a replay (they count from 1).
-    let identity_step = if config.identity_at_end {
+    let step = if config.at_end {
         1 << 62
     } else {
-        step
+        config.step.max(1)
     };
+    let at_end = config.at_end;
     worker.dataflow::<u64, _, _>(|scope| {
         let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
         let mut ops_in = Vec::new();
@@ -374,7 +376,7 @@ fn build(
             // there), which saves most relabelling as clusters grow.
             let links = scope
                 .concatenate(links)
-                .map(move |(d, t, r)| (d, round_up(t, identity_step), r))
+                .map(move |(d, t, r)| (d, round_up(t, step), r))
                 .enter(region)
                 .as_collection();
             identity::stitch(links, identity_config).inner.leave(scope)
@@ -386,7 +388,7 @@ fn build(
                 .map(|(df, key, next, t)| (ToStore::Position(df, key, next), t, 1)),
         );
         let all = scope.concatenate(to_store);
-        let (probe, _) = collect::collect(all, collect_names, local, emit.clone()).probe();
+        let (probe, _) = collect::collect(all, collect_names, local, at_end, emit.clone()).probe();
         driver::Inputs {
             ops: ops_in,
             watermarks: watermarks_in,

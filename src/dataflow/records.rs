@@ -147,6 +147,8 @@ pub(crate) struct Records {
     /// what they were then: a record changed by many times in a row is
     /// emitted once, with its aggregate at the end.
     changed: HashMap<RecKey, Emitted>,
+    /// The rest of the changes being emitted a chunk at a time.
+    taking: Option<std::collections::hash_map::IntoIter<RecKey, Emitted>>,
     /// Reused buffer of due filings.
     due: Vec<((u64, i64), RecKey)>,
 }
@@ -164,9 +166,10 @@ impl Records {
         self.state.get(key).map(|e| &e.rec)
     }
 
-    /// Whether a record changed since the last [`Records::take_changes`].
+    /// Whether a record changed since the last [`Records::take_changes`]
+    /// (or one of its changes is still to be emitted).
     pub fn has_changes(&self) -> bool {
-        !self.changed.is_empty()
+        !self.changed.is_empty() || self.taking.is_some()
     }
 
     /// Applies the ops of one time and expires what `watermark` (the time's
@@ -217,26 +220,43 @@ impl Records {
         late
     }
 
-    /// Appends, at time `t`, every record changed since the last call, once,
-    /// with its aggregate now (`None`: gone). A record that did not exist at
-    /// the last call and does not exist now is left out: nothing was ever
-    /// emitted for it.
-    pub fn take_changes(&mut self, t: u64, out: &mut Vec<(Folded, u64, isize)>) {
-        for (key, before) in self.changed.drain() {
-            let new = self.state.get(&key).map(|e| e.rec.clone());
-            if !before.existed && new.is_none() {
-                continue;
+    /// Appends, at time `t`, up to `limit` records changed since the last
+    /// call began, once each, with their aggregates now (`None`: gone);
+    /// returns whether more remain (the next call goes on with them). A
+    /// record that did not exist when the last call began and does not exist
+    /// now is left out: nothing was ever emitted for it.
+    pub fn take_changes(
+        &mut self,
+        t: u64,
+        out: &mut Vec<(Folded, u64, isize)>,
+        limit: usize,
+    ) -> bool {
+        let mut taking = match self.taking.take() {
+            Some(rest) => rest,
+            None if limit >= self.changed.len() => {
+                // All at once: drained in place, the map keeps its capacity.
+                let state = &self.state;
+                out.extend(
+                    self.changed
+                        .drain()
+                        .filter_map(|(k, b)| change(state, k, b, t)),
+                );
+                return false;
             }
-            out.push((
-                Folded::Changed {
-                    key,
-                    old_first_seen: before.link_first_seen,
-                    new,
-                },
-                t,
-                1,
-            ));
+            None => std::mem::take(&mut self.changed).into_iter(),
+        };
+        let state = &self.state;
+        out.extend(
+            taking
+                .by_ref()
+                .take(limit)
+                .filter_map(|(k, b)| change(state, k, b, t)),
+        );
+        let more = taking.len() > 0;
+        if more {
+            self.taking = Some(taking);
         }
+        more
     }
 
     /// Removes every record, untouched by this time, whose deadline is
@@ -268,6 +288,29 @@ impl Records {
         }
         self.due = due;
     }
+}
+
+/// The change to emit for `key`, which was `before` at the last emission,
+/// and is what `state` holds now; `None` when it neither was nor is.
+fn change(
+    state: &HashMap<RecKey, Entry>,
+    key: RecKey,
+    before: Emitted,
+    t: u64,
+) -> Option<(Folded, u64, isize)> {
+    let new = state.get(&key).map(|e| e.rec.clone());
+    if !before.existed && new.is_none() {
+        return None;
+    }
+    Some((
+        Folded::Changed {
+            key,
+            old_first_seen: before.link_first_seen,
+            new,
+        },
+        t,
+        1,
+    ))
 }
 
 /// Applies one record's ops (sorted by seq) to its aggregate. Returns
@@ -385,7 +428,7 @@ mod tests {
     ) -> (u64, Vec<(Folded, u64, isize)>) {
         let late = r.apply_time(ops, watermark);
         let mut out = Vec::new();
-        r.take_changes(t, &mut out);
+        assert!(!r.take_changes(t, &mut out, usize::MAX));
         (late, out)
     }
 
@@ -538,8 +581,9 @@ mod tests {
         }
     }
 
-    /// Changes taken every `k` times leave a reader with what changes taken
-    /// every time leave it with (and the live records), at every step, on
+    /// Changes taken every `k` times (all at once, or in chunks) leave a
+    /// reader with what changes taken every time leave it with (and the
+    /// live records), at every step, on
     /// random asserts, deletes, late events and expiry of nodes and links;
     /// a record changed several times in a step is emitted once.
     #[test]
@@ -591,8 +635,12 @@ mod tests {
             reader_each.apply(out);
             every_k.apply_time(&mut ops_k, w);
             if t % k == 0 {
+                // In chunks of 3 (as after the last time), or all at once.
+                let limit = if t % (2 * k) == 0 { 3 } else { usize::MAX };
                 let mut out = Vec::new();
-                every_k.take_changes(t, &mut out);
+                while every_k.take_changes(t, &mut out, limit) {
+                    assert!(every_k.has_changes());
+                }
                 emitted_k += out.len();
                 reader_k.apply(out);
                 assert_eq!(reader_k, reader_each, "time {t}");
