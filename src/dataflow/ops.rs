@@ -234,7 +234,7 @@ impl Feeder {
         self.scratch.clear();
         for (rule, id, props) in ev.nodes.drain(..) {
             let h = shard::node(&id);
-            let key = RecKey::Node(Sym::intern_hashed(&id, h)?);
+            let key = RecKey::Node(symbols.intern_hashed(&id, h)?);
             push_scratch(
                 &mut self.scratch,
                 key,
