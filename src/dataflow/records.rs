@@ -43,6 +43,8 @@ pub(crate) enum Folded {
 struct Entry {
     rec: Record,
     retention: Option<u64>,
+    /// What the record was at the last emission, if it changed since.
+    since: Option<Emitted>,
 }
 
 impl Entry {
@@ -56,6 +58,7 @@ impl Entry {
                 props: compact_str::CompactString::const_new(""),
             },
             retention: None,
+            since: None,
         }
     }
 
@@ -143,12 +146,14 @@ impl Emitted {
 pub(crate) struct Records {
     state: HashMap<RecKey, Entry>,
     expiry: Expiry,
-    /// Records changed since [`Records::take_changes`] last emitted, with
-    /// what they were then: a record changed by many times in a row is
-    /// emitted once, with its aggregate at the end.
-    changed: HashMap<RecKey, Emitted>,
-    /// The rest of the changes being emitted a chunk at a time.
-    taking: Option<std::collections::hash_map::IntoIter<RecKey, Emitted>>,
+    /// Records changed since [`Records::take_changes`] last emitted, each
+    /// once: a record changed by many times in a row is emitted once, with
+    /// its aggregate at the end. What a live one was then is its entry's
+    /// `since`; what a gone one was, `gone`'s.
+    changed: Vec<RecKey>,
+    /// Records changed since the last emission and gone now: what they
+    /// were at the last emission.
+    gone: HashMap<RecKey, Emitted>,
     /// Reused buffer of due filings.
     due: Vec<((u64, i64), RecKey)>,
 }
@@ -169,7 +174,7 @@ impl Records {
     /// Whether a record changed since the last [`Records::take_changes`]
     /// (or one of its changes is still to be emitted).
     pub fn has_changes(&self) -> bool {
-        !self.changed.is_empty() || self.taking.is_some()
+        !self.changed.is_empty()
     }
 
     /// Applies the ops of one time and expires what `watermark` (the time's
@@ -189,7 +194,15 @@ impl Records {
             let filed = cur
                 .as_ref()
                 .and_then(|e| Some((e.retention?, Expiry::bucket(e.deadline()?, e.retention?))));
-            let before = Emitted::of(key, cur.as_ref());
+            // What the record was at the last emission (`None`: it has not
+            // changed since).
+            let since = match &cur {
+                Some(e) => e.since,
+                None if self.gone.is_empty() => None,
+                None => self.gone.remove(&key),
+            };
+            let first_change = since.is_none();
+            let before = since.unwrap_or_else(|| Emitted::of(key, cur.as_ref()));
             let (mut cur, mut changed, group_late) = apply_group(cur, group);
             late += group_late;
             // The time's final watermark may end the record right away.
@@ -202,6 +215,17 @@ impl Records {
                 changed = true;
             }
             self.expiry.refile(key, filed, cur.as_ref());
+            let pending = changed || !first_change;
+            match &mut cur {
+                Some(e) => e.since = pending.then_some(before),
+                None if pending => {
+                    self.gone.insert(key, before);
+                }
+                None => {}
+            }
+            if changed && first_change {
+                self.changed.push(key);
+            }
             match (slot, cur) {
                 (Some(slot), Some(e)) => *slot = e,
                 (Some(_), None) => {
@@ -211,9 +235,6 @@ impl Records {
                     self.state.insert(key, e);
                 }
                 (None, None) => {}
-            }
-            if changed {
-                self.changed.entry(key).or_insert(before);
             }
         }
         self.expire(watermark);
@@ -231,32 +252,32 @@ impl Records {
         out: &mut Vec<(Folded, u64, isize)>,
         limit: usize,
     ) -> bool {
-        let mut taking = match self.taking.take() {
-            Some(rest) => rest,
-            None if limit >= self.changed.len() => {
-                // All at once: drained in place, the map keeps its capacity.
-                let state = &self.state;
-                out.extend(
-                    self.changed
-                        .drain()
-                        .filter_map(|(k, b)| change(state, k, b, t)),
-                );
-                return false;
+        let from = self.changed.len().saturating_sub(limit);
+        for key in self.changed.drain(from..) {
+            let (before, new) = match self.state.get_mut(&key) {
+                Some(e) => match e.since.take() {
+                    Some(before) => (before, Some(e.rec.clone())),
+                    None => continue,
+                },
+                None => match self.gone.remove(&key) {
+                    Some(before) => (before, None),
+                    None => continue,
+                },
+            };
+            if !before.existed && new.is_none() {
+                continue;
             }
-            None => std::mem::take(&mut self.changed).into_iter(),
-        };
-        let state = &self.state;
-        out.extend(
-            taking
-                .by_ref()
-                .take(limit)
-                .filter_map(|(k, b)| change(state, k, b, t)),
-        );
-        let more = taking.len() > 0;
-        if more {
-            self.taking = Some(taking);
+            out.push((
+                Folded::Changed {
+                    key,
+                    old_first_seen: before.link_first_seen,
+                    new,
+                },
+                t,
+                1,
+            ));
         }
-        more
+        !self.changed.is_empty()
     }
 
     /// Removes every record, untouched by this time, whose deadline is
@@ -282,35 +303,15 @@ impl Records {
                 continue;
             }
             if let Some(e) = self.state.remove(&key) {
-                let before = Emitted::of(key, Some(&e));
-                self.changed.entry(key).or_insert(before);
+                if e.since.is_none() {
+                    self.changed.push(key);
+                }
+                let before = e.since.unwrap_or_else(|| Emitted::of(key, Some(&e)));
+                self.gone.insert(key, before);
             }
         }
         self.due = due;
     }
-}
-
-/// The change to emit for `key`, which was `before` at the last emission,
-/// and is what `state` holds now; `None` when it neither was nor is.
-fn change(
-    state: &HashMap<RecKey, Entry>,
-    key: RecKey,
-    before: Emitted,
-    t: u64,
-) -> Option<(Folded, u64, isize)> {
-    let new = state.get(&key).map(|e| e.rec.clone());
-    if !before.existed && new.is_none() {
-        return None;
-    }
-    Some((
-        Folded::Changed {
-            key,
-            old_first_seen: before.link_first_seen,
-            new,
-        },
-        t,
-        1,
-    ))
 }
 
 /// Applies one record's ops (sorted by seq) to its aggregate. Returns
@@ -334,6 +335,7 @@ fn apply_group(mut cur: Option<Entry>, ops: &mut [Op]) -> (Option<Entry>, bool, 
                 cur = Some(Entry {
                     rec: *rec,
                     retention: op.retention,
+                    since: None,
                 });
                 changed = true;
             }
@@ -381,6 +383,7 @@ fn assert_record(cur: &mut Option<Entry>, op: &Op, props: compact_str::CompactSt
                     props,
                 },
                 retention: op.retention,
+                since: None,
             })
         }
     }
