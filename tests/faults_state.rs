@@ -53,14 +53,7 @@ fn intact(engine: &str) -> Intact {
 
 /// `rdg replay` of one more file, continuing the state.
 fn continue_args(state: &Path) -> Vec<OsString> {
-    vec![
-        OsString::from("replay"),
-        "--dataflows".into(),
-        dataflows_dir().into(),
-        "--state".into(),
-        state.into(),
-        data_dir().join("login.jsonl").into(),
-    ]
+    replay_args(&[], state, 1, &[data_dir().join("login.jsonl")])
 }
 
 fn node_query(state: &Path) -> Run {
