@@ -19,7 +19,9 @@ use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, StageS
 use crate::model::{Change, DeadLetter, Progress};
 use crate::source::{FileSource, Shared, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
-use crate::store::{BulkLoad, Counts, Store, StoreError, StoreOptions, WriteStats};
+use crate::store::{
+    BulkLoad, Counts, Engine, PendingCommit, Store, StoreError, StoreOptions, WriteStats,
+};
 
 pub mod kafka;
 
@@ -288,9 +290,12 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
     Ok(summary)
 }
 
-/// [`run_into_store`] for a replay: into an empty state (`bulk`) through a
-/// bulk load, which leaves the state empty if the replay fails; otherwise
-/// by commits, which leave a consistent prefix.
+/// [`run_into_store`] for a replay. Into an empty state (`bulk`) through a
+/// bulk load, which leaves the state empty if the replay fails; into a
+/// non-empty fjall state as one atomic commit at the end, which leaves the
+/// state as it was if the replay fails; into a non-empty sled state (whose
+/// transactions hold everything in memory, slowly) by commits, which leave
+/// a consistent prefix.
 pub fn replay_into_store(
     store: &Store,
     bulk: bool,
@@ -299,20 +304,33 @@ pub fn replay_into_store(
     sources: dataflow::SourceFactory,
     observer: &mut dyn Observer,
 ) -> Result<Totals, AppError> {
-    if !bulk {
+    let mut sink = if bulk {
+        Sink::Bulk(Box::new(store.bulk_load()?))
+    } else if store.engine() == Engine::Fjall {
+        Sink::Single(Box::new(store.begin_commit()?))
+    } else {
         return run_into_store(store, plan, config, sources, observer);
-    }
-    let mut sink = Sink::Bulk(Box::new(store.bulk_load()?));
-    // Nothing of a bulk load is visible before it finishes: each record
+    };
+    // Nothing of the run is visible before it finishes: each changed record
     // written once, identity computed once, at the end, is all it needs.
     let config = RunConfig {
         at_end: true,
         ..config
     };
-    let totals = run_into_sink(store, &mut sink, plan, config, sources, observer)?;
-    if let Sink::Bulk(load) = sink {
-        load.finish()?;
-    }
+    let ran = run_into_sink(store, &mut sink, plan, config, sources, observer);
+    let began = Instant::now();
+    let finished = match sink {
+        Sink::Bulk(load) => ran.and_then(|t| Ok(load.finish().map(|()| t)?)),
+        Sink::Single(commit) => {
+            let finished = ran.and_then(|t| Ok(commit.finish().map(|()| t)?));
+            // As after commits: flushed also after an error.
+            let flushed = store.flush();
+            finished.and_then(|t| Ok(flushed.map(|()| t)?))
+        }
+        Sink::Commit(_) => ran,
+    };
+    let mut totals = finished?;
+    *totals.stages.entry("commit".to_string()).or_default() += began.elapsed().as_secs_f64();
     Ok(totals)
 }
 
@@ -411,6 +429,8 @@ enum Sink<'a> {
     Commit(&'a Store),
     /// Chunks of a bulk load into an empty state.
     Bulk(Box<BulkLoad>),
+    /// Everything of the run in one atomic commit, at its end.
+    Single(Box<PendingCommit>),
 }
 
 impl Sink<'_> {
@@ -430,7 +450,20 @@ impl Sink<'_> {
                 }
                 load.write(&[], dead, progress)
             }
+            Sink::Single(commit) => {
+                for changes in parts {
+                    commit.changes(changes)?;
+                }
+                commit.add(dead, progress);
+                Ok(())
+            }
         }
+    }
+
+    /// Whether changes are written as they arrive (the run's records come
+    /// once each, at its end, and nothing is visible before it finishes).
+    fn on_receipt(&self) -> bool {
+        !matches!(self, Sink::Commit(_))
     }
 }
 
@@ -496,7 +529,7 @@ fn run_into_sink(
     // Commits that readers or a restart can see end at identity steps; the
     // chunks of a bulk load are seen by nobody until it finishes.
     let align = match sink {
-        Sink::Bulk(_) => 1,
+        Sink::Bulk(_) | Sink::Single(_) => 1,
         Sink::Commit(_) => config.step,
     };
     let stop = config.stop.clone();
@@ -687,14 +720,13 @@ impl Writer {
                 mut dead_letters,
                 progress,
             } => {
-                let changes = match sink {
-                    Sink::Bulk(load) if !changes.is_empty() => {
-                        let began = Instant::now();
-                        load.write(&changes, &[], &Progress::default())?;
-                        self.commit_s += began.elapsed().as_secs_f64();
-                        Vec::new()
-                    }
-                    _ => changes,
+                let changes = if sink.on_receipt() && !changes.is_empty() {
+                    let began = Instant::now();
+                    sink.write(&[&changes], &[], &Progress::default())?;
+                    self.commit_s += began.elapsed().as_secs_f64();
+                    Vec::new()
+                } else {
+                    changes
                 };
                 let slot = self.pending.entry(epoch).or_default();
                 slot.0.push(changes);

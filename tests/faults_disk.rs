@@ -1,10 +1,10 @@
 //! A full disk under the state, on both engines, through the real binary:
 //! the state lives on a small tmpfs of the test's own while `rdg replay`
-//! (a bulk load into an empty state) and `rdg run` (commits from Kafka)
-//! write. rdg must stop by itself with an error that names the state
-//! directory and the cause, exit non-zero and not panic; once space is
-//! freed (the file system grown), a restart must continue and end with the
-//! export of an uninterrupted run.
+//! (a bulk load into an empty state, or a replay continuing a state) and
+//! `rdg run` (commits from Kafka) write. rdg must stop by itself with an
+//! error that names the state directory and the cause, exit non-zero and
+//! not panic; once space is freed (the file system grown), a restart must
+//! continue and end with the export of an uninterrupted run.
 //!
 //! Needs root (mount); without it each test says `SKIPPED` on stderr.
 
@@ -67,6 +67,53 @@ fn disk_full_during_a_replay(engine: &str) {
     );
 }
 
+/// A replay continuing a state (fjall: one atomic commit at its end; sled:
+/// commits) that runs out of space stops with an error, leaves fjall's
+/// state as it was before it, and once space is freed, the same replay
+/// again ends with the export of an uninterrupted run.
+fn disk_full_during_a_continuing_replay(engine: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = event_files(&gen_opts(EVENTS, true), &dir.path().join("first"));
+    let more_opts = rdg::generate::GenOptions {
+        seed: 12,
+        ..gen_opts(EVENTS, true)
+    };
+    let more = event_files(&more_opts, &dir.path().join("more"));
+    let reference_state = dir.path().join("reference");
+    replay_with(&["--engine", engine], &reference_state, 1, &first);
+    let before = export(&reference_state);
+    let needed = disk_usage(&reference_state);
+    replay_with(&[], &reference_state, 1, &more);
+    let after = export(&reference_state);
+    assert!(before != after, "the second replay changed nothing");
+
+    let Some(fs) = Tmpfs::mount(
+        needed * 4 + (64 << 20),
+        "disk_full_during_a_continuing_replay",
+    ) else {
+        return;
+    };
+    let state = fs.path("state");
+    replay_with(&["--engine", engine], &state, 1, &first);
+    // No room left beyond what the state holds now.
+    fs.resize(disk_usage(fs.path("").as_path()) + 4096);
+    let run = rdg(replay_args(&[], &state, 1, &more));
+    stopped_for_lack_of_space("a continuing rdg replay", run.code, &run.stderr, &state);
+
+    fs.resize(needed * 4 + (64 << 20));
+    if engine_of(engine) == Engine::Fjall {
+        assert!(
+            export(&state) == before,
+            "a continuing replay that failed changed the fjall state"
+        );
+    }
+    replay_with(&[], &state, 1, &more);
+    assert!(
+        export(&state) == after,
+        "the continuing replay after space was freed differs from an uninterrupted one"
+    );
+}
+
 fn disk_full_during_a_run(engine: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = file_replay_export(dir.path(), EVENTS, true);
@@ -108,4 +155,8 @@ fn disk_full_during_a_run(engine: &str) {
     drop(cluster);
 }
 
-both_engines!(names: disk_full_during_a_replay, disk_full_during_a_run);
+both_engines!(
+    names: disk_full_during_a_replay,
+    disk_full_during_a_continuing_replay,
+    disk_full_during_a_run
+);

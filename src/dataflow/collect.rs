@@ -37,9 +37,9 @@ pub(crate) enum ToStore {
 /// How many emptied buffers the collector keeps for reuse.
 const FREE_BUFFERS: usize = 2;
 
-/// The collector of worker `worker`. With `forward` (bulk loads, whose
-/// folds emit each record once, at the end) the folds' records are emitted
-/// as they arrive instead of once their time is complete.
+/// The collector of worker `worker`. With `forward` (replays whose folds
+/// emit each changed record once, at the end) the folds' records are
+/// emitted as they arrive instead of once their time is complete.
 pub(crate) fn collect<'s>(
     stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
     names: Arc<Names>,
@@ -62,7 +62,10 @@ pub(crate) fn collect<'s>(
                 input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
                         if forward && matches!(x, ToStore::Folded(_, Folded::Changed { .. })) {
-                            forwarded.push((x, d));
+                            // Time 0's records are the stored ones (below).
+                            if t != 0 {
+                                forwarded.push((x, d));
+                            }
                             continue;
                         }
                         pending

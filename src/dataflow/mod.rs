@@ -121,11 +121,12 @@ pub struct RunConfig {
     /// record changed by many times once and saves relabelling; live runs:
     /// 1, every time).
     pub step: u64,
-    /// For bulk loads, which nobody sees before they finish: the folds emit
-    /// their records, and identity is computed, once, after the last time
-    /// (the links wait in differential's input, consolidated, until then),
-    /// and the collector hands the folds' records on as they come, each
-    /// record exactly once.
+    /// For replays that nobody sees before they finish (bulk loads, and
+    /// fjall replays continuing a state as one commit): the folds emit the
+    /// records changed after time 0 (the rebuild), and identity is
+    /// computed, once, after the last time (the links wait in
+    /// differential's input, consolidated, until then), and the collector
+    /// hands the folds' records on as they come, each record exactly once.
     pub at_end: bool,
 }
 

@@ -138,6 +138,7 @@ pub use bulk::{BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES};
 pub use engine::{AUTO_INGEST_BYTES, BulkMethod, Engine, EngineError, UnknownEngine};
 pub use reader::Contributions;
 pub use view::{EdgeCursor, EdgePage, ReadView, Schema};
+pub use writer::PendingCommit;
 
 use engine::{Db, Ns, OpenConfig, OpenError, Snap};
 

@@ -346,27 +346,108 @@ impl Store {
         {
             return Ok(());
         }
+        let mut commit = self.begin_commit()?;
+        for changes in parts {
+            commit.changes(changes)?;
+        }
+        commit.add(dead_letters, progress);
+        commit.finish()
+    }
+
+    /// Starts one atomic commit whose changes are encoded as they come (see
+    /// [`PendingCommit`]). Refused while a bulk load runs.
+    pub fn begin_commit(&self) -> Result<PendingCommit, StoreError> {
         self.refuse_during_bulk_load()?;
+        Ok(PendingCommit {
+            store: self.clone(),
+            plan: Plan::new(self),
+            dead_letters: Vec::new(),
+            progress: Progress::default(),
+        })
+    }
+
+    fn refuse_during_bulk_load(&self) -> Result<(), StoreError> {
+        if self.inner.bulk.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::BulkLoad {
+                path: self.inner.path.clone(),
+                detail: "a bulk load into this state is running or was interrupted; commits wait for its finish (after an interruption, reopen the state: it is wiped back to empty)".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One atomic commit built up in parts: [`PendingCommit::changes`] encodes
+/// changes as they come (only their encoding is held, never the changes),
+/// [`PendingCommit::add`] adds dead letters and progress, and
+/// [`PendingCommit::finish`] applies it all in one engine write, exactly as
+/// [`Store::commit`] of everything added, in the order added. Dropped
+/// without `finish`, nothing is written (namespaces it created stay, empty).
+pub struct PendingCommit {
+    store: Store,
+    plan: Plan,
+    dead_letters: Vec<DeadLetter>,
+    progress: Progress,
+}
+
+impl std::fmt::Debug for PendingCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCommit")
+            .field("store", &self.store)
+            .field("bytes", &self.plan.set.arena.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingCommit {
+    /// Encodes `changes` (after those added before).
+    pub fn changes(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        self.plan.changes(&self.store, changes)
+    }
+
+    /// Adds dead letters and progress (merged with what was added before).
+    pub fn add(&mut self, dead_letters: &[DeadLetter], progress: &Progress) {
+        self.dead_letters.extend_from_slice(dead_letters);
+        self.progress.merge(progress.clone());
+    }
+
+    /// Whether nothing was added.
+    fn is_empty(&self) -> bool {
+        self.plan.set.ops.is_empty()
+            && self.dead_letters.is_empty()
+            && self.progress.dataflows.is_empty()
+            && self.progress.positions.is_empty()
+    }
+
+    /// Applies everything added in one atomic write (nothing when nothing
+    /// was added).
+    pub fn finish(self) -> Result<(), StoreError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let PendingCommit {
+            store,
+            mut plan,
+            dead_letters,
+            progress,
+        } = self;
+        store.refuse_during_bulk_load()?;
         // Serializes commits and guards the in-memory counters.
-        let mut counters = self
+        let mut counters = store
             .inner
             .counters
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut plan = Plan::new(self);
-        for changes in parts {
-            plan.changes(self, changes)?;
-        }
         let mut updated: BTreeMap<CompactString, DataflowCounters> = BTreeMap::new();
         for (name, p) in &progress.dataflows {
             add_progress(counters_of(&mut updated, &counters.dataflows, name), p);
         }
-        for d in dead_letters {
+        for d in &dead_letters {
             let c = counters_of(&mut updated, &counters.dataflows, &d.dataflow);
             let seq = c.next_dead_letter;
             c.next_dead_letter = c.next_dead_letter.saturating_add(1);
             c.dead_letters = c.dead_letters.saturating_add(1);
-            plan.dead_letter(self, d, seq)?;
+            plan.dead_letter(&store, d, seq)?;
         }
         for (name, c) in &updated {
             plan.counters(name, c)?;
@@ -374,10 +455,10 @@ impl Store {
         for ((dataflow, partition), pos) in &progress.positions {
             plan.position(dataflow, partition, *pos);
         }
-        let commits = self.commit_count().saturating_add(1);
+        let commits = store.commit_count().saturating_add(1);
         plan.commit_count(commits);
         plan.set.normalize();
-        let mut meta = self.published();
+        let mut meta = store.published();
         for (name, c) in &updated {
             meta.dataflows.insert(name.to_string(), c.into());
         }
@@ -389,28 +470,20 @@ impl Store {
         let started = Instant::now();
         {
             // Readers wait while the engine applies it (see "Isolation").
-            let _exclusive = self.gate_exclusive();
-            self.inner
+            let _exclusive = store.gate_exclusive();
+            store
+                .inner
                 .db
                 .write(&plan.ns, &plan.set)
-                .map_err(|e| self.engine_err(e))?;
-            self.inner
+                .map_err(|e| store.engine_err(e))?;
+            store
+                .inner
                 .commits
                 .store(commits, std::sync::atomic::Ordering::Release);
-            self.publish(meta);
+            store.publish(meta);
         }
-        self.inner.stats.add(keys, bytes, started.elapsed());
+        store.inner.stats.add(keys, bytes, started.elapsed());
         counters.dataflows.extend(updated);
-        Ok(())
-    }
-
-    fn refuse_during_bulk_load(&self) -> Result<(), StoreError> {
-        if self.inner.bulk.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(StoreError::BulkLoad {
-                path: self.inner.path.clone(),
-                detail: "a bulk load into this state is running or was interrupted; commits wait for its finish (after an interruption, reopen the state: it is wiped back to empty)".to_string(),
-            });
-        }
         Ok(())
     }
 }
