@@ -250,6 +250,7 @@ impl WriteSet {
     /// source tied); the sort is unstable, with the position as the last
     /// tie-break (the last write of a key sorts last).
     pub fn normalize(&mut self) {
+        use rayon::slice::ParallelSliceMut;
         let arena = &self.arena;
         let key = |op: &Op| &arena[op.key.start..op.key.end];
         // Bytes `from..from + 16` of `k`, zero-padded, as one integer.
@@ -267,12 +268,19 @@ impl WriteSet {
             let k = key(op);
             (op.ns, word(k, 0), word(k, 16), i)
         }));
-        order.sort_unstable_by(|a, b| {
+        let cmp = |a: &(usize, u128, u128, usize), b: &(usize, u128, u128, usize)| {
             (a.0, a.1, a.2)
                 .cmp(&(b.0, b.1, b.2))
                 .then_with(|| key(&ops[a.3]).cmp(key(&ops[b.3])))
                 .then(a.3.cmp(&b.3))
-        });
+        };
+        // A large set (the end of a replay, a bulk load's buffer) is sorted
+        // on every core: at a replay's end the workers are idle.
+        if order.len() >= PARALLEL_SORT_OPS {
+            order.par_sort_unstable_by(cmp);
+        } else {
+            order.sort_unstable_by(cmp);
+        }
         let mut out = std::mem::take(&mut self.sorted);
         out.clear();
         for &(_, _, _, i) in order.iter() {
@@ -303,6 +311,11 @@ impl WriteSet {
         self.ops.clear();
     }
 }
+
+/// Write sets with at least this many operations are sorted in parallel
+/// (rayon's pool, one thread per core); smaller ones (a live run's commits)
+/// on the calling thread.
+const PARALLEL_SORT_OPS: usize = 1 << 16;
 
 /// How a bulk load's buffer reaches fjall (sled always uses per-tree
 /// batches).
