@@ -492,6 +492,12 @@ pub struct ExportCounts {
     pub lines: u64,
 }
 
+/// One namespace scanned by [`Store::counts`].
+enum CountScan {
+    Identity(Ns),
+    Family(Family, CompactString, Ns),
+}
+
 /// Sizes of the stored graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -1014,25 +1020,55 @@ impl Store {
             .collect()
     }
 
-    /// Sizes of the stored graph (scans everything, through one view).
+    /// Sizes of the stored graph (scans everything, through one view; the
+    /// namespaces in parallel, on rayon's pool).
     pub fn counts(&self) -> Result<Counts, StoreError> {
+        use rayon::prelude::*;
         let view = self.read();
         let snap = &view.snap;
+        // The identity namespace, one of the largest, first.
+        let mut scans = vec![CountScan::Identity(self.inner.id.clone())];
+        for family in [Family::Node, Family::Edge, Family::Dead] {
+            scans.extend(
+                self.dyn_trees(family)
+                    .into_iter()
+                    .map(|(name, tree)| CountScan::Family(family, name, tree)),
+            );
+        }
+        let parts = scans
+            .par_iter()
+            .map(|scan| match scan {
+                CountScan::Identity(tree) => self.count_identity(snap, tree),
+                CountScan::Family(family @ Family::Node, name, tree) => Ok(Counts {
+                    nodes: self.count_distinct_prefixes(snap, tree, *family, name, 1)?,
+                    ..Counts::default()
+                }),
+                CountScan::Family(family @ Family::Edge, name, tree) => Ok(Counts {
+                    edges: self.count_distinct_prefixes(snap, tree, *family, name, 2)?,
+                    ..Counts::default()
+                }),
+                CountScan::Family(_, _, tree) => Ok(Counts {
+                    dead_letters: snap.iter(tree).try_fold(0u64, |n, item| {
+                        item.map(|_| n + 1).map_err(|e| self.engine_err(e))
+                    })?,
+                    ..Counts::default()
+                }),
+            })
+            .collect::<Result<Vec<Counts>, StoreError>>()?;
+        Ok(parts.iter().fold(Counts::default(), |a, b| Counts {
+            nodes: a.nodes + b.nodes,
+            edges: a.edges + b.edges,
+            dead_letters: a.dead_letters + b.dead_letters,
+            identifiers: a.identifiers + b.identifiers,
+            clusters: a.clusters + b.clusters,
+        }))
+    }
+
+    /// The identifiers and distinct clusters of the identity namespace.
+    fn count_identity(&self, snap: &Snap, tree: &Ns) -> Result<Counts, StoreError> {
         let mut c = Counts::default();
-        for (name, tree) in self.dyn_trees(Family::Node) {
-            c.nodes += self.count_distinct_prefixes(snap, &tree, Family::Node, &name, 1)?;
-        }
-        for (name, tree) in self.dyn_trees(Family::Edge) {
-            c.edges += self.count_distinct_prefixes(snap, &tree, Family::Edge, &name, 2)?;
-        }
-        for (_, tree) in self.dyn_trees(Family::Dead) {
-            for item in snap.iter(&tree) {
-                item.map_err(|e| self.engine_err(e))?;
-                c.dead_letters += 1;
-            }
-        }
         let mut clusters = std::collections::BTreeSet::new();
-        for item in snap.iter(&self.inner.id) {
+        for item in snap.iter(tree) {
             let (k, v) = item.map_err(|e| self.engine_err(e))?;
             let of =
                 reader::decode_cluster_of(&v).map_err(|e| StoreError::corrupt(TREE_ID, &k, e))?;
