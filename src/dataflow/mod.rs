@@ -288,11 +288,9 @@ fn run_worker(
     let folds = plan.dataflows.iter().map(|d| d.name.clone()).collect();
     stages::install(worker, config.stages.clone(), folds);
     let mut inputs = build(worker, config, plan, start, &names, local, emit);
-    // Time 0: rebuild the folds' state from this process's store (its first
-    // worker reads it; exchange sends each record to its owner).
-    if local == 0 {
-        rebuild(&mut inputs, plan, start, &names)?;
-    }
+    // Time 0: rebuild the folds' state from this process's store (its
+    // workers take chunks of it; exchange sends each record to its owner).
+    rebuild(&mut inputs, plan, start, &names)?;
     let reader = driver::Reader::new(plan, start, config, &names, sources(index, peers, &resume)?)?;
     driver::drive(worker, inputs, reader, &names, local, emit)
 }
@@ -399,21 +397,18 @@ fn build(
     })
 }
 
-/// Sends the stored contributions as `Load` ops at time 0.
+/// Contributions a worker takes from the shared stream at a time.
+const REBUILD_CHUNK: usize = 4096;
+
+/// Sends the stored contributions as `Load` ops at time 0. Every worker
+/// takes chunks from the one stream until it ends: reading is serial, the
+/// rest (interning, building ops) spread over the workers.
 fn rebuild(
     inputs: &mut driver::Inputs,
     plan: &Plan,
     start: &Start,
     names: &Names,
 ) -> Result<(), DataflowError> {
-    let taken = start
-        .contributions
-        .lock()
-        .map_err(|_| DataflowError::Rebuild("state loader poisoned".into()))?
-        .take();
-    let Some(contributions) = taken else {
-        return Ok(());
-    };
     let by_name: BTreeMap<&str, usize> = plan
         .dataflows
         .iter()
@@ -421,47 +416,75 @@ fn rebuild(
         .map(|(i, d)| (d.name.as_str(), i))
         .collect();
     let retentions: Vec<Retentions> = plan.dataflows.iter().map(Retentions::new).collect();
-    for c in contributions {
-        let c = c.map_err(DataflowError::Rebuild)?;
-        let (dataflow, record) = match &c {
-            Change::Node {
-                dataflow,
-                record: Some(r),
-                ..
+    let mut chunk: Vec<Result<Change, String>> = Vec::with_capacity(REBUILD_CHUNK);
+    loop {
+        {
+            let mut shared = start
+                .contributions
+                .lock()
+                .map_err(|_| DataflowError::Rebuild("state loader poisoned".into()))?;
+            let Some(contributions) = shared.as_mut() else {
+                return Ok(());
+            };
+            chunk.extend(contributions.by_ref().take(REBUILD_CHUNK));
+            if chunk.len() < REBUILD_CHUNK {
+                *shared = None;
             }
-            | Change::Edge {
-                dataflow,
-                record: Some(r),
-                ..
-            }
-            | Change::Link {
-                dataflow,
-                record: Some(r),
-                ..
-            } => (dataflow, r),
-            _ => continue,
-        };
-        // Contributions of a definition (or an edge type) that was removed
-        // stay in the store untouched; nothing in memory needs them.
-        let Some(&i) = by_name.get(dataflow.as_str()) else {
-            continue;
-        };
-        let Some((key, shard)) =
-            RecKey::of_change(&c, names).map_err(|e| DataflowError::Rebuild(e.to_string()))?
-        else {
-            continue;
-        };
-        let retention = retentions[i].of(&key, names);
-        inputs.ops[i].send(Op {
-            key,
-            shard,
-            seq: 0,
-            wm: i64::MIN,
-            time: record.last_seen,
-            retention,
-            kind: OpKind::Load(Box::new(record.clone())),
-        });
+        }
+        for c in chunk.drain(..) {
+            let c = c.map_err(DataflowError::Rebuild)?;
+            load_op(inputs, &c, &by_name, &retentions, names)?;
+        }
     }
+}
+
+/// Sends one stored contribution as a `Load` op (nothing for a removal, or
+/// a contribution of a definition or an edge type no longer in the plan).
+fn load_op(
+    inputs: &mut driver::Inputs,
+    c: &Change,
+    by_name: &BTreeMap<&str, usize>,
+    retentions: &[Retentions],
+    names: &Names,
+) -> Result<(), DataflowError> {
+    let (dataflow, record) = match c {
+        Change::Node {
+            dataflow,
+            record: Some(r),
+            ..
+        }
+        | Change::Edge {
+            dataflow,
+            record: Some(r),
+            ..
+        }
+        | Change::Link {
+            dataflow,
+            record: Some(r),
+            ..
+        } => (dataflow, r),
+        _ => return Ok(()),
+    };
+    // Contributions of a definition (or an edge type) that was removed
+    // stay in the store untouched; nothing in memory needs them.
+    let Some(&i) = by_name.get(dataflow.as_str()) else {
+        return Ok(());
+    };
+    let Some((key, shard)) =
+        RecKey::of_change(c, names).map_err(|e| DataflowError::Rebuild(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let retention = retentions[i].of(&key, names);
+    inputs.ops[i].send(Op {
+        key,
+        shard,
+        seq: 0,
+        wm: i64::MIN,
+        time: record.last_seen,
+        retention,
+        kind: OpKind::Load(Box::new(record.clone())),
+    });
     Ok(())
 }
 
