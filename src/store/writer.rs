@@ -458,6 +458,7 @@ impl PendingCommit {
         let commits = store.commit_count().saturating_add(1);
         plan.commit_count(commits);
         plan.set.normalize();
+        plan.set.release_scratch();
         let mut meta = store.published();
         for (name, c) in &updated {
             meta.dataflows.insert(name.to_string(), c.into());

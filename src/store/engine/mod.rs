@@ -293,6 +293,14 @@ impl WriteSet {
         self.sorted = std::mem::replace(&mut self.ops, out);
     }
 
+    /// Frees `normalize`'s scratch (as large as the set was) when the set is
+    /// not reused: a one-off commit of millions of operations would hold
+    /// it through the engine's write.
+    pub fn release_scratch(&mut self) {
+        self.order = Vec::new();
+        self.sorted = Vec::new();
+    }
+
     /// Keys and key + value bytes of the operations.
     pub fn size(&self) -> (u64, u64) {
         let bytes = self
