@@ -361,6 +361,7 @@ impl Store {
         Ok(PendingCommit {
             store: self.clone(),
             plan: Plan::new(self),
+            changed: false,
             dead_letters: Vec::new(),
             progress: Progress::default(),
         })
@@ -386,6 +387,8 @@ impl Store {
 pub struct PendingCommit {
     store: Store,
     plan: Plan,
+    /// Some change was added (even one that encodes to nothing).
+    changed: bool,
     dead_letters: Vec<DeadLetter>,
     progress: Progress,
 }
@@ -402,6 +405,7 @@ impl std::fmt::Debug for PendingCommit {
 impl PendingCommit {
     /// Encodes `changes` (after those added before).
     pub fn changes(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        self.changed |= !changes.is_empty();
         self.plan.changes(&self.store, changes)
     }
 
@@ -411,9 +415,10 @@ impl PendingCommit {
         self.progress.merge(progress.clone());
     }
 
-    /// Whether nothing was added.
+    /// Whether nothing was added (changes that encode to nothing, such as
+    /// removals from namespaces that do not exist, still make a commit).
     fn is_empty(&self) -> bool {
-        self.plan.set.ops.is_empty()
+        !self.changed
             && self.dead_letters.is_empty()
             && self.progress.dataflows.is_empty()
             && self.progress.positions.is_empty()
@@ -430,6 +435,7 @@ impl PendingCommit {
             mut plan,
             dead_letters,
             progress,
+            ..
         } = self;
         store.refuse_during_bulk_load()?;
         // Serializes commits and guards the in-memory counters.
