@@ -61,11 +61,18 @@ pub(crate) fn collect<'s>(
             move |(input, frontier), _output| {
                 input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
+                        // Time 0 rebuilds the folds from the store: their
+                        // records are already stored. Identity assignments
+                        // are written again: in a cluster, the process
+                        // owning an identifier may have committed fewer
+                        // times than the processes owning its links, and
+                        // time 0 is the only moment that says what the
+                        // loaded links imply.
+                        if t == 0 && !matches!(x, ToStore::Cluster(..)) {
+                            continue;
+                        }
                         if forward && matches!(x, ToStore::Folded(_, Folded::Changed { .. })) {
-                            // Time 0's records are the stored ones (below).
-                            if t != 0 {
-                                forwarded.push((x, d));
-                            }
+                            forwarded.push((x, d));
                             continue;
                         }
                         pending
@@ -88,19 +95,9 @@ pub(crate) fn collect<'s>(
                     if t >= upto {
                         break;
                     }
-                    let Some((t, updates)) = pending.pop_first() else {
+                    let Some((t, mut updates)) = pending.pop_first() else {
                         break;
                     };
-                    // Time 0 rebuilds the folds from the store: their records
-                    // are already stored. Identity assignments are written
-                    // again: in a cluster, the process owning an identifier
-                    // may have committed fewer times than the processes
-                    // owning its links, and time 0 is the only moment that
-                    // says what the loaded links imply.
-                    let mut updates = updates;
-                    if t == 0 {
-                        updates.retain(|(u, _)| matches!(u, ToStore::Cluster(..)));
-                    }
                     let (changes, progress) = to_changes(updates.drain(..), &names);
                     if free.len() < FREE_BUFFERS {
                         free.push(updates);
