@@ -319,17 +319,25 @@ pub fn replay_into_store(
     };
     let ran = run_into_sink(store, &mut sink, plan, config, sources, observer);
     let began = Instant::now();
-    let finished = match sink {
-        Sink::Bulk(load) => ran.and_then(|t| Ok(load.finish().map(|()| t)?)),
+    let mut totals = match sink {
+        Sink::Bulk(load) => {
+            let totals = ran?;
+            load.finish()?;
+            totals
+        }
         Sink::Single(commit) => {
-            let finished = ran.and_then(|t| Ok(commit.finish().map(|()| t)?));
+            let finished = ran.and_then(|totals| {
+                commit.finish()?;
+                Ok(totals)
+            });
             // As after commits: flushed also after an error.
             let flushed = store.flush();
-            finished.and_then(|t| Ok(flushed.map(|()| t)?))
+            let totals = finished?;
+            flushed?;
+            totals
         }
-        Sink::Commit(_) => ran,
+        Sink::Commit(_) => ran?,
     };
-    let mut totals = finished?;
     *totals.stages.entry("commit".to_string()).or_default() += began.elapsed().as_secs_f64();
     Ok(totals)
 }
