@@ -47,6 +47,27 @@ const CATCH_UP_RECORDS: usize = 250_000;
 /// The longest a time stays open while catching up.
 const CATCH_UP_OPEN: Duration = Duration::from_millis(1000);
 
+/// The live time a worker is reading into: how many records it holds and
+/// since when.
+struct OpenTime {
+    records: usize,
+    since: Instant,
+}
+
+impl OpenTime {
+    fn new() -> OpenTime {
+        OpenTime {
+            records: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Whether a worker that is `behind` keeps reading into this time.
+    fn stays_open(&self, behind: bool) -> bool {
+        behind && self.records < CATCH_UP_RECORDS && self.since.elapsed() < CATCH_UP_OPEN
+    }
+}
+
 /// A worker's handles on the dataflow's inputs.
 pub(super) struct Inputs {
     pub ops: Vec<InputHandleVec<u64, Op>>,
@@ -324,8 +345,7 @@ pub(super) fn drive(
     // Times sent but maybe not yet complete, oldest first.
     let mut started: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut last_lag = Instant::now();
-    // Records read into the current time (live runs), and since when.
-    let mut open = (0usize, Instant::now());
+    let mut open = OpenTime::new();
     loop {
         if config.stop.load(Ordering::Relaxed) || (!config.live && reader.all_done()) {
             break;
@@ -338,7 +358,7 @@ pub(super) fn drive(
             };
             read_any = true;
             behind |= reader.raw.len() >= config.batch;
-            open.0 += reader.raw.len();
+            open.records += reader.raw.len();
             let t = if config.live {
                 epoch
             } else {
@@ -367,21 +387,21 @@ pub(super) fn drive(
                 // Idle: let the frontier follow the clock so other workers'
                 // times complete, then sleep until woken or the next tick.
                 if now > epoch + IDLE_TICK_MS {
-                    if open.0 > 0 {
+                    if open.records > 0 {
                         started.push_back(epoch);
                     }
-                    open = (0, Instant::now());
+                    open = OpenTime::new();
                     epoch = now;
                     inputs.advance_to(epoch);
                 }
                 worker.step_or_park(Some(IDLE_PARK));
                 continue;
             }
-            if behind && open.0 < CATCH_UP_RECORDS && open.1.elapsed() < CATCH_UP_OPEN {
+            if open.stays_open(behind) {
                 worker.step();
                 continue;
             }
-            open = (0, Instant::now());
+            open = OpenTime::new();
             started.push_back(epoch);
             epoch = (epoch + 1).max(now);
             inputs.advance_to(epoch);
