@@ -24,6 +24,12 @@ pub type DataflowName = CompactString;
 /// and the query service (freshness).
 pub type Positions = std::collections::BTreeMap<(DataflowName, String), u64>;
 
+/// The longest identifier (`type:id`, in bytes) an event may carry; an event
+/// with a longer one is a dead letter. A stored key holds at most three
+/// identifiers, each at most doubled by the key codec's escapes, and fjall
+/// refuses (panics on) keys longer than 65 535 bytes: 4 KiB leaves room.
+pub const MAX_IDENT_BYTES: usize = 4096;
+
 /// Builds the `type:id` form of an identifier.
 pub fn ident(node_type: &str, id: &str) -> Ident {
     let mut s = CompactString::with_capacity(node_type.len() + 1 + id.len());

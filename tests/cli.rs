@@ -863,6 +863,86 @@ fn a_state_of_another_format_version_is_refused() {
 // ---------------------------------------------------------------------------
 // bad input lines
 
+/// An identifier longer than an engine key can hold (fjall panics on keys
+/// over 65 535 bytes) is a dead letter naming the field, on both engines;
+/// the events around it are applied, and a query for it (node, edges,
+/// identity) answers "not found" or nothing instead of failing.
+#[test]
+fn an_identifier_too_long_for_a_key_is_a_dead_letter_and_a_query_for_it_finds_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let long = "a".repeat(70_000);
+    let event = |ts: i64, account: &str| {
+        json!({
+            "ts": ts, "event": "play_start", "account_id": account, "profile_id": "p1",
+            "title_id": "t1", "device_id": "d1", "country": "NL", "position_s": 5,
+        })
+        .to_string()
+    };
+    let lines = [
+        event(1_700_000_000_000, "a1"),
+        event(1_700_000_001_000, &long),
+        event(1_700_000_002_000, "a3"),
+    ];
+    let file = tmp.path().join("playback.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").expect("writing input");
+    for engine in ["fjall", "sled"] {
+        let state = tmp.path().join(format!("state-{engine}"));
+        let run = rdg(os(&[
+            &"replay",
+            &"--engine",
+            &engine,
+            &"--state",
+            &state,
+            &"--json",
+            &file,
+        ]));
+        let summary: Value = serde_json::from_str(run.ok().trim()).expect("summary");
+        assert_eq!(summary["events"], 2, "{engine}: {summary}");
+        assert_eq!(summary["dead_letters"], 1, "{engine}: {summary}");
+        let export = parse_export(&export(&state));
+        let dead = of_ns(&export, "dead_letter");
+        assert_eq!(dead.len(), 1, "{engine}");
+        assert_eq!(s(dead[0], "source"), "playback.jsonl:2", "{engine}");
+        assert_eq!(
+            s(dead[0], "reason"),
+            "field `account_id` is 70000 bytes long: an identifier (`account:` and the id) is at most 4096 bytes",
+            "{engine}"
+        );
+        let accounts: BTreeSet<&str> = of_ns(&export, "node")
+            .into_iter()
+            .filter(|v| v["type"] == "account")
+            .map(|v| s(v, "id"))
+            .collect();
+        assert_eq!(accounts, BTreeSet::from(["a1", "a3"]), "{engine}");
+        for query in [
+            vec!["node", "account", long.as_str()],
+            vec!["identity", "account", long.as_str()],
+        ] {
+            let mut args = vec![
+                OsString::from("query"),
+                "--state".into(),
+                state.clone().into(),
+            ];
+            args.extend(query.iter().map(OsString::from));
+            let run = rdg(args);
+            run.expect_code(1);
+            assert!(
+                run.stderr.contains("not found"),
+                "{engine}: {}",
+                run.describe()
+            );
+        }
+        let mut args = vec![
+            OsString::from("query"),
+            "--state".into(),
+            state.clone().into(),
+        ];
+        args.extend(["edges", "has_profile", "account", long.as_str()].map(OsString::from));
+        let edges: Value = serde_json::from_str(rdg(args).ok()).expect("edges");
+        assert_eq!(edges["items"], json!([]), "{engine}");
+    }
+}
+
 #[test]
 fn bad_lines_become_dead_letters_and_the_rest_is_applied() {
     let tmp = tempfile::tempdir().expect("tempdir");

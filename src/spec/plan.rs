@@ -14,7 +14,7 @@ use compact_str::CompactString;
 use serde_json::Value;
 
 use super::decode::{EventView, FieldRef, FieldSet, Fields};
-use crate::model::{EventTime, Ident, ident, split_ident};
+use crate::model::{EventTime, Ident, MAX_IDENT_BYTES, ident, split_ident};
 
 /// All definitions of a folder plus the global settings from `rdg.toml`.
 #[derive(Clone, Debug)]
@@ -522,6 +522,11 @@ fn read_id(
                 Ok(None)
             }
         }
+        Some(FieldRef::Str(s)) if node_type.len() + 1 + s.len() > MAX_IDENT_BYTES => Err(format!(
+            "field `{}` is {} bytes long: an identifier (`{node_type}:` and the id) is at most {MAX_IDENT_BYTES} bytes",
+            path.text,
+            s.len()
+        )),
         Some(FieldRef::Str(s)) => Ok(Some(ident(node_type, s))),
         Some(FieldRef::Number(n)) if n.is_i64() || n.is_u64() => {
             Ok(Some(compact_str::format_compact!("{node_type}:{n}")))

@@ -174,7 +174,16 @@ impl FjallDb {
     }
 }
 
+/// fjall's longest key: it panics on a longer one, in reads too. Writes
+/// never reach it (identifiers are at most `model::MAX_IDENT_BYTES`); a
+/// read for a longer key (an identifier typed into a query) is answered here
+/// from what that means: no stored key is that long.
+const MAX_KEY: usize = u16::MAX as usize;
+
 pub(crate) fn get(s: &Snapshot, ks: &Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+    if key.len() > MAX_KEY {
+        return Ok(None);
+    }
     Ok(s.get(ks, key)?.map(Bytes::Fjall))
 }
 
@@ -188,6 +197,9 @@ fn pairs(iter: fjall::Iter) -> KvIter {
 }
 
 pub(crate) fn prefix(s: &Snapshot, ks: &Keyspace, prefix: &[u8]) -> KvIter {
+    if prefix.len() > MAX_KEY {
+        return Box::new(std::iter::empty());
+    }
     pairs(s.prefix(ks, prefix))
 }
 
@@ -195,6 +207,11 @@ pub(crate) fn range(s: &Snapshot, ks: &Keyspace, start: Bound<'_>) -> KvIter {
     use std::ops::Bound as B;
     let r: (B<&[u8]>, B<&[u8]>) = match start {
         Bound::Unbounded => (B::Unbounded, B::Unbounded),
+        // For stored keys (at most `MAX_KEY` bytes), being at or after a
+        // longer `k` is the same as being after its first `MAX_KEY` bytes.
+        Bound::Included(k) | Bound::Excluded(k) if k.len() > MAX_KEY => {
+            (B::Excluded(&k[..MAX_KEY]), B::Unbounded)
+        }
         Bound::Included(k) => (B::Included(k), B::Unbounded),
         Bound::Excluded(k) => (B::Excluded(k), B::Unbounded),
     };
