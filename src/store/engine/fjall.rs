@@ -96,12 +96,12 @@ impl FjallDb {
     fn batch(&self, ns: &[Ns], set: &WriteSet) -> Result<fjall::OwnedWriteBatch, EngineError> {
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), set.ops.len());
         for op in &set.ops {
-            let Some(Ns::Fjall(ks)) = ns.get(op.ns) else {
+            let Some(Ns::Fjall(ks)) = ns.get(op.ns()) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
-            match op.value {
-                Some(v) => batch.insert(ks, set.bytes(op.key), set.bytes(v)),
-                None => batch.remove(ks, set.bytes(op.key)),
+            match op.value() {
+                Some(v) => batch.insert(ks, set.bytes(op.key()), set.bytes(v)),
+                None => batch.remove(ks, set.bytes(op.key())),
             }
         }
         Ok(batch)
@@ -133,14 +133,14 @@ impl FjallDb {
             let n = rest.iter().take_while(|op| op.ns == first.ns).count();
             let (run, tail) = rest.split_at(n);
             rest = tail;
-            let Some(Ns::Fjall(ks)) = ns.get(first.ns) else {
+            let Some(Ns::Fjall(ks)) = ns.get(first.ns()) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
             let mut ingestion = ks.start_ingestion()?;
             for op in run {
-                match op.value {
-                    Some(v) => ingestion.write(set.bytes(op.key), set.bytes(v))?,
-                    None => ingestion.write_tombstone(set.bytes(op.key))?,
+                match op.value() {
+                    Some(v) => ingestion.write(set.bytes(op.key()), set.bytes(v))?,
+                    None => ingestion.write_tombstone(set.bytes(op.key()))?,
                 }
             }
             ingestion.finish()?;

@@ -89,6 +89,9 @@ pub enum EngineError {
     /// A handle of one engine was given to the other (a bug in the store).
     #[error("internal: a {0} handle was used with the other engine")]
     Mismatch(&'static str),
+    /// A key or value of this many bytes: more than a write holds (4 GiB).
+    #[error("a key or value of {0} bytes is too long to store (at most 4 GiB)")]
+    TooLong(usize),
 }
 
 impl EngineError {
@@ -183,13 +186,46 @@ pub(crate) struct Span {
     pub end: usize,
 }
 
-/// One write: `value: None` removes the key.
+/// One write: a key and, unless it removes the key, a value, both ranges of
+/// the set's arena. 32 bytes: with three `usize` ranges it was 48, and the
+/// one-off write set of a continuing replay holds millions of ops (twice
+/// over while it is sorted).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Op {
+    key_start: u64,
+    value_start: u64,
+    key_len: u32,
+    /// [`REMOVE`]: the op removes the key.
+    value_len: u32,
     /// Index into the namespace list given with the set.
-    pub ns: usize,
-    pub key: Span,
-    pub value: Option<Span>,
+    ns: u32,
+}
+
+/// `Op::value_len` of a removal.
+const REMOVE: u32 = u32::MAX;
+
+impl Op {
+    /// The index of the op's namespace in the list given with the set.
+    pub fn ns(&self) -> usize {
+        self.ns as usize
+    }
+
+    pub fn key(&self) -> Span {
+        span(self.key_start, self.key_len)
+    }
+
+    /// `None`: the op removes the key.
+    pub fn value(&self) -> Option<Span> {
+        (self.value_len != REMOVE).then(|| span(self.value_start, self.value_len))
+    }
+}
+
+fn span(start: u64, len: u32) -> Span {
+    let start = start as usize;
+    Span {
+        start,
+        end: start + len as usize,
+    }
 }
 
 /// Writes with their bytes in one arena.
@@ -202,6 +238,10 @@ pub(crate) struct WriteSet {
     order: Vec<(usize, u128, u128, usize)>,
     /// The other buffer of `normalize`, kept for its capacity.
     sorted: Vec<Op>,
+    /// The length of the first key or value added that is too long for an
+    /// op (4 GiB and over; fjall panics on keys over 64 KiB and values over
+    /// 4 GiB): the engine write refuses the set ([`WriteSet::check`]).
+    oversized: Option<usize>,
 }
 
 impl WriteSet {
@@ -225,19 +265,44 @@ impl WriteSet {
     }
 
     pub fn put(&mut self, ns: usize, key: Span, value: Span) {
-        self.ops.push(Op {
-            ns,
-            key,
-            value: Some(value),
-        });
+        let value_len = self.len_of(value);
+        self.push_op(ns, key, value.start, value_len);
     }
 
     pub fn remove(&mut self, ns: usize, key: Span) {
+        self.push_op(ns, key, 0, REMOVE);
+    }
+
+    fn push_op(&mut self, ns: usize, key: Span, value_start: usize, value_len: u32) {
+        let key_len = self.len_of(key);
         self.ops.push(Op {
-            ns,
-            key,
-            value: None,
+            key_start: key.start as u64,
+            value_start: value_start as u64,
+            key_len,
+            value_len,
+            ns: u32::try_from(ns).unwrap_or(u32::MAX),
         });
+    }
+
+    /// A span's length as an op holds it; a length that does not fit is
+    /// noted for [`WriteSet::check`] (the op is then never written).
+    fn len_of(&mut self, s: Span) -> u32 {
+        let len = s.end.saturating_sub(s.start);
+        match u32::try_from(len) {
+            Ok(n) if n != REMOVE => n,
+            _ => {
+                self.oversized.get_or_insert(len);
+                0
+            }
+        }
+    }
+
+    /// Refuses a set with a key or value too long for the engines.
+    pub fn check(&self) -> Result<(), EngineError> {
+        match self.oversized {
+            Some(len) => Err(EngineError::TooLong(len)),
+            None => Ok(()),
+        }
     }
 
     /// Sorts by (namespace, key) and keeps the last operation given for each
@@ -252,7 +317,10 @@ impl WriteSet {
     pub fn normalize(&mut self) {
         use rayon::slice::ParallelSliceMut;
         let arena = &self.arena;
-        let key = |op: &Op| &arena[op.key.start..op.key.end];
+        let key = |op: &Op| {
+            let k = op.key();
+            &arena[k.start..k.end]
+        };
         // Bytes `from..from + 16` of `k`, zero-padded, as one integer.
         let word = |k: &[u8], from: usize| {
             let part = k.get(from..).unwrap_or_default();
@@ -266,7 +334,7 @@ impl WriteSet {
         order.clear();
         order.extend(ops.iter().enumerate().map(|(i, op)| {
             let k = key(op);
-            (op.ns, word(k, 0), word(k, 16), i)
+            (op.ns(), word(k, 0), word(k, 16), i)
         }));
         let cmp = |a: &(usize, u128, u128, usize), b: &(usize, u128, u128, usize)| {
             (a.0, a.1, a.2)
@@ -307,8 +375,9 @@ impl WriteSet {
             .ops
             .iter()
             .map(|op| {
-                let v = op.value.map_or(0, |v| v.end - v.start);
-                (op.key.end - op.key.start + v) as u64
+                let v = op.value().map_or(0, |v| v.end - v.start);
+                let k = op.key();
+                (k.end - k.start + v) as u64
             })
             .sum();
         (self.ops.len() as u64, bytes)
@@ -317,6 +386,7 @@ impl WriteSet {
     pub fn clear(&mut self) {
         self.arena.clear();
         self.ops.clear();
+        self.oversized = None;
     }
 }
 
@@ -400,6 +470,7 @@ impl Db {
 
     /// Applies `set` (normalized) atomically across `ns`.
     pub fn write(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
+        set.check()?;
         match self {
             Db::Fjall(db) => db.write(ns, set),
             Db::Sled(db) => db.write(ns, set),
@@ -414,6 +485,7 @@ impl Db {
         set: &WriteSet,
         method: BulkMethod,
     ) -> Result<(), EngineError> {
+        set.check()?;
         match self {
             Db::Fjall(db) => db.bulk_write(ns, set, method),
             Db::Sled(db) => db.bulk_write(ns, set),
@@ -606,6 +678,35 @@ mod tests {
     /// (namespace, key) → the value written last, `None` for a removal.
     type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
 
+    /// An op is 32 bytes; a key or value too long for one (4 GiB or more:
+    /// no arena is needed to say so) makes the engine write refuse the set
+    /// instead of writing a wrong length; `clear` forgets it.
+    #[test]
+    fn ops_are_small_and_an_oversized_value_is_refused() {
+        assert_eq!(std::mem::size_of::<super::Op>(), 32);
+        let mut set = WriteSet::default();
+        let key = set.push(b"k");
+        set.put(
+            0,
+            key,
+            super::Span {
+                start: 0,
+                end: 1 << 33,
+            },
+        );
+        assert!(matches!(set.check(), Err(super::EngineError::TooLong(n)) if n == 1 << 33));
+        set.clear();
+        let key = set.push(b"k");
+        let value = set.push(b"v");
+        set.put(2, key, value);
+        set.remove(1, key);
+        assert!(set.check().is_ok());
+        assert_eq!(set.ops[0].ns(), 2);
+        assert_eq!(set.bytes(set.ops[0].value().unwrap()), b"v");
+        assert_eq!(set.ops[1].value(), None);
+        assert_eq!(set.bytes(set.ops[1].key()), b"k");
+    }
+
     /// Keys that share long prefixes (up to past the 32 bytes compared as
     /// integers), differ only in length or end in zero bytes, written several
     /// times each: `normalize` sorts by (namespace, key bytes) and keeps the
@@ -639,8 +740,8 @@ mod tests {
                 .ops
                 .iter()
                 .map(|op| {
-                    let value = op.value.map(|v| set.bytes(v).to_vec());
-                    ((op.ns, set.bytes(op.key).to_vec()), value)
+                    let value = op.value().map(|v| set.bytes(v).to_vec());
+                    ((op.ns(), set.bytes(op.key()).to_vec()), value)
                 })
                 .collect();
             let want: Vec<Written> = want.into_iter().collect();

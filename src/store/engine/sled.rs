@@ -63,11 +63,11 @@ impl SledDb {
         let mut trees: Vec<Tree> = Vec::new();
         let mut slot: Vec<Option<usize>> = vec![None; ns.len()];
         for op in &set.ops {
-            if slot[op.ns].is_none() {
-                let Some(Ns::Sled(tree)) = ns.get(op.ns) else {
+            if slot[op.ns()].is_none() {
+                let Some(Ns::Sled(tree)) = ns.get(op.ns()) else {
                     return Err(EngineError::Mismatch("namespace"));
                 };
-                slot[op.ns] = Some(trees.len());
+                slot[op.ns()] = Some(trees.len());
                 trees.push(tree.clone());
             }
         }
@@ -76,15 +76,15 @@ impl SledDb {
         }
         let result = trees.as_slice().transaction(|t| {
             for op in &set.ops {
-                let Some(i) = slot[op.ns] else {
+                let Some(i) = slot[op.ns()] else {
                     return Err(ConflictableTransactionError::Abort(()));
                 };
-                match op.value {
+                match op.value() {
                     Some(v) => {
-                        t[i].insert(set.bytes(op.key), set.bytes(v))?;
+                        t[i].insert(set.bytes(op.key()), set.bytes(v))?;
                     }
                     None => {
-                        t[i].remove(set.bytes(op.key))?;
+                        t[i].remove(set.bytes(op.key()))?;
                     }
                 }
             }
@@ -104,14 +104,14 @@ impl SledDb {
             let n = rest.iter().take_while(|op| op.ns == first.ns).count();
             let (run, tail) = rest.split_at(n);
             rest = tail;
-            let Some(Ns::Sled(tree)) = ns.get(first.ns) else {
+            let Some(Ns::Sled(tree)) = ns.get(first.ns()) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
             let mut batch = sled::Batch::default();
             for op in run {
-                match op.value {
-                    Some(v) => batch.insert(set.bytes(op.key), set.bytes(v)),
-                    None => batch.remove(set.bytes(op.key)),
+                match op.value() {
+                    Some(v) => batch.insert(set.bytes(op.key()), set.bytes(v)),
+                    None => batch.remove(set.bytes(op.key())),
                 }
             }
             tree.apply_batch(batch)?;
