@@ -119,6 +119,22 @@ fn replay_with_two_workers_matches_golden(engine: &str) {
 }
 
 fn two_successive_replays_of_split_files_match_golden(engine: &str) {
+    successive_replays_match_golden(engine, 2, 2);
+}
+
+/// Nine tenths first, then the rest on one worker: the second replay's
+/// rebuild sends its one fold more loads than the fold applies at once
+/// (`dataflow::fold`'s `LOAD_CHUNK`), so the loads are applied in chunks
+/// as they arrive.
+fn a_continue_whose_rebuild_is_applied_in_chunks_matches_golden(engine: &str) {
+    successive_replays_match_golden(engine, 10, 1);
+}
+
+/// The data files split before their last `1 / parts` of lines, the first
+/// part replayed into a new state with one worker, then the rest with
+/// `workers`: the export is the golden one (dead letters of the second
+/// part numbered from its own first line).
+fn successive_replays_match_golden(engine: &str, parts: usize, workers: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
     std::fs::create_dir_all(&first).expect("mkdir");
@@ -129,7 +145,7 @@ fn two_successive_replays_of_split_files_match_golden(engine: &str) {
     for f in data_files() {
         let text = std::fs::read_to_string(&f).expect("reading data");
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
-        let middle = lines.len() / 2;
+        let middle = lines.len() - lines.len() / parts;
         let name = f.file_name().expect("file name").to_owned();
         middles.insert(name.to_string_lossy().into_owned(), middle);
         let (p1, p2) = (first.join(&name), second.join(&name));
@@ -140,7 +156,7 @@ fn two_successive_replays_of_split_files_match_golden(engine: &str) {
     }
     let state = tmp.path().join("state");
     replay_with(&["--engine", engine], &state, 1, &part1);
-    replay_with(&["--engine", engine], &state, 2, &part2);
+    replay_with(&["--engine", engine], &state, workers, &part2);
     let actual = export(&state);
 
     let golden = golden_or_bless(&actual, false);
@@ -151,7 +167,7 @@ fn two_successive_replays_of_split_files_match_golden(engine: &str) {
     expected.sort();
     let mut expected = expected.join("\n");
     expected.push('\n');
-    assert_same_export(&format!("{engine}-split"), &expected, &actual);
+    assert_same_export(&format!("{engine}-split-{parts}"), &expected, &actual);
 }
 
 both_engines!(
@@ -159,6 +175,7 @@ both_engines!(
     replay_with_one_worker_matches_golden,
     replay_with_two_workers_matches_golden,
     two_successive_replays_of_split_files_match_golden,
+    a_continue_whose_rebuild_is_applied_in_chunks_matches_golden,
 );
 
 /// A golden line as the split replay writes it: a dead letter from line `n`

@@ -3,7 +3,8 @@
 //! every time, the records whose aggregate changed.
 //!
 //! Invariant: ops of a time are applied only once both inputs' frontiers have
-//! passed that time, per record in `seq` order, each against the watermark
+//! passed that time (time 0's `Load` ops excepted: see [`LOAD_CHUNK`]),
+//! per record in `seq` order, each against the watermark
 //! its event saw (its own batch's, raised to the watermark of every earlier
 //! time); then every record that the time's final watermark
 //! expires is removed. So the state after a time equals the sequential model
@@ -49,6 +50,15 @@ impl Applied {
 /// Records emitted per activation once the inputs are closed.
 const END_CHUNK: usize = 16_384;
 
+/// Time 0 is the rebuild: only `Load` ops, one per stored record (replay
+/// times start at 1, live times are wall-clock ms). A record's load does not
+/// depend on any other op of the time, so they are applied as they arrive,
+/// this many at a time, against the watermark known then; the time's own
+/// watermark still expires what it ends once time 0 completes. Before, a
+/// continuing replay held every stored record as an op until time 0
+/// completed (the rebuild alone of a 2M-event state peaked at 1.42 GB).
+const LOAD_CHUNK: usize = 1024;
+
 /// What waits for a time to complete: a capability to emit at it, its ops,
 /// and the largest watermark reported for it.
 type Pending = (Option<Capability<u64>>, Vec<Op>, i64);
@@ -90,6 +100,17 @@ pub(crate) fn fold<'s>(
                     slot.0 = cap.retain_least(output.output_index());
                 }
                 slot.1.append(data);
+                if t == 0
+                    && slot.1.len() >= LOAD_CHUNK
+                    && slot.1.iter().all(|op| matches!(op.kind, OpKind::Load(_)))
+                {
+                    for op in slot.1.iter_mut() {
+                        op.wm = op.wm.max(watermark);
+                    }
+                    // Loads are never late.
+                    records.apply_time(&mut slot.1, watermark);
+                    slot.1.clear();
+                }
             });
             wms.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };

@@ -290,7 +290,7 @@ fn run_worker(
     let mut inputs = build(worker, config, plan, start, &names, local, emit);
     // Time 0: rebuild the folds' state from this process's store (its
     // workers take chunks of it; exchange sends each record to its owner).
-    rebuild(&mut inputs, plan, start, &names)?;
+    rebuild(worker, &mut inputs, plan, start, &names)?;
     let reader = driver::Reader::new(plan, start, config, &names, sources(index, peers, &resume)?)?;
     driver::drive(worker, inputs, reader, &names, local, emit)
 }
@@ -402,8 +402,12 @@ const REBUILD_CHUNK: usize = 4096;
 
 /// Sends the stored contributions as `Load` ops at time 0. Every worker
 /// takes chunks from the one stream until it ends: reading is serial, the
-/// rest (interning, building ops) spread over the workers.
+/// rest (interning, building ops) spread over the workers. The worker
+/// steps after each chunk, so the folds apply the loads as they arrive
+/// (`fold.rs`) instead of every stored record waiting as an op in timely's
+/// queues until the rebuild ends.
 fn rebuild(
+    worker: &mut timely::worker::Worker,
     inputs: &mut driver::Inputs,
     plan: &Plan,
     start: &Start,
@@ -435,6 +439,7 @@ fn rebuild(
             let c = c.map_err(DataflowError::Rebuild)?;
             load_op(inputs, &c, &by_name, &retentions, names)?;
         }
+        worker.step();
     }
 }
 
