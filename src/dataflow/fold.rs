@@ -56,7 +56,8 @@ const END_CHUNK: usize = 16_384;
 /// this many at a time, against the watermark known then; the time's own
 /// watermark still expires what it ends once time 0 completes. Before, a
 /// continuing replay held every stored record as an op until time 0
-/// completed (the rebuild alone of a 2M-event state peaked at 1.42 GB).
+/// completed: the rebuild alone of a 2M-event state peaked at 1.71 GB, now
+/// 1.12 GB (docs/performance.md).
 const LOAD_CHUNK: usize = 1024;
 
 /// What waits for a time to complete: a capability to emit at it, its ops,
