@@ -60,6 +60,17 @@ const END_CHUNK: usize = 16_384;
 /// 1.12 GB (docs/performance.md).
 const LOAD_CHUNK: usize = 1024;
 
+/// Applies ops of one time. An op's watermark covers the events before it
+/// in its own batch; the batches of earlier times (decoded on any worker)
+/// come before it too, so it is raised to `before`, their watermark. Then
+/// `after` (the time's own) expires what it ends. Returns the late ops.
+fn apply(records: &mut Records, ops: &mut [Op], before: i64, after: i64) -> u64 {
+    for op in ops.iter_mut() {
+        op.wm = op.wm.max(before);
+    }
+    records.apply_time(ops, after)
+}
+
 /// What waits for a time to complete: a capability to emit at it, its ops,
 /// and the largest watermark reported for it.
 type Pending = (Option<Capability<u64>>, Vec<Op>, i64);
@@ -105,11 +116,8 @@ pub(crate) fn fold<'s>(
                     && slot.1.len() >= LOAD_CHUNK
                     && slot.1.iter().all(|op| matches!(op.kind, OpKind::Load(_)))
                 {
-                    for op in slot.1.iter_mut() {
-                        op.wm = op.wm.max(watermark);
-                    }
                     // Loads are never late.
-                    records.apply_time(&mut slot.1, watermark);
+                    apply(&mut records, &mut slot.1, watermark, watermark);
                     slot.1.clear();
                 }
             });
@@ -143,14 +151,9 @@ pub(crate) fn fold<'s>(
                 if !applied.is_empty() {
                     ops.retain(|op| !applied.holds(op));
                 }
-                // An op's watermark covers the events before it in its own
-                // batch; the batches of earlier times (decoded on any
-                // worker) come before it too.
-                for op in ops.iter_mut() {
-                    op.wm = op.wm.max(watermark);
-                }
+                let before = watermark;
                 watermark = watermark.max(wm);
-                let late = records.apply_time(&mut ops, watermark);
+                let late = apply(&mut records, &mut ops, before, watermark);
                 ops.clear();
                 free.push(ops);
                 if let Some(cap) = cap {
