@@ -20,7 +20,9 @@ use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
-use super::{Bound, BulkMethod, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteSet};
+use super::{
+    Bound, BulkMethod, Bytes, EngineError, KvIter, MAX_KEY, Ns, OpenConfig, OpenError, WriteSet,
+};
 
 /// fjall's background threads (flushes and compactions). One: with two
 /// or more, fjall 3.1's first worker hands every compaction request it
@@ -174,11 +176,8 @@ impl FjallDb {
     }
 }
 
-/// fjall's longest key: it panics on a longer one, in reads too. Writes
-/// never reach it (identifiers are at most `model::MAX_IDENT_BYTES`); a
-/// read for a longer key (an identifier typed into a query) is answered here
-/// from what that means: no stored key is that long.
-const MAX_KEY: usize = u16::MAX as usize;
+// Reads with a key longer than `MAX_KEY` (an identifier typed into a
+// query) are answered from what that means: no stored key is that long.
 
 pub(crate) fn get(s: &Snapshot, ks: &Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
     if key.len() > MAX_KEY {

@@ -89,9 +89,12 @@ pub enum EngineError {
     /// A handle of one engine was given to the other (a bug in the store).
     #[error("internal: a {0} handle was used with the other engine")]
     Mismatch(&'static str),
-    /// A key or value of this many bytes: more than a write holds (4 GiB).
-    #[error("a key or value of {0} bytes is too long to store (at most 4 GiB)")]
-    TooLong(usize),
+    /// A key or value longer than the engines store (keys [`MAX_KEY`]
+    /// bytes, values 4 GiB).
+    #[error(
+        "a {what} of {len} bytes is too long to store (keys at most 65 535 bytes, values 4 GiB)"
+    )]
+    TooLong { what: &'static str, len: usize },
 }
 
 impl EngineError {
@@ -204,6 +207,12 @@ pub(crate) struct Op {
 /// `Op::value_len` of a removal.
 const REMOVE: u32 = u32::MAX;
 
+/// The longest key either engine is given: fjall's limit (it panics on a
+/// longer key, in reads too), kept for sled as well so both refuse alike.
+/// Events cannot make one (identifiers are at most
+/// `model::MAX_IDENT_BYTES`); a write set holding one is refused.
+pub(crate) const MAX_KEY: usize = u16::MAX as usize;
+
 impl Op {
     /// The index of the op's namespace in the list given with the set.
     pub fn ns(&self) -> usize {
@@ -238,10 +247,10 @@ pub(crate) struct WriteSet {
     order: Vec<(usize, u128, u128, usize)>,
     /// The other buffer of `normalize`, kept for its capacity.
     sorted: Vec<Op>,
-    /// The length of the first key or value added that is too long for an
-    /// op (4 GiB and over; fjall panics on keys over 64 KiB and values over
-    /// 4 GiB): the engine write refuses the set ([`WriteSet::check`]).
-    oversized: Option<usize>,
+    /// The first key or value added that is too long to store (keys over
+    /// [`MAX_KEY`], values of 4 GiB and over), as what it is and its length:
+    /// the engine write refuses the set ([`WriteSet::check`]).
+    oversized: Option<(&'static str, usize)>,
 }
 
 impl WriteSet {
@@ -265,7 +274,7 @@ impl WriteSet {
     }
 
     pub fn put(&mut self, ns: usize, key: Span, value: Span) {
-        let value_len = self.len_of(value);
+        let value_len = self.len_of(value, "value", REMOVE as usize - 1);
         self.push_op(ns, key, value.start, value_len);
     }
 
@@ -274,7 +283,7 @@ impl WriteSet {
     }
 
     fn push_op(&mut self, ns: usize, key: Span, value_start: usize, value_len: u32) {
-        let key_len = self.len_of(key);
+        let key_len = self.len_of(key, "key", MAX_KEY);
         self.ops.push(Op {
             key_start: key.start as u64,
             value_start: value_start as u64,
@@ -284,14 +293,14 @@ impl WriteSet {
         });
     }
 
-    /// A span's length as an op holds it; a length that does not fit is
-    /// noted for [`WriteSet::check`] (the op is then never written).
-    fn len_of(&mut self, s: Span) -> u32 {
+    /// A span's length as an op holds it; one over `max` is noted for
+    /// [`WriteSet::check`] (the set is then never written).
+    fn len_of(&mut self, s: Span, what: &'static str, max: usize) -> u32 {
         let len = s.end.saturating_sub(s.start);
         match u32::try_from(len) {
-            Ok(n) if n != REMOVE => n,
+            Ok(n) if len <= max => n,
             _ => {
-                self.oversized.get_or_insert(len);
+                self.oversized.get_or_insert((what, len));
                 0
             }
         }
@@ -300,7 +309,7 @@ impl WriteSet {
     /// Refuses a set with a key or value too long for the engines.
     pub fn check(&self) -> Result<(), EngineError> {
         match self.oversized {
-            Some(len) => Err(EngineError::TooLong(len)),
+            Some((what, len)) => Err(EngineError::TooLong { what, len }),
             None => Ok(()),
         }
     }
@@ -737,7 +746,23 @@ mod tests {
                 end: 1 << 33,
             },
         );
-        assert!(matches!(set.check(), Err(super::EngineError::TooLong(n)) if n == 1 << 33));
+        assert!(matches!(
+            set.check(),
+            Err(super::EngineError::TooLong { what: "value", len }) if len == 1 << 33
+        ));
+        set.clear();
+        assert!(set.check().is_ok());
+        set.remove(
+            0,
+            super::Span {
+                start: 0,
+                end: super::MAX_KEY + 1,
+            },
+        );
+        assert!(matches!(
+            set.check(),
+            Err(super::EngineError::TooLong { what: "key", len }) if len == super::MAX_KEY + 1
+        ));
         set.clear();
         let key = set.push(b"k");
         let value = set.push(b"v");
