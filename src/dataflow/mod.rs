@@ -8,6 +8,7 @@
 //! atomically) once every worker has reported a frontier beyond it. Timely
 //! and differential types never leave this module.
 
+mod at_once;
 mod collect;
 mod driver;
 mod fold;
@@ -376,9 +377,16 @@ fn build(
             let links = scope
                 .concatenate(links)
                 .map(move |(d, t, r)| (d, round_up(t, step), r))
-                .enter(region)
-                .as_collection();
-            identity::stitch(links, identity_config).inner.leave(scope)
+                .enter(region);
+            // Asked once (or twice, continuing a state): at once is far
+            // cheaper than maintaining it (docs/performance.md).
+            if at_end {
+                identity::stitch_at_once(links, identity_config).leave(scope)
+            } else {
+                identity::stitch(links.as_collection(), identity_config)
+                    .inner
+                    .leave(scope)
+            }
         });
         to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
         to_store.push(
