@@ -135,10 +135,7 @@ fn assign(
     // Each component's smallest label (first_seen, then text) names it.
     let label = |i: usize| (nodes.first_seen[i], ByText(nodes.sym[i]));
     let mut least: Vec<Option<u32>> = vec![None; nodes.sym.len()];
-    for i in 0..nodes.sym.len() {
-        if hub[i] {
-            continue;
-        }
+    for (i, _) in hub.iter().enumerate().filter(|(_, h)| !**h) {
         let root = sets.find(i as u32) as usize;
         match least[root] {
             Some(l) if label(l as usize) <= label(i) => {}

@@ -74,6 +74,9 @@ pub(crate) fn stitch<'s>(
         .concat(hubs.map(|h| (h, (h, true))))
 }
 
+/// A time's link updates, with the capability to emit at it.
+type Waiting = (Capability<u64>, Vec<(LinkFact, isize)>);
+
 /// [`stitch`] for a stream of link updates whose times complete rarely
 /// (a bulk load: once; a replay continuing a state: time 0 and its end):
 /// worker 0 gathers every link and, as each time completes, computes every
@@ -90,8 +93,7 @@ pub(crate) fn stitch_at_once<'s>(
         .unary_frontier(gather, "identity.at_once", move |_cap, _info| {
             let mut state = AtOnce::default();
             // Updates by the time they belong to (at or after their message's).
-            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(LinkFact, isize)>)> =
-                BTreeMap::new();
+            let mut pending: BTreeMap<u64, Waiting> = BTreeMap::new();
             let mut out = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
