@@ -5,8 +5,8 @@
 //! the OS at commit (`PersistMode::Buffer`) and fsynced by [`FjallDb::flush`];
 //! reads go through a `Snapshot`, which sees every keyspace at one sequence
 //! number, so a read never sees part of a batch. A bulk load chunk is either
-//! ingested (sorted runs written straight into tables, one keyspace after
-//! the other: not atomic, which the bulk load's marker covers) or written as
+//! ingested (sorted runs written straight into tables, the keyspaces side
+//! by side: not atomic, which the bulk load's marker covers) or written as
 //! one unsynced batch.
 //!
 //! Memory: the block cache is `cache_bytes` (the store's default is
@@ -130,6 +130,10 @@ impl FjallDb {
         if !ingest {
             return Ok(self.batch(ns, set)?.commit()?);
         }
+        // One sorted run per keyspace, ingested side by side on rayon's
+        // pool: each writes its own tables (fjall serializes only their
+        // registration, in `finish`).
+        let mut runs = Vec::new();
         let mut rest = &set.ops[..];
         while let Some(first) = rest.first() {
             let n = rest.iter().take_while(|op| op.ns == first.ns).count();
@@ -138,16 +142,11 @@ impl FjallDb {
             let Some(Ns::Fjall(ks)) = ns.get(first.ns()) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
-            let mut ingestion = ks.start_ingestion()?;
-            for op in run {
-                match op.value() {
-                    Some(v) => ingestion.write(set.bytes(op.key()), set.bytes(v))?,
-                    None => ingestion.write_tombstone(set.bytes(op.key()))?,
-                }
-            }
-            ingestion.finish()?;
+            runs.push((ks, run));
         }
-        Ok(())
+        use rayon::prelude::*;
+        runs.par_iter()
+            .try_for_each(|(ks, run)| ingest_run(ks, set, run))
     }
 
     pub fn put_one(&self, ks: &Keyspace, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
@@ -174,6 +173,18 @@ impl FjallDb {
         }
         self.flush()
     }
+}
+
+/// Writes one keyspace's sorted run of a bulk load chunk into new tables.
+fn ingest_run(ks: &Keyspace, set: &WriteSet, run: &[super::Op]) -> Result<(), EngineError> {
+    let mut ingestion = ks.start_ingestion()?;
+    for op in run {
+        match op.value() {
+            Some(v) => ingestion.write(set.bytes(op.key()), set.bytes(v))?,
+            None => ingestion.write_tombstone(set.bytes(op.key()))?,
+        }
+    }
+    Ok(ingestion.finish()?)
 }
 
 // Reads with a key longer than `MAX_KEY` (an identifier typed into a
