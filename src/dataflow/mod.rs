@@ -125,8 +125,8 @@ pub struct RunConfig {
     /// For replays that nobody sees before they finish (bulk loads, and
     /// fjall replays continuing a state as one commit): the folds emit the
     /// records changed after time 0 (the rebuild), and identity is
-    /// computed, once, after the last time (the links wait in
-    /// differential's input, consolidated, until then), and the collector
+    /// computed at once (`identity::stitch_at_once`) at time 0 and after
+    /// the last time (the links wait on worker 0 until then), and the collector
     /// hands the folds' records on as they come, each record exactly once.
     pub at_end: bool,
 }
