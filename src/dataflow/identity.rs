@@ -136,8 +136,8 @@ mod tests {
 
     use super::*;
 
-    /// (identifier, cluster, hub, time) -> net diff, as text.
-    type Out = BTreeMap<(String, String, bool, u64), isize>;
+    /// (identifier, cluster, hub, time, worker that emitted it) -> net diff.
+    type Out = BTreeMap<(String, String, bool, u64, usize), isize>;
     /// A time's link updates, as text: ((a, b), first_seen, diff).
     type Batch = Vec<((String, String), i64, isize)>;
 
@@ -187,7 +187,8 @@ mod tests {
     }
 
     /// Both operators over the same updates, each time's own, on `workers`
-    /// workers (each sends a share of every batch).
+    /// workers (each sends a share of every batch). Outputs are keyed by
+    /// the worker that emitted them too: placement must agree.
     fn run_both(workers: usize, batches: Vec<Batch>) -> (Out, Out) {
         let config = Arc::new(IdentityConfig {
             max_links: 3,
@@ -204,7 +205,7 @@ mod tests {
             let (index, peers) = (worker.index(), worker.peers());
             let sink = |out: Arc<Mutex<Out>>| {
                 move |((x, (c, hub)), t, d): &((Sym, Assignment), u64, isize)| {
-                    let key = (x.text().to_string(), c.text().to_string(), *hub, *t);
+                    let key = (x.text().to_string(), c.text().to_string(), *hub, *t, index);
                     *out.lock().unwrap().entry(key).or_default() += d;
                 }
             };
@@ -274,7 +275,7 @@ mod tests {
         let (incremental, at_once) = run_both(2, first);
         assert_eq!(at_once, incremental);
         let mut net: BTreeMap<(String, String, bool), isize> = BTreeMap::new();
-        for ((x, c, h, _), d) in &at_once {
+        for ((x, c, h, _, _), d) in &at_once {
             *net.entry((x.clone(), c.clone(), *h)).or_default() += d;
         }
         net.retain(|_, d| *d != 0);
