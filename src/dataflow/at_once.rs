@@ -11,13 +11,15 @@
 //! components by minimum label over links between non-hubs), and the
 //! updates are the difference from the assignments it gave before.
 
-/// Maps keyed by a symbol's index (its `Hash` reads the shared table).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+use differential_dataflow::consolidation::consolidate;
 
 use super::identity::LinkFact;
 use super::symbols::{ByText, Sym};
 use crate::model::{EventTime, split_ident};
 use crate::spec::IdentityConfig;
+
+/// Maps keyed by a symbol's index (its `Hash` reads the shared table).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// An identifier's cluster and whether it is a hub.
 pub(crate) type Assignment = (Sym, bool);
@@ -63,26 +65,6 @@ impl AtOnce {
     }
 }
 
-/// Sorts the updates by fact and sums each fact's multiplicities, dropping
-/// those that cancel.
-fn consolidate(links: &mut Vec<(LinkFact, isize)>) {
-    links.sort_unstable_by_key(|(fact, _)| *fact);
-    let mut kept = 0;
-    for i in 0..links.len() {
-        let (fact, n) = links[i];
-        if kept > 0 && links[kept - 1].0 == fact {
-            links[kept - 1].1 += n;
-            if links[kept - 1].1 == 0 {
-                kept -= 1;
-            }
-        } else {
-            links[kept] = (fact, n);
-            kept += 1;
-        }
-    }
-    links.truncate(kept);
-}
-
 /// The identifiers of the live links, densely numbered.
 struct Nodes {
     /// Dense index by symbol index.
@@ -118,7 +100,8 @@ fn assign(
         sym: Vec::new(),
         first_seen: Vec::new(),
     };
-    // Each distinct pair once, as dense indexes (a < b by symbol).
+    // Each distinct pair once, as dense indexes (a fact's pair is always
+    // ordered by text, so the same link never comes reversed).
     let mut pairs: Vec<(u32, u32)> = facts
         .map(|((a, b), fs)| (nodes.add(a, fs), nodes.add(b, fs)))
         .collect();
