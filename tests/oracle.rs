@@ -95,11 +95,13 @@ impl Case {
                 args.push("--batch".into());
                 args.push((3 + self.seed % 29).to_string().into());
             }
+            args.push("--json".into());
             args.extend(files.into_iter().map(OsString::from));
-            rdg_result(args)?;
+            let summary = rdg_result(args)?;
             let refs: Vec<(&str, &[String])> =
                 run.iter().map(|(t, l)| (*t, l.as_slice())).collect();
             model.replay(&refs);
+            self.check_counts(i, &summary, &model)?;
         }
         let actual = rdg_result(vec!["export".into(), "--state".into(), state.into()])?;
         let actual: Vec<String> = actual.lines().map(str::to_string).collect();
@@ -121,6 +123,26 @@ impl Case {
         msg.push_str(&diff(&expected, &got));
         let _ = writeln!(msg, "{}", self.save(&model, &actual));
         Err(msg)
+    }
+
+    /// The sizes the summary of replay `i` reports (after a bulk load, the
+    /// collectors' tally; after the others, a scan of the store) against
+    /// the model's graph at that point.
+    fn check_counts(&self, i: usize, summary: &str, model: &Model) -> Result<(), String> {
+        let summary: serde_json::Value =
+            serde_json::from_str(summary).map_err(|e| format!("replay {i}: summary: {e}"))?;
+        let got: Vec<u64> = ["nodes", "edges", "identifiers", "clusters"]
+            .iter()
+            .map(|k| summary[k].as_u64().unwrap_or(u64::MAX))
+            .collect();
+        let expected = model_counts(&model.graph_lines());
+        if got == expected {
+            return Ok(());
+        }
+        Err(format!(
+            "case {} (seed {}), replay {i}: the summary counts nodes, edges, identifiers, clusters {got:?}, the model {expected:?}",
+            self.name, self.seed
+        ))
     }
 
     /// Keeps a failing case's inputs and exports; says where.
@@ -155,6 +177,27 @@ impl Case {
 struct Comparable {
     graph: Vec<String>,
     dead: Vec<String>,
+}
+
+/// Nodes, edges, identifiers and distinct clusters among the model's
+/// export lines.
+fn model_counts(lines: &[String]) -> Vec<u64> {
+    let mut counts = vec![0u64; 3];
+    let mut clusters = std::collections::BTreeSet::new();
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        match v["ns"].as_str() {
+            Some("node") => counts[0] += 1,
+            Some("edge") => counts[1] += 1,
+            Some("identity") => {
+                counts[2] += 1;
+                clusters.insert(v["cluster"].to_string());
+            }
+            _ => {}
+        }
+    }
+    counts.push(clusters.len() as u64);
+    counts
 }
 
 /// The model's export in comparable form (dead letters deduplicated when

@@ -20,7 +20,7 @@ use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
 use crate::spec::{self, Plan};
-use crate::store::{Counts, Store, StoreOptions};
+use crate::store::{Store, StoreOptions};
 
 /// What `rdg run` and `rdg replay --brokers` are asked to do.
 #[derive(Clone, Debug)]
@@ -338,8 +338,9 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
         ..RunConfig::default()
     };
     let mut nothing = |_: &Totals| {};
+    let workers = config.workers;
     let totals = replay_into_store(&store, bulk, plan, config, sources, &mut nothing)?;
-    let counts: Counts = store.counts()?;
+    let counts = super::counts_after(&store, &totals, bulk, workers)?;
     let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
     summary.add_store(&store, bulk);
     Ok(summary)

@@ -18,6 +18,7 @@ use timely::dataflow::operators::generic::Operator;
 use super::ops::{Names, RecKey};
 use super::records::Folded;
 use super::symbols::Sym;
+use super::tally::Tallier;
 use super::{Emitted, Emitter};
 use crate::model::{Change, ClusterOf, DataflowProgress, Progress};
 
@@ -39,12 +40,14 @@ const FREE_BUFFERS: usize = 2;
 
 /// The collector of worker `worker`. With `forward` (replays whose folds
 /// emit each changed record once, at the end) the folds' records are
-/// emitted as they arrive instead of once their time is complete.
+/// emitted as they arrive instead of once their time is complete. With
+/// `tally` it counts what it emits and reports the counts
+/// ([`Emitted::Tally`]) just before its last frontier.
 pub(crate) fn collect<'s>(
     stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
     names: Arc<Names>,
     worker: usize,
-    forward: bool,
+    (forward, tally): (bool, bool),
     emit: Emitter,
 ) -> StreamVec<'s, u64, ()> {
     stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -58,6 +61,7 @@ pub(crate) fn collect<'s>(
             // long free list would keep that size many times over.
             let mut free: Vec<Vec<(ToStore, isize)>> = Vec::new();
             let mut forwarded: Vec<(ToStore, isize)> = Vec::new();
+            let mut tallier = tally.then(Tallier::new);
             move |(input, frontier), _output| {
                 input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
@@ -81,7 +85,8 @@ pub(crate) fn collect<'s>(
                             .push((x, d));
                     }
                     if !forwarded.is_empty() {
-                        let (changes, _) = to_changes(forwarded.drain(..), &names);
+                        let (changes, _) =
+                            to_changes(forwarded.drain(..), &names, tallier.as_mut());
                         emit(Emitted::Data {
                             epoch: cap.least().copied().unwrap_or(0),
                             changes,
@@ -98,7 +103,8 @@ pub(crate) fn collect<'s>(
                     let Some((t, mut updates)) = pending.pop_first() else {
                         break;
                     };
-                    let (changes, progress) = to_changes(updates.drain(..), &names);
+                    let (changes, progress) =
+                        to_changes(updates.drain(..), &names, tallier.as_mut());
                     if free.len() < FREE_BUFFERS {
                         free.push(updates);
                     }
@@ -113,6 +119,12 @@ pub(crate) fn collect<'s>(
                 }
                 if reported != Some(upto) {
                     reported = Some(upto);
+                    if let Some(t) = tallier.as_ref().filter(|_| upto == u64::MAX) {
+                        emit(Emitted::Tally {
+                            worker,
+                            tally: t.tally(),
+                        });
+                    }
                     emit(Emitted::Frontier { worker, upto });
                 }
             }
@@ -123,6 +135,7 @@ pub(crate) fn collect<'s>(
 fn to_changes(
     updates: impl ExactSizeIterator<Item = (ToStore, isize)>,
     names: &Names,
+    mut tallier: Option<&mut Tallier>,
 ) -> (Vec<Change>, Progress) {
     let mut changes = Vec::with_capacity(updates.len());
     let mut progress = Progress::default();
@@ -138,6 +151,9 @@ fn to_changes(
                 p.late += n;
             }
             ToStore::Folded(df, Folded::Changed { key, new, .. }) => {
+                if let Some(t) = tallier.as_deref_mut() {
+                    t.record(key, new.is_some());
+                }
                 let dataflow = names.dataflows[df].clone();
                 changes.push(match key {
                     RecKey::Node(id) => Change::Node {
@@ -188,6 +204,15 @@ fn to_changes(
             .filter(|(_, d)| **d > 0)
             .map(|(c, _)| cluster_of(*c))
             .collect();
+        if let Some(t) = tallier.as_deref_mut() {
+            let labels = |sign: isize| -> Vec<Sym> {
+                cs.iter()
+                    .filter(|(_, d)| d.signum() == sign)
+                    .map(|((c, _), _)| *c)
+                    .collect()
+            };
+            t.assignment(id, &labels(-1), &labels(1));
+        }
         let id = id.ident();
         for c in &old {
             if !new.iter().any(|n| n.cluster == c.cluster) {

@@ -17,6 +17,7 @@ mod ops;
 mod records;
 mod stages;
 mod symbols;
+mod tally;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,7 @@ use collect::ToStore;
 use ops::{Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
+pub use tally::Tally;
 
 /// What the dataflow hands to whoever persists it.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +50,10 @@ pub enum Emitted {
         dead_letters: Vec<DeadLetter>,
         progress: Progress,
     },
+    /// What worker `worker` (index within this process) emitted, counted
+    /// as its store counts (runs with [`RunConfig::tally`]); sent once, just
+    /// before its last frontier.
+    Tally { worker: usize, tally: Tally },
     /// Worker `worker` (index within this process) will emit no more data
     /// for times before `upto`
     /// (`u64::MAX`: it is finished).
@@ -129,6 +135,11 @@ pub struct RunConfig {
     /// the last time (the links wait on worker 0 until then), and the collector
     /// hands the folds' records on as they come, each record exactly once.
     pub at_end: bool,
+    /// Each worker's collector counts the records and identity assignments
+    /// it emits ([`Emitted::Tally`]): exact for a bulk load (an empty state,
+    /// each record emitted once), whose summary then needs no scan of the
+    /// store. Costs a set of every live node and edge key while it runs.
+    pub tally: bool,
 }
 
 /// How far the store has committed, with the workers that wait for it: a
@@ -185,6 +196,7 @@ impl Default for RunConfig {
             stages: Arc::new(StageTimes::default()),
             step: 1,
             at_end: false,
+            tally: false,
         }
     }
 }
@@ -329,6 +341,7 @@ fn build(
         config.step.max(1)
     };
     let at_end = config.at_end;
+    let tally = config.tally;
     worker.dataflow::<u64, _, _>(|scope| {
         let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
         let mut ops_in = Vec::new();
@@ -395,7 +408,8 @@ fn build(
                 .map(|(df, key, next, t)| (ToStore::Position(df, key, next), t, 1)),
         );
         let all = scope.concatenate(to_store);
-        let (probe, _) = collect::collect(all, collect_names, local, at_end, emit.clone()).probe();
+        let (probe, _) =
+            collect::collect(all, collect_names, local, (at_end, tally), emit.clone()).probe();
         driver::Inputs {
             ops: ops_in,
             watermarks: watermarks_in,
