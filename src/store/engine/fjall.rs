@@ -97,7 +97,7 @@ impl FjallDb {
 
     fn batch(&self, ns: &[Ns], set: &WriteSet) -> Result<fjall::OwnedWriteBatch, EngineError> {
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), set.ops.len());
-        for op in &set.ops {
+        for op in set.in_order(&set.ops) {
             let Some(Ns::Fjall(ks)) = ns.get(op.ns()) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
@@ -178,7 +178,7 @@ impl FjallDb {
 /// Writes one keyspace's sorted run of a bulk load chunk into new tables.
 fn ingest_run(ks: &Keyspace, set: &WriteSet, run: &[super::Op]) -> Result<(), EngineError> {
     let mut ingestion = ks.start_ingestion()?;
-    for op in run {
+    for op in set.in_order(run) {
         match op.value() {
             Some(v) => ingestion.write(set.bytes(op.key()), set.bytes(v))?,
             None => ingestion.write_tombstone(set.bytes(op.key()))?,
