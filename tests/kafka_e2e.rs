@@ -81,7 +81,15 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
     create_state(&replayed, engine);
-    replay_with(&["--brokers", brokers.as_str()], &replayed, 2, &[]);
+    let summary = replay_with(
+        &["--brokers", brokers.as_str(), "--json"],
+        &replayed,
+        2,
+        &[],
+    );
+    // A bulk load: the counts are the collectors' tally.
+    assert!(summary.contains("\"bulk_load\":true"), "{summary}");
+    assert_summary_counts(&summary, &replayed);
     assert_same(
         &normalized_export(&replayed),
         &reference,
