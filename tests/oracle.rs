@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use inputs::Run;
 use model::Model;
-use support::{MANIFEST, rdg_result};
+use support::{MANIFEST, graph_counts, rdg_result, summary_counts};
 
 /// Lines per seed, over the three topics.
 const EVENTS: usize = 300;
@@ -129,13 +129,9 @@ impl Case {
     /// collectors' tally; after the others, a scan of the store) against
     /// the model's graph at that point.
     fn check_counts(&self, i: usize, summary: &str, model: &Model) -> Result<(), String> {
-        let summary: serde_json::Value =
-            serde_json::from_str(summary).map_err(|e| format!("replay {i}: summary: {e}"))?;
-        let got: Vec<u64> = ["nodes", "edges", "identifiers", "clusters"]
-            .iter()
-            .map(|k| summary[k].as_u64().unwrap_or(u64::MAX))
-            .collect();
-        let expected = model_counts(&model.graph_lines());
+        let got = summary_counts(summary).map_err(|e| format!("replay {i}: {e}"))?;
+        let lines = model.graph_lines();
+        let expected = graph_counts(lines.iter().map(String::as_str)).map(Some);
         if got == expected {
             return Ok(());
         }
@@ -177,27 +173,6 @@ impl Case {
 struct Comparable {
     graph: Vec<String>,
     dead: Vec<String>,
-}
-
-/// Nodes, edges, identifiers and distinct clusters among the model's
-/// export lines.
-fn model_counts(lines: &[String]) -> Vec<u64> {
-    let mut counts = vec![0u64; 3];
-    let mut clusters = std::collections::BTreeSet::new();
-    for l in lines {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-        match v["ns"].as_str() {
-            Some("node") => counts[0] += 1,
-            Some("edge") => counts[1] += 1,
-            Some("identity") => {
-                counts[2] += 1;
-                clusters.insert(v["cluster"].to_string());
-            }
-            _ => {}
-        }
-    }
-    counts.push(clusters.len() as u64);
-    counts
 }
 
 /// The model's export in comparable form (dead letters deduplicated when

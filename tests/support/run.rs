@@ -128,26 +128,40 @@ pub fn create_state(state: &Path, engine: Engine) {
     drop(Store::open_with(state, &options).expect("create the state"));
 }
 
-/// The counts a replay's `--json` summary reports (nodes, edges,
-/// identifiers, clusters) are those of the state's export.
-#[track_caller]
-pub fn assert_summary_counts(summary: &str, state: &Path) {
-    let summary: serde_json::Value = serde_json::from_str(summary).expect("a --json summary");
-    let mut want = [0u64; 4];
+/// Nodes, edges, identifiers and distinct clusters among export lines (a
+/// replay summary's counts).
+pub fn graph_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> [u64; 4] {
+    let mut counts = [0u64; 4];
     let mut clusters = std::collections::BTreeSet::new();
-    for l in export(state).lines() {
-        let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
         match v["ns"].as_str() {
-            Some("node") => want[0] += 1,
-            Some("edge") => want[1] += 1,
+            Some("node") => counts[0] += 1,
+            Some("edge") => counts[1] += 1,
             Some("identity") => {
-                want[2] += 1;
+                counts[2] += 1;
                 clusters.insert(v["cluster"].to_string());
             }
             _ => {}
         }
     }
-    want[3] = clusters.len() as u64;
-    let got = ["nodes", "edges", "identifiers", "clusters"].map(|k| summary[k].as_u64());
+    counts[3] = clusters.len() as u64;
+    counts
+}
+
+/// The counts a replay's `--json` summary reports, in [`graph_counts`]'s
+/// order.
+pub fn summary_counts(summary: &str) -> Result<[Option<u64>; 4], String> {
+    let summary: serde_json::Value =
+        serde_json::from_str(summary).map_err(|e| format!("summary: {e}: {summary}"))?;
+    Ok(["nodes", "edges", "identifiers", "clusters"].map(|k| summary[k].as_u64()))
+}
+
+/// The counts a replay's `--json` summary reports (nodes, edges,
+/// identifiers, clusters) are those of the state's export.
+#[track_caller]
+pub fn assert_summary_counts(summary: &str, state: &Path) {
+    let want = graph_counts(export(state).lines());
+    let got = summary_counts(summary).expect("a --json summary");
     assert_eq!(got, want.map(Some), "summary {summary}");
 }
