@@ -194,25 +194,18 @@ fn to_changes(
         }
     }
     for (id, cs) in clusters {
-        let old: Vec<ClusterOf> = cs
-            .iter()
-            .filter(|(_, d)| **d < 0)
-            .map(|(c, _)| cluster_of(*c))
-            .collect();
-        let new: Vec<ClusterOf> = cs
-            .iter()
-            .filter(|(_, d)| **d > 0)
-            .map(|(c, _)| cluster_of(*c))
-            .collect();
+        let side = |sign: isize| -> Vec<(Sym, bool)> {
+            cs.iter()
+                .filter(|(_, d)| d.signum() == sign)
+                .map(|(c, _)| *c)
+                .collect()
+        };
+        let (old, new) = (side(-1), side(1));
         if let Some(t) = tallier.as_deref_mut() {
-            let labels = |sign: isize| -> Vec<Sym> {
-                cs.iter()
-                    .filter(|(_, d)| d.signum() == sign)
-                    .map(|((c, _), _)| *c)
-                    .collect()
-            };
-            t.assignment(id, &labels(-1), &labels(1));
+            t.assignment(id, &old, &new);
         }
+        let old: Vec<ClusterOf> = old.into_iter().map(cluster_of).collect();
+        let new: Vec<ClusterOf> = new.into_iter().map(cluster_of).collect();
         let id = id.ident();
         for c in &old {
             if !new.iter().any(|n| n.cluster == c.cluster) {

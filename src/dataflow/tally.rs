@@ -32,6 +32,9 @@ pub struct Tally {
 pub(crate) struct Tallier {
     /// Live nodes and edges emitted so far, once each.
     records: HashSet<RecKey, foldhash::fast::FixedState>,
+    /// How many of `records` are nodes, and edges.
+    nodes: u64,
+    edges: u64,
     identifiers: i64,
     clusters: i64,
     exact: bool,
@@ -41,6 +44,8 @@ impl Tallier {
     pub fn new() -> Tallier {
         Tallier {
             records: HashSet::default(),
+            nodes: 0,
+            edges: 0,
             identifiers: 0,
             clusters: 0,
             exact: true,
@@ -52,33 +57,30 @@ impl Tallier {
         if matches!(key, RecKey::Link(..)) {
             return;
         }
-        if live {
-            self.records.insert(key);
-        } else {
+        if !live {
             self.exact = false;
+        } else if self.records.insert(key) {
+            match key {
+                RecKey::Node(_) => self.nodes += 1,
+                _ => self.edges += 1,
+            }
         }
     }
 
-    /// One identifier's consolidated change of one time: the clusters it
-    /// left (`old`) and joined (`new`).
-    pub fn assignment(&mut self, id: Sym, old: &[Sym], new: &[Sym]) {
+    /// One identifier's consolidated change of one time: the assignments
+    /// (cluster, hub) it left (`old`) and took (`new`).
+    pub fn assignment(&mut self, id: Sym, old: &[(Sym, bool)], new: &[(Sym, bool)]) {
+        let names = |a: &[(Sym, bool)]| i64::from(a.iter().any(|(c, _)| *c == id));
         self.identifiers += i64::from(!new.is_empty()) - i64::from(!old.is_empty());
-        self.clusters += i64::from(new.contains(&id)) - i64::from(old.contains(&id));
+        self.clusters += names(new) - names(old);
     }
 
     pub fn tally(&self) -> Tally {
-        let (mut nodes, mut edges) = (0, 0);
-        for key in &self.records {
-            match key {
-                RecKey::Node(_) => nodes += 1,
-                _ => edges += 1,
-            }
-        }
         let identifiers = u64::try_from(self.identifiers);
         let clusters = u64::try_from(self.clusters);
         Tally {
-            nodes,
-            edges,
+            nodes: self.nodes,
+            edges: self.edges,
             exact: self.exact && identifiers.is_ok() && clusters.is_ok(),
             identifiers: identifiers.unwrap_or(0),
             clusters: clusters.unwrap_or(0),
@@ -115,13 +117,13 @@ mod tests {
         let mut t = Tallier::new();
         let (a, b, c) = (sym("x:tally-1"), sym("x:tally-2"), sym("x:tally-3"));
         // {a, b} labelled a, c alone.
-        t.assignment(a, &[], &[a]);
-        t.assignment(b, &[], &[a]);
-        t.assignment(c, &[], &[c]);
+        t.assignment(a, &[], &[(a, false)]);
+        t.assignment(b, &[], &[(a, false)]);
+        t.assignment(c, &[], &[(c, false)]);
         assert_eq!((t.tally().identifiers, t.tally().clusters), (3, 2));
         // c joins a's cluster; b leaves every cluster.
-        t.assignment(c, &[c], &[a]);
-        t.assignment(b, &[a], &[]);
+        t.assignment(c, &[(c, false)], &[(a, false)]);
+        t.assignment(b, &[(a, false)], &[]);
         let got = t.tally();
         assert_eq!((got.identifiers, got.clusters, got.exact), (2, 1, true));
     }
