@@ -1,17 +1,23 @@
-//! Identity computed at once from the whole set of live links, for runs
-//! that need it only at a few moments (a bulk load at its end; a replay
-//! continuing a state as one commit at time 0 and at its end): a union-find
-//! over the links instead of differential's label propagation, which pays
-//! for being incremental at every time even when it is asked once.
+//! Identity from the live links, kept by a worker alone and brought up to
+//! date as each time completes by taking apart and finding again only the
+//! components that time's link updates can change, instead of
+//! differential's label propagation (which pays for arrangements and
+//! iteration rounds at every time, spread over the workers).
 //!
-//! Invariant: [`AtOnce::complete`] gives exactly the updates that
-//! [`super::identity::stitch`] emits for the same times, consolidated: each
-//! identifier's assignment is the same function of the live links (hubs by
-//! distinct-neighbour count, first_seen as the earliest live link,
-//! components by minimum label over links between non-hubs), and the
-//! updates are the difference from the assignments it gave before.
+//! Invariant: after [`AtOnce::complete`], each identifier's given
+//! assignment is the one [`super::identity::stitch`] maintains for the same
+//! live links (hubs by distinct-neighbour count, first_seen as the earliest
+//! live link, components by minimum label over links between non-hubs),
+//! and the updates emitted are the difference from the assignments given
+//! before. A time's updates change the assignment only of an identifier
+//! they touch (an endpoint of a pair whose facts changed) or of one in the
+//! old component of such an identifier or of a neighbour of one whose hub
+//! status changed: those components are taken apart and found again by a
+//! search over the live links between non-hubs, which cannot leave them;
+//! every other component stays as it was.
 
 use differential_dataflow::consolidation::consolidate;
+use smallvec::SmallVec;
 
 use super::identity::LinkFact;
 use super::symbols::{ByText, Sym};
@@ -24,172 +30,435 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>
 /// An identifier's cluster and whether it is a hub.
 pub(crate) type Assignment = (Sym, bool);
 
-/// The links heard so far and the assignments given for them.
+/// No component: a hub, or an identifier without live links.
+const NONE: u32 = u32::MAX;
+
+/// An identifier that has had a live link.
+struct Node {
+    sym: Sym,
+    /// More distinct neighbours than this make it a hub.
+    limit: u64,
+    /// The identifiers it has a live link with (dense indexes).
+    neighbours: SmallVec<[u32; 4]>,
+    /// Its component (a non-hub with a live link), else [`NONE`].
+    component: u32,
+    /// Its assignment as last given.
+    given: Option<Assignment>,
+    /// The completion that last touched it, and the one that last found it
+    /// affected (scratch marks, compared with [`AtOnce::round`]).
+    touched: u32,
+    affected: u32,
+}
+
+impl Node {
+    fn is_hub(&self) -> bool {
+        self.neighbours.len() as u64 > self.limit
+    }
+}
+
+/// A pair's link facts: first_seens with their net multiplicity (a pair
+/// may come with several: one per dataflow that links it).
+type Facts = SmallVec<[(EventTime, isize); 1]>;
+
+/// The live links and the assignments given for them.
 #[derive(Default)]
 pub(crate) struct AtOnce {
-    /// Link facts with their net multiplicity, consolidated at the last
-    /// completion (none zero), then the updates of the completing time.
-    links: Vec<(LinkFact, isize)>,
-    /// Each identifier's assignment as last given, by symbol index.
-    given: HashMap<u32, (Sym, Assignment)>,
+    /// Updates of the time that completes next.
+    pending: Vec<(LinkFact, isize)>,
+    /// Dense index by symbol index.
+    index: HashMap<u32, u32>,
+    nodes: Vec<Node>,
+    /// Facts by pair of dense indexes (a fact's pair is always ordered by
+    /// text, so the same link never comes reversed); only pairs with a
+    /// fact of positive multiplicity are live.
+    pairs: HashMap<(u32, u32), Facts>,
+    /// Each component's members, by component id; ids of emptied ones.
+    members: Vec<Vec<u32>>,
+    free: Vec<u32>,
+    /// Counts completions, for the nodes' marks.
+    round: u32,
+}
+
+/// Identifiers a completion touched (with whether each was a hub before)
+/// and those whose assignment it finds again.
+#[derive(Default)]
+struct Scratch {
+    touched: Vec<(u32, bool)>,
+    affected: Vec<u32>,
+    queue: Vec<u32>,
 }
 
 impl AtOnce {
     /// Adds an update of a link fact (of the time that completes next).
     pub fn push(&mut self, fact: LinkFact, diff: isize) {
-        self.links.push((fact, diff));
+        self.pending.push((fact, diff));
     }
 
     /// The updates pushed so far complete a time: appends to `out` how every
     /// identifier's assignment changed (`-1` the old, `+1` the new).
     pub fn complete(&mut self, config: &IdentityConfig, out: &mut Vec<((Sym, Assignment), isize)>) {
-        consolidate(&mut self.links);
-        let now = assign(
-            self.links
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(fact, _)| *fact),
-            config,
-        );
-        for (i, old) in &self.given {
-            if now.get(i) != Some(old) {
-                out.push((*old, -1));
+        consolidate(&mut self.pending);
+        self.round = self.round.wrapping_add(1);
+        if self.round == 0 {
+            // Marks from 2^32 completions ago could pass for this one's.
+            for n in self.nodes.iter_mut() {
+                (n.touched, n.affected) = (0, 0);
             }
+            self.round = 1;
         }
-        for (i, new) in &now {
-            if self.given.get(i) != Some(new) {
-                out.push((*new, 1));
-            }
+        let mut s = Scratch::default();
+        let pending = std::mem::take(&mut self.pending);
+        for &(((a, b), fs), diff) in &pending {
+            let (a, b) = (self.node(a, config), self.node(b, config));
+            self.touch(a, &mut s);
+            self.touch(b, &mut s);
+            self.update_pair(a, b, fs, diff);
         }
-        self.given = now;
+        self.pending = pending;
+        self.pending.clear();
+        self.collect_affected(&mut s);
+        self.find_components(&mut s);
+        self.emit_changes(&s, out);
     }
-}
 
-/// The identifiers of the live links, densely numbered.
-struct Nodes {
-    /// Dense index by symbol index.
-    index: HashMap<u32, u32>,
-    sym: Vec<Sym>,
-    /// The earliest first_seen of each identifier's live links.
-    first_seen: Vec<EventTime>,
-}
-
-impl Nodes {
-    fn add(&mut self, x: Sym, fs: EventTime) -> u32 {
-        let next = self.sym.len() as u32;
+    /// The dense index of `x`, a new node when first seen.
+    fn node(&mut self, x: Sym, config: &IdentityConfig) -> u32 {
+        let next = self.nodes.len() as u32;
         let i = *self.index.entry(x.index()).or_insert(next);
         if i == next {
-            self.sym.push(x);
-            self.first_seen.push(fs);
-        } else {
-            let f = &mut self.first_seen[i as usize];
-            *f = (*f).min(fs);
+            self.nodes.push(Node {
+                sym: x,
+                limit: config.max_links_for(split_ident(x.text()).0),
+                neighbours: SmallVec::new(),
+                component: NONE,
+                given: None,
+                touched: 0,
+                affected: 0,
+            });
         }
         i
     }
-}
 
-/// Every identifier's assignment for a set of live link facts (a pair may
-/// come with several first_seens: one per dataflow that links it).
-fn assign(
-    facts: impl Iterator<Item = LinkFact>,
-    config: &IdentityConfig,
-) -> HashMap<u32, (Sym, Assignment)> {
-    let mut nodes = Nodes {
-        index: HashMap::default(),
-        sym: Vec::new(),
-        first_seen: Vec::new(),
-    };
-    // Each distinct pair once, as dense indexes (a fact's pair is always
-    // ordered by text, so the same link never comes reversed).
-    let mut pairs: Vec<(u32, u32)> = facts
-        .map(|((a, b), fs)| (nodes.add(a, fs), nodes.add(b, fs)))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let hub = hubs(&nodes, &pairs, config);
-    // Components over the links between non-hubs.
-    let mut sets = UnionFind::new(nodes.sym.len());
-    for &(a, b) in &pairs {
-        if !hub[a as usize] && !hub[b as usize] {
-            sets.union(a, b);
+    /// Notes `i` as touched by this completion, with its hub status before.
+    fn touch(&mut self, i: u32, s: &mut Scratch) {
+        let n = &mut self.nodes[i as usize];
+        if n.touched != self.round {
+            n.touched = self.round;
+            s.touched.push((i, n.is_hub()));
         }
     }
-    // Each component's smallest label (first_seen, then text) names it.
-    let label = |i: usize| (nodes.first_seen[i], ByText(nodes.sym[i]));
-    let mut least: Vec<Option<u32>> = vec![None; nodes.sym.len()];
-    for (i, _) in hub.iter().enumerate().filter(|(_, h)| !**h) {
-        let root = sets.find(i as u32) as usize;
-        match least[root] {
-            Some(l) if label(l as usize) <= label(i) => {}
-            _ => least[root] = Some(i as u32),
+
+    /// Applies one consolidated fact update; the pair becomes or stops
+    /// being a link between its two identifiers accordingly.
+    fn update_pair(&mut self, a: u32, b: u32, fs: EventTime, diff: isize) {
+        let facts = self.pairs.entry((a, b)).or_default();
+        let was_live = facts.iter().any(|(_, n)| *n > 0);
+        match facts.iter_mut().find(|(f, _)| *f == fs) {
+            Some(entry) => entry.1 += diff,
+            None => facts.push((fs, diff)),
         }
-    }
-    (0..nodes.sym.len())
-        .map(|i| {
-            let x = nodes.sym[i];
-            if hub[i] {
-                return (x.index(), (x, (x, true)));
+        facts.retain(|(_, n)| *n != 0);
+        let is_live = facts.iter().any(|(_, n)| *n > 0);
+        if facts.is_empty() {
+            self.pairs.remove(&(a, b));
+        }
+        match (was_live, is_live) {
+            (false, true) => {
+                self.nodes[a as usize].neighbours.push(b);
+                self.nodes[b as usize].neighbours.push(a);
             }
-            let root = sets.find(i as u32) as usize;
-            let l = least[root].map_or(i, |l| l as usize);
-            (x.index(), (x, (nodes.sym[l], false)))
-        })
-        .collect()
-}
-
-/// Whether each identifier has more distinct neighbours than its type allows.
-fn hubs(nodes: &Nodes, pairs: &[(u32, u32)], config: &IdentityConfig) -> Vec<bool> {
-    let mut degree = vec![0u64; nodes.sym.len()];
-    for &(a, b) in pairs {
-        degree[a as usize] += 1;
-        degree[b as usize] += 1;
-    }
-    let mut limits: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    nodes
-        .sym
-        .iter()
-        .zip(degree)
-        .map(|(x, n)| {
-            let ty = split_ident(x.text()).0;
-            let limit = *limits.entry(ty).or_insert_with(|| config.max_links_for(ty));
-            n > limit
-        })
-        .collect()
-}
-
-/// Disjoint sets of dense indexes (path halving, union by size).
-struct UnionFind {
-    parent: Vec<u32>,
-    size: Vec<u32>,
-}
-
-impl UnionFind {
-    fn new(n: usize) -> UnionFind {
-        UnionFind {
-            parent: (0..n as u32).collect(),
-            size: vec![1; n],
+            (true, false) => {
+                for (x, y) in [(a, b), (b, a)] {
+                    let ns = &mut self.nodes[x as usize].neighbours;
+                    if let Some(k) = ns.iter().position(|&n| n == y) {
+                        ns.swap_remove(k);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let p = self.parent[x as usize];
-            self.parent[x as usize] = self.parent[p as usize];
-            x = self.parent[x as usize];
+    /// Every identifier whose assignment may change: the touched ones, the
+    /// members of their old components and, for each whose hub status
+    /// changed, its neighbours and theirs. Those components are taken apart.
+    fn collect_affected(&mut self, s: &mut Scratch) {
+        for k in 0..s.touched.len() {
+            let (i, was_hub) = s.touched[k];
+            self.affect(i, s);
+            if self.nodes[i as usize].is_hub() != was_hub {
+                for j in self.nodes[i as usize].neighbours.clone() {
+                    self.affect(j, s);
+                }
+            }
         }
-        x
     }
 
-    fn union(&mut self, a: u32, b: u32) {
-        let (mut a, mut b) = (self.find(a), self.find(b));
-        if a == b {
+    /// Marks `i` and every member of its component affected, and frees that
+    /// component.
+    fn affect(&mut self, i: u32, s: &mut Scratch) {
+        let round = self.round;
+        let c = self.nodes[i as usize].component;
+        if c == NONE {
+            let n = &mut self.nodes[i as usize];
+            if n.affected != round {
+                n.affected = round;
+                s.affected.push(i);
+            }
             return;
         }
-        if self.size[a as usize] < self.size[b as usize] {
-            std::mem::swap(&mut a, &mut b);
+        let members = std::mem::take(&mut self.members[c as usize]);
+        self.free.push(c);
+        for &m in &members {
+            let n = &mut self.nodes[m as usize];
+            n.component = NONE;
+            if n.affected != round {
+                n.affected = round;
+                s.affected.push(m);
+            }
         }
-        self.parent[b as usize] = a;
-        self.size[a as usize] += self.size[b as usize];
+        // Keep the allocation for the next component found.
+        self.members[c as usize] = members;
+        self.members[c as usize].clear();
+    }
+
+    /// Finds the components of the affected non-hubs with live links by a
+    /// search over links between non-hubs (it never leaves the affected
+    /// set: see the module's invariant).
+    fn find_components(&mut self, s: &mut Scratch) {
+        for k in 0..s.affected.len() {
+            let start = s.affected[k];
+            let n = &self.nodes[start as usize];
+            if n.component != NONE || n.neighbours.is_empty() || n.is_hub() {
+                continue;
+            }
+            let c = self.free.pop().unwrap_or_else(|| {
+                self.members.push(Vec::new());
+                (self.members.len() - 1) as u32
+            });
+            let mut members = std::mem::take(&mut self.members[c as usize]);
+            self.nodes[start as usize].component = c;
+            s.queue.clear();
+            s.queue.push(start);
+            while let Some(x) = s.queue.pop() {
+                members.push(x);
+                for k in 0..self.nodes[x as usize].neighbours.len() {
+                    let y = self.nodes[x as usize].neighbours[k];
+                    let ny = &mut self.nodes[y as usize];
+                    if ny.component == NONE && !ny.is_hub() {
+                        debug_assert_eq!(
+                            ny.affected, self.round,
+                            "the search left the affected set"
+                        );
+                        ny.component = c;
+                        s.queue.push(y);
+                    }
+                }
+            }
+            self.members[c as usize] = members;
+        }
+    }
+
+    /// The earliest first_seen of `i`'s live links.
+    fn first_seen(&self, i: u32) -> EventTime {
+        self.nodes[i as usize]
+            .neighbours
+            .iter()
+            .filter_map(|&j| {
+                let facts = self
+                    .pairs
+                    .get(&(i, j))
+                    .or_else(|| self.pairs.get(&(j, i)))?;
+                facts.iter().filter(|(_, n)| *n > 0).map(|(f, _)| *f).min()
+            })
+            .min()
+            .unwrap_or(EventTime::MAX)
+    }
+
+    /// Each affected identifier's new assignment against the one given.
+    fn emit_changes(&mut self, s: &Scratch, out: &mut Vec<((Sym, Assignment), isize)>) {
+        // Each new component's label: its least (first_seen, text).
+        let mut labels: HashMap<u32, Sym> = HashMap::default();
+        for &i in &s.affected {
+            let c = self.nodes[i as usize].component;
+            if c == NONE || labels.contains_key(&c) {
+                continue;
+            }
+            let least = self.members[c as usize]
+                .iter()
+                .map(|&m| (self.first_seen(m), ByText(self.nodes[m as usize].sym)))
+                .min();
+            if let Some((_, ByText(label))) = least {
+                labels.insert(c, label);
+            }
+        }
+        for &i in &s.affected {
+            let n = &self.nodes[i as usize];
+            let new = if n.is_hub() {
+                Some((n.sym, true))
+            } else if n.component != NONE {
+                labels.get(&n.component).map(|&l| (l, false))
+            } else {
+                None
+            };
+            if n.given == new {
+                continue;
+            }
+            if let Some(old) = n.given {
+                out.push(((n.sym, old), -1));
+            }
+            if let Some(new) = new {
+                out.push(((n.sym, new), 1));
+            }
+            self.nodes[i as usize].given = new;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    /// The reference: every identifier's assignment computed from scratch
+    /// from the live facts (union-find over the links between non-hubs).
+    fn from_scratch(
+        live: &BTreeMap<LinkFact, isize>,
+        config: &IdentityConfig,
+    ) -> BTreeMap<Sym, Assignment> {
+        let facts: Vec<LinkFact> = live
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(f, _)| *f)
+            .collect();
+        let mut first_seen: BTreeMap<Sym, EventTime> = BTreeMap::new();
+        let mut neighbours: BTreeMap<Sym, std::collections::BTreeSet<Sym>> = BTreeMap::new();
+        for &((a, b), fs) in &facts {
+            for (x, y) in [(a, b), (b, a)] {
+                let f = first_seen.entry(x).or_insert(fs);
+                *f = (*f).min(fs);
+                neighbours.entry(x).or_default().insert(y);
+            }
+        }
+        let hub =
+            |x: &Sym| neighbours[x].len() as u64 > config.max_links_for(split_ident(x.text()).0);
+        // Components by repeated relabelling to the least label in reach.
+        let mut label: BTreeMap<Sym, (EventTime, ByText)> = first_seen
+            .iter()
+            .filter(|(x, _)| !hub(x))
+            .map(|(x, fs)| (*x, (*fs, ByText(*x))))
+            .collect();
+        loop {
+            let mut changed = false;
+            for (x, ys) in &neighbours {
+                if hub(x) {
+                    continue;
+                }
+                for y in ys.iter().filter(|y| !hub(y)) {
+                    if label[y] < label[x] {
+                        let l = label[y];
+                        label.insert(*x, l);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        neighbours
+            .keys()
+            .map(|x| match label.get(x) {
+                Some((_, ByText(c))) => (*x, (*c, false)),
+                None => (*x, (*x, true)),
+            })
+            .collect()
+    }
+
+    /// Random completions over `ids` identifiers per type: new facts (a
+    /// pair again with another first_seen, as a second dataflow would),
+    /// removals, first_seen changes; after each, the assignments given (the
+    /// sum of every update emitted) equal the reference's.
+    fn check(seed: u64, ids: usize, times: usize, per_time: usize) -> usize {
+        let config = IdentityConfig {
+            max_links: 3,
+            max_links_by_type: [("device".to_string(), 2)].into_iter().collect(),
+            ..IdentityConfig::default()
+        };
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let id = |rng: &mut rand::rngs::Xoshiro256PlusPlus| {
+            let ty = ["account", "device", "gp"][rng.random_range(0..3)];
+            Sym::intern(&format!("{ty}:{}", rng.random_range(0..ids))).unwrap()
+        };
+        let mut state = AtOnce::default();
+        let mut live: BTreeMap<LinkFact, isize> = BTreeMap::new();
+        let mut given: BTreeMap<(Sym, Assignment), isize> = BTreeMap::new();
+        let mut hubs = 0;
+        for t in 0..times {
+            for _ in 0..rng.random_range(0..per_time) {
+                let facts: Vec<LinkFact> = live.keys().copied().collect();
+                let mut update = |fact: LinkFact, d: isize| {
+                    state.push(fact, d);
+                    *live.entry(fact).or_default() += d;
+                };
+                match rng.random_range(0..6) {
+                    0..=2 => {
+                        let (a, b) = (id(&mut rng), id(&mut rng));
+                        if a != b {
+                            let pair = if ByText(a) < ByText(b) {
+                                (a, b)
+                            } else {
+                                (b, a)
+                            };
+                            update((pair, rng.random_range(0..50)), 1);
+                        }
+                    }
+                    3 | 4 if !facts.is_empty() => {
+                        let fact = facts[rng.random_range(0..facts.len())];
+                        update(fact, -1);
+                        if rng.random_range(0..2) == 0 {
+                            update((fact.0, rng.random_range(0..50)), 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            live.retain(|_, n| *n != 0);
+            let mut out = Vec::new();
+            state.complete(&config, &mut out);
+            for (a, d) in out {
+                *given.entry(a).or_default() += d;
+            }
+            given.retain(|_, d| *d != 0);
+            assert!(
+                given.values().all(|d| *d == 1),
+                "seed {seed} time {t}: {given:?}"
+            );
+            let expected = from_scratch(&live, &config);
+            let got: BTreeMap<Sym, Assignment> = given.keys().copied().collect();
+            assert_eq!(got, expected, "seed {seed} time {t}");
+            hubs += expected.values().filter(|a| a.1).count();
+        }
+        hubs
+    }
+
+    #[test]
+    fn every_completion_gives_what_a_computation_from_scratch_gives() {
+        let mut hubs = 0;
+        for seed in 0..200 {
+            hubs += check(seed, 4 + (seed as usize % 12), 20, 30);
+        }
+        // The limits made hubs, which came and went.
+        assert!(hubs > 1000, "{hubs}");
+    }
+
+    #[test]
+    fn large_completions_of_hundreds_of_identifiers() {
+        for seed in 0..5 {
+            check(1000 + seed, 300, 3, 2000);
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Identity stitching: from the live identity links of every dataflow to one
-//! cluster per identifier, maintained incrementally with differential dataflow
-//! ([`stitch`]), or computed at once where a run needs it only at a few
-//! moments ([`stitch_at_once`]).
+//! cluster per identifier, maintained incrementally either with differential
+//! dataflow, spread over the workers by key ([`stitch`]: a cluster of
+//! processes), or by one worker that recomputes only the components each
+//! time touches ([`stitch_at_once`]: one process, and any run that asks
+//! only at its end).
 //!
 //! Invariant: the output is a function of the live links alone (hubs by
 //! distinct-neighbour count, first_seen as the earliest live link, components
@@ -77,13 +79,12 @@ pub(crate) fn stitch<'s>(
 /// A time's link updates, with the capability to emit at it.
 type Waiting = (Capability<u64>, Vec<(LinkFact, isize)>);
 
-/// [`stitch`] for a stream of link updates whose times complete rarely
-/// (a bulk load: once; a replay continuing a state: time 0 and its end):
-/// worker 0 gathers every link and, as each time completes, computes every
-/// identifier's assignment at once and emits how it changed. The updates
-/// then go to the worker that [`stitch`]'s last arrangement would put them
-/// on (differential's hash of the identifier), so a later live run meets
-/// them where it keeps them.
+/// [`stitch`] on one worker: worker 0 gathers every link update and, as
+/// each time completes, brings the assignments up to date
+/// ([`AtOnce::complete`]) and emits how they changed. The updates then go
+/// to the worker that [`stitch`]'s last arrangement would put them on
+/// (differential's hash of the identifier), so either operator's output
+/// meets the same collector.
 pub(crate) fn stitch_at_once<'s>(
     links: StreamVec<'s, u64, (LinkFact, u64, isize)>,
     config: Arc<IdentityConfig>,

@@ -131,8 +131,8 @@ pub struct RunConfig {
     /// For replays that nobody sees before they finish (bulk loads, and
     /// fjall replays continuing a state as one commit): the folds emit the
     /// records changed after time 0 (the rebuild), and identity is
-    /// computed at once (`identity::stitch_at_once`) at time 0 and after
-    /// the last time (the links wait on worker 0 until then), and the collector
+    /// computed (`identity::stitch_at_once`, also in a cluster) at time 0
+    /// and after the last time (the links wait on worker 0 until then), and the collector
     /// hands the folds' records on as they come, each record exactly once.
     pub at_end: bool,
     /// Each worker's collector counts the records and identity assignments
@@ -341,6 +341,7 @@ fn build(
         config.step.max(1)
     };
     let at_end = config.at_end;
+    let one_process = config.cluster.is_none();
     let tally = config.tally;
     worker.dataflow::<u64, _, _>(|scope| {
         let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
@@ -391,9 +392,12 @@ fn build(
                 .concatenate(links)
                 .map(move |(d, t, r)| (d, round_up(t, step), r))
                 .enter(region);
-            // Asked once (or twice, continuing a state): at once is far
-            // cheaper than maintaining it (docs/performance.md).
-            if at_end {
+            // One worker brings identity up to date by the components a
+            // time touches, far cheaper than differential's propagation
+            // (docs/performance.md); across processes that would send every
+            // link to one worker, so a cluster keeps differential's,
+            // spread by key, unless it is asked only at the end.
+            if at_end || one_process {
                 identity::stitch_at_once(links, identity_config).leave(scope)
             } else {
                 identity::stitch(links.as_collection(), identity_config)
