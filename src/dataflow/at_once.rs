@@ -68,8 +68,7 @@ pub(crate) struct AtOnce {
     /// Dense index by symbol index.
     index: HashMap<u32, u32>,
     nodes: Vec<Node>,
-    /// Facts by pair of dense indexes (a fact's pair is always ordered by
-    /// text, so the same link never comes reversed); only pairs with a
+    /// Facts by pair of dense indexes, the smaller first; only pairs with a
     /// fact of positive multiplicity are live.
     pairs: HashMap<(u32, u32), Facts>,
     /// Each component's members, by component id; ids of emptied ones.
@@ -151,6 +150,7 @@ impl AtOnce {
     /// Applies one consolidated fact update; the pair becomes or stops
     /// being a link between its two identifiers accordingly.
     fn update_pair(&mut self, a: u32, b: u32, fs: EventTime, diff: isize) {
+        let (a, b) = (a.min(b), a.max(b));
         let facts = self.pairs.entry((a, b)).or_default();
         let was_live = facts.iter().any(|(_, n)| *n > 0);
         match facts.iter_mut().find(|(f, _)| *f == fs) {
@@ -265,10 +265,7 @@ impl AtOnce {
             .neighbours
             .iter()
             .filter_map(|&j| {
-                let facts = self
-                    .pairs
-                    .get(&(i, j))
-                    .or_else(|| self.pairs.get(&(j, i)))?;
+                let facts = self.pairs.get(&(i.min(j), i.max(j)))?;
                 facts.iter().filter(|(_, n)| *n > 0).map(|(f, _)| *f).min()
             })
             .min()
