@@ -71,11 +71,15 @@ pub(crate) struct AtOnce {
     /// Facts by pair of dense indexes, the smaller first; only pairs with a
     /// fact of positive multiplicity are live.
     pairs: HashMap<(u32, u32), Facts>,
-    /// Each component's members, by component id; ids of emptied ones.
+    /// Each component's members and label (its least first_seen, then
+    /// text), by component id; ids of emptied ones.
     members: Vec<Vec<u32>>,
+    labels: Vec<Sym>,
     free: Vec<u32>,
     /// Counts completions, for the nodes' marks.
     round: u32,
+    /// Reused by every completion.
+    scratch: Scratch,
 }
 
 /// Identifiers a completion touched (with whether each was a hub before)
@@ -105,7 +109,7 @@ impl AtOnce {
             }
             self.round = 1;
         }
-        let mut s = Scratch::default();
+        let mut s = std::mem::take(&mut self.scratch);
         let pending = std::mem::take(&mut self.pending);
         for &(((a, b), fs), diff) in &pending {
             let (a, b) = (self.node(a, config), self.node(b, config));
@@ -118,6 +122,9 @@ impl AtOnce {
         self.collect_affected(&mut s);
         self.find_components(&mut s);
         self.emit_changes(&s, out);
+        s.touched.clear();
+        s.affected.clear();
+        self.scratch = s;
     }
 
     /// The dense index of `x`, a new node when first seen.
@@ -187,8 +194,8 @@ impl AtOnce {
             let (i, was_hub) = s.touched[k];
             self.affect(i, s);
             if self.nodes[i as usize].is_hub() != was_hub {
-                for j in self.nodes[i as usize].neighbours.clone() {
-                    self.affect(j, s);
+                for k in 0..self.nodes[i as usize].neighbours.len() {
+                    self.affect(self.nodes[i as usize].neighbours[k], s);
                 }
             }
         }
@@ -224,7 +231,7 @@ impl AtOnce {
 
     /// Finds the components of the affected non-hubs with live links by a
     /// search over links between non-hubs (it never leaves the affected
-    /// set: see the module's invariant).
+    /// set: see the module's invariant), and labels each.
     fn find_components(&mut self, s: &mut Scratch) {
         for k in 0..s.affected.len() {
             let start = s.affected[k];
@@ -234,6 +241,7 @@ impl AtOnce {
             }
             let c = self.free.pop().unwrap_or_else(|| {
                 self.members.push(Vec::new());
+                self.labels.push(n.sym);
                 (self.members.len() - 1) as u32
             });
             let mut members = std::mem::take(&mut self.members[c as usize]);
@@ -255,6 +263,13 @@ impl AtOnce {
                     }
                 }
             }
+            let least = members
+                .iter()
+                .map(|&m| (self.first_seen(m), ByText(self.nodes[m as usize].sym)))
+                .min();
+            if let Some((_, ByText(label))) = least {
+                self.labels[c as usize] = label;
+            }
             self.members[c as usize] = members;
         }
     }
@@ -274,27 +289,12 @@ impl AtOnce {
 
     /// Each affected identifier's new assignment against the one given.
     fn emit_changes(&mut self, s: &Scratch, out: &mut Vec<((Sym, Assignment), isize)>) {
-        // Each new component's label: its least (first_seen, text).
-        let mut labels: HashMap<u32, Sym> = HashMap::default();
-        for &i in &s.affected {
-            let c = self.nodes[i as usize].component;
-            if c == NONE || labels.contains_key(&c) {
-                continue;
-            }
-            let least = self.members[c as usize]
-                .iter()
-                .map(|&m| (self.first_seen(m), ByText(self.nodes[m as usize].sym)))
-                .min();
-            if let Some((_, ByText(label))) = least {
-                labels.insert(c, label);
-            }
-        }
         for &i in &s.affected {
             let n = &self.nodes[i as usize];
             let new = if n.is_hub() {
                 Some((n.sym, true))
             } else if n.component != NONE {
-                labels.get(&n.component).map(|&l| (l, false))
+                Some((self.labels[n.component as usize], false))
             } else {
                 None
             };

@@ -129,12 +129,13 @@ pub fn create_state(state: &Path, engine: Engine) {
 }
 
 /// Nodes, edges, identifiers and distinct clusters among export lines (a
-/// replay summary's counts).
+/// replay summary's counts); a line that is not JSON fails the test.
 pub fn graph_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> [u64; 4] {
     let mut counts = [0u64; 4];
     let mut clusters = std::collections::BTreeSet::new();
     for l in lines {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("an export line: {e}: {l}"));
         match v["ns"].as_str() {
             Some("node") => counts[0] += 1,
             Some("edge") => counts[1] += 1,
