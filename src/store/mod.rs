@@ -633,10 +633,6 @@ struct Inner {
     /// A bulk load started in this process and has not finished: commits
     /// and other bulk loads are refused.
     bulk: AtomicBool,
-    /// The buffers of the last commit's write set, emptied, for the next
-    /// commit, with how many commits in a row used little of them (see
-    /// [`writer::SPARE_SET_BYTES`]).
-    spare_set: Mutex<Option<(engine::WriteSet, u32)>>,
     /// The state's lock file, locked while this is alive.
     _lock: std::fs::File,
 }
@@ -887,7 +883,6 @@ impl Store {
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
                 bulk: AtomicBool::new(false),
-                spare_set: Mutex::new(None),
                 _lock: lock,
             }),
         })

@@ -24,30 +24,6 @@ use super::{
 };
 use crate::model::{Change, DataflowProgress, DeadLetter, Progress, Record, split_ident};
 
-/// The largest write set (its buffers' capacity) kept for the next commit.
-/// A live run commits every few milliseconds, or every second while it
-/// catches up, in sets of up to about a hundred MiB: buffers that are
-/// allocated afresh for each are new pages the kernel zeroes, a fifth of
-/// the writer's time in a catch-up from Kafka. A larger set (a continuing
-/// replay's one commit) is freed.
-pub(crate) const SPARE_SET_BYTES: usize = 256 << 20;
-
-/// A write set whose buffers [`SMALL_USES`] commits in a row used under a
-/// quarter of (beyond 16 MiB) is freed: a catch-up's large buffers are not
-/// held through the small commits of a run that caught up, and are kept
-/// through a catch-up's commits of varying size.
-const SMALL_USES: u32 = 16;
-
-/// [`PendingCommit::small_uses`] after a commit that wrote `set`.
-fn next_small_uses(set: &WriteSet, before: u32) -> u32 {
-    let capacity = set.capacity_bytes();
-    if capacity <= (16 << 20) || set.len_bytes().saturating_mul(4) >= capacity {
-        0
-    } else {
-        before.saturating_add(1)
-    }
-}
-
 /// Fixed positions of the always-present namespaces in a [`Plan`].
 const T_META: usize = 0;
 const T_LINK: usize = 1;
@@ -382,22 +358,9 @@ impl Store {
     /// [`PendingCommit`]). Refused while a bulk load runs.
     pub fn begin_commit(&self) -> Result<PendingCommit, StoreError> {
         self.refuse_during_bulk_load()?;
-        let mut plan = Plan::new(self);
-        let mut small_uses = 0;
-        if let Some((set, small)) = self
-            .inner
-            .spare_set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            plan.set = set;
-            small_uses = small;
-        }
         Ok(PendingCommit {
             store: self.clone(),
-            plan,
-            small_uses,
+            plan: Plan::new(self),
             changed: false,
             dead_letters: Vec::new(),
             progress: Progress::default(),
@@ -424,9 +387,6 @@ impl Store {
 pub struct PendingCommit {
     store: Store,
     plan: Plan,
-    /// Commits in a row before this one that used under a quarter of the
-    /// write set's buffers.
-    small_uses: u32,
     /// Some change was added (even one that encodes to nothing).
     changed: bool,
     dead_letters: Vec<DeadLetter>,
@@ -473,7 +433,6 @@ impl PendingCommit {
         let PendingCommit {
             store,
             mut plan,
-            small_uses,
             dead_letters,
             progress,
             ..
@@ -505,11 +464,7 @@ impl PendingCommit {
         let commits = store.commit_count().saturating_add(1);
         plan.commit_count(commits);
         plan.set.normalize();
-        let small_uses = next_small_uses(&plan.set, small_uses);
-        let keep = plan.set.capacity_bytes() <= SPARE_SET_BYTES && small_uses <= SMALL_USES;
-        if !keep {
-            plan.set.release_scratch();
-        }
+        plan.set.release_scratch();
         let mut meta = store.published();
         for (name, c) in &updated {
             meta.dataflows.insert(name.to_string(), c.into());
@@ -536,14 +491,6 @@ impl PendingCommit {
         }
         store.inner.stats.add(keys, bytes, started.elapsed());
         counters.dataflows.extend(updated);
-        if keep {
-            plan.set.clear();
-            *store
-                .inner
-                .spare_set
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some((plan.set, small_uses));
-        }
         Ok(())
     }
 }

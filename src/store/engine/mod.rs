@@ -422,19 +422,6 @@ impl WriteSet {
         self.sorted = Vec::new();
     }
 
-    /// The bytes its buffers hold allocated (what keeping it for reuse
-    /// costs).
-    pub fn capacity_bytes(&self) -> usize {
-        self.arena.capacity()
-            + (self.ops.capacity() + self.sorted.capacity()) * std::mem::size_of::<Op>()
-            + self.order.capacity() * std::mem::size_of::<(usize, u128, u128, usize)>()
-    }
-
-    /// The bytes its buffers hold in use.
-    pub fn len_bytes(&self) -> usize {
-        self.arena.len() + self.ops.len() * std::mem::size_of::<Op>()
-    }
-
     /// Keys and key + value bytes of the operations.
     pub fn size(&self) -> (u64, u64) {
         let bytes = self
