@@ -9,12 +9,14 @@
 # (user + sys), minor page faults and peak RSS of each run: on this host a
 # single run's elapsed time varies by ±10%, so compare several rounds, and
 # the CPU seconds.
-#   scripts/ab-kafka.sh [EVENTS] [ROUNDS] BIN_A BIN_B [BIN...]
+#   scripts/ab-kafka.sh EVENTS ROUNDS BIN_A BIN_B [BIN...]
 # Environment given to the script reaches every run alike; to try a setting
 # read from the environment in a test build, wrap it:
 #   printf '#!/bin/sh\nFOO=1 exec /path/rdg "$@"\n' > /tmp/rdg-foo
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/catch-up.sh
+. scripts/lib/catch-up.sh
 events=$1; rounds=$2; shift 2
 [ $# -ge 2 ] || { echo "usage: scripts/ab-kafka.sh EVENTS ROUNDS BIN_A BIN_B [BIN...]" >&2; exit 2; }
 port=${BENCH_BROKER_PORT:-19096}
@@ -24,22 +26,9 @@ scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port" >/dev/null
 trap 'scripts/broker.sh stop "$port" >/dev/null || true' EXIT
 "$1" produce --brokers "127.0.0.1:$port" --events "$events" --seed 7 --partitions 4 2>/dev/null
-# The records to wait for: the valid events and dead letters of a replay of
-# the same generated events (what scripts/bench-kafka.sh compares with).
-"$1" gen --events "$events" --seed 7 --out "$work/files" >/dev/null
-"$1" replay --workers 2 --state "$work/file-state" --json \
-  "$work/files/playback.jsonl" "$work/files/gaming.jsonl" "$work/files/login.jsonl" > "$work/file.json"
-expected=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["events"]+s["dead_letters"])' "$work/file.json")
+# The records to wait for: those of a replay of the same generated events.
+expected=$(file_records "$1" 2 "$events" "$work")
 echo "machine: $(nproc) cores; events=$events ($expected records) rounds=$rounds; load $(cut -d' ' -f1 /proc/loadavg)"
-
-# committed LOG: the records the last status line of LOG shows committed.
-committed() {
-  python3 - "$1" <<'PY'
-import re, sys
-lines = [l for l in open(sys.argv[1]) if l.startswith("status: ")]
-print(sum(int(e) + int(d) for e, d in re.findall(r"\((\d+) events\).*?dead letters (\d+)", lines[-1])) if lines else 0)
-PY
-}
 
 # catch_up BIN LABEL: one live catch-up into a fresh state, one result line.
 catch_up() {
@@ -49,10 +38,7 @@ catch_up() {
     --brokers "127.0.0.1:$port" --status-interval 1 2> "$work/run.log" &
   local pid=$! start end
   start=$(date +%s.%N)
-  while sleep 0.2; do
-    if [ "$(committed "$work/run.log")" -ge "$expected" ]; then break; fi
-    if ! kill -0 "$pid" 2>/dev/null; then echo "$1 exited early:"; tail "$work/run.log"; exit 1; fi
-  done
+  wait_committed "$work/run.log" "$expected" "$pid"
   end=$(date +%s.%N)
   # Stop rdg itself (the child of /usr/bin/time, which then reports).
   pkill -TERM -P "$pid" || true

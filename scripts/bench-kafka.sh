@@ -10,6 +10,8 @@
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/catch-up.sh
+. scripts/lib/catch-up.sh
 events=${1:-200000}
 workers=${2:-2}
 port=${BENCH_BROKER_PORT:-19093}
@@ -22,10 +24,7 @@ trap 'scripts/broker.sh stop "$port" || true' EXIT
 rm -rf "$work" && mkdir -p "$work"
 echo "machine: $(nproc) cores; events=$events workers=$workers broker=tansu (memory) on 127.0.0.1:$port"
 
-"$bin" gen --events "$events" --seed 7 --out "$work/files" >/dev/null
-"$bin" replay --workers "$workers" --state "$work/file-state" --json \
-  "$work/files/playback.jsonl" "$work/files/gaming.jsonl" "$work/files/login.jsonl" > "$work/file.json"
-expected=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["events"]+s["dead_letters"])' "$work/file.json")
+expected=$(file_records "$bin" "$workers" "$events" "$work")
 
 "$bin" produce --brokers "127.0.0.1:$port" --events "$events" --seed 7 --partitions 4 2>/dev/null
 
@@ -33,19 +32,7 @@ start=$(date +%s.%N)
 "$bin" run --workers "$workers" --state "$work/kafka-state" --brokers "127.0.0.1:$port" \
   --status-interval 1 2> "$work/run.log" &
 pid=$!
-while sleep 0.2; do
-  got=$(python3 - "$work/run.log" <<'PY'
-import re, sys
-lines = [l for l in open(sys.argv[1]) if l.startswith("status: ")]
-if not lines:
-    print(0); sys.exit()
-total = sum(int(e) + int(d) for e, d in re.findall(r"\((\d+) events\).*?dead letters (\d+)", lines[-1]))
-print(total)
-PY
-)
-  if [ "$got" -ge "$expected" ]; then break; fi
-  if ! kill -0 "$pid" 2>/dev/null; then echo "rdg run exited early:"; tail "$work/run.log"; exit 1; fi
-done
+wait_committed "$work/run.log" "$expected" "$pid"
 end=$(date +%s.%N)
 kill -TERM "$pid"; wait "$pid" || true
 python3 - "$work/file.json" "$start" "$end" "$expected" <<'PY'
