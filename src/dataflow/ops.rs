@@ -26,21 +26,46 @@ pub(crate) enum RecKey {
     Link(Sym, Sym),
 }
 
-/// Hashes the symbols' indexes (cheap; never leaves the process: records
-/// are routed by `Op::shard`, not by this hash).
+/// Hashes by [`RecKey::local_hash`] (cheap; never leaves the process:
+/// records are routed by `Op::shard`, not by this hash).
 impl std::hash::Hash for RecKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        match *self {
-            RecKey::Node(a) => state.write_u64(u64::from(a.index())),
+        state.write_u64(self.local_hash());
+    }
+}
+
+impl RecKey {
+    /// The hash of the fold's map (`records.rs`, which places an entry by
+    /// the hash's low bits and tags it with the top 7). A node's low bits
+    /// are its symbol's index: nodes that sort near each other sit near
+    /// each other in the map, so a time's node ops, sorted by key, sweep
+    /// the map instead of jumping around it, and no two nodes share a
+    /// start (indexes are distinct; only the table's size folds them). An
+    /// edge or a link is mixed in full (murmur3's finalizer): keying them
+    /// by their first index as well would crowd a node with many edges
+    /// into one place.
+    pub fn local_hash(self) -> u64 {
+        const LOW: u64 = (1 << 57) - 1;
+        match self {
+            RecKey::Node(a) => {
+                let a = u64::from(a.index());
+                (mix(a) & !LOW) | a
+            }
             RecKey::Edge(t, a, b) => {
-                state.write_u64(u64::from(a.index()) | u64::from(t) << 32);
-                state.write_u32(b.index());
+                mix((u64::from(a.index()) << 32 | u64::from(b.index())) ^ u64::from(t) << 48)
             }
-            RecKey::Link(a, b) => {
-                state.write_u64(u64::from(a.index()) << 32 | u64::from(b.index()));
-            }
+            RecKey::Link(a, b) => mix(u64::from(a.index()) << 32 | u64::from(b.index()) ^ 1 << 63),
         }
     }
+}
+
+/// murmur3's 64-bit finalizer: every input bit moves every output bit.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// What the dataflow knows of the plan's names, by index.
@@ -323,6 +348,40 @@ fn merge_props(mut props: Vec<CompactString>) -> CompactString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_map_hash_keeps_nodes_in_order_and_spreads_a_hub_s_edges() {
+        let low = |k: RecKey| k.local_hash() & ((1 << 57) - 1);
+        let hub = Sym::intern("account:hash-hub").unwrap();
+        let others: Vec<Sym> = (0..20_000)
+            .map(|i| Sym::intern(&format!("title:hash-{i}")).unwrap())
+            .collect();
+        // Nodes: placed by their index, so distinct nodes start apart.
+        for s in &others {
+            assert_eq!(low(RecKey::Node(*s)), u64::from(s.index()));
+        }
+        // Edges and links of one node spread over a table of 2^15 buckets
+        // about as random keys would (20 000 into 32 768: ~14 000 distinct
+        // starts), not crowded into a few.
+        let mask = (1u64 << 15) - 1;
+        for key in [
+            |h, o| RecKey::Edge(0, h, o),
+            |h, o| RecKey::Edge(0, o, h),
+            |h, o| RecKey::Link(h, o),
+        ] {
+            let starts: std::collections::BTreeSet<u64> = others
+                .iter()
+                .map(|o| key(hub, *o).local_hash() & mask)
+                .collect();
+            assert!(starts.len() > 13_000, "{}", starts.len());
+        }
+        // The tag (top 7 bits) varies among nodes too.
+        let tags: std::collections::BTreeSet<u64> = others
+            .iter()
+            .map(|s| RecKey::Node(*s).local_hash() >> 57)
+            .collect();
+        assert_eq!(tags.len(), 128);
+    }
 
     #[test]
     fn merged_props_later_rule_wins() {

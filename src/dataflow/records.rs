@@ -16,14 +16,36 @@
 //! [`Expiry`]).
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::ops::{Op, OpKind, RecKey};
 use crate::model::Record;
 
-/// Hash maps of the fold: iteration order never reaches output (the store
-/// sorts every write by key, identity is a function of the set of links),
-/// so a fast fixed-seed hasher is fine.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// Hash maps of the fold, placed by [`RecKey::local_hash`] as it is:
+/// iteration order never reaches output (the store sorts every write by
+/// key, identity is a function of the set of links).
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
+/// Passes a key's one `write_u64` through as the hash ([`RecKey`]'s `Hash`
+/// writes its `local_hash` and nothing else); any other write is mixed in.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// One output of a time: a record's aggregate after the time, or a count of
 /// late ops. `old_first_seen` is set for links only (identity retracts the
