@@ -230,64 +230,71 @@ impl Records {
     /// Applies the ops of one time and expires what `watermark` (the time's
     /// final watermark) ends; returns how many ops were late. What changed
     /// is emitted by [`Records::take_changes`].
+    ///
+    /// The records are looked up [`LOOKUPS`] at a time (one call that finds
+    /// them all), so the processor waits for their cache misses together
+    /// rather than one after another; inserts and removals follow each
+    /// batch.
     pub fn apply_time(&mut self, ops: &mut [Op], watermark: i64) -> u64 {
         ops.sort_unstable_by_key(|op| (op.key, op.seq));
         let mut late = 0u64;
-        for group in ops.chunk_by_mut(|a, b| a.key == b.key) {
-            let key = group[0].key;
-            // The record is updated in place: one lookup, plus one for an
-            // insert or a removal.
-            let mut slot = self.state.get_mut(&key);
-            let cur = slot
-                .as_mut()
-                .map(|e| std::mem::replace(*e, Entry::placeholder()));
-            let filed = cur.as_ref().and_then(|e| {
-                Some((
-                    e.retention()?,
-                    Expiry::bucket(e.deadline()?, e.retention()?),
-                ))
-            });
-            // What the record was at the last emission (`None`: it has not
-            // changed since).
-            let since = match &cur {
-                Some(e) => e.since,
-                None if self.gone.is_empty() => None,
-                None => self.gone.remove(&key),
-            };
-            let first_change = since.is_none();
-            let before = since.unwrap_or_else(|| Emitted::of(key, cur.as_ref()));
-            let (mut cur, mut changed, group_late) = apply_group(cur, group);
-            late += group_late;
-            // The time's final watermark may end the record right away.
-            if cur
-                .as_ref()
-                .and_then(Entry::deadline)
-                .is_some_and(|d| d <= watermark)
-            {
-                cur = None;
-                changed = true;
-            }
-            self.expiry.refile(key, filed, cur.as_ref());
-            let pending = changed || !first_change;
-            match &mut cur {
-                Some(e) => e.since = pending.then_some(before),
-                None if pending => {
-                    self.gone.insert(key, before);
+        let Records {
+            state,
+            expiry,
+            changed,
+            gone,
+            ..
+        } = self;
+        let mut books = Books {
+            expiry,
+            changed,
+            gone,
+        };
+        let mut groups = ops.chunk_by_mut(|a, b| a.key == b.key);
+        let mut batch: Vec<&mut [Op]> = Vec::with_capacity(LOOKUPS);
+        let mut after: Vec<(RecKey, Option<Entry>)> = Vec::with_capacity(LOOKUPS);
+        loop {
+            batch.clear();
+            batch.extend(groups.by_ref().take(LOOKUPS));
+            if batch.len() == LOOKUPS {
+                // Groups are distinct keys (the ops are sorted by key), as
+                // `get_disjoint_mut` requires.
+                let keys: [RecKey; LOOKUPS] = std::array::from_fn(|i| batch[i][0].key);
+                let slots = state.get_disjoint_mut(keys.each_ref());
+                for (group, slot) in batch.iter_mut().zip(slots) {
+                    let key = group[0].key;
+                    let (fate, n) = books.apply(key, slot, group, watermark);
+                    late += n;
+                    match fate {
+                        Fate::Stays => {}
+                        Fate::Gone => after.push((key, None)),
+                        Fate::New(e) => after.push((key, Some(e))),
+                    }
                 }
-                None => {}
-            }
-            if changed && first_change {
-                self.changed.push(key);
-            }
-            match (slot, cur) {
-                (Some(slot), Some(e)) => *slot = e,
-                (Some(_), None) => {
-                    self.state.remove(&key);
+            } else {
+                for group in batch.iter_mut() {
+                    let key = group[0].key;
+                    let (fate, n) = books.apply(key, state.get_mut(&key), group, watermark);
+                    late += n;
+                    match fate {
+                        Fate::Stays => {}
+                        Fate::Gone => after.push((key, None)),
+                        Fate::New(e) => after.push((key, Some(e))),
+                    }
                 }
-                (None, Some(e)) => {
-                    self.state.insert(key, e);
+            }
+            for (key, entry) in after.drain(..) {
+                match entry {
+                    Some(e) => {
+                        state.insert(key, e);
+                    }
+                    None => {
+                        state.remove(&key);
+                    }
                 }
-                (None, None) => {}
+            }
+            if batch.len() < LOOKUPS {
+                break;
             }
         }
         self.expire(watermark);
@@ -364,6 +371,90 @@ impl Records {
             }
         }
         self.due = due;
+    }
+}
+
+/// How many records [`Records::apply_time`] looks up at once.
+const LOOKUPS: usize = 8;
+
+/// What becomes of a record's slot in the map after its ops.
+enum Fate {
+    /// Updated in place, or absent before and after.
+    Stays,
+    /// Present before, gone now: to be removed.
+    Gone,
+    /// Absent before, present now: to be inserted.
+    New(Entry),
+}
+
+/// The bookkeeping beside the map that applying a record's ops updates.
+struct Books<'a> {
+    expiry: &'a mut Expiry,
+    changed: &'a mut Vec<RecKey>,
+    gone: &'a mut HashMap<RecKey, Emitted>,
+}
+
+impl Books<'_> {
+    /// Applies one record's ops (`group`, sorted by seq) to its entry in
+    /// the map (`slot`); returns what the map must do with it and how many
+    /// ops were late.
+    fn apply(
+        &mut self,
+        key: RecKey,
+        mut slot: Option<&mut Entry>,
+        group: &mut [Op],
+        watermark: i64,
+    ) -> (Fate, u64) {
+        let cur = slot
+            .as_mut()
+            .map(|e| std::mem::replace(*e, Entry::placeholder()));
+        let filed = cur.as_ref().and_then(|e| {
+            Some((
+                e.retention()?,
+                Expiry::bucket(e.deadline()?, e.retention()?),
+            ))
+        });
+        // What the record was at the last emission (`None`: it has not
+        // changed since).
+        let since = match &cur {
+            Some(e) => e.since,
+            None if self.gone.is_empty() => None,
+            None => self.gone.remove(&key),
+        };
+        let first_change = since.is_none();
+        let before = since.unwrap_or_else(|| Emitted::of(key, cur.as_ref()));
+        let (mut cur, mut changed, late) = apply_group(cur, group);
+        // The time's final watermark may end the record right away.
+        if cur
+            .as_ref()
+            .and_then(Entry::deadline)
+            .is_some_and(|d| d <= watermark)
+        {
+            cur = None;
+            changed = true;
+        }
+        self.expiry.refile(key, filed, cur.as_ref());
+        let pending = changed || !first_change;
+        match &mut cur {
+            Some(e) => e.since = pending.then_some(before),
+            None if pending => {
+                self.gone.insert(key, before);
+            }
+            None => {}
+        }
+        if changed && first_change {
+            self.changed.push(key);
+        }
+        let fate = match (slot, cur) {
+            (Some(slot), Some(e)) => {
+                *slot = e;
+                Fate::Stays
+            }
+            (Some(_), None) => Fate::Gone,
+            (None, Some(e)) => Fate::New(e),
+            (None, None) => Fate::Stays,
+        };
+        (fate, late)
     }
 }
 
