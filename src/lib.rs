@@ -17,6 +17,8 @@
 //! - [`produce`]: writes generated events to Kafka; creates topics.
 //! - `fuzzing` (hidden): one entry point per input surface, for the fuzz
 //!   targets in `fuzz/` and the corpus replay in `tests/fuzz_corpus.rs`.
+//! - `hint`: a cache prefetch that changes no result (dataflow and store use
+//!   it; it depends on nothing).
 //! - [`app`]: wiring for `replay` (files), and in `app::kafka` for `run`,
 //!   `replay --brokers` and `demo`.
 
@@ -25,6 +27,7 @@ pub mod dataflow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod generate;
+mod hint;
 pub mod model;
 pub mod produce;
 pub mod query;

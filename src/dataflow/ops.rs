@@ -227,6 +227,9 @@ pub(crate) struct Feeder {
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
     scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
+    /// The stable hashes of one event's identifiers, in the order `feed`
+    /// interns them.
+    hashes: Vec<u64>,
 }
 
 impl Feeder {
@@ -241,6 +244,7 @@ impl Feeder {
             edge_types,
             watermark,
             scratch: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
@@ -257,12 +261,31 @@ impl Feeder {
     ) -> Result<(), TableFull> {
         let wm = self.watermark;
         self.scratch.clear();
+        // Every identifier's hash first, each one's cache slot asked for as
+        // it is computed, so the slots' cache misses overlap; the interning
+        // below takes the hashes in the same order.
+        self.hashes.clear();
+        for (_, id, _) in &ev.nodes {
+            self.hashes.push(symbols.hash_and_prefetch(id));
+        }
+        for (_, from, to, _) in &ev.edges {
+            self.hashes.push(symbols.hash_and_prefetch(from));
+            self.hashes.push(symbols.hash_and_prefetch(to));
+        }
+        for (_, a, b) in &ev.links {
+            self.hashes.push(symbols.hash_and_prefetch(a));
+            self.hashes.push(symbols.hash_and_prefetch(b));
+        }
+        let mut hashes = self.hashes.iter().copied();
+        let mut intern = |text: &str| {
+            let h = hashes.next().unwrap_or_else(|| shard::node(text));
+            symbols.intern_hashed(text, h).map(|sym| (sym, h))
+        };
         for (rule, id, props) in ev.nodes.drain(..) {
-            let h = shard::node(&id);
-            let key = RecKey::Node(symbols.intern_hashed(&id, h)?);
+            let (sym, h) = intern(&id)?;
             push_scratch(
                 &mut self.scratch,
-                key,
+                RecKey::Node(sym),
                 h,
                 self.plan.nodes[rule].retention,
                 props,
@@ -270,16 +293,12 @@ impl Feeder {
         }
         for (rule, from, to, props) in ev.edges.drain(..) {
             let r = &self.plan.edges[rule];
-            let key = RecKey::Edge(
-                self.edge_types[rule],
-                symbols.intern(&from)?,
-                symbols.intern(&to)?,
-            );
+            let key = RecKey::Edge(self.edge_types[rule], intern(&from)?.0, intern(&to)?.0);
             let h = shard::edge(&r.edge_type, &from);
             push_scratch(&mut self.scratch, key, h, r.retention, props);
         }
         for (rule, a, b) in ev.links.drain(..) {
-            let key = RecKey::Link(symbols.intern(&a)?, symbols.intern(&b)?);
+            let key = RecKey::Link(intern(&a)?.0, intern(&b)?.0);
             let h = shard::link(&a, &b);
             let ret = self.plan.identity[rule].retention;
             push_scratch(&mut self.scratch, key, h, ret, CompactString::default());

@@ -192,9 +192,23 @@ impl SymCache {
         }
     }
 
+    fn slot(hash: u64) -> usize {
+        ((hash ^ (hash >> 29)) as usize) & (SymCache::SLOTS - 1)
+    }
+
+    /// `model::shard::node(text)`, and a prefetch of the slot that
+    /// [`SymCache::intern_hashed`] will read for it.
+    pub fn hash_and_prefetch(&self, text: &str) -> u64 {
+        let hash = crate::model::shard::node(text);
+        if let Some(slot) = self.slots.get(SymCache::slot(hash)) {
+            crate::hint::prefetch(slot);
+        }
+        hash
+    }
+
     /// [`Sym::intern_hashed`] through the cache.
     pub fn intern_hashed(&mut self, text: &str, hash: u64) -> Result<Sym, TableFull> {
-        let i = ((hash ^ (hash >> 29)) as usize) & (SymCache::SLOTS - 1);
+        let i = SymCache::slot(hash);
         if let Some(sym) = self.slots[i].hit(text, hash) {
             return Ok(sym);
         }
@@ -204,6 +218,7 @@ impl SymCache {
     }
 
     /// [`Sym::intern`] through the cache.
+    #[cfg(test)]
     pub fn intern(&mut self, text: &str) -> Result<Sym, TableFull> {
         self.intern_hashed(text, crate::model::shard::node(text))
     }

@@ -257,21 +257,13 @@ pub(crate) struct WriteSet {
 /// asks for the bytes of another.
 const PREFETCH_AHEAD: usize = 8;
 
-/// Asks the CPU to bring the cache line of `bytes[at]` in; no effect on
-/// what any code reads (a hint; nothing where the architecture has none
-/// here).
+/// Asks the CPU to bring the cache line of `bytes[at]` in (nothing when
+/// `at` is out of bounds).
 #[inline]
 fn prefetch(bytes: &[u8], at: usize) {
-    #[cfg(target_arch = "x86_64")]
     if let Some(b) = bytes.get(at) {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch never faults and reads nothing the program
-        // sees; the pointer is in bounds anyway. SSE, which it needs, is
-        // part of x86_64's baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(b).cast()) }
+        crate::hint::prefetch(b);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (bytes, at);
 }
 
 impl WriteSet {
