@@ -249,10 +249,10 @@ impl Records {
             expiry,
             changed,
             gone,
+            after: Vec::with_capacity(LOOKUPS),
         };
         let mut groups = ops.chunk_by_mut(|a, b| a.key == b.key);
         let mut batch: Vec<&mut [Op]> = Vec::with_capacity(LOOKUPS);
-        let mut after: Vec<(RecKey, Option<Entry>)> = Vec::with_capacity(LOOKUPS);
         loop {
             batch.clear();
             batch.extend(groups.by_ref().take(LOOKUPS));
@@ -262,28 +262,14 @@ impl Records {
                 let keys: [RecKey; LOOKUPS] = std::array::from_fn(|i| batch[i][0].key);
                 let slots = state.get_disjoint_mut(keys.each_ref());
                 for (group, slot) in batch.iter_mut().zip(slots) {
-                    let key = group[0].key;
-                    let (fate, n) = books.apply(key, slot, group, watermark);
-                    late += n;
-                    match fate {
-                        Fate::Stays => {}
-                        Fate::Gone => after.push((key, None)),
-                        Fate::New(e) => after.push((key, Some(e))),
-                    }
+                    late += books.apply(slot, group, watermark);
                 }
             } else {
                 for group in batch.iter_mut() {
-                    let key = group[0].key;
-                    let (fate, n) = books.apply(key, state.get_mut(&key), group, watermark);
-                    late += n;
-                    match fate {
-                        Fate::Stays => {}
-                        Fate::Gone => after.push((key, None)),
-                        Fate::New(e) => after.push((key, Some(e))),
-                    }
+                    late += books.apply(state.get_mut(&group[0].key), group, watermark);
                 }
             }
-            for (key, entry) in after.drain(..) {
+            for (key, entry) in books.after.drain(..) {
                 match entry {
                     Some(e) => {
                         state.insert(key, e);
@@ -377,34 +363,22 @@ impl Records {
 /// How many records [`Records::apply_time`] looks up at once.
 const LOOKUPS: usize = 8;
 
-/// What becomes of a record's slot in the map after its ops.
-enum Fate {
-    /// Updated in place, or absent before and after.
-    Stays,
-    /// Present before, gone now: to be removed.
-    Gone,
-    /// Absent before, present now: to be inserted.
-    New(Entry),
-}
-
 /// The bookkeeping beside the map that applying a record's ops updates.
 struct Books<'a> {
     expiry: &'a mut Expiry,
     changed: &'a mut Vec<RecKey>,
     gone: &'a mut HashMap<RecKey, Emitted>,
+    /// What the map owes once a batch's borrows of it end: an insert
+    /// (`Some`: absent before, present now) or a removal (`None`).
+    after: Vec<(RecKey, Option<Entry>)>,
 }
 
 impl Books<'_> {
-    /// Applies one record's ops (`group`, sorted by seq) to its entry in
-    /// the map (`slot`); returns what the map must do with it and how many
-    /// ops were late.
-    fn apply(
-        &mut self,
-        key: RecKey,
-        mut slot: Option<&mut Entry>,
-        group: &mut [Op],
-        watermark: i64,
-    ) -> (Fate, u64) {
+    /// Applies one record's ops (`group`, sorted by seq, all of one key)
+    /// to its entry in the map (`slot`), updating it in place or noting
+    /// an insert or a removal in `after`; returns how many ops were late.
+    fn apply(&mut self, mut slot: Option<&mut Entry>, group: &mut [Op], watermark: i64) -> u64 {
+        let key = group[0].key;
         let cur = slot
             .as_mut()
             .map(|e| std::mem::replace(*e, Entry::placeholder()));
@@ -445,16 +419,13 @@ impl Books<'_> {
         if changed && first_change {
             self.changed.push(key);
         }
-        let fate = match (slot, cur) {
-            (Some(slot), Some(e)) => {
-                *slot = e;
-                Fate::Stays
-            }
-            (Some(_), None) => Fate::Gone,
-            (None, Some(e)) => Fate::New(e),
-            (None, None) => Fate::Stays,
-        };
-        (fate, late)
+        match (slot, cur) {
+            (Some(slot), Some(e)) => *slot = e,
+            (Some(_), None) => self.after.push((key, None)),
+            (None, Some(e)) => self.after.push((key, Some(e))),
+            (None, None) => {}
+        }
+        late
     }
 }
 
