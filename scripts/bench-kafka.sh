@@ -8,6 +8,7 @@
 # (`rdg replay --brokers` is not used here: tansu's ListOffsets answers end
 # offsets below the real ones, so a bounded replay stops early against it.)
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
+# The status line comes every 0.2 s (STATUS_INTERVAL=1 for older builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/catch-up.sh
@@ -30,7 +31,7 @@ expected=$(file_records "$bin" "$workers" "$events" "$work")
 
 start=$(date +%s.%N)
 "$bin" run --workers "$workers" --state "$work/kafka-state" --brokers "127.0.0.1:$port" \
-  --status-interval 1 2> "$work/run.log" &
+  --status-interval "${STATUS_INTERVAL:-0.2}" 2> "$work/run.log" &
 pid=$!
 wait_committed "$work/run.log" "$expected" "$pid"
 end=$(date +%s.%N)

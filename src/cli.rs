@@ -132,9 +132,9 @@ struct RunArgs {
     workers: usize,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Seconds between status lines (0: none).
-    #[arg(long, default_value_t = 10)]
-    status_interval: u64,
+    /// Seconds between status lines, fractions allowed (0: none).
+    #[arg(long, default_value = "10", value_parser = parse_interval)]
+    status_interval: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[arg(long, default_value_t = 4096)]
@@ -405,6 +405,15 @@ fn parse_from(s: &str) -> Result<StartFrom, String> {
     }
 }
 
+/// Seconds, with a fraction if wanted (`1`, `0.2`); `0` is zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("expected seconds such as 1 or 0.2, got `{s}`"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("expected a number of seconds from 0 up, got `{s}`"))
+}
+
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -598,7 +607,7 @@ fn run_live(args: RunArgs) -> Result<ExitCode> {
     let opts = KafkaRunOptions {
         kafka: args.kafka.config(brokers),
         topics: Vec::new(),
-        status_every: (args.status_interval > 0).then(|| Duration::from_secs(args.status_interval)),
+        status_every: (!args.status_interval.is_zero()).then_some(args.status_interval),
         stop,
         cluster,
         serve,

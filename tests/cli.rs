@@ -1239,3 +1239,33 @@ fn a_closed_stdout_does_not_make_rdg_panic() {
     }
     assert!(panics.is_empty(), "{}", panics.join("\n"));
 }
+
+/// `--status-interval` takes seconds with a fraction; anything that is not
+/// a number of seconds from 0 up is refused by name before anything runs.
+#[test]
+fn run_refuses_a_status_interval_that_is_not_seconds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    for (bad, says) in [
+        ("soon", "expected seconds such as 1 or 0.2, got `soon`"),
+        ("-1", "expected a number of seconds from 0 up, got `-1`"),
+        ("NaN", "expected a number of seconds from 0 up, got `NaN`"),
+    ] {
+        let run = rdg(os(&[
+            &"run",
+            &"--state",
+            &state,
+            &"--brokers",
+            &"127.0.0.1:9",
+            &format!("--status-interval={bad}"),
+        ]));
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains("--status-interval"),
+            "{}",
+            run.describe()
+        );
+        assert!(run.stderr.contains(says), "{}", run.describe());
+        assert!(!state.exists(), "no state is made: {}", run.describe());
+    }
+}

@@ -13,7 +13,7 @@ file_records() {
 }
 
 # wait_committed LOG EXPECTED PID: returns once the last status line of an
-# `rdg run --status-interval 1` writing LOG shows EXPECTED records committed;
+# `rdg run --status-interval 0.2` writing LOG shows EXPECTED records committed;
 # exits the script if PID ends first.
 wait_committed() {
   local got
