@@ -139,8 +139,8 @@ fn to_changes(
 ) -> (Vec<Change>, Progress) {
     let mut changes = Vec::with_capacity(updates.len());
     let mut progress = Progress::default();
-    // identifier -> (cluster -> net diff)
-    let mut clusters: BTreeMap<Sym, BTreeMap<(Sym, bool), isize>> = BTreeMap::new();
+    // (identifier, (cluster, hub), diff), consolidated below.
+    let mut clusters: Vec<(Sym, (Sym, bool), isize)> = Vec::new();
     for (u, d) in updates {
         match u {
             ToStore::Folded(df, Folded::Late(n)) => {
@@ -181,9 +181,7 @@ fn to_changes(
                     },
                 });
             }
-            ToStore::Cluster(id, c) => {
-                *clusters.entry(id).or_default().entry(c).or_default() += d;
-            }
+            ToStore::Cluster(id, c) => clusters.push((id, c, d)),
             ToStore::Position(df, key, next) => {
                 let e = progress
                     .positions
@@ -193,14 +191,19 @@ fn to_changes(
             }
         }
     }
-    for (id, cs) in clusters {
-        let side = |sign: isize| -> Vec<(Sym, bool)> {
-            cs.iter()
-                .filter(|(_, d)| d.signum() == sign)
-                .map(|(c, _)| *c)
-                .collect()
-        };
-        let (old, new) = (side(-1), side(1));
+    // Per identifier, its clusters in order with their net diffs: the ones
+    // it left (net -1) and joined (net +1).
+    clusters.sort_unstable_by_key(|&(id, c, _)| (id, c));
+    for updates in clusters.chunk_by(|a, b| a.0 == b.0) {
+        let id = updates[0].0;
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        for same in updates.chunk_by(|a, b| a.1 == b.1) {
+            match same.iter().map(|u| u.2).sum::<isize>().signum() {
+                -1 => old.push(same[0].1),
+                1 => new.push(same[0].1),
+                _ => {}
+            }
+        }
         if let Some(t) = tallier.as_deref_mut() {
             t.assignment(id, &old, &new);
         }
