@@ -13,7 +13,9 @@
 //! grouping only; [`ByText`] orders by the text.
 //!
 //! The table grows with the distinct identifiers this process has seen (about
-//! 60 bytes each: text, stable hash, index); a restart starts a new table from
+//! 80 bytes each: the entry's text and stable hash, and a 32-byte slot in
+//! the index that repeats the hash and, up to 19 bytes, the text, so that a
+//! lookup of a short text reads no entry); a restart starts a new table from
 //! the live records only.
 
 use std::fmt;
@@ -44,8 +46,9 @@ const SHARDS: usize = 64;
 struct Table {
     entries: boxcar::Vec<Entry>,
     /// Indexes of `entries`, found by stable hash, split to keep writers
-    /// from contending.
-    shards: Vec<RwLock<HashTable<u32>>>,
+    /// from contending. A slot holds the hash (a resize reads no entry) and
+    /// a short text (a hit on it reads no entry either).
+    shards: Vec<RwLock<HashTable<CacheSlot>>>,
 }
 
 static TABLE: LazyLock<Table> = LazyLock::new(|| Table {
@@ -68,30 +71,24 @@ impl Sym {
     pub fn intern_hashed(text: &str, hash: u64) -> Result<Sym, TableFull> {
         let table = &*TABLE;
         let shard = &table.shards[(hash as usize) % SHARDS];
-        let same = |i: &u32| {
-            table
-                .entries
-                .get(*i as usize)
-                .is_some_and(|e| e.hash == hash && e.text == text)
-        };
+        let same = |slot: &CacheSlot| slot.hit(text, hash).is_some();
         {
             let map = shard.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = map.find(hash, same) {
-                return Ok(Sym(*i));
+            if let Some(slot) = map.find(hash, same) {
+                return Ok(Sym(slot.sym));
             }
         }
         let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = map.find(hash, same) {
-            return Ok(Sym(*i));
+        if let Some(slot) = map.find(hash, same) {
+            return Ok(Sym(slot.sym));
         }
         let i = table.entries.push(Entry {
             text: CompactString::from(text),
             hash,
         });
-        let i = u32::try_from(i).map_err(|_| TableFull)?;
-        let rehash = |i: &u32| table.entries.get(*i as usize).map_or(0, |e| e.hash);
-        map.insert_unique(hash, i, rehash);
-        Ok(Sym(i))
+        let sym = Sym(u32::try_from(i).map_err(|_| TableFull)?);
+        map.insert_unique(hash, CacheSlot::of(text, hash, sym), |slot| slot.hash);
+        Ok(sym)
     }
 
     /// The index in this process's table (for hashing inside the process).
@@ -135,7 +132,8 @@ pub(crate) struct SymCache {
 /// Texts up to this long are kept in their cache slot.
 const INLINE: usize = 19;
 
-/// One slot of [`SymCache`]: 32 bytes, two to a cache line.
+/// One slot of [`SymCache`] or of the table's index: 32 bytes, two to a
+/// cache line.
 #[derive(Clone, Copy)]
 struct CacheSlot {
     /// `model::shard::node` of the text.
@@ -335,6 +333,25 @@ mod tests {
                 assert_eq!((sa.text(), sb.text()), (a, b));
             }
         }
+    }
+
+    #[test]
+    fn the_table_finds_texts_inline_or_not() {
+        // Texts around the inline limit share a hash: the table's slots
+        // must tell them apart by text, whether held inline or not.
+        let texts: Vec<String> = (INLINE - 3..INLINE + 4)
+            .flat_map(|len| ["p", "q"].map(|c| format!("t:{}", c.repeat(len - 2))))
+            .collect();
+        let syms: Vec<Sym> = texts
+            .iter()
+            .map(|t| Sym::intern_hashed(t, 4242).unwrap())
+            .collect();
+        for (t, s) in texts.iter().zip(&syms) {
+            assert_eq!(s.text(), t);
+            assert_eq!(Sym::intern_hashed(t, 4242).unwrap(), *s);
+        }
+        let distinct: std::collections::BTreeSet<Sym> = syms.iter().copied().collect();
+        assert_eq!(distinct.len(), texts.len());
     }
 
     #[test]
