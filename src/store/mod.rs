@@ -121,6 +121,7 @@ mod export;
 mod layout;
 mod merge;
 mod reader;
+mod redo;
 mod view;
 mod writer;
 
@@ -253,6 +254,30 @@ impl StatCounters {
     }
 }
 
+/// Finishes a commit that a crash interrupted while it was being ingested:
+/// ingests its redo file again, then removes it (see `redo`).
+fn finish_from_redo(dir: &Path, db: &Db) -> Result<(), StoreError> {
+    let Some((names, set)) = redo::read(dir)? else {
+        return Ok(());
+    };
+    tracing::warn!(
+        "state directory {}: a replay's final commit was interrupted while it was being written; finishing it from {} (the state then holds that replay in full: do not replay its files again)",
+        dir.display(),
+        redo::path(dir).display()
+    );
+    let engine_err = |source| StoreError::Engine {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let ns = names
+        .iter()
+        .map(|name| db.namespace(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(engine_err)?;
+    db.ingest(&ns, &set).map_err(engine_err)?;
+    redo::remove(dir)
+}
+
 /// Everything that can go wrong in the store. Each variant names where.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -305,6 +330,17 @@ pub enum StoreError {
     Damaged { path: PathBuf, detail: String },
     #[error("state directory {}: {detail}", path.display())]
     BulkLoad { path: PathBuf, detail: String },
+    /// A one-off commit's ingestion failed after its redo file was made
+    /// durable (see `redo`): the next open finishes it.
+    #[error(
+        "state directory {}: the replay's final commit could not be written ({source}); it is kept in {}, and the next open of the state (any rdg command) finishes it: the state then holds this replay in full, so do not replay its files again",
+        path.display(), redo.display()
+    )]
+    CommitPending {
+        path: PathBuf,
+        redo: PathBuf,
+        source: EngineError,
+    },
     #[error("corrupt entry in tree {tree} at key {key}: {detail}")]
     Corrupt {
         tree: String,
@@ -770,6 +806,9 @@ impl Store {
             })?;
             layout::remove_bulk_marker(dir)?;
             may_be_empty = true;
+        }
+        if db.engine() == Engine::Fjall {
+            finish_from_redo(dir, &db)?;
         }
         Store::from_db(dir, db, lock, may_be_empty)
     }

@@ -633,6 +633,168 @@ fn overlong_type_name_is_an_error_not_a_panic(engine: Engine) {
     }
 }
 
+/// The changes of a continuing replay's one-off commit onto `seeded`: new
+/// nodes, edges and links, a removal, a position and counters.
+fn one_off_commit(store: &Store) -> Result<(), StoreError> {
+    let mut changes: Vec<Change> = (0..300)
+        .map(|i| node(&format!("profile:q{i}"), "playback", i))
+        .collect();
+    changes.extend((0..100).map(|i| Change::Edge {
+        edge_type: "watched".into(),
+        from: format!("profile:q{i}").into(),
+        to: format!("title:t{}", i % 7).into(),
+        dataflow: "playback".into(),
+        reverse: true,
+        record: Some(rec(i, "")),
+    }));
+    changes.push(Change::Link {
+        a: "account:a1".into(),
+        b: "device:d1".into(),
+        dataflow: "playback".into(),
+        record: None,
+    });
+    let mut progress = Progress::default();
+    progress
+        .positions
+        .insert(("playback".into(), "p.jsonl".into()), 4242);
+    progress.dataflows.insert(
+        "playback".into(),
+        crate::model::DataflowProgress {
+            events: 400,
+            late: 1,
+            watermark: Some(99),
+        },
+    );
+    let mut commit = store.begin_commit()?;
+    commit.changes(&changes)?;
+    commit.add(&[], &progress);
+    commit.finish()
+}
+
+fn export_text(store: &Store) -> Vec<u8> {
+    let mut out = Vec::new();
+    store.export(&mut out).expect("export");
+    out
+}
+
+/// A fjall commit made through its redo file (`store::redo`) that a crash
+/// cuts after the file is durable, before or during the ingestion of its
+/// namespaces, is finished by the next open: the state is the one of the
+/// uncut commit, and the file is gone.
+#[test]
+fn a_commit_cut_during_ingestion_is_finished_at_open() {
+    // The reference: the same commit as one write batch.
+    let reference = tempfile::tempdir().expect("tempdir");
+    let want = {
+        let store = seeded(reference.path(), Engine::Fjall);
+        let before = export_text(&store);
+        writer::INGEST_FROM.set(Some(usize::MAX));
+        one_off_commit(&store).expect("commit");
+        let after = export_text(&store);
+        assert_ne!(before, after, "the commit changed nothing");
+        (after, store.commit_count(), store.meta().expect("meta"))
+    };
+    writer::INGEST_FROM.set(Some(0));
+    // Uncut, then cut with none, some, or all but one namespaces ingested.
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = seeded(dir.path(), Engine::Fjall);
+        one_off_commit(&store).expect("commit");
+        assert!(!redo::path(dir.path()).exists(), "the redo file stayed");
+        assert!(
+            export_text(&store) == want.0,
+            "ingested, the commit differs from the batch"
+        );
+        drop(store);
+        let store = open(dir.path(), Engine::Fjall);
+        assert!(
+            export_text(&store) == want.0,
+            "reopened, the commit differs from the batch"
+        );
+    }
+    for ingested in [0, 2, usize::MAX] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = seeded(dir.path(), Engine::Fjall);
+            writer::STOP_AFTER_REDO.set(true);
+            let cut = one_off_commit(&store);
+            writer::STOP_AFTER_REDO.set(false);
+            assert!(cut.is_err(), "the commit was not cut");
+            let (names, set) = redo::read(dir.path()).expect("read").expect("a redo file");
+            let runs = set
+                .ops
+                .iter()
+                .map(|op| op.ns())
+                .collect::<std::collections::BTreeSet<_>>();
+            let keep: Vec<usize> = runs
+                .iter()
+                .copied()
+                .take(ingested.min(runs.len() - 1))
+                .collect();
+            let mut part = engine::WriteSet::default();
+            for op in set.ops.iter().filter(|op| keep.contains(&op.ns())) {
+                let key = part.push(set.bytes(op.key()));
+                match op.value() {
+                    Some(v) => {
+                        let value = part.push(set.bytes(v));
+                        part.put(op.ns(), key, value);
+                    }
+                    None => part.remove(op.ns(), key),
+                }
+            }
+            let ns: Vec<Ns> = names
+                .iter()
+                .map(|n| store.inner.db.namespace(n).expect("namespace"))
+                .collect();
+            store.inner.db.ingest(&ns, &part).expect("ingest a part");
+        }
+        let store = open(dir.path(), Engine::Fjall);
+        assert!(!redo::path(dir.path()).exists(), "the redo file stayed");
+        assert!(
+            export_text(&store) == want.0,
+            "cut with {ingested} namespaces ingested: the state differs from the uncut commit's"
+        );
+        assert_eq!(store.commit_count(), want.1);
+        assert_eq!(store.meta().expect("meta"), want.2);
+    }
+}
+
+/// A redo file that is damaged (a byte changed, or cut short) refuses the
+/// state with the file's name; a temporary one a crash left is ignored.
+#[test]
+fn a_damaged_redo_file_refuses_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    writer::INGEST_FROM.set(Some(0));
+    {
+        let store = seeded(dir.path(), Engine::Fjall);
+        writer::STOP_AFTER_REDO.set(true);
+        assert!(one_off_commit(&store).is_err());
+        writer::STOP_AFTER_REDO.set(false);
+    }
+    let path = redo::path(dir.path());
+    let good = std::fs::read(&path).expect("read");
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 1;
+    for bad in [flipped, good[..good.len() - 3].to_vec()] {
+        std::fs::write(&path, &bad).expect("write");
+        let err = Store::open_with(dir.path(), &StoreOptions::default())
+            .map(|_| ())
+            .expect_err("a damaged redo file was accepted");
+        let text = err.to_string();
+        assert!(
+            matches!(err, StoreError::Damaged { .. })
+                && text.contains("rdg-redo")
+                && text.contains("checksum"),
+            "{text}"
+        );
+    }
+    // Without the redo file, a temporary one is a commit that never began.
+    std::fs::rename(&path, dir.path().join("rdg-redo.tmp")).expect("rename");
+    let store = open(dir.path(), Engine::Fjall);
+    assert!(!dir.path().join("rdg-redo.tmp").exists());
+    assert_eq!(store.commit_count(), 1);
+}
+
 macro_rules! both_engines {
     ($($name:ident),* $(,)?) => {
         mod on_fjall {

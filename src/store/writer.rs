@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use compact_str::CompactString;
 
-use super::engine::{Ns, Span, WriteSet};
+use super::engine::{Engine, Ns, Span, WriteSet};
 use super::{
-    DataflowCounters, DeadLetterRef, Family, META_COMMITS, META_DATAFLOW, META_POSITION, Store,
-    StoreError, codec,
+    AUTO_INGEST_BYTES, DataflowCounters, DeadLetterRef, Family, META_COMMITS, META_DATAFLOW,
+    META_POSITION, Store, StoreError, codec,
 };
 use crate::model::{Change, DataflowProgress, DeadLetter, Progress, Record, split_ident};
 
@@ -367,6 +367,39 @@ impl Store {
         })
     }
 
+    /// Applies a one-off commit: on fjall, from [`AUTO_INGEST_BYTES`] on,
+    /// by ingestion through the redo file (`store::redo`: all of it or none
+    /// after a crash; a continuing replay's commit of 2M events went in 2.0 s
+    /// instead of 4.4 s as a batch); smaller ones, and sled's, as one write.
+    fn apply_large(&self, plan: &Plan) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        if inner.db.engine() != Engine::Fjall || plan.set.arena.len() < ingest_from_bytes() {
+            return inner
+                .db
+                .write(&plan.ns, &plan.set)
+                .map_err(|e| self.engine_err(e));
+        }
+        plan.set.check().map_err(|e| self.engine_err(e))?;
+        let names: Vec<String> = plan.ns.iter().map(Ns::name).collect();
+        super::redo::write(&inner.path, &names, &plan.set)?;
+        #[cfg(test)]
+        if STOP_AFTER_REDO.get() {
+            return Err(StoreError::Io {
+                path: inner.path.clone(),
+                source: std::io::Error::other("stopped after the redo file, as by a crash"),
+            });
+        }
+        inner
+            .db
+            .ingest(&plan.ns, &plan.set)
+            .map_err(|source| StoreError::CommitPending {
+                path: inner.path.clone(),
+                redo: super::redo::path(&inner.path),
+                source,
+            })?;
+        super::redo::remove(&inner.path)
+    }
+
     fn refuse_during_bulk_load(&self) -> Result<(), StoreError> {
         if self.inner.bulk.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::BulkLoad {
@@ -376,6 +409,25 @@ impl Store {
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a fjall commit of this thread stops once its redo file is
+    /// durable, before any ingestion, as a crash there would.
+    pub(crate) static STOP_AFTER_REDO: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests: the size from which this thread's one-off commits are
+    /// ingested, instead of [`AUTO_INGEST_BYTES`].
+    pub(crate) static INGEST_FROM: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The size of a one-off commit from which fjall ingests it.
+fn ingest_from_bytes() -> usize {
+    #[cfg(test)]
+    if let Some(bytes) = INGEST_FROM.get() {
+        return bytes;
+    }
+    AUTO_INGEST_BYTES
 }
 
 /// One atomic commit built up in parts: [`PendingCommit::changes`] encodes
@@ -478,11 +530,7 @@ impl PendingCommit {
         {
             // Readers wait while the engine applies it (see "Isolation").
             let _exclusive = store.gate_exclusive();
-            store
-                .inner
-                .db
-                .write(&plan.ns, &plan.set)
-                .map_err(|e| store.engine_err(e))?;
+            store.apply_large(&plan)?;
             store
                 .inner
                 .commits

@@ -130,9 +130,14 @@ impl FjallDb {
         if !ingest {
             return Ok(self.batch(ns, set)?.commit()?);
         }
-        // One sorted run per keyspace, ingested side by side on rayon's
-        // pool: each writes its own tables (fjall serializes only their
-        // registration, in `finish`).
+        self.ingest(ns, set)
+    }
+
+    /// Writes a normalized set by ingestion: one sorted run per keyspace,
+    /// side by side on rayon's pool (each writes its own tables; fjall
+    /// serializes only their registration, in `finish`). Atomic per
+    /// keyspace only; durable when it returns.
+    pub fn ingest(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
         let mut runs = Vec::new();
         let mut rest = &set.ops[..];
         while let Some(first) = rest.first() {

@@ -179,6 +179,16 @@ pub(crate) enum Ns {
     Sled(::sled::Tree),
 }
 
+impl Ns {
+    /// The namespace's name in its database.
+    pub fn name(&self) -> String {
+        match self {
+            Ns::Fjall(ks) => ks.name().to_string(),
+            Ns::Sled(tree) => String::from_utf8_lossy(&tree.name()).into_owned(),
+        }
+    }
+}
+
 /// Key-value pairs in key order.
 pub(crate) type KvIter = Box<dyn Iterator<Item = Result<(Bytes, Bytes), EngineError>> + Send>;
 
@@ -534,6 +544,17 @@ impl Db {
         match self {
             Db::Fjall(db) => db.bulk_write(ns, set, method),
             Db::Sled(db) => db.bulk_write(ns, set),
+        }
+    }
+
+    /// Writes a normalized set by ingestion (fjall only): atomic per
+    /// namespace, not across them (the caller's redo file covers a crash);
+    /// durable when it returns.
+    pub fn ingest(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
+        set.check()?;
+        match self {
+            Db::Fjall(db) => db.ingest(ns, set),
+            Db::Sled(_) => Err(EngineError::Mismatch("database")),
         }
     }
 
