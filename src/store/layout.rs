@@ -46,7 +46,7 @@ const DURABLE_FILE: &str = "rdg-durable";
 /// How long to wait for another process's lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_millis(250);
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -153,10 +153,18 @@ pub(crate) fn record_durable(dir: &Path, commits: u64) -> Result<(), StoreError>
 
 /// Forgets the durable commit count (before the state is wiped empty).
 pub(crate) fn remove_durable(dir: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(dir.join(DURABLE_FILE)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(dir)(e)),
+    remove_durably(dir, &[DURABLE_FILE])
+}
+
+/// Removes the files `names` of the state directory `dir` (those missing
+/// are fine), then syncs the directory so the removal lasts.
+pub(crate) fn remove_durably(dir: &Path, names: &[&str]) -> Result<(), StoreError> {
+    for name in names {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(dir)(e)),
+        }
     }
     sync_dir(dir)
 }
@@ -181,12 +189,7 @@ pub(crate) fn write_bulk_marker(dir: &Path) -> Result<(), StoreError> {
 
 /// Marks the bulk load as finished, durably.
 pub(crate) fn remove_bulk_marker(dir: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(bulk_path(dir)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(dir)(e)),
-    }
-    sync_dir(dir)
+    remove_durably(dir, &[BULK_FILE])
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -195,7 +198,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.sync_all().map_err(io_err(path))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))

@@ -26,19 +26,13 @@ use std::path::{Path, PathBuf};
 
 use super::StoreError;
 use super::engine::WriteSet;
+use super::layout::{self, io_err, sync_dir};
 
 const FILE: &str = "rdg-redo";
 const TMP: &str = "rdg-redo.tmp";
 const MAGIC: &[u8; 8] = b"RDGREDO1";
 /// The value length of a removal.
 const REMOVAL: u32 = u32::MAX;
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// The redo file of `dir`'s state.
 pub(crate) fn path(dir: &Path) -> PathBuf {
@@ -107,15 +101,7 @@ fn encode(names: &[String], set: &WriteSet, out: &mut impl Write) -> std::io::Re
 /// Removes the redo file (the commit is in every namespace), durably, and
 /// any unfinished temporary file.
 pub(crate) fn remove(dir: &Path) -> Result<(), StoreError> {
-    for name in [FILE, TMP] {
-        let p = dir.join(name);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&p)(e)),
-        }
-    }
-    sync_dir(dir)
+    layout::remove_durably(dir, &[FILE, TMP])
 }
 
 /// The commit of the redo file, if there is one: the namespaces' names and
@@ -232,10 +218,4 @@ impl<W: Write> Write for Summed<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }

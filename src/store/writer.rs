@@ -379,6 +379,8 @@ impl Store {
                 .write(&plan.ns, &plan.set)
                 .map_err(|e| self.engine_err(e));
         }
+        // Refused before the redo file: a set the engine refuses there would
+        // be refused again at every open.
         plan.set.check().map_err(|e| self.engine_err(e))?;
         let names: Vec<String> = plan.ns.iter().map(Ns::name).collect();
         super::redo::write(&inner.path, &names, &plan.set)?;
