@@ -554,7 +554,14 @@ fn run_into_sink(
         None
     } else {
         Some(Box::new(
-            store.contributions().map(|c| c.map_err(|e| e.to_string())),
+            // One process holds every stored assignment: identity starts
+            // from them (`dataflow::rebuild`).
+            if config.cluster.is_none() {
+                store.contributions_and_identity()
+            } else {
+                store.contributions()
+            }
+            .map(|c| c.map_err(|e| e.to_string())),
         ))
     };
     let positions = meta

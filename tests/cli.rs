@@ -271,6 +271,33 @@ fn replay_topic_flag_reads_an_oddly_named_file() {
     );
 }
 
+/// A restart writes only what changed: replaying nothing into a state
+/// (here, an empty file) rebuilds the folds and identity from the store and
+/// writes no key, on either engine: before identity started from the
+/// stored assignments, every identifier and cluster member was written
+/// again, unchanged.
+#[test]
+fn replaying_nothing_into_a_state_writes_nothing() {
+    for engine in ["fjall", "sled"] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        replay_with(&["--engine", engine], &state, 2, &data_files());
+        let before = export(&state);
+        assert!(
+            before.contains("\"ns\":\"identity\""),
+            "{engine}: no identity in the sample"
+        );
+        let empty = tmp.path().join("empty.jsonl");
+        std::fs::write(&empty, "").expect("empty file");
+        let topic = format!("playback={}", empty.display());
+        let out = replay_with(&["--json", "--topic", &topic], &state, 2, &[]);
+        let summary: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{engine}: summary is not JSON ({e}): {out}"));
+        assert_eq!(summary["store_keys_written"], 0, "{engine}: {summary}");
+        assert_eq!(export(&state), before, "{engine}");
+    }
+}
+
 #[test]
 fn replay_summary_agrees_with_the_export_and_the_input() {
     let tmp = tempfile::tempdir().expect("tempdir");

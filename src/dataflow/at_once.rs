@@ -9,7 +9,7 @@
 //! live links (hubs by distinct-neighbour count, first_seen as the earliest
 //! live link, components by minimum label over links between non-hubs),
 //! and the updates emitted are the difference from the assignments given
-//! before. A time's updates change the assignment only of an identifier
+//! before (by earlier completions, or preloaded from the store). A time's updates change the assignment only of an identifier
 //! they touch (an endpoint of a pair whose facts changed) or of one in the
 //! old component of such an identifier or of a neighbour of one whose hub
 //! status changed: those components are taken apart and found again by a
@@ -76,6 +76,9 @@ pub(crate) struct AtOnce {
     members: Vec<Vec<u32>>,
     labels: Vec<Sym>,
     free: Vec<u32>,
+    /// Identifiers given an assignment by [`AtOnce::preload`] since the
+    /// last completion: the next one finds theirs again.
+    preloaded: Vec<u32>,
     /// Counts completions, for the nodes' marks.
     round: u32,
     /// Reused by every completion.
@@ -97,6 +100,16 @@ impl AtOnce {
         self.pending.push((fact, diff));
     }
 
+    /// Takes `a` as the assignment already given to `x` (stored by an
+    /// earlier run of the same process): the next completion finds `x`'s
+    /// assignment again and emits only how it differs from `a` (its
+    /// retraction, if `x` has no live link by then).
+    pub fn preload(&mut self, x: Sym, a: Assignment, config: &IdentityConfig) {
+        let i = self.node(x, config);
+        self.nodes[i as usize].given = Some(a);
+        self.preloaded.push(i);
+    }
+
     /// The updates pushed so far complete a time: appends to `out` how every
     /// identifier's assignment changed (`-1` the old, `+1` the new).
     pub fn complete(&mut self, config: &IdentityConfig, out: &mut Vec<((Sym, Assignment), isize)>) {
@@ -110,6 +123,12 @@ impl AtOnce {
             self.round = 1;
         }
         let mut s = std::mem::take(&mut self.scratch);
+        let preloaded = std::mem::take(&mut self.preloaded);
+        for &i in &preloaded {
+            self.touch(i, &mut s);
+        }
+        self.preloaded = preloaded;
+        self.preloaded.clear();
         let pending = std::mem::take(&mut self.pending);
         for &(((a, b), fs), diff) in &pending {
             let (a, b) = (self.node(a, config), self.node(b, config));
@@ -450,6 +469,73 @@ mod tests {
         }
         // The limits made hubs, which came and went.
         assert!(hubs > 1000, "{hubs}");
+    }
+
+    /// A restart: the stored assignments (some stale: another cluster, a
+    /// hub flag flipped, missing, or an identifier with no live link left)
+    /// are preloaded, the stored links pushed, and one completion emits
+    /// exactly the differences: the result equals the reference, and every
+    /// assignment stored right is left alone.
+    #[test]
+    fn a_preloaded_baseline_is_only_corrected() {
+        let config = IdentityConfig {
+            max_links: 3,
+            ..IdentityConfig::default()
+        };
+        for seed in 0..100u64 {
+            let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+            let id = |rng: &mut rand::rngs::Xoshiro256PlusPlus| {
+                Sym::intern(&format!("account:p{}", rng.random_range(0..40))).unwrap()
+            };
+            let mut live: BTreeMap<LinkFact, isize> = BTreeMap::new();
+            for _ in 0..rng.random_range(1..60) {
+                let (a, b) = (id(&mut rng), id(&mut rng));
+                if a != b {
+                    let pair = if ByText(a) < ByText(b) {
+                        (a, b)
+                    } else {
+                        (b, a)
+                    };
+                    live.insert((pair, rng.random_range(0..50)), 1);
+                }
+            }
+            let expected = from_scratch(&live, &config);
+            let mut stored = expected.clone();
+            for (x, a) in stored.iter_mut() {
+                match rng.random_range(0..8) {
+                    0 => a.0 = *x,
+                    1 => a.1 = !a.1,
+                    _ => {}
+                }
+            }
+            stored.retain(|_, _| rng.random_range(0..10) != 0);
+            let wrong = stored.iter().filter(|(x, a)| expected[*x] != **a).count();
+            let missing = expected.keys().filter(|x| !stored.contains_key(x)).count();
+            let gone = Sym::intern(&format!("account:gone{seed}")).unwrap();
+            stored.insert(gone, (gone, false));
+
+            let mut state = AtOnce::default();
+            for (x, a) in &stored {
+                state.preload(*x, *a, &config);
+            }
+            for (fact, d) in &live {
+                state.push(*fact, *d);
+            }
+            let mut out = Vec::new();
+            state.complete(&config, &mut out);
+            // Each wrong one retracted and given again, each missing one
+            // given, the one without links retracted; nothing else.
+            assert_eq!(out.len(), 2 * wrong + missing + 1, "seed {seed}: {out:?}");
+            let mut given: BTreeMap<(Sym, Assignment), isize> =
+                stored.iter().map(|(x, a)| ((*x, *a), 1)).collect();
+            for (u, d) in out {
+                *given.entry(u).or_default() += d;
+            }
+            given.retain(|_, d| *d != 0);
+            assert!(given.values().all(|d| *d == 1), "seed {seed}: {given:?}");
+            let got: BTreeMap<Sym, Assignment> = given.keys().copied().collect();
+            assert_eq!(got, expected, "seed {seed}");
+        }
     }
 
     #[test]

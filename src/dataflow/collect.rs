@@ -66,11 +66,14 @@ pub(crate) fn collect<'s>(
                 input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
                         // Time 0 rebuilds the folds from the store: their
-                        // records are already stored. Identity assignments
-                        // are written again: in a cluster, the process
-                        // owning an identifier may have committed fewer
-                        // times than the processes owning its links, and
-                        // time 0 is the only moment that says what the
+                        // records are already stored. Identity's updates at
+                        // time 0 are kept: in one process they are what the
+                        // loaded links imply against the stored assignments
+                        // (`dataflow::rebuild`), usually nothing; in a
+                        // cluster every assignment comes again, since the
+                        // process owning an identifier may have committed
+                        // fewer times than the processes owning its links,
+                        // and time 0 is the only moment that says what the
                         // loaded links imply.
                         if t == 0 && !matches!(x, ToStore::Cluster(..)) {
                             continue;

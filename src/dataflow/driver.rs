@@ -21,9 +21,10 @@ use compact_str::CompactString;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::ProbeHandle;
 
+use super::at_once::Assignment;
 use super::ops::{Feeder, Names, Op};
 use super::stages::Stage;
-use super::symbols::SymCache;
+use super::symbols::{Sym, SymCache};
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
 use crate::model::{DataflowProgress, DeadLetter, Progress};
 use crate::source::{Poll, RawRecord, Source};
@@ -74,6 +75,9 @@ pub(super) struct Inputs {
     pub watermarks: Vec<InputHandleVec<u64, i64>>,
     /// (dataflow, partition key, next position, time)
     pub positions: InputHandleVec<u64, (usize, String, u64, u64)>,
+    /// Identity assignments stored by an earlier run (the rebuild of a
+    /// single process, at time 0).
+    pub given: InputHandleVec<u64, (Sym, Assignment)>,
     pub probe: ProbeHandle<u64>,
 }
 
@@ -95,6 +99,7 @@ impl Inputs {
             h.advance_to(t);
         }
         self.positions.advance_to(t);
+        self.given.advance_to(t);
     }
 
     /// Closes every input: this worker sends nothing more.
@@ -102,6 +107,7 @@ impl Inputs {
         drop(self.ops);
         drop(self.watermarks);
         drop(self.positions);
+        drop(self.given);
         self.probe
     }
 }

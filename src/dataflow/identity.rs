@@ -85,43 +85,70 @@ type Waiting = (Capability<u64>, Vec<(LinkFact, isize)>);
 /// to the worker that [`stitch`]'s last arrangement would put them on
 /// (differential's hash of the identifier), so either operator's output
 /// meets the same collector.
+///
+/// `given`: assignments stored by an earlier run (a single process's
+/// rebuild, at time 0), preloaded as already given, so the completion of
+/// their time emits only what differs from them ([`AtOnce::preload`]).
 pub(crate) fn stitch_at_once<'s>(
     links: StreamVec<'s, u64, (LinkFact, u64, isize)>,
+    given: StreamVec<'s, u64, (Sym, Assignment)>,
     config: Arc<IdentityConfig>,
 ) -> StreamVec<'s, u64, ((Sym, Assignment), u64, isize)> {
     let gather = Exchange::new(|_: &(LinkFact, u64, isize)| 0);
+    let gather_given = Exchange::new(|_: &(Sym, Assignment)| 0);
     links
-        .unary_frontier(gather, "identity.at_once", move |_cap, _info| {
-            let mut state = AtOnce::default();
-            // Updates by the time they belong to (at or after their message's).
-            let mut pending: BTreeMap<u64, Waiting> = BTreeMap::new();
-            let mut out = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for (fact, t, diff) in data.drain(..) {
-                        let entry = pending.entry(t).or_insert_with(|| {
-                            (cap.delayed(&t, output.output_index()), Vec::new())
-                        });
-                        entry.1.push((fact, diff));
+        .binary_frontier(
+            given,
+            gather,
+            gather_given,
+            "identity.at_once",
+            move |_cap, _info| {
+                let mut state = AtOnce::default();
+                // Updates by the time they belong to (at or after their
+                // message's).
+                let mut pending: BTreeMap<u64, Waiting> = BTreeMap::new();
+                let mut out = Vec::new();
+                move |(links, links_frontier), (given, given_frontier), output| {
+                    links.for_each(|cap, data| {
+                        for (fact, t, diff) in data.drain(..) {
+                            let entry = pending.entry(t).or_insert_with(|| {
+                                (cap.delayed(&t, output.output_index()), Vec::new())
+                            });
+                            entry.1.push((fact, diff));
+                        }
+                    });
+                    given.for_each(|cap, data| {
+                        // Their time completes (and retracts the ones left
+                        // without links) even if no link update comes.
+                        if let Some(&t) = cap.least() {
+                            pending.entry(t).or_insert_with(|| {
+                                (cap.delayed(&t, output.output_index()), Vec::new())
+                            });
+                        }
+                        for (x, a) in data.drain(..) {
+                            state.preload(x, a, &config);
+                        }
+                    });
+                    let complete_below =
+                        |t: &u64| !links_frontier.less_equal(t) && !given_frontier.less_equal(t);
+                    while let Some((&t, _)) = pending.first_key_value() {
+                        if !complete_below(&t) {
+                            break;
+                        }
+                        let Some((_, (cap, updates))) = pending.pop_first() else {
+                            break;
+                        };
+                        for (fact, diff) in updates {
+                            state.push(fact, diff);
+                        }
+                        state.complete(&config, &mut out);
+                        output
+                            .session(&cap)
+                            .give_iterator(out.drain(..).map(|(x, diff)| (x, t, diff)));
                     }
-                });
-                while let Some((&t, _)) = pending.first_key_value() {
-                    if frontier.less_equal(&t) {
-                        break;
-                    }
-                    let Some((_, (cap, updates))) = pending.pop_first() else {
-                        break;
-                    };
-                    for (fact, diff) in updates {
-                        state.push(fact, diff);
-                    }
-                    state.complete(&config, &mut out);
-                    output
-                        .session(&cap)
-                        .give_iterator(out.drain(..).map(|(x, diff)| (x, t, diff)));
                 }
-            }
-        })
+            },
+        )
         .exchange(|((x, _), _, _): &((Sym, Assignment), u64, isize)| x.hashed())
 }
 
@@ -215,7 +242,9 @@ mod tests {
                 stitch(links.clone().as_collection(), config.clone())
                     .inner
                     .inspect(sink(o0.clone()));
-                stitch_at_once(links, config.clone()).inspect(sink(o1.clone()));
+                // No stored assignments: the input closes at once.
+                let (_, given) = scope.new_input::<Vec<(Sym, Assignment)>>();
+                stitch_at_once(links, given, config.clone()).inspect(sink(o1.clone()));
                 input
             });
             for (t, batch) in batches.iter().enumerate() {

@@ -34,10 +34,12 @@ use differential_dataflow::AsCollection;
 use crate::model::{Change, ClusterShape, DeadLetter, Progress};
 use crate::source::{Source, SourceError};
 use crate::spec::Plan;
+use at_once::Assignment;
 use collect::ToStore;
 use ops::{Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
+use symbols::Sym;
 pub use tally::Tally;
 
 /// What the dataflow hands to whoever persists it.
@@ -303,7 +305,14 @@ fn run_worker(
     let mut inputs = build(worker, config, plan, start, &names, local, emit);
     // Time 0: rebuild the folds' state from this process's store (its
     // workers take chunks of it; exchange sends each record to its owner).
-    rebuild(worker, &mut inputs, plan, start, &names)?;
+    rebuild(
+        worker,
+        &mut inputs,
+        plan,
+        start,
+        &names,
+        config.cluster.is_none(),
+    )?;
     let reader = driver::Reader::new(plan, start, config, &names, sources(index, peers, &resume)?)?;
     driver::drive(worker, inputs, reader, &names, local, emit)
 }
@@ -345,6 +354,7 @@ fn build(
     let tally = config.tally;
     worker.dataflow::<u64, _, _>(|scope| {
         let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
+        let (given_in, given) = scope.new_input::<Vec<(Sym, Assignment)>>();
         let mut ops_in = Vec::new();
         let mut watermarks_in = Vec::new();
         let mut to_store = Vec::new();
@@ -398,7 +408,8 @@ fn build(
             // link to one worker, so a cluster keeps differential's,
             // spread by key, unless it is asked only at the end.
             if at_end || one_process {
-                identity::stitch_at_once(links, identity_config).leave(scope)
+                let given = given.enter(region);
+                identity::stitch_at_once(links, given, identity_config).leave(scope)
             } else {
                 identity::stitch(links.as_collection(), identity_config)
                     .inner
@@ -418,6 +429,7 @@ fn build(
             ops: ops_in,
             watermarks: watermarks_in,
             positions: positions_in,
+            given: given_in,
             probe,
         }
     })
@@ -432,12 +444,19 @@ const REBUILD_CHUNK: usize = 4096;
 /// steps after each chunk, so the folds apply the loads as they arrive
 /// (`fold.rs`) instead of every stored record waiting as an op in timely's
 /// queues until the rebuild ends.
+///
+/// With `one_process`, stored identity assignments (`Change::Cluster`) go
+/// to identity as already given, so time 0 writes only the ones the loaded
+/// links no longer imply. Across processes each store holds its own share
+/// of them, so there every assignment is written again instead (see the
+/// collector).
 fn rebuild(
     worker: &mut timely::worker::Worker,
     inputs: &mut driver::Inputs,
     plan: &Plan,
     start: &Start,
     names: &Names,
+    one_process: bool,
 ) -> Result<(), DataflowError> {
     let by_name: BTreeMap<&str, usize> = plan
         .dataflows
@@ -463,7 +482,15 @@ fn rebuild(
         }
         for c in chunk.drain(..) {
             let c = c.map_err(DataflowError::Rebuild)?;
-            load_op(inputs, &c, &by_name, &retentions, names)?;
+            match &c {
+                Change::Cluster {
+                    id,
+                    cluster: Some(of),
+                } if one_process => inputs
+                    .given
+                    .send((Sym::intern(id)?, (Sym::intern(&of.cluster)?, of.hub))),
+                _ => load_op(inputs, &c, &by_name, &retentions, names)?,
+            }
         }
         worker.step();
     }

@@ -338,6 +338,18 @@ impl Store {
     /// stream that held the gate would block every commit until it was
     /// dropped.
     pub fn contributions(&self) -> Contributions {
+        self.contributions_from(false)
+    }
+
+    /// [`Store::contributions`], then every identifier's stored assignment
+    /// as a `Change::Cluster` (from `identity/id`): what the rebuild of a
+    /// single process gives identity as the assignments already stored, so
+    /// that only the ones that differ are written again.
+    pub fn contributions_and_identity(&self) -> Contributions {
+        self.contributions_from(true)
+    }
+
+    fn contributions_from(&self, identity: bool) -> Contributions {
         let mut sources = VecDeque::new();
         for (name, tree) in self.dyn_trees(Family::Node) {
             sources.push_back((Source::Node(name), tree));
@@ -346,6 +358,9 @@ impl Store {
             sources.push_back((Source::Edge(name), tree));
         }
         sources.push_back((Source::Link, self.inner.link.clone()));
+        if identity {
+            sources.push_back((Source::Identity, self.inner.id.clone()));
+        }
         Contributions {
             store: self.clone(),
             snap: self.inner.db.snapshot(),
@@ -361,6 +376,7 @@ enum Source {
     Node(CompactString),
     Edge(CompactString),
     Link,
+    Identity,
 }
 
 /// The iterator of [`Store::contributions`].
@@ -415,6 +431,15 @@ impl Contributions {
                     b: b.as_ref().into(),
                     dataflow: dataflow.as_ref().into(),
                     record: Some(record),
+                }))
+            }
+            Source::Identity => {
+                let c = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_ID, k, d);
+                let [id] = decode_strs::<1>(k).map_err(|e| c(&e))?;
+                let cluster = decode_cluster_of(v).map_err(|e| c(&e))?;
+                Ok(Some(Change::Cluster {
+                    id: id.as_ref().into(),
+                    cluster: Some(cluster),
                 }))
             }
         }
