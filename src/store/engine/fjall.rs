@@ -91,7 +91,18 @@ impl FjallDb {
             return Err(EngineError::Name(name.to_string()));
         }
         Ok(self.db.keyspace(name, || {
-            KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            // Tables from level 1 on lz4-compressed (fjall's default
+            // starts at level 2): a bulk load's and a continue's ingested
+            // runs land in level 1, and compressed they take half the disk
+            // (2M events: 334 → 168 MB) for the same load time, and a
+            // continue reads them back faster (docs/performance.md). A
+            // keyspace keeps the policy it was created with.
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(MEMTABLE_BYTES)
+                .data_block_compression_policy(fjall::config::CompressionPolicy::new([
+                    fjall::CompressionType::None,
+                    fjall::CompressionType::Lz4,
+                ]))
         })?)
     }
 
