@@ -394,6 +394,15 @@ mod tests {
             .collect()
     }
 
+    /// A link's pair, the smaller by text first.
+    fn ordered(a: Sym, b: Sym) -> (Sym, Sym) {
+        if ByText(a) < ByText(b) {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
     /// Random completions over `ids` identifiers per type: new facts (a
     /// pair again with another first_seen, as a second dataflow would),
     /// removals, first_seen changes; after each, the assignments given (the
@@ -424,12 +433,7 @@ mod tests {
                     0..=2 => {
                         let (a, b) = (id(&mut rng), id(&mut rng));
                         if a != b {
-                            let pair = if ByText(a) < ByText(b) {
-                                (a, b)
-                            } else {
-                                (b, a)
-                            };
-                            update((pair, rng.random_range(0..50)), 1);
+                            update((ordered(a, b), rng.random_range(0..50)), 1);
                         }
                     }
                     3 | 4 if !facts.is_empty() => {
@@ -491,12 +495,7 @@ mod tests {
             for _ in 0..rng.random_range(1..60) {
                 let (a, b) = (id(&mut rng), id(&mut rng));
                 if a != b {
-                    let pair = if ByText(a) < ByText(b) {
-                        (a, b)
-                    } else {
-                        (b, a)
-                    };
-                    live.insert((pair, rng.random_range(0..50)), 1);
+                    live.insert((ordered(a, b), rng.random_range(0..50)), 1);
                 }
             }
             let expected = from_scratch(&live, &config);
