@@ -123,12 +123,10 @@ impl AtOnce {
             self.round = 1;
         }
         let mut s = std::mem::take(&mut self.scratch);
-        let preloaded = std::mem::take(&mut self.preloaded);
-        for &i in &preloaded {
+        // Preloading happens once (the rebuild): its list is not kept.
+        for i in std::mem::take(&mut self.preloaded) {
             self.touch(i, &mut s);
         }
-        self.preloaded = preloaded;
-        self.preloaded.clear();
         let pending = std::mem::take(&mut self.pending);
         for &(((a, b), fs), diff) in &pending {
             let (a, b) = (self.node(a, config), self.node(b, config));
