@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Produce-to-queryable latency against a real broker (tansu, loopback): a
 # live `rdg run --listen` with W workers; scripts/latency_probe.py sends
-# playback events at each RATE with kafka-python and times, for one event in
-# 200, broker acknowledgement -> its profile node readable over HTTP.
+# playback events at each RATE with kafka-python and times, for about 25
+# events a second, broker acknowledgement -> its profile node readable over
+# HTTP (one kept-alive connection). PROBE_TRACE=FILE keeps each probe.
 #   scripts/bench-latency.sh [WORKERS] [SECONDS] [RATE...]
 # BENCH_LOAD_RATE=N adds a steady background load while each probe runs:
 # `rdg produce --rate N` sends generated events to every topic (the probe's

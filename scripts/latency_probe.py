@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
 """Produce-to-queryable latency: sends playback events to Kafka at a fixed
-rate (kafka-python) and, for one event in every PROBE_EVERY, measures the time
+rate (kafka-python) and, for about 25 events a second, measures the time
 from the broker's acknowledgement to the moment its profile node is readable
 through rdg's HTTP API (`GET /v1/nodes/profile/ID` answering 200).
 
 usage: latency_probe.py BROKERS TOPIC API_URL RATE SECONDS
-Prints p50/p90/p99/max in ms and the rate actually sent.
+Prints p50/p90/p99/max in ms and the rate actually sent. PROBE_TRACE=FILE
+also writes each probe's acknowledgement (Unix time, s) and latency (ms) to
+FILE, a line each, to line up with rdg's own logs.
 """
+import http.client
 import json
+import os
 import sys
 import threading
 import time
-import urllib.request
+import urllib.parse
 
 from kafka import KafkaProducer
 
-PROBE_EVERY = 200
+PROBES_PER_SECOND = 25
 
 
 def main() -> int:
     brokers, topic, api, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+    # One event in every `every` is a probe: about 25 a second at any rate.
+    every = max(1, round(rate / PROBES_PER_SECOND))
     producer = KafkaProducer(bootstrap_servers=brokers, linger_ms=2, acks=1)
     acked = {}
     lock = threading.Lock()
@@ -32,6 +38,19 @@ def main() -> int:
                 acked[pid] = time.monotonic()
         return cb
 
+    # One kept-alive connection: a new TCP connection per try would cost
+    # rdg's server (and this probe) more than the lookup itself.
+    url = urllib.parse.urlsplit(api)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=2)
+
+    def readable(path):
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        if r.status not in (200, 404):
+            raise RuntimeError(f"GET {path}: HTTP {r.status}")
+        return r.status == 200
+
     def poller():
         latencies = []
         while not (done.is_set() and not probes):
@@ -41,17 +60,10 @@ def main() -> int:
             if pid is None or t_ack is None:
                 time.sleep(0.001)
                 continue
-            url = f"{api}/v1/nodes/profile/{pid}"
-            while True:
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except urllib.error.HTTPError as e:
-                    if e.code != 404:
-                        raise
+            path = f"/v1/nodes/profile/{pid}"
+            while not readable(path):
                 time.sleep(0.001)
-            latencies.append((time.monotonic() - t_ack) * 1000.0)
+            latencies.append((t_ack - start, (time.monotonic() - t_ack) * 1000.0))
             with lock:
                 probes.pop(0)
         result.extend(latencies)
@@ -60,6 +72,7 @@ def main() -> int:
     t = threading.Thread(target=poller)
     t.start()
     start = time.monotonic()
+    wall0 = time.time()
     i = 0
     while time.monotonic() - start < seconds:
         target = start + i / rate
@@ -70,7 +83,7 @@ def main() -> int:
         ev = {"ts": int(time.time() * 1000), "event": "play_start", "account_id": f"lat-acc{i % 1000}",
               "profile_id": pid, "title_id": f"title{i % 100}", "device_id": f"lat-dev{i % 500}"}
         fut = producer.send(topic, key=ev["account_id"].encode(), value=json.dumps(ev).encode())
-        if i % PROBE_EVERY == 0:
+        if i % every == 0:
             with lock:
                 probes.append(pid)
             fut.add_callback(on_ack(pid))
@@ -79,7 +92,11 @@ def main() -> int:
     sent_rate = i / (time.monotonic() - start)
     done.set()
     t.join()
-    result.sort()
+    trace = os.environ.get("PROBE_TRACE")
+    if trace:
+        with open(trace, "w") as f:
+            f.writelines(f"{at + wall0:.3f} {ms:.1f}\n" for at, ms in result)
+    result = sorted(ms for _, ms in result)
     if not result:
         print("no probes measured")
         return 1
