@@ -227,9 +227,8 @@ pub(crate) struct Feeder {
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
     scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
-    /// The stable hashes of one event's identifiers, in the order `feed`
-    /// interns them.
-    hashes: Vec<u64>,
+    /// The symbols of one event's identifiers.
+    ids: EventSyms,
 }
 
 impl Feeder {
@@ -244,7 +243,7 @@ impl Feeder {
             edge_types,
             watermark,
             scratch: Vec::new(),
-            hashes: Vec::new(),
+            ids: EventSyms::default(),
         }
     }
 
@@ -261,28 +260,12 @@ impl Feeder {
     ) -> Result<(), TableFull> {
         let wm = self.watermark;
         self.scratch.clear();
-        // Every identifier's hash first, each one's cache slot asked for as
-        // it is computed, so the slots' cache misses overlap; the interning
-        // below takes the hashes in the same order.
-        self.hashes.clear();
-        for (_, id, _) in &ev.nodes {
-            self.hashes.push(symbols.hash_and_prefetch(id));
-        }
-        for (_, from, to, _) in &ev.edges {
-            self.hashes.push(symbols.hash_and_prefetch(from));
-            self.hashes.push(symbols.hash_and_prefetch(to));
-        }
-        for (_, a, b) in &ev.links {
-            self.hashes.push(symbols.hash_and_prefetch(a));
-            self.hashes.push(symbols.hash_and_prefetch(b));
-        }
-        let mut hashes = self.hashes.iter().copied();
-        let mut intern = |text: &str| {
-            let h = hashes.next().unwrap_or_else(|| shard::node(text));
-            symbols.intern_hashed(text, h).map(|sym| (sym, h))
-        };
-        for (rule, id, props) in ev.nodes.drain(..) {
-            let (sym, h) = intern(&id)?;
+        self.ids.intern(ev, symbols)?;
+        let ids = &self.ids;
+        let sym_of = |k: usize| ids.get(k);
+        let nodes = ev.nodes.len();
+        for (i, (rule, _, props)) in ev.nodes.drain(..).enumerate() {
+            let (sym, h) = sym_of(i);
             push_scratch(
                 &mut self.scratch,
                 RecKey::Node(sym),
@@ -291,14 +274,17 @@ impl Feeder {
                 props,
             );
         }
-        for (rule, from, to, props) in ev.edges.drain(..) {
+        let edge_ends = 2 * ev.edges.len();
+        for (i, (rule, from, _, props)) in ev.edges.drain(..).enumerate() {
             let r = &self.plan.edges[rule];
-            let key = RecKey::Edge(self.edge_types[rule], intern(&from)?.0, intern(&to)?.0);
+            let (k_from, k_to) = (nodes + 2 * i, nodes + 2 * i + 1);
+            let key = RecKey::Edge(self.edge_types[rule], sym_of(k_from).0, sym_of(k_to).0);
             let h = shard::edge(&r.edge_type, &from);
             push_scratch(&mut self.scratch, key, h, r.retention, props);
         }
-        for (rule, a, b) in ev.links.drain(..) {
-            let key = RecKey::Link(intern(&a)?.0, intern(&b)?.0);
+        for (i, (rule, a, b)) in ev.links.drain(..).enumerate() {
+            let (k_a, k_b) = (nodes + edge_ends + 2 * i, nodes + edge_ends + 2 * i + 1);
+            let key = RecKey::Link(sym_of(k_a).0, sym_of(k_b).0);
             let h = shard::link(&a, &b);
             let ret = self.plan.identity[rule].retention;
             push_scratch(&mut self.scratch, key, h, ret, CompactString::default());
@@ -322,6 +308,77 @@ impl Feeder {
         self.watermark = self.watermark.max(ev.time);
         Ok(())
     }
+}
+
+/// One event's identifiers as symbols, each distinct one interned once
+/// (an event names the same identifier in several rules: a playback event's
+/// 11 references are 4 identifiers).
+#[derive(Default)]
+struct EventSyms {
+    /// The first reference to each distinct identifier.
+    firsts: Vec<usize>,
+    /// Their hashes, in the same order.
+    hashes: Vec<u64>,
+    /// Their symbols and hashes, in the same order.
+    syms: Vec<(Sym, u64)>,
+    /// For each reference, the index of its identifier.
+    refs: Vec<usize>,
+}
+
+impl EventSyms {
+    /// Interns the identifiers of `ev`. Every hash is computed, and its
+    /// cache slot asked for, before the first lookup, so the slots' cache
+    /// misses overlap.
+    fn intern(&mut self, ev: &Decoded, symbols: &mut SymCache) -> Result<(), TableFull> {
+        self.refs.clear();
+        self.firsts.clear();
+        let n = ev.nodes.len() + 2 * ev.edges.len() + 2 * ev.links.len();
+        for k in 0..n {
+            let text = reference(ev, k);
+            let seen = self.firsts.iter().position(|&f| reference(ev, f) == text);
+            let j = seen.unwrap_or_else(|| {
+                self.firsts.push(k);
+                self.firsts.len() - 1
+            });
+            self.refs.push(j);
+        }
+        self.hashes.clear();
+        for &f in &self.firsts {
+            self.hashes
+                .push(symbols.hash_and_prefetch(reference(ev, f)));
+        }
+        self.syms.clear();
+        for (&f, &h) in self.firsts.iter().zip(&self.hashes) {
+            self.syms
+                .push((symbols.intern_hashed(reference(ev, f), h)?, h));
+        }
+        Ok(())
+    }
+
+    /// The symbol and hash of the `k`-th reference (see [`reference`]) of
+    /// the event last interned.
+    fn get(&self, k: usize) -> (Sym, u64) {
+        self.syms[self.refs[k]]
+    }
+}
+
+/// The `k`-th identifier reference of `ev`, in the order `feed` takes them:
+/// the nodes' ids, then each edge's from and to, then each link's ends.
+/// `k` is below the number of references.
+fn reference(ev: &Decoded, k: usize) -> &str {
+    let nodes = ev.nodes.len();
+    if k < nodes {
+        return &ev.nodes[k].1;
+    }
+    let k = k - nodes;
+    let edge_ends = 2 * ev.edges.len();
+    if k < edge_ends {
+        let (_, from, to, _) = &ev.edges[k / 2];
+        return if k.is_multiple_of(2) { from } else { to };
+    }
+    let k = k - edge_ends;
+    let (_, a, b) = &ev.links[k / 2];
+    if k.is_multiple_of(2) { a } else { b }
 }
 
 /// Adds a record of the event, or merges its props into the same record
@@ -367,6 +424,57 @@ fn merge_props(mut props: Vec<CompactString>) -> CompactString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_s_identifiers_are_interned_once_each_in_reference_order() {
+        let id = |s: &str| crate::model::Ident::from(s);
+        let mut ev = Decoded::default();
+        ev.nodes
+            .push((0, id("account:ev-a"), CompactString::default()));
+        ev.nodes
+            .push((1, id("profile:ev-p"), CompactString::default()));
+        ev.edges.push((
+            0,
+            id("account:ev-a"),
+            id("title:ev-t"),
+            CompactString::default(),
+        ));
+        ev.edges.push((
+            1,
+            id("profile:ev-p"),
+            id("account:ev-a"),
+            CompactString::default(),
+        ));
+        ev.links.push((0, id("account:ev-a"), id("device:ev-d")));
+        let texts = [
+            "account:ev-a",
+            "profile:ev-p",
+            "account:ev-a",
+            "title:ev-t",
+            "profile:ev-p",
+            "account:ev-a",
+            "account:ev-a",
+            "device:ev-d",
+        ];
+        let mut cache = SymCache::new();
+        let mut ids = EventSyms::default();
+        ids.intern(&ev, &mut cache).unwrap();
+        assert_eq!(ids.syms.len(), 4, "one lookup per distinct identifier");
+        for (k, text) in texts.iter().enumerate() {
+            assert_eq!(reference(&ev, k), *text);
+            let (sym, h) = ids.get(k);
+            assert_eq!(sym, Sym::intern(text).unwrap(), "reference {k}");
+            assert_eq!(h, shard::node(text), "reference {k}");
+        }
+        // The next event starts afresh.
+        ev.edges.clear();
+        ev.links.clear();
+        ev.nodes.truncate(1);
+        ev.nodes[0].1 = id("title:ev-t");
+        ids.intern(&ev, &mut cache).unwrap();
+        assert_eq!(ids.get(0).0, Sym::intern("title:ev-t").unwrap());
+        assert_eq!(ids.syms.len(), 1);
+    }
 
     #[test]
     fn the_map_hash_keeps_nodes_in_order_and_spreads_a_hub_s_edges() {
