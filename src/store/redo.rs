@@ -4,9 +4,11 @@
 //! memtable inserts were one thread's 5–6 s at the end of a 2M-event
 //! continue), but its ingestion is atomic per keyspace only.
 //!
-//! Invariant: ingestion begins only once the whole commit (every namespace's
-//! name and every operation, with a checksum) is durable in `STATE/rdg-redo`,
-//! and the file is removed only once every namespace holds the commit
+//! Invariant: no namespace registers an ingested table before the whole
+//! commit (every namespace's name and every operation, with a checksum) is
+//! durable in `STATE/rdg-redo` (the tables are written meanwhile, beside the
+//! file; unregistered ones are removed by fjall at the next open), and the
+//! file is removed only once every namespace holds the commit
 //! (fjall syncs ingested tables and their registration before `finish`
 //! returns). Ingesting the same keys and values again changes nothing, so an
 //! open that finds the file finishes the commit from it: after any crash a

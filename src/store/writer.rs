@@ -13,6 +13,7 @@
 //! with the bulk load, so both encode changes the same way.
 
 use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use compact_str::CompactString;
@@ -370,7 +371,9 @@ impl Store {
     /// Applies a one-off commit: on fjall, from [`AUTO_INGEST_BYTES`] on,
     /// by ingestion through the redo file (`store::redo`: all of it or none
     /// after a crash; a continuing replay's commit of 2M events went in 2.0 s
-    /// instead of 4.4 s as a batch); smaller ones, and sled's, as one write.
+    /// instead of 4.4 s as a batch), the file written on its own thread while
+    /// the namespaces write their tables, which they register once the file
+    /// is durable; smaller ones, and sled's, as one write.
     fn apply_large(&self, plan: &Plan) -> Result<(), StoreError> {
         let inner = &self.inner;
         if inner.db.engine() != Engine::Fjall || plan.set.arena.len() < ingest_from_bytes() {
@@ -383,22 +386,41 @@ impl Store {
         // be refused again at every open.
         plan.set.check().map_err(|e| self.engine_err(e))?;
         let names: Vec<String> = plan.ns.iter().map(Ns::name).collect();
-        super::redo::write(&inner.path, &names, &plan.set)?;
         #[cfg(test)]
-        if STOP_AFTER_REDO.get() {
+        let stop_after_redo = STOP_AFTER_REDO.get();
+        #[cfg(not(test))]
+        let stop_after_redo = false;
+        // The redo file is written beside the ingestion's tables; no
+        // namespace registers its tables before the file is durable.
+        let durable = Signal::default();
+        let (written, ingested) = std::thread::scope(|s| {
+            let redo = s.spawn(|| {
+                let unset = SetOnDrop(&durable, false);
+                let written = super::redo::write(&inner.path, &names, &plan.set);
+                durable.set(written.is_ok() && !stop_after_redo);
+                drop(unset);
+                written
+            });
+            let ingested = inner
+                .db
+                .ingest_when(&plan.ns, &plan.set, &|| durable.wait());
+            let written = redo
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (written, ingested)
+        });
+        written?;
+        if stop_after_redo {
             return Err(StoreError::Io {
                 path: inner.path.clone(),
                 source: std::io::Error::other("stopped after the redo file, as by a crash"),
             });
         }
-        inner
-            .db
-            .ingest(&plan.ns, &plan.set)
-            .map_err(|source| StoreError::CommitPending {
-                path: inner.path.clone(),
-                redo: super::redo::path(&inner.path),
-                source,
-            })?;
+        ingested.map_err(|source| StoreError::CommitPending {
+            path: inner.path.clone(),
+            redo: super::redo::path(&inner.path),
+            source,
+        })?;
         super::redo::remove(&inner.path)
     }
 
@@ -410,6 +432,45 @@ impl Store {
             });
         }
         Ok(())
+    }
+}
+
+/// A yes or no given once by one thread and awaited by others.
+#[derive(Default)]
+struct Signal {
+    given: Mutex<Option<bool>>,
+    changed: Condvar,
+}
+
+impl Signal {
+    /// Gives the answer (the first one given stands).
+    fn set(&self, yes: bool) {
+        let mut given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+        if given.is_none() {
+            *given = Some(yes);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits for the answer.
+    fn wait(&self) -> bool {
+        let mut given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(yes) = *given {
+                return yes;
+            }
+            given = self.changed.wait(given).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Gives its answer to a [`Signal`] when dropped, unless one was given
+/// (so that waiters never wait for a thread that panicked).
+struct SetOnDrop<'a>(&'a Signal, bool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
     }
 }
 

@@ -149,20 +149,39 @@ impl FjallDb {
     /// serializes only their registration, in `finish`). Atomic per
     /// keyspace only; durable when it returns.
     pub fn ingest(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
-        let mut runs = Vec::new();
-        let mut rest = &set.ops[..];
-        while let Some(first) = rest.first() {
-            let n = rest.iter().take_while(|op| op.ns == first.ns).count();
-            let (run, tail) = rest.split_at(n);
-            rest = tail;
-            let Some(Ns::Fjall(ks)) = ns.get(first.ns()) else {
-                return Err(EngineError::Mismatch("namespace"));
-            };
-            runs.push((ks, run));
-        }
         use rayon::prelude::*;
-        runs.par_iter()
-            .try_for_each(|(ks, run)| ingest_run(ks, set, run))
+        runs(ns, set)?
+            .par_iter()
+            .try_for_each(|(ks, run)| ingest_run(ks, set, run, &|| true))
+    }
+
+    /// [`FjallDb::ingest`] where each keyspace, once its tables are
+    /// written, registers them only if `ready()` says so (else
+    /// [`EngineError::Abandoned`]: the tables stay unregistered, and fjall
+    /// removes them at the next open). Each keyspace on a thread of its own:
+    /// one that waits for `ready` must not hold a thread of rayon's pool
+    /// while larger ones wait for it.
+    pub fn ingest_when(
+        &self,
+        ns: &[Ns],
+        set: &WriteSet,
+        ready: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), EngineError> {
+        let runs = runs(ns, set)?;
+        std::thread::scope(|s| {
+            let threads: Vec<_> = runs
+                .iter()
+                .map(|(ks, run)| s.spawn(move || ingest_run(ks, set, run, ready)))
+                .collect();
+            let mut result = Ok(());
+            for t in threads {
+                let done = t
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                result = result.and(done);
+            }
+            result
+        })
     }
 
     pub fn put_one(&self, ks: &Keyspace, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
@@ -191,14 +210,42 @@ impl FjallDb {
     }
 }
 
-/// Writes one keyspace's sorted run of a bulk load chunk into new tables.
-fn ingest_run(ks: &Keyspace, set: &WriteSet, run: &[super::Op]) -> Result<(), EngineError> {
+/// A normalized set's operations as one run per keyspace.
+fn runs<'a>(
+    ns: &'a [Ns],
+    set: &'a WriteSet,
+) -> Result<Vec<(&'a Keyspace, &'a [super::Op])>, EngineError> {
+    let mut runs = Vec::new();
+    let mut rest = &set.ops[..];
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|op| op.ns == first.ns).count();
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        let Some(Ns::Fjall(ks)) = ns.get(first.ns()) else {
+            return Err(EngineError::Mismatch("namespace"));
+        };
+        runs.push((ks, run));
+    }
+    Ok(runs)
+}
+
+/// Writes one keyspace's sorted run into new tables and, if `ready()`,
+/// registers them.
+fn ingest_run(
+    ks: &Keyspace,
+    set: &WriteSet,
+    run: &[super::Op],
+    ready: &(dyn Fn() -> bool + Sync),
+) -> Result<(), EngineError> {
     let mut ingestion = ks.start_ingestion()?;
     for op in set.in_order(run) {
         match op.value() {
             Some(v) => ingestion.write(set.bytes(op.key()), set.bytes(v))?,
             None => ingestion.write_tombstone(set.bytes(op.key()))?,
         }
+    }
+    if !ready() {
+        return Err(EngineError::Abandoned);
     }
     Ok(ingestion.finish()?)
 }

@@ -89,6 +89,11 @@ pub enum EngineError {
     /// A handle of one engine was given to the other (a bug in the store).
     #[error("internal: a {0} handle was used with the other engine")]
     Mismatch(&'static str),
+    /// An ingestion whose tables were written but not registered, because
+    /// what it waited for (the commit's redo file) failed: the state is as
+    /// before, and the next open removes the tables.
+    #[error("ingestion abandoned before its tables were registered")]
+    Abandoned,
     /// A key or value longer than the engines store (keys [`MAX_KEY`]
     /// bytes, values 4 GiB).
     #[error(
@@ -554,6 +559,22 @@ impl Db {
         set.check()?;
         match self {
             Db::Fjall(db) => db.ingest(ns, set),
+            Db::Sled(_) => Err(EngineError::Mismatch("database")),
+        }
+    }
+
+    /// [`Db::ingest`] whose namespaces register their tables only if
+    /// `ready` returns true, asked once every namespace's tables are
+    /// written; false abandons them all ([`EngineError::Abandoned`]).
+    pub fn ingest_when(
+        &self,
+        ns: &[Ns],
+        set: &WriteSet,
+        ready: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), EngineError> {
+        set.check()?;
+        match self {
+            Db::Fjall(db) => db.ingest_when(ns, set, ready),
             Db::Sled(_) => Err(EngineError::Mismatch("database")),
         }
     }
