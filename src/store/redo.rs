@@ -59,7 +59,7 @@ pub(crate) fn write(dir: &Path, names: &[String], set: &WriteSet) -> Result<(), 
 fn write_tmp(tmp: &Path, names: &[String], set: &WriteSet) -> Result<(), StoreError> {
     let file = File::create(tmp).map_err(io_err(tmp))?;
     let mut out = Summed {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: BufWriter::with_capacity(1 << 20, Writeback::new(file)),
         crc: crc32fast::Hasher::new(),
     };
     encode(names, set, &mut out).map_err(io_err(tmp))?;
@@ -67,7 +67,7 @@ fn write_tmp(tmp: &Path, names: &[String], set: &WriteSet) -> Result<(), StoreEr
     let mut file = out.inner;
     file.write_all(&crc.to_be_bytes()).map_err(io_err(tmp))?;
     let file = file.into_inner().map_err(|e| io_err(tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err(tmp))
+    file.file.sync_all().map_err(io_err(tmp))
 }
 
 fn encode(names: &[String], set: &WriteSet, out: &mut impl Write) -> std::io::Result<()> {
@@ -203,6 +203,65 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_be_bytes)
     }
 }
+
+/// A file written front to back that asks the kernel to start writing
+/// each [`WRITEBACK_BYTES`] to disk as soon as they are written, so that
+/// the final sync waits for the last part only (a 2M-event continue's file
+/// is ~350 MB: its sync alone took ~0.5 s, with every other thread of the
+/// commit waiting).
+struct Writeback {
+    file: File,
+    written: u64,
+    started: u64,
+}
+
+/// How much is written between two requests to start writing back.
+const WRITEBACK_BYTES: u64 = 16 << 20;
+
+impl Writeback {
+    fn new(file: File) -> Writeback {
+        Writeback {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_BYTES {
+            start_writeback(&self.file, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Starts writing `len` bytes of `file` from `from` to disk, without
+/// waiting (a hint: the final `sync_all` is what makes the file durable and
+/// reports errors).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor belongs to `file`, open for the call; the call
+    // reads and writes none of this process's memory.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File, _: u64, _: u64) {}
 
 /// A writer that sums what passes through it.
 struct Summed<W> {
