@@ -58,16 +58,20 @@ pub(crate) fn write(dir: &Path, names: &[String], set: &WriteSet) -> Result<(), 
 
 fn write_tmp(tmp: &Path, names: &[String], set: &WriteSet) -> Result<(), StoreError> {
     let file = File::create(tmp).map_err(io_err(tmp))?;
-    let mut out = Summed {
-        inner: BufWriter::with_capacity(1 << 20, Writeback::new(file)),
+    // Summed under the buffer: the checksum is taken over the buffer's
+    // megabyte flushes, not over each length and key (millions of tiny
+    // updates).
+    let summed = Summed {
+        inner: Writeback::new(file),
         crc: crc32fast::Hasher::new(),
     };
+    let mut out = BufWriter::with_capacity(1 << 20, summed);
     encode(names, set, &mut out).map_err(io_err(tmp))?;
-    let crc = out.crc.finalize();
-    let mut file = out.inner;
+    let summed = out.into_inner().map_err(|e| io_err(tmp)(e.into_error()))?;
+    let crc = summed.crc.finalize();
+    let mut file = summed.inner.file;
     file.write_all(&crc.to_be_bytes()).map_err(io_err(tmp))?;
-    let file = file.into_inner().map_err(|e| io_err(tmp)(e.into_error()))?;
-    file.file.sync_all().map_err(io_err(tmp))
+    file.sync_all().map_err(io_err(tmp))
 }
 
 fn encode(names: &[String], set: &WriteSet, out: &mut impl Write) -> std::io::Result<()> {
