@@ -215,18 +215,13 @@ fn runs<'a>(
     ns: &'a [Ns],
     set: &'a WriteSet,
 ) -> Result<Vec<(&'a Keyspace, &'a [super::Op])>, EngineError> {
-    let mut runs = Vec::new();
-    let mut rest = &set.ops[..];
-    while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|op| op.ns == first.ns).count();
-        let (run, tail) = rest.split_at(n);
-        rest = tail;
-        let Some(Ns::Fjall(ks)) = ns.get(first.ns()) else {
-            return Err(EngineError::Mismatch("namespace"));
-        };
-        runs.push((ks, run));
-    }
-    Ok(runs)
+    set.ops
+        .chunk_by(|a, b| a.ns == b.ns)
+        .map(|run| match run.first().and_then(|op| ns.get(op.ns())) {
+            Some(Ns::Fjall(ks)) => Ok((ks, run)),
+            _ => Err(EngineError::Mismatch("namespace")),
+        })
+        .collect()
 }
 
 /// Writes one keyspace's sorted run into new tables and, if `ready()`,

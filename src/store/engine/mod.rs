@@ -556,16 +556,12 @@ impl Db {
     /// namespace, not across them (the caller's redo file covers a crash);
     /// durable when it returns.
     pub fn ingest(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
-        set.check()?;
-        match self {
-            Db::Fjall(db) => db.ingest(ns, set),
-            Db::Sled(_) => Err(EngineError::Mismatch("database")),
-        }
+        self.ingest_when(ns, set, &|| true)
     }
 
     /// [`Db::ingest`] whose namespaces register their tables only if
-    /// `ready` returns true, asked once every namespace's tables are
-    /// written; false abandons them all ([`EngineError::Abandoned`]).
+    /// `ready` returns true, asked by each namespace once its tables are
+    /// written; false abandons that namespace ([`EngineError::Abandoned`]).
     pub fn ingest_when(
         &self,
         ns: &[Ns],

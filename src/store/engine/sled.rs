@@ -99,12 +99,8 @@ impl SledDb {
 
     /// One `apply_batch` per tree.
     pub fn bulk_write(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
-        let mut rest = &set.ops[..];
-        while let Some(first) = rest.first() {
-            let n = rest.iter().take_while(|op| op.ns == first.ns).count();
-            let (run, tail) = rest.split_at(n);
-            rest = tail;
-            let Some(Ns::Sled(tree)) = ns.get(first.ns()) else {
+        for run in set.ops.chunk_by(|a, b| a.ns == b.ns) {
+            let Some(Ns::Sled(tree)) = run.first().and_then(|op| ns.get(op.ns())) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
             let mut batch = sled::Batch::default();
