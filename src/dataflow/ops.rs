@@ -319,8 +319,8 @@ struct EventSyms {
     firsts: Vec<usize>,
     /// Their hashes, in the same order.
     hashes: Vec<u64>,
-    /// Their symbols and hashes, in the same order.
-    syms: Vec<(Sym, u64)>,
+    /// Their symbols, in the same order.
+    syms: Vec<Sym>,
     /// For each reference, the index of its identifier.
     refs: Vec<usize>,
 }
@@ -349,8 +349,7 @@ impl EventSyms {
         }
         self.syms.clear();
         for (&f, &h) in self.firsts.iter().zip(&self.hashes) {
-            self.syms
-                .push((symbols.intern_hashed(reference(ev, f), h)?, h));
+            self.syms.push(symbols.intern_hashed(reference(ev, f), h)?);
         }
         Ok(())
     }
@@ -358,7 +357,8 @@ impl EventSyms {
     /// The symbol and hash of the `k`-th reference (see [`reference`]) of
     /// the event last interned.
     fn get(&self, k: usize) -> (Sym, u64) {
-        self.syms[self.refs[k]]
+        let j = self.refs[k];
+        (self.syms[j], self.hashes[j])
     }
 }
 
