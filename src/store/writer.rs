@@ -395,10 +395,10 @@ impl Store {
         let durable = Signal::default();
         let (written, ingested) = std::thread::scope(|s| {
             let redo = s.spawn(|| {
-                let unset = SetOnDrop(&durable, false);
+                // Answered when this thread ends, even by a panic (no).
+                let mut answer = Answer(&durable, false);
                 let written = super::redo::write(&inner.path, &names, &plan.set);
-                durable.set(written.is_ok() && !stop_after_redo);
-                drop(unset);
+                answer.1 = written.is_ok() && !stop_after_redo;
                 written
             });
             let ingested = inner
@@ -464,11 +464,11 @@ impl Signal {
     }
 }
 
-/// Gives its answer to a [`Signal`] when dropped, unless one was given
-/// (so that waiters never wait for a thread that panicked).
-struct SetOnDrop<'a>(&'a Signal, bool);
+/// The answer a [`Signal`] gets when this is dropped (so that waiters
+/// never wait for a thread that panicked).
+struct Answer<'a>(&'a Signal, bool);
 
-impl Drop for SetOnDrop<'_> {
+impl Drop for Answer<'_> {
     fn drop(&mut self) {
         self.0.set(self.1);
     }
