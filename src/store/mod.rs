@@ -116,6 +116,7 @@
 
 mod bulk;
 pub mod codec;
+mod direct;
 mod engine;
 mod export;
 mod layout;

@@ -23,10 +23,11 @@
 //! `u32::MAX` for a removal), value; then the CRC-32 of all that (u32).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
+use super::direct;
 use super::engine::WriteSet;
 use super::layout::{self, io_err, sync_dir};
 
@@ -57,21 +58,7 @@ pub(crate) fn write(dir: &Path, names: &[String], set: &WriteSet) -> Result<(), 
 }
 
 fn write_tmp(tmp: &Path, names: &[String], set: &WriteSet) -> Result<(), StoreError> {
-    let file = File::create(tmp).map_err(io_err(tmp))?;
-    // Summed under the buffer: the checksum is taken over the buffer's
-    // megabyte flushes, not over each length and key (millions of tiny
-    // updates).
-    let summed = Summed {
-        inner: Writeback::new(file),
-        crc: crc32fast::Hasher::new(),
-    };
-    let mut out = BufWriter::with_capacity(1 << 20, summed);
-    encode(names, set, &mut out).map_err(io_err(tmp))?;
-    let summed = out.into_inner().map_err(|e| io_err(tmp)(e.into_error()))?;
-    let crc = summed.crc.finalize();
-    let mut file = summed.inner.file;
-    file.write_all(&crc.to_be_bytes()).map_err(io_err(tmp))?;
-    file.sync_all().map_err(io_err(tmp))
+    direct::write_checksummed(tmp, |out| encode(names, set, out)).map_err(io_err(tmp))
 }
 
 fn encode(names: &[String], set: &WriteSet, out: &mut impl Write) -> std::io::Result<()> {
@@ -205,82 +192,5 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, usize> {
         self.array().map(u64::from_be_bytes)
-    }
-}
-
-/// A file written front to back that asks the kernel to start writing
-/// each [`WRITEBACK_BYTES`] to disk as soon as they are written, so that
-/// the final sync waits for the last part only (a 2M-event continue's file
-/// is ~350 MB: its sync alone took ~0.5 s, with every other thread of the
-/// commit waiting).
-struct Writeback {
-    file: File,
-    written: u64,
-    started: u64,
-}
-
-/// How much is written between two requests to start writing back.
-const WRITEBACK_BYTES: u64 = 16 << 20;
-
-impl Writeback {
-    fn new(file: File) -> Writeback {
-        Writeback {
-            file,
-            written: 0,
-            started: 0,
-        }
-    }
-}
-
-impl Write for Writeback {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.started >= WRITEBACK_BYTES {
-            start_writeback(&self.file, self.started, self.written - self.started);
-            self.started = self.written;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-/// Starts writing `len` bytes of `file` from `from` to disk, without
-/// waiting (a hint: the final `sync_all` is what makes the file durable and
-/// reports errors).
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, from: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor belongs to `file`, open for the call; the call
-    // reads and writes none of this process's memory.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File, _: u64, _: u64) {}
-
-/// A writer that sums what passes through it.
-struct Summed<W> {
-    inner: W,
-    crc: crc32fast::Hasher,
-}
-
-impl<W: Write> Write for Summed<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
