@@ -284,40 +284,38 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let counts = counts_after(&store, &totals, bulk, workers)?;
+    let counts = counts_after(&store, &totals, workers)?;
     let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
     summary.add_store(&store, bulk);
     Ok(summary)
 }
 
-/// The sizes of the state a replay left. After a bulk load, the sum of
-/// what the collectors of this process's `workers` counted as they emitted
+/// The sizes of the state a replay left. After a replay that wrote each
+/// record once, at its end (a bulk load, or a fjall replay continuing a
+/// state as one commit), the sum of what the collectors of this process's
+/// `workers` counted, with the records and assignments the rebuild loaded
 /// (`dataflow::Tally`: exact there, and `tests/oracle.rs` holds it equal to
-/// the store's count on random inputs); otherwise, or when a worker's tally
-/// is missing or inexact, a scan of the store ([`Store::counts`]).
-pub fn counts_after(
-    store: &Store,
-    totals: &Totals,
-    bulk: bool,
-    workers: usize,
-) -> Result<Counts, AppError> {
+/// the store's count on random inputs, continues included), and the dead
+/// letters of the store's counters; otherwise, or when a worker's tally is
+/// missing or inexact, a scan of the store ([`Store::counts`]).
+pub fn counts_after(store: &Store, totals: &Totals, workers: usize) -> Result<Counts, AppError> {
     let tallies = &totals.tallies;
-    if !bulk || tallies.len() != workers || tallies.values().any(|t| !t.exact) {
-        return Ok(store.counts()?);
+    if tallies.len() == workers && tallies.values().all(|t| t.exact) {
+        let sum = |f: fn(&dataflow::Tally) -> i64| tallies.values().map(f).sum::<i64>();
+        let identifiers = u64::try_from(sum(|t| t.identifiers));
+        let clusters = u64::try_from(sum(|t| t.clusters));
+        if let (Ok(identifiers), Ok(clusters)) = (identifiers, clusters) {
+            let meta = store.meta()?;
+            return Ok(Counts {
+                nodes: tallies.values().map(|t| t.nodes).sum(),
+                edges: tallies.values().map(|t| t.edges).sum(),
+                identifiers,
+                clusters,
+                dead_letters: meta.dataflows.values().map(|d| d.dead_letters).sum(),
+            });
+        }
     }
-    Ok(tallies.values().fold(
-        Counts {
-            dead_letters: totals.dead_letters,
-            ..Counts::default()
-        },
-        |c, t| Counts {
-            nodes: c.nodes + t.nodes,
-            edges: c.edges + t.edges,
-            identifiers: c.identifiers + t.identifiers,
-            clusters: c.clusters + t.clusters,
-            ..c
-        },
-    ))
+    Ok(store.counts()?)
 }
 
 /// [`run_into_store`] for a replay. Into an empty state (`bulk`) through a
@@ -345,7 +343,7 @@ pub fn replay_into_store(
     // written once, identity computed once, at the end, is all it needs.
     let config = RunConfig {
         at_end: true,
-        tally: bulk,
+        tally: true,
         ..config
     };
     let ran = run_into_sink(store, &mut sink, plan, config, sources, observer);

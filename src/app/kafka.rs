@@ -340,7 +340,7 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
     let mut nothing = |_: &Totals| {};
     let workers = config.workers;
     let totals = replay_into_store(&store, bulk, plan, config, sources, &mut nothing)?;
-    let counts = super::counts_after(&store, &totals, bulk, workers)?;
+    let counts = super::counts_after(&store, &totals, workers)?;
     let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
     summary.add_store(&store, bulk);
     Ok(summary)

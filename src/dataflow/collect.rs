@@ -8,7 +8,9 @@
 //! identity assignments are consolidated per key first, so a reader never sees
 //! a half-applied time.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
@@ -40,14 +42,14 @@ const FREE_BUFFERS: usize = 2;
 
 /// The collector of worker `worker`. With `forward` (replays whose folds
 /// emit each changed record once, at the end) the folds' records are
-/// emitted as they arrive instead of once their time is complete. With
-/// `tally` it counts what it emits and reports the counts
-/// ([`Emitted::Tally`]) just before its last frontier.
+/// emitted as they arrive instead of once their time is complete. With a
+/// `tallier` it counts what it emits and the records loaded at time 0, and
+/// reports the counts ([`Emitted::Tally`]) just before its last frontier.
 pub(crate) fn collect<'s>(
     stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
     names: Arc<Names>,
     worker: usize,
-    (forward, tally): (bool, bool),
+    (forward, tallier): (bool, Option<Rc<RefCell<Tallier>>>),
     emit: Emitter,
 ) -> StreamVec<'s, u64, ()> {
     stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -61,10 +63,16 @@ pub(crate) fn collect<'s>(
             // long free list would keep that size many times over.
             let mut free: Vec<Vec<(ToStore, isize)>> = Vec::new();
             let mut forwarded: Vec<(ToStore, isize)> = Vec::new();
-            let mut tallier = tally.then(Tallier::new);
             move |(input, frontier), _output| {
+                let mut tallier = tallier.as_ref().map(|t| t.borrow_mut());
                 input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
+                        if let ToStore::Folded(df, Folded::Loaded(key)) = x {
+                            if let Some(t) = tallier.as_deref_mut() {
+                                t.loaded(df, key);
+                            }
+                            continue;
+                        }
                         // Time 0 rebuilds the folds from the store: their
                         // records are already stored. Identity's updates at
                         // time 0 are kept: in one process they are what the
@@ -89,7 +97,7 @@ pub(crate) fn collect<'s>(
                     }
                     if !forwarded.is_empty() {
                         let (changes, _) =
-                            to_changes(forwarded.drain(..), &names, tallier.as_mut());
+                            to_changes(forwarded.drain(..), &names, tallier.as_deref_mut());
                         emit(Emitted::Data {
                             epoch: cap.least().copied().unwrap_or(0),
                             changes,
@@ -107,7 +115,7 @@ pub(crate) fn collect<'s>(
                         break;
                     };
                     let (changes, progress) =
-                        to_changes(updates.drain(..), &names, tallier.as_mut());
+                        to_changes(updates.drain(..), &names, tallier.as_deref_mut());
                     if free.len() < FREE_BUFFERS {
                         free.push(updates);
                     }
@@ -146,6 +154,8 @@ fn to_changes(
     let mut clusters: Vec<(Sym, (Sym, bool), isize)> = Vec::new();
     for (u, d) in updates {
         match u {
+            // Taken by the collector before (never reaches here).
+            ToStore::Folded(_, Folded::Loaded(_)) => {}
             ToStore::Folded(df, Folded::Late(n)) => {
                 let p: &mut DataflowProgress = progress
                     .dataflows
@@ -155,7 +165,7 @@ fn to_changes(
             }
             ToStore::Folded(df, Folded::Changed { key, new, .. }) => {
                 if let Some(t) = tallier.as_deref_mut() {
-                    t.record(key, new.is_some());
+                    t.record(df, key, new.is_some());
                 }
                 let dataflow = names.dataflows[df].clone();
                 changes.push(match key {

@@ -79,13 +79,15 @@ type Pending = (Option<Capability<u64>>, Vec<Op>, i64);
 /// watermark at the end of a time and is broadcast to every worker. The
 /// records a time changed are emitted at the next multiple of `every` (at
 /// that time itself when `every` is 1), once each however many times in
-/// between changed them; late counts at their own time.
+/// between changed them; late counts at their own time. With `tally`, each
+/// stored record it loads at time 0 is emitted there as
+/// [`Folded::Loaded`], for the collector's count (`tally.rs`).
 pub(crate) fn fold<'s>(
     ops: StreamVec<'s, u64, Op>,
     watermarks: StreamVec<'s, u64, i64>,
     initial_watermark: i64,
     applied: Applied,
-    every: u64,
+    (every, tally): (u64, bool),
     name: &str,
 ) -> StreamVec<'s, u64, (Folded, u64, isize)> {
     let exchange = Exchange::new(|op: &Op| op.shard);
@@ -110,6 +112,13 @@ pub(crate) fn fold<'s>(
                     .or_insert_with(|| (None, free.pop().unwrap_or_default(), i64::MIN));
                 if slot.0.is_none() {
                     slot.0 = cap.retain_least(output.output_index());
+                }
+                if tally && t == 0 {
+                    output.session(&cap).give_iterator(
+                        data.iter()
+                            .filter(|op| matches!(op.kind, OpKind::Load(_)))
+                            .map(|op| (Folded::Loaded(op.key), 0, 1)),
+                    );
                 }
                 slot.1.append(data);
                 if t == 0

@@ -19,7 +19,9 @@ mod stages;
 mod symbols;
 mod tally;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +42,7 @@ use ops::{Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
 use symbols::Sym;
+use tally::Tallier;
 pub use tally::Tally;
 
 /// What the dataflow hands to whoever persists it.
@@ -138,9 +141,12 @@ pub struct RunConfig {
     /// hands the folds' records on as they come, each record exactly once.
     pub at_end: bool,
     /// Each worker's collector counts the records and identity assignments
-    /// it emits ([`Emitted::Tally`]): exact for a bulk load (an empty state,
-    /// each record emitted once), whose summary then needs no scan of the
-    /// store. Costs a set of every live node and edge key while it runs.
+    /// it emits, with those its rebuild loaded ([`Emitted::Tally`]): exact
+    /// for a run of one process with [`RunConfig::at_end`] (a bulk load, or
+    /// a replay continuing a state as one commit: each record emitted at
+    /// most once), whose summary then needs no scan of the store
+    /// (`tally.rs`). Costs a map of every live node and edge key while it
+    /// runs.
     pub tally: bool,
 }
 
@@ -302,16 +308,25 @@ fn run_worker(
     };
     let folds = plan.dataflows.iter().map(|d| d.name.clone()).collect();
     stages::install(worker, config.stages.clone(), folds);
-    let mut inputs = build(worker, config, plan, start, &names, local, emit);
+    // Shared by the collector (what it emits, what the folds loaded) and
+    // the rebuild (the stored assignments it reads).
+    let tallier = config.tally.then(|| Rc::new(RefCell::new(Tallier::new())));
+    let mut inputs = build(
+        worker,
+        config,
+        (plan, start, &names),
+        local,
+        emit,
+        tallier.clone(),
+    );
     // Time 0: rebuild the folds' state from this process's store (its
     // workers take chunks of it; exchange sends each record to its owner).
     rebuild(
         worker,
         &mut inputs,
-        plan,
-        start,
-        &names,
+        (plan, start, &names),
         config.cluster.is_none(),
+        tallier.as_deref(),
     )?;
     let reader = driver::Reader::new(plan, start, config, &names, sources(index, peers, &resume)?)?;
     driver::drive(worker, inputs, reader, &names, local, emit)
@@ -322,11 +337,10 @@ fn run_worker(
 fn build(
     worker: &mut timely::worker::Worker,
     config: &RunConfig,
-    plan: &Plan,
-    start: &Start,
-    names: &Names,
+    (plan, start, names): (&Plan, &Start, &Names),
     local: usize,
     emit: &Emitter,
+    tallier: Option<Rc<RefCell<Tallier>>>,
 ) -> driver::Inputs {
     let initial_wm = |name: &str| start.watermarks.get(name).copied().unwrap_or(i64::MIN);
     let applied_of = |name: &str| {
@@ -351,7 +365,7 @@ fn build(
     };
     let at_end = config.at_end;
     let one_process = config.cluster.is_none();
-    let tally = config.tally;
+    let tally = tallier.is_some();
     worker.dataflow::<u64, _, _>(|scope| {
         let (positions_in, positions) = scope.new_input::<Vec<(usize, String, u64, u64)>>();
         let (given_in, given) = scope.new_input::<Vec<(Sym, Assignment)>>();
@@ -370,7 +384,7 @@ fn build(
             let folded = scope.region_named(&d.name, |region| {
                 let ops = ops.enter(region);
                 let wms = wms.enter(region).broadcast();
-                fold::fold(ops, wms, w0, applied, step, &fold_name).leave(scope)
+                fold::fold(ops, wms, w0, applied, (step, tally), &fold_name).leave(scope)
             });
             links.push(folded.clone().flat_map(|(f, t, _)| match f {
                 Folded::Changed {
@@ -424,7 +438,7 @@ fn build(
         );
         let all = scope.concatenate(to_store);
         let (probe, _) =
-            collect::collect(all, collect_names, local, (at_end, tally), emit.clone()).probe();
+            collect::collect(all, collect_names, local, (at_end, tallier), emit.clone()).probe();
         driver::Inputs {
             ops: ops_in,
             watermarks: watermarks_in,
@@ -449,14 +463,14 @@ const REBUILD_CHUNK: usize = 4096;
 /// to identity as already given, so time 0 writes only the ones the loaded
 /// links no longer imply. Across processes each store holds its own share
 /// of them, so there every assignment is written again instead (see the
-/// collector).
+/// collector). A `tallier` counts the stored assignments, and learns when
+/// its counts cannot hold (`tally.rs`).
 fn rebuild(
     worker: &mut timely::worker::Worker,
     inputs: &mut driver::Inputs,
-    plan: &Plan,
-    start: &Start,
-    names: &Names,
+    (plan, start, names): (&Plan, &Start, &Names),
     one_process: bool,
+    tallier: Option<&RefCell<Tallier>>,
 ) -> Result<(), DataflowError> {
     let by_name: BTreeMap<&str, usize> = plan
         .dataflows
@@ -480,31 +494,49 @@ fn rebuild(
                 *shared = None;
             }
         }
+        // Borrowed between steps only (the collector borrows it in them).
+        let mut tallier = tallier.map(RefCell::borrow_mut);
+        if let Some(t) = tallier.as_deref_mut()
+            && !one_process
+            && !chunk.is_empty()
+        {
+            t.inexact();
+        }
         for c in chunk.drain(..) {
             let c = c.map_err(DataflowError::Rebuild)?;
-            match &c {
+            let loaded = match &c {
                 Change::Cluster {
                     id,
                     cluster: Some(of),
-                } if one_process => inputs
-                    .given
-                    .send((Sym::intern(id)?, (Sym::intern(&of.cluster)?, of.hub))),
+                } if one_process => {
+                    let (id, cluster) = (Sym::intern(id)?, Sym::intern(&of.cluster)?);
+                    if let Some(t) = tallier.as_deref_mut() {
+                        t.stored_assignment(id, cluster);
+                    }
+                    inputs.given.send((id, (cluster, of.hub)));
+                    true
+                }
                 _ => load_op(inputs, &c, &by_name, &retentions, names)?,
+            };
+            if !loaded && let Some(t) = tallier.as_deref_mut() {
+                t.inexact();
             }
         }
+        drop(tallier);
         worker.step();
     }
 }
 
-/// Sends one stored contribution as a `Load` op (nothing for a removal, or
-/// a contribution of a definition or an edge type no longer in the plan).
+/// Sends one stored contribution as a `Load` op; `false` when it sent
+/// nothing (a removal, or a contribution of a definition or an edge type no
+/// longer in the plan).
 fn load_op(
     inputs: &mut driver::Inputs,
     c: &Change,
     by_name: &BTreeMap<&str, usize>,
     retentions: &[Retentions],
     names: &Names,
-) -> Result<(), DataflowError> {
+) -> Result<bool, DataflowError> {
     let (dataflow, record) = match c {
         Change::Node {
             dataflow,
@@ -521,17 +553,17 @@ fn load_op(
             record: Some(r),
             ..
         } => (dataflow, r),
-        _ => return Ok(()),
+        _ => return Ok(false),
     };
     // Contributions of a definition (or an edge type) that was removed
     // stay in the store untouched; nothing in memory needs them.
     let Some(&i) = by_name.get(dataflow.as_str()) else {
-        return Ok(());
+        return Ok(false);
     };
     let Some((key, shard)) =
         RecKey::of_change(c, names).map_err(|e| DataflowError::Rebuild(e.to_string()))?
     else {
-        return Ok(());
+        return Ok(false);
     };
     let retention = retentions[i].of(&key, names);
     inputs.ops[i].send(Op {
@@ -543,7 +575,7 @@ fn load_op(
         retention,
         kind: OpKind::Load(Box::new(record.clone())),
     });
-    Ok(())
+    Ok(true)
 }
 
 /// The step of replays ([`RunConfig::step`]): with the default batch of

@@ -48,7 +48,8 @@ impl Hasher for KeyHasher {
 }
 
 /// One output of a time: a record's aggregate after the time, or a count of
-/// late ops. `old_first_seen` is set for links only (identity retracts the
+/// late ops, or (time 0, when the collector tallies) a record rebuilt from
+/// the store. `old_first_seen` is set for links only (identity retracts the
 /// link's earlier first_seen).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Folded {
@@ -60,6 +61,8 @@ pub(crate) enum Folded {
         new: Option<Record>,
     },
     Late(u64),
+    /// A stored record the fold loaded at time 0 (`fold::fold`'s `tally`).
+    Loaded(RecKey),
 }
 
 /// A live record of the dataflow on this worker: 72 bytes, 88 with its key
