@@ -27,9 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Input;
 use timely::dataflow::operators::core::{Concatenate, Enter, Leave, Probe};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::progress::operate::FrontierInterest;
 
 use differential_dataflow::AsCollection;
 
@@ -386,25 +392,9 @@ fn build(
                 let wms = wms.enter(region).broadcast();
                 fold::fold(ops, wms, w0, applied, (step, tally), &fold_name).leave(scope)
             });
-            links.push(folded.clone().flat_map(|(f, t, _)| match f {
-                Folded::Changed {
-                    key: RecKey::Link(a, b),
-                    old_first_seen,
-                    new,
-                } => {
-                    // Identity sees only a link's existence and first_seen:
-                    // most changes (count, last_seen) do not reach it.
-                    let new_first_seen = new.map(|r| r.first_seen);
-                    if old_first_seen == new_first_seen {
-                        return Vec::new();
-                    }
-                    let old = old_first_seen.map(|fs| (((a, b), fs), t, -1isize));
-                    let new = new_first_seen.map(|fs| (((a, b), fs), t, 1isize));
-                    old.into_iter().chain(new).collect::<Vec<_>>()
-                }
-                _ => Vec::new(),
-            }));
-            to_store.push(folded.map(move |(f, t, d)| (ToStore::Folded(i, f), t, d)));
+            let (stored, changed_links) = to_store_and_links(folded, i);
+            links.push(changed_links);
+            to_store.push(stored);
         }
         let identity_config = Arc::new(plan.identity.clone());
         let clusters = scope.region_named("identity", |region| {
@@ -447,6 +437,67 @@ fn build(
             probe,
         }
     })
+}
+
+/// A link's (a, b) existence with its first_seen, changed at a time by a
+/// diff: what identity reads of the folds.
+type LinkChange = (((Sym, Sym), i64), u64, isize);
+
+/// Something for the collector, at a time, with a diff.
+type StoreUpdate = (ToStore, u64, isize);
+
+/// A fold's output, each record moved on to the collector (as
+/// [`ToStore::Folded`] of dataflow `df`) and, for a link whose existence or
+/// first_seen changed, that change to identity, in one pass: a stream read
+/// by two operators is copied for the first, and that copy of every folded
+/// record was ~8% of a continue's reading phase (`perf`, docs/performance.md).
+fn to_store_and_links<'s>(
+    folded: StreamVec<'s, u64, (Folded, u64, isize)>,
+    df: usize,
+) -> (
+    StreamVec<'s, u64, StoreUpdate>,
+    StreamVec<'s, u64, LinkChange>,
+) {
+    let mut builder = OperatorBuilder::new("to_store_and_links".to_owned(), folded.scope());
+    let mut input = builder.new_input(folded, Pipeline);
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (stored, stored_stream) = builder.new_output();
+    let (links, links_stream) = builder.new_output();
+    let mut stored = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(stored);
+    let mut links = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(links);
+    builder.build(move |_| {
+        move |_frontiers| {
+            let mut stored = stored.activate();
+            let mut links = links.activate();
+            input.for_each_stamp(|cap, data| {
+                let mut stored = stored.session(&cap);
+                let mut links = links.session(&cap);
+                for (f, t, d) in data.flat_map(|d| d.drain(..)) {
+                    if let Folded::Changed {
+                        key: RecKey::Link(a, b),
+                        old_first_seen,
+                        new,
+                    } = &f
+                    {
+                        // Identity sees only a link's existence and
+                        // first_seen: most changes (count, last_seen) do not
+                        // reach it.
+                        let new_first_seen = new.as_ref().map(|r| r.first_seen);
+                        if *old_first_seen != new_first_seen {
+                            if let Some(fs) = old_first_seen {
+                                links.give((((*a, *b), *fs), t, -1isize));
+                            }
+                            if let Some(fs) = new_first_seen {
+                                links.give((((*a, *b), fs), t, 1isize));
+                            }
+                        }
+                    }
+                    stored.give((ToStore::Folded(df, f), t, d));
+                }
+            });
+        }
+    });
+    (stored_stream, links_stream)
 }
 
 /// Contributions a worker takes from the shared stream at a time.
