@@ -17,6 +17,7 @@
 //! waiting for their flush.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
@@ -30,6 +31,17 @@ use super::{
 /// (`worker_pool::worker_tick`, 6% of all samples of a 2M-event replay here
 /// with two workers, for nothing).
 const WORKER_THREADS: usize = 1;
+
+/// Sorted runs a keyspace's level 0 holds before fjall compacts it (its
+/// default is 4). A bulk load ingests one run per keyspace per 64 MiB
+/// buffer (~6 for 2M events), so with 4 most keyspaces were compacted
+/// during the load and again at the next open, beside a continuing
+/// replay's rebuild: `scripts/ab-replay.sh 2000000 2`, 4 vs 8: continue
+/// 118 900 / 131 300 vs 135 400 / 136 600 events/s, 26.8 / 24.4 vs 23.1 /
+/// 23.1 CPU-s; empty 15.1 vs 14.7 CPU-s; HTTP lookups and traversals the
+/// same within the noise (docs/performance.md). A keyspace keeps the
+/// threshold it was created with.
+const L0_RUNS: u8 = 8;
 
 /// The engine's folder inside the state directory.
 pub(crate) const DIR: &str = "fjall";
@@ -98,6 +110,9 @@ impl FjallDb {
             // continue reads them back faster (docs/performance.md). A
             // keyspace keeps the policy it was created with.
             KeyspaceCreateOptions::default()
+                .compaction_strategy(Arc::new(
+                    fjall::compaction::Leveled::default().with_l0_threshold(L0_RUNS),
+                ))
                 .max_memtable_size(MEMTABLE_BYTES)
                 .data_block_compression_policy(fjall::config::CompressionPolicy::new([
                     fjall::CompressionType::None,
