@@ -335,7 +335,7 @@ pub fn replay_into_store(
     let mut sink = if bulk {
         Sink::Bulk(Box::new(store.bulk_load()?))
     } else if store.engine() == Engine::Fjall {
-        Sink::Single(Box::new(store.begin_commit()?))
+        Sink::Single(Box::new(store.begin_large_commit()?))
     } else {
         return run_into_store(store, plan, config, sources, observer);
     };

@@ -25,6 +25,12 @@ use super::{
 };
 use crate::model::{Change, DataflowProgress, DeadLetter, Progress, Record, split_ident};
 
+/// Key and value bytes a large commit asks room for at its start (address
+/// space: only what is written is ever touched).
+pub const LARGE_COMMIT_BYTES: usize = 512 << 20;
+/// Operations a large commit asks room for at its start (32 bytes each).
+pub const LARGE_COMMIT_OPS: usize = 1 << 23;
+
 /// Fixed positions of the always-present namespaces in a [`Plan`].
 const T_META: usize = 0;
 const T_LINK: usize = 1;
@@ -353,6 +359,20 @@ impl Store {
         }
         commit.add(dead_letters, progress);
         commit.finish()
+    }
+
+    /// [`Store::begin_commit`] for a commit expected to be large (a
+    /// replay's one commit at its end): its write set asks for
+    /// [`LARGE_COMMIT_BYTES`] and [`LARGE_COMMIT_OPS`] of room at once
+    /// (`WriteSet::reserve_room`; a 2M-event continue's set grew to ~400 MB
+    /// and 4.4M operations by doubling, copying each time).
+    pub fn begin_large_commit(&self) -> Result<PendingCommit, StoreError> {
+        let mut commit = self.begin_commit()?;
+        commit
+            .plan
+            .set
+            .reserve_room(LARGE_COMMIT_BYTES, LARGE_COMMIT_OPS);
+        Ok(commit)
     }
 
     /// Starts one atomic commit whose changes are encoded as they come (see
