@@ -41,7 +41,7 @@ pub struct Tally {
 }
 
 /// Definitions a tally follows (one bit each of a record's contributors).
-pub(crate) const MAX_DATAFLOWS: usize = 32;
+const MAX_DATAFLOWS: usize = 32;
 
 /// A worker's running tally, kept by its collector and fed by its rebuild.
 pub(crate) struct Tallier {

@@ -27,9 +27,9 @@ use crate::model::{Change, DataflowProgress, DeadLetter, Progress, Record, split
 
 /// Key and value bytes a large commit asks room for at its start (address
 /// space: only what is written is ever touched).
-pub const LARGE_COMMIT_BYTES: usize = 512 << 20;
+const LARGE_COMMIT_BYTES: usize = 512 << 20;
 /// Operations a large commit asks room for at its start (32 bytes each).
-pub const LARGE_COMMIT_OPS: usize = 1 << 23;
+const LARGE_COMMIT_OPS: usize = 1 << 23;
 
 /// Fixed positions of the always-present namespaces in a [`Plan`].
 const T_META: usize = 0;
