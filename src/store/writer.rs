@@ -363,7 +363,7 @@ impl Store {
 
     /// [`Store::begin_commit`] for a commit expected to be large (a
     /// replay's one commit at its end): its write set asks for
-    /// [`LARGE_COMMIT_BYTES`] and [`LARGE_COMMIT_OPS`] of room at once
+    /// `LARGE_COMMIT_BYTES` and `LARGE_COMMIT_OPS` of room at once
     /// (`WriteSet::reserve_room`; a 2M-event continue's set grew to ~400 MB
     /// and 4.4M operations by doubling, copying each time).
     pub fn begin_large_commit(&self) -> Result<PendingCommit, StoreError> {
