@@ -453,8 +453,9 @@ pub struct DataflowTotals {
 pub trait Observer {
     /// About ten times a second.
     fn tick(&mut self, _totals: &Totals) {}
-    /// After each successful commit, with what it committed.
-    fn committed(&mut self, _progress: &Progress) {}
+    /// After each successful commit, with what it committed and how long
+    /// the store took to write it.
+    fn committed(&mut self, _progress: &Progress, _took: Duration) {}
 }
 
 impl<F: FnMut(&Totals)> Observer for F {
@@ -625,7 +626,7 @@ fn run_into_sink(
                     }
                     if result.is_ok() {
                         match writer.commit_ready(sink) {
-                            Ok(Some(progress)) => observer.committed(&progress),
+                            Ok(Some((progress, took))) => observer.committed(&progress, took),
                             Ok(None) => {}
                             Err(e) => {
                                 stop.store(true, Ordering::Relaxed);
@@ -809,8 +810,12 @@ impl Writer {
     }
 
     /// Commits every pending time below the smallest worker frontier, in one
-    /// atomic step, in time order. Returns what was committed, if anything.
-    fn commit_ready(&mut self, sink: &mut Sink<'_>) -> Result<Option<Progress>, StoreError> {
+    /// atomic step, in time order. Returns what was committed, if anything,
+    /// and how long the write took.
+    fn commit_ready(
+        &mut self,
+        sink: &mut Sink<'_>,
+    ) -> Result<Option<(Progress, Duration)>, StoreError> {
         let upto = aligned(
             self.frontiers.iter().copied().min().unwrap_or(0),
             self.align,
@@ -837,8 +842,15 @@ impl Writer {
         let began = Instant::now();
         let slices: Vec<&[Change]> = parts.iter().map(Vec::as_slice).collect();
         sink.write(&slices, &dead, &progress)?;
-        self.commit_s += began.elapsed().as_secs_f64();
+        let took = began.elapsed();
+        self.commit_s += took.as_secs_f64();
         self.committed.advance(upto);
+        tracing::debug!(
+            upto,
+            changes = slices.iter().map(|s| s.len()).sum::<usize>(),
+            ms = took.as_secs_f64() * 1e3,
+            "committed"
+        );
         for (name, p) in &progress.dataflows {
             self.totals.events += p.events;
             self.totals.late += p.late;
@@ -855,7 +867,7 @@ impl Writer {
                 .or_default()
                 .dead_letters += 1;
         }
-        Ok(Some(progress))
+        Ok(Some((progress, took)))
     }
 }
 

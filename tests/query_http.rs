@@ -1124,6 +1124,8 @@ fn status_metrics_and_readiness() {
     get(&base, "/readyz").error(503, "not ready");
     live.set_ready(true);
     live.observe("playback", 10, Some(42));
+    live.observe_commit(Duration::from_millis(3));
+    live.observe_commit(Duration::from_millis(300));
     assert_eq!(get(&base, "/readyz").ok()["ready"], true);
 
     let s = get(&base, "/v1/status");
@@ -1168,6 +1170,11 @@ fn status_metrics_and_readiness() {
         "rdg_commits_total 1",
         "rdg_http_requests_total{endpoint=\"/v1/nodes/{type}/{id}\",code=\"404\"} 1",
         "rdg_http_request_duration_seconds_bucket{le=\"0.0001\",endpoint=\"/v1/status\"}",
+        // 3 ms and 300 ms: one commit up to 4 ms, both up to 512 ms.
+        "rdg_commit_duration_seconds_bucket{le=\"0.004\"} 1\n",
+        "rdg_commit_duration_seconds_bucket{le=\"0.256\"} 1\n",
+        "rdg_commit_duration_seconds_bucket{le=\"0.512\"} 2\n",
+        "rdg_commit_duration_seconds_count 2\n",
     ] {
         assert!(
             m.text.contains(needle),

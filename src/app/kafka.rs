@@ -119,7 +119,8 @@ struct LiveObserver {
 }
 
 impl Observer for LiveObserver {
-    fn committed(&mut self, progress: &Progress) {
+    fn committed(&mut self, progress: &Progress, took: Duration) {
+        self.gauges.observe_commit(took);
         let mut by_dataflow: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
         for ((d, p), next) in &progress.positions {
             if let (Ok(p), Ok(next)) = (p.parse::<i32>(), i64::try_from(*next)) {

@@ -48,6 +48,9 @@ const CATCH_UP_RECORDS: usize = 250_000;
 /// The longest a time stays open while catching up.
 const CATCH_UP_OPEN: Duration = Duration::from_millis(1000);
 
+/// A live time open this long is logged (at debug level) when it closes.
+const CATCH_UP_LOG: Duration = Duration::from_millis(50);
+
 /// The live time a worker is reading into: how many records it holds and
 /// since when.
 struct OpenTime {
@@ -406,6 +409,15 @@ pub(super) fn drive(
             if open.stays_open(behind) {
                 worker.step();
                 continue;
+            }
+            if open.records > 0 && open.since.elapsed() >= CATCH_UP_LOG {
+                tracing::debug!(
+                    worker = local,
+                    time = epoch,
+                    records = open.records,
+                    ms = open.since.elapsed().as_secs_f64() * 1e3,
+                    "caught up a backlog in one time"
+                );
             }
             open = OpenTime::new();
             started.push_back(epoch);

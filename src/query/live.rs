@@ -2,7 +2,8 @@
 //! [`LiveStatus`] trait, [`StaticStatus`] for a state nothing ingests into
 //! (`rdg serve`), and [`LiveGauges`], a ready-made [`LiveStatus`] that an
 //! ingest loop (`rdg run`, `rdg demo`) updates (readiness and outages, per-dataflow
-//! committed events and lag, time per stage) and the server reads.
+//! committed events and lag, time per stage, how long each commit took)
+//! and the server reads.
 //!
 //! Invariant: rates are derived only from what the owner reported, over
 //! windows of at least [`RATE_WINDOW`], so a burst of reports in one
@@ -11,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// What only a running pipeline knows. `rdg serve` uses [`StaticStatus`];
 /// `rdg run` and `rdg demo` pass a [`LiveGauges`] they update as they commit.
@@ -33,6 +36,11 @@ pub trait LiveStatus: Send + Sync {
     /// `identity`, `collect`, `commit`), summed over its threads.
     fn stage_seconds(&self) -> BTreeMap<String, f64> {
         BTreeMap::new()
+    }
+    /// How long the store took to write each commit of this run, if it
+    /// commits (a handle on the live histogram).
+    fn commit_seconds(&self) -> Option<Histogram> {
+        None
     }
 }
 
@@ -81,6 +89,9 @@ struct Inner {
 pub struct LiveGauges {
     mode: String,
     inner: Mutex<Inner>,
+    /// Seconds per commit: 0.5 ms to 8 s, doubling (a live run's commits
+    /// take a few ms; the catch-up of a backlog, hundreds).
+    commit_seconds: Histogram,
 }
 
 impl LiveGauges {
@@ -90,6 +101,7 @@ impl LiveGauges {
         LiveGauges {
             mode: mode.to_string(),
             inner: Mutex::new(Inner::default()),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
         }
     }
 
@@ -111,6 +123,11 @@ impl LiveGauges {
     /// Reports the seconds spent so far per stage (running totals).
     pub fn set_stages(&self, stages: BTreeMap<String, f64>) {
         self.lock().stages = stages;
+    }
+
+    /// Reports how long one commit took the store.
+    pub fn observe_commit(&self, took: Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
     }
 
     /// Reports a dataflow's events committed so far by this run (a running
@@ -168,6 +185,10 @@ impl LiveStatus for LiveGauges {
 
     fn stage_seconds(&self) -> BTreeMap<String, f64> {
         self.lock().stages.clone()
+    }
+
+    fn commit_seconds(&self) -> Option<Histogram> {
+        Some(self.commit_seconds.clone())
     }
 }
 

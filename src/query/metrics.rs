@@ -4,7 +4,8 @@
 //! Request counts and latency histograms are recorded per endpoint (the
 //! route template, so label values are a fixed set) as requests end. The
 //! pipeline's numbers (events, late events, dead letters, watermarks, lag,
-//! ingest rates, commits) are read at scrape time by a collector, so they
+//! ingest rates, commits and their durations) are read at scrape time by a
+//! collector, so they
 //! are never stale copies; store sizes come from the latest background
 //! count, which a scrape asks to refresh.
 //!
@@ -321,6 +322,15 @@ fn per_dataflow(
         live.stage_seconds(),
         ConstCounter::new,
     )?;
+    if let Some(h) = live.commit_seconds() {
+        let m = e.encode_descriptor(
+            "rdg_commit_duration_seconds",
+            "Time the store took to write each commit of this run",
+            None,
+            h.metric_type(),
+        )?;
+        h.encode(m)?;
+    }
     Ok(())
 }
 
