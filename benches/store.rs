@@ -45,6 +45,7 @@ fn chunk(start: u64, n: u64) -> Vec<Change> {
                 a: format!("account:acc{account}").into(),
                 b: format!("device:d{}", i / 3).into(),
                 dataflow: "login".into(),
+                mirrored: false,
                 record: Some(record),
             });
             out.push(Change::Cluster {

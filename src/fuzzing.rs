@@ -238,6 +238,7 @@ fn sample_changes() -> Vec<crate::model::Change> {
         a: "account:a1".into(),
         b: "device:d1".into(),
         dataflow: "login".into(),
+        mirrored: false,
         record: rec(7, ""),
     });
     for id in ["account:a1", "device:d1"] {

@@ -204,10 +204,14 @@ pub enum Change {
         record: Option<Record>,
     },
     /// `dataflow`'s identity link between `a` and `b` (`a < b`).
+    /// `mirrored`: the link is already stored (it was live when its changes
+    /// were last emitted), so a put rewrites only its `(a, b)` entry; the
+    /// `(b, a)` entry, written when the link appeared, only points there.
     Link {
         a: Ident,
         b: Ident,
         dataflow: DataflowName,
+        mirrored: bool,
         record: Option<Record>,
     },
     /// The cluster an identifier belongs to (`None`: it has no live link).

@@ -1296,3 +1296,64 @@ fn run_refuses_a_status_interval_that_is_not_seconds() {
         assert!(!state.exists(), "no state is made: {}", run.describe());
     }
 }
+
+/// A link read from either end after replays that update it: the `(b, a)`
+/// entry is written when a link appears and later updates rewrite only
+/// `(a, b)`, so both ends must still read the latest record (count and
+/// last_seen grow with every event), and a link that appears in a continue
+/// is found from both ends too.
+#[test]
+fn links_read_the_same_from_both_ends_after_a_continue_updates_them() {
+    for engine in [rdg::store::Engine::Fjall, rdg::store::Engine::Sled] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        let login = |dir: &str, lines: &[(i64, &str, &str)]| {
+            let d = tmp.path().join(dir);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            let path = d.join("login.jsonl");
+            let text: String = lines
+                .iter()
+                .map(|(ts, a, dev)| {
+                    format!(
+                        "{{\"ts\": {ts}, \"result\": \"success\", \"account_id\": \"{a}\", \"device_id\": \"{dev}\"}}\n"
+                    )
+                })
+                .collect();
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let first = login(
+            "one",
+            &[(100, "a1", "d1"), (101, "a1", "d1"), (102, "a1", "d1")],
+        );
+        let engine_arg = format!("--engine={engine}");
+        replay_with(&[&engine_arg, "--batch", "1"], &state, 2, &[first]);
+        let second = login(
+            "two",
+            &[(200, "a1", "d1"), (201, "a2", "d2"), (202, "a1", "d1")],
+        );
+        // Each event its own time: the continue updates a1-d1 twice.
+        replay_with(&["--batch", "1"], &state, 2, &[second]);
+
+        let store = open_engine(&state, engine).expect("open");
+        let q = rdg::store::EdgeQuery::default();
+        let link = |from: &str, to: &str| {
+            let items = store.links(from, &q).expect("links");
+            let found: Vec<_> = items.iter().filter(|e| e.node == to).cloned().collect();
+            assert_eq!(found.len(), 1, "{engine}: {from} -> {to}: {items:?}");
+            found[0].clone()
+        };
+        let ab = link("account:a1", "device:d1");
+        let ba = link("device:d1", "account:a1");
+        assert_eq!(ab.count, 5, "{engine}: {ab:?}");
+        assert_eq!(
+            (ba.count, ba.first_seen, ba.last_seen),
+            (ab.count, ab.first_seen, ab.last_seen),
+            "{engine}"
+        );
+        assert!(ab.last_seen > ab.first_seen, "{engine}: {ab:?}");
+        let new_ab = link("account:a2", "device:d2");
+        let new_ba = link("device:d2", "account:a2");
+        assert_eq!((new_ab.count, new_ba.count), (1, 1), "{engine}");
+    }
+}

@@ -594,6 +594,7 @@ fn link(a: &str, b: &str, last: i64) -> Change {
         a: a.into(),
         b: b.into(),
         dataflow: "login".into(),
+        mirrored: false,
         record: Some(rec(1, last, last, "")),
     }
 }

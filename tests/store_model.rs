@@ -150,6 +150,7 @@ impl Model {
                     b,
                     dataflow,
                     record,
+                    ..
                 } => {
                     let k = (a.to_string(), b.to_string(), dataflow.to_string());
                     match record {
@@ -381,6 +382,7 @@ impl Model {
                 a: a.into(),
                 b: b.into(),
                 dataflow: df.into(),
+                mirrored: true,
                 record: Some(r.clone()),
             });
         }
@@ -506,6 +508,7 @@ fn random_change(rng: &mut StdRng, model: &Model) -> Change {
                     a: a.into(),
                     b: b.into(),
                     dataflow: df.into(),
+                    mirrored: true,
                     record: record(rng),
                 };
             }
@@ -520,6 +523,7 @@ fn random_change(rng: &mut StdRng, model: &Model) -> Change {
                 a: a.into(),
                 b: b.into(),
                 dataflow: pick(rng, DATAFLOWS).into(),
+                mirrored: false,
                 record: record(rng),
             }
         }
@@ -542,10 +546,36 @@ fn random_change(rng: &mut StdRng, model: &Model) -> Change {
     }
 }
 
+/// Sets each link change's `mirrored` as the dataflow does: true exactly
+/// when the link is live just before it (stored, or put earlier in the same
+/// commit and not removed since).
+fn mark_mirrored(model: &Model, changes: &mut [Change]) {
+    let mut live: BTreeSet<(String, String, String)> = model.links.keys().cloned().collect();
+    for c in changes.iter_mut() {
+        if let Change::Link {
+            a,
+            b,
+            dataflow,
+            mirrored,
+            record,
+        } = c
+        {
+            let k = (a.to_string(), b.to_string(), dataflow.to_string());
+            *mirrored = live.contains(&k);
+            if record.is_some() {
+                live.insert(k);
+            } else {
+                live.remove(&k);
+            }
+        }
+    }
+}
+
 fn random_commit(rng: &mut StdRng, model: &Model) -> (Vec<Change>, Vec<DeadLetter>, Progress) {
-    let changes = (0..rng.random_range(0..10))
+    let mut changes: Vec<Change> = (0..rng.random_range(0..10))
         .map(|_| random_change(rng, model))
         .collect();
+    mark_mirrored(model, &mut changes);
     let dead = if rng.random_bool(0.2) {
         (0..rng.random_range(1..4))
             .map(|_| DeadLetter {
@@ -806,10 +836,64 @@ fn other_format_version_is_refused(engine: Engine) {
         Err(e @ StoreError::Version { found: 99, .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
-            assert!(msg.contains("99") && msg.contains('1'), "{msg}");
+            assert!(
+                msg.contains("99") && msg.contains(&rdg::store::FORMAT_VERSION.to_string()),
+                "{msg}"
+            );
         }
         other => panic!("expected Version, got {other:?}"),
     }
+}
+
+/// Format 1 (a link's `(b, a)` entry held the record too) opens, and is
+/// marked format 2 at once, in the engine and in `rdg-format`.
+fn format_1_is_upgraded_at_open(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = Record {
+        count: 2,
+        first_seen: 5,
+        last_seen: 9,
+        props: "".into(),
+    };
+    {
+        let store = open_engine(dir.path(), engine).expect("open");
+        let link = Change::Link {
+            a: ident("account", "a"),
+            b: ident("device", "d"),
+            dataflow: "login".into(),
+            mirrored: false,
+            record: Some(rec.clone()),
+        };
+        store
+            .commit(&[link], &[], &Progress::default())
+            .expect("commit");
+    }
+    set_version(dir.path(), 1, engine);
+    let format_file = dir.path().join("rdg-format");
+    std::fs::write(&format_file, "1\n").expect("write rdg-format");
+    let store = retry(|| open_engine(dir.path(), engine));
+    assert_eq!(
+        std::fs::read_to_string(&format_file).expect("rdg-format"),
+        format!("{}\n", rdg::store::FORMAT_VERSION)
+    );
+    for (from, to) in [("account:a", "device:d"), ("device:d", "account:a")] {
+        let items = store.links(from, &EdgeQuery::default()).expect("links");
+        assert_eq!(items.len(), 1, "{from}");
+        assert_eq!(
+            (items[0].node.as_str(), items[0].count, items[0].last_seen),
+            (to, 2, 9)
+        );
+    }
+    drop(store);
+    // The engine holds format 2 now: setting only the file back to 1
+    // changes nothing at the next open.
+    std::fs::write(&format_file, "1\n").expect("write rdg-format");
+    drop(retry(|| open_engine(dir.path(), engine)));
+    assert_eq!(
+        std::fs::read_to_string(&format_file).expect("rdg-format"),
+        "1\n",
+        "a format-2 engine is not upgraded again"
+    );
 }
 
 fn many_tree_commit_is_all_there_after_reopen(engine: Engine) {
@@ -839,6 +923,7 @@ fn many_tree_commit_is_all_there_after_reopen(engine: Engine) {
             a: ident("account", &format!("a{i}")),
             b: ident("device", &format!("d{i}")),
             dataflow: "playback".into(),
+            mirrored: false,
             record: Some(rec(i)),
         });
         changes.push(Change::Cluster {
@@ -1145,6 +1230,7 @@ both_engines!(
     model_seed_3,
     second_open_is_locked_and_names_the_dir,
     other_format_version_is_refused,
+    format_1_is_upgraded_at_open,
     many_tree_commit_is_all_there_after_reopen,
     concurrent_commits_from_clones_add_up,
     engine_is_recorded_and_another_is_refused,

@@ -212,6 +212,7 @@ fn search_schema_counts_and_commit_count(engine: Engine) {
             a: "account:a".into(),
             b: "device:p1d".into(),
             dataflow: "a".into(),
+            mirrored: false,
             record: Some(r.clone()),
         },
         Change::Cluster {

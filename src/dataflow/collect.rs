@@ -163,7 +163,14 @@ fn to_changes(
                     .or_default();
                 p.late += n;
             }
-            ToStore::Folded(df, Folded::Changed { key, new, .. }) => {
+            ToStore::Folded(
+                df,
+                Folded::Changed {
+                    key,
+                    new,
+                    old_first_seen,
+                },
+            ) => {
                 if let Some(t) = tallier.as_deref_mut() {
                     t.record(df, key, new.is_some());
                 }
@@ -190,6 +197,8 @@ fn to_changes(
                         a: a.ident(),
                         b: b.ident(),
                         dataflow,
+                        // A link's old first_seen is known when it was live.
+                        mirrored: old_first_seen.is_some(),
                         record: new,
                     },
                 });

@@ -38,7 +38,7 @@
 //! | `node/<type>` | enc(id part, dataflow) | postcard([`Record`](crate::model::Record)) |
 //! | `edge/<edge_type>` | enc(from, to, dataflow) | postcard([`Record`](crate::model::Record)) ++ reverse byte |
 //! | `edge_in/<edge_type>` | enc(to, from, dataflow) | the same bytes as the `edge/` value |
-//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow) | postcard([`Record`](crate::model::Record)) |
+//! | `identity/link` | enc(a, b, dataflow) and enc(b, a, dataflow), `a < b` | postcard([`Record`](crate::model::Record)) for `(a, b)`; `(b, a)` is empty (format 1: the record as of the link's appearance, never read) |
 //! | `identity/id` | enc(ident) | postcard([`ClusterOf`](crate::model::ClusterOf)) |
 //! | `identity/cluster` | enc(cluster, member) | empty |
 //! | `dead_letter/<dataflow>` | u64 big-endian sequence | postcard((source, reason)) |
@@ -51,9 +51,17 @@
 //! namespace exists (it may have been written reversed before); a removal
 //! removes both keys.
 //!
+//! A link's record is kept up to date in its `(a, b)` entry only (`a < b`,
+//! the order [`Store::contributions`] loads). The `(b, a)` entry exists
+//! exactly while the link does, so that one prefix scan finds an
+//! identifier's links in both directions, but it is written (empty) only
+//! when the link appears (`Change::Link::mirrored` is false); readers that
+//! meet it take the record from `(a, b)`, whatever its value holds. A
+//! removal removes both.
+//!
 //! `meta` keys (all through the codec):
 //! - enc("format") → u64 BE format version ([`FORMAT_VERSION`]); a store with
-//!   another version is refused.
+//!   another version is refused, but for format 1, which is upgraded at open.
 //! - enc("commits") → u64 BE number of non-empty commits (0 / absent: empty).
 //! - enc("dataflow", name) → postcard of the dataflow's counters: events,
 //!   late, dead letters, maximum watermark, next dead-letter sequence.
@@ -148,7 +156,15 @@ use engine::{Db, Ns, OpenConfig, OpenError, Snap};
 mod tests;
 
 /// The on-disk format this build reads and writes (the same on both engines).
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: a link's `(b, a)` entry is empty and never read (1: it held the
+/// record too).
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The one older format this build opens: format 1 is read as format 2 (its
+/// `(b, a)` link entries hold records, which format 2 never reads), and the
+/// state is marked format 2 at open, since this build may then write empty
+/// ones that an older rdg cannot read.
+const UPGRADES_FROM: u64 = 1;
 
 const TREE_META: &str = "meta";
 const TREE_LINK: &str = "identity/link";
@@ -855,7 +871,12 @@ impl Store {
                     .map_err(|_| {
                         StoreError::corrupt(TREE_META, &format_key, "format version is not 8 bytes")
                     })?;
-                if found != FORMAT_VERSION {
+                if found == UPGRADES_FROM {
+                    db.put_one(&meta, &format_key, &FORMAT_VERSION.to_be_bytes())
+                        .map_err(engine_err)?;
+                    db.flush().map_err(engine_err)?;
+                    layout::record_format(dir, FORMAT_VERSION)?;
+                } else if found != FORMAT_VERSION {
                     return Err(StoreError::Version {
                         path: dir.to_path_buf(),
                         found,

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use compact_str::CompactString;
 
-use super::engine::{Bound, KvIter, Ns, Snap};
+use super::engine::{Bound, Bytes, KvIter, Ns, Snap};
 use super::merge::{
     Contribution, Merged, decode_edge_value, decode_exact, decode_record, merge, to_json_map,
 };
@@ -271,6 +271,7 @@ impl Store {
             let record = if edge_values {
                 decode_edge_value(&v).map(|(r, _)| r)
             } else {
+                let v = self.link_value(snap, id, &rest[..n], &dataflow, v, &k)?;
                 decode_record(&v)
             }
             .map_err(|e| corrupt(&k, &e))?;
@@ -304,6 +305,30 @@ impl Store {
             });
         }
         Ok(EdgePage { items: out, next })
+    }
+
+    /// The record bytes of the link entry `key` = enc(`id`, neighbour,
+    /// `dataflow`) with value `v`: its own when `id` sorts first, else its
+    /// `(a, b)` entry's (the `(b, a)` entry only says that the link exists;
+    /// see the module doc).
+    fn link_value(
+        &self,
+        snap: &Snap,
+        id: &str,
+        neighbour: &[u8],
+        dataflow: &str,
+        v: Bytes,
+        key: &[u8],
+    ) -> Result<Bytes, StoreError> {
+        let corrupt = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_LINK, key, d);
+        let [other] = decode_strs::<1>(neighbour).map_err(|e| corrupt(&e))?;
+        if id < other.as_ref() {
+            return Ok(v);
+        }
+        let ab = codec::encode(&[other.as_ref(), id, dataflow]);
+        snap.get(&self.inner.link, &ab)
+            .map_err(|e| self.engine_err(e))?
+            .ok_or_else(|| corrupt(&"a link's (b, a) entry without its (a, b) entry"))
     }
 
     pub(crate) fn identity_in(
@@ -430,6 +455,7 @@ impl Contributions {
                     a: a.as_ref().into(),
                     b: b.as_ref().into(),
                     dataflow: dataflow.as_ref().into(),
+                    mirrored: true,
                     record: Some(record),
                 }))
             }

@@ -77,6 +77,7 @@ fn seeded(dir: &Path, engine: Engine) -> Store {
             a: "account:a1".into(),
             b: "device:d1".into(),
             dataflow: "playback".into(),
+            mirrored: false,
             record: Some(rec(3, "")),
         },
         Change::Cluster {
@@ -127,6 +128,14 @@ fn bad_values_are_corrupt_errors(engine: Engine) {
             // `bad_meta_values_are_refused_at_open`).
             if name == "identity/cluster" || name == "meta" {
                 continue;
+            }
+            // A link's `(b, a)` entry is empty and never decoded: readers
+            // take the record from `(a, b)`.
+            if name == "identity/link" {
+                let [a, b, _] = super::reader::decode_strs::<3>(&k).expect("a link key");
+                if a > b {
+                    continue;
+                }
             }
             for bad in [&b""[..], b"\xff\xff\xff", &[&v[..], b"\x07\x07"].concat()] {
                 tree.raw_insert(&k, bad);
@@ -651,6 +660,7 @@ fn one_off_commit(store: &Store) -> Result<(), StoreError> {
         a: "account:a1".into(),
         b: "device:d1".into(),
         dataflow: "playback".into(),
+        mirrored: true,
         record: None,
     });
     let mut progress = Progress::default();

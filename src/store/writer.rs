@@ -162,15 +162,22 @@ impl Plan {
                 a: x,
                 b: y,
                 dataflow,
+                mirrored,
                 record,
             } => {
                 let ab = self.key(&[x, y, dataflow]);
                 let ba = self.key(&[y, x, dataflow]);
                 match record {
+                    // The `(b, a)` entry, empty, is written when the link
+                    // appears; readers take the record from `(a, b)`, so an
+                    // update (a link's count and last_seen change with
+                    // every event) writes one key, not two.
                     Some(r) => {
                         let value = self.postcard(r, "a link record")?;
                         self.set.put(T_LINK, ab, value);
-                        self.set.put(T_LINK, ba, value);
+                        if !mirrored {
+                            self.set.put(T_LINK, ba, Span::default());
+                        }
                     }
                     None => {
                         self.set.remove(T_LINK, ab);
