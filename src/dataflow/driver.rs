@@ -48,7 +48,8 @@ const CATCH_UP_RECORDS: usize = 250_000;
 /// The longest a time stays open while catching up.
 const CATCH_UP_OPEN: Duration = Duration::from_millis(1000);
 
-/// A live time open this long is logged (at debug level) when it closes.
+/// A live time open this long is logged (at debug level) when it closes:
+/// a worker caught up a backlog in it, or waited for the store's commits.
 const CATCH_UP_LOG: Duration = Duration::from_millis(50);
 
 /// The live time a worker is reading into: how many records it holds and
@@ -416,7 +417,7 @@ pub(super) fn drive(
                     time = epoch,
                     records = open.records,
                     ms = open.since.elapsed().as_secs_f64() * 1e3,
-                    "caught up a backlog in one time"
+                    "a live time stayed open 50 ms or more (catching up, or waiting for the store)"
                 );
             }
             open = OpenTime::new();
