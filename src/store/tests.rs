@@ -119,6 +119,29 @@ fn trees(store: &Store) -> Vec<(String, Ns)> {
         .collect()
 }
 
+/// A link's `(b, a)` entry whose `(a, b)` entry is gone (a damaged state):
+/// reading the link from `b` is a corrupt error naming the `(b, a)` key,
+/// from `a` it is simply not there.
+fn a_link_without_its_a_b_entry_is_corrupt(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), engine);
+    let link = store.inner.link.clone();
+    let ab = codec::encode(&["account:a1", "device:d1", "playback"]);
+    let ba = codec::encode(&["device:d1", "account:a1", "playback"]);
+    link.raw_remove(&ab);
+    let none = store
+        .links("account:a1", &EdgeQuery::default())
+        .expect("links of a");
+    assert!(none.is_empty(), "{none:?}");
+    match store.links("device:d1", &EdgeQuery::default()) {
+        Err(StoreError::Corrupt { tree, key, .. }) => {
+            assert_eq!(tree, "identity/link");
+            assert_eq!(key, hex::encode(&ba));
+        }
+        other => panic!("expected a corrupt error, got {other:?}"),
+    }
+}
+
 fn bad_values_are_corrupt_errors(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = seeded(dir.path(), engine);
@@ -818,6 +841,7 @@ macro_rules! both_engines {
 
 both_engines!(
     bad_values_are_corrupt_errors,
+    a_link_without_its_a_b_entry_is_corrupt,
     bad_keys_are_corrupt_errors,
     random_garbage_never_panics,
     spilled_export_equals_in_memory_export,
