@@ -68,6 +68,7 @@ fn progress(events: u64) -> Progress {
             events,
             late: 0,
             watermark: Some(1),
+            oldest_record_ms: None,
         },
     );
     p.positions.insert(("playback".into(), "0".into()), events);

@@ -260,6 +260,11 @@ pub struct DataflowProgress {
     pub events: u64,
     pub late: u64,
     pub watermark: Option<EventTime>,
+    /// The earliest source timestamp (epoch ms) of the records read for
+    /// this delta, when the source has timestamps (Kafka). Not stored: the
+    /// live run reports how old its records are when a commit makes them
+    /// queryable.
+    pub oldest_record_ms: Option<i64>,
 }
 
 impl DataflowProgress {
@@ -269,6 +274,10 @@ impl DataflowProgress {
         self.late += other.late;
         self.watermark = match (self.watermark, other.watermark) {
             (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.oldest_record_ms = match (self.oldest_record_ms, other.oldest_record_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
     }

@@ -265,6 +265,7 @@ fn every_process_answers_for_the_whole_graph() {
     let store = Store::open(&fx.single).expect("open the reference state");
     lookups_equal_the_reference(&fx, &sample, &store);
     multi_reads_equal_the_reference(&fx, &sample, &store);
+    record_ages_are_reported(&fx, started.elapsed());
     let Fixture {
         dir,
         kafka,
@@ -299,6 +300,32 @@ fn exports_equal_the_reference(fx: &Fixture) {
         shares += share.len();
     }
     assert_eq!(shares, fx.reference.len());
+}
+
+/// Every process reports, per dataflow, how old its commits' oldest records
+/// were: at least one commit each, every age within the test's run so far
+/// (the events were produced after it started).
+fn record_ages_are_reported(fx: &Fixture, so_far: Duration) {
+    for base in &fx.bases {
+        let text = String::from_utf8(get_bytes(base, "/metrics")).expect("utf-8 metrics");
+        for dataflow in ["playback", "gaming", "login"] {
+            let value = |what: &str| -> f64 {
+                let prefix =
+                    format!("rdg_record_age_at_commit_seconds_{what}{{dataflow=\"{dataflow}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(prefix.as_str()))
+                    .unwrap_or_else(|| panic!("{base}/metrics lacks {prefix:?}:\n{text}"))
+                    .parse()
+                    .expect("a number")
+            };
+            let (count, sum) = (value("count"), value("sum"));
+            assert!(count >= 1.0, "{base}: {dataflow}: {count} commits");
+            assert!(
+                sum >= 0.0 && sum <= count * so_far.as_secs_f64(),
+                "{base}: {dataflow}: ages sum to {sum} s over {count} commits, the test ran {so_far:?}"
+            );
+        }
+    }
 }
 
 /// (b) `rdg query --url` of either process prints what `--state` prints

@@ -30,6 +30,7 @@ impl Source for Lines {
                 partition: 0,
                 offset: i as u64 + 1,
                 payload: self.lines[i].clone().into_bytes(),
+                timestamp_ms: None,
             });
         }
         self.next = end;

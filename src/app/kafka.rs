@@ -121,6 +121,12 @@ struct LiveObserver {
 impl Observer for LiveObserver {
     fn committed(&mut self, progress: &Progress, took: Duration) {
         self.gauges.observe_commit(took);
+        let now_ms = epoch_ms();
+        for (d, p) in &progress.dataflows {
+            if let Some(oldest) = p.oldest_record_ms {
+                self.gauges.observe_record_age(d, now_ms - oldest);
+            }
+        }
         let mut by_dataflow: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
         for ((d, p), next) in &progress.positions {
             if let (Ok(p), Ok(next)) = (p.parse::<i32>(), i64::try_from(*next)) {
@@ -156,6 +162,14 @@ impl Observer for LiveObserver {
     }
 }
 
+/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// `playback: 1200 ev/s (35000 events), lag 40, watermark 2023-11-14T22:13:20.000Z (delay 1.2s), dead letters 3 | ...; time by stage: collect 0.4s, commit 2.1s, ...`
 /// (events and dead letters: committed by this run; stage seconds summed
 /// over threads since the start).
@@ -164,10 +178,7 @@ pub fn status_line(
     last_events: &mut BTreeMap<String, u64>,
     elapsed: Duration,
 ) -> String {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = epoch_ms();
     let parts: Vec<String> = totals
         .dataflows
         .iter()

@@ -52,6 +52,30 @@ const CATCH_UP_OPEN: Duration = Duration::from_millis(1000);
 /// a worker caught up a backlog in it, or waited for the store's commits.
 const CATCH_UP_LOG: Duration = Duration::from_millis(50);
 
+/// A read whose oldest record (by its source timestamp) is this old is
+/// logged at debug level: the delay arose before rdg read the record (the
+/// producer, the broker, or a worker that was not polling).
+const OLD_READ_LOG: i64 = 100;
+
+/// Logs (debug) a read of `records` records of `dataflow` whose oldest
+/// record's source timestamp is `oldest_ms`, when it is [`OLD_READ_LOG`] ms
+/// old or more.
+fn log_old_read(dataflow: &str, records: usize, oldest_ms: Option<i64>) {
+    let Some(oldest) = oldest_ms else { return };
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let age = i64::try_from(super::wall_clock_ms()).unwrap_or(i64::MAX) - oldest;
+    if age >= OLD_READ_LOG {
+        tracing::debug!(
+            dataflow,
+            records,
+            age_ms = age,
+            "read records 100 ms or more after their timestamp"
+        );
+    }
+}
+
 /// The live time a worker is reading into: how many records it holds and
 /// since when.
 struct OpenTime {
@@ -231,6 +255,12 @@ impl<'a> Reader<'a> {
             positions: Vec::new(),
             watermark: None,
         };
+        batch.progress.oldest_record_ms = self.raw.iter().filter_map(|r| r.timestamp_ms).min();
+        log_old_read(
+            d.name.as_str(),
+            self.raw.len(),
+            batch.progress.oldest_record_ms,
+        );
         let began = Instant::now();
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut counted_from: BTreeMap<u32, u64> = BTreeMap::new();

@@ -2,8 +2,8 @@
 //! [`LiveStatus`] trait, [`StaticStatus`] for a state nothing ingests into
 //! (`rdg serve`), and [`LiveGauges`], a ready-made [`LiveStatus`] that an
 //! ingest loop (`rdg run`, `rdg demo`) updates (readiness and outages, per-dataflow
-//! committed events and lag, time per stage, how long each commit took)
-//! and the server reads.
+//! committed events and lag, time per stage, how long each commit took and
+//! how old its records were) and the server reads.
 //!
 //! Invariant: rates are derived only from what the owner reported, over
 //! windows of at least [`RATE_WINDOW`], so a burst of reports in one
@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// Histograms by dataflow (label `dataflow`).
+pub type DataflowHistograms = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
 
 /// What only a running pipeline knows. `rdg serve` uses [`StaticStatus`];
 /// `rdg run` and `rdg demo` pass a [`LiveGauges`] they update as they commit.
@@ -40,6 +44,12 @@ pub trait LiveStatus: Send + Sync {
     /// How long the store took to write each commit of this run, if it
     /// commits (a handle on the live histogram).
     fn commit_seconds(&self) -> Option<Histogram> {
+        None
+    }
+    /// Per dataflow, how old the oldest record of each commit was (from its
+    /// source timestamp) when the commit made it queryable, if the run
+    /// reads timestamped records (a handle on the live histograms).
+    fn record_age_seconds(&self) -> Option<DataflowHistograms> {
         None
     }
 }
@@ -92,6 +102,13 @@ pub struct LiveGauges {
     /// Seconds per commit: 0.5 ms to 8 s, doubling (a live run's commits
     /// take a few ms; the catch-up of a backlog, hundreds).
     commit_seconds: Histogram,
+    /// Seconds from a commit's oldest record's source timestamp to the
+    /// commit, per dataflow: 1 ms to 16 s, doubling.
+    record_age_seconds: DataflowHistograms,
+}
+
+fn record_age_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 impl LiveGauges {
@@ -102,6 +119,7 @@ impl LiveGauges {
             mode: mode.to_string(),
             inner: Mutex::new(Inner::default()),
             commit_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
+            record_age_seconds: Family::new_with_constructor(record_age_histogram),
         }
     }
 
@@ -128,6 +146,16 @@ impl LiveGauges {
     /// Reports how long one commit took the store.
     pub fn observe_commit(&self, took: Duration) {
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Reports that a commit made `dataflow`'s records queryable, the oldest
+    /// of them `age` after its source timestamp (clocks of other hosts can
+    /// make it negative: counted as 0).
+    pub fn observe_record_age(&self, dataflow: &str, age_ms: i64) {
+        let labels = vec![("dataflow".to_string(), dataflow.to_string())];
+        self.record_age_seconds
+            .get_or_create(&labels)
+            .observe(age_ms.max(0) as f64 / 1e3);
     }
 
     /// Reports a dataflow's events committed so far by this run (a running
@@ -189,6 +217,9 @@ impl LiveStatus for LiveGauges {
 
     fn commit_seconds(&self) -> Option<Histogram> {
         Some(self.commit_seconds.clone())
+    }
+    fn record_age_seconds(&self) -> Option<DataflowHistograms> {
+        Some(self.record_age_seconds.clone())
     }
 }
 

@@ -331,6 +331,15 @@ fn per_dataflow(
         )?;
         h.encode(m)?;
     }
+    if let Some(f) = live.record_age_seconds() {
+        let m = e.encode_descriptor(
+            "rdg_record_age_at_commit_seconds",
+            "Per dataflow and commit: seconds from the oldest committed record's source timestamp (Kafka's) to the commit that made it queryable",
+            None,
+            f.metric_type(),
+        )?;
+        f.encode(m)?;
+    }
     Ok(())
 }
 

@@ -130,6 +130,7 @@ impl Source for FileSource {
                 partition: self.current as u32,
                 offset: self.line,
                 payload: self.buf.clone(),
+                timestamp_ms: None,
             });
             n += 1;
         }

@@ -1253,6 +1253,7 @@ fn drain(
                     partition: u32::try_from(p).unwrap_or(0),
                     offset: u64::try_from(o).unwrap_or(0),
                     payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis(),
                 });
                 n += 1;
                 part.next = o + 1;

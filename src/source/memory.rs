@@ -39,6 +39,7 @@ impl Source for MemorySource {
                 partition: 0,
                 offset: (self.next + i + 1) as u64,
                 payload: line.clone(),
+                timestamp_ms: None,
             });
         }
         self.next = end;

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use thiserror::Error;
 
 /// One raw record: its partition, its position within the partition (a line
-/// number for files, an offset for Kafka) and its bytes.
+/// number for files, an offset for Kafka), its bytes and, when the source
+/// has one, its timestamp (Kafka's message timestamp, epoch ms).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawRecord {
     pub partition: u32,
     pub offset: u64,
     pub payload: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
 }
 
 /// What a poll found.

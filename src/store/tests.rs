@@ -462,6 +462,7 @@ fn commit_path_does_not_read(engine: Engine) {
             events: 5,
             late: 1,
             watermark: Some(9),
+            oldest_record_ms: None,
         },
     );
     let changes = [Change::Edge {
@@ -696,6 +697,7 @@ fn one_off_commit(store: &Store) -> Result<(), StoreError> {
             events: 400,
             late: 1,
             watermark: Some(99),
+            oldest_record_ms: None,
         },
     );
     let mut commit = store.begin_commit()?;
