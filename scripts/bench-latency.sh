@@ -7,7 +7,8 @@
 #   scripts/bench-latency.sh [WORKERS] [SECONDS] [RATE...]
 # BENCH_LOAD_RATE=N adds a steady background load while each probe runs:
 # `rdg produce --rate N` sends generated events to every topic (the probe's
-# own events come on top), so latency is measured under N events/s.
+# own events come on top), so latency is measured under N events/s;
+# BENCH_LOAD_ARGS adds arguments to that `rdg produce` (e.g. "-X linger.ms=20").
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,8 @@ load_rate=${BENCH_LOAD_RATE:-0}
 for rate in $rates; do
   load=
   if [ "$load_rate" -gt 0 ]; then
-    "$bin" produce --brokers "127.0.0.1:$port" --rate "$load_rate" \
+    # shellcheck disable=SC2086 # BENCH_LOAD_ARGS is a list of arguments
+    "$bin" produce --brokers "127.0.0.1:$port" --rate "$load_rate" ${BENCH_LOAD_ARGS:-} \
       --events $(( load_rate * (seconds + 10) )) --seed "$rate" 2>>"$work/produce.log" &
     load=$!
     sleep 3

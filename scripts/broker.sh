@@ -8,6 +8,9 @@
 #   scripts/broker.sh status [PORT]   exit 0 if it runs
 #
 # PORT defaults to 9092. The pid file and log are under target/broker/.
+# TANSU_BIN=PATH runs that tansu binary; TANSU_STORAGE=URL another storage
+# engine than the in-memory one (e.g. sqlite://target/broker/tansu.db, for
+# a tansu built with --features libsql).
 # tansu is installed with cargo the first time (about 15 minutes on 2 cores;
 # the binary stays in ~/.cargo/bin). Then, for example:
 #   RDG_TEST_BROKERS=127.0.0.1:9092 cargo test --test kafka_source real_broker
@@ -27,7 +30,9 @@ start_wait=${BROKER_START_WAIT:-30}
 stop_wait=10
 
 tansu_bin() {
-  if command -v tansu >/dev/null 2>&1; then
+  if [ -n "${TANSU_BIN:-}" ]; then
+    echo "$TANSU_BIN"
+  elif command -v tansu >/dev/null 2>&1; then
     command -v tansu
   elif [ -x "$HOME/.cargo/bin/tansu" ]; then
     echo "$HOME/.cargo/bin/tansu"
@@ -66,7 +71,7 @@ start() {
   nohup "$(tansu_bin)" broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ \
+    --storage-engine "${TANSU_STORAGE:-memory://tansu/}" \
     >"$log" 2>&1 &
   echo $! >"$pidfile"
   for _ in $(seq $((start_wait * 10))); do
