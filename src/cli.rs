@@ -153,7 +153,9 @@ struct ProduceArgs {
     brokers: String,
     #[arg(long, default_value_t = 10_000)]
     events: u64,
-    /// Events per second (default: as fast as possible).
+    /// Events per second (default: as fast as possible). Paced events are
+    /// stamped with the wall clock (from now, up to 5 s out of order), as
+    /// a live load; unpaced ones with `rdg gen`'s fixed timeline.
     #[arg(long)]
     rate: Option<f64>,
     #[arg(long, default_value_t = 1)]
@@ -636,10 +638,20 @@ fn produce(args: ProduceArgs) -> Result<ExitCode> {
         .map(|d| (d.topic.clone(), args.partitions))
         .collect();
     rdg::produce::create_topics(&args.brokers, &settings, &topics)?;
-    let gen_opts = rdg::generate::GenOptions {
-        events: args.events,
-        seed: args.seed,
-        ..Default::default()
+    // Paced, the events' time follows the wall clock, as a live source's
+    // would; as fast as possible, it is `rdg gen`'s fixed timeline.
+    let gen_opts = match args.rate {
+        Some(rate) => rdg::generate::GenOptions::live(
+            args.events,
+            args.seed,
+            rate,
+            chrono::Utc::now().timestamp_millis(),
+        ),
+        None => rdg::generate::GenOptions {
+            events: args.events,
+            seed: args.seed,
+            ..Default::default()
+        },
     };
     let events = rdg::generate::events(&gen_opts);
     let sent = rdg::produce::produce(&args.brokers, &settings, events, args.rate, |_| {})?;

@@ -82,6 +82,25 @@ pub struct GenSummary {
 /// The topics, in the order of their files in [`GenSummary`].
 pub const TOPICS: [&str; 3] = ["playback", "gaming", "login"];
 
+impl GenOptions {
+    /// A live load: `events` events whose time starts at `now_ms` and
+    /// follows the wall clock at `rate` events per second, out of order by
+    /// up to 5 s (`rdg demo`, `rdg produce --rate`). Events of a paced load
+    /// that started in 2023 would be years behind any event stamped with
+    /// the time it happens, and a dataflow with retention would drop them
+    /// as late.
+    pub fn live(events: u64, seed: u64, rate: f64, now_ms: i64) -> GenOptions {
+        GenOptions {
+            events,
+            seed,
+            start_ms: now_ms,
+            mean_step_us: (1_000_000.0 / rate.max(0.001)).round() as i64,
+            jitter_ms: 5_000,
+            ..Default::default()
+        }
+    }
+}
+
 /// Writes `playback.jsonl`, `gaming.jsonl` and `login.jsonl` into `out_dir`
 /// (created if needed).
 pub fn generate(opts: &GenOptions, out_dir: &Path) -> std::io::Result<GenSummary> {
@@ -847,6 +866,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_live_load_s_times_follow_the_clock_at_its_rate() {
+        // 20 000 events at 10 000/s from `now`: event times within 5 s of
+        // the 2 s the load lasts, and the last ones near its end.
+        let now = 1_796_000_000_000;
+        let o = GenOptions::live(20_000, 3, 10_000.0, now);
+        let mut last_playback = 0;
+        for (topic, _, line) in events(&o) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let ms = match topic {
+                "playback" => v["ts"].as_i64(),
+                "login" => v["ts"].as_i64().map(|s| s * 1000),
+                _ => v["time"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.timestamp_millis()),
+            };
+            if let Some(ms) = ms.filter(|_| v["account_id"].is_string()) {
+                assert!(ms >= now - 6_000 && ms < now + 2_000 + 1_000, "{line}");
+                if topic == "playback" {
+                    last_playback = ms;
+                }
+            }
+        }
+        assert!(last_playback > now + 1_000 - 6_000, "{last_playback}");
     }
 
     #[test]

@@ -424,14 +424,12 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
         opts.serve.listen
     );
     // Event time follows the wall clock at the produce rate.
-    let gen_opts = crate::generate::GenOptions {
-        events: opts.events,
-        seed: opts.seed,
-        start_ms: chrono::Utc::now().timestamp_millis(),
-        mean_step_us: (1_000_000.0 / opts.rate.max(0.001)).round() as i64,
-        jitter_ms: 5_000,
-        ..Default::default()
-    };
+    let gen_opts = crate::generate::GenOptions::live(
+        opts.events,
+        opts.seed,
+        opts.rate,
+        chrono::Utc::now().timestamp_millis(),
+    );
     let producer_brokers = brokers.clone();
     let rate = opts.rate;
     let stop = opts.stop.clone();
