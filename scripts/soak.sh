@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Soak: `rdg run` against a private tansu at a steady rate for MINUTES, with
-# every node, edge and link of the definitions given RETENTION (default 2h of event
-# time; the generator advances event time ~1 s per event, so at 500
-# events/s records expire after ~15 s of wall time, continually). Every
+# every node, edge and link of the definitions given RETENTION (default 15s
+# of event time; `rdg produce --rate` stamps events with the wall clock, so
+# records expire ~15 s after they arrive, continually; before 7e800ba the
+# generator advanced event time ~1 s per event and the default was 2h). Every
 # 10 s it samples rdg's resident memory (VmRSS), the state's disk use,
 # the lag, the commits and the engine's write time per commit (from
 # /metrics) into target/soak/soak.csv, then draws target/soak/soak.png
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
 rate=${SOAK_RATE:-500}
-retention=${RETENTION:-2h}
+retention=${RETENTION:-15s}
 engine=${RDG_ENGINE:-fjall}
 cache_args=()
 if [ -n "${SOAK_CACHE_MB:-}" ]; then cache_args=(--cache-mb "$SOAK_CACHE_MB"); fi
