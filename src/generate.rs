@@ -868,6 +868,18 @@ mod tests {
         }
     }
 
+    /// An event's time in epoch ms, from its topic's time field.
+    fn event_ms(topic: &str, v: &serde_json::Value) -> Option<i64> {
+        match topic {
+            "playback" => v["ts"].as_i64(),
+            "login" => v["ts"].as_i64().map(|s| s * 1000),
+            _ => v["time"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|d| d.timestamp_millis()),
+        }
+    }
+
     #[test]
     fn a_live_load_s_times_follow_the_clock_at_its_rate() {
         // 20 000 events at 10 000/s from `now`: event times within 5 s of
@@ -879,14 +891,7 @@ mod tests {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            let ms = match topic {
-                "playback" => v["ts"].as_i64(),
-                "login" => v["ts"].as_i64().map(|s| s * 1000),
-                _ => v["time"]
-                    .as_str()
-                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                    .map(|d| d.timestamp_millis()),
-            };
+            let ms = event_ms(topic, &v);
             if let Some(ms) = ms.filter(|_| v["account_id"].is_string()) {
                 assert!(ms >= now - 6_000 && ms < now + 2_000 + 1_000, "{line}");
                 if topic == "playback" {
@@ -935,14 +940,7 @@ mod tests {
                     continue;
                 }
             };
-            let t = match topic {
-                "playback" => v["ts"].as_i64(),
-                "login" => v["ts"].as_i64().map(|s| s * 1000),
-                _ => v["time"]
-                    .as_str()
-                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                    .map(|d| d.timestamp_millis()),
-            };
+            let t = event_ms(topic, &v);
             let bad_id = ["account_id", "game_profile_id"]
                 .iter()
                 .any(|f| v.get(*f).is_some_and(|x| x.is_object()));

@@ -323,24 +323,33 @@ fn per_dataflow(
         ConstCounter::new,
     )?;
     if let Some(h) = live.commit_seconds() {
-        let m = e.encode_descriptor(
+        live_histogram(
+            e,
             "rdg_commit_duration_seconds",
             "Time the store took to write each commit of this run",
-            None,
-            h.metric_type(),
+            &h,
         )?;
-        h.encode(m)?;
     }
     if let Some(f) = live.record_age_seconds() {
-        let m = e.encode_descriptor(
+        live_histogram(
+            e,
             "rdg_record_age_at_commit_seconds",
             "Per dataflow and commit: seconds from the oldest committed record's source timestamp (Kafka's) to the commit that made it queryable",
-            None,
-            f.metric_type(),
+            &f,
         )?;
-        f.encode(m)?;
     }
     Ok(())
+}
+
+/// Encodes one of the running pipeline's histograms (or a family of them).
+fn live_histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let m = e.encode_descriptor(name, help, None, h.metric_type())?;
+    h.encode(m)
 }
 
 impl Collector for StateCollector {
