@@ -124,7 +124,8 @@ impl Observer for LiveObserver {
         let now_ms = epoch_ms();
         for (d, p) in &progress.dataflows {
             if let Some(oldest) = p.oldest_record_ms {
-                self.gauges.observe_record_age(d, now_ms - oldest);
+                self.gauges
+                    .observe_record_age(d, now_ms.saturating_sub(oldest));
             }
         }
         let mut by_dataflow: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
@@ -486,6 +487,51 @@ mod tests {
 
     use super::status_line;
     use crate::app::{DataflowTotals, Totals};
+
+    #[test]
+    fn record_ages_from_any_timestamp_are_observed_without_overflow() {
+        let gauges = std::sync::Arc::new(crate::query::LiveGauges::new("run"));
+        let mut observer = super::LiveObserver {
+            committers: BTreeMap::new(),
+            gauges: gauges.clone(),
+            status_every: None,
+            last_status: std::time::Instant::now(),
+            last_events: BTreeMap::new(),
+        };
+        let mut progress = crate::model::Progress::default();
+        for (d, ts) in [
+            ("far_past", i64::MIN),
+            ("future", i64::MAX),
+            ("now", super::epoch_ms()),
+        ] {
+            progress.dataflows.insert(
+                d.into(),
+                crate::model::DataflowProgress {
+                    oldest_record_ms: Some(ts),
+                    ..Default::default()
+                },
+            );
+        }
+        crate::app::Observer::committed(&mut observer, &progress, Duration::from_millis(1));
+        let ages = crate::query::LiveStatus::record_age_seconds(&*gauges).expect("histograms");
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("age", "", ages);
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for d in ["far_past", "future", "now"] {
+            assert!(
+                text.contains(&format!("age_count{{dataflow=\"{d}\"}} 1")),
+                "{d}: {text}"
+            );
+        }
+        // A timestamp in the future counts as age 0; one in the far past
+        // lands in the last bucket only.
+        assert!(text.contains("age_sum{dataflow=\"future\"} 0.0"), "{text}");
+        assert!(
+            text.contains("age_bucket{le=\"16.384\",dataflow=\"far_past\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn status_line_names_each_dataflow_then_the_stage_times() {

@@ -65,7 +65,9 @@ fn log_old_read(dataflow: &str, records: usize, oldest_ms: Option<i64>) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let age = i64::try_from(super::wall_clock_ms()).unwrap_or(i64::MAX) - oldest;
+    let age = i64::try_from(super::wall_clock_ms())
+        .unwrap_or(i64::MAX)
+        .saturating_sub(oldest);
     if age >= OLD_READ_LOG {
         tracing::debug!(
             dataflow,
