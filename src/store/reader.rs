@@ -271,7 +271,7 @@ impl Store {
             let record = if edge_values {
                 decode_edge_value(&v).map(|(r, _)| r)
             } else {
-                let v = self.link_value(snap, id, &rest[..n], &dataflow, v, &k)?;
+                let v = self.link_value(snap, &prefix, rest.split_at(n), v, &k)?;
                 decode_record(&v)
             }
             .map_err(|e| corrupt(&k, &e))?;
@@ -307,28 +307,32 @@ impl Store {
         Ok(EdgePage { items: out, next })
     }
 
-    /// The record bytes of the link entry `key` = enc(`id`, neighbour,
-    /// `dataflow`) with value `v`: its own when `id` sorts first, else its
-    /// `(a, b)` entry's (the `(b, a)` entry only says that the link exists;
-    /// see the module doc).
+    /// The record bytes of the link entry `key` = `id` ++ `neighbour` ++
+    /// `dataflow` (encoded segments) with value `v`: its own when `id` sorts
+    /// first, else its `(a, b)` entry's (the `(b, a)` entry only says that
+    /// the link exists; see the module doc). The codec preserves order, so
+    /// the encoded segments compare as the identifiers do.
     fn link_value(
         &self,
         snap: &Snap,
-        id: &str,
-        neighbour: &[u8],
-        dataflow: &str,
+        id: &[u8],
+        (neighbour, dataflow): (&[u8], &[u8]),
         v: Bytes,
         key: &[u8],
     ) -> Result<Bytes, StoreError> {
-        let corrupt = |d: &dyn std::fmt::Display| StoreError::corrupt(TREE_LINK, key, d);
-        let [other] = decode_strs::<1>(neighbour).map_err(|e| corrupt(&e))?;
-        if id < other.as_ref() {
+        if id < neighbour {
             return Ok(v);
         }
-        let ab = codec::encode(&[other.as_ref(), id, dataflow]);
+        let ab = [neighbour, id, dataflow].concat();
         snap.get(&self.inner.link, &ab)
             .map_err(|e| self.engine_err(e))?
-            .ok_or_else(|| corrupt(&"a link's (b, a) entry without its (a, b) entry"))
+            .ok_or_else(|| {
+                StoreError::corrupt(
+                    TREE_LINK,
+                    key,
+                    "a link's (b, a) entry without its (a, b) entry",
+                )
+            })
     }
 
     pub(crate) fn identity_in(
