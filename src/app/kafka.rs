@@ -121,7 +121,7 @@ struct LiveObserver {
 impl Observer for LiveObserver {
     fn committed(&mut self, progress: &Progress, took: Duration) {
         self.gauges.observe_commit(took);
-        let now_ms = epoch_ms();
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for (d, p) in &progress.dataflows {
             if let Some(oldest) = p.oldest_record_ms {
                 self.gauges
@@ -163,14 +163,6 @@ impl Observer for LiveObserver {
     }
 }
 
-/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
-fn epoch_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// `playback: 1200 ev/s (35000 events), lag 40, watermark 2023-11-14T22:13:20.000Z (delay 1.2s), dead letters 3 | ...; time by stage: collect 0.4s, commit 2.1s, ...`
 /// (events and dead letters: committed by this run; stage seconds summed
 /// over threads since the start).
@@ -179,7 +171,7 @@ pub fn status_line(
     last_events: &mut BTreeMap<String, u64>,
     elapsed: Duration,
 ) -> String {
-    let now_ms = epoch_ms();
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let parts: Vec<String> = totals
         .dataflows
         .iter()
@@ -502,7 +494,7 @@ mod tests {
         for (d, ts) in [
             ("far_past", i64::MIN),
             ("future", i64::MAX),
-            ("now", super::epoch_ms()),
+            ("now", chrono::Utc::now().timestamp_millis()),
         ] {
             progress.dataflows.insert(
                 d.into(),

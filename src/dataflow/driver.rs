@@ -65,9 +65,7 @@ fn log_old_read(dataflow: &str, records: usize, oldest_ms: Option<i64>) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let age = i64::try_from(super::wall_clock_ms())
-        .unwrap_or(i64::MAX)
-        .saturating_sub(oldest);
+    let age = chrono::Utc::now().timestamp_millis().saturating_sub(oldest);
     if age >= OLD_READ_LOG {
         tracing::debug!(
             dataflow,
@@ -257,17 +255,15 @@ impl<'a> Reader<'a> {
             positions: Vec::new(),
             watermark: None,
         };
-        batch.progress.oldest_record_ms = self.raw.iter().filter_map(|r| r.timestamp_ms).min();
-        log_old_read(
-            d.name.as_str(),
-            self.raw.len(),
-            batch.progress.oldest_record_ms,
-        );
         let began = Instant::now();
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut counted_from: BTreeMap<u32, u64> = BTreeMap::new();
         self.ops.clear();
         for r in self.raw.iter() {
+            if let Some(ts) = r.timestamp_ms {
+                let oldest = batch.progress.oldest_record_ms.get_or_insert(ts);
+                *oldest = (*oldest).min(ts);
+            }
             // Records before this process's stored position were counted
             // (and their dead letters kept) before a restart: their ops still
             // go out, for owners whose state is behind, but nothing is counted.
@@ -315,6 +311,11 @@ impl<'a> Reader<'a> {
             .into_iter()
             .map(|(part, next)| (reading.source.partition_key(part), next))
             .collect();
+        log_old_read(
+            d.name.as_str(),
+            self.raw.len(),
+            batch.progress.oldest_record_ms,
+        );
         if reading.feeder.watermark > i64::MIN {
             batch.watermark = Some(reading.feeder.watermark);
             batch.progress.watermark = Some(reading.feeder.watermark);

@@ -4,10 +4,10 @@
 //! Request counts and latency histograms are recorded per endpoint (the
 //! route template, so label values are a fixed set) as requests end. The
 //! pipeline's numbers (events, late events, dead letters, watermarks, lag,
-//! ingest rates, commits and their durations) are read at scrape time by a
-//! collector, so they
-//! are never stale copies; store sizes come from the latest background
-//! count, which a scrape asks to refresh.
+//! ingest rates, commits, their durations and their records' ages) are
+//! read at scrape time by a collector, so they are never stale copies;
+//! store sizes come from the latest background count, which a scrape asks
+//! to refresh.
 //!
 //! Invariant: the set of label values is bounded (route templates, status
 //! codes, dataflow and namespace names from the store), whatever clients
