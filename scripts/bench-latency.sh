@@ -7,8 +7,10 @@
 #   scripts/bench-latency.sh [WORKERS] [SECONDS] [RATE...]
 # BENCH_LOAD_RATE=N adds a steady background load while each probe runs:
 # `rdg produce --rate N` sends generated events to every topic (the probe's
-# own events come on top), so latency is measured under N events/s;
-# BENCH_LOAD_ARGS adds arguments to that `rdg produce` (e.g. "-X linger.ms=20").
+# own events come on top), so latency is measured under N events/s; the
+# load batches 50 ms (`rdg produce --rate`'s linger.ms), the probe 20 ms
+# (PROBE_LINGER_MS); BENCH_LOAD_ARGS adds arguments to that `rdg produce`
+# (e.g. "-X linger.ms=5", librdkafka's default and the load before 5 December).
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 set -euo pipefail
 cd "$(dirname "$0")/.."

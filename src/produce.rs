@@ -33,6 +33,20 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `progress` is called, in messages handed to the producer.
 const PROGRESS_EVERY: u64 = 1000;
 
+/// The producer's `linger.ms` for a bulk load.
+const BULK_LINGER_MS: &str = "5";
+
+/// The producer's `linger.ms` for a paced load (`--rate`): 50 ms, as a
+/// service producing tens of thousands of events a second would batch.
+/// With librdkafka's 5 ms a 50 000 events/s load came as ~200 produce
+/// requests a second of a few records per partition, and tansu (whose
+/// in-memory engine lists every stored batch of a partition on each fetch)
+/// spent its CPU on their number beside rdg on the same two cores; the
+/// probe of `scripts/bench-latency.sh` times its own events from the
+/// broker's acknowledgement, so the load's linger is not in its numbers
+/// (docs/performance.md).
+const PACED_LINGER_MS: &str = "50";
+
 #[derive(Debug, Error)]
 pub enum ProduceError {
     #[error("Kafka producer for {brokers}: {detail}")]
@@ -134,9 +148,17 @@ where
         detail: e.to_string(),
     };
     let mut config = ClientConfig::new();
-    // Batches fill for a few ms before they are sent: throughput over
-    // latency for a bulk load. May be overridden.
-    config.set("linger.ms", "5");
+    // Batches fill for a while before they are sent: throughput over
+    // latency. A paced load batches as a busy service's producer would,
+    // a bulk load fills its batches in a few ms anyway. May be overridden.
+    config.set(
+        "linger.ms",
+        if rate.is_some() {
+            PACED_LINGER_MS
+        } else {
+            BULK_LINGER_MS
+        },
+    );
     for (k, v) in settings {
         config.set(k, v);
     }
