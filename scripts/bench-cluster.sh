@@ -16,6 +16,8 @@
 # two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/catch-up.sh
+. scripts/lib/catch-up.sh
 events=${1:-200000}
 seconds=${2:-10}
 connections=${3:-16}
@@ -36,27 +38,8 @@ rm -rf "$work" && mkdir -p "$work"
 echo "machine: $(nproc) cores; events=$events broker=tansu (memory) on 127.0.0.1:$port"
 
 # What every run must commit: a file replay of the same events.
-"$bin" gen --events "$events" --seed 7 --out "$work/files" >/dev/null
-"$bin" replay --workers 2 --state "$work/file-state" --json \
-  "$work/files/playback.jsonl" "$work/files/gaming.jsonl" "$work/files/login.jsonl" > "$work/file.json"
-expected=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["events"]+s["dead_letters"])' "$work/file.json")
+expected=$(file_records "$bin" 2 "$events" "$work")
 "$bin" produce --brokers "127.0.0.1:$port" --events "$events" --seed 7 --partitions 4 2>/dev/null
-
-# Records committed so far: the sum over the last status line of each log.
-committed() {
-  python3 - "$@" <<'PY'
-import re, sys
-total = 0
-for path in sys.argv[1:]:
-    try:
-        lines = [l for l in open(path) if l.startswith("status: ")]
-    except FileNotFoundError:
-        continue
-    if lines:
-        total += sum(int(e) + int(d) for e, d in re.findall(r"\((\d+) events\).*?dead letters (\d+)", lines[-1]))
-print(total)
-PY
-}
 
 # Waits until the logs show `expected` records; prints the seconds taken.
 time_until_committed() {
