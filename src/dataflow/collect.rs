@@ -21,7 +21,7 @@ use super::ops::{Names, RecKey};
 use super::records::Folded;
 use super::symbols::Sym;
 use super::tally::Tallier;
-use super::{Emitted, Emitter};
+use super::{Emitted, Emitter, REBUILD_TIME};
 use crate::model::{Change, ClusterOf, DataflowProgress, Progress};
 
 /// Everything that reaches the collector.
@@ -83,7 +83,7 @@ pub(crate) fn collect<'s>(
                         // fewer times than the processes owning its links,
                         // and time 0 is the only moment that says what the
                         // loaded links imply.
-                        if t == 0 && !matches!(x, ToStore::Cluster(..)) {
+                        if t == REBUILD_TIME && !matches!(x, ToStore::Cluster(..)) {
                             continue;
                         }
                         if forward && matches!(x, ToStore::Folded(_, Folded::Changed { .. })) {

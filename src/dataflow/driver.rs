@@ -383,7 +383,7 @@ pub(super) fn drive(
     let config = reader.config;
     reader.wake_me();
     config.committed.register_waiter();
-    let mut epoch: u64 = inputs.time().max(1);
+    let mut epoch: u64 = inputs.time().max(super::REBUILD_TIME + 1);
     inputs.advance_to(epoch);
     // Times sent but maybe not yet complete, oldest first.
     let mut started: std::collections::VecDeque<u64> = std::collections::VecDeque::new();

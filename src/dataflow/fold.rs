@@ -18,6 +18,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
+use super::REBUILD_TIME;
 use super::ops::{Op, OpKind};
 use super::records::{Folded, Records};
 
@@ -113,7 +114,7 @@ pub(crate) fn fold<'s>(
                 if slot.0.is_none() {
                     slot.0 = cap.retain_least(output.output_index());
                 }
-                if tally && t == 0 {
+                if tally && t == REBUILD_TIME {
                     output.session(&cap).give_iterator(
                         data.iter()
                             .filter(|op| matches!(op.kind, OpKind::Load(_)))
@@ -121,7 +122,7 @@ pub(crate) fn fold<'s>(
                     );
                 }
                 slot.1.append(data);
-                if t == 0
+                if t == REBUILD_TIME
                     && slot.1.len() >= LOAD_CHUNK
                     && slot.1.iter().all(|op| matches!(op.kind, OpKind::Load(_)))
                 {

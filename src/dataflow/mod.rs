@@ -101,6 +101,14 @@ pub type SourceFactory = Arc<
     dyn Fn(usize, usize, &Positions) -> Result<Vec<Box<dyn Source>>, SourceError> + Send + Sync,
 >;
 
+/// The time of the rebuild: a run continuing a state loads its stored
+/// contributions into the folds at this time, before any source is read
+/// (sources start after it). What the folds hold at it is already stored:
+/// they emit only links at it, which identity starts from
+/// (`Records::take_changes`), and the collector writes none of its records,
+/// only identity's assignments (`collect`).
+pub(crate) const REBUILD_TIME: u64 = 0;
+
 /// Contributions rebuilt from the store, read by worker 0 at time 0.
 pub type Contributions = Box<dyn Iterator<Item = Result<Change, String>> + Send>;
 

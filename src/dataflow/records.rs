@@ -309,7 +309,7 @@ impl Records {
     ) -> bool {
         let from = self.changed.len().saturating_sub(limit);
         for key in self.changed.drain(from..) {
-            if t == 0 && !matches!(key, RecKey::Link(..)) {
+            if t == super::REBUILD_TIME && !matches!(key, RecKey::Link(..)) {
                 match self.state.get_mut(&key) {
                     Some(e) => e.since = None,
                     None => {
