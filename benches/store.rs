@@ -68,7 +68,7 @@ fn progress(events: u64) -> Progress {
             events,
             late: 0,
             watermark: Some(1),
-            oldest_record_ms: None,
+            record_times: Default::default(),
         },
     );
     p.positions.insert(("playback".into(), "0".into()), events);

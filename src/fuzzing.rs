@@ -266,7 +266,7 @@ fn sample_progress() -> crate::model::Progress {
             events: 3,
             late: 0,
             watermark: Some(12),
-            oldest_record_ms: None,
+            record_times: Default::default(),
         },
     );
     p

@@ -260,11 +260,103 @@ pub struct DataflowProgress {
     pub events: u64,
     pub late: u64,
     pub watermark: Option<EventTime>,
-    /// The earliest source timestamp (epoch ms) of the records read for
-    /// this delta, when the source has timestamps (Kafka). Not stored: the
-    /// live run reports how old its records are when a commit makes them
-    /// queryable.
-    pub oldest_record_ms: Option<i64>,
+    /// The source timestamps of the records read for this delta, when the
+    /// source has them (Kafka). Not stored: the live run reports how old
+    /// each record is when a commit makes it queryable.
+    pub record_times: RecordTimes,
+}
+
+/// How far before the newest timestamp [`RecordTimes`] keeps timestamps
+/// one by one (ms): 2^14, the last bound of the live run's record-age
+/// histogram.
+pub const RECORD_TIMES_SPAN_MS: i64 = 1 << 14;
+
+/// The source timestamps (epoch ms) of a delta's records, as a count per
+/// millisecond, so that a commit can report each record's age.
+///
+/// Invariant: bounded by [`RECORD_TIMES_SPAN_MS`] entries, plus one
+/// aggregate: a timestamp the span or more before the newest one is
+/// counted with the other such (their number and the sum of their
+/// timestamps, so the sum of their ages is still exact). Their ages exceed
+/// the span whenever the commit's clock is not behind the sources'.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordTimes {
+    by_ms: std::collections::BTreeMap<i64, u64>,
+    older: u64,
+    older_sum: i128,
+    oldest: Option<i64>,
+}
+
+impl RecordTimes {
+    /// Counts `n` records with timestamp `ts`.
+    pub fn add(&mut self, ts: i64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.oldest = Some(self.oldest.map_or(ts, |o| o.min(ts)));
+        *self.by_ms.entry(ts).or_default() += n;
+        if self.by_ms.len() as i64 > RECORD_TIMES_SPAN_MS {
+            self.age_out();
+        }
+    }
+
+    /// Moves the timestamps more than the span before the newest into the
+    /// aggregate.
+    fn age_out(&mut self) {
+        let Some((&newest, _)) = self.by_ms.last_key_value() else {
+            return;
+        };
+        let keep = self
+            .by_ms
+            .split_off(&newest.saturating_sub(RECORD_TIMES_SPAN_MS - 1));
+        for (ts, n) in std::mem::replace(&mut self.by_ms, keep) {
+            self.older += n;
+            self.older_sum += i128::from(ts) * i128::from(n);
+        }
+    }
+
+    /// Adds another delta's timestamps.
+    pub fn merge(&mut self, other: &RecordTimes) {
+        for (&ts, &n) in &other.by_ms {
+            self.add(ts, n);
+        }
+        self.older += other.older;
+        self.older_sum += other.older_sum;
+        self.oldest = match (self.oldest, other.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// The earliest timestamp counted.
+    pub fn oldest(&self) -> Option<i64> {
+        self.oldest
+    }
+
+    /// Records counted.
+    pub fn len(&self) -> u64 {
+        self.older + self.by_ms.values().sum::<u64>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.oldest.is_none()
+    }
+
+    /// The records' ages at `now_ms` (negative when a source's clock is
+    /// ahead), as (age in ms, number of records); the aggregate of old
+    /// timestamps at the age of their mean.
+    pub fn ages(&self, now_ms: i64) -> impl Iterator<Item = (i64, u64)> + '_ {
+        let older = (self.older > 0).then(|| {
+            let mean = self.older_sum / i128::from(self.older);
+            let age = (i128::from(now_ms) - mean).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+            (age as i64, self.older)
+        });
+        self.by_ms
+            .iter()
+            .rev()
+            .map(move |(&ts, &n)| (now_ms.saturating_sub(ts), n))
+            .chain(older)
+    }
 }
 
 impl DataflowProgress {
@@ -276,10 +368,7 @@ impl DataflowProgress {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        self.oldest_record_ms = match (self.oldest_record_ms, other.oldest_record_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.record_times.merge(&other.record_times);
     }
 }
 
@@ -299,6 +388,70 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Ages from a list of timestamps, computed directly.
+    fn direct_ages(ts: &[i64], now: i64) -> (u64, i128, BTreeMap<i64, u64>) {
+        let mut by_age = BTreeMap::new();
+        for &t in ts {
+            *by_age.entry(now - t).or_default() += 1;
+        }
+        let sum = ts.iter().map(|&t| i128::from(now - t)).sum();
+        (ts.len() as u64, sum, by_age)
+    }
+
+    #[test]
+    fn record_times_give_every_record_s_age_and_stay_bounded() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut aggregated = false;
+        for round in 0..60 {
+            let now = 1_700_000_000_000 + rng.random_range(0..100_000);
+            // Timestamps over up to 40 s (beyond the span; with more
+            // distinct ones than the span has ms, so old ones are
+            // aggregated), in deltas merged as commits merge them.
+            let (spread, most) = [(100, 3_000), (5_000, 3_000), (40_000, 60_000)][round % 3];
+            let ts: Vec<i64> = (0..rng.random_range(0..most))
+                .map(|_| now - rng.random_range(0..spread))
+                .collect();
+            let mut merged = RecordTimes::default();
+            for part in ts.chunks(rng.random_range(1..500)) {
+                let mut delta = RecordTimes::default();
+                for chunk in part.chunk_by(|a, b| a == b) {
+                    delta.add(chunk[0], chunk.len() as u64);
+                }
+                merged.merge(&delta);
+            }
+            assert!(merged.by_ms.len() as i64 <= RECORD_TIMES_SPAN_MS);
+            aggregated |= merged.older > 0;
+            assert_eq!(merged.oldest(), ts.iter().copied().min());
+            assert_eq!(merged.is_empty(), ts.is_empty());
+            let (count, sum, by_age) = direct_ages(&ts, now);
+            let ages: Vec<(i64, u64)> = merged.ages(now).collect();
+            assert_eq!(merged.len(), count);
+            assert_eq!(ages.iter().map(|a| a.1).sum::<u64>(), count);
+            // The sum of ages is exact up to the aggregate's rounding (its
+            // mean, below one ms per record).
+            let got: i128 = ages
+                .iter()
+                .map(|&(a, n)| i128::from(a) * i128::from(n))
+                .sum();
+            assert!((got - sum).abs() <= i128::from(count), "{got} vs {sum}");
+            // Ages within the span are exact, one by one.
+            let newest = ts.iter().max().copied().unwrap_or(now);
+            let within = |a: &i64| *a < RECORD_TIMES_SPAN_MS + (now - newest);
+            let mut exact: BTreeMap<i64, u64> = BTreeMap::new();
+            for &(a, n) in &ages {
+                if within(&a) {
+                    *exact.entry(a).or_default() += n;
+                }
+            }
+            let expected: BTreeMap<i64, u64> =
+                by_age.into_iter().filter(|(a, _)| within(a)).collect();
+            assert_eq!(exact, expected);
+        }
+        assert!(aggregated, "no round aged timestamps out");
+    }
 
     /// The serde names, the clap names and `as_str` are the same words.
     #[test]

@@ -66,7 +66,7 @@ fn progress(watermark: i64) -> Progress {
             events: 1,
             late: 0,
             watermark: Some(watermark),
-            oldest_record_ms: None,
+            record_times: Default::default(),
         },
     );
     p.positions.insert(("playback".into(), "0".into()), 1);
@@ -1128,10 +1128,10 @@ fn status_metrics_and_readiness() {
     live.observe("playback", 10, Some(42));
     live.observe_commit(Duration::from_millis(3));
     live.observe_commit(Duration::from_millis(300));
-    live.observe_record_age("playback", 30);
-    live.observe_record_age("playback", 5_000);
+    live.observe_record_age("playback", 30, 3);
+    live.observe_record_age("playback", 5_000, 1);
     // A clock ahead of the producer's: counted as 0.
-    live.observe_record_age("gaming", -7);
+    live.observe_record_age("gaming", -7, 1);
     assert_eq!(get(&base, "/readyz").ok()["ready"], true);
 
     let s = get(&base, "/v1/status");
@@ -1181,11 +1181,12 @@ fn status_metrics_and_readiness() {
         "rdg_commit_duration_seconds_bucket{le=\"0.256\"} 1\n",
         "rdg_commit_duration_seconds_bucket{le=\"0.512\"} 2\n",
         "rdg_commit_duration_seconds_count 2\n",
-        // 30 ms and 5 s: one record age up to 32 ms, both up to 8.192 s.
-        "rdg_record_age_at_commit_seconds_bucket{le=\"0.032\",dataflow=\"playback\"} 1\n",
-        "rdg_record_age_at_commit_seconds_bucket{le=\"4.096\",dataflow=\"playback\"} 1\n",
-        "rdg_record_age_at_commit_seconds_bucket{le=\"8.192\",dataflow=\"playback\"} 2\n",
-        "rdg_record_age_at_commit_seconds_count{dataflow=\"playback\"} 2\n",
+        // Three records 30 ms old and one 5 s old: each counted.
+        "rdg_record_age_at_commit_seconds_bucket{le=\"0.032\",dataflow=\"playback\"} 3\n",
+        "rdg_record_age_at_commit_seconds_bucket{le=\"4.096\",dataflow=\"playback\"} 3\n",
+        "rdg_record_age_at_commit_seconds_bucket{le=\"8.192\",dataflow=\"playback\"} 4\n",
+        "rdg_record_age_at_commit_seconds_count{dataflow=\"playback\"} 4\n",
+        "rdg_record_age_at_commit_seconds_sum{dataflow=\"playback\"} 5.09\n",
         "rdg_record_age_at_commit_seconds_bucket{le=\"0.001\",dataflow=\"gaming\"} 1\n",
         "rdg_record_age_at_commit_seconds_sum{dataflow=\"gaming\"} 0.0\n",
     ] {

@@ -600,7 +600,7 @@ fn random_commit(rng: &mut StdRng, model: &Model) -> (Vec<Change>, Vec<DeadLette
                     events: rng.random_range(0..100),
                     late: rng.random_range(0..3),
                     watermark: rng.random_bool(0.7).then(|| rng.random_range(-10..1000)),
-                    oldest_record_ms: None,
+                    record_times: Default::default(),
                 },
             );
         }
@@ -952,7 +952,7 @@ fn many_tree_commit_is_all_there_after_reopen(engine: Engine) {
             events: 250,
             late: 1,
             watermark: Some(49),
-            oldest_record_ms: None,
+            record_times: Default::default(),
         },
     );
     progress
@@ -1026,7 +1026,7 @@ fn concurrent_commits_from_clones_add_up(engine: Engine) {
                             events: 1,
                             late: 0,
                             watermark: Some(i),
-                            oldest_record_ms: None,
+                            record_times: Default::default(),
                         },
                     );
                     let dead = [DeadLetter {

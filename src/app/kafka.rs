@@ -123,9 +123,8 @@ impl Observer for LiveObserver {
         self.gauges.observe_commit(took);
         let now_ms = chrono::Utc::now().timestamp_millis();
         for (d, p) in &progress.dataflows {
-            if let Some(oldest) = p.oldest_record_ms {
-                self.gauges
-                    .observe_record_age(d, now_ms.saturating_sub(oldest));
+            for (age_ms, records) in p.record_times.ages(now_ms) {
+                self.gauges.observe_record_age(d, age_ms, records);
             }
         }
         let mut by_dataflow: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
@@ -496,13 +495,9 @@ mod tests {
             ("future", i64::MAX),
             ("now", chrono::Utc::now().timestamp_millis()),
         ] {
-            progress.dataflows.insert(
-                d.into(),
-                crate::model::DataflowProgress {
-                    oldest_record_ms: Some(ts),
-                    ..Default::default()
-                },
-            );
+            let mut p = crate::model::DataflowProgress::default();
+            p.record_times.add(ts, 1);
+            progress.dataflows.insert(d.into(), p);
         }
         crate::app::Observer::committed(&mut observer, &progress, Duration::from_millis(1));
         let ages = crate::query::LiveStatus::record_age_seconds(&*gauges).expect("histograms");

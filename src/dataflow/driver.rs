@@ -259,11 +259,9 @@ impl<'a> Reader<'a> {
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut counted_from: BTreeMap<u32, u64> = BTreeMap::new();
         self.ops.clear();
+        // Consecutive records mostly share a timestamp: counted as runs.
+        let mut run: Option<(i64, u64)> = None;
         for r in self.raw.iter() {
-            if let Some(ts) = r.timestamp_ms {
-                let oldest = batch.progress.oldest_record_ms.get_or_insert(ts);
-                *oldest = (*oldest).min(ts);
-            }
             // Records before this process's stored position were counted
             // (and their dead letters kept) before a restart: their ops still
             // go out, for owners whose state is behind, but nothing is counted.
@@ -278,6 +276,16 @@ impl<'a> Reader<'a> {
                 self.start.positions.get(&key).copied().unwrap_or(0)
             });
             let fresh = r.offset >= from;
+            if let Some(ts) = r.timestamp_ms.filter(|_| fresh) {
+                match &mut run {
+                    Some((t, n)) if *t == ts => *n += 1,
+                    _ => {
+                        if let Some((t, n)) = run.replace((ts, 1)) {
+                            batch.progress.record_times.add(t, n);
+                        }
+                    }
+                }
+            }
             let verdict = d.decode_into(
                 &r.payload,
                 &self.plan.identity,
@@ -311,10 +319,13 @@ impl<'a> Reader<'a> {
             .into_iter()
             .map(|(part, next)| (reading.source.partition_key(part), next))
             .collect();
+        if let Some((t, n)) = run {
+            batch.progress.record_times.add(t, n);
+        }
         log_old_read(
             d.name.as_str(),
             self.raw.len(),
-            batch.progress.oldest_record_ms,
+            batch.progress.record_times.oldest(),
         );
         if reading.feeder.watermark > i64::MIN {
             batch.watermark = Some(reading.feeder.watermark);

@@ -46,9 +46,9 @@ pub trait LiveStatus: Send + Sync {
     fn commit_seconds(&self) -> Option<Histogram> {
         None
     }
-    /// Per dataflow, how old the oldest record of each commit was (from its
-    /// source timestamp) when the commit made it queryable, if the run
-    /// reads timestamped records (a handle on the live histograms).
+    /// Per dataflow, how old each record was (from its source timestamp)
+    /// when a commit made it queryable, if the run reads timestamped
+    /// records (a handle on the live histograms).
     fn record_age_seconds(&self) -> Option<DataflowHistograms> {
         None
     }
@@ -102,8 +102,9 @@ pub struct LiveGauges {
     /// Seconds per commit: 0.5 ms to 8 s, doubling (a live run's commits
     /// take a few ms; the catch-up of a backlog, hundreds).
     commit_seconds: Histogram,
-    /// Seconds from a commit's oldest record's source timestamp to the
-    /// commit, per dataflow: 1 ms to 16 s, doubling.
+    /// Seconds from each record's source timestamp to the commit that made
+    /// it queryable, per dataflow: 1 ms to 16 s (`RECORD_TIMES_SPAN_MS`),
+    /// doubling.
     record_age_seconds: DataflowHistograms,
 }
 
@@ -148,14 +149,16 @@ impl LiveGauges {
         self.commit_seconds.observe(took.as_secs_f64());
     }
 
-    /// Reports that a commit made `dataflow`'s records queryable, the oldest
-    /// of them `age` after its source timestamp (clocks of other hosts can
-    /// make it negative: counted as 0).
-    pub fn observe_record_age(&self, dataflow: &str, age_ms: i64) {
+    /// Reports that a commit made `records` of `dataflow`'s records
+    /// queryable `age_ms` after their source timestamp (clocks of other
+    /// hosts can make it negative: counted as 0).
+    pub fn observe_record_age(&self, dataflow: &str, age_ms: i64, records: u64) {
         let labels = vec![("dataflow".to_string(), dataflow.to_string())];
-        self.record_age_seconds
-            .get_or_create(&labels)
-            .observe(age_ms.max(0) as f64 / 1e3);
+        let histogram = self.record_age_seconds.get_or_create(&labels);
+        let age = age_ms.max(0) as f64 / 1e3;
+        for _ in 0..records {
+            histogram.observe(age);
+        }
     }
 
     /// Reports a dataflow's events committed so far by this run (a running

@@ -462,7 +462,7 @@ fn commit_path_does_not_read(engine: Engine) {
             events: 5,
             late: 1,
             watermark: Some(9),
-            oldest_record_ms: None,
+            record_times: Default::default(),
         },
     );
     let changes = [Change::Edge {
@@ -697,7 +697,7 @@ fn one_off_commit(store: &Store) -> Result<(), StoreError> {
             events: 400,
             late: 1,
             watermark: Some(99),
-            oldest_record_ms: None,
+            record_times: Default::default(),
         },
     );
     let mut commit = store.begin_commit()?;
