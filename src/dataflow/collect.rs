@@ -213,6 +213,18 @@ fn to_changes(
             }
         }
     }
+    cluster_changes(&mut clusters, tallier, &mut changes);
+    (changes, progress)
+}
+
+/// The store's changes for identity's updates of one time (identifier,
+/// (cluster, hub), diff): per identifier, the memberships it left and took
+/// and its assignment (or its removal when it has none left).
+fn cluster_changes(
+    clusters: &mut [(Sym, (Sym, bool), isize)],
+    mut tallier: Option<&mut Tallier>,
+    changes: &mut Vec<Change>,
+) {
     // Per identifier, its clusters in order with their net diffs: the ones
     // it left (net -1) and joined (net +1).
     clusters.sort_unstable_by_key(|&(id, c, _)| (id, c));
@@ -257,7 +269,6 @@ fn to_changes(
             changes.push(Change::Cluster { id, cluster: None });
         }
     }
-    (changes, progress)
 }
 
 fn cluster_of((cluster, hub): (Sym, bool)) -> ClusterOf {

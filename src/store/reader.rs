@@ -199,20 +199,7 @@ impl Store {
             EdgeOrder::Recent => None,
         };
         let prefix = codec::encode(&[id]);
-        // Id order resumes with a range scan strictly after every key of the
-        // cursor's neighbour: enc(id) ++ enc(after) with its terminator's
-        // last byte (0x01) raised to 0x02 is the least key above them all.
-        let start = match after {
-            Some(EdgeCursor::Id { after }) => {
-                let mut k = prefix.clone();
-                codec::push_str(&mut k, after);
-                if let Some(last) = k.last_mut() {
-                    *last = 0x02;
-                }
-                k
-            }
-            _ => prefix.clone(),
-        };
+        let start = scan_start(&prefix, after);
         let recent_after = match after {
             Some(EdgeCursor::Recent { last_seen, after }) => Some((*last_seen, after.as_str())),
             _ => None,
@@ -282,29 +269,7 @@ impl Store {
             });
         }
         flush(&mut group, &neighbour, &mut out)?;
-        if q.order == EdgeOrder::Recent {
-            out.sort_unstable_by(|a, b| {
-                b.last_seen
-                    .cmp(&a.last_seen)
-                    .then_with(|| a.node.cmp(&b.node))
-            });
-        }
-        let mut next = None;
-        if let Some(l) = q.limit
-            && out.len() > l
-        {
-            out.truncate(l);
-            next = out.last().map(|last| match q.order {
-                EdgeOrder::Id => EdgeCursor::Id {
-                    after: last.node.clone(),
-                },
-                EdgeOrder::Recent => EdgeCursor::Recent {
-                    last_seen: last.last_seen,
-                    after: last.node.clone(),
-                },
-            });
-        }
-        Ok(EdgePage { items: out, next })
+        Ok(cut_page(out, q))
     }
 
     /// The record bytes of the link entry `key` = `id` ++ `neighbour` ++
@@ -497,4 +462,49 @@ impl Iterator for Contributions {
             }
         }
     }
+}
+
+/// Where a scan of `prefix` (an encoded identifier) starts for the page
+/// after `after`. Id order resumes strictly after every key of the cursor's
+/// neighbour: `prefix ++ enc(after)` with its terminator's last byte (0x01)
+/// raised to 0x02 is the least key above them all. Recent order scans
+/// everything (its cursor filters by `last_seen`).
+fn scan_start(prefix: &[u8], after: Option<&EdgeCursor>) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    if let Some(EdgeCursor::Id { after }) = after {
+        codec::push_str(&mut k, after);
+        if let Some(last) = k.last_mut() {
+            *last = 0x02;
+        }
+    }
+    k
+}
+
+/// The page of `out` (the neighbours kept by the scan) for `q`: in its
+/// order, cut at its limit, with the cursor of the next page when more
+/// remain.
+fn cut_page(mut out: Vec<EdgeView>, q: &EdgeQuery) -> EdgePage {
+    if q.order == EdgeOrder::Recent {
+        out.sort_unstable_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then_with(|| a.node.cmp(&b.node))
+        });
+    }
+    let mut next = None;
+    if let Some(l) = q.limit
+        && out.len() > l
+    {
+        out.truncate(l);
+        next = out.last().map(|last| match q.order {
+            EdgeOrder::Id => EdgeCursor::Id {
+                after: last.node.clone(),
+            },
+            EdgeOrder::Recent => EdgeCursor::Recent {
+                last_seen: last.last_seen,
+                after: last.node.clone(),
+            },
+        });
+    }
+    EdgePage { items: out, next }
 }
