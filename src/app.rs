@@ -8,14 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::dataflow::{self, Committed, Contributions, Emitted, RunConfig, StageSeconds, Start};
+use crate::dataflow::{
+    self, Committed, Contributions, Emitted, RunConfig, StageSeconds, StageTimes, Start,
+};
 use crate::model::{Change, DeadLetter, Progress};
 use crate::source::{FileSource, Shared, Source, TopicFiles};
 use crate::spec::{self, Plan, SpecErrors};
@@ -543,36 +545,7 @@ fn run_into_sink(
     sources: dataflow::SourceFactory,
     observer: &mut dyn Observer,
 ) -> Result<Totals, AppError> {
-    let meta = store.meta()?;
-    let watermarks = meta
-        .dataflows
-        .iter()
-        .filter_map(|(name, m)| m.watermark.map(|w| (name.clone(), w)))
-        .collect();
-    let contributions: Option<Contributions> = if store.is_empty()? {
-        None
-    } else {
-        Some(Box::new(
-            // One process holds every stored assignment: identity starts
-            // from them (`dataflow::rebuild`).
-            if config.cluster.is_none() {
-                store.contributions_and_identity()
-            } else {
-                store.contributions()
-            }
-            .map(|c| c.map_err(|e| e.to_string())),
-        ))
-    };
-    let positions = meta
-        .positions
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let start = Arc::new(Start {
-        watermarks,
-        contributions: Mutex::new(contributions),
-        positions,
-    });
+    let start = Arc::new(start_of(store, config.cluster.is_none())?);
     let workers = config.workers;
     // Commits that readers or a restart can see end at identity steps; the
     // chunks of a bulk load are seen by nobody until it finishes.
@@ -604,43 +577,7 @@ fn run_into_sink(
     std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
         let mut writer = Writer::new(workers, committed, align);
-        let mut result: Result<(), AppError> = Ok(());
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(e) => {
-                    let mut next = Some(e);
-                    while let Some(e) = next.take().or_else(|| rx.try_recv().ok()) {
-                        let n = match &e {
-                            Emitted::Data { changes, .. } => changes.len(),
-                            _ => 0,
-                        };
-                        // After a failed write the rest is only drained, so
-                        // that no worker waits on the backlog.
-                        if result.is_ok()
-                            && let Err(e) = writer.receive(e, sink)
-                        {
-                            stop.store(true, Ordering::Relaxed);
-                            result = Err(e.into());
-                        }
-                        backlog.take(n);
-                    }
-                    if result.is_ok() {
-                        match writer.commit_ready(sink) {
-                            Ok(Some((progress, took))) => observer.committed(&progress, took),
-                            Ok(None) => {}
-                            Err(e) => {
-                                stop.store(true, Ordering::Relaxed);
-                                result = Err(e.into());
-                            }
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
-            observer.tick(&writer.totals);
-        }
+        let result = write_all(&rx, &mut writer, sink, &backlog, (&stop, &stages), observer);
         let joined = handle.join().map_err(|_| panic_error()).and_then(|r| {
             r.map_err(|e| match e {
                 dataflow::DataflowError::Timely(_) if FIRST_PANIC.get().is_some() => panic_error(),
@@ -650,6 +587,93 @@ fn run_into_sink(
         writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
         result.and(joined).map(|()| writer.totals.clone())
     })
+}
+
+/// Where a run starts: the stored watermarks and positions, and the stored
+/// contributions to rebuild the folds from (none for an empty state), with
+/// every stored identity assignment when `one_process` (identity starts
+/// from them, `dataflow::rebuild`).
+fn start_of(store: &Store, one_process: bool) -> Result<Start, AppError> {
+    let meta = store.meta()?;
+    let watermarks = meta
+        .dataflows
+        .iter()
+        .filter_map(|(name, m)| m.watermark.map(|w| (name.clone(), w)))
+        .collect();
+    let contributions: Option<Contributions> = if store.is_empty()? {
+        None
+    } else {
+        Some(Box::new(
+            if one_process {
+                store.contributions_and_identity()
+            } else {
+                store.contributions()
+            }
+            .map(|c| c.map_err(|e| e.to_string())),
+        ))
+    };
+    let positions = meta
+        .positions
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    Ok(Start {
+        watermarks,
+        contributions: Mutex::new(contributions),
+        positions,
+    })
+}
+
+/// The writer's loop: takes what the workers emit until they are done,
+/// writes it to `sink` and commits what is complete. After a failed write
+/// it sets `stop` and only drains, so that no worker waits on the backlog;
+/// returns the first error.
+fn write_all(
+    rx: &mpsc::Receiver<Emitted>,
+    writer: &mut Writer,
+    sink: &mut Sink<'_>,
+    backlog: &Backlog,
+    (stop, stages): (&AtomicBool, &StageTimes),
+    observer: &mut dyn Observer,
+) -> Result<(), AppError> {
+    let mut result: Result<(), AppError> = Ok(());
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(e) => {
+                let mut next = Some(e);
+                while let Some(e) = next.take().or_else(|| rx.try_recv().ok()) {
+                    let n = match &e {
+                        Emitted::Data { changes, .. } => changes.len(),
+                        _ => 0,
+                    };
+                    // After a failed write the rest is only drained, so
+                    // that no worker waits on the backlog.
+                    if result.is_ok()
+                        && let Err(e) = writer.receive(e, sink)
+                    {
+                        stop.store(true, Ordering::Relaxed);
+                        result = Err(e.into());
+                    }
+                    backlog.take(n);
+                }
+                if result.is_ok() {
+                    match writer.commit_ready(sink) {
+                        Ok(Some((progress, took))) => observer.committed(&progress, took),
+                        Ok(None) => {}
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            result = Err(e.into());
+                        }
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
+        observer.tick(&writer.totals);
+    }
+    result
 }
 
 /// Stage times as text: `decode 1.25s, fold 0.50s, ...` with `decimals`.
