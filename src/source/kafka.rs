@@ -317,6 +317,9 @@ fn kafka_error(topic: &str, e: impl std::fmt::Display) -> SourceError {
 }
 
 /// What the watcher thread learned, read by `poll`.
+/// (low, high) watermarks per partition.
+type Watermarks = BTreeMap<i32, (i64, i64)>;
+
 #[derive(Debug, Default)]
 struct Shared {
     /// The topic's partition count from the last metadata answer; `None`
@@ -326,7 +329,7 @@ struct Shared {
     missing: bool,
     /// (low, high) watermarks of the owned partitions, from the last refresh
     /// that could fetch them.
-    watermarks: BTreeMap<i32, (i64, i64)>,
+    watermarks: Watermarks,
     /// Number of completed refreshes (metadata and every owned partition's
     /// watermarks fetched). A gap check waits for the next one.
     generation: u64,
@@ -421,6 +424,33 @@ impl Watcher {
     /// lookups by time. `Err` only when the brokers could not be reached.
     /// `Ok(true)` when `poll` has something new to act on.
     fn refresh(&self, logged: &mut Logged) -> Result<bool, String> {
+        let Some((count, missing)) = self.partition_count(logged)? else {
+            return Ok(false);
+        };
+        let (watermarks, complete) = self.owned_watermarks(count.unwrap_or(0))?;
+        let by_time = self.offsets_by_time()?;
+
+        let mut s = lock(&self.shared);
+        let mut changed = s.partitions != count.or(s.partitions) || s.missing != missing;
+        if count.is_some() {
+            s.partitions = count;
+        }
+        s.missing = missing;
+        changed |= watermarks.keys().any(|p| !s.watermarks.contains_key(p));
+        changed |= !by_time.is_empty();
+        s.watermarks.extend(watermarks);
+        s.by_time.extend(by_time);
+        if complete {
+            s.generation += 1;
+            changed |= std::mem::take(&mut s.want_refresh);
+        }
+        Ok(changed)
+    }
+
+    /// The topic's partition count from the metadata (`None` while it does
+    /// not exist) and whether it is missing; `Ok(None)` when the broker
+    /// answers with another error about it (logged once until it changes).
+    fn partition_count(&self, logged: &mut Logged) -> Result<Option<(Option<i32>, bool)>, String> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), self.timeout)
@@ -445,7 +475,7 @@ impl Watcher {
                         );
                     }
                     logged.topic_error = Some(text);
-                    return Ok(false);
+                    return Ok(None);
                 }
             },
             None => (None, true),
@@ -461,10 +491,15 @@ impl Watcher {
             tracing::info!("topic `{}` now exists", self.topic);
         }
         logged.missing = missing;
+        Ok(Some((count, missing)))
+    }
 
+    /// The watermarks of the partitions below `count` this worker owns, and
+    /// whether every one was read.
+    fn owned_watermarks(&self, count: i32) -> Result<(Watermarks, bool), String> {
         let mut watermarks = BTreeMap::new();
         let mut complete = true;
-        for p in 0..count.unwrap_or(0) {
+        for p in 0..count {
             if owner(&self.topic, p, self.peers) != self.worker {
                 continue;
             }
@@ -479,7 +514,12 @@ impl Watcher {
                 }
             }
         }
+        Ok((watermarks, complete))
+    }
 
+    /// The offsets at the run's start time (`--from-time`) of the partitions
+    /// still waiting for theirs (`None`: past the end).
+    fn offsets_by_time(&self) -> Result<BTreeMap<i32, Option<i64>>, String> {
         let wanted: Vec<i32> = {
             let s = lock(&self.shared);
             s.want_by_time
@@ -489,53 +529,39 @@ impl Watcher {
                 .collect()
         };
         let mut by_time = BTreeMap::new();
-        if let (Some(ms), false) = (self.start_ms, wanted.is_empty()) {
-            let mut tpl = TopicPartitionList::with_capacity(wanted.len());
-            for &p in &wanted {
-                tpl.add_partition_offset(&self.topic, p, Offset::Offset(ms))
-                    .map_err(|e| e.to_string())?;
-            }
-            match self.consumer.offsets_for_times(tpl, self.timeout) {
-                Ok(found) => {
-                    for e in found.elements() {
-                        match (e.error(), e.offset()) {
-                            (Ok(()), Offset::Offset(o)) => {
-                                by_time.insert(e.partition(), Some(o));
-                            }
-                            (Ok(()), Offset::End) => {
-                                by_time.insert(e.partition(), None);
-                            }
-                            (r, o) => tracing::debug!(
-                                "offset of {}/{} at {ms} ms: {o:?} {r:?}",
-                                self.topic,
-                                e.partition()
-                            ),
+        let (Some(ms), false) = (self.start_ms, wanted.is_empty()) else {
+            return Ok(by_time);
+        };
+        let mut tpl = TopicPartitionList::with_capacity(wanted.len());
+        for &p in &wanted {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(ms))
+                .map_err(|e| e.to_string())?;
+        }
+        match self.consumer.offsets_for_times(tpl, self.timeout) {
+            Ok(found) => {
+                for e in found.elements() {
+                    match (e.error(), e.offset()) {
+                        (Ok(()), Offset::Offset(o)) => {
+                            by_time.insert(e.partition(), Some(o));
                         }
+                        (Ok(()), Offset::End) => {
+                            by_time.insert(e.partition(), None);
+                        }
+                        (r, o) => tracing::debug!(
+                            "offset of {}/{} at {ms} ms: {o:?} {r:?}",
+                            self.topic,
+                            e.partition()
+                        ),
                     }
                 }
-                Err(e) if is_transport(&e) => return Err(e.to_string()),
-                Err(e) => tracing::warn!(
-                    "cannot look up the offsets of topic `{}` at {ms} ms: {e}; retrying",
-                    self.topic
-                ),
             }
+            Err(e) if is_transport(&e) => return Err(e.to_string()),
+            Err(e) => tracing::warn!(
+                "cannot look up the offsets of topic `{}` at {ms} ms: {e}; retrying",
+                self.topic
+            ),
         }
-
-        let mut s = lock(&self.shared);
-        let mut changed = s.partitions != count.or(s.partitions) || s.missing != missing;
-        if count.is_some() {
-            s.partitions = count;
-        }
-        s.missing = missing;
-        changed |= watermarks.keys().any(|p| !s.watermarks.contains_key(p));
-        changed |= !by_time.is_empty();
-        s.watermarks.extend(watermarks);
-        s.by_time.extend(by_time);
-        if complete {
-            s.generation += 1;
-            changed |= std::mem::take(&mut s.want_refresh);
-        }
-        Ok(changed)
+        Ok(by_time)
     }
 }
 
@@ -821,7 +847,7 @@ impl KafkaSource {
 
     /// Decides where each pending partition starts and assigns those that
     /// can start now.
-    fn start_pending(&mut self, watermarks: &BTreeMap<i32, (i64, i64)>) -> Result<(), SourceError> {
+    fn start_pending(&mut self, watermarks: &Watermarks) -> Result<(), SourceError> {
         let by_time = lock(&self.shared).by_time.clone();
         let mut want_by_time = Vec::new();
         let mut assign = Vec::new();
@@ -964,11 +990,7 @@ impl KafkaSource {
     }
 
     /// Resolves out-of-range errors once fresh watermarks are in.
-    fn check_gaps(
-        &mut self,
-        watermarks: &BTreeMap<i32, (i64, i64)>,
-        generation: u64,
-    ) -> Result<(), SourceError> {
+    fn check_gaps(&mut self, watermarks: &Watermarks, generation: u64) -> Result<(), SourceError> {
         let checking: Vec<(i32, u64)> = self
             .parts
             .iter()
