@@ -863,62 +863,7 @@ impl Store {
         let cluster = db.namespace(TREE_CLUSTER).map_err(engine_err)?;
         has_data |= non_empty(&meta) || non_empty(&link) || non_empty(&id) || non_empty(&cluster);
 
-        let format_key = codec::encode(&[META_FORMAT]);
-        match snap.get(&meta, &format_key).map_err(engine_err)? {
-            Some(v) => {
-                let found = <[u8; 8]>::try_from(&v[..])
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| {
-                        StoreError::corrupt(TREE_META, &format_key, "format version is not 8 bytes")
-                    })?;
-                if found == UPGRADES_FROM {
-                    db.put_one(&meta, &format_key, &FORMAT_VERSION.to_be_bytes())
-                        .map_err(engine_err)?;
-                    db.flush().map_err(engine_err)?;
-                    layout::record_format(dir, FORMAT_VERSION)?;
-                } else if found != FORMAT_VERSION {
-                    return Err(StoreError::Version {
-                        path: dir.to_path_buf(),
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
-                if !layout::format_recorded(dir) {
-                    // A state of an rdg before the file existed.
-                    layout::record_format(dir, FORMAT_VERSION)?;
-                }
-            }
-            None if !may_be_empty && layout::format_recorded(dir) => {
-                return Err(StoreError::Damaged {
-                    path: dir.to_path_buf(),
-                    detail: format!(
-                        "it was written by rdg (rdg-format), but its {} database holds {} (files of it missing, truncated or zeroed?)",
-                        db.engine(),
-                        if has_data {
-                            "data without a format version"
-                        } else {
-                            "nothing, not even the format version"
-                        }
-                    ),
-                });
-            }
-            None if has_data => {
-                return Err(StoreError::corrupt(
-                    TREE_META,
-                    &format_key,
-                    format!(
-                        "{} holds data but no format version (not an rdg state directory?)",
-                        dir.display()
-                    ),
-                ));
-            }
-            None => {
-                db.put_one(&meta, &format_key, &FORMAT_VERSION.to_be_bytes())
-                    .map_err(engine_err)?;
-                db.flush().map_err(engine_err)?;
-                layout::record_format(dir, FORMAT_VERSION)?;
-            }
-        }
+        check_format(dir, &db, &snap, &meta, (may_be_empty, has_data))?;
         let (commits, counters) = load_counters(&snap, &meta).map_err(|e| match e {
             LoadError::Engine(source) => engine_err(source),
             LoadError::Store(e) => e,
@@ -1174,6 +1119,81 @@ impl Store {
 enum LoadError {
     Engine(EngineError),
     Store(StoreError),
+}
+
+/// Checks the format version a state's engine holds against this rdg's:
+/// upgrades [`UPGRADES_FROM`], records `rdg-format` where it is missing,
+/// writes the version into a new (`may_be_empty`) state, and refuses a
+/// state of another version, one that lost its data (`rdg-format` present,
+/// the version not) and one that holds data without a version.
+fn check_format(
+    dir: &Path,
+    db: &Db,
+    snap: &Snap,
+    meta: &Ns,
+    (may_be_empty, has_data): (bool, bool),
+) -> Result<(), StoreError> {
+    let engine_err = |source| StoreError::Engine {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let format_key = codec::encode(&[META_FORMAT]);
+    match snap.get(meta, &format_key).map_err(engine_err)? {
+        Some(v) => {
+            let found = <[u8; 8]>::try_from(&v[..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    StoreError::corrupt(TREE_META, &format_key, "format version is not 8 bytes")
+                })?;
+            if found == UPGRADES_FROM {
+                db.put_one(meta, &format_key, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(engine_err)?;
+                db.flush().map_err(engine_err)?;
+                layout::record_format(dir, FORMAT_VERSION)?;
+            } else if found != FORMAT_VERSION {
+                return Err(StoreError::Version {
+                    path: dir.to_path_buf(),
+                    found,
+                    expected: FORMAT_VERSION,
+                });
+            }
+            if !layout::format_recorded(dir) {
+                // A state of an rdg before the file existed.
+                layout::record_format(dir, FORMAT_VERSION)?;
+            }
+        }
+        None if !may_be_empty && layout::format_recorded(dir) => {
+            return Err(StoreError::Damaged {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "it was written by rdg (rdg-format), but its {} database holds {} (files of it missing, truncated or zeroed?)",
+                    db.engine(),
+                    if has_data {
+                        "data without a format version"
+                    } else {
+                        "nothing, not even the format version"
+                    }
+                ),
+            });
+        }
+        None if has_data => {
+            return Err(StoreError::corrupt(
+                TREE_META,
+                &format_key,
+                format!(
+                    "{} holds data but no format version (not an rdg state directory?)",
+                    dir.display()
+                ),
+            ));
+        }
+        None => {
+            db.put_one(meta, &format_key, &FORMAT_VERSION.to_be_bytes())
+                .map_err(engine_err)?;
+            db.flush().map_err(engine_err)?;
+            layout::record_format(dir, FORMAT_VERSION)?;
+        }
+    }
+    Ok(())
 }
 
 /// The commit count and every dataflow's counters, from `meta`.
