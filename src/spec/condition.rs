@@ -31,21 +31,32 @@ pub(crate) fn condition(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str) -> Option<C
     };
     t.check_keys(cx);
 
-    let mut ops: Vec<(&str, usize)> = OPERATORS
+    let op = operator(cx, &t)?;
+    let operand = t.get(op)?;
+    match op {
+        "equals" | "in" | "exists" => field_test(cx, &t, op, operand),
+        _ => nested(cx, &t, op, operand),
+    }
+}
+
+/// The one operator of condition table `t`; an error when it has none or
+/// several.
+fn operator(cx: &mut FileCx<'_>, t: &Table<'_, '_>) -> Option<&'static str> {
+    let mut ops: Vec<(&'static str, usize)> = OPERATORS
         .iter()
         .filter_map(|op| t.key_span(op).map(|s| (*op, s.start)))
         .collect();
     ops.sort_by_key(|(_, start)| *start);
-    let op = match ops.as_slice() {
+    match ops.as_slice() {
         [] => {
             cx.error(
                 Some(&t.span),
                 format!("condition has no operator (one of {})", one_of(&OPERATORS)),
                 Some(FORMS_HINT.to_string()),
             );
-            return None;
+            None
         }
-        [(op, _)] => *op,
+        [(op, _)] => Some(*op),
         [(first, _), (second, _), ..] => {
             let span = t.key_span(second);
             cx.error(
@@ -56,88 +67,98 @@ pub(crate) fn condition(cx: &mut FileCx<'_>, v: &Val<'_>, key: &str) -> Option<C
                         .to_string(),
                 ),
             );
-            return None;
-        }
-    };
-    let operand = t.get(op)?;
-
-    match op {
-        "equals" | "in" | "exists" => {
-            let Some(field) = t.get("field") else {
-                if t.misspells("field") {
-                    return None;
-                }
-                cx.error(
-                    Some(&t.span),
-                    format!("condition with `{op}` needs a `field`"),
-                    Some(format!(
-                        "e.g. `{{ field = \"event\", {op} = {} }}`",
-                        example(op)
-                    )),
-                );
-                return None;
-            };
-            let path = cx.field_path(field, "field");
-            match op {
-                "equals" => {
-                    let value = cx.json(operand, "equals");
-                    Some(Condition::Equals(path?, value?))
-                }
-                "in" => {
-                    let values = in_values(cx, operand);
-                    Some(Condition::In(path?, values?))
-                }
-                _ => {
-                    let want = cx.boolean(operand, "exists");
-                    Some(Condition::Exists(path?, want?))
-                }
-            }
-        }
-        _ => {
-            if let Some(span) = t.key_span("field") {
-                cx.error(
-                    Some(&span),
-                    format!("`field` cannot be used with `{op}`"),
-                    Some(format!(
-                        "put the field inside the nested condition, e.g. `{{ {op} = {} }}`",
-                        example(op)
-                    )),
-                );
-                return None;
-            }
-            if op == "not" {
-                return condition(cx, operand, "not").map(|c| Condition::Not(Box::new(c)));
-            }
-            let items = cx.array(operand, op, Some(FORMS_HINT.to_string()))?;
-            if items.is_empty() {
-                cx.error(
-                    Some(&operand.span()),
-                    format!("`{op}` has no conditions"),
-                    Some(format!(
-                        "list at least one condition, e.g. `{{ {op} = {} }}`",
-                        example(op)
-                    )),
-                );
-                return None;
-            }
-            let mut conds = Vec::new();
-            let mut ok = true;
-            for item in items {
-                match condition(cx, item, op) {
-                    Some(c) => conds.push(c),
-                    None => ok = false,
-                }
-            }
-            if !ok {
-                return None;
-            }
-            Some(if op == "all" {
-                Condition::All(conds)
-            } else {
-                Condition::Any(conds)
-            })
+            None
         }
     }
+}
+
+/// A test of a field: `equals`, `in` or `exists` (`op`) with its `operand`.
+fn field_test(
+    cx: &mut FileCx<'_>,
+    t: &Table<'_, '_>,
+    op: &str,
+    operand: &Val<'_>,
+) -> Option<Condition> {
+    let Some(field) = t.get("field") else {
+        if t.misspells("field") {
+            return None;
+        }
+        cx.error(
+            Some(&t.span),
+            format!("condition with `{op}` needs a `field`"),
+            Some(format!(
+                "e.g. `{{ field = \"event\", {op} = {} }}`",
+                example(op)
+            )),
+        );
+        return None;
+    };
+    let path = cx.field_path(field, "field");
+    match op {
+        "equals" => {
+            let value = cx.json(operand, "equals");
+            Some(Condition::Equals(path?, value?))
+        }
+        "in" => {
+            let values = in_values(cx, operand);
+            Some(Condition::In(path?, values?))
+        }
+        _ => {
+            let want = cx.boolean(operand, "exists");
+            Some(Condition::Exists(path?, want?))
+        }
+    }
+}
+
+/// Conditions of conditions: `not`, `all` or `any` (`op`) of `operand`.
+fn nested(
+    cx: &mut FileCx<'_>,
+    t: &Table<'_, '_>,
+    op: &str,
+    operand: &Val<'_>,
+) -> Option<Condition> {
+    if let Some(span) = t.key_span("field") {
+        cx.error(
+            Some(&span),
+            format!("`field` cannot be used with `{op}`"),
+            Some(format!(
+                "put the field inside the nested condition, e.g. `{{ {op} = {} }}`",
+                example(op)
+            )),
+        );
+        return None;
+    }
+    if op == "not" {
+        return condition(cx, operand, "not").map(|c| Condition::Not(Box::new(c)));
+    }
+    let items = cx.array(operand, op, Some(FORMS_HINT.to_string()))?;
+    if items.is_empty() {
+        cx.error(
+            Some(&operand.span()),
+            format!("`{op}` has no conditions"),
+            Some(format!(
+                "list at least one condition, e.g. `{{ {op} = {} }}`",
+                example(op)
+            )),
+        );
+        return None;
+    }
+    let mut conds = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match condition(cx, item, op) {
+            Some(c) => conds.push(c),
+            None => ok = false,
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(if op == "all" {
+        Condition::All(conds)
+    } else {
+        Condition::Any(conds)
+    })
 }
 
 /// The values of `in = [...]`: a non-empty array of JSON-able values.
