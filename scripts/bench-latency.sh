@@ -11,6 +11,9 @@
 # load batches 50 ms (`rdg produce --rate`'s linger.ms), the probe 20 ms
 # (PROBE_LINGER_MS); BENCH_LOAD_ARGS adds arguments to that `rdg produce`
 # (e.g. "-X linger.ms=5", librdkafka's default and the load before 5 December).
+# Beside each probe, scripts/read_probe.py times lookups of other nodes
+# (one connection, a read every ~5 ms): how long a query waits while rdg
+# ingests.
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +48,11 @@ for rate in $rates; do
     sleep 3
     echo "background load: rdg produce --rate $load_rate"
   fi
+  # Lookups of other nodes while the probe runs (scripts/read_probe.py).
+  python3 scripts/read_probe.py "http://127.0.0.1:$api_port" "$((seconds > 4 ? seconds - 4 : 1))" 2 &
+  reads=$!
   python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds"
+  wait "$reads" || true
   if [ -n "$load" ]; then
     kill "$load" 2>/dev/null || true
     wait "$load" 2>/dev/null || true

@@ -212,6 +212,7 @@ impl BulkLoad {
         let mut counters = inner.counters.lock().unwrap_or_else(|p| p.into_inner());
         {
             let _exclusive = store.gate_exclusive();
+            let _changing = store.changing();
             inner
                 .db
                 .write(&plan.ns, &plan.set)
@@ -219,8 +220,7 @@ impl BulkLoad {
             inner.db.flush().map_err(|e| store.engine_err(e))?;
             layout::record_durable(&inner.path, commits)?;
             layout::remove_bulk_marker(&inner.path)?;
-            inner.commits.store(commits, Ordering::Release);
-            store.publish(meta);
+            store.publish(meta, commits);
         }
         counters.dataflows = std::mem::take(&mut self.counters);
         inner.bulk.store(false, Ordering::Release);

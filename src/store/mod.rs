@@ -84,10 +84,20 @@
 //! open one per call), and everything read through one view sees the same
 //! commits, named by [`ReadView::commit_count`].
 //! - fjall: the view holds a snapshot (one sequence number across all
-//!   keyspaces). The gate (an `RwLock<()>`) is held only while the snapshot
-//!   and its commit count are taken, and by a commit only while its batch is
-//!   applied, so the count always matches the snapshot; reads themselves
-//!   never wait for commits, nor commits for reads.
+//!   keyspaces) and the count and meta published with it. A commit's batch
+//!   becomes visible at once, and the commit then publishes its count, meta
+//!   and the sequence number a snapshot reads at from then on
+//!   ([`Published`]); `changes` is odd from before the batch until after the
+//!   publication. A view takes the published state, then the snapshot: they
+//!   agree when `changes` was even and unchanged around both, or when the
+//!   snapshot reads at the published sequence number (the batch of a commit
+//!   in progress is not visible to it yet); otherwise (the snapshot already
+//!   sees a batch whose publication follows) it takes both again, so a view
+//!   waits at most for the few instructions between a batch and its
+//!   publication, not for the batch. A commit that fjall ingests (8 MiB or
+//!   more, visible one keyspace after another) holds the gate (an
+//!   `RwLock<()>`) exclusively, and views take their snapshot holding it
+//!   shared; nothing else waits for the other.
 //! - sled: plain reads are not isolated from a transaction in progress, so
 //!   the view holds the gate shared for its whole life and a commit holds it
 //!   exclusively around its transaction. The lock is writer-preferring: a
@@ -667,19 +677,23 @@ struct Inner {
     /// namespaces (the state is locked) and all creation goes through
     /// [`Store::dyn_tree_or_create`], so absence here means absence on disk.
     dyn_trees: RwLock<DynTrees>,
-    /// Isolates readers from commits (see "Isolation"): sled reads hold it
-    /// shared for a whole view, fjall views only while they take their
-    /// snapshot; commits hold it exclusively while the engine applies them.
+    /// Isolates readers from commits the engine does not apply at once (see
+    /// "Isolation"): sled reads hold it shared for a whole view, fjall views
+    /// only while they take their snapshot; sled commits and fjall
+    /// ingestions hold it exclusively while the engine applies them.
     gate: RwLock<()>,
     /// The number of non-empty commits (meta enc("commits")); changed only
     /// while `gate` is held exclusively.
     commits: AtomicU64,
-    /// Every dataflow's counters and every position as of the last commit
-    /// (what `meta` holds), replaced only while `gate` is held exclusively,
-    /// so a view reads it with its snapshot instead of scanning `meta`, whose
-    /// few keys every commit rewrites (on fjall, a scan would step over every
-    /// version still in the memtable).
-    published: RwLock<Arc<Meta>>,
+    /// What the last commit made visible (see [`Published`]): a view reads
+    /// it with its snapshot instead of scanning `meta`, whose few keys every
+    /// commit rewrites (on fjall, a scan would step over every version still
+    /// in the memtable).
+    published: RwLock<Arc<Published>>,
+    /// Odd while a commit is being applied and published (see
+    /// [`Changing`]), even otherwise: a view whose snapshot was taken
+    /// between two equal even values sees exactly what is published.
+    changes: AtomicU64,
     /// Committed counters; held by every commit from plan to apply.
     counters: Mutex<Counters>,
     stats: StatCounters,
@@ -688,6 +702,30 @@ struct Inner {
     bulk: AtomicBool,
     /// The state's lock file, locked while this is alive.
     _lock: std::fs::File,
+}
+
+/// The state the last commit made visible, replaced as one piece after the
+/// engine applied the commit.
+#[derive(Debug)]
+pub(crate) struct Published {
+    /// Every dataflow's counters and every position (what `meta` holds).
+    pub meta: Arc<Meta>,
+    /// The commit count.
+    pub commits: u64,
+    /// On fjall, the sequence number a snapshot reads at once the commit is
+    /// visible: a snapshot at another one sees another state.
+    pub seqno: Option<u64>,
+}
+
+/// Marks a commit being applied and published: `Inner::changes` is odd
+/// from [`Store::changing`] until this is dropped (also when the commit
+/// fails).
+pub(crate) struct Changing<'a>(&'a AtomicU64);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// The stores opened by this process, by canonical directory. A live entry
@@ -874,6 +912,7 @@ impl Store {
             LoadError::Store(e) => e,
         })?;
         drop(snap);
+        let seqno = db.visible_seqno();
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -885,9 +924,14 @@ impl Store {
                 dyn_trees: RwLock::new(dyn_trees),
                 gate: RwLock::new(()),
                 commits: AtomicU64::new(commits),
-                published: RwLock::new(Arc::new(published)),
+                published: RwLock::new(Arc::new(Published {
+                    meta: Arc::new(published),
+                    commits,
+                    seqno,
+                })),
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
+                changes: AtomicU64::new(0),
                 bulk: AtomicBool::new(false),
                 _lock: lock,
             }),
@@ -928,24 +972,38 @@ impl Store {
         self.read().meta()
     }
 
-    /// Makes `meta` what views see from now on (the caller holds the gate
-    /// exclusively, with the commit that wrote it).
-    fn publish(&self, meta: Meta) {
-        *self
+    /// Makes `meta` and `commits` what views see from now on, with the
+    /// engine's state as it is now: called after the engine applied the
+    /// commit that wrote them, before the next one (see "Isolation").
+    fn publish(&self, meta: Meta, commits: u64) {
+        let seqno = self.inner.db.visible_seqno();
+        let mut p = self
             .inner
             .published
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(meta);
+            .unwrap_or_else(|p| p.into_inner());
+        self.inner.commits.store(commits, Ordering::Release);
+        *p = Arc::new(Published {
+            meta: Arc::new(meta),
+            commits,
+            seqno,
+        });
     }
 
-    /// What views see now (a copy to update).
-    fn published(&self) -> Meta {
-        let m = self
-            .inner
+    /// Marks a commit as being applied until the guard is dropped (see
+    /// [`Changing`]).
+    fn changing(&self) -> Changing<'_> {
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        Changing(&self.inner.changes)
+    }
+
+    /// What views see now.
+    fn published(&self) -> Arc<Published> {
+        self.inner
             .published
             .read()
-            .unwrap_or_else(|p| p.into_inner());
-        Meta::clone(&m)
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Holds the gate shared: no commit is applied until the guard is dropped.

@@ -1,10 +1,11 @@
-//! Reads for a query service: a [`ReadView`] that holds the gate across
+//! Reads for a query service: a [`ReadView`] that reads one state across
 //! several reads, paging cursors for neighbour lists, identifier search, the
 //! list of stored types, and per-namespace sizes.
 //!
 //! Invariants: everything read through one `ReadView` sees the same commits
-//! (it holds a fjall snapshot, or for sled the store's gate shared until it
-//! is dropped; [`ReadView::commit_count`] names that state); a cursor is the sort key of
+//! (it holds a fjall snapshot with the count and meta published with it, or
+//! for sled the store's gate shared until it is dropped;
+//! [`ReadView::commit_count`] names that state); a cursor is the sort key of
 //! the last item of a page, so resuming never returns an item twice and
 //! never skips an item that existed, unchanged, during the whole walk.
 
@@ -141,27 +142,47 @@ pub struct ReadView<'a> {
 impl Store {
     /// A view for several consistent reads (see [`ReadView`]).
     pub fn read(&self) -> ReadView<'_> {
-        let shared = self.gate_shared();
-        // Commits change the count only while they hold the gate
-        // exclusively, so the snapshot and the count agree.
-        let snap = self.inner.db.snapshot();
-        let commits = self.inner.commits.load(Ordering::Acquire);
-        let meta = self
-            .inner
-            .published
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let shared = match &snap {
-            Snap::Sled => Some(shared),
-            Snap::Fjall(_) => None,
-        };
-        ReadView {
-            store: self,
-            snap,
-            commits,
-            meta,
-            _shared: shared,
+        let mut tries: u32 = 0;
+        loop {
+            // The gate keeps out commits that sled applies and fjall
+            // ingests. A fjall batch becomes visible at once, its count and
+            // meta only when published after it: the snapshot sees what is
+            // published if no commit began or ended around it (`changes`
+            // even and unchanged), or if it reads at the sequence number
+            // published (taken before the batch became visible); else it is
+            // taken again once the commit is published. A bulk load
+            // publishes only at its end: its views do not wait.
+            let shared = self.gate_shared();
+            let before = self.inner.changes.load(Ordering::SeqCst);
+            let published = self.published();
+            let snap = self.inner.db.snapshot();
+            let after = self.inner.changes.load(Ordering::SeqCst);
+            let settled = before == after && before.is_multiple_of(2);
+            let consistent = settled
+                || snap.seqno() == published.seqno
+                || self.inner.bulk.load(Ordering::Acquire);
+            if !consistent {
+                drop(snap);
+                drop(shared);
+                tries += 1;
+                if tries < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                continue;
+            }
+            let shared = match &snap {
+                Snap::Sled => Some(shared),
+                Snap::Fjall(_) => None,
+            };
+            return ReadView {
+                store: self,
+                snap,
+                commits: published.commits,
+                meta: published.meta.clone(),
+                _shared: shared,
+            };
         }
     }
 

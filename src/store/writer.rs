@@ -451,6 +451,13 @@ impl Store {
         super::redo::remove(&inner.path)
     }
 
+    /// Whether readers must wait while the engine applies `plan`: always on
+    /// sled; on fjall when it is ingested (`apply_large`), which makes one
+    /// keyspace visible after another.
+    fn gates_apply(&self, plan: &Plan) -> bool {
+        self.inner.db.engine() != Engine::Fjall || plan.set.arena.len() >= ingest_from_bytes()
+    }
+
     fn refuse_during_bulk_load(&self) -> Result<(), StoreError> {
         if self.inner.bulk.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::BulkLoad {
@@ -607,7 +614,7 @@ impl PendingCommit {
         plan.commit_count(commits);
         plan.set.normalize();
         plan.set.release_scratch();
-        let mut meta = store.published();
+        let mut meta = super::Meta::clone(&store.published().meta);
         for (name, c) in &updated {
             meta.dataflows.insert(name.to_string(), c.into());
         }
@@ -618,14 +625,14 @@ impl PendingCommit {
         let (keys, bytes) = plan.set.size();
         let started = Instant::now();
         {
-            // Readers wait while the engine applies it (see "Isolation").
-            let _exclusive = store.gate_exclusive();
+            // On sled, and where fjall ingests (one keyspace at a time),
+            // readers wait while the engine applies it; a fjall batch is
+            // visible at once, and views match its snapshot against what is
+            // published (see "Isolation").
+            let _exclusive = store.gates_apply(&plan).then(|| store.gate_exclusive());
+            let _changing = store.changing();
             store.apply_large(&plan)?;
-            store
-                .inner
-                .commits
-                .store(commits, std::sync::atomic::Ordering::Release);
-            store.publish(meta);
+            store.publish(meta, commits);
         }
         store.inner.stats.add(keys, bytes, started.elapsed());
         counters.dataflows.extend(updated);

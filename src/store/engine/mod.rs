@@ -595,6 +595,12 @@ impl Db {
         }
     }
 
+    /// The sequence number a snapshot taken now reads at (fjall; `None` on
+    /// sled, which has no snapshots).
+    pub fn visible_seqno(&self) -> Option<u64> {
+        self.snapshot().seqno()
+    }
+
     /// A consistent read of every namespace (for sled: reads of the trees as
     /// they are; the caller holds the gate).
     pub fn snapshot(&self) -> Snap {
@@ -675,6 +681,14 @@ pub(crate) enum Snap {
 }
 
 impl Snap {
+    /// The sequence number this snapshot reads at (fjall); `None` on sled.
+    pub fn seqno(&self) -> Option<u64> {
+        match self {
+            Snap::Fjall(s) => Some(s.seqno()),
+            Snap::Sled => None,
+        }
+    }
+
     pub fn get(&self, ns: &Ns, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         match (self, ns) {
             (Snap::Fjall(s), Ns::Fjall(ks)) => fjall::get(s, ks, key),
