@@ -521,10 +521,11 @@ fn paging_is_stable_while_another_thread_commits() {
 }
 
 /// Each commit rewrites all of a node's edges and its record with one
-/// generation number; a reader must never see two generations at once.
-#[test]
-fn reads_never_see_half_of_a_commit() {
-    let (_tmp, store) = temp_store();
+/// generation number; a reader must never see two generations at once, nor
+/// the data of one generation with the watermark of another.
+fn reads_never_see_half_of_a_commit(engine: rdg::store::Engine) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(tmp.path(), engine).expect("open");
     let batch = |g: i64| -> Vec<Change> {
         let props = format!(r#"{{"gen":{g}}}"#);
         let mut c: Vec<Change> = (0..200)
@@ -585,6 +586,8 @@ fn reads_never_see_half_of_a_commit() {
         generations.len()
     );
 }
+
+both_engines!(reads_never_see_half_of_a_commit);
 
 // ---------------------------------------------------------------------------
 // identity paths and traversals
