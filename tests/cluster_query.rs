@@ -311,24 +311,18 @@ fn record_ages_are_reported(fx: &Fixture, so_far: Duration) {
     for base in &fx.bases {
         let text = String::from_utf8(get_bytes(base, "/metrics")).expect("utf-8 metrics");
         for dataflow in ["playback", "gaming", "login"] {
-            let value = |what: &str| -> f64 {
-                let prefix =
-                    format!("rdg_record_age_at_commit_seconds_{what}{{dataflow=\"{dataflow}\"}} ");
+            // The value of metric `name` for this dataflow.
+            let value = |name: &str| -> f64 {
+                let prefix = format!("{name}{{dataflow=\"{dataflow}\"}} ");
                 text.lines()
                     .find_map(|l| l.strip_prefix(prefix.as_str()))
                     .unwrap_or_else(|| panic!("{base}/metrics lacks {prefix:?}:\n{text}"))
                     .parse()
                     .expect("a number")
             };
-            let (count, sum) = (value("count"), value("sum"));
-            let events: f64 = text
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(&format!("rdg_events_total{{dataflow=\"{dataflow}\"}} "))
-                })
-                .unwrap_or_else(|| panic!("{base}/metrics lacks {dataflow}'s events:\n{text}"))
-                .parse()
-                .expect("a number");
+            let count = value("rdg_record_age_at_commit_seconds_count");
+            let sum = value("rdg_record_age_at_commit_seconds_sum");
+            let events = value("rdg_events_total");
             assert!(
                 count >= 1.0 && count >= events,
                 "{base}: {dataflow}: {count} record ages, {events} events committed"

@@ -334,7 +334,7 @@ fn per_dataflow(
         live_histogram(
             e,
             "rdg_record_age_at_commit_seconds",
-            "Per dataflow and commit: seconds from the oldest committed record's source timestamp (Kafka's) to the commit that made it queryable",
+            "Per dataflow: seconds from each committed record's source timestamp (Kafka's) to the commit that made it queryable",
             &f,
         )?;
     }
