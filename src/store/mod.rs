@@ -682,9 +682,6 @@ struct Inner {
     /// only while they take their snapshot; sled commits and fjall
     /// ingestions hold it exclusively while the engine applies them.
     gate: RwLock<()>,
-    /// The number of non-empty commits (meta enc("commits")); changed only
-    /// while `gate` is held exclusively.
-    commits: AtomicU64,
     /// What the last commit made visible (see [`Published`]): a view reads
     /// it with its snapshot instead of scanning `meta`, whose few keys every
     /// commit rewrites (on fjall, a scan would step over every version still
@@ -923,7 +920,6 @@ impl Store {
                 cluster,
                 dyn_trees: RwLock::new(dyn_trees),
                 gate: RwLock::new(()),
-                commits: AtomicU64::new(commits),
                 published: RwLock::new(Arc::new(Published {
                     meta: Arc::new(published),
                     commits,
@@ -982,7 +978,6 @@ impl Store {
             .published
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        self.inner.commits.store(commits, Ordering::Release);
         *p = Arc::new(Published {
             meta: Arc::new(meta),
             commits,
@@ -1020,7 +1015,11 @@ impl Store {
     /// identifies a state: two reads that see the same number see the same
     /// data. [`ReadView::commit_count`] gives the number its reads see.
     pub fn commit_count(&self) -> u64 {
-        self.inner.commits.load(Ordering::Acquire)
+        self.inner
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .commits
     }
 
     /// Bytes the state directory takes on disk (the engine's estimate).

@@ -403,7 +403,7 @@ impl Store {
     /// is durable; smaller ones, and sled's, as one write.
     fn apply_large(&self, plan: &Plan) -> Result<(), StoreError> {
         let inner = &self.inner;
-        if inner.db.engine() != Engine::Fjall || plan.set.arena.len() < ingest_from_bytes() {
+        if !self.ingests(plan) {
             return inner
                 .db
                 .write(&plan.ns, &plan.set)
@@ -451,11 +451,17 @@ impl Store {
         super::redo::remove(&inner.path)
     }
 
+    /// Whether [`Store::apply_large`] ingests `plan` (fjall, from
+    /// [`AUTO_INGEST_BYTES`] on) rather than writing it as one batch.
+    fn ingests(&self, plan: &Plan) -> bool {
+        self.inner.db.engine() == Engine::Fjall && plan.set.arena.len() >= ingest_from_bytes()
+    }
+
     /// Whether readers must wait while the engine applies `plan`: always on
-    /// sled; on fjall when it is ingested (`apply_large`), which makes one
-    /// keyspace visible after another.
+    /// sled; on fjall when it is ingested, which makes one keyspace visible
+    /// after another.
     fn gates_apply(&self, plan: &Plan) -> bool {
-        self.inner.db.engine() != Engine::Fjall || plan.set.arena.len() >= ingest_from_bytes()
+        self.inner.db.engine() != Engine::Fjall || self.ingests(plan)
     }
 
     fn refuse_during_bulk_load(&self) -> Result<(), StoreError> {
