@@ -333,15 +333,6 @@ impl RecordTimes {
         self.oldest
     }
 
-    /// Records counted.
-    pub fn len(&self) -> u64 {
-        self.older + self.by_ms.values().sum::<u64>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.oldest.is_none()
-    }
-
     /// The records' ages at `now_ms` (negative when a source's clock is
     /// ahead), as (age in ms, number of records); the aggregate of old
     /// timestamps at the age of their mean.
@@ -425,10 +416,9 @@ mod tests {
             assert!(merged.by_ms.len() as i64 <= RECORD_TIMES_SPAN_MS);
             aggregated |= merged.older > 0;
             assert_eq!(merged.oldest(), ts.iter().copied().min());
-            assert_eq!(merged.is_empty(), ts.is_empty());
+            assert_eq!(merged.oldest().is_none(), ts.is_empty());
             let (count, sum, by_age) = direct_ages(&ts, now);
             let ages: Vec<(i64, u64)> = merged.ages(now).collect();
-            assert_eq!(merged.len(), count);
             assert_eq!(ages.iter().map(|a| a.1).sum::<u64>(), count);
             // The sum of ages is exact up to the aggregate's rounding (its
             // mean, below one ms per record).
