@@ -26,7 +26,7 @@ use super::ops::{Feeder, Names, Op};
 use super::stages::Stage;
 use super::symbols::{Sym, SymCache};
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
-use crate::model::{DataflowProgress, DeadLetter, Progress};
+use crate::model::{DataflowProgress, DeadLetter, Progress, RecordTimes};
 use crate::source::{Poll, RawRecord, Source};
 use crate::spec::{DecodeScratch, Decoded, Plan, Verdict};
 
@@ -73,6 +73,33 @@ fn log_old_read(dataflow: &str, records: usize, oldest_ms: Option<i64>) {
             age_ms = age,
             "read records 100 ms or more after their timestamp"
         );
+    }
+}
+
+/// Record timestamps counted as runs of equal ones (consecutive records of
+/// a Kafka batch mostly share one) before they reach [`RecordTimes`].
+#[derive(Default)]
+struct TimeRuns(Option<(i64, u64)>);
+
+impl TimeRuns {
+    /// Counts one record with timestamp `ts`, handing the run before it to
+    /// `into` when `ts` starts another.
+    fn push(&mut self, ts: i64, into: &mut RecordTimes) {
+        match &mut self.0 {
+            Some((t, n)) if *t == ts => *n += 1,
+            _ => {
+                if let Some((t, n)) = self.0.replace((ts, 1)) {
+                    into.add(t, n);
+                }
+            }
+        }
+    }
+
+    /// Hands the last run to `into`.
+    fn finish(self, into: &mut RecordTimes) {
+        if let Some((t, n)) = self.0 {
+            into.add(t, n);
+        }
     }
 }
 
@@ -259,8 +286,7 @@ impl<'a> Reader<'a> {
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut counted_from: BTreeMap<u32, u64> = BTreeMap::new();
         self.ops.clear();
-        // Consecutive records mostly share a timestamp: counted as runs.
-        let mut run: Option<(i64, u64)> = None;
+        let mut times = TimeRuns::default();
         for r in self.raw.iter() {
             // Records before this process's stored position were counted
             // (and their dead letters kept) before a restart: their ops still
@@ -277,14 +303,7 @@ impl<'a> Reader<'a> {
             });
             let fresh = r.offset >= from;
             if let Some(ts) = r.timestamp_ms.filter(|_| fresh) {
-                match &mut run {
-                    Some((t, n)) if *t == ts => *n += 1,
-                    _ => {
-                        if let Some((t, n)) = run.replace((ts, 1)) {
-                            batch.progress.record_times.add(t, n);
-                        }
-                    }
-                }
+                times.push(ts, &mut batch.progress.record_times);
             }
             let verdict = d.decode_into(
                 &r.payload,
@@ -319,9 +338,7 @@ impl<'a> Reader<'a> {
             .into_iter()
             .map(|(part, next)| (reading.source.partition_key(part), next))
             .collect();
-        if let Some((t, n)) = run {
-            batch.progress.record_times.add(t, n);
-        }
+        times.finish(&mut batch.progress.record_times);
         log_old_read(
             d.name.as_str(),
             self.raw.len(),
@@ -505,5 +522,32 @@ fn bound_in_flight(
             // Woken by the writer's commit (or a peer's message).
             worker.step_or_park(Some(COMMIT_PARK));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RecordTimes, TimeRuns};
+
+    #[test]
+    fn time_runs_count_every_timestamp_once() {
+        let stamps = [5, 5, 7, 5, 5, 5, 9];
+        let (mut runs, mut times, mut direct) = (
+            TimeRuns::default(),
+            RecordTimes::default(),
+            RecordTimes::default(),
+        );
+        for ts in stamps {
+            runs.push(ts, &mut times);
+            direct.add(ts, 1);
+        }
+        runs.finish(&mut times);
+        let ages = |t: &RecordTimes| {
+            let mut a: Vec<(i64, u64)> = t.ages(10).collect();
+            a.sort_unstable();
+            a
+        };
+        assert_eq!(ages(&times), ages(&direct));
+        assert_eq!(ages(&times), vec![(1, 1), (3, 1), (5, 5)]);
     }
 }
