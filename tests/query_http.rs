@@ -1131,10 +1131,9 @@ fn status_metrics_and_readiness() {
     live.observe("playback", 10, Some(42));
     live.observe_commit(Duration::from_millis(3));
     live.observe_commit(Duration::from_millis(300));
-    live.observe_record_age("playback", 30, 3);
-    live.observe_record_age("playback", 5_000, 1);
+    live.observe_record_ages("playback", [(30, 3), (5_000, 1)]);
     // A clock ahead of the producer's: counted as 0.
-    live.observe_record_age("gaming", -7, 1);
+    live.observe_record_ages("gaming", [(-7, 1)]);
     assert_eq!(get(&base, "/readyz").ok()["ready"], true);
 
     let s = get(&base, "/v1/status");

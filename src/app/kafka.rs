@@ -123,9 +123,8 @@ impl Observer for LiveObserver {
         self.gauges.observe_commit(took);
         let now_ms = chrono::Utc::now().timestamp_millis();
         for (d, p) in &progress.dataflows {
-            for (age_ms, records) in p.record_times.ages(now_ms) {
-                self.gauges.observe_record_age(d, age_ms, records);
-            }
+            self.gauges
+                .observe_record_ages(d, p.record_times.ages(now_ms));
         }
         let mut by_dataflow: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
         for ((d, p), next) in &progress.positions {
