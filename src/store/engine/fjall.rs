@@ -40,7 +40,12 @@ const WORKER_THREADS: usize = 1;
 /// 118 900 / 131 300 vs 135 400 / 136 600 events/s, 26.8 / 24.4 vs 23.1 /
 /// 23.1 CPU-s; empty 15.1 vs 14.7 CPU-s; HTTP lookups and traversals the
 /// same within the noise (docs/performance.md). A keyspace keeps the
-/// threshold it was created with.
+/// threshold it was created with. Keep it well below 20: fjall 3.1 slows
+/// every write to a keyspace with 20 runs in level 0 and halts it at 30
+/// until a compaction lowers the count, so a threshold of 30 or more
+/// deadlocks the writer (tried: 32 hung `rdg run` in its first commit past
+/// 30 runs, queries waiting behind it); 16 measured the same as 8 under a
+/// live 50 000 events/s (docs/performance.md).
 const L0_RUNS: u8 = 8;
 
 /// The engine's folder inside the state directory.
