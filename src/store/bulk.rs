@@ -212,7 +212,6 @@ impl BulkLoad {
         let mut counters = inner.counters.lock().unwrap_or_else(|p| p.into_inner());
         {
             let _exclusive = store.gate_exclusive();
-            let _changing = store.changing();
             inner
                 .db
                 .write(&plan.ns, &plan.set)

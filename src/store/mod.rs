@@ -83,21 +83,16 @@
 //! through a [`ReadView`] ([`Store::read`]; the `Store`'s own read methods
 //! open one per call), and everything read through one view sees the same
 //! commits, named by [`ReadView::commit_count`].
-//! - fjall: the view holds a snapshot (one sequence number across all
-//!   keyspaces) and the count and meta published with it. A commit's batch
-//!   becomes visible at once, and the commit then publishes its count, meta
-//!   and the sequence number a snapshot reads at from then on
-//!   ([`Published`]); `changes` is odd from before the batch until after the
-//!   publication. A view takes the published state, then the snapshot: they
-//!   agree when `changes` was even and unchanged around both, or when the
-//!   snapshot reads at the published sequence number (the batch of a commit
-//!   in progress is not visible to it yet); otherwise (the snapshot already
-//!   sees a batch whose publication follows) it takes both again, so a view
-//!   waits at most for the few instructions between a batch and its
-//!   publication, not for the batch. A commit that fjall ingests (8 MiB or
-//!   more, visible one keyspace after another) holds the gate (an
-//!   `RwLock<()>`) exclusively, and views take their snapshot holding it
-//!   shared; nothing else waits for the other.
+//! - fjall: the view reads through the snapshot (one sequence number
+//!   across all keyspaces) that the last commit published with its count
+//!   and meta ([`Published`]): the writer takes it after the engine applied
+//!   the commit, batch or ingestion, and before the next one, so it sees
+//!   every commit up to that one whole and nothing after. A view never
+//!   takes a snapshot of its own and never waits for a commit, not even
+//!   for fjall's write stalls (which a batch meets after it became visible
+//!   and before its commit returns); an ingestion's keyspaces, registered
+//!   one after another at newer sequence numbers, stay out of the published
+//!   snapshot until the whole commit is applied.
 //! - sled: plain reads are not isolated from a transaction in progress, so
 //!   the view holds the gate shared for its whole life and a commit holds it
 //!   exclusively around its transaction. The lock is writer-preferring: a
@@ -129,8 +124,9 @@
 //! included) is durable; opening a state that still has the marker (the load
 //! was interrupted) wipes it back to empty, with a logged warning. So a
 //! replay into an empty state that fails leaves the state before it: empty.
-//! Reads during a bulk load may see part of it (it is meant for offline
-//! backfills, which nobody reads while they run).
+//! Reads during a bulk load see the state before it (fjall: the empty
+//! state's snapshot stays published until `finish`; sled: its trees as the
+//! load leaves them chunk by chunk: sled reads see part of it).
 
 mod bulk;
 pub mod codec;
@@ -475,15 +471,26 @@ impl Store {
         }
     }
 
+    /// Writes the shape outside a commit, then publishes it with what the
+    /// last commit published (under the commit lock: no commit is half
+    /// applied meanwhile), so views see it.
     fn put_shape(&self, key: &[u8], shape: Shape) -> Result<(), StoreError> {
         let v = postcard::to_stdvec(&shape).map_err(|e| StoreError::Encode {
             what: "cluster shape",
             detail: e.to_string(),
         })?;
+        let _commits = self
+            .inner
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let _exclusive = self.gates_apply().then(|| self.gate_exclusive());
         self.inner
             .db
             .put_one(&self.inner.meta, key, &v)
-            .map_err(|e| self.engine_err(e))
+            .map_err(|e| self.engine_err(e))?;
+        self.republish();
+        Ok(())
     }
 }
 
@@ -677,20 +684,15 @@ struct Inner {
     /// namespaces (the state is locked) and all creation goes through
     /// [`Store::dyn_tree_or_create`], so absence here means absence on disk.
     dyn_trees: RwLock<DynTrees>,
-    /// Isolates readers from commits the engine does not apply at once (see
-    /// "Isolation"): sled reads hold it shared for a whole view, fjall views
-    /// only while they take their snapshot; sled commits and fjall
-    /// ingestions hold it exclusively while the engine applies them.
+    /// Isolates sled readers from commits (see "Isolation"): sled views
+    /// hold it shared for their whole life, sled commits exclusively while
+    /// sled applies them. fjall does not use it.
     gate: RwLock<()>,
     /// What the last commit made visible (see [`Published`]): a view reads
-    /// it with its snapshot instead of scanning `meta`, whose few keys every
-    /// commit rewrites (on fjall, a scan would step over every version still
-    /// in the memtable).
+    /// it instead of scanning `meta`, whose few keys every commit rewrites
+    /// (on fjall, a scan would step over every version still in the
+    /// memtable).
     published: RwLock<Arc<Published>>,
-    /// Odd while a commit is being applied and published (see
-    /// [`Changing`]), even otherwise: a view whose snapshot was taken
-    /// between two equal even values sees exactly what is published.
-    changes: AtomicU64,
     /// Committed counters; held by every commit from plan to apply.
     counters: Mutex<Counters>,
     stats: StatCounters,
@@ -709,20 +711,10 @@ pub(crate) struct Published {
     pub meta: Arc<Meta>,
     /// The commit count.
     pub commits: u64,
-    /// On fjall, the sequence number a snapshot reads at once the commit is
-    /// visible: a snapshot at another one sees another state.
-    pub seqno: Option<u64>,
-}
-
-/// Marks a commit being applied and published: `Inner::changes` is odd
-/// from [`Store::changing`] until this is dropped (also when the commit
-/// fails).
-pub(crate) struct Changing<'a>(&'a AtomicU64);
-
-impl Drop for Changing<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
+    /// On fjall, the snapshot taken right after the commit was applied,
+    /// which every view reads through until the next commit; on sled a
+    /// marker (its views hold the gate and read the trees).
+    pub snap: Snap,
 }
 
 /// The stores opened by this process, by canonical directory. A live entry
@@ -909,7 +901,8 @@ impl Store {
             LoadError::Store(e) => e,
         })?;
         drop(snap);
-        let seqno = db.visible_seqno();
+        // After `check_format`'s write, if it made one.
+        let snap = db.snapshot();
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -923,11 +916,10 @@ impl Store {
                 published: RwLock::new(Arc::new(Published {
                     meta: Arc::new(published),
                     commits,
-                    seqno,
+                    snap,
                 })),
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
-                changes: AtomicU64::new(0),
                 bulk: AtomicBool::new(false),
                 _lock: lock,
             }),
@@ -969,10 +961,11 @@ impl Store {
     }
 
     /// Makes `meta` and `commits` what views see from now on, with the
-    /// engine's state as it is now: called after the engine applied the
-    /// commit that wrote them, before the next one (see "Isolation").
+    /// engine's state as it is now (a fjall snapshot taken here): called
+    /// under the commit lock after the engine applied the commit that wrote
+    /// them, before the next one (see "Isolation").
     fn publish(&self, meta: Meta, commits: u64) {
-        let seqno = self.inner.db.visible_seqno();
+        let snap = self.inner.db.snapshot();
         let mut p = self
             .inner
             .published
@@ -981,15 +974,16 @@ impl Store {
         *p = Arc::new(Published {
             meta: Arc::new(meta),
             commits,
-            seqno,
+            snap,
         });
     }
 
-    /// Marks a commit as being applied until the guard is dropped (see
-    /// [`Changing`]).
-    fn changing(&self) -> Changing<'_> {
-        self.inner.changes.fetch_add(1, Ordering::SeqCst);
-        Changing(&self.inner.changes)
+    /// Publishes what the engine holds now with the last commit's count and
+    /// meta, after a write outside a commit (the caller holds the commit
+    /// lock, and on sled the gate exclusively).
+    fn republish(&self) {
+        let published = self.published();
+        self.publish(Meta::clone(&published.meta), published.commits);
     }
 
     /// What views see now.

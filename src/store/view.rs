@@ -3,15 +3,14 @@
 //! list of stored types, and per-namespace sizes.
 //!
 //! Invariants: everything read through one `ReadView` sees the same commits
-//! (it holds a fjall snapshot with the count and meta published with it, or
-//! for sled the store's gate shared until it is dropped;
+//! (it holds the fjall snapshot published with the last commit's count and
+//! meta, or for sled the store's gate shared until it is dropped;
 //! [`ReadView::commit_count`] names that state); a cursor is the sort key of
 //! the last item of a page, so resuming never returns an item twice and
 //! never skips an item that existed, unchanged, during the whole walk.
 
 use std::collections::BTreeMap;
 use std::sync::RwLockReadGuard;
-use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -142,47 +141,21 @@ pub struct ReadView<'a> {
 impl Store {
     /// A view for several consistent reads (see [`ReadView`]).
     pub fn read(&self) -> ReadView<'_> {
-        let mut tries: u32 = 0;
-        loop {
-            // The gate keeps out commits that sled applies and fjall
-            // ingests. A fjall batch becomes visible at once, its count and
-            // meta only when published after it: the snapshot sees what is
-            // published if no commit began or ended around it (`changes`
-            // even and unchanged), or if it reads at the sequence number
-            // published (taken before the batch became visible); else it is
-            // taken again once the commit is published. A bulk load
-            // publishes only at its end: its views do not wait.
-            let shared = self.gate_shared();
-            let before = self.inner.changes.load(Ordering::SeqCst);
-            let published = self.published();
-            let snap = self.inner.db.snapshot();
-            let after = self.inner.changes.load(Ordering::SeqCst);
-            let settled = before == after && before.is_multiple_of(2);
-            let consistent = settled
-                || snap.seqno() == published.seqno
-                || self.inner.bulk.load(Ordering::Acquire);
-            if !consistent {
-                drop(snap);
-                drop(shared);
-                tries += 1;
-                if tries < 64 {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(std::time::Duration::from_micros(100));
-                }
-                continue;
-            }
-            let shared = match &snap {
-                Snap::Sled => Some(shared),
-                Snap::Fjall(_) => None,
-            };
-            return ReadView {
-                store: self,
-                snap,
-                commits: published.commits,
-                meta: published.meta.clone(),
-                _shared: shared,
-            };
+        // sled: the gate, shared, keeps commits out for the view's life (a
+        // commit publishes holding it exclusively, so what is published
+        // under it is what the trees hold). fjall: the snapshot published
+        // with the last commit (see "Isolation").
+        let shared = match self.engine() {
+            super::Engine::Sled => Some(self.gate_shared()),
+            super::Engine::Fjall => None,
+        };
+        let published = self.published();
+        ReadView {
+            store: self,
+            snap: published.snap.clone(),
+            commits: published.commits,
+            meta: published.meta.clone(),
+            _shared: shared,
         }
     }
 

@@ -595,12 +595,6 @@ impl Db {
         }
     }
 
-    /// The sequence number a snapshot taken now reads at (fjall; `None` on
-    /// sled, which has no snapshots).
-    pub fn visible_seqno(&self) -> Option<u64> {
-        self.snapshot().seqno()
-    }
-
     /// A consistent read of every namespace (for sled: reads of the trees as
     /// they are; the caller holds the gate).
     pub fn snapshot(&self) -> Snap {
@@ -680,15 +674,16 @@ pub(crate) enum Snap {
     Sled,
 }
 
-impl Snap {
-    /// The sequence number this snapshot reads at (fjall); `None` on sled.
-    pub fn seqno(&self) -> Option<u64> {
+impl std::fmt::Debug for Snap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Snap::Fjall(s) => Some(s.seqno()),
-            Snap::Sled => None,
+            Snap::Fjall(s) => f.debug_tuple("Fjall").field(&s.seqno()).finish(),
+            Snap::Sled => f.write_str("Sled"),
         }
     }
+}
 
+impl Snap {
     pub fn get(&self, ns: &Ns, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         match (self, ns) {
             (Snap::Fjall(s), Ns::Fjall(ks)) => fjall::get(s, ks, key),
