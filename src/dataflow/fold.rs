@@ -76,6 +76,41 @@ fn apply(records: &mut Records, ops: &mut [Op], before: i64, after: i64) -> u64 
 /// and the largest watermark reported for it.
 type Pending = (Option<Capability<u64>>, Vec<Op>, i64);
 
+/// The times waiting to complete, and emptied op buffers to reuse: a
+/// time's ops can take megabytes, and fresh buffers cost page faults every
+/// time.
+#[derive(Default)]
+struct Stash {
+    times: BTreeMap<u64, Pending>,
+    free: Vec<Vec<Op>>,
+}
+
+impl Stash {
+    /// Time `t`'s slot, made if missing.
+    fn slot(&mut self, t: u64) -> &mut Pending {
+        let free = &mut self.free;
+        self.times
+            .entry(t)
+            .or_insert_with(|| (None, free.pop().unwrap_or_default(), i64::MIN))
+    }
+
+    /// The earliest time, taken out if `complete` says it is.
+    fn pop_complete(&mut self, complete: impl Fn(u64) -> bool) -> Option<(u64, Pending)> {
+        let (&t, _) = self.times.first_key_value()?;
+        if complete(t) {
+            self.times.pop_first()
+        } else {
+            None
+        }
+    }
+
+    /// Keeps an applied time's buffer for a later time.
+    fn recycle(&mut self, mut ops: Vec<Op>) {
+        ops.clear();
+        self.free.push(ops);
+    }
+}
+
 /// Builds the fold for one dataflow. `watermarks` carries each source's
 /// watermark at the end of a time and is broadcast to every worker. The
 /// records a time changed are emitted at the next multiple of `every` (at
@@ -96,21 +131,16 @@ pub(crate) fn fold<'s>(
     ops.binary_frontier(watermarks, exchange, Pipeline, name, move |_cap, info| {
         let activator = scope.activator_for(info.address);
         let mut records = Records::default();
-        let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
+        let mut stash = Stash::default();
         let mut watermark = initial_watermark;
         // A capability at the last time of the step whose changes are not
         // emitted yet.
         let mut step: Option<Capability<u64>> = None;
-        // Buffers reused from time to time: a time's ops can take megabytes,
-        // and fresh ones cost page faults every time.
-        let mut free: Vec<Vec<Op>> = Vec::new();
         let mut out: Vec<(Folded, u64, isize)> = Vec::new();
         move |(input, frontier), (wms, wm_frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
-                let slot = stash
-                    .entry(t)
-                    .or_insert_with(|| (None, free.pop().unwrap_or_default(), i64::MIN));
+                let slot = stash.slot(t);
                 if slot.0.is_none() {
                     slot.0 = cap.retain_least(output.output_index());
                 }
@@ -133,9 +163,7 @@ pub(crate) fn fold<'s>(
             });
             wms.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
-                let slot = stash
-                    .entry(t)
-                    .or_insert_with(|| (None, free.pop().unwrap_or_default(), i64::MIN));
+                let slot = stash.slot(t);
                 // A time with only a watermark can still expire records:
                 // hold a capability for it too.
                 if slot.0.is_none() {
@@ -146,13 +174,9 @@ pub(crate) fn fold<'s>(
                 }
             });
             // Process every stashed time that both frontiers have passed, in order.
-            while let Some((&t, _)) = stash.first_key_value() {
-                if frontier.less_equal(&t) || wm_frontier.less_equal(&t) {
-                    break;
-                }
-                let Some((_, (cap, mut ops, wm))) = stash.pop_first() else {
-                    break;
-                };
+            while let Some((t, (cap, mut ops, wm))) =
+                stash.pop_complete(|t| !frontier.less_equal(&t) && !wm_frontier.less_equal(&t))
+            {
                 // A time of a later step: the earlier step is complete.
                 if let Some(c) = step.take_if(|c| *c.time() < t) {
                     records.take_changes(*c.time(), &mut out, usize::MAX);
@@ -164,8 +188,7 @@ pub(crate) fn fold<'s>(
                 let before = watermark;
                 watermark = watermark.max(wm);
                 let late = apply(&mut records, &mut ops, before, watermark);
-                ops.clear();
-                free.push(ops);
+                stash.recycle(ops);
                 if let Some(cap) = cap {
                     if late > 0 {
                         output.session(&cap).give((Folded::Late(late), t, 1));
