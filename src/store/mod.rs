@@ -92,7 +92,12 @@
 //!   for fjall's write stalls (which a batch meets after it became visible
 //!   and before its commit returns); an ingestion's keyspaces, registered
 //!   one after another at newer sequence numbers, stay out of the published
-//!   snapshot until the whole commit is applied.
+//!   snapshot until the whole commit is applied. A read that finds the
+//!   snapshot older than [`REFRESH_AFTER`] while no commit or bulk load
+//!   runs takes it again (the same commits: under the commit lock the
+//!   engine holds exactly what is published), so the versions of fjall's
+//!   trees that flushes and compactions replaced are not kept alive by a
+//!   state that stopped committing.
 //! - sled: plain reads are not isolated from a transaction in progress, so
 //!   the view holds the gate shared for its whole life and a commit holds it
 //!   exclusively around its transaction. The lock is writer-preferring: a
@@ -144,7 +149,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -712,9 +717,29 @@ pub(crate) struct Published {
     /// The commit count.
     pub commits: u64,
     /// On fjall, the snapshot taken right after the commit was applied,
-    /// which every view reads through until the next commit; on sled a
-    /// marker (its views hold the gate and read the trees).
+    /// which every view reads through until the next commit (or a read's
+    /// refresh, [`REFRESH_AFTER`]); on sled a marker (its views hold the
+    /// gate and read the trees).
     pub snap: Snap,
+    /// When `snap` was taken.
+    pub at: Instant,
+}
+
+/// How old the published fjall snapshot may get before a read takes a new
+/// one, when no commit or bulk load is running (the engine then holds
+/// exactly what is published). fjall's flushes and compactions make new
+/// versions of its trees, and a snapshot keeps the version it reads alive:
+/// sealed memtables in memory, compacted tables on disk. Commits replace
+/// the snapshot every few milliseconds; without this, a state that stops
+/// committing (`rdg serve`, a live run between bursts) would keep the
+/// version of its last commit for good.
+pub(crate) const REFRESH_AFTER: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a refresh age for reads on this thread instead of
+    /// [`REFRESH_AFTER`].
+    pub(crate) static REFRESH_AFTER_TEST: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
 }
 
 /// The stores opened by this process, by canonical directory. A live entry
@@ -917,6 +942,7 @@ impl Store {
                     meta: Arc::new(published),
                     commits,
                     snap,
+                    at: Instant::now(),
                 })),
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
@@ -975,6 +1001,7 @@ impl Store {
             meta: Arc::new(meta),
             commits,
             snap,
+            at: Instant::now(),
         });
     }
 
@@ -993,6 +1020,29 @@ impl Store {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// What fjall views see now, the snapshot first taken again if it is
+    /// older than [`REFRESH_AFTER`] and neither a commit (which holds the
+    /// commit lock from plan to publication) nor a bulk load (checked under
+    /// that lock: one starts only holding it) is running.
+    fn published_fresh(&self) -> Arc<Published> {
+        let published = self.published();
+        #[cfg(test)]
+        let refresh_after = REFRESH_AFTER_TEST.get().unwrap_or(REFRESH_AFTER);
+        #[cfg(not(test))]
+        let refresh_after = REFRESH_AFTER;
+        if published.at.elapsed() < refresh_after {
+            return published;
+        }
+        let Ok(_commits) = self.inner.counters.try_lock() else {
+            return published;
+        };
+        if self.inner.bulk.load(Ordering::Acquire) {
+            return published;
+        }
+        self.republish();
+        self.published()
     }
 
     /// Holds the gate shared: no commit is applied until the guard is dropped.

@@ -539,8 +539,10 @@ fn interrupted_bulk_load_reopens_empty(engine: Engine) {
             .expect("write");
         drop(bulk);
         // The chunks reached the engine (the buffer is 64 bytes). Views on
-        // fjall read the state published before the load; sled's read its
-        // trees as the load leaves them.
+        // fjall read the state published before the load, and do not take
+        // the snapshot again while it runs however old it is; sled's read
+        // its trees as the load leaves them.
+        REFRESH_AFTER_TEST.set(Some(Duration::ZERO));
         assert!(store.write_stats().keys_written >= 50);
         assert_eq!(
             store.node("profile:p1").expect("node").is_some(),
@@ -868,9 +870,10 @@ both_engines!(
 );
 
 /// fjall commits made by ingestion (every keyspace registers its tables at
-/// a sequence number of its own, one after another) while views read:
-/// each view sees one commit whole, its node, edges, reverse entries,
-/// watermark and count together, and never one keyspace of the next.
+/// a sequence number of its own, one after another) while views read, each
+/// read taking the published snapshot again when no commit runs: each view
+/// sees one commit whole, its node, edges, reverse entries, watermark and
+/// count together, and never one keyspace of the next.
 #[test]
 fn views_never_see_half_of_an_ingested_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -928,6 +931,8 @@ fn views_never_see_half_of_an_ingested_commit() {
             .collect()
     };
     let mut seen = std::collections::BTreeSet::new();
+    // Every read takes the snapshot again whenever no commit runs.
+    REFRESH_AFTER_TEST.set(Some(Duration::ZERO));
     let until = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < until && !writer.is_finished() {
         let view = store.read();
@@ -964,5 +969,55 @@ fn views_never_see_half_of_an_ingested_commit() {
         last > 10 && seen.len() > 3,
         "views saw {} of {last} generations",
         seen.len()
+    );
+}
+
+/// A fjall snapshot older than the refresh age is taken again by the next
+/// read when no commit runs (so it does not keep fjall's replaced versions
+/// alive), and not while one does.
+#[test]
+fn an_aged_snapshot_is_taken_again_only_between_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), Engine::Fjall);
+    let seqno = |store: &Store| match &store.published().snap {
+        Snap::Fjall(s) => s.seqno(),
+        Snap::Sled => unreachable!("a fjall store"),
+    };
+    // The engine moves on without a commit (as fjall's flushes and
+    // compactions make it): a raw write outside any commit.
+    let key = codec::encode(&["a raw key"]);
+    store
+        .inner
+        .db
+        .put_one(&store.inner.meta, &key, b"v")
+        .expect("put");
+    let before = seqno(&store);
+    // Young: kept.
+    REFRESH_AFTER_TEST.set(Some(Duration::from_secs(3600)));
+    drop(store.read());
+    assert_eq!(seqno(&store), before);
+    // Aged, but a commit holds the commit lock: kept.
+    REFRESH_AFTER_TEST.set(Some(Duration::ZERO));
+    {
+        let _commit = store.inner.counters.lock().expect("lock");
+        let other = store.clone();
+        std::thread::spawn(move || {
+            REFRESH_AFTER_TEST.set(Some(Duration::ZERO));
+            drop(other.read());
+        })
+        .join()
+        .expect("reader");
+        assert_eq!(seqno(&store), before);
+    }
+    // Aged and no commit: taken again, with the same commits.
+    let commits = store.commit_count();
+    let view = store.read();
+    assert!(seqno(&store) > before);
+    assert_eq!(view.commit_count(), commits);
+    assert!(
+        view.snap
+            .get(&store.inner.meta, &key)
+            .expect("get")
+            .is_some()
     );
 }

@@ -144,12 +144,12 @@ impl Store {
         // sled: the gate, shared, keeps commits out for the view's life (a
         // commit publishes holding it exclusively, so what is published
         // under it is what the trees hold). fjall: the snapshot published
-        // with the last commit (see "Isolation").
-        let shared = match self.engine() {
-            super::Engine::Sled => Some(self.gate_shared()),
-            super::Engine::Fjall => None,
+        // with the last commit, or taken again since when it aged while no
+        // commit ran (see "Isolation").
+        let (shared, published) = match self.engine() {
+            super::Engine::Sled => (Some(self.gate_shared()), self.published()),
+            super::Engine::Fjall => (None, self.published_fresh()),
         };
-        let published = self.published();
         ReadView {
             store: self,
             snap: published.snap.clone(),
