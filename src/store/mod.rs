@@ -94,7 +94,7 @@
 //!   one after another at newer sequence numbers, stay out of the published
 //!   snapshot until the whole commit is applied. A read that finds the
 //!   snapshot older than [`REFRESH_AFTER`] while no commit or bulk load
-//!   runs takes it again (the same commits: under the commit lock the
+//!   runs (and no ingested commit failed part-way) takes it again (the same commits: under the commit lock the
 //!   engine holds exactly what is published), so the versions of fjall's
 //!   trees that flushes and compactions replaced are not kept alive by a
 //!   state that stopped committing.
@@ -704,6 +704,10 @@ struct Inner {
     /// A bulk load started in this process and has not finished: commits
     /// and other bulk loads are refused.
     bulk: AtomicBool,
+    /// An ingested commit failed part-way (its redo file is finished by the
+    /// next open): the engine may hold part of it, so reads no longer take
+    /// the published snapshot again ([`Store::published_fresh`]).
+    unsettled: AtomicBool,
     /// The state's lock file, locked while this is alive.
     _lock: std::fs::File,
 }
@@ -947,6 +951,7 @@ impl Store {
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
                 bulk: AtomicBool::new(false),
+                unsettled: AtomicBool::new(false),
                 _lock: lock,
             }),
         })
@@ -1025,7 +1030,8 @@ impl Store {
     /// What fjall views see now, the snapshot first taken again if it is
     /// older than [`REFRESH_AFTER`] and neither a commit (which holds the
     /// commit lock from plan to publication) nor a bulk load (checked under
-    /// that lock: one starts only holding it) is running.
+    /// that lock: one starts only holding it) is running, nor an ingested
+    /// commit failed part-way.
     fn published_fresh(&self) -> Arc<Published> {
         let published = self.published();
         #[cfg(test)]
@@ -1038,7 +1044,7 @@ impl Store {
         let Ok(_commits) = self.inner.counters.try_lock() else {
             return published;
         };
-        if self.inner.bulk.load(Ordering::Acquire) {
+        if self.inner.bulk.load(Ordering::Acquire) || self.inner.unsettled.load(Ordering::Acquire) {
             return published;
         }
         self.republish();

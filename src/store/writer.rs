@@ -436,18 +436,27 @@ impl Store {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (written, ingested)
         });
-        written?;
-        if stop_after_redo {
-            return Err(StoreError::Io {
+        let applied = written.and_then(|()| {
+            if stop_after_redo {
+                return Err(StoreError::Io {
+                    path: inner.path.clone(),
+                    source: std::io::Error::other("stopped after the redo file, as by a crash"),
+                });
+            }
+            ingested.map_err(|source| StoreError::CommitPending {
                 path: inner.path.clone(),
-                source: std::io::Error::other("stopped after the redo file, as by a crash"),
-            });
+                redo: super::redo::path(&inner.path),
+                source,
+            })
+        });
+        if applied.is_err() {
+            // Some namespaces may hold their part: until the next open
+            // finishes the commit, views keep the snapshot published before.
+            inner
+                .unsettled
+                .store(true, std::sync::atomic::Ordering::Release);
         }
-        ingested.map_err(|source| StoreError::CommitPending {
-            path: inner.path.clone(),
-            redo: super::redo::path(&inner.path),
-            source,
-        })?;
+        applied?;
         super::redo::remove(&inner.path)
     }
 
