@@ -714,7 +714,6 @@ struct Inner {
 
 /// The state the last commit made visible, replaced as one piece after the
 /// engine applied the commit.
-#[derive(Debug)]
 pub(crate) struct Published {
     /// Every dataflow's counters and every position (what `meta` holds).
     pub meta: Arc<Meta>,

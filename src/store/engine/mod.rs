@@ -674,15 +674,6 @@ pub(crate) enum Snap {
     Sled,
 }
 
-impl std::fmt::Debug for Snap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Snap::Fjall(s) => f.debug_tuple("Fjall").field(&s.seqno()).finish(),
-            Snap::Sled => f.write_str("Sled"),
-        }
-    }
-}
-
 impl Snap {
     pub fn get(&self, ns: &Ns, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         match (self, ns) {
