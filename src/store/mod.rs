@@ -1064,11 +1064,7 @@ impl Store {
     /// identifies a state: two reads that see the same number see the same
     /// data. [`ReadView::commit_count`] gives the number its reads see.
     pub fn commit_count(&self) -> u64 {
-        self.inner
-            .published
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .commits
+        self.published().commits
     }
 
     /// Bytes the state directory takes on disk (the engine's estimate).
