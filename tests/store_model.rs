@@ -1196,6 +1196,16 @@ fn bulk_load_equals_commits(engine: Engine) {
             "the buffer was written many times: {:?}",
             loaded.write_stats()
         );
+        // Each buffer ingested was a sorted run of its own; the load
+        // leaves at most one per namespace.
+        let runs = loaded.sorted_runs().expect("runs");
+        assert!(
+            runs.values().all(|&n| n <= 1),
+            "{engine} {method:?}: {runs:?}"
+        );
+        if (engine, method) == (Engine::Fjall, BulkMethod::Ingest) {
+            assert!(runs.values().any(|&n| n == 1), "{runs:?}");
+        }
         let export = |s: &Store| {
             let mut out = Vec::new();
             s.export(&mut out).expect("export");

@@ -9,9 +9,11 @@
 //! values it is sorted, reduced to the last write of each key (later chunks
 //! override earlier ones, removals become tombstones) and handed to the
 //! engine ([`engine::Db::bulk_write`]: fjall ingestion, sled batches).
-//! [`BulkLoad::finish`] writes what is left, then the counters, positions
-//! and commit count in one atomic write, makes it all durable and removes
-//! the marker.
+//! [`BulkLoad::finish`] writes what is left, merges each namespace's runs
+//! into one ([`engine::Db::merge_runs`]: every buffer ingested is a sorted
+//! run over the whole key range, and a read seeks in each), then writes the
+//! counters, positions and commit count in one atomic write, makes it all
+//! durable and removes the marker.
 //!
 //! Invariant (the crash contract): the marker exists, durably, from before
 //! the first byte of the load until every byte of it is durable. Opening a
@@ -189,6 +191,16 @@ impl BulkLoad {
         self.write_buffer()?;
         let store = self.store.clone();
         let inner = &store.inner;
+        let started = Instant::now();
+        let merged = inner
+            .db
+            .merge_runs(&self.plan.ns)
+            .map_err(|e| store.engine_err(e))?;
+        tracing::debug!(
+            namespaces = merged,
+            ms = started.elapsed().as_millis() as u64,
+            "bulk load: sorted runs merged"
+        );
         let mut plan = Plan::new(&store);
         for (name, c) in &self.counters {
             plan.counters(name, c)?;

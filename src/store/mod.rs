@@ -1067,6 +1067,19 @@ impl Store {
         self.published().commits
     }
 
+    /// How many sorted runs a read of each namespace merges, by name (1 or
+    /// 0 after a bulk load; commits add runs until the engine compacts).
+    pub fn sorted_runs(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+        let db = &self.inner.db;
+        db.namespace_names()
+            .into_iter()
+            .map(|name| {
+                let ns = db.namespace(&name).map_err(|e| self.engine_err(e))?;
+                Ok((name, db.sorted_runs(&ns)))
+            })
+            .collect()
+    }
+
     /// Bytes the state directory takes on disk (the engine's estimate).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.db.size_on_disk().map_err(|e| self.engine_err(e))

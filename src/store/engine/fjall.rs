@@ -204,6 +204,22 @@ impl FjallDb {
         })
     }
 
+    /// Major-compacts every keyspace of `ns` that holds more than one
+    /// sorted run, the largest first, side by side on rayon's pool.
+    pub fn merge_runs(&self, ns: &[Ns]) -> Result<usize, EngineError> {
+        use rayon::prelude::*;
+        let mut many: Vec<&Keyspace> = ns
+            .iter()
+            .filter_map(|n| match n {
+                Ns::Fjall(ks) if sorted_runs(ks) > 1 => Some(ks),
+                _ => None,
+            })
+            .collect();
+        many.sort_by_key(|ks| std::cmp::Reverse(ks.disk_space()));
+        many.par_iter().try_for_each(|ks| ks.major_compact())?;
+        Ok(many.len())
+    }
+
     pub fn put_one(&self, ks: &Keyspace, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
         Ok(ks.insert(key, value)?)
     }
@@ -228,6 +244,18 @@ impl FjallDb {
         }
         self.flush()
     }
+}
+
+/// Sorted runs a read of `ks` merges: each of level 0's, and one per
+/// deeper level that holds tables (leveled compaction keeps each level
+/// one run).
+pub(crate) fn sorted_runs(ks: &Keyspace) -> usize {
+    use fjall::AbstractTree;
+    let deeper = (1..)
+        .map_while(|level| ks.tree.level_table_count(level))
+        .filter(|&tables| tables > 0)
+        .count();
+    ks.tree.l0_run_count() + deeper
 }
 
 /// A normalized set's operations as one run per keyspace.

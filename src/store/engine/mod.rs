@@ -586,6 +586,26 @@ impl Db {
         }
     }
 
+    /// Merges each namespace of `ns` whose reads merge more than one
+    /// sorted run into one (fjall: a major compaction per keyspace, side by
+    /// side; a sled tree is one B-tree: nothing to do). Returns how many
+    /// namespaces were merged.
+    pub fn merge_runs(&self, ns: &[Ns]) -> Result<usize, EngineError> {
+        match self {
+            Db::Fjall(db) => db.merge_runs(ns),
+            Db::Sled(_) => Ok(0),
+        }
+    }
+
+    /// How many sorted runs a read of `ns` merges (fjall: level 0's runs
+    /// and one per deeper level holding tables; sled: 1).
+    pub fn sorted_runs(&self, ns: &Ns) -> usize {
+        match ns {
+            Ns::Fjall(ks) => fjall::sorted_runs(ks),
+            Ns::Sled(_) => 1,
+        }
+    }
+
     /// One write outside a commit.
     pub fn put_one(&self, ns: &Ns, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
         match (self, ns) {
