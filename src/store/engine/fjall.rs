@@ -33,10 +33,11 @@ use super::{
 const WORKER_THREADS: usize = 1;
 
 /// Sorted runs a keyspace's level 0 holds before fjall compacts it (its
-/// default is 4). A bulk load ingests one run per keyspace per 64 MiB
-/// buffer (~6 for 2M events), so with 4 most keyspaces were compacted
+/// default is 4). A bulk load ingests one level-0 run per keyspace per
+/// 64 MiB buffer (~6 for 2M events; it merges them at its end, see
+/// [`FjallDb::merge_runs`]), so with 4 most keyspaces were compacted
 /// during the load and again at the next open, beside a continuing
-/// replay's rebuild: `scripts/ab-replay.sh 2000000 2`, 4 vs 8: continue
+/// replay's rebuild (measured before the bulk load merged its runs): `scripts/ab-replay.sh 2000000 2`, 4 vs 8: continue
 /// 118 900 / 131 300 vs 135 400 / 136 600 events/s, 26.8 / 24.4 vs 23.1 /
 /// 23.1 CPU-s; empty 15.1 vs 14.7 CPU-s; HTTP lookups and traversals the
 /// same within the noise (docs/performance.md). A keyspace keeps the
@@ -109,10 +110,13 @@ impl FjallDb {
         }
         Ok(self.db.keyspace(name, || {
             // Tables from level 1 on lz4-compressed (fjall's default
-            // starts at level 2): a bulk load's and a continue's ingested
-            // runs land in level 1, and compressed they take half the disk
-            // (2M events: 334 → 168 MB) for the same load time, and a
-            // continue reads them back faster (docs/performance.md). A
+            // starts at level 2): ingested runs are written with level 1's
+            // policy (then registered in level 0), and compressed they take
+            // half the disk (2M events: 334 → 168 MB) for the same load
+            // time, and a continue reads them back faster
+            // (docs/performance.md); a bulk load's merge writes the last
+            // level. Level 0 and 1 uncompressed instead, so that only the
+            // merge compresses: the same CPU (`scripts/ab-replay.sh`). A
             // keyspace keeps the policy it was created with.
             KeyspaceCreateOptions::default()
                 .compaction_strategy(Arc::new(
@@ -205,7 +209,11 @@ impl FjallDb {
     }
 
     /// Major-compacts every keyspace of `ns` that holds more than one
-    /// sorted run, the largest first, side by side on rayon's pool.
+    /// sorted run, the largest first, side by side on rayon's pool. Work
+    /// a bulk-loaded state would meet anyway: its runs sit in level 0, and
+    /// fjall compacts them all into level 1 as soon as a live run's flushes
+    /// bring level 0 to [`L0_RUNS`], blocking its one worker (and so the
+    /// flushes) meanwhile; a state that is only served never compacts.
     pub fn merge_runs(&self, ns: &[Ns]) -> Result<usize, EngineError> {
         use rayon::prelude::*;
         let mut many: Vec<&Keyspace> = ns
