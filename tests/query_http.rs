@@ -1162,6 +1162,8 @@ fn status_metrics_and_readiness() {
     assert_eq!(counts["namespaces"]["dead_letter/playback"], 1, "{counts}");
 
     get(&base, "/v1/nodes/profile/p");
+    let runs = store.sorted_runs().expect("runs")["edge/watched"];
+    let runs_line = format!("rdg_store_sorted_runs{{namespace=\"edge/watched\"}} {runs}\n");
     let m = get(&base, "/metrics");
     assert_eq!(m.status, 200);
     assert!(m.headers["content-type"].starts_with("text/plain"));
@@ -1174,6 +1176,7 @@ fn status_metrics_and_readiness() {
         "rdg_ingest_events_per_second{dataflow=\"playback\"}",
         "rdg_store_records{namespace=\"edge/watched\"} 1",
         "rdg_store_disk_bytes ",
+        runs_line.as_str(),
         "rdg_ready 1",
         "rdg_commits_total 1",
         "rdg_http_requests_total{endpoint=\"/v1/nodes/{type}/{id}\",code=\"404\"} 1",

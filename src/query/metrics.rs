@@ -392,6 +392,18 @@ impl Collector for StateCollector {
                 ConstGauge::new,
             )?;
         }
+        match self.store.sorted_runs() {
+            Ok(runs) => labelled(
+                &mut e,
+                "rdg_store_sorted_runs",
+                "Sorted runs a read of each store namespace merges (fjall: level 0's runs and one per deeper level; sled: 1); a bulk load leaves 1",
+                MetricType::Gauge,
+                "namespace",
+                runs.into_iter().map(|(k, v)| (k, v as i64)),
+                ConstGauge::new,
+            )?,
+            Err(err) => tracing::warn!("metrics: sorted runs: {err}"),
+        }
         match self.store.size_on_disk() {
             Ok(bytes) => gauge(
                 &mut e,
