@@ -37,10 +37,11 @@ const WORKER_THREADS: usize = 1;
 /// 64 MiB buffer (~6 for 2M events; it merges them at its end, see
 /// [`FjallDb::merge_runs`]), so with 4 most keyspaces were compacted
 /// during the load and again at the next open, beside a continuing
-/// replay's rebuild (measured before the bulk load merged its runs): `scripts/ab-replay.sh 2000000 2`, 4 vs 8: continue
-/// 118 900 / 131 300 vs 135 400 / 136 600 events/s, 26.8 / 24.4 vs 23.1 /
-/// 23.1 CPU-s; empty 15.1 vs 14.7 CPU-s; HTTP lookups and traversals the
-/// same within the noise (docs/performance.md). A keyspace keeps the
+/// replay's rebuild (measured before the bulk load merged its runs):
+/// `scripts/ab-replay.sh 2000000 2`, 4 vs 8: continue 118 900 / 131 300 vs
+/// 135 400 / 136 600 events/s, 26.8 / 24.4 vs 23.1 / 23.1 CPU-s; empty
+/// 15.1 vs 14.7 CPU-s; HTTP lookups and traversals the same within the
+/// noise (docs/performance.md). A keyspace keeps the
 /// threshold it was created with. Keep it well below 20: fjall 3.1 slows
 /// every write to a keyspace with 20 runs in level 0 and halts it at 30
 /// until a compaction lowers the count, so a threshold of 30 or more
