@@ -39,7 +39,8 @@ print(f"{sys.argv[3]}events/s {s['events_per_s']:.0f}; live edges {s['edges']}; 
       f" = {rss/max(s['edges'],1):.0f} bytes per live edge")
 if 'store_engine' in s:
     print(f"store {s['store_engine']}{' (bulk load)' if s['bulk_load'] else ''}: {s['store_keys_written']} keys,"
-          f" {s['store_write_s']:.2f} s of engine writes = {s['store_keys_per_s']:.0f} keys/s")
+          f" {s['store_write_s']:.2f} s of engine writes = {s['store_keys_per_s']:.0f} keys/s"
+          + (f", sorted runs merged in {s['store_merge_s']:.2f} s" if s.get('store_merge_s') else ""))
 PY
 }
 

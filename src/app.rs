@@ -138,6 +138,9 @@ pub struct ReplaySummary {
     pub store_write_s: f64,
     /// `store_keys_written / store_write_s`.
     pub store_keys_per_s: f64,
+    /// Seconds the store spent merging sorted runs at the end of a bulk
+    /// load (0 otherwise), beside `store_write_s`.
+    pub store_merge_s: f64,
     /// Seconds spent per stage, summed over threads: decode, fold,
     /// identity, collect (the dataflow's workers) and commit (the writer,
     /// engine included).
@@ -170,6 +173,9 @@ impl std::fmt::Display for ReplaySummary {
             self.store_write_s,
             self.store_keys_per_s
         )?;
+        if self.store_merge_s > 0.0 {
+            write!(f, ", sorted runs merged in {:.2}s", self.store_merge_s)?;
+        }
         if !self.stage_s.is_empty() {
             write!(
                 f,
@@ -406,6 +412,7 @@ impl ReplaySummary {
         self.store_bytes_written = w.bytes_written;
         self.store_write_s = w.engine_time.as_secs_f64();
         self.store_keys_per_s = w.keys_per_s();
+        self.store_merge_s = w.merge_time.as_secs_f64();
     }
 }
 

@@ -338,6 +338,7 @@ fn replay_summary_agrees_with_the_export_and_the_input() {
             "store_engine",
             "store_keys_per_s",
             "store_keys_written",
+            "store_merge_s",
             "store_write_s",
         ]
         .into()

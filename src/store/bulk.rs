@@ -196,9 +196,13 @@ impl BulkLoad {
             .db
             .merge_runs(&self.plan.ns)
             .map_err(|e| store.engine_err(e))?;
+        let took = started.elapsed();
+        if merged > 0 {
+            inner.stats.add_merge(took);
+        }
         tracing::debug!(
             namespaces = merged,
-            ms = started.elapsed().as_millis() as u64,
+            ms = took.as_millis() as u64,
             "bulk load: sorted runs merged"
         );
         let mut plan = Plan::new(&store);

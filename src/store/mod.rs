@@ -240,6 +240,9 @@ pub struct WriteStats {
     pub bytes_written: u64,
     /// Time spent inside the engine's write calls.
     pub engine_time: Duration,
+    /// Time spent merging sorted runs (the end of a bulk load; not in
+    /// `engine_time`).
+    pub merge_time: Duration,
 }
 
 impl WriteStats {
@@ -261,6 +264,7 @@ struct StatCounters {
     keys: AtomicU64,
     bytes: AtomicU64,
     nanos: AtomicU64,
+    merge_nanos: AtomicU64,
 }
 
 impl StatCounters {
@@ -272,12 +276,18 @@ impl StatCounters {
         self.nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    fn add_merge(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.merge_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
     fn get(&self) -> WriteStats {
         WriteStats {
             commits: self.commits.load(Ordering::Relaxed),
             keys_written: self.keys.load(Ordering::Relaxed),
             bytes_written: self.bytes.load(Ordering::Relaxed),
             engine_time: Duration::from_nanos(self.nanos.load(Ordering::Relaxed)),
+            merge_time: Duration::from_nanos(self.merge_nanos.load(Ordering::Relaxed)),
         }
     }
 }
