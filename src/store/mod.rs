@@ -94,10 +94,11 @@
 //!   one after another at newer sequence numbers, stay out of the published
 //!   snapshot until the whole commit is applied. A read that finds the
 //!   snapshot older than [`REFRESH_AFTER`] while no commit or bulk load
-//!   runs (and no ingested commit failed part-way) takes it again (the same commits: under the commit lock the
-//!   engine holds exactly what is published), so the versions of fjall's
-//!   trees that flushes and compactions replaced are not kept alive by a
-//!   state that stopped committing.
+//!   runs (and no ingested commit failed part-way) takes it again (the
+//!   same commits: under the commit lock the engine holds exactly what is
+//!   published), so the versions of fjall's trees that flushes and
+//!   compactions replaced are not kept alive by a state that stopped
+//!   committing.
 //! - sled: plain reads are not isolated from a transaction in progress, so
 //!   the view holds the gate shared for its whole life and a commit holds it
 //!   exclusively around its transaction. The lock is writer-preferring: a
@@ -1005,26 +1006,33 @@ impl Store {
     /// under the commit lock after the engine applied the commit that wrote
     /// them, before the next one (see "Isolation").
     fn publish(&self, meta: Meta, commits: u64) {
-        let snap = self.inner.db.snapshot();
+        self.publish_shared(Arc::new(meta), commits);
+    }
+
+    /// [`Store::publish`] of a meta already shared; returns what it
+    /// published.
+    fn publish_shared(&self, meta: Arc<Meta>, commits: u64) -> Arc<Published> {
+        let published = Arc::new(Published {
+            meta,
+            commits,
+            snap: self.inner.db.snapshot(),
+            at: Instant::now(),
+        });
         let mut p = self
             .inner
             .published
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        *p = Arc::new(Published {
-            meta: Arc::new(meta),
-            commits,
-            snap,
-            at: Instant::now(),
-        });
+        *p = published.clone();
+        published
     }
 
     /// Publishes what the engine holds now with the last commit's count and
     /// meta, after a write outside a commit (the caller holds the commit
-    /// lock, and on sled the gate exclusively).
-    fn republish(&self) {
+    /// lock, and on sled the gate exclusively); returns what it published.
+    fn republish(&self) -> Arc<Published> {
         let published = self.published();
-        self.publish(Meta::clone(&published.meta), published.commits);
+        self.publish_shared(published.meta.clone(), published.commits)
     }
 
     /// What views see now.
@@ -1056,8 +1064,7 @@ impl Store {
         if self.inner.bulk.load(Ordering::Acquire) || self.inner.unsettled.load(Ordering::Acquire) {
             return published;
         }
-        self.republish();
-        self.published()
+        self.republish()
     }
 
     /// Holds the gate shared: no commit is applied until the guard is dropped.
