@@ -1092,7 +1092,7 @@ impl Store {
             .into_iter()
             .map(|name| {
                 let ns = db.namespace(&name).map_err(|e| self.engine_err(e))?;
-                Ok((name, db.sorted_runs(&ns)))
+                Ok((name, ns.sorted_runs()))
             })
             .collect()
     }

@@ -185,6 +185,15 @@ pub(crate) enum Ns {
 }
 
 impl Ns {
+    /// How many sorted runs a read of it merges (fjall: level 0's runs and
+    /// one per deeper level holding tables; sled: 1).
+    pub fn sorted_runs(&self) -> usize {
+        match self {
+            Ns::Fjall(ks) => fjall::sorted_runs(ks),
+            Ns::Sled(_) => 1,
+        }
+    }
+
     /// The namespace's name in its database.
     pub fn name(&self) -> String {
         match self {
@@ -594,15 +603,6 @@ impl Db {
         match self {
             Db::Fjall(db) => db.merge_runs(ns),
             Db::Sled(_) => Ok(0),
-        }
-    }
-
-    /// How many sorted runs a read of `ns` merges (fjall: level 0's runs
-    /// and one per deeper level holding tables; sled: 1).
-    pub fn sorted_runs(&self, ns: &Ns) -> usize {
-        match ns {
-            Ns::Fjall(ks) => fjall::sorted_runs(ks),
-            Ns::Sled(_) => 1,
         }
     }
 
