@@ -187,36 +187,48 @@ impl Device {
 /// The fields of one event, kept so a later delete can re-emit it.
 #[derive(Clone, Debug, PartialEq)]
 enum Event {
-    Playback {
-        account: u64,
-        profile: u64,
-        maturity: &'static str,
-        country: &'static str,
-        title: u64,
-        /// `None`: the `device_id` field is null (a web player).
-        device: Option<Device>,
-        /// 0 play_start, 1 play_stop, 2 pause.
-        kind: u8,
-        position: u64,
-        app: &'static str,
-    },
-    Gaming {
-        game_profile: GameProfile,
-        game: u64,
-        game_as_int: bool,
-        device: Device,
-        end: bool,
-        minutes: u64,
-        platform: &'static str,
-    },
-    Login {
-        account: u64,
-        device: Device,
-        email: u64,
-        success: bool,
-        method: &'static str,
-        country: &'static str,
-    },
+    Playback(Playback),
+    Gaming(Gaming),
+    Login(Login),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+/// A playback event's fields.
+struct Playback {
+    account: u64,
+    profile: u64,
+    maturity: &'static str,
+    country: &'static str,
+    title: u64,
+    /// `None`: the `device_id` field is null (a web player).
+    device: Option<Device>,
+    /// 0 play_start, 1 play_stop, 2 pause.
+    kind: u8,
+    position: u64,
+    app: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+/// A gaming event's fields.
+struct Gaming {
+    game_profile: GameProfile,
+    game: u64,
+    game_as_int: bool,
+    device: Device,
+    end: bool,
+    minutes: u64,
+    platform: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+/// A login event's fields.
+struct Login {
+    account: u64,
+    device: Device,
+    email: u64,
+    success: bool,
+    method: &'static str,
+    country: &'static str,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,7 +379,7 @@ impl Generator {
                 };
                 let maturity =
                     MATURITY[(mix(a.index ^ (profile << 40)) % MATURITY.len() as u64) as usize];
-                Event::Playback {
+                Event::Playback(Playback {
                     account: a.index,
                     profile,
                     maturity,
@@ -381,7 +393,7 @@ impl Generator {
                         self.below(7200)
                     },
                     app: self.pick(&APP_VERSIONS),
-                }
+                })
             }
             1 => {
                 let game_profile = if a.has_game_profile {
@@ -402,7 +414,7 @@ impl Generator {
                     GameProfile::Linked(i) => PLATFORMS[(mix(i) % 4) as usize],
                     GameProfile::Guest { n, .. } => PLATFORMS[(mix(n) % 4) as usize],
                 };
-                Event::Gaming {
+                Event::Gaming(Gaming {
                     game_profile,
                     game: 1000 + self.zipf(false),
                     game_as_int: self.chance(0.3),
@@ -410,7 +422,7 @@ impl Generator {
                     end: self.chance(0.5),
                     minutes: 1 + self.below(180),
                     platform,
-                }
+                })
             }
             _ => {
                 let email = if a.second_email { self.below(2) } else { 0 };
@@ -419,14 +431,14 @@ impl Generator {
                 } else {
                     a.country
                 };
-                Event::Login {
+                Event::Login(Login {
                     account: a.index,
                     device: self.device_of(&a),
                     email,
                     success: !self.chance(0.1),
                     method: self.pick(&METHODS),
                     country,
-                }
+                })
             }
         }
     }
@@ -572,9 +584,22 @@ pub(crate) fn rfc3339_ms(out: &mut String, ms: i64) {
 fn render(event: &Event, time: i64, delete: bool, mangle: Mangle) -> (String, String) {
     let mut out = String::with_capacity(256);
     out.push('{');
-    let key_id;
-    match event {
-        Event::Playback {
+    let key_id = match event {
+        Event::Playback(e) => e.render(&mut out, time, mangle),
+        Event::Gaming(e) => e.render(&mut out, time, mangle),
+        Event::Login(e) => e.render(&mut out, time, mangle),
+    };
+    if delete {
+        str_field(&mut out, "op", "delete");
+    }
+    out.push('}');
+    (key_id, out)
+}
+
+impl Playback {
+    /// Writes this event's fields after the line's `{`; returns its key.
+    fn render(&self, out: &mut String, time: i64, mangle: Mangle) -> String {
+        let Playback {
             account,
             profile,
             maturity,
@@ -584,32 +609,38 @@ fn render(event: &Event, time: i64, delete: bool, mangle: Mangle) -> (String, St
             kind,
             position,
             app,
-        } => {
-            key_id = format!("acc{account}");
-            time_field(&mut out, "ts", mangle, |o| {
-                let _ = write!(o, "{time}");
-            });
-            str_field(
-                &mut out,
-                "event",
-                ["play_start", "play_stop", "pause"][usize::from(*kind).min(2)],
-            );
-            id_field(&mut out, "account_id", mangle, |o| {
-                let _ = write!(o, "\"{key_id}\"");
-            });
-            let _ = write!(out, ",\"profile_id\":\"acc{account}-p{profile}\"");
-            let _ = write!(out, ",\"title_id\":\"title{title}\"");
-            key(&mut out, "device_id");
-            match device {
-                Some(d) => d.write(&mut out),
-                None => out.push_str("null"),
-            }
-            str_field(&mut out, "country", country);
-            let _ = write!(out, ",\"profile\":{{\"maturity\":\"{maturity}\"}}");
-            let _ = write!(out, ",\"position_s\":{position}");
-            str_field(&mut out, "app_version", app);
+        } = self;
+        let key_id = format!("acc{account}");
+        time_field(out, "ts", mangle, |o| {
+            let _ = write!(o, "{time}");
+        });
+        str_field(
+            out,
+            "event",
+            ["play_start", "play_stop", "pause"][usize::from(*kind).min(2)],
+        );
+        id_field(out, "account_id", mangle, |o| {
+            let _ = write!(o, "\"{key_id}\"");
+        });
+        let _ = write!(out, ",\"profile_id\":\"acc{account}-p{profile}\"");
+        let _ = write!(out, ",\"title_id\":\"title{title}\"");
+        key(out, "device_id");
+        match device {
+            Some(d) => d.write(out),
+            None => out.push_str("null"),
         }
-        Event::Gaming {
+        str_field(out, "country", country);
+        let _ = write!(out, ",\"profile\":{{\"maturity\":\"{maturity}\"}}");
+        let _ = write!(out, ",\"position_s\":{position}");
+        str_field(out, "app_version", app);
+        key_id
+    }
+}
+
+impl Gaming {
+    /// Writes this event's fields after the line's `{`; returns its key.
+    fn render(&self, out: &mut String, time: i64, mangle: Mangle) -> String {
+        let Gaming {
             game_profile,
             game,
             game_as_int,
@@ -617,87 +648,84 @@ fn render(event: &Event, time: i64, delete: bool, mangle: Mangle) -> (String, St
             end,
             minutes,
             platform,
-        } => {
-            time_field(&mut out, "time", mangle, |o| rfc3339_ms(o, time));
-            str_field(
-                &mut out,
-                "event",
-                if *end { "session_end" } else { "session_start" },
-            );
-            let gp = match game_profile {
-                GameProfile::Linked(a) => format!("gp{a}"),
-                GameProfile::Guest { n, .. } => format!("gpg{n}"),
-            };
-            id_field(&mut out, "game_profile_id", mangle, |o| {
-                let _ = write!(o, "\"{gp}\"");
-            });
-            key(&mut out, "game_id");
-            let _ = if *game_as_int {
-                write!(out, "{game}")
-            } else {
-                write!(out, "\"{game}\"")
-            };
-            key_id = match game_profile {
-                GameProfile::Linked(a) => {
-                    let _ = write!(out, ",\"linked_account_id\":\"acc{a}\"");
-                    format!("acc{a}")
-                }
-                GameProfile::Guest { absent, .. } => {
-                    if !absent {
-                        out.push_str(",\"linked_account_id\":null");
-                    }
-                    gp.clone()
-                }
-            };
-            key(&mut out, "device_id");
-            device.write(&mut out);
-            str_field(&mut out, "platform", platform);
-            let tag_seed = mix(gp.len() as u64 ^ mix(gp.bytes().map(u64::from).sum()));
-            let _ = write!(
-                out,
-                ",\"gamertag\":\"{}{}\"",
-                TAG_WORDS[(tag_seed % 8) as usize],
-                tag_seed % 1000
-            );
-            if *end {
-                let _ = write!(out, ",\"minutes\":{minutes}");
+        } = self;
+        time_field(out, "time", mangle, |o| rfc3339_ms(o, time));
+        str_field(
+            out,
+            "event",
+            if *end { "session_end" } else { "session_start" },
+        );
+        let gp = match game_profile {
+            GameProfile::Linked(a) => format!("gp{a}"),
+            GameProfile::Guest { n, .. } => format!("gpg{n}"),
+        };
+        id_field(out, "game_profile_id", mangle, |o| {
+            let _ = write!(o, "\"{gp}\"");
+        });
+        key(out, "game_id");
+        let _ = if *game_as_int {
+            write!(out, "{game}")
+        } else {
+            write!(out, "\"{game}\"")
+        };
+        let key_id = match game_profile {
+            GameProfile::Linked(a) => {
+                let _ = write!(out, ",\"linked_account_id\":\"acc{a}\"");
+                format!("acc{a}")
             }
+            GameProfile::Guest { absent, .. } => {
+                if !absent {
+                    out.push_str(",\"linked_account_id\":null");
+                }
+                gp.clone()
+            }
+        };
+        key(out, "device_id");
+        device.write(out);
+        str_field(out, "platform", platform);
+        let tag_seed = mix(gp.len() as u64 ^ mix(gp.bytes().map(u64::from).sum()));
+        let _ = write!(
+            out,
+            ",\"gamertag\":\"{}{}\"",
+            TAG_WORDS[(tag_seed % 8) as usize],
+            tag_seed % 1000
+        );
+        if *end {
+            let _ = write!(out, ",\"minutes\":{minutes}");
         }
-        Event::Login {
+        key_id
+    }
+}
+
+impl Login {
+    /// Writes this event's fields after the line's `{`; returns its key.
+    fn render(&self, out: &mut String, time: i64, mangle: Mangle) -> String {
+        let Login {
             account,
             device,
             email,
             success,
             method,
             country,
-        } => {
-            key_id = format!("acc{account}");
-            time_field(&mut out, "ts", mangle, |o| {
-                let _ = write!(o, "{}", time.div_euclid(1000));
-            });
-            str_field(
-                &mut out,
-                "result",
-                if *success { "success" } else { "failure" },
-            );
-            id_field(&mut out, "account_id", mangle, |o| {
-                let _ = write!(o, "\"{key_id}\"");
-            });
-            key(&mut out, "device_id");
-            device.write(&mut out);
-            key(&mut out, "email_sha256");
-            out.push('"');
-            email_hash(&mut out, *account, *email);
-            out.push('"');
-            str_field(&mut out, "method", method);
-            let _ = write!(out, ",\"geo\":{{\"country\":\"{country}\"}}");
-        }
+        } = self;
+        let key_id = format!("acc{account}");
+        time_field(out, "ts", mangle, |o| {
+            let _ = write!(o, "{}", time.div_euclid(1000));
+        });
+        str_field(out, "result", if *success { "success" } else { "failure" });
+        id_field(out, "account_id", mangle, |o| {
+            let _ = write!(o, "\"{key_id}\"");
+        });
+        key(out, "device_id");
+        device.write(out);
+        key(out, "email_sha256");
+        out.push('"');
+        email_hash(out, *account, *email);
+        out.push('"');
+        str_field(out, "method", method);
+        let _ = write!(out, ",\"geo\":{{\"country\":\"{country}\"}}");
+        key_id
     }
-    if delete {
-        str_field(&mut out, "op", "delete");
-    }
-    out.push('}');
-    (key_id, out)
 }
 
 #[cfg(test)]
