@@ -283,10 +283,10 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         ..RunConfig::default()
     };
     let bar = opts.progress.then(|| progress_bar(total_bytes));
-    let mut show = |_: &Totals| {
-        if let Some(bar) = &bar {
-            bar.set_position(bytes_read.load(Ordering::Relaxed));
-        }
+    let mut show = ReplayBar {
+        bar: bar.as_ref(),
+        bytes_read: &bytes_read,
+        total_bytes,
     };
     let totals = replay_into_store(&store, bulk, plan, config, sources, &mut show)?;
     if let Some(bar) = &bar {
@@ -359,11 +359,13 @@ pub fn replay_into_store(
     let mut totals = match sink {
         Sink::Bulk(load) => {
             let totals = ran?;
+            observer.finishing("merging sorted runs");
             load.finish()?;
             totals
         }
         Sink::Single(commit) => {
             let finished = ran.and_then(|totals| {
+                observer.finishing("committing");
                 commit.finish()?;
                 Ok(totals)
             });
@@ -420,11 +422,40 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // The spinner and the clock move on their own: the end of a large
+    // replay (records handed to the store, runs merged) reads nothing for
+    // seconds.
+    bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// A file replay's progress: the bytes read, then what the run is doing
+/// once every byte is read.
+struct ReplayBar<'a> {
+    bar: Option<&'a indicatif::ProgressBar>,
+    bytes_read: &'a AtomicU64,
+    total_bytes: u64,
+}
+
+impl Observer for ReplayBar<'_> {
+    fn tick(&mut self, _: &Totals) {
+        let Some(bar) = self.bar else { return };
+        let read = self.bytes_read.load(Ordering::Relaxed);
+        bar.set_position(read);
+        if read >= self.total_bytes && bar.message().is_empty() {
+            bar.set_message("all read, writing the store");
+        }
+    }
+
+    fn finishing(&mut self, what: &'static str) {
+        if let Some(bar) = self.bar {
+            bar.set_message(what);
+        }
+    }
 }
 
 /// Counters summed over what was committed by one run.
@@ -465,6 +496,10 @@ pub trait Observer {
     /// After each successful commit, with what it committed and how long
     /// the store took to write it.
     fn committed(&mut self, _progress: &Progress, _took: Duration) {}
+    /// Once the dataflow has handed on everything, before a replay's last
+    /// step (a bulk load's merge and flush, or its one commit), which
+    /// takes seconds at scale and ticks nothing.
+    fn finishing(&mut self, _what: &'static str) {}
 }
 
 impl<F: FnMut(&Totals)> Observer for F {
