@@ -288,10 +288,11 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         bytes_read: &bytes_read,
         total_bytes,
     };
-    let totals = replay_into_store(&store, bulk, plan, config, sources, &mut show)?;
+    let ran = replay_into_store(&store, bulk, plan, config, sources, &mut show);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    let totals = ran?;
     let counts = counts_after(&store, &totals, workers)?;
     let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
     summary.add_store(&store, bulk);

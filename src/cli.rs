@@ -561,7 +561,9 @@ fn replay_kafka(args: &ReplayArgs, brokers: String) -> Result<Replayed> {
         batch: args.batch,
         kafka: args.kafka.config(brokers),
         topics: args.topics.clone(),
-        status_every: None,
+        status_every: std::io::stderr()
+            .is_terminal()
+            .then_some(Duration::from_millis(200)),
         stop: app::kafka::stop_on_signals()?,
         cluster: None,
         serve: None,
