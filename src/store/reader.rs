@@ -177,7 +177,6 @@ impl Store {
         edge_values: bool,
         after: Option<&EdgeCursor>,
     ) -> Result<EdgePage, StoreError> {
-        let mut out = Vec::new();
         if q.limit == Some(0) {
             return Ok(EdgePage::default());
         }
@@ -200,45 +199,17 @@ impl Store {
         };
         let prefix = codec::encode(&[id]);
         let start = scan_start(&prefix, after);
-        let recent_after = match after {
-            Some(EdgeCursor::Recent { last_seen, after }) => Some((*last_seen, after.as_str())),
-            _ => None,
+        let keep = Keep {
+            since: q.since,
+            recent_after: match after {
+                Some(EdgeCursor::Recent { last_seen, after }) => Some((*last_seen, after.as_str())),
+                _ => None,
+            },
         };
+        let mut out = Vec::new();
         let mut group: Vec<Contribution> = Vec::new();
         // The encoded neighbour of `group`.
         let mut neighbour: Vec<u8> = Vec::new();
-
-        let flush = |group: &mut Vec<Contribution>,
-                     neighbour: &[u8],
-                     out: &mut Vec<EdgeView>|
-         -> Result<(), StoreError> {
-            if group.is_empty() {
-                return Ok(());
-            }
-            let m: Merged = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
-            let key = group[0].key.clone();
-            group.clear();
-            if q.since.is_some_and(|s| m.last_seen < s) {
-                return Ok(());
-            }
-            let [node] = decode_strs::<1>(neighbour).map_err(|e| corrupt(&key, &e))?;
-            // Recent order: keep what sorts strictly after the cursor
-            // (last_seen descending, then neighbour ascending).
-            if let Some((ls, n)) = recent_after
-                && (m.last_seen > ls || (m.last_seen == ls && node.as_ref() <= n))
-            {
-                return Ok(());
-            }
-            out.push(EdgeView {
-                node: node.into_owned(),
-                count: m.count,
-                first_seen: m.first_seen,
-                last_seen: m.last_seen,
-                props: to_json_map(m.props),
-            });
-            Ok(())
-        };
-
         for item in snap.range(tree, Bound::Included(&start)) {
             let (k, v) = item.map_err(|e| self.engine_err(e))?;
             if !k.starts_with(&prefix) {
@@ -247,7 +218,7 @@ impl Store {
             let rest = &k[prefix.len()..];
             let n = codec::segment_len(rest).map_err(|e| corrupt(&k, &e))?;
             if rest[..n] != neighbour[..] {
-                flush(&mut group, &neighbour, &mut out)?;
+                keep.push(&mut group, &neighbour, &corrupt, &mut out)?;
                 if stop_at.is_some_and(|l| out.len() >= l) {
                     break;
                 }
@@ -268,7 +239,7 @@ impl Store {
                 key: k.clone(),
             });
         }
-        flush(&mut group, &neighbour, &mut out)?;
+        keep.push(&mut group, &neighbour, &corrupt, &mut out)?;
         Ok(cut_page(out, q))
     }
 
@@ -469,6 +440,50 @@ impl Iterator for Contributions {
 /// neighbour: `prefix ++ enc(after)` with its terminator's last byte (0x01)
 /// raised to 0x02 is the least key above them all. Recent order scans
 /// everything (its cursor filters by `last_seen`).
+/// Which merged neighbours a page keeps: those seen since `since`, and in
+/// recent order those strictly after the cursor (last_seen descending,
+/// then neighbour ascending).
+struct Keep<'a> {
+    since: Option<i64>,
+    recent_after: Option<(i64, &'a str)>,
+}
+
+impl Keep<'_> {
+    /// Merges one neighbour's contributions (`group`, emptied) and appends
+    /// the result to `out` if the page keeps it.
+    fn push(
+        &self,
+        group: &mut Vec<Contribution>,
+        neighbour: &[u8],
+        corrupt: &dyn Fn(&[u8], &dyn std::fmt::Display) -> StoreError,
+        out: &mut Vec<EdgeView>,
+    ) -> Result<(), StoreError> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let m: Merged = merge(group).map_err(|(k, d)| corrupt(&k, &d))?;
+        let key = group[0].key.clone();
+        group.clear();
+        if self.since.is_some_and(|s| m.last_seen < s) {
+            return Ok(());
+        }
+        let [node] = decode_strs::<1>(neighbour).map_err(|e| corrupt(&key, &e))?;
+        if let Some((ls, n)) = self.recent_after
+            && (m.last_seen > ls || (m.last_seen == ls && node.as_ref() <= n))
+        {
+            return Ok(());
+        }
+        out.push(EdgeView {
+            node: node.into_owned(),
+            count: m.count,
+            first_seen: m.first_seen,
+            last_seen: m.last_seen,
+            props: to_json_map(m.props),
+        });
+        Ok(())
+    }
+}
+
 fn scan_start(prefix: &[u8], after: Option<&EdgeCursor>) -> Vec<u8> {
     let mut k = prefix.to_vec();
     if let Some(EdgeCursor::Id { after }) = after {
