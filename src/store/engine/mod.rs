@@ -383,11 +383,10 @@ impl WriteSet {
     /// key.
     ///
     /// Sorting a large buffer is most of a bulk load's own work: keys are
-    /// compared by 32 bytes as two integers (zero-padded, which keeps the
-    /// bytewise order), taken after the prefix all keys of their namespace
-    /// share, and by their bytes in the arena only when those are equal (a
-    /// random read: 16 bytes left most edge keys of one source tied); the
-    /// sort is unstable, with the position as the last
+    /// compared by their first 32 bytes as two integers (zero-padded, which
+    /// keeps the bytewise order), and by their bytes in the arena only when
+    /// those are equal (a random read: 16 bytes left most edge keys of one
+    /// source tied); the sort is unstable, with the position as the last
     /// tie-break (the last write of a key sorts last).
     pub fn normalize(&mut self) {
         use rayon::slice::ParallelSliceMut;
@@ -405,13 +404,11 @@ impl WriteSet {
             u128::from_be_bytes(b)
         };
         let ops = &self.ops;
-        let shared = shared_prefixes(ops.iter().map(|op| (op.ns(), key(op))));
         let order = &mut self.order;
         order.clear();
         order.extend(ops.iter().enumerate().map(|(i, op)| {
             let k = key(op);
-            let from = shared.get(op.ns()).copied().unwrap_or(0);
-            (op.ns(), word(k, from), word(k, from + 16), i)
+            (op.ns(), word(k, 0), word(k, 16), i)
         }));
         let cmp = |a: &(usize, u128, u128, usize), b: &(usize, u128, u128, usize)| {
             (a.0, a.1, a.2)
@@ -426,7 +423,7 @@ impl WriteSet {
         } else {
             order.sort_unstable_by(cmp);
         }
-        // Keys whose namespace or compared 32 bytes differ differ: only ties
+        // Keys whose namespace or first 32 bytes differ differ: only ties
         // read the arena (at random) to tell a key's repetition from
         // another key.
         let mut out = std::mem::take(&mut self.sorted);
@@ -471,33 +468,6 @@ impl WriteSet {
         self.ops.clear();
         self.oversized = None;
     }
-}
-
-/// The length of the prefix that every key of a namespace shares, by
-/// namespace index (0 for a namespace without keys): a namespace's keys
-/// mostly start with their node type (`account:acc…`), bytes that tell no
-/// two keys apart and would take up the integers the sort compares.
-fn shared_prefixes<'a>(keys: impl Iterator<Item = (usize, &'a [u8])>) -> Vec<usize> {
-    let mut first: Vec<Option<(&[u8], usize)>> = Vec::new();
-    for (ns, k) in keys {
-        if first.len() <= ns {
-            first.resize(ns + 1, None);
-        }
-        match &mut first[ns] {
-            Some((f, shared)) => {
-                *shared = f[..*shared]
-                    .iter()
-                    .zip(k)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-            }
-            slot @ None => *slot = Some((k, k.len())),
-        }
-    }
-    first
-        .into_iter()
-        .map(|f| f.map_or(0, |(_, shared)| shared))
-        .collect()
 }
 
 /// Write sets with at least this many operations are sorted in parallel
@@ -920,8 +890,8 @@ mod tests {
         for round in 0..50 {
             let mut set = WriteSet::default();
             let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-            // Every key of a namespace starts the same in half the rounds
-            // (the sort then compares the bytes after it).
+            // Every key of a namespace starts the same in half the rounds:
+            // many keys then tie in the 32 bytes the sort compares first.
             let prefixes: Vec<Vec<u8>> = (0..3)
                 .map(|_| {
                     let len = if round % 2 == 0 {
