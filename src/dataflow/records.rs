@@ -592,6 +592,23 @@ mod tests {
     }
 
     #[test]
+    fn a_record_has_expired_once_its_deadline_reaches_the_watermark_an_event_saw() {
+        // a (retention 10) last seen at 0: its deadline is 10. An event at
+        // 12 that saw the watermark at 9 continues it, one that saw 10
+        // starts it anew.
+        for (wm, want) in [(9, (2, 0, 12)), (10, (1, 12, 12))] {
+            let mut r = Records::default();
+            let mut ops = vec![
+                assert_op("n:a", 0, i64::MIN, 0, ""),
+                assert_op("n:a", 1, wm, 12, ""),
+            ];
+            step(&mut r, &mut ops, 12, 1);
+            let a = r.get(&node("n:a")).unwrap();
+            assert_eq!((a.count, a.first_seen, a.last_seen), want, "watermark {wm}");
+        }
+    }
+
+    #[test]
     fn delete_then_reassert_starts_a_new_record() {
         let mut r = Records::default();
         let mut ops = vec![
