@@ -609,6 +609,17 @@ mod tests {
     }
 
     #[test]
+    fn an_event_is_late_once_its_own_deadline_reaches_the_watermark_it_saw() {
+        // An event at 5 (retention 10: deadline 15) that saw the watermark
+        // at 14 asserts its record; one that saw 15 is late and does not.
+        for (wm, late_want, live) in [(14, 0, 1), (15, 1, 0)] {
+            let mut r = Records::default();
+            let (late, _) = step(&mut r, &mut [assert_op("n:a", 0, wm, 5, "")], wm, 1);
+            assert_eq!((late, r.len()), (late_want, live), "watermark {wm}");
+        }
+    }
+
+    #[test]
     fn delete_then_reassert_starts_a_new_record() {
         let mut r = Records::default();
         let mut ops = vec![
