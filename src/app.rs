@@ -282,16 +282,9 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary, AppError> {
         step: dataflow::REPLAY_STEP,
         ..RunConfig::default()
     };
-    let bar = opts.progress.then(|| progress_bar(total_bytes));
-    let mut show = ReplayBar {
-        bar: bar.as_ref(),
-        bytes_read: &bytes_read,
-        total_bytes,
-    };
-    let ran = replay_into_store(&store, bulk, plan, config, sources, &mut show);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    let mut progress = ReplayProgress::files(opts.progress, &bytes_read, total_bytes);
+    let ran = replay_into_store(&store, bulk, plan, config, sources, &mut progress);
+    progress.clear();
     let totals = ran?;
     let counts = counts_after(&store, &totals, workers)?;
     let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
@@ -434,27 +427,60 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// A file replay's progress: the bytes read, then what the run is doing
-/// once every byte is read.
-struct ReplayBar<'a> {
-    bar: Option<&'a indicatif::ProgressBar>,
-    bytes_read: &'a AtomicU64,
-    total_bytes: u64,
+/// A replay's progress on a terminal: a bar of the bytes read (files) or
+/// a spinner with the events committed (Kafka, whose bounded replay knows
+/// no total), then what the run is doing once everything is read.
+pub(crate) struct ReplayProgress<'a> {
+    bar: Option<indicatif::ProgressBar>,
+    /// Bytes read so far and in all (a file replay).
+    bytes: Option<(&'a AtomicU64, u64)>,
 }
 
-impl Observer for ReplayBar<'_> {
-    fn tick(&mut self, _: &Totals) {
-        let Some(bar) = self.bar else { return };
-        let read = self.bytes_read.load(Ordering::Relaxed);
-        bar.set_position(read);
-        if read >= self.total_bytes && bar.message().is_empty() {
-            bar.set_message("all read, writing the store");
+impl<'a> ReplayProgress<'a> {
+    /// A file replay's bar, when `show`.
+    fn files(show: bool, bytes_read: &'a AtomicU64, total: u64) -> ReplayProgress<'a> {
+        ReplayProgress {
+            bar: show.then(|| progress_bar(total)),
+            bytes: Some((bytes_read, total)),
+        }
+    }
+
+    /// A spinner redrawn every `every`; none when `None`.
+    pub(crate) fn spinner(every: Option<Duration>) -> ReplayProgress<'a> {
+        let bar = every.map(|every| {
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.enable_steady_tick(every);
+            spinner
+        });
+        ReplayProgress { bar, bytes: None }
+    }
+
+    /// Takes the line off the terminal (before the summary or an error).
+    pub(crate) fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for ReplayProgress<'_> {
+    fn tick(&mut self, totals: &Totals) {
+        let Some(bar) = &self.bar else { return };
+        match self.bytes {
+            Some((read, total)) => {
+                let read = read.load(Ordering::Relaxed);
+                bar.set_position(read);
+                if read >= total && bar.message().is_empty() {
+                    bar.set_message("all read, writing the store");
+                }
+            }
+            None => bar.set_message(format!("{} events committed", totals.events)),
         }
     }
 
     fn finishing(&mut self, what: &'static str) {
-        if let Some(bar) = self.bar {
-            bar.set_message(what);
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("all read, {what}"));
         }
     }
 }

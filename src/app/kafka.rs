@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    AppError, Observer, ReplaySummary, Totals, replay_into_store, run_into_store, stage_list,
+    AppError, Observer, ReplayProgress, ReplaySummary, Totals, replay_into_store, run_into_store,
+    stage_list,
 };
 use crate::dataflow::{Positions, RunConfig, SourceFactory};
 use crate::model::{ClusterShape, Progress};
@@ -341,7 +342,7 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
         step: crate::dataflow::REPLAY_STEP,
         ..RunConfig::default()
     };
-    let mut progress = ReplayProgress::new(opts.status_every);
+    let mut progress = ReplayProgress::spinner(opts.status_every);
     let workers = config.workers;
     let ran = replay_into_store(&store, bulk, plan, config, sources, &mut progress);
     progress.clear();
@@ -350,51 +351,6 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
     let mut summary = ReplaySummary::new(&totals, &counts, started.elapsed());
     summary.add_store(&store, bulk);
     Ok(summary)
-}
-
-/// `rdg replay --brokers`'s progress line on a terminal: events committed
-/// and messages left to the end offsets the sources took at the start,
-/// then what the end is doing.
-struct ReplayProgress {
-    spinner: Option<indicatif::ProgressBar>,
-}
-
-impl ReplayProgress {
-    fn new(every: Option<Duration>) -> ReplayProgress {
-        let spinner = every.map(|every| {
-            let spinner = indicatif::ProgressBar::new_spinner();
-            spinner.enable_steady_tick(every);
-            spinner
-        });
-        ReplayProgress { spinner }
-    }
-
-    fn clear(&self) {
-        if let Some(spinner) = &self.spinner {
-            spinner.finish_and_clear();
-        }
-    }
-}
-
-impl Observer for ReplayProgress {
-    fn tick(&mut self, totals: &Totals) {
-        let Some(spinner) = &self.spinner else { return };
-        let lag: Option<i64> = totals
-            .dataflows
-            .values()
-            .filter_map(|d| d.lag)
-            .reduce(|a, b| a + b);
-        spinner.set_message(match lag {
-            Some(lag) => format!("{} events committed, {lag} messages to read", totals.events),
-            None => format!("{} events committed", totals.events),
-        });
-    }
-
-    fn finishing(&mut self, what: &'static str) {
-        if let Some(spinner) = &self.spinner {
-            spinner.set_message(format!("all read, {what}"));
-        }
-    }
 }
 
 /// Installs SIGINT/SIGTERM handling that sets `stop`; a second signal exits
