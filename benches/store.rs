@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use rdg::model::{Change, ClusterOf, DataflowProgress, Progress, Record};
-use rdg::store::{BulkMethod, Engine, Store, StoreOptions};
+use rdg::store::{BulkMethod, DEFAULT_BULK_HOLD_BYTES, Engine, Store, StoreOptions};
 
 /// One chunk of changes like a time of a replay: per edge, the edge
 /// (reversed: two keys), and every 4th edge a node, a link (two keys) and an
@@ -98,7 +98,12 @@ fn run(case: &str, edges: u64, per_commit: u64, buffer: usize) {
     )
     .expect("open");
     let started = Instant::now();
-    let mut load = bulk.map(|m| store.bulk_load_with(m, buffer).expect("bulk load"));
+    // Sled's loads hold nothing (as `Store::bulk_load`).
+    let hold = match engine {
+        Engine::Fjall => DEFAULT_BULK_HOLD_BYTES,
+        Engine::Sled => 0,
+    };
+    let mut load = bulk.map(|m| store.bulk_load_with(m, buffer, hold).expect("bulk load"));
     let mut i = 0;
     while i < edges {
         let changes = chunk(i, per_commit);

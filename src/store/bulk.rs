@@ -6,14 +6,19 @@
 //! [`BulkLoad::write`] takes successive chunks (the same arguments as
 //! [`Store::commit`]): their writes are encoded exactly as a commit's and
 //! buffered; once the buffer holds about [`DEFAULT_BUFFER_BYTES`] of keys and
-//! values it is sorted, reduced to the last write of each key (later chunks
-//! override earlier ones, removals become tombstones) and handed to the
-//! engine ([`engine::Db::bulk_write`]: fjall ingestion, sled batches).
+//! values it is sorted and reduced to the last write of each key (later
+//! chunks override earlier ones, removals become tombstones). On fjall the
+//! sorted buffer is then held in memory, packed in key order, up to
+//! [`DEFAULT_HOLD_BYTES`]; the held buffers are merged into one sorted run
+//! per namespace and ingested when they reach it and at the end
+//! ([`engine::Db::ingest_merged`]), so that a load that fits is written
+//! once. On sled (and with no room to hold) each sorted buffer goes to the
+//! engine at once ([`engine::Db::bulk_write`]: sled batches).
 //! [`BulkLoad::finish`] writes what is left, merges each namespace's runs
-//! into one ([`engine::Db::merge_runs`]: every buffer ingested is a sorted
-//! run over the whole key range, and a read seeks in each), then writes the
-//! counters, positions and commit count in one atomic write, makes it all
-//! durable and removes the marker.
+//! into one if there are several ([`engine::Db::merge_runs`]: every run
+//! ingested covers the whole key range, and a read seeks in each), then
+//! writes the counters, positions and commit count in one atomic write,
+//! makes it all durable and removes the marker.
 //!
 //! Invariant (the crash contract): the marker exists, durably, from before
 //! the first byte of the load until every byte of it is durable. Opening a
@@ -27,7 +32,7 @@ use std::time::Instant;
 
 use compact_str::CompactString;
 
-use super::engine::BulkMethod;
+use super::engine::{BulkMethod, WriteSet};
 use super::writer::{Plan, add_progress, counters_of};
 use super::{DataflowCounters, Store, StoreError, layout};
 use crate::model::{Change, DeadLetter, Progress};
@@ -36,6 +41,13 @@ use crate::model::{Change, DeadLetter, Progress};
 /// and the operations' index take about as much again): large sorted runs
 /// are what makes ingestion fast.
 pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
+
+/// Sorted buffers held in memory before they are merged and ingested on
+/// fjall. A 2M-event replay encodes about 450 MiB (keys, values and 32
+/// bytes per write): it fits, and each byte is compressed and written
+/// once. A larger load is ingested in merged runs of about this size,
+/// which the end merges again.
+pub const DEFAULT_HOLD_BYTES: usize = 768 << 20;
 
 /// The same on sled, whose batches gain nothing from size: replaying 200k
 /// events (`scripts/bench-replay.sh 200000 2`, busy machine), 64 MiB
@@ -55,6 +67,12 @@ pub struct BulkLoad {
     wrote: bool,
     buffer_bytes: usize,
     method: BulkMethod,
+    /// Sorted buffers not yet written, packed, oldest first.
+    held: Vec<WriteSet>,
+    /// Their bytes (arena and operations).
+    held_bytes: usize,
+    /// At most this many are held (0: every buffer is written at once).
+    hold_bytes: usize,
 }
 
 impl std::fmt::Debug for BulkLoad {
@@ -70,19 +88,21 @@ impl Store {
     /// Starts a bulk load into this state, which must be empty (no commit
     /// ever). See [`BulkLoad`].
     pub fn bulk_load(&self) -> Result<BulkLoad, StoreError> {
-        let buffer = match self.engine() {
-            super::Engine::Fjall => DEFAULT_BUFFER_BYTES,
-            super::Engine::Sled => SLED_BUFFER_BYTES,
+        let (buffer, hold) = match self.engine() {
+            super::Engine::Fjall => (DEFAULT_BUFFER_BYTES, DEFAULT_HOLD_BYTES),
+            super::Engine::Sled => (SLED_BUFFER_BYTES, 0),
         };
-        self.bulk_load_with(BulkMethod::default(), buffer)
+        self.bulk_load_with(BulkMethod::default(), buffer, hold)
     }
 
-    /// [`Store::bulk_load`] with the way chunks reach fjall and the bytes
-    /// buffered between writes (for benchmarks).
+    /// [`Store::bulk_load`] with the way chunks reach fjall, the bytes
+    /// buffered between sorts and the sorted bytes held before a write
+    /// (for benchmarks and tests).
     pub fn bulk_load_with(
         &self,
         method: BulkMethod,
         buffer_bytes: usize,
+        hold_bytes: usize,
     ) -> Result<BulkLoad, StoreError> {
         let refuse = |detail: String| StoreError::BulkLoad {
             path: self.inner.path.clone(),
@@ -123,6 +143,9 @@ impl Store {
             wrote: false,
             buffer_bytes: buffer_bytes.max(1),
             method,
+            held: Vec::new(),
+            held_bytes: 0,
+            hold_bytes,
         })
     }
 }
@@ -165,22 +188,64 @@ impl BulkLoad {
         Ok(())
     }
 
-    /// Hands the buffered writes to the engine.
+    /// Sorts the buffered writes and holds them, or hands them to the
+    /// engine when there is no room to hold them.
     fn write_buffer(&mut self) -> Result<(), StoreError> {
         if self.plan.set.ops.is_empty() {
             self.plan.set.clear();
             return Ok(());
         }
         self.plan.set.normalize();
-        let (keys, bytes) = self.plan.set.size();
+        if self.hold_bytes == 0 {
+            let (keys, bytes) = self.plan.set.size();
+            let started = Instant::now();
+            let inner = &self.store.inner;
+            inner
+                .db
+                .bulk_write(&self.plan.ns, &self.plan.set, self.method)
+                .map_err(|e| self.store.engine_err(e))?;
+            inner.stats.add(keys, bytes, started.elapsed());
+        } else {
+            let packed = self.plan.set.packed();
+            self.held_bytes += packed.arena.len() + std::mem::size_of_val(packed.ops.as_slice());
+            self.held.push(packed);
+            if self.held_bytes >= self.hold_bytes {
+                self.write_held()?;
+            }
+        }
+        self.plan.set.clear();
+        Ok(())
+    }
+
+    /// Writes the held buffers: merged and ingested, one run per namespace
+    /// (as chunks in order when the method asks for batches, or when they
+    /// are too small for ingestion to pay).
+    fn write_held(&mut self) -> Result<(), StoreError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
         let started = Instant::now();
         let inner = &self.store.inner;
-        inner
-            .db
-            .bulk_write(&self.plan.ns, &self.plan.set, self.method)
-            .map_err(|e| self.store.engine_err(e))?;
+        let db = &inner.db;
+        let ns = &self.plan.ns;
+        let ingest = match self.method {
+            BulkMethod::Ingest => true,
+            BulkMethod::Batch => false,
+            BulkMethod::Auto => self.held_bytes >= super::AUTO_INGEST_BYTES,
+        };
+        let written = if ingest {
+            db.ingest_merged(ns, &self.held)
+        } else {
+            self.held.iter().try_fold((0, 0), |(keys, bytes), set| {
+                db.bulk_write(ns, set, self.method)?;
+                let (k, b) = set.size();
+                Ok((keys + k, bytes + b))
+            })
+        };
+        let (keys, bytes) = written.map_err(|e| self.store.engine_err(e))?;
         inner.stats.add(keys, bytes, started.elapsed());
-        self.plan.set.clear();
+        self.held.clear();
+        self.held_bytes = 0;
         Ok(())
     }
 
@@ -189,6 +254,8 @@ impl BulkLoad {
     /// commit (none if nothing was written).
     pub fn finish(mut self) -> Result<(), StoreError> {
         self.write_buffer()?;
+        self.plan.set = WriteSet::default();
+        self.write_held()?;
         let store = self.store.clone();
         let inner = &store.inner;
         let started = Instant::now();

@@ -156,7 +156,10 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use bulk::{BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES};
+pub use bulk::{
+    BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES,
+    DEFAULT_HOLD_BYTES as DEFAULT_BULK_HOLD_BYTES,
+};
 pub use engine::{AUTO_INGEST_BYTES, BulkMethod, Engine, EngineError, UnknownEngine};
 pub use reader::Contributions;
 pub use view::{EdgeCursor, EdgePage, ReadView, Schema};

@@ -525,7 +525,7 @@ fn interrupted_bulk_load_reopens_empty(engine: Engine) {
     {
         let store = open(dir.path(), engine);
         let mut bulk = store
-            .bulk_load_with(BulkMethod::Ingest, 64)
+            .bulk_load_with(BulkMethod::Ingest, 64, 0)
             .expect("bulk load");
         let changes: Vec<Change> = (0..50)
             .map(|i| node(&format!("profile:p{i}"), "x", i))

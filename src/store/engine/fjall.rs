@@ -16,6 +16,7 @@
 //! most about `MEMTABLE_BYTES` per written keyspace plus sealed memtables
 //! waiting for their flush.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -209,6 +210,30 @@ impl FjallDb {
         })
     }
 
+    /// [`super::Db::ingest_merged`]: one ingestion per keyspace that any
+    /// of `sets` writes, of their merged writes, the largest first, side
+    /// by side on rayon's pool. Durable when it returns.
+    pub fn ingest_merged(&self, ns: &[Ns], sets: &[WriteSet]) -> Result<(u64, u64), EngineError> {
+        use rayon::prelude::*;
+        let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+        for set in sets {
+            for run in set.ops.chunk_by(|a, b| a.ns == b.ns) {
+                if let Some(op) = run.first() {
+                    *sizes.entry(op.ns()).or_default() += run.len();
+                }
+            }
+        }
+        let mut order: Vec<(usize, usize)> = sizes.into_iter().collect();
+        order.sort_by_key(|&(_, ops)| std::cmp::Reverse(ops));
+        order
+            .par_iter()
+            .map(|&(n, _)| match ns.get(n) {
+                Some(Ns::Fjall(ks)) => ingest_merged_run(ks, sets, n),
+                _ => Err(EngineError::Mismatch("namespace")),
+            })
+            .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))
+    }
+
     /// Major-compacts every keyspace of `ns` that holds more than one
     /// sorted run, the largest first, side by side on rayon's pool. Work
     /// a bulk-loaded state would meet anyway: its runs sit in level 0, and
@@ -300,6 +325,27 @@ fn ingest_run(
         return Err(EngineError::Abandoned);
     }
     Ok(ingestion.finish()?)
+}
+
+/// Ingests namespace `n`'s merged writes of `sets` into `ks` as one run;
+/// returns the keys and bytes written.
+fn ingest_merged_run(
+    ks: &Keyspace,
+    sets: &[WriteSet],
+    n: usize,
+) -> Result<(u64, u64), EngineError> {
+    let mut ingestion = ks.start_ingestion()?;
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for (key, value) in super::merged(sets, n) {
+        keys += 1;
+        bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        match value {
+            Some(v) => ingestion.write(key, v)?,
+            None => ingestion.write_tombstone(key)?,
+        }
+    }
+    ingestion.finish()?;
+    Ok((keys, bytes))
 }
 
 // Reads with a key longer than `MAX_KEY` (an identifier typed into a
