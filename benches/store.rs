@@ -93,7 +93,7 @@ fn run(case: &str, edges: u64, per_commit: u64, buffer: usize) {
         dir.path(),
         &StoreOptions {
             engine: Some(engine),
-            cache_bytes: None,
+            ..Default::default()
         },
     )
     .expect("open");

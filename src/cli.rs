@@ -97,8 +97,23 @@ struct ReplayArgs {
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+    /// Into an empty fjall state: MiB of sorted buffers held in memory and
+    /// written once, merged (default 768; 0 writes each 64 MiB buffer at
+    /// once, as a run that the end merges again).
+    #[arg(long, value_name = "MB")]
+    bulk_memory_mb: Option<u64>,
     /// Input files.
     files: Vec<PathBuf>,
+}
+
+impl ReplayArgs {
+    /// The store's options: `--engine`, `--cache-mb`, `--bulk-memory-mb`.
+    fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            bulk_memory_bytes: self.bulk_memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            ..self.store.options()
+        }
+    }
 }
 
 /// The store of a run: engine (for a new state) and cache.
@@ -118,6 +133,7 @@ impl StoreArgs {
         StoreOptions {
             engine: self.engine,
             cache_bytes: self.cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            bulk_memory_bytes: None,
         }
     }
 }
@@ -568,7 +584,7 @@ fn replay_kafka(args: &ReplayArgs, brokers: String) -> Result<Replayed> {
         cluster: None,
         serve: None,
         mode: "replay",
-        store: args.store.options(),
+        store: args.store_options(),
     };
     Ok(app::kafka::replay_kafka(&opts))
 }
@@ -590,7 +606,7 @@ fn replay_files(args: &ReplayArgs) -> Result<Replayed> {
         topic_files,
         batch: args.batch,
         progress: std::io::stderr().is_terminal(),
-        store: args.store.options(),
+        store: args.store_options(),
     };
     Ok(app::replay(&opts))
 }

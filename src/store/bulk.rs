@@ -43,7 +43,7 @@ use crate::model::{Change, DeadLetter, Progress};
 pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
 
 /// Sorted buffers held in memory before they are merged and ingested on
-/// fjall. A 2M-event replay encodes about 450 MiB (keys, values and 32
+/// fjall (`StoreOptions::bulk_memory_bytes`, `rdg replay --bulk-memory-mb`). A 2M-event replay encodes about 450 MiB (keys, values and 32
 /// bytes per write): it fits, and each byte is compressed and written
 /// once. A larger load is ingested in merged runs of about this size,
 /// which the end merges again.
@@ -88,10 +88,11 @@ impl Store {
     /// Starts a bulk load into this state, which must be empty (no commit
     /// ever). See [`BulkLoad`].
     pub fn bulk_load(&self) -> Result<BulkLoad, StoreError> {
-        let (buffer, hold) = match self.engine() {
-            super::Engine::Fjall => (DEFAULT_BUFFER_BYTES, DEFAULT_HOLD_BYTES),
-            super::Engine::Sled => (SLED_BUFFER_BYTES, 0),
+        let buffer = match self.engine() {
+            super::Engine::Fjall => DEFAULT_BUFFER_BYTES,
+            super::Engine::Sled => SLED_BUFFER_BYTES,
         };
+        let hold = self.inner.bulk_hold_bytes;
         self.bulk_load_with(BulkMethod::default(), buffer, hold)
     }
 
@@ -243,7 +244,15 @@ impl BulkLoad {
             })
         };
         let (keys, bytes) = written.map_err(|e| self.store.engine_err(e))?;
-        inner.stats.add(keys, bytes, started.elapsed());
+        let took = started.elapsed();
+        inner.stats.add(keys, bytes, took);
+        tracing::debug!(
+            buffers = self.held.len(),
+            held_mib = self.held_bytes >> 20,
+            keys,
+            ms = took.as_millis() as u64,
+            "bulk load: held buffers merged and written"
+        );
         self.held.clear();
         self.held_bytes = 0;
         Ok(())

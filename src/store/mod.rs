@@ -219,6 +219,10 @@ pub struct StoreOptions {
     /// The engine's cache in bytes (fjall's block cache, sled's page cache).
     /// `None`: [`FJALL_CACHE_BYTES`] or [`SLED_CACHE_BYTES`].
     pub cache_bytes: Option<u64>,
+    /// A bulk load's sorted buffers held in memory before they are merged
+    /// and written (fjall; sled holds none). `None`:
+    /// [`DEFAULT_BULK_HOLD_BYTES`]; 0 writes each buffer at once.
+    pub bulk_memory_bytes: Option<u64>,
 }
 
 impl StoreOptions {
@@ -228,6 +232,16 @@ impl StoreOptions {
             Engine::Fjall => FJALL_CACHE_BYTES,
             Engine::Sled => SLED_CACHE_BYTES,
         })
+    }
+
+    /// The bytes a bulk load into `engine` holds with these options.
+    pub fn bulk_hold_bytes_for(&self, engine: Engine) -> usize {
+        match engine {
+            Engine::Fjall => self.bulk_memory_bytes.map_or(DEFAULT_BULK_HOLD_BYTES, |b| {
+                usize::try_from(b).unwrap_or(usize::MAX)
+            }),
+            Engine::Sled => 0,
+        }
     }
 }
 
@@ -715,6 +729,8 @@ struct Inner {
     /// Committed counters; held by every commit from plan to apply.
     counters: Mutex<Counters>,
     stats: StatCounters,
+    /// Bytes of sorted buffers a bulk load holds ([`StoreOptions`]).
+    bulk_hold_bytes: usize,
     /// A bulk load started in this process and has not finished: commits
     /// and other bulk loads are refused.
     bulk: AtomicBool,
@@ -896,7 +912,8 @@ impl Store {
         if db.engine() == Engine::Fjall {
             finish_from_redo(dir, &db)?;
         }
-        Store::from_db(dir, db, lock, may_be_empty)
+        let bulk_hold_bytes = options.bulk_hold_bytes_for(engine);
+        Store::from_db(dir, db, lock, may_be_empty, bulk_hold_bytes)
     }
 
     /// `may_be_empty`: the state was created by this open or wiped back to
@@ -907,6 +924,7 @@ impl Store {
         db: Db,
         lock: std::fs::File,
         may_be_empty: bool,
+        bulk_hold_bytes: usize,
     ) -> Result<Store, StoreError> {
         let engine_err = |source| StoreError::Engine {
             path: dir.to_path_buf(),
@@ -963,6 +981,7 @@ impl Store {
                 })),
                 counters: Mutex::new(counters),
                 stats: StatCounters::default(),
+                bulk_hold_bytes,
                 bulk: AtomicBool::new(false),
                 unsettled: AtomicBool::new(false),
                 _lock: lock,

@@ -58,6 +58,7 @@ fn open(dir: &Path, engine: Engine) -> Store {
         &StoreOptions {
             engine: Some(engine),
             cache_bytes: Some(8 << 20),
+            ..Default::default()
         },
     )
     .expect("open")
@@ -414,7 +415,7 @@ fn bad_meta_values_are_refused_at_open(engine: Engine) {
             dir.path(),
             &StoreOptions {
                 engine: Some(engine),
-                cache_bytes: None,
+                ..Default::default()
             },
         );
         match r {
@@ -606,6 +607,7 @@ fn losing_durable_commits_is_refused(engine: Engine) {
         &StoreOptions {
             engine: Some(engine),
             cache_bytes: Some(8 << 20),
+            ..Default::default()
         },
     );
     match refused {

@@ -123,7 +123,7 @@ pub fn assert_same(actual: &[String], expected: &[String], what: &str) {
 pub fn create_state(state: &Path, engine: Engine) {
     let options = StoreOptions {
         engine: Some(engine),
-        cache_bytes: None,
+        ..Default::default()
     };
     drop(Store::open_with(state, &options).expect("create the state"));
 }

@@ -22,6 +22,7 @@ pub fn open_engine(dir: &Path, engine: Engine) -> Result<Store, StoreError> {
         &StoreOptions {
             engine: Some(engine),
             cache_bytes: Some(16 << 20),
+            ..Default::default()
         },
     )
 }
