@@ -9,10 +9,10 @@
 //! values it is sorted and reduced to the last write of each key (later
 //! chunks override earlier ones, removals become tombstones). On fjall the
 //! sorted buffer is then held in memory, packed in key order, up to
-//! [`DEFAULT_HOLD_BYTES`]; the held buffers are merged into one sorted run
-//! per namespace and ingested when they reach it and at the end
-//! ([`engine::Db::ingest_merged`]), so that a load that fits is written
-//! once. On sled (and with no room to hold) each sorted buffer goes to the
+//! `StoreOptions::bulk_memory_bytes` ([`DEFAULT_HOLD_BYTES`]); the held
+//! buffers are merged into one sorted run per namespace and ingested when
+//! they reach it and at the end ([`engine::Db::ingest_merged`]), so that a
+//! load that fits is written once. On sled (and with no room to hold) each sorted buffer goes to the
 //! engine at once ([`engine::Db::bulk_write`]: sled batches).
 //! [`BulkLoad::finish`] writes what is left, merges each namespace's runs
 //! into one if there are several ([`engine::Db::merge_runs`]: every run
