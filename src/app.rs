@@ -353,7 +353,7 @@ pub fn replay_into_store(
     let mut totals = match sink {
         Sink::Bulk(load) => {
             let totals = ran?;
-            observer.finishing("merging sorted runs");
+            observer.finishing("merging and writing the sorted buffers");
             load.finish()?;
             totals
         }
