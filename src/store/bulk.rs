@@ -12,8 +12,9 @@
 //! `StoreOptions::bulk_memory_bytes` ([`DEFAULT_HOLD_BYTES`]); the held
 //! buffers are merged into one sorted run per namespace and ingested when
 //! they reach it and at the end ([`engine::Db::ingest_merged`]), so that a
-//! load that fits is written once. On sled (and with no room to hold) each sorted buffer goes to the
-//! engine at once ([`engine::Db::bulk_write`]: sled batches).
+//! load that fits is written once. On sled (and with no room to hold) each
+//! sorted buffer goes to the engine at once ([`engine::Db::bulk_write`]:
+//! sled batches).
 //! [`BulkLoad::finish`] writes what is left, merges each namespace's runs
 //! into one if there are several ([`engine::Db::merge_runs`]: every run
 //! ingested covers the whole key range, and a read seeks in each), then
@@ -43,10 +44,11 @@ use crate::model::{Change, DeadLetter, Progress};
 pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
 
 /// Sorted buffers held in memory before they are merged and ingested on
-/// fjall (`StoreOptions::bulk_memory_bytes`, `rdg replay --bulk-memory-mb`). A 2M-event replay encodes about 450 MiB (keys, values and 32
-/// bytes per write): it fits, and each byte is compressed and written
-/// once. A larger load is ingested in merged runs of about this size,
-/// which the end merges again.
+/// fjall (`StoreOptions::bulk_memory_bytes`, `rdg replay --bulk-memory-mb`).
+/// A 2M-event replay holds about 500 MiB (keys, values and 32 bytes per
+/// write): it fits, and each byte is compressed and written once. A larger
+/// load is ingested in merged runs of about this size, which the end merges
+/// again.
 pub const DEFAULT_HOLD_BYTES: usize = 768 << 20;
 
 /// The same on sled, whose batches gain nothing from size: replaying 200k
