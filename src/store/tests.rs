@@ -781,14 +781,7 @@ fn a_commit_cut_during_ingestion_is_finished_at_open() {
                 .collect();
             let mut part = engine::WriteSet::default();
             for op in set.ops.iter().filter(|op| keep.contains(&op.ns())) {
-                let key = part.push(set.bytes(op.key()));
-                match op.value() {
-                    Some(v) => {
-                        let value = part.push(set.bytes(v));
-                        part.put(op.ns(), key, value);
-                    }
-                    None => part.remove(op.ns(), key),
-                }
+                part.copy_op(&set, *op);
             }
             let ns: Vec<Ns> = names
                 .iter()

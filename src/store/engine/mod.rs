@@ -473,17 +473,22 @@ impl WriteSet {
         out.arena.reserve_exact(usize::try_from(bytes).unwrap_or(0));
         out.ops.reserve_exact(self.ops.len());
         for op in self.in_order(&self.ops) {
-            let key = out.push(self.bytes(op.key()));
-            match op.value() {
-                Some(v) => {
-                    let value = out.push(self.bytes(v));
-                    out.put(op.ns(), key, value);
-                }
-                None => out.remove(op.ns(), key),
-            }
+            out.copy_op(self, op);
         }
         out.oversized = self.oversized;
         out
+    }
+
+    /// Adds `op` of set `from`, its key and value copied into this set.
+    pub fn copy_op(&mut self, from: &WriteSet, op: Op) {
+        let key = self.push(from.bytes(op.key()));
+        match op.value() {
+            Some(v) => {
+                let value = self.push(from.bytes(v));
+                self.put(op.ns(), key, value);
+            }
+            None => self.remove(op.ns(), key),
+        }
     }
 
     /// The operations of namespace `ns` in a normalized set.
@@ -918,6 +923,28 @@ mod tests {
     /// (namespace, key) → the value written last, `None` for a removal.
     type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
 
+    /// Writes `value` at `key` into `set` (removes the key one time in
+    /// four instead) and records the write in `want`.
+    fn random_write(
+        rng: &mut Xoshiro256PlusPlus,
+        set: &mut WriteSet,
+        want: &mut BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+        ns: usize,
+        key: Vec<u8>,
+        value: String,
+    ) {
+        let key_span = set.push(&key);
+        if rng.random_range(0..4u8) == 0 {
+            set.remove(ns, key_span);
+            want.insert((ns, key), None);
+        } else {
+            let value = value.into_bytes();
+            let value_span = set.push(&value);
+            set.put(ns, key_span, value_span);
+            want.insert((ns, key), Some(value));
+        }
+    }
+
     /// Reads with keys longer than fjall accepts (it panics on keys over
     /// 65 535 bytes, in reads too) answer what they mean, on both engines:
     /// no stored key is that long, so `get` finds nothing, a prefix scan
@@ -1038,16 +1065,14 @@ mod tests {
                 for _ in 0..rng.random_range(0..3usize) {
                     key.push([0u8, 1, b'a', 0xff][rng.random_range(0..4usize)]);
                 }
-                let key_span = set.push(&key);
-                if rng.random_range(0..4u8) == 0 {
-                    set.remove(ns, key_span);
-                    want.insert((ns, key), None);
-                } else {
-                    let value = format!("{round}-{n}").into_bytes();
-                    let value_span = set.push(&value);
-                    set.put(ns, key_span, value_span);
-                    want.insert((ns, key), Some(value));
-                }
+                random_write(
+                    &mut rng,
+                    &mut set,
+                    &mut want,
+                    ns,
+                    key,
+                    format!("{round}-{n}"),
+                );
             }
             set.normalize();
             let got: Vec<Written> = set
@@ -1080,16 +1105,8 @@ mod tests {
                         let key: Vec<u8> = (0..rng.random_range(0..4usize))
                             .map(|_| [0u8, b'a', b'b', 0xff][rng.random_range(0..4usize)])
                             .collect();
-                        let key_span = set.push(&key);
-                        if rng.random_range(0..4u8) == 0 {
-                            set.remove(ns, key_span);
-                            want.insert((ns, key), None);
-                        } else {
-                            let value = format!("{round}-{s}-{n}").into_bytes();
-                            let value_span = set.push(&value);
-                            set.put(ns, key_span, value_span);
-                            want.insert((ns, key), Some(value));
-                        }
+                        let value = format!("{round}-{s}-{n}");
+                        random_write(&mut rng, &mut set, &mut want, ns, key, value);
                     }
                     set.normalize();
                     set.packed()
