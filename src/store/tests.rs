@@ -781,7 +781,11 @@ fn a_commit_cut_during_ingestion_is_finished_at_open() {
                 .collect();
             let mut part = engine::WriteSet::default();
             for op in set.ops.iter().filter(|op| keep.contains(&op.ns())) {
-                part.copy_op(&set, *op);
+                part.write(
+                    op.ns(),
+                    set.bytes(op.key()),
+                    op.value().map(|v| set.bytes(v)),
+                );
             }
             let ns: Vec<Ns> = names
                 .iter()

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
 use super::{
-    Bound, BulkMethod, Bytes, EngineError, KvIter, MAX_KEY, Ns, OpenConfig, OpenError, WriteSet,
+    Bound, BulkMethod, Bytes, EngineError, KvIter, MAX_KEY, Ns, OpenConfig, OpenError, Packed,
+    WriteSet,
 };
 
 /// fjall's background threads (flushes and compactions). One: with two
@@ -213,15 +214,11 @@ impl FjallDb {
     /// [`super::Db::ingest_merged`]: one ingestion per keyspace that any
     /// of `sets` writes, of their merged writes, the largest first, side
     /// by side on rayon's pool. Durable when it returns.
-    pub fn ingest_merged(&self, ns: &[Ns], sets: &[WriteSet]) -> Result<(u64, u64), EngineError> {
+    pub fn ingest_merged(&self, ns: &[Ns], sets: &[Packed]) -> Result<(u64, u64), EngineError> {
         use rayon::prelude::*;
         let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
-        for set in sets {
-            for run in set.ops.chunk_by(|a, b| a.ns == b.ns) {
-                if let Some(op) = run.first() {
-                    *sizes.entry(op.ns()).or_default() += run.len();
-                }
-            }
+        for (n, writes) in sets.iter().flat_map(Packed::namespaces) {
+            *sizes.entry(n).or_default() += writes;
         }
         let mut order: Vec<(usize, usize)> = sizes.into_iter().collect();
         order.sort_by_key(|&(_, ops)| std::cmp::Reverse(ops));
@@ -329,11 +326,7 @@ fn ingest_run(
 
 /// Ingests namespace `n`'s merged writes of `sets` into `ks` as one run;
 /// returns the keys and bytes written.
-fn ingest_merged_run(
-    ks: &Keyspace,
-    sets: &[WriteSet],
-    n: usize,
-) -> Result<(u64, u64), EngineError> {
+fn ingest_merged_run(ks: &Keyspace, sets: &[Packed], n: usize) -> Result<(u64, u64), EngineError> {
     let mut ingestion = ks.start_ingestion()?;
     let (mut keys, mut bytes) = (0u64, 0u64);
     for (key, value) in super::merged(sets, n) {

@@ -20,7 +20,10 @@
 //!   holds its gate around such reads (see "Isolation" in the store docs).
 
 pub(crate) mod fjall;
+mod packed;
 pub(crate) mod sled;
+
+pub(crate) use packed::{Packed, merged};
 
 use std::fmt;
 use std::ops::Deref;
@@ -463,122 +466,23 @@ impl WriteSet {
         (self.ops.len() as u64, bytes)
     }
 
-    /// A normalized set's operations with their bytes copied, in key
-    /// order, into a set of their own without scratch: what a bulk load
-    /// holds until it merges its buffers ([`merged`] then reads each one
-    /// front to back instead of at random).
-    pub fn packed(&self) -> WriteSet {
-        let (_, bytes) = self.size();
-        let mut out = WriteSet::default();
-        out.arena.reserve_exact(usize::try_from(bytes).unwrap_or(0));
-        out.ops.reserve_exact(self.ops.len());
-        for op in self.in_order(&self.ops) {
-            out.copy_op(self, op);
-        }
-        out.oversized = self.oversized;
-        out
-    }
-
-    /// Adds `op` of set `from`, its key and value copied into this set.
-    pub fn copy_op(&mut self, from: &WriteSet, op: Op) {
-        let key = self.push(from.bytes(op.key()));
-        match op.value() {
+    /// Copies `key` and `value` into the arena and adds their write
+    /// (`None`: the key's removal) to namespace `ns`.
+    pub fn write(&mut self, ns: usize, key: &[u8], value: Option<&[u8]>) {
+        let key = self.push(key);
+        match value {
             Some(v) => {
-                let value = self.push(from.bytes(v));
-                self.put(op.ns(), key, value);
+                let value = self.push(v);
+                self.put(ns, key, value);
             }
-            None => self.remove(op.ns(), key),
+            None => self.remove(ns, key),
         }
-    }
-
-    /// The operations of namespace `ns` in a normalized set.
-    fn of_namespace(&self, ns: usize) -> &[Op] {
-        let from = self.ops.partition_point(|op| op.ns() < ns);
-        let to = self.ops.partition_point(|op| op.ns() <= ns);
-        &self.ops[from..to]
     }
 
     pub fn clear(&mut self) {
         self.arena.clear();
         self.ops.clear();
         self.oversized = None;
-    }
-}
-
-/// The writes of namespace `ns` in `sets` (each normalized), merged into
-/// key order with one write per key: of a key that several sets write, the
-/// last set's write. `(key, None)` removes the key.
-pub(crate) fn merged(sets: &[WriteSet], ns: usize) -> Merged<'_> {
-    let runs: Vec<&[Op]> = sets.iter().map(|s| s.of_namespace(ns)).collect();
-    let mut merged = Merged {
-        sets,
-        at: vec![0; runs.len()],
-        heap: std::collections::BinaryHeap::with_capacity(runs.len()),
-        runs,
-    };
-    for set in 0..merged.runs.len() {
-        merged.push_head(set);
-    }
-    merged
-}
-
-/// The iterator of [`merged`]: a k-way merge over the sets' runs of one
-/// namespace, by a heap of each run's next key.
-pub(crate) struct Merged<'a> {
-    sets: &'a [WriteSet],
-    runs: Vec<&'a [Op]>,
-    /// Each run's next operation.
-    at: Vec<usize>,
-    heap: std::collections::BinaryHeap<Head<'a>>,
-}
-
-/// A run's next key in [`Merged`]'s heap (a max-heap): the smallest key
-/// is the greatest, and of equal keys the one of the latest set.
-#[derive(PartialEq, Eq)]
-struct Head<'a> {
-    key: &'a [u8],
-    set: usize,
-}
-
-impl Ord for Head<'_> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.key.cmp(self.key).then(self.set.cmp(&other.set))
-    }
-}
-
-impl PartialOrd for Head<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<'a> Merged<'a> {
-    /// Puts run `set`'s next operation on the heap, if it has one.
-    fn push_head(&mut self, set: usize) {
-        if let Some(op) = self.runs[set].get(self.at[set]) {
-            let key = self.sets[set].bytes(op.key());
-            self.heap.push(Head { key, set });
-        }
-    }
-}
-
-impl<'a> Iterator for Merged<'a> {
-    type Item = (&'a [u8], Option<&'a [u8]>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let Head { key, set } = self.heap.pop()?;
-        let op = self.runs[set][self.at[set]];
-        let value = op.value().map(|v| self.sets[set].bytes(v));
-        self.at[set] += 1;
-        self.push_head(set);
-        // Earlier sets' writes of the same key are overridden.
-        while let Some(head) = self.heap.peek().filter(|h| h.key == key) {
-            let older = head.set;
-            self.heap.pop();
-            self.at[older] += 1;
-            self.push_head(older);
-        }
-        Some((key, value))
     }
 }
 
@@ -712,14 +616,11 @@ impl Db {
     /// sorted run; sled writes them as bulk load chunks, in order. Not
     /// atomic (a bulk load's marker covers a crash); returns the keys and
     /// key + value bytes written.
-    pub fn ingest_merged(&self, ns: &[Ns], sets: &[WriteSet]) -> Result<(u64, u64), EngineError> {
-        for set in sets {
-            set.check()?;
-        }
+    pub fn ingest_merged(&self, ns: &[Ns], sets: &[Packed]) -> Result<(u64, u64), EngineError> {
         match self {
             Db::Fjall(db) => db.ingest_merged(ns, sets),
             Db::Sled(db) => sets.iter().try_fold((0, 0), |(keys, bytes), set| {
-                db.bulk_write(ns, set)?;
+                db.bulk_write(ns, &set.to_set())?;
                 let (k, b) = set.size();
                 Ok((keys + k, bytes + b))
             }),
@@ -918,14 +819,14 @@ mod tests {
     use rand::rngs::Xoshiro256PlusPlus;
     use rand::{RngExt, SeedableRng};
 
-    use super::{WriteSet, merged};
+    use super::WriteSet;
 
     /// (namespace, key) → the value written last, `None` for a removal.
     type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
 
     /// Writes `value` at `key` into `set` (removes the key one time in
     /// four instead) and records the write in `want`.
-    fn random_write(
+    pub(super) fn random_write(
         rng: &mut Xoshiro256PlusPlus,
         set: &mut WriteSet,
         want: &mut BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>,
@@ -1081,40 +982,6 @@ mod tests {
                 .map(|op| {
                     let value = op.value().map(|v| set.bytes(v).to_vec());
                     ((op.ns(), set.bytes(op.key()).to_vec()), value)
-                })
-                .collect();
-            let want: Vec<Written> = want.into_iter().collect();
-            assert_eq!(got, want, "round {round}");
-        }
-    }
-
-    /// Sets written one after the other, normalized and packed (some of
-    /// them empty, some without a namespace), merged per namespace: each
-    /// key once, in byte order, with the last set's write, as a `BTreeMap`
-    /// fed set after set gives.
-    #[test]
-    fn merged_sets_keep_the_last_sets_write_of_each_key() {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
-        for round in 0..60 {
-            let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-            let sets: Vec<WriteSet> = (0..rng.random_range(0..7usize))
-                .map(|s| {
-                    let mut set = WriteSet::default();
-                    for n in 0..rng.random_range(0..60usize) {
-                        let ns = rng.random_range(0..3usize);
-                        let key: Vec<u8> = (0..rng.random_range(0..4usize))
-                            .map(|_| [0u8, b'a', b'b', 0xff][rng.random_range(0..4usize)])
-                            .collect();
-                        let value = format!("{round}-{s}-{n}");
-                        random_write(&mut rng, &mut set, &mut want, ns, key, value);
-                    }
-                    set.normalize();
-                    set.packed()
-                })
-                .collect();
-            let got: Vec<Written> = (0..3)
-                .flat_map(|ns| {
-                    merged(&sets, ns).map(move |(k, v)| ((ns, k.to_vec()), v.map(<[u8]>::to_vec)))
                 })
                 .collect();
             let want: Vec<Written> = want.into_iter().collect();
