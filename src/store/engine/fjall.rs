@@ -4,10 +4,11 @@
 //! crash: fjall's journal replays a batch whole or not at all), written to
 //! the OS at commit (`PersistMode::Buffer`) and fsynced by [`FjallDb::flush`];
 //! reads go through a `Snapshot`, which sees every keyspace at one sequence
-//! number, so a read never sees part of a batch. A bulk load chunk is either
-//! ingested (sorted runs written straight into tables, the keyspaces side
-//! by side: not atomic, which the bulk load's marker covers) or written as
-//! one unsynced batch.
+//! number, so a read never sees part of a batch. A bulk load's writes are
+//! either ingested (sorted runs written straight into tables, the keyspaces
+//! side by side: not atomic, which the bulk load's marker covers; held
+//! buffers merged into one run per keyspace, [`FjallDb::ingest_merged`]) or
+//! written as unsynced batches.
 //!
 //! Memory: the block cache is `cache_bytes` (the store's default is
 //! 256 MiB); each keyspace's memtable is sealed at [`MEMTABLE_BYTES`] (4 MiB) and
@@ -35,8 +36,9 @@ use super::{
 const WORKER_THREADS: usize = 1;
 
 /// Sorted runs a keyspace's level 0 holds before fjall compacts it (its
-/// default is 4). A bulk load ingests one level-0 run per keyspace per
-/// 64 MiB buffer (~6 for 2M events; it merges them at its end, see
+/// default is 4). A bulk load used to ingest one level-0 run per keyspace
+/// per 64 MiB buffer (~6 for 2M events; it now ingests one per
+/// `--bulk-memory-mb` of sorted buffers, and merges several at its end, see
 /// [`FjallDb::merge_runs`]), so with 4 most keyspaces were compacted
 /// during the load and again at the next open, beside a continuing
 /// replay's rebuild (measured before the bulk load merged its runs):
