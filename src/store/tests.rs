@@ -520,13 +520,21 @@ fn commit_path_does_not_read(engine: Engine) {
 }
 
 /// A bulk load that did not finish leaves its marker; the store that ran it
-/// refuses commits, and reopening wipes the state back to empty.
+/// refuses commits, and reopening wipes the state back to empty: whether
+/// its sorted buffers reached the engine one by one (hold 0) or merged
+/// (a hold smaller than one buffer).
 fn interrupted_bulk_load_reopens_empty(engine: Engine) {
+    for hold in [0, 100] {
+        interrupted_bulk_load_holding(engine, hold);
+    }
+}
+
+fn interrupted_bulk_load_holding(engine: Engine, hold: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path(), engine);
         let mut bulk = store
-            .bulk_load_with(BulkMethod::Ingest, 64, 0)
+            .bulk_load_with(BulkMethod::Ingest, 64, hold)
             .expect("bulk load");
         let changes: Vec<Change> = (0..50)
             .map(|i| node(&format!("profile:p{i}"), "x", i))
