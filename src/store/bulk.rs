@@ -221,8 +221,8 @@ impl BulkLoad {
     }
 
     /// Writes the held buffers: merged and ingested, one run per namespace
-    /// (as chunks in order when the method asks for batches, or when they
-    /// are too small for ingestion to pay).
+    /// on fjall; as chunks in order on sled, when the method asks for
+    /// batches, or when they are too small for ingestion to pay.
     fn write_held(&mut self) -> Result<(), StoreError> {
         if self.held.is_empty() {
             return Ok(());
@@ -231,11 +231,7 @@ impl BulkLoad {
         let inner = &self.store.inner;
         let db = &inner.db;
         let ns = &self.plan.ns;
-        let ingest = match self.method {
-            BulkMethod::Ingest => true,
-            BulkMethod::Batch => false,
-            BulkMethod::Auto => self.held_bytes >= super::AUTO_INGEST_BYTES,
-        };
+        let ingest = db.engine() == super::Engine::Fjall && self.method.ingests(self.held_bytes);
         let written = if ingest {
             db.ingest_merged(ns, &self.held)
         } else {

@@ -162,12 +162,7 @@ impl FjallDb {
         set: &WriteSet,
         method: BulkMethod,
     ) -> Result<(), EngineError> {
-        let ingest = match method {
-            BulkMethod::Ingest => true,
-            BulkMethod::Batch => false,
-            BulkMethod::Auto => set.arena.len() >= super::AUTO_INGEST_BYTES,
-        };
-        if !ingest {
+        if !method.ingests(set.arena.len()) {
             return Ok(self.batch(ns, set)?.commit()?);
         }
         self.ingest(ns, set)

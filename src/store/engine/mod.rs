@@ -506,6 +506,18 @@ pub enum BulkMethod {
     Batch,
 }
 
+impl BulkMethod {
+    /// Whether `bytes` of keys and values are written by ingestion (else
+    /// as a batch).
+    pub fn ingests(self, bytes: usize) -> bool {
+        match self {
+            BulkMethod::Ingest => true,
+            BulkMethod::Batch => false,
+            BulkMethod::Auto => bytes >= AUTO_INGEST_BYTES,
+        }
+    }
+}
+
 /// The buffer size from which [`BulkMethod::Auto`] ingests. Measured with
 /// `cargo bench --bench store -- N N fjall-ingest,fjall-batch` (one buffer
 /// of N edges): 58k keys (about 4 MiB) went in 0.05 s as a batch and 0.10 s
@@ -611,19 +623,14 @@ impl Db {
         }
     }
 
-    /// Writes normalized sets as if one after the other: fjall ingests
-    /// each namespace's writes of all of them, merged ([`merged`]), as one
-    /// sorted run; sled writes them as bulk load chunks, in order. Not
-    /// atomic (a bulk load's marker covers a crash); returns the keys and
-    /// key + value bytes written.
+    /// Writes packed sets as if one after the other (fjall only): each
+    /// namespace's writes of all of them, merged ([`merged`]), ingested as
+    /// one sorted run. Not atomic (a bulk load's marker covers a crash);
+    /// returns the keys and key + value bytes written.
     pub fn ingest_merged(&self, ns: &[Ns], sets: &[Packed]) -> Result<(u64, u64), EngineError> {
         match self {
             Db::Fjall(db) => db.ingest_merged(ns, sets),
-            Db::Sled(db) => sets.iter().try_fold((0, 0), |(keys, bytes), set| {
-                db.bulk_write(ns, &set.to_set())?;
-                let (k, b) = set.size();
-                Ok((keys + k, bytes + b))
-            }),
+            Db::Sled(_) => Err(EngineError::Mismatch("database")),
         }
     }
 

@@ -37,6 +37,8 @@ impl Packed {
     /// holding a key or value too long for the engines.
     pub fn of(set: &WriteSet) -> Result<Packed, EngineError> {
         set.check()?;
+        // Exactly the bytes kept (the set's arena also holds overridden
+        // writes).
         let (_, bytes) = set.size();
         let mut out = Packed::default();
         out.arena.reserve_exact(usize::try_from(bytes).unwrap_or(0));
@@ -74,13 +76,21 @@ impl Packed {
 
     /// The namespaces written, each with its number of writes.
     pub fn namespaces(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.starts.iter().enumerate().map(|(i, &(ns, first, _))| {
-            let end = self
-                .starts
-                .get(i + 1)
-                .map_or(self.writes.len(), |&(_, next, _)| next);
-            (ns, end - first)
+        (0..self.starts.len()).map(|i| {
+            let (ns, writes, _) = self.section(i);
+            (ns, writes.len())
         })
+    }
+
+    /// The `i`th namespace written: its index, its writes, and the arena
+    /// offset of the first one's key.
+    fn section(&self, i: usize) -> (usize, &[Write], usize) {
+        let (ns, first, off) = self.starts[i];
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.writes.len(), |&(_, next, _)| next);
+        (ns, &self.writes[first..end], off)
     }
 
     /// The writes back as a normalized set (for engines that take sets).
@@ -100,12 +110,8 @@ impl Packed {
     fn run(&self, ns: usize) -> Run<'_> {
         let (writes, off) = match self.starts.iter().position(|&(n, _, _)| n == ns) {
             Some(i) => {
-                let (_, first, off) = self.starts[i];
-                let end = self
-                    .starts
-                    .get(i + 1)
-                    .map_or(self.writes.len(), |&(_, next, _)| next);
-                (&self.writes[first..end], off)
+                let (_, writes, off) = self.section(i);
+                (writes, off)
             }
             None => (&self.writes[..0], 0),
         };
