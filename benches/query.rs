@@ -47,7 +47,7 @@ fn main() {
                     files,
                     topic_files: Vec::new(),
                     batch: 4096,
-                    progress: false,
+                    progress: rdg::app::ShowProgress::Off,
                     store: rdg::store::StoreOptions::default(),
                 })
                 .expect("replay");

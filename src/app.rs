@@ -26,6 +26,10 @@ use crate::store::{
 };
 
 pub mod kafka;
+mod progress;
+
+use progress::ReplayProgress;
+pub use progress::ShowProgress;
 
 /// The first panic of the process, recorded by [`install_panic_hook`].
 static FIRST_PANIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -109,8 +113,8 @@ pub struct ReplayOptions {
     /// Files with an explicit topic (`--topic TOPIC=FILE`).
     pub topic_files: Vec<(String, PathBuf)>,
     pub batch: usize,
-    /// Draw a progress bar (on a terminal).
-    pub progress: bool,
+    /// A progress bar, status lines, or nothing.
+    pub progress: ShowProgress,
     /// The store's engine (for a new state) and cache.
     pub store: StoreOptions,
 }
@@ -409,79 +413,6 @@ impl ReplaySummary {
         self.store_write_s = w.engine_time.as_secs_f64();
         self.store_keys_per_s = w.keys_per_s();
         self.store_merge_s = w.merge_time.as_secs_f64();
-    }
-}
-
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    // The spinner and the clock move on their own: the end of a large
-    // replay (records handed to the store, runs merged) reads nothing for
-    // seconds.
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-/// A replay's progress on a terminal: a bar of the bytes read (files) or
-/// a spinner with the events committed (Kafka, whose bounded replay knows
-/// no total), then what the run is doing once everything is read.
-pub(crate) struct ReplayProgress<'a> {
-    bar: Option<indicatif::ProgressBar>,
-    /// Bytes read so far and in all (a file replay).
-    bytes: Option<(&'a AtomicU64, u64)>,
-}
-
-impl<'a> ReplayProgress<'a> {
-    /// A file replay's bar, when `show`.
-    fn files(show: bool, bytes_read: &'a AtomicU64, total: u64) -> ReplayProgress<'a> {
-        ReplayProgress {
-            bar: show.then(|| progress_bar(total)),
-            bytes: Some((bytes_read, total)),
-        }
-    }
-
-    /// A spinner redrawn every `every`; none when `None`.
-    pub(crate) fn spinner(every: Option<Duration>) -> ReplayProgress<'a> {
-        let bar = every.map(|every| {
-            let spinner = indicatif::ProgressBar::new_spinner();
-            spinner.enable_steady_tick(every);
-            spinner
-        });
-        ReplayProgress { bar, bytes: None }
-    }
-
-    /// Takes the line off the terminal (before the summary or an error).
-    pub(crate) fn clear(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Observer for ReplayProgress<'_> {
-    fn tick(&mut self, totals: &Totals) {
-        let Some(bar) = &self.bar else { return };
-        match self.bytes {
-            Some((read, total)) => {
-                let read = read.load(Ordering::Relaxed);
-                bar.set_position(read);
-                if read >= total && bar.message().is_empty() {
-                    bar.set_message("all read, writing the store");
-                }
-            }
-            None => bar.set_message(format!("{} events committed", totals.events)),
-        }
-    }
-
-    fn finishing(&mut self, what: &'static str) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("all read, {what}"));
-        }
     }
 }
 

@@ -102,6 +102,10 @@ struct ReplayArgs {
     /// once, as a run that the end merges again).
     #[arg(long, value_name = "MB")]
     bulk_memory_mb: Option<u64>,
+    /// Off a terminal: seconds between progress lines on stderr, fractions
+    /// allowed (0: none). On a terminal a progress bar is drawn instead.
+    #[arg(long, default_value = "10", value_parser = parse_interval)]
+    status_interval: Duration,
     /// Input files.
     files: Vec<PathBuf>,
 }
@@ -112,6 +116,17 @@ impl ReplayArgs {
         StoreOptions {
             bulk_memory_bytes: self.bulk_memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
             ..self.store.options()
+        }
+    }
+
+    /// A bar on a terminal, otherwise a line every `--status-interval`.
+    fn progress(&self) -> app::ShowProgress {
+        if std::io::stderr().is_terminal() {
+            app::ShowProgress::Bar
+        } else if self.status_interval.is_zero() {
+            app::ShowProgress::Off
+        } else {
+            app::ShowProgress::Lines(self.status_interval)
         }
     }
 }
@@ -577,9 +592,8 @@ fn replay_kafka(args: &ReplayArgs, brokers: String) -> Result<Replayed> {
         batch: args.batch,
         kafka: args.kafka.config(brokers),
         topics: args.topics.clone(),
-        status_every: std::io::stderr()
-            .is_terminal()
-            .then_some(Duration::from_millis(200)),
+        status_every: None,
+        progress: args.progress(),
         stop: app::kafka::stop_on_signals()?,
         cluster: None,
         serve: None,
@@ -605,7 +619,7 @@ fn replay_files(args: &ReplayArgs) -> Result<Replayed> {
         files: args.files.clone(),
         topic_files,
         batch: args.batch,
-        progress: std::io::stderr().is_terminal(),
+        progress: args.progress(),
         store: args.store_options(),
     };
     Ok(app::replay(&opts))
@@ -628,6 +642,7 @@ fn run_live(args: RunArgs) -> Result<ExitCode> {
         kafka: args.kafka.config(brokers),
         topics: Vec::new(),
         status_every: (!args.status_interval.is_zero()).then_some(args.status_interval),
+        progress: app::ShowProgress::Off,
         stop,
         cluster,
         serve,

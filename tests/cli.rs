@@ -492,6 +492,63 @@ fn a_bulk_load_exports_alike_whatever_it_holds() {
     assert_eq!(export(&unheld), held);
 }
 
+/// Off a terminal (a job's log) a replay's progress comes as status lines
+/// on stderr: the share of the input's bytes read and the events so far,
+/// then what the end does; `--status-interval 0` prints none, and a value
+/// that is not seconds is refused by name.
+#[test]
+fn a_replay_off_a_terminal_prints_status_lines() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = rdg(replay_args(
+        &["--status-interval", "0.001"],
+        &tmp.path().join("lines"),
+        2,
+        &data_files(),
+    ));
+    run.ok();
+    let status: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("replay: "))
+        .collect();
+    let Some((last, periodic)) = status.split_last() else {
+        panic!("no status line: {}", run.describe());
+    };
+    assert!(!periodic.is_empty(), "{}", run.describe());
+    for line in periodic {
+        assert!(
+            line.contains("% read (") && line.contains(" MiB), ") && line.contains(" events ["),
+            "{line}"
+        );
+    }
+    assert!(last.starts_with("replay: all read, "), "{}", run.describe());
+    let quiet = rdg(replay_args(
+        &["--status-interval", "0"],
+        &tmp.path().join("quiet"),
+        2,
+        &data_files(),
+    ));
+    quiet.ok();
+    assert!(
+        !quiet.stderr.lines().any(|l| l.starts_with("replay: ")),
+        "{}",
+        quiet.describe()
+    );
+    let bad = rdg(replay_args(
+        &["--status-interval", "soon"],
+        &tmp.path().join("bad"),
+        2,
+        &data_files(),
+    ));
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("--status-interval"),
+        "{}",
+        bad.describe()
+    );
+    assert!(!tmp.path().join("bad").exists(), "{}", bad.describe());
+}
+
 // ---------------------------------------------------------------------------
 // query
 

@@ -81,11 +81,37 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     // A bounded replay from Kafka into a fresh state equals the file replay.
     let replayed = dir.path().join("kafka-replay");
     create_state(&replayed, engine);
-    let summary = replay_with(
-        &["--brokers", brokers.as_str(), "--json"],
+    // Its stderr is not a terminal: progress comes as status lines, and
+    // the brokers' watermarks tell how many records are left to read.
+    let run = rdg(replay_args(
+        &[
+            "--brokers",
+            brokers.as_str(),
+            "--json",
+            "--status-interval",
+            "0.05",
+        ],
         &replayed,
         2,
         &[],
+    ));
+    let summary = run.ok();
+    let status: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("replay: "))
+        .collect();
+    assert!(
+        status.iter().any(|l| l.contains(" records left to read, ")),
+        "no status line told the records left: {}",
+        run.describe()
+    );
+    assert!(
+        status
+            .last()
+            .is_some_and(|l| l.starts_with("replay: all read, ")),
+        "the last status line says what the end does: {}",
+        run.describe()
     );
     // A bulk load: the counts are the collectors' tally.
     assert!(summary.contains("\"bulk_load\":true"), "{summary}");

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    AppError, Observer, ReplayProgress, ReplaySummary, Totals, replay_into_store, run_into_store,
-    stage_list,
+    AppError, Observer, ReplayProgress, ReplaySummary, ShowProgress, Totals, replay_into_store,
+    run_into_store, stage_list,
 };
 use crate::dataflow::{Positions, RunConfig, SourceFactory};
 use crate::model::{ClusterShape, Progress};
@@ -33,9 +33,10 @@ pub struct KafkaRunOptions {
     pub kafka: KafkaConfig,
     /// Only these topics (replay `--topic`); empty: every definition.
     pub topics: Vec<String>,
-    /// How often `rdg run` prints its status line; `None`: never. For
-    /// `rdg replay --brokers`, `Some` shows a progress line instead.
+    /// How often `rdg run` prints its status line; `None`: never.
     pub status_every: Option<Duration>,
+    /// How `rdg replay --brokers` shows its progress (`rdg run`: unused).
+    pub progress: ShowProgress,
     /// Set to stop (SIGINT/SIGTERM): what was read is committed, then exit.
     pub stop: Arc<AtomicBool>,
     /// This process's place in a cluster (`rdg run --processes N ...`):
@@ -342,7 +343,7 @@ pub fn replay_kafka(opts: &KafkaRunOptions) -> Result<ReplaySummary, AppError> {
         step: crate::dataflow::REPLAY_STEP,
         ..RunConfig::default()
     };
-    let mut progress = ReplayProgress::spinner(opts.status_every);
+    let mut progress = ReplayProgress::kafka(opts.progress);
     let workers = config.workers;
     let ran = replay_into_store(&store, bulk, plan, config, sources, &mut progress);
     progress.clear();
@@ -457,6 +458,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Totals, AppError> {
         },
         topics: Vec::new(),
         status_every: Some(DEMO_STATUS),
+        progress: ShowProgress::Off,
         stop: opts.stop.clone(),
         cluster: None,
         serve: Some(opts.serve.clone()),

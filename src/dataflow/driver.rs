@@ -352,18 +352,26 @@ impl<'a> Reader<'a> {
         Ok(Some(batch))
     }
 
-    /// Reports each source's lag (live runs).
-    fn report_lag(&self, local: usize, emit: &Emitter) {
+    /// Reports each source's lag (Kafka sources; files tell none). True
+    /// once every source has told: until then the driver asks at every
+    /// round (a file replay's sources, which never tell, cost a call each
+    /// per batch), so a Kafka source's first report comes as soon as its
+    /// watermarks are known, then every [`LAG_EVERY`] (a replay's every
+    /// [`super::REPLAY_LAG_EVERY`]).
+    fn report_lag(&self, local: usize, emit: &Emitter) -> bool {
+        let mut all = true;
         for (k, r) in self.readings.iter().enumerate() {
-            if let Some(lag) = r.source.lag() {
-                emit(Emitted::Lag {
+            match r.source.lag() {
+                Some(lag) => emit(Emitted::Lag {
                     worker: local,
                     source: k,
                     dataflow: r.source.dataflow().to_string(),
                     lag,
-                });
+                }),
+                None => all = false,
             }
         }
+        all
     }
 }
 
@@ -416,6 +424,12 @@ pub(super) fn drive(
     // Times sent but maybe not yet complete, oldest first.
     let mut started: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut last_lag = Instant::now();
+    let mut lag_known = false;
+    let lag_every = if config.live {
+        LAG_EVERY
+    } else {
+        super::REPLAY_LAG_EVERY
+    };
     let mut open = OpenTime::new();
     loop {
         if config.stop.load(Ordering::Relaxed) || (!config.live && reader.all_done()) {
@@ -448,9 +462,9 @@ pub(super) fn drive(
                 bound_in_flight(worker, &inputs, &mut started, config);
             }
         }
-        if config.live && last_lag.elapsed() >= LAG_EVERY {
+        if !lag_known || last_lag.elapsed() >= lag_every {
             last_lag = Instant::now();
-            reader.report_lag(local, emit);
+            lag_known = reader.report_lag(local, emit);
         }
         if config.live {
             let now = wall_clock_ms();

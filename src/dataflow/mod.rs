@@ -78,8 +78,13 @@ pub enum Emitted {
     },
 }
 
-/// How often live sources report their lag.
+/// How often a live run's sources report their lag (`rdg run`'s status
+/// line and metrics).
 const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a replay's sources report their lag (the progress line's
+/// records left to read).
+const REPLAY_LAG_EVERY: Duration = Duration::from_millis(200);
 
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
