@@ -86,7 +86,7 @@ impl<'a> ReplayProgress<'a> {
         match self.bytes {
             Some((read, total)) => {
                 let read = read.load(Ordering::Relaxed).min(total);
-                let percent = if total == 0 { 100 } else { read * 100 / total };
+                let percent = (read * 100).checked_div(total).unwrap_or(100);
                 format!("{percent}% read ({} of {} MiB)", mib(read), mib(total))
             }
             None => match records_left(totals) {
