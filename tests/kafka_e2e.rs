@@ -115,7 +115,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
     );
     // A bulk load: the counts are the collectors' tally.
     assert!(summary.contains("\"bulk_load\":true"), "{summary}");
-    assert_summary_counts(&summary, &replayed);
+    assert_summary_counts(summary, &replayed);
     assert_same(
         &normalized_export(&replayed),
         &reference,
