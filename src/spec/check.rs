@@ -158,9 +158,45 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
         out.topic = Some((topic.clone(), Site::of(&cx, span)));
     }
 
-    let node_tables = rule_tables(&mut cx, &top, "nodes", "node", &NODE_KEYS);
-    let edge_tables = rule_tables(&mut cx, &top, "edges", "edge", &EDGE_KEYS);
-    let identity_tables = rule_tables(&mut cx, &top, "identity", "identity", &IDENTITY_KEYS);
+    let rules = read_rules(&mut cx, &top, &mut out.edges);
+
+    if cx.problems.is_empty()
+        && let (Some((topic, _)), Some(event_time)) = (source.topic, source.event_time)
+    {
+        let mut plan = DataflowPlan {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            topic,
+            event_time,
+            delete: source.delete,
+            when: source.when,
+            nodes: rules.nodes,
+            edges: rules.edges,
+            identity: rules.identity,
+            kafka: source.kafka,
+            fields: Default::default(),
+        };
+        plan.index_fields();
+        out.plan = Some(plan);
+    }
+    out.problems = cx.problems;
+    out
+}
+
+/// A definition's rules, each read and checked.
+struct Rules {
+    nodes: Vec<NodeRule>,
+    edges: Vec<EdgeRule>,
+    identity: Vec<IdentityRule>,
+}
+
+/// Reads the `[[nodes]]`, `[[edges]]` and `[[identity]]` tables (a
+/// definition needs at least one) and checks retentions per type across
+/// rules; the edge types declared go to `decls`.
+fn read_rules(cx: &mut FileCx<'_>, top: &Table<'_, '_>, decls: &mut Vec<EdgeDecl>) -> Rules {
+    let node_tables = rule_tables(cx, top, "nodes", "node", &NODE_KEYS);
+    let edge_tables = rule_tables(cx, top, "edges", "edge", &EDGE_KEYS);
+    let identity_tables = rule_tables(cx, top, "identity", "identity", &IDENTITY_KEYS);
     // A rule key that is present but not an array of tables already has its
     // problem; so has a misspelt one.
     let rules_written = ["nodes", "edges", "identity"].iter().any(|k| {
@@ -180,9 +216,9 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
     let mut nodes = Vec::new();
     let mut node_retention = RetentionCheck::new("node");
     for t in &node_tables {
-        let (rule, retention) = node_rule(&mut cx, t);
+        let (rule, retention) = node_rule(cx, t);
         if let Some((node_type, ms, span)) = retention {
-            node_retention.check(&mut cx, &node_type, ms, span);
+            node_retention.check(cx, &node_type, ms, span);
         }
         nodes.extend(rule);
     }
@@ -190,40 +226,24 @@ pub(crate) fn read_definition(file: &Path, name: &str, text: &str) -> Definition
     let mut edges = Vec::new();
     let mut edge_retention = RetentionCheck::new("edge");
     for t in &edge_tables {
-        let (rule, decl, retention) = edge_rule(&mut cx, t);
+        let (rule, decl, retention) = edge_rule(cx, t);
         if let Some((edge_type, ms, span)) = retention {
-            edge_retention.check(&mut cx, &edge_type, ms, span);
+            edge_retention.check(cx, &edge_type, ms, span);
         }
-        out.edges.extend(decl);
+        decls.extend(decl);
         edges.extend(rule);
     }
 
     let mut identity = Vec::new();
     for t in &identity_tables {
-        identity.extend(identity_rule(&mut cx, t));
+        identity.extend(identity_rule(cx, t));
     }
 
-    if cx.problems.is_empty()
-        && let (Some((topic, _)), Some(event_time)) = (source.topic, source.event_time)
-    {
-        let mut plan = DataflowPlan {
-            name: name.to_string(),
-            file: file.to_path_buf(),
-            topic,
-            event_time,
-            delete: source.delete,
-            when: source.when,
-            nodes,
-            edges,
-            identity,
-            kafka: source.kafka,
-            fields: Default::default(),
-        };
-        plan.index_fields();
-        out.plan = Some(plan);
+    Rules {
+        nodes,
+        edges,
+        identity,
     }
-    out.problems = cx.problems;
-    out
 }
 
 /// The parts of `[source]` that could be read.
