@@ -353,11 +353,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reports each source's lag (Kafka sources; files tell none). True
-    /// once every source has told: until then the driver asks at every
-    /// round (a file replay's sources, which never tell, cost a call each
-    /// per batch), so a Kafka source's first report comes as soon as its
-    /// watermarks are known, then every [`LAG_EVERY`] (a replay's every
-    /// [`super::REPLAY_LAG_EVERY`]).
+    /// once every source has told.
     fn report_lag(&self, local: usize, emit: &Emitter) -> bool {
         let mut all = true;
         for (k, r) in self.readings.iter().enumerate() {
@@ -423,13 +419,7 @@ pub(super) fn drive(
     inputs.advance_to(epoch);
     // Times sent but maybe not yet complete, oldest first.
     let mut started: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
-    let mut last_lag = Instant::now();
-    let mut lag_known = false;
-    let lag_every = if config.live {
-        LAG_EVERY
-    } else {
-        super::REPLAY_LAG_EVERY
-    };
+    let mut lag = LagReports::new(config.live);
     let mut open = OpenTime::new();
     loop {
         if config.stop.load(Ordering::Relaxed) || (!config.live && reader.all_done()) {
@@ -462,10 +452,7 @@ pub(super) fn drive(
                 bound_in_flight(worker, &inputs, &mut started, config);
             }
         }
-        if !lag_known || last_lag.elapsed() >= lag_every {
-            last_lag = Instant::now();
-            lag_known = reader.report_lag(local, emit);
-        }
+        lag.report(&reader, local, emit);
         if config.live {
             let now = wall_clock_ms();
             if !read_any {
@@ -508,6 +495,38 @@ pub(super) fn drive(
         worker.step_or_park(Some(COMMIT_PARK));
     }
     Ok(())
+}
+
+/// When the driver asks its sources for their lag: at every round until
+/// each has told (a file replay's sources, which never tell, cost a call
+/// each per batch), so a Kafka source's first report comes as soon as its
+/// watermarks are known; then every [`LAG_EVERY`] in a live run, every
+/// [`super::REPLAY_LAG_EVERY`] in a replay.
+struct LagReports {
+    every: Duration,
+    last: Instant,
+    known: bool,
+}
+
+impl LagReports {
+    fn new(live: bool) -> LagReports {
+        LagReports {
+            every: if live {
+                LAG_EVERY
+            } else {
+                super::REPLAY_LAG_EVERY
+            },
+            last: Instant::now(),
+            known: false,
+        }
+    }
+
+    fn report(&mut self, reader: &Reader<'_>, local: usize, emit: &Emitter) {
+        if !self.known || self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            self.known = reader.report_lag(local, emit);
+        }
+    }
 }
 
 /// Waits, stepping the dataflow, until at most `in_flight` started times
