@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rdg::dataflow::{self, Emitted, RunConfig, Start};
 use rdg::model::{Change, ClusterOf};
-use rdg::source::{Poll, RawRecord, Source, SourceError};
+use rdg::source::{Poll, RawBatch, Source, SourceError};
 
 struct Lines {
     dataflow: String,
@@ -20,18 +20,13 @@ impl Source for Lines {
     fn dataflow(&self) -> &str {
         &self.dataflow
     }
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, out: &mut RawBatch) -> Result<Poll, SourceError> {
         if self.next >= self.lines.len() {
             return Ok(Poll::Done);
         }
         let end = (self.next + max).min(self.lines.len());
         for i in self.next..end {
-            out.push(RawRecord {
-                partition: 0,
-                offset: i as u64 + 1,
-                payload: self.lines[i].clone().into_bytes(),
-                timestamp_ms: None,
-            });
+            out.push(0, i as u64 + 1, self.lines[i].as_bytes(), None);
         }
         self.next = end;
         Ok(Poll::Ready)
@@ -169,7 +164,7 @@ impl Source for Quiet {
     fn dataflow(&self) -> &str {
         "login"
     }
-    fn poll(&mut self, _max: usize, _out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+    fn poll(&mut self, _max: usize, _out: &mut RawBatch) -> Result<Poll, SourceError> {
         self.polls += 1;
         if self.fail_at.is_some_and(|n| self.polls >= n) {
             return Err(SourceError::Broker {

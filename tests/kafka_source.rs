@@ -25,7 +25,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use rdg::produce::{ProduceError, produce};
 use rdg::source::kafka::{OffsetCommitter, group_id, owner};
-use rdg::source::{KafkaConfig, KafkaSource, OnGap, Poll, RawRecord, Source, SourceError};
+use rdg::source::{
+    KafkaConfig, KafkaSource, OnGap, Poll, RawBatch, RawRecord, Source, SourceError,
+};
 use support::{eventually, logs};
 
 /// A bound on every wait, so a broken test fails instead of hanging.
@@ -108,9 +110,13 @@ fn run(
     src.set_waker(parker.waker());
     let deadline = Instant::now() + PATIENCE;
     let mut out = Vec::new();
+    let mut batch = RawBatch::default();
     loop {
         assert!(Instant::now() < deadline, "no end after {PATIENCE:?}");
-        match src.poll(50, &mut out)? {
+        batch.clear();
+        let poll = src.poll(50, &mut batch)?;
+        out.extend(batch.iter().map(|r| r.to_record()));
+        match poll {
             Poll::Ready => {}
             Poll::Done => return Ok((out, true)),
             Poll::Idle => {
@@ -244,7 +250,7 @@ fn waker_is_called_when_a_message_reaches_an_idle_source() {
     let parker = Parker::default();
     src.set_waker(parker.waker());
     // Idle now: drain what set_waker's own wake announced.
-    let mut out = Vec::new();
+    let mut out = RawBatch::default();
     assert_eq!(src.poll(50, &mut out).unwrap(), Poll::Idle);
     parker.reset();
     let calls = parker.1.load(Ordering::SeqCst);
@@ -260,7 +266,7 @@ fn waker_is_called_when_a_message_reaches_an_idle_source() {
         }
     }
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].payload, b"{\"i\":0}");
+    assert_eq!(out.to_records()[0].payload, b"{\"i\":0}");
 }
 
 #[test]
@@ -279,7 +285,7 @@ fn live_source_never_ends_and_reports_lag() {
         assert!(Instant::now() < deadline, "lag {:?}", src.lag());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut out = Vec::new();
+    let mut out = RawBatch::default();
     assert_eq!(src.poll(10, &mut out).unwrap(), Poll::Idle);
 }
 
@@ -297,7 +303,7 @@ fn start_latest_skips_what_is_already_there() {
     src.set_waker(parker.waker());
     // Until both partitions are assigned at their end, lag counts the ten.
     let deadline = Instant::now() + PATIENCE;
-    let mut out = Vec::new();
+    let mut out = RawBatch::default();
     loop {
         assert!(Instant::now() < deadline);
         assert_eq!(src.poll(50, &mut out).unwrap(), Poll::Idle);
@@ -458,7 +464,7 @@ fn a_topic_created_while_waiting_is_read_from_its_start() {
     let mut src = KafkaSource::new("df", "late", &cfg, 0, 1, BTreeMap::new()).unwrap();
     let parker = Parker::default();
     src.set_waker(parker.waker());
-    let mut out = Vec::new();
+    let mut out = RawBatch::default();
     // The watcher reports the topic missing; the source waits.
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
@@ -607,7 +613,7 @@ fn real_broker_partitions_added_while_running_are_picked_up() {
         Err(e) => panic!("{e}"),
     }
     eventually("new partitions known", PATIENCE, || {
-        let mut out = Vec::new();
+        let mut out = RawBatch::default();
         src.poll(10, &mut out).unwrap();
         src.owned_partitions().len() == 4
     });

@@ -27,7 +27,7 @@ use super::stages::Stage;
 use super::symbols::{Sym, SymCache};
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
 use crate::model::{DataflowProgress, DeadLetter, Progress, RecordTimes};
-use crate::source::{Poll, RawRecord, Source};
+use crate::source::{Poll, RawBatch, Source};
 use crate::spec::{DecodeScratch, Decoded, Plan, Verdict};
 
 /// How long an idle worker sleeps unless woken by a source or a peer.
@@ -194,7 +194,7 @@ pub(super) struct Reader<'a> {
     start: &'a Start,
     config: &'a RunConfig,
     readings: Vec<Reading>,
-    raw: Vec<RawRecord>,
+    raw: RawBatch,
     scratch: DecodeScratch,
     decoded: Decoded,
     /// This worker's front of the symbol table, shared by its sources.
@@ -233,7 +233,7 @@ impl<'a> Reader<'a> {
             start,
             config,
             readings,
-            raw: Vec::with_capacity(config.batch),
+            raw: RawBatch::with_capacity(config.batch),
             scratch: DecodeScratch::default(),
             decoded: Decoded::default(),
             symbols: SymCache::new(),
@@ -306,7 +306,7 @@ impl<'a> Reader<'a> {
                 times.push(ts, &mut batch.progress.record_times);
             }
             let verdict = d.decode_into(
-                &r.payload,
+                r.payload,
                 &self.plan.identity,
                 &mut self.scratch,
                 &mut self.decoded,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Poll, RawRecord, Source, SourceError};
+use super::{Poll, RawBatch, Source, SourceError};
 
 /// The files of one topic, bound to a dataflow.
 #[derive(Clone, Debug)]
@@ -95,7 +95,7 @@ impl Source for FileSource {
         &self.dataflow
     }
 
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, out: &mut RawBatch) -> Result<Poll, SourceError> {
         let mut n = 0;
         while n < max {
             if self.reader.is_none() {
@@ -126,12 +126,7 @@ impl Source for FileSource {
             if self.buf.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            out.push(RawRecord {
-                partition: self.current as u32,
-                offset: self.line,
-                payload: self.buf.clone(),
-                timestamp_ms: None,
-            });
+            out.push(self.current as u32, self.line, &self.buf, None);
             n += 1;
         }
         Ok(Poll::Ready)
@@ -169,7 +164,7 @@ mod tests {
             },
             counter.clone(),
         );
-        let mut out = Vec::new();
+        let mut out = RawBatch::default();
         assert_eq!(src.poll(2, &mut out).unwrap(), Poll::Ready);
         assert_eq!(src.poll(10, &mut out).unwrap(), Poll::Ready);
         assert_eq!(src.poll(10, &mut out).unwrap(), Poll::Done);
@@ -178,7 +173,11 @@ mod tests {
             .map(|r| src.describe(r.partition, r.offset))
             .collect();
         assert_eq!(got, vec!["t.jsonl:1", "t.jsonl:3", "t.2.jsonl.gz:1"]);
-        assert_eq!(out[2].payload, b"{\"b\":1}");
+        let payloads: Vec<&[u8]> = out.iter().map(|r| r.payload).collect();
+        assert_eq!(
+            payloads,
+            [&b"{\"a\":1}\n"[..], b"{\"a\":2}\n", b"{\"b\":1}"]
+        );
         assert!(counter.load(Ordering::Relaxed) > 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -40,7 +40,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use super::{Poll, RawRecord, Source, SourceError};
+use super::{Poll, RawBatch, Source, SourceError};
 
 /// What to do when a stored offset is no longer on the broker (retention
 /// deleted it, or the topic was recreated).
@@ -1090,7 +1090,7 @@ impl KafkaSource {
 
     /// Drains the active partitions' queues round-robin into `out`, at most
     /// `max` records. Returns the number of records appended.
-    fn read(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<usize, SourceError> {
+    fn read(&mut self, max: usize, out: &mut RawBatch) -> Result<usize, SourceError> {
         let active: Vec<i32> = self
             .parts
             .iter()
@@ -1253,7 +1253,7 @@ fn drain(
     p: i32,
     part: &mut Part,
     budget: usize,
-    out: &mut Vec<RawRecord>,
+    out: &mut RawBatch,
 ) -> (usize, Drained) {
     let Some(queue) = part.queue.as_ref() else {
         return (0, Drained::Empty);
@@ -1271,12 +1271,12 @@ fn drain(
                     // Fetched again after a restart: already delivered.
                     continue;
                 }
-                out.push(RawRecord {
-                    partition: u32::try_from(p).unwrap_or(0),
-                    offset: u64::try_from(o).unwrap_or(0),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                });
+                out.push(
+                    u32::try_from(p).unwrap_or(0),
+                    u64::try_from(o).unwrap_or(0),
+                    m.payload().unwrap_or_default(),
+                    m.timestamp().to_millis(),
+                );
                 n += 1;
                 part.next = o + 1;
                 part.exact = true;
@@ -1312,7 +1312,7 @@ impl Source for KafkaSource {
         &self.dataflow
     }
 
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, out: &mut RawBatch) -> Result<Poll, SourceError> {
         self.serve_consumer_queue()?;
         let (partitions, missing, watermarks, generation, unreachable) = {
             let s = lock(&self.shared);

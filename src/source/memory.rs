@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Poll, RawRecord, Source, SourceError};
+use super::{Poll, RawBatch, Source, SourceError};
 
 /// Lines of one topic, shared so several runs can read the same input.
 pub struct MemorySource {
@@ -29,18 +29,13 @@ impl Source for MemorySource {
         &self.dataflow
     }
 
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, out: &mut RawBatch) -> Result<Poll, SourceError> {
         if self.next >= self.lines.len() {
             return Ok(Poll::Done);
         }
         let end = self.lines.len().min(self.next + max);
         for (i, line) in self.lines[self.next..end].iter().enumerate() {
-            out.push(RawRecord {
-                partition: 0,
-                offset: (self.next + i + 1) as u64,
-                payload: line.clone(),
-                timestamp_ms: None,
-            });
+            out.push(0, (self.next + i + 1) as u64, line, None);
         }
         self.next = end;
         Ok(Poll::Ready)

@@ -1,5 +1,7 @@
 //! Sources: where raw records come from (JSON Lines files or Kafka topics),
-//! behind one small trait that the dataflow driver polls.
+//! behind one small trait that the dataflow driver polls. A poll appends
+//! into a [`RawBatch`] that the driver clears and reuses, so reading
+//! allocates nothing per record.
 //!
 //! Invariant: a source yields each partition's records in order, exactly
 //! once, with a position that names where the record came from; it never
@@ -21,13 +23,109 @@ use thiserror::Error;
 
 /// One raw record: its partition, its position within the partition (a line
 /// number for files, an offset for Kafka), its bytes and, when the source
-/// has one, its timestamp (Kafka's message timestamp, epoch ms).
+/// has one, its timestamp (Kafka's message timestamp, epoch ms). The owned
+/// form of a [`RawRef`], for callers that keep records past the next poll.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawRecord {
     pub partition: u32,
     pub offset: u64,
     pub payload: Vec<u8>,
     pub timestamp_ms: Option<i64>,
+}
+
+/// One record of a [`RawBatch`], borrowing its payload from the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawRef<'a> {
+    pub partition: u32,
+    pub offset: u64,
+    pub payload: &'a [u8],
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RawRef<'_> {
+    /// The record as an owned [`RawRecord`].
+    pub fn to_record(self) -> RawRecord {
+        RawRecord {
+            partition: self.partition,
+            offset: self.offset,
+            payload: self.payload.to_vec(),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+/// The records a poll appends: each one's partition, position and
+/// timestamp, and every payload's bytes in one buffer. The caller clears
+/// and reuses the batch from poll to poll, so reading allocates nothing per
+/// record once the buffers have grown to a batch's size (a payload of its
+/// own was an allocation and a free per record).
+#[derive(Clone, Debug, Default)]
+pub struct RawBatch {
+    records: Vec<RawMeta>,
+    bytes: Vec<u8>,
+}
+
+/// A [`RawBatch`] record without its bytes: they are `start..end` of the
+/// batch's buffer.
+#[derive(Clone, Copy, Debug)]
+struct RawMeta {
+    partition: u32,
+    offset: u64,
+    timestamp_ms: Option<i64>,
+    start: usize,
+    end: usize,
+}
+
+impl RawBatch {
+    /// An empty batch with room for `records` records.
+    pub fn with_capacity(records: usize) -> RawBatch {
+        RawBatch {
+            records: Vec::with_capacity(records),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Removes every record, keeping the buffers' capacity.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.bytes.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Appends a record, copying its payload into the batch's buffer.
+    pub fn push(&mut self, partition: u32, offset: u64, payload: &[u8], timestamp_ms: Option<i64>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.records.push(RawMeta {
+            partition,
+            offset,
+            timestamp_ms,
+            start,
+            end: self.bytes.len(),
+        });
+    }
+
+    /// The records in the order they were appended.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = RawRef<'_>> + '_ {
+        self.records.iter().map(|m| RawRef {
+            partition: m.partition,
+            offset: m.offset,
+            payload: self.bytes.get(m.start..m.end).unwrap_or_default(),
+            timestamp_ms: m.timestamp_ms,
+        })
+    }
+
+    /// The records as owned [`RawRecord`]s.
+    pub fn to_records(&self) -> Vec<RawRecord> {
+        self.iter().map(RawRef::to_record).collect()
+    }
 }
 
 /// What a poll found.
@@ -82,7 +180,7 @@ pub trait Source {
     /// The dataflow (definition name) these records are for.
     fn dataflow(&self) -> &str;
     /// Appends up to `max` records to `out`.
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError>;
+    fn poll(&mut self, max: usize, out: &mut RawBatch) -> Result<Poll, SourceError>;
     /// Names a record's origin for dead letters: `playback.jsonl:17` or
     /// `playback/3/1042`.
     fn describe(&self, partition: u32, offset: u64) -> String;
@@ -102,5 +200,47 @@ pub trait Source {
     /// that several workers read ([`Shared`]); `None`: the caller decides.
     fn time(&self) -> Option<u64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random records (empty payloads among them) come back as pushed, in
+    /// order; a cleared batch holds nothing and refills within the
+    /// capacity it grew to.
+    #[test]
+    fn a_batch_gives_back_what_was_pushed_and_reuses_its_buffers() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut batch = RawBatch::with_capacity(4);
+        for round in 0..3 {
+            let records: Vec<RawRecord> = (0..200)
+                .map(|i| RawRecord {
+                    partition: (next() % 4) as u32,
+                    offset: i,
+                    payload: (0..next() % 40).map(|_| next() as u8).collect(),
+                    timestamp_ms: (next() % 2 == 0).then(|| next() as i64),
+                })
+                .collect();
+            batch.clear();
+            assert!(batch.is_empty());
+            let capacity = batch.bytes.capacity();
+            for r in &records {
+                batch.push(r.partition, r.offset, &r.payload, r.timestamp_ms);
+            }
+            assert_eq!(batch.len(), records.len());
+            assert_eq!(batch.to_records(), records, "round {round}");
+            if round > 0 {
+                let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+                assert!(bytes > capacity || batch.bytes.capacity() == capacity);
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Poll, RawRecord, Source, SourceError};
+use super::{Poll, RawBatch, Source, SourceError};
 
 /// A handle on a source shared by several workers.
 pub struct Shared {
@@ -51,7 +51,7 @@ impl Source for Shared {
         &self.dataflow
     }
 
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, out: &mut RawBatch) -> Result<Poll, SourceError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let before = out.len();
         let poll = inner.poll(max, out)?;
@@ -92,7 +92,7 @@ mod tests {
         let mut times = Vec::new();
         for round in 0..4 {
             let h = &mut hs[round % 2];
-            let mut out = Vec::new();
+            let mut out = RawBatch::default();
             h.poll(3, &mut out).unwrap();
             if let Some(t) = h.time() {
                 times.push(t);
@@ -101,7 +101,7 @@ mod tests {
         }
         assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
         assert_eq!(times, vec![1, 2, 3, 4]);
-        let mut out = Vec::new();
+        let mut out = RawBatch::default();
         assert_eq!(hs[0].poll(3, &mut out).unwrap(), Poll::Done);
         assert_eq!(hs[0].time(), None);
         assert_eq!(hs[1].partition_key(0), "memory");
