@@ -124,6 +124,49 @@ fn shipped_definitions_load() {
     assert!(plan.identity.blocklist.contains("unknown"));
 }
 
+/// An event's rules name the same identifiers many times (the shipped
+/// login definition: the account in 5 places, the email in 3, the device
+/// in 2); the decoded event holds each once, numbers as decimals, every
+/// reference resolves to its text, and links come ordered by text.
+#[test]
+fn a_decoded_event_holds_each_identifier_once() {
+    let plan = shipped();
+    let Some(login) = plan.dataflows.iter().find(|d| d.name == "login") else {
+        panic!("no login dataflow");
+    };
+    let email = "e".repeat(64);
+    let event = json!({
+        "ts": 1_700_000_000, "result": "success", "account_id": "acc9",
+        "device_id": 77, "email_sha256": email, "geo": {"country": "NL"},
+    });
+    let Outcome::Event(d) = login.evaluate(&event, &plan.identity) else {
+        panic!("not an event");
+    };
+    let mut ids: Vec<&str> = (0..d.id_count()).map(|i| d.id(i as u32)).collect();
+    ids.sort();
+    let email_id = format!("email:{email}");
+    assert_eq!(ids, ["account:acc9", "device:77", email_id.as_str()]);
+    let nodes: Vec<&str> = d.nodes.iter().map(|n| d.id(n.1)).collect();
+    assert_eq!(nodes, ["account:acc9", email_id.as_str()]);
+    let edges: Vec<(&str, &str)> = d.edges.iter().map(|e| (d.id(e.1), d.id(e.2))).collect();
+    assert_eq!(
+        edges,
+        [
+            ("account:acc9", "device:77"),
+            ("account:acc9", email_id.as_str())
+        ]
+    );
+    let links: Vec<(&str, &str)> = d.links.iter().map(|l| (d.id(l.1), d.id(l.2))).collect();
+    assert_eq!(
+        links,
+        [
+            ("account:acc9", "device:77"),
+            ("account:acc9", email_id.as_str()),
+            ("device:77", email_id.as_str()),
+        ]
+    );
+}
+
 #[test]
 fn shipped_plan_evaluates_an_event() {
     let plan = shipped();

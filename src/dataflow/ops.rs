@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::symbols::{Sym, SymCache, TableFull};
 use crate::model::{Change, DataflowName, Record, shard, split_ident};
-use crate::spec::{DataflowPlan, Decoded, Plan};
+use crate::spec::{DataflowPlan, Decoded, IdIndex, Plan};
 
 /// The identity of a record inside one dataflow: small and `Copy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -262,10 +262,8 @@ impl Feeder {
         self.scratch.clear();
         self.ids.intern(ev, symbols)?;
         let ids = &self.ids;
-        let sym_of = |k: usize| ids.get(k);
-        let nodes = ev.nodes.len();
-        for (i, (rule, _, props)) in ev.nodes.drain(..).enumerate() {
-            let (sym, h) = sym_of(i);
+        for (rule, id, props) in ev.nodes.drain(..) {
+            let (sym, h) = ids.get(id);
             push_scratch(
                 &mut self.scratch,
                 RecKey::Node(sym),
@@ -274,18 +272,19 @@ impl Feeder {
                 props,
             );
         }
-        let edge_ends = 2 * ev.edges.len();
-        for (i, (rule, from, _, props)) in ev.edges.drain(..).enumerate() {
+        // Taken out (and put back, for its allocation) to read the
+        // identifiers' text while moving the props.
+        let mut edges = std::mem::take(&mut ev.edges);
+        for (rule, from, to, props) in edges.drain(..) {
             let r = &self.plan.edges[rule];
-            let (k_from, k_to) = (nodes + 2 * i, nodes + 2 * i + 1);
-            let key = RecKey::Edge(self.edge_types[rule], sym_of(k_from).0, sym_of(k_to).0);
-            let h = shard::edge(&r.edge_type, &from);
+            let key = RecKey::Edge(self.edge_types[rule], ids.get(from).0, ids.get(to).0);
+            let h = shard::edge(&r.edge_type, ev.id(from));
             push_scratch(&mut self.scratch, key, h, r.retention, props);
         }
-        for (i, (rule, a, b)) in ev.links.drain(..).enumerate() {
-            let (k_a, k_b) = (nodes + edge_ends + 2 * i, nodes + edge_ends + 2 * i + 1);
-            let key = RecKey::Link(sym_of(k_a).0, sym_of(k_b).0);
-            let h = shard::link(&a, &b);
+        ev.edges = edges;
+        for &(rule, a, b) in &ev.links {
+            let key = RecKey::Link(ids.get(a).0, ids.get(b).0);
+            let h = shard::link(ev.id(a), ev.id(b));
             let ret = self.plan.identity[rule].retention;
             push_scratch(&mut self.scratch, key, h, ret, CompactString::default());
         }
@@ -310,19 +309,15 @@ impl Feeder {
     }
 }
 
-/// One event's identifiers as symbols, each distinct one interned once
-/// (an event names the same identifier in several rules: a playback event's
-/// 11 references are 4 identifiers).
+/// One event's identifiers as symbols: the decoder holds each distinct
+/// identifier of an event once (a playback event's 11 references are 4
+/// identifiers), and each is interned once.
 #[derive(Default)]
 struct EventSyms {
-    /// The first reference to each distinct identifier.
-    firsts: Vec<usize>,
-    /// Their hashes, in the same order.
+    /// The identifiers' hashes, by [`IdIndex`].
     hashes: Vec<u64>,
-    /// Their symbols, in the same order.
+    /// Their symbols, by [`IdIndex`].
     syms: Vec<Sym>,
-    /// For each reference, the index of its identifier.
-    refs: Vec<usize>,
 }
 
 impl EventSyms {
@@ -330,55 +325,22 @@ impl EventSyms {
     /// cache slot asked for, before the first lookup, so the slots' cache
     /// misses overlap.
     fn intern(&mut self, ev: &Decoded, symbols: &mut SymCache) -> Result<(), TableFull> {
-        self.refs.clear();
-        self.firsts.clear();
-        let n = ev.nodes.len() + 2 * ev.edges.len() + 2 * ev.links.len();
-        for k in 0..n {
-            let text = reference(ev, k);
-            let seen = self.firsts.iter().position(|&f| reference(ev, f) == text);
-            let j = seen.unwrap_or_else(|| {
-                self.firsts.push(k);
-                self.firsts.len() - 1
-            });
-            self.refs.push(j);
-        }
+        let ids = (0..ev.id_count()).map(|i| ev.id(i as IdIndex));
         self.hashes.clear();
-        for &f in &self.firsts {
-            self.hashes
-                .push(symbols.hash_and_prefetch(reference(ev, f)));
-        }
+        self.hashes
+            .extend(ids.clone().map(|text| symbols.hash_and_prefetch(text)));
         self.syms.clear();
-        for (&f, &h) in self.firsts.iter().zip(&self.hashes) {
-            self.syms.push(symbols.intern_hashed(reference(ev, f), h)?);
+        for (text, &h) in ids.zip(&self.hashes) {
+            self.syms.push(symbols.intern_hashed(text, h)?);
         }
         Ok(())
     }
 
-    /// The symbol and hash of the `k`-th reference (see [`reference`]) of
-    /// the event last interned.
-    fn get(&self, k: usize) -> (Sym, u64) {
-        let j = self.refs[k];
-        (self.syms[j], self.hashes[j])
+    /// The symbol and hash of identifier `i` of the event last interned.
+    fn get(&self, i: IdIndex) -> (Sym, u64) {
+        let i = i as usize;
+        (self.syms[i], self.hashes[i])
     }
-}
-
-/// The `k`-th identifier reference of `ev`, in the order `feed` takes them:
-/// the nodes' ids, then each edge's from and to, then each link's ends.
-/// `k` is below the number of references.
-fn reference(ev: &Decoded, k: usize) -> &str {
-    let nodes = ev.nodes.len();
-    if k < nodes {
-        return &ev.nodes[k].1;
-    }
-    let k = k - nodes;
-    let edge_ends = 2 * ev.edges.len();
-    if k < edge_ends {
-        let (_, from, to, _) = &ev.edges[k / 2];
-        return if k.is_multiple_of(2) { from } else { to };
-    }
-    let k = k - edge_ends;
-    let (_, a, b) = &ev.links[k / 2];
-    if k.is_multiple_of(2) { a } else { b }
 }
 
 /// Adds a record of the event, or merges its props into the same record
@@ -426,54 +388,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_event_s_identifiers_are_interned_once_each_in_reference_order() {
-        let id = |s: &str| crate::model::Ident::from(s);
+    fn an_event_s_identifiers_are_interned_once_each() {
         let mut ev = Decoded::default();
-        ev.nodes
-            .push((0, id("account:ev-a"), CompactString::default()));
-        ev.nodes
-            .push((1, id("profile:ev-p"), CompactString::default()));
-        ev.edges.push((
-            0,
-            id("account:ev-a"),
-            id("title:ev-t"),
-            CompactString::default(),
-        ));
-        ev.edges.push((
-            1,
-            id("profile:ev-p"),
-            id("account:ev-a"),
-            CompactString::default(),
-        ));
-        ev.links.push((0, id("account:ev-a"), id("device:ev-d")));
-        let texts = [
-            "account:ev-a",
-            "profile:ev-p",
-            "account:ev-a",
-            "title:ev-t",
-            "profile:ev-p",
-            "account:ev-a",
-            "account:ev-a",
-            "device:ev-d",
-        ];
+        let texts = [("account", "ev-a"), ("profile", "ev-p"), ("title", "ev-t")];
+        let refs: Vec<IdIndex> = texts
+            .iter()
+            .chain(&texts)
+            .map(|(t, id)| ev.add_id(t, id))
+            .collect();
+        assert_eq!(refs, [0, 1, 2, 0, 1, 2], "an identifier is held once");
         let mut cache = SymCache::new();
         let mut ids = EventSyms::default();
         ids.intern(&ev, &mut cache).unwrap();
-        assert_eq!(ids.syms.len(), 4, "one lookup per distinct identifier");
-        for (k, text) in texts.iter().enumerate() {
-            assert_eq!(reference(&ev, k), *text);
-            let (sym, h) = ids.get(k);
-            assert_eq!(sym, Sym::intern(text).unwrap(), "reference {k}");
-            assert_eq!(h, shard::node(text), "reference {k}");
+        assert_eq!(ids.syms.len(), 3, "one lookup per distinct identifier");
+        for (i, (t, id)) in texts.iter().enumerate() {
+            let text = format!("{t}:{id}");
+            assert_eq!(ev.id(i as IdIndex), text);
+            let (sym, h) = ids.get(i as IdIndex);
+            assert_eq!(sym, Sym::intern(&text).unwrap(), "identifier {i}");
+            assert_eq!(h, shard::node(&text), "identifier {i}");
         }
-        // The next event starts afresh.
-        ev.edges.clear();
-        ev.links.clear();
-        ev.nodes.truncate(1);
-        ev.nodes[0].1 = id("title:ev-t");
-        ids.intern(&ev, &mut cache).unwrap();
-        assert_eq!(ids.get(0).0, Sym::intern("title:ev-t").unwrap());
-        assert_eq!(ids.syms.len(), 1);
     }
 
     #[test]

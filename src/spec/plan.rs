@@ -14,7 +14,7 @@ use compact_str::CompactString;
 use serde_json::Value;
 
 use super::decode::{EventView, FieldRef, FieldSet, Fields};
-use crate::model::{EventTime, Ident, MAX_IDENT_BYTES, ident, split_ident};
+use crate::model::{EventTime, MAX_IDENT_BYTES, split_ident};
 
 /// All definitions of a folder plus the global settings from `rdg.toml`.
 #[derive(Clone, Debug)]
@@ -272,18 +272,30 @@ pub struct IdentityRule {
     pub required: bool,
 }
 
-/// What one event asserts (or, when `delete`, retracts).
+/// What one event asserts (or, when `delete`, retracts). Its identifiers
+/// are held once each, as text in one buffer that lives as long as the
+/// `Decoded` (which a worker reuses from event to event), and the rules'
+/// records name them by [`IdIndex`]: evaluating an event allocates nothing
+/// for its identifiers, however many rules name them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decoded {
     pub time: EventTime,
     pub delete: bool,
     /// (rule index, node identifier, props JSON).
-    pub nodes: Vec<(usize, Ident, CompactString)>,
+    pub nodes: Vec<(usize, IdIndex, CompactString)>,
     /// (rule index, from, to, props JSON).
-    pub edges: Vec<(usize, Ident, Ident, CompactString)>,
-    /// (rule index, a, b) with `a < b`, already without blocklisted ids.
-    pub links: Vec<(usize, Ident, Ident)>,
+    pub edges: Vec<(usize, IdIndex, IdIndex, CompactString)>,
+    /// (rule index, a, b) with `a < b` by text, already without blocklisted ids.
+    pub links: Vec<(usize, IdIndex, IdIndex)>,
+    /// The distinct identifiers (`type:id`), in the order first read.
+    text: String,
+    /// Where each identifier's text ends in `text`.
+    ends: Vec<usize>,
 }
+
+/// One of a [`Decoded`] event's distinct identifiers: an index, in the
+/// order they were first read.
+pub type IdIndex = u32;
 
 impl Decoded {
     fn reset(&mut self, time: EventTime, delete: bool) {
@@ -292,6 +304,43 @@ impl Decoded {
         self.nodes.clear();
         self.edges.clear();
         self.links.clear();
+        self.text.clear();
+        self.ends.clear();
+    }
+
+    /// How many distinct identifiers the event has.
+    pub fn id_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The text of identifier `r` (empty for an index the event lacks).
+    pub fn id(&self, r: IdIndex) -> &str {
+        let i = r as usize;
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    /// The identifier `node_type:id`, added unless the event has it.
+    pub(crate) fn add_id(&mut self, node_type: &str, id: impl std::fmt::Display) -> IdIndex {
+        use std::fmt::Write;
+        let start = self.text.len();
+        // Writing into a String cannot fail.
+        let _ = write!(self.text, "{node_type}:{id}");
+        let found = (0..self.ends.len()).find(|&i| self.id(i as IdIndex) == &self.text[start..]);
+        match found {
+            Some(i) => {
+                self.text.truncate(start);
+                i as IdIndex
+            }
+            None => {
+                self.ends.push(self.text.len());
+                (self.ends.len() - 1) as IdIndex
+            }
+        }
     }
 }
 
@@ -319,7 +368,7 @@ pub enum Verdict {
 pub struct DecodeScratch {
     /// Empty between events: only its allocation is kept.
     slots: Fields<'static>,
-    ids: Vec<Ident>,
+    ids: Vec<IdIndex>,
     text: String,
 }
 
@@ -442,7 +491,7 @@ impl DataflowPlan {
             if !applies(&r.when, event) {
                 continue;
             }
-            if let Some(id) = read_id(&r.node_type, &r.id, event, r.required)? {
+            if let Some(id) = read_id(&r.node_type, &r.id, event, r.required, out)? {
                 let props = props_json(&r.props, event, &mut scratch.text);
                 out.nodes.push((i, id, props));
             }
@@ -460,8 +509,8 @@ impl DataflowPlan {
             if !applies(&r.when, event) {
                 continue;
             }
-            let from = read_id(&r.from.node_type, &r.from.path, event, r.required)?;
-            let to = read_id(&r.to.node_type, &r.to.path, event, r.required)?;
+            let from = read_id(&r.from.node_type, &r.from.path, event, r.required, out)?;
+            let to = read_id(&r.to.node_type, &r.to.path, event, r.required, out)?;
             if let (Some(f), Some(t)) = (from, to) {
                 let props = props_json(&r.props, event, &mut scratch.text);
                 out.edges.push((i, f, t, props));
@@ -484,17 +533,18 @@ impl DataflowPlan {
             let present = &mut scratch.ids;
             present.clear();
             for idref in &r.ids {
-                if let Some(id) = read_id(&idref.node_type, &idref.path, event, r.required)?
-                    && !identity.blocklist.contains(split_ident(&id).1)
+                if let Some(id) = read_id(&idref.node_type, &idref.path, event, r.required, out)?
+                    && !identity.blocklist.contains(split_ident(out.id(id)).1)
                 {
                     present.push(id);
                 }
             }
-            present.sort();
+            // An identifier has one index per event: equal text, equal index.
+            present.sort_by(|a, b| out.id(*a).cmp(out.id(*b)));
             present.dedup();
             for x in 0..present.len() {
                 for y in x + 1..present.len() {
-                    out.links.push((i, present[x].clone(), present[y].clone()));
+                    out.links.push((i, present[x], present[y]));
                 }
             }
         }
@@ -513,7 +563,8 @@ fn read_id(
     path: &FieldPath,
     event: &impl EventView,
     required: bool,
-) -> Result<Option<Ident>, String> {
+    out: &mut Decoded,
+) -> Result<Option<IdIndex>, String> {
     match event.field(path) {
         None | Some(FieldRef::Null) => {
             if required {
@@ -527,10 +578,8 @@ fn read_id(
             path.text,
             s.len()
         )),
-        Some(FieldRef::Str(s)) => Ok(Some(ident(node_type, s))),
-        Some(FieldRef::Number(n)) if n.is_i64() || n.is_u64() => {
-            Ok(Some(compact_str::format_compact!("{node_type}:{n}")))
-        }
+        Some(FieldRef::Str(s)) => Ok(Some(out.add_id(node_type, s))),
+        Some(FieldRef::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(out.add_id(node_type, n))),
         Some(other) => Err(format!(
             "field `{}` must be a string or an integer id, found {}",
             path.text,
