@@ -212,21 +212,16 @@ mod tests {
     /// capacity it grew to.
     #[test]
     fn a_batch_gives_back_what_was_pushed_and_reuses_its_buffers() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
         let mut batch = RawBatch::with_capacity(4);
         for round in 0..3 {
             let records: Vec<RawRecord> = (0..200)
                 .map(|i| RawRecord {
-                    partition: (next() % 4) as u32,
+                    partition: rng.random_range(0..4),
                     offset: i,
-                    payload: (0..next() % 40).map(|_| next() as u8).collect(),
-                    timestamp_ms: (next() % 2 == 0).then(|| next() as i64),
+                    payload: (0..rng.random_range(0..40)).map(|_| rng.random()).collect(),
+                    timestamp_ms: rng.random_bool(0.5).then(|| rng.random()),
                 })
                 .collect();
             batch.clear();
