@@ -330,7 +330,8 @@ impl Decoded {
         let start = self.text.len();
         // Writing into a String cannot fail.
         let _ = write!(self.text, "{node_type}:{id}");
-        let found = (0..self.ends.len()).find(|&i| self.id(i as IdIndex) == &self.text[start..]);
+        let added = self.text.get(start..).unwrap_or_default();
+        let found = (0..self.ends.len()).find(|&i| self.id(i as IdIndex) == added);
         match found {
             Some(i) => {
                 self.text.truncate(start);
