@@ -311,32 +311,55 @@ impl Feeder {
 
 /// One event's identifiers as symbols: the decoder holds each distinct
 /// identifier of an event once (a playback event's 11 references are 4
-/// identifiers), and each is interned once.
+/// identifiers), and each that a record names is interned once. One that
+/// none names (a blocklisted identity id, an edge's end whose other end is
+/// missing) is not: the table holds only identifiers of records.
 #[derive(Default)]
 struct EventSyms {
-    /// The identifiers' hashes, by [`IdIndex`].
+    /// Whether a record of the event names the identifier, by [`IdIndex`].
+    named: Vec<bool>,
+    /// The identifiers' hashes, by [`IdIndex`] (0 where not named).
     hashes: Vec<u64>,
-    /// Their symbols, by [`IdIndex`].
+    /// Their symbols, by [`IdIndex`] (only named ones are looked up).
     syms: Vec<Sym>,
 }
 
 impl EventSyms {
-    /// Interns the identifiers of `ev`. Every hash is computed, and its
-    /// cache slot asked for, before the first lookup, so the slots' cache
-    /// misses overlap.
+    /// Interns the identifiers the records of `ev` name. Every hash is
+    /// computed, and its cache slot asked for, before the first lookup, so
+    /// the slots' cache misses overlap.
     fn intern(&mut self, ev: &Decoded, symbols: &mut SymCache) -> Result<(), TableFull> {
-        let ids = (0..ev.id_count()).map(|i| ev.id(i as IdIndex));
+        self.named.clear();
+        self.named.resize(ev.id_count(), false);
+        let refs = ev.nodes.iter().map(|n| n.1);
+        let refs = refs.chain(ev.edges.iter().flat_map(|e| [e.1, e.2]));
+        for i in refs.chain(ev.links.iter().flat_map(|l| [l.1, l.2])) {
+            if let Some(named) = self.named.get_mut(i as usize) {
+                *named = true;
+            }
+        }
+        let ids = (0..ev.id_count()).map(|i| (ev.id(i as IdIndex), self.named[i]));
         self.hashes.clear();
-        self.hashes
-            .extend(ids.clone().map(|text| symbols.hash_and_prefetch(text)));
+        self.hashes.extend(ids.clone().map(|(text, named)| {
+            if named {
+                symbols.hash_and_prefetch(text)
+            } else {
+                0
+            }
+        }));
         self.syms.clear();
-        for (text, &h) in ids.zip(&self.hashes) {
-            self.syms.push(symbols.intern_hashed(text, h)?);
+        for ((text, named), &h) in ids.zip(&self.hashes) {
+            self.syms.push(if named {
+                symbols.intern_hashed(text, h)?
+            } else {
+                Sym::UNUSED
+            });
         }
         Ok(())
     }
 
-    /// The symbol and hash of identifier `i` of the event last interned.
+    /// The symbol and hash of identifier `i` (named by a record) of the
+    /// event last interned.
     fn get(&self, i: IdIndex) -> (Sym, u64) {
         let i = i as usize;
         (self.syms[i], self.hashes[i])
@@ -388,7 +411,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_event_s_identifiers_are_interned_once_each() {
+    fn an_event_s_named_identifiers_are_interned_once_each() {
         let mut ev = Decoded::default();
         let texts = [("account", "ev-a"), ("profile", "ev-p"), ("title", "ev-t")];
         let refs: Vec<IdIndex> = texts
@@ -397,10 +420,16 @@ mod tests {
             .map(|(t, id)| ev.add_id(t, id))
             .collect();
         assert_eq!(refs, [0, 1, 2, 0, 1, 2], "an identifier is held once");
+        // Read by a rule that then asserted nothing: not interned.
+        let unnamed = ev.add_id("device", "ev-unnamed");
+        for &i in &refs[..3] {
+            ev.nodes.push((0, i, CompactString::default()));
+        }
         let mut cache = SymCache::new();
         let mut ids = EventSyms::default();
         ids.intern(&ev, &mut cache).unwrap();
-        assert_eq!(ids.syms.len(), 3, "one lookup per distinct identifier");
+        assert_eq!(ids.named, [true, true, true, false]);
+        assert_eq!(ids.get(unnamed).0, Sym::UNUSED);
         for (i, (t, id)) in texts.iter().enumerate() {
             let text = format!("{t}:{id}");
             assert_eq!(ev.id(i as IdIndex), text);

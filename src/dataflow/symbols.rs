@@ -62,6 +62,10 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| Table {
 pub struct TableFull;
 
 impl Sym {
+    /// Stands in where no symbol was looked up; never read as an
+    /// identifier.
+    pub const UNUSED: Sym = Sym(u32::MAX);
+
     /// The symbol of `text`, interning it if new.
     pub fn intern(text: &str) -> Result<Sym, TableFull> {
         Sym::intern_hashed(text, crate::model::shard::node(text))
