@@ -179,7 +179,7 @@ pub(crate) fn fold<'s>(
             {
                 // A time of a later step: the earlier step is complete.
                 if let Some(c) = step.take_if(|c| *c.time() < t) {
-                    records.take_changes(*c.time(), &mut out, usize::MAX);
+                    records.take_changes(*c.time(), &mut out, usize::MAX, false);
                     output.session(&c).give_iterator(out.drain(..));
                 }
                 if !applied.is_empty() {
@@ -207,7 +207,7 @@ pub(crate) fn fold<'s>(
                 // go out a chunk per activation, never copied all at once.
                 let closed = frontier.is_empty() && wm_frontier.is_empty();
                 let limit = if closed { END_CHUNK } else { usize::MAX };
-                let more = records.take_changes(*c.time(), &mut out, limit);
+                let more = records.take_changes(*c.time(), &mut out, limit, closed);
                 output.session(&c).give_iterator(out.drain(..));
                 if more {
                     step = Some(c);

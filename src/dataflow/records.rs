@@ -300,12 +300,14 @@ impl Records {
     /// and nothing downstream takes it (the collector drops time 0's
     /// records), so it is settled without a copy (after a 2M-event state's
     /// rebuild, 1.8M records were cloned into one growing vector only to be
-    /// dropped).
+    /// dropped). When `last` (the inputs are closed: no op will reach these
+    /// records again), a record's props move out instead of being copied.
     pub fn take_changes(
         &mut self,
         t: u64,
         out: &mut Vec<(Folded, u64, isize)>,
         limit: usize,
+        last: bool,
     ) -> bool {
         let from = self.changed.len().saturating_sub(limit);
         for key in self.changed.drain(from..) {
@@ -320,6 +322,7 @@ impl Records {
             }
             let (before, new) = match self.state.get_mut(&key) {
                 Some(e) => match e.since.take() {
+                    Some(before) if last => (before, Some(take_record(&mut e.rec))),
                     Some(before) => (before, Some(e.rec.clone())),
                     None => continue,
                 },
@@ -375,6 +378,17 @@ impl Records {
             }
         }
         self.due = due;
+    }
+}
+
+/// A record's aggregate, its props moved out (the entry keeps empty
+/// props: it is never read again).
+fn take_record(rec: &mut Record) -> Record {
+    Record {
+        count: rec.count,
+        first_seen: rec.first_seen,
+        last_seen: rec.last_seen,
+        props: std::mem::take(&mut rec.props),
     }
 }
 
@@ -564,7 +578,7 @@ mod tests {
     ) -> (u64, Vec<(Folded, u64, isize)>) {
         let late = r.apply_time(ops, watermark);
         let mut out = Vec::new();
-        assert!(!r.take_changes(t, &mut out, usize::MAX));
+        assert!(!r.take_changes(t, &mut out, usize::MAX, false));
         (late, out)
     }
 
@@ -836,9 +850,9 @@ mod tests {
         }
     }
 
-    /// Changes taken every `k` times (all at once, or in chunks) leave a
-    /// reader with what changes taken every time leave it with (and the
-    /// live records), at every step, on
+    /// Changes taken every `k` times (all at once, or in chunks, and the
+    /// last ones moved out) leave a reader with what changes taken every
+    /// time leave it with (and the live records), at every step, on
     /// random asserts, deletes, late events and expiry of nodes and links;
     /// a record changed several times in a step is emitted once.
     #[test]
@@ -890,10 +904,12 @@ mod tests {
             reader_each.apply(out);
             every_k.apply_time(&mut ops_k, w);
             if t % k == 0 {
-                // In chunks of 3 (as after the last time), or all at once.
+                // In chunks of 3 (as after the last time), or all at once;
+                // after the last time, moving the records out.
                 let limit = if t % (2 * k) == 0 { 3 } else { usize::MAX };
+                let last = t == 300;
                 let mut out = Vec::new();
-                while every_k.take_changes(t, &mut out, limit) {
+                while every_k.take_changes(t, &mut out, limit, last) {
                     assert!(every_k.has_changes());
                 }
                 emitted_k += out.len();
