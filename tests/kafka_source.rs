@@ -398,8 +398,16 @@ fn a_gap_opening_while_reading_is_caught() {
         let stored = BTreeMap::from([(0, high - 2)]);
         let mut src = KafkaSource::new("df", "big", &cfg, 0, 1, stored).unwrap();
         let (first, _) = run(&mut src, |out| !out.is_empty()).unwrap();
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].offset, high as u64 - 2);
+        // The record at high - 2, and the one after it when librdkafka's
+        // next one-message fetch came back before the source went idle
+        // (timing: it failed 1 run in 6 on this 2-core host). Either way the
+        // gap below opens at the source's next offset.
+        let offsets: Vec<u64> = first.iter().map(|r| r.offset).collect();
+        let from = high as u64 - 2;
+        assert!(
+            offsets == [from] || offsets == [from, from + 1],
+            "{offsets:?}"
+        );
         // Ten more 700 kB messages push everything older out of the mock.
         let (low2, high2) = overflow(&brokers, "big");
         assert!(low2 > high);
