@@ -33,10 +33,17 @@ pub const MAX_IDENT_BYTES: usize = 4096;
 /// Builds the `type:id` form of an identifier.
 pub fn ident(node_type: &str, id: &str) -> Ident {
     let mut s = CompactString::with_capacity(node_type.len() + 1 + id.len());
-    s.push_str(node_type);
-    s.push(':');
-    s.push_str(id);
+    push_ident(&mut s, node_type, id);
     s
+}
+
+/// Appends the `type:id` form of an identifier to `out` (`id` as it
+/// displays: text as it is, integers in decimal).
+pub fn push_ident(out: &mut impl std::fmt::Write, node_type: &str, id: impl std::fmt::Display) {
+    // Writing into a string cannot fail.
+    let _ = out.write_str(node_type);
+    let _ = out.write_char(':');
+    let _ = write!(out, "{id}");
 }
 
 /// Splits `type:id` at its first colon. An identifier without a colon has an
@@ -484,6 +491,9 @@ mod tests {
     fn ident_round_trips() {
         let i = ident("profile", "p:42");
         assert_eq!(i, "profile:p:42");
+        let mut n = String::from("x");
+        push_ident(&mut n, "game", 1036);
+        assert_eq!(n, "xgame:1036");
         assert_eq!(split_ident(&i), ("profile", "p:42"));
         assert_eq!(split_ident("bare"), ("", "bare"));
     }

@@ -168,7 +168,9 @@ pub fn ident(node_type: &str, id: &str, max: usize) -> Result<String, ApiError> 
             "an identifier may be at most {max} bytes, got {len}"
         )));
     }
-    Ok(format!("{node_type}:{id}"))
+    let mut ident = String::with_capacity(len);
+    crate::model::push_ident(&mut ident, node_type, id);
+    Ok(ident)
 }
 
 /// A `type:id` string as given in a request body.

@@ -14,7 +14,7 @@ use compact_str::CompactString;
 use serde_json::Value;
 
 use super::decode::{EventView, FieldRef, FieldSet, Fields};
-use crate::model::{EventTime, MAX_IDENT_BYTES, split_ident};
+use crate::model::{EventTime, MAX_IDENT_BYTES, push_ident, split_ident};
 
 /// All definitions of a folder plus the global settings from `rdg.toml`.
 #[derive(Clone, Debug)]
@@ -326,10 +326,8 @@ impl Decoded {
 
     /// The identifier `node_type:id`, added unless the event has it.
     pub(crate) fn add_id(&mut self, node_type: &str, id: impl std::fmt::Display) -> IdIndex {
-        use std::fmt::Write;
         let start = self.text.len();
-        // Writing into a String cannot fail.
-        let _ = write!(self.text, "{node_type}:{id}");
+        push_ident(&mut self.text, node_type, id);
         let added = self.text.get(start..).unwrap_or_default();
         let found = (0..self.ends.len()).find(|&i| self.id(i as IdIndex) == added);
         match found {
