@@ -65,14 +65,13 @@ pub struct RawBatch {
     bytes: Vec<u8>,
 }
 
-/// A [`RawBatch`] record without its bytes: they are `start..end` of the
-/// batch's buffer.
+/// A [`RawBatch`] record without its bytes: they end at `end` in the
+/// batch's buffer, where the previous record's end (or 0).
 #[derive(Clone, Copy, Debug)]
 struct RawMeta {
     partition: u32,
     offset: u64,
     timestamp_ms: Option<i64>,
-    start: usize,
     end: usize,
 }
 
@@ -101,24 +100,26 @@ impl RawBatch {
 
     /// Appends a record, copying its payload into the batch's buffer.
     pub fn push(&mut self, partition: u32, offset: u64, payload: &[u8], timestamp_ms: Option<i64>) {
-        let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
         self.records.push(RawMeta {
             partition,
             offset,
             timestamp_ms,
-            start,
             end: self.bytes.len(),
         });
     }
 
     /// The records in the order they were appended.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = RawRef<'_>> + '_ {
-        self.records.iter().map(|m| RawRef {
-            partition: m.partition,
-            offset: m.offset,
-            payload: self.bytes.get(m.start..m.end).unwrap_or_default(),
-            timestamp_ms: m.timestamp_ms,
+    pub fn iter(&self) -> impl Iterator<Item = RawRef<'_>> + '_ {
+        self.records.iter().scan(0, |start, m| {
+            let payload = self.bytes.get(*start..m.end).unwrap_or_default();
+            *start = m.end;
+            Some(RawRef {
+                partition: m.partition,
+                offset: m.offset,
+                payload,
+                timestamp_ms: m.timestamp_ms,
+            })
         })
     }
 
