@@ -25,9 +25,11 @@ use crate::store::{
     BulkLoad, Counts, Engine, PendingCommit, Store, StoreError, StoreOptions, WriteStats,
 };
 
+mod encode;
 pub mod kafka;
 mod progress;
 
+use encode::Encoders;
 use progress::ReplayProgress;
 pub use progress::ShowProgress;
 
@@ -356,9 +358,12 @@ pub fn replay_into_store(
     let began = Instant::now();
     let mut totals = match sink {
         Sink::Bulk(load) => {
-            let totals = ran?;
+            let encoding = load.encoders_busy();
+            let mut totals = ran?;
             observer.finishing("merging and writing the sorted buffers");
+            // Fails with an encoder's error if one failed (the run stopped).
             load.finish()?;
+            *totals.stages.entry("commit".to_string()).or_default() += encoding.as_secs_f64();
             totals
         }
         Sink::Single(commit) => {
@@ -564,7 +569,20 @@ fn run_into_sink(
     let tx = Mutex::new(tx);
     let backlog = Arc::new(Backlog::default());
     let sent = backlog.clone();
+    // A bulk load's changes are encoded on the workers' threads.
+    let encoders = match sink {
+        Sink::Bulk(load) => Some(Arc::new(Encoders::new(load, workers, stop.clone()))),
+        Sink::Commit(_) | Sink::Single(_) => None,
+    };
+    let encoding = encoders.clone();
     let emit: dataflow::Emitter = Arc::new(move |e| {
+        let e = match &encoding {
+            Some(encoders) => match encoders.encode(e) {
+                Some(e) => e,
+                None => return,
+            },
+            None => e,
+        };
         if let Emitted::Data { changes, .. } = &e {
             sent.add(changes.len());
         }
@@ -585,6 +603,9 @@ fn run_into_sink(
             })
         });
         writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
+        if let Some(encoders) = &encoders {
+            encoders.finish();
+        }
         result.and(joined).map(|()| writer.totals.clone())
     })
 }
@@ -790,6 +811,7 @@ impl Writer {
                 epoch,
                 changes,
                 mut dead_letters,
+                worker: _,
                 progress,
             } => {
                 let changes = if sink.on_receipt() && !changes.is_empty() {

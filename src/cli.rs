@@ -496,6 +496,14 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Named, so that a profile or `top -H` tells the sorts and ingestions
+    // from the thread that happened to start the pool (a worker).
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("rdg:pool-{i}"))
+        .build_global()
+    {
+        tracing::debug!(error = %e, "rayon's pool was already started");
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

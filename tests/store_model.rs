@@ -1220,37 +1220,153 @@ fn bulk_load_equals_commits(engine: Engine) {
         if (engine, method) == (Engine::Fjall, BulkMethod::Ingest) {
             assert!(runs.values().any(|&n| n == 1), "{runs:?}");
         }
-        let export = |s: &Store| {
-            let mut out = Vec::new();
-            s.export(&mut out).expect("export");
-            out
-        };
-        let expected = export(&committed);
-        assert!(expected.len() > 1000, "a real export");
-        assert_eq!(export(&loaded), expected, "{engine} {method:?} hold {hold}");
-        assert_eq!(
-            loaded.meta().expect("meta"),
-            committed.meta().expect("meta")
-        );
-        assert_eq!(
-            loaded.counts().expect("counts"),
-            committed.counts().expect("counts")
-        );
-        check(&loaded, &model, &mut rng, 0);
-        // Durable and complete: the same after a reopen, and it continues
-        // with commits like any state.
-        let path = loaded.path().to_path_buf();
-        drop(loaded);
-        let loaded = retry(|| open_engine(&path, engine));
-        assert_eq!(loaded.commit_count(), 1);
-        assert_eq!(export(&loaded), expected);
-        let (changes, dead, progress) = random_commit(&mut rng, &model);
-        loaded.commit(&changes, &dead, &progress).expect("commit");
-        model.apply(&changes, &dead, &progress);
-        check(&loaded, &model, &mut rng, 1);
+        same_as_committed(loaded, &committed, &mut model, &mut rng);
     }
 }
 
+/// The export of `s`.
+fn export(s: &Store) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.export(&mut out).expect("export");
+    out
+}
+
+/// A finished bulk load (`loaded`) holds what `committed` holds: the same
+/// export, meta and counts, the model's answers; the same after a reopen,
+/// and it continues with commits like any state.
+fn same_as_committed(loaded: Store, committed: &Store, model: &mut Model, rng: &mut StdRng) {
+    let expected = export(committed);
+    assert!(expected.len() > 1000, "a real export");
+    assert_eq!(export(&loaded), expected);
+    assert_eq!(
+        loaded.meta().expect("meta"),
+        committed.meta().expect("meta")
+    );
+    assert_eq!(
+        loaded.counts().expect("counts"),
+        committed.counts().expect("counts")
+    );
+    check(&loaded, model, rng, 0);
+    let path = loaded.path().to_path_buf();
+    let engine = loaded.engine();
+    drop(loaded);
+    let loaded = retry(|| open_engine(&path, engine));
+    assert_eq!(loaded.commit_count(), 1);
+    assert_eq!(export(&loaded), expected);
+    let (changes, dead, progress) = random_commit(rng, model);
+    loaded.commit(&changes, &dead, &progress).expect("commit");
+    model.apply(&changes, &dead, &progress);
+    check(&loaded, model, rng, 1);
+}
+
+/// Which of `n` encoders a change goes to: every key has one owner, as a
+/// replay's records have one owner worker (a link's two entries, an
+/// identifier's assignment and its memberships go together).
+fn owner(change: &Change, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match change {
+        Change::Node { id, dataflow, .. } => (id, dataflow).hash(&mut h),
+        Change::Edge {
+            edge_type,
+            from,
+            to,
+            dataflow,
+            ..
+        } => (edge_type, from, to, dataflow).hash(&mut h),
+        Change::Link { a, b, dataflow, .. } => (a, b, dataflow).hash(&mut h),
+        Change::Cluster { id, .. } => id.hash(&mut h),
+        Change::Member { member, .. } => member.hash(&mut h),
+    }
+    (h.finish() % n as u64) as usize
+}
+
+/// Changes encoded by several encoders on threads of their own
+/// (`BulkLoad::encoder`, as a replay's workers encode theirs), with dead
+/// letters and progress written by the load itself, give the state that
+/// committing them one by one gives. Small runs: many of them, and each
+/// encoder meets the namespaces in its own order. Every way runs reach the
+/// engine (at once, merged a few at a time, merged once).
+fn bulk_load_from_encoders_equals_commits(engine: Engine) {
+    for (seed, hold) in [0, 5_000, usize::MAX].into_iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(70 + seed as u64);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committed = open_engine(&dir.path().join("commits"), engine).expect("open");
+        let loaded = open_engine(&dir.path().join("bulk"), engine).expect("open");
+        let mut bulk = loaded
+            .bulk_load_with(BulkMethod::Ingest, 3_000, hold)
+            .expect("bulk load");
+        let n = 3;
+        let mut encoders: Vec<_> = (0..n).map(|_| bulk.encoder(n)).collect();
+        let mut model = Model::default();
+        for _ in 0..120 {
+            let (changes, dead, progress) = random_commit(&mut rng, &model);
+            committed
+                .commit(&changes, &dead, &progress)
+                .expect("commit");
+            let mut shares = vec![Vec::new(); n];
+            for c in &changes {
+                shares[owner(c, n)].push(c.clone());
+            }
+            std::thread::scope(|s| {
+                for (encoder, share) in encoders.iter_mut().zip(&shares) {
+                    s.spawn(move || encoder.encode(share).expect("encode"));
+                }
+            });
+            bulk.write(&[], &dead, &progress).expect("bulk write");
+            model.apply(&changes, &dead, &progress);
+        }
+        // Dropping an encoder hands over what it still holds.
+        drop(encoders);
+        bulk.finish().expect("finish");
+        same_as_committed(loaded, &committed, &mut model, &mut rng);
+    }
+}
+
+/// A load does not finish while an encoder is open (what it holds would
+/// be lost), and an encoder's failure is the load's: a key too long for
+/// the engines fails the load with the reason, and the state reopens
+/// empty.
+fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(dir.path(), engine).expect("open");
+    let change = |id: String| Change::Node {
+        id: ident("profile", &id),
+        dataflow: "playback".into(),
+        record: Some(Record {
+            count: 1,
+            first_seen: 1,
+            last_seen: 1,
+            props: "".into(),
+        }),
+    };
+    let bulk = store.bulk_load().expect("bulk load");
+    let mut open = bulk.encoder(1);
+    open.encode(&[change("p1".into())]).expect("encode");
+    let refused = bulk.finish();
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("1 encoders of the load are still open")),
+        "{refused:?}"
+    );
+    drop(open);
+    drop(store);
+    let store = retry(|| open_engine(dir.path(), engine));
+    assert_eq!(store.commit_count(), 0, "the refused load was wiped");
+
+    let mut bulk = store
+        .bulk_load_with(BulkMethod::Ingest, 100, 0)
+        .expect("bulk load");
+    let mut encoder = bulk.encoder(1);
+    encoder.encode(&[change("p2".into())]).expect("encode");
+    let failed = encoder.encode(&[change("x".repeat(100_000))]);
+    assert!(failed.is_err(), "a key too long fails its encoder");
+    drop(encoder);
+    let refused = bulk.write(&[], &[], &Progress::default());
+    let reason = refused
+        .expect_err("the load fails with the encoder's error")
+        .to_string();
+    assert!(reason.contains("long"), "{reason}");
+}
 both_engines!(
     model_seed_1,
     model_seed_2,
@@ -1262,6 +1378,8 @@ both_engines!(
     concurrent_commits_from_clones_add_up,
     engine_is_recorded_and_another_is_refused,
     bulk_load_equals_commits,
+    bulk_load_from_encoders_equals_commits,
+    bulk_load_refuses_open_or_failed_encoders,
 );
 
 #[test]

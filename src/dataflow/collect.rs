@@ -65,6 +65,7 @@ pub(crate) fn collect<'s>(
             let mut forwarded: Vec<(ToStore, isize)> = Vec::new();
             move |(input, frontier), _output| {
                 let mut tallier = tallier.as_ref().map(|t| t.borrow_mut());
+                let mut forwarded_at = 0;
                 input.for_each(|cap, data| {
                     for (x, t, d) in data.drain(..) {
                         if let ToStore::Folded(df, Folded::Loaded(key)) = x {
@@ -96,16 +97,22 @@ pub(crate) fn collect<'s>(
                             .push((x, d));
                     }
                     if !forwarded.is_empty() {
-                        let (changes, _) =
-                            to_changes(forwarded.drain(..), &names, tallier.as_deref_mut());
-                        emit(Emitted::Data {
-                            epoch: cap.least().copied().unwrap_or(0),
-                            changes,
-                            dead_letters: Vec::new(),
-                            progress: Progress::default(),
-                        });
+                        forwarded_at = cap.least().copied().unwrap_or(0);
                     }
                 });
+                // Once per activation, not per container (each a few
+                // hundred records): every message costs the writer a wake-up.
+                if !forwarded.is_empty() {
+                    let (changes, _) =
+                        to_changes(forwarded.drain(..), &names, tallier.as_deref_mut());
+                    emit(Emitted::Data {
+                        worker,
+                        epoch: forwarded_at,
+                        changes,
+                        dead_letters: Vec::new(),
+                        progress: Progress::default(),
+                    });
+                }
                 let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
                 while let Some((&t, _)) = pending.first_key_value() {
                     if t >= upto {
@@ -121,6 +128,7 @@ pub(crate) fn collect<'s>(
                     }
                     if !changes.is_empty() || progress != Progress::default() {
                         emit(Emitted::Data {
+                            worker,
                             epoch: t,
                             changes,
                             dead_letters: Vec::new(),

@@ -378,7 +378,7 @@ fn send(
     ops: &mut Vec<Op>,
     t: u64,
     names: &Names,
-    emit: &Emitter,
+    (local, emit): (usize, &Emitter),
 ) {
     let i = batch.dataflow;
     for (key, next) in batch.positions {
@@ -395,6 +395,7 @@ fn send(
         .dataflows
         .insert(names.dataflows[i].clone(), batch.progress);
     emit(Emitted::Data {
+        worker: local,
         epoch: t,
         changes: Vec::new(),
         dead_letters: batch.dead_letters,
@@ -444,7 +445,7 @@ pub(super) fn drive(
                 t
             };
             let mut ops = std::mem::take(&mut reader.ops);
-            send(&mut inputs, batch, &mut ops, t, names, emit);
+            send(&mut inputs, batch, &mut ops, t, names, (local, emit));
             reader.ops = ops;
             if !config.live {
                 started.push_back(t);

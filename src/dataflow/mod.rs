@@ -54,8 +54,10 @@ pub use tally::Tally;
 /// What the dataflow hands to whoever persists it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Emitted {
-    /// Changes, dead letters and progress that belong to time `epoch`.
+    /// Changes, dead letters and progress that belong to time `epoch`,
+    /// from worker `worker` (index within this process).
     Data {
+        worker: usize,
         epoch: u64,
         changes: Vec<Change>,
         dead_letters: Vec<DeadLetter>,

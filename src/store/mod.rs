@@ -157,8 +157,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use bulk::{
-    BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES,
-    DEFAULT_HOLD_BYTES as DEFAULT_BULK_HOLD_BYTES,
+    BulkEncoder, BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES,
+    DEFAULT_HOLD_BYTES as DEFAULT_BULK_HOLD_BYTES, EncodeFailed,
 };
 pub use engine::{AUTO_INGEST_BYTES, BulkMethod, Engine, EngineError, UnknownEngine};
 pub use reader::Contributions;

@@ -82,6 +82,33 @@ impl Plan {
         Some(self.push(family, name, ns))
     }
 
+    /// How another plan's namespace indexes (`theirs`: that plan's
+    /// dynamic namespaces, as [`Plan::dynamic`] gives them) map to this
+    /// plan's: the result's `i` is this plan's index of their `i`.
+    /// Namespaces are looked up (or created, as the other plan did) by
+    /// name.
+    pub(super) fn adopt(
+        &mut self,
+        store: &Store,
+        theirs: &BTreeMap<(Family, CompactString), usize>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut map: Vec<usize> = (0..=T_CLUSTER).collect();
+        map.resize(
+            theirs.values().max().map_or(0, |&i| i + 1).max(map.len()),
+            0,
+        );
+        for ((family, name), &i) in theirs {
+            map[i] = self.get_or_create(store, *family, name)?;
+        }
+        Ok(map)
+    }
+
+    /// The dynamic namespaces this plan has named so far, with their
+    /// indexes (for [`Plan::adopt`]).
+    pub(super) fn dynamic(&self) -> &BTreeMap<(Family, CompactString), usize> {
+        &self.index
+    }
+
     fn push(&mut self, family: Family, name: &str, ns: Ns) -> usize {
         let i = self.ns.len();
         self.ns.push(ns);

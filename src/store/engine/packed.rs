@@ -64,6 +64,18 @@ impl Packed {
         Ok(out)
     }
 
+    /// Renames the namespaces written: `ns` becomes `map[ns]` (the set
+    /// was encoded by another plan, `store::writer::Plan::adopt`). The
+    /// writes keep their order: a namespace's run is found by its index,
+    /// wherever it sits.
+    pub fn renumber(&mut self, map: &[usize]) {
+        for (ns, _, _) in &mut self.starts {
+            if let Some(&to) = map.get(*ns) {
+                *ns = to;
+            }
+        }
+    }
+
     /// The memory it holds (bytes and writes).
     pub fn held_bytes(&self) -> usize {
         self.arena.len() + std::mem::size_of_val(self.writes.as_slice())

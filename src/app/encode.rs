@@ -1,0 +1,106 @@
+//! A bulk load's changes encoded on the workers' threads.
+//!
+//! In a replay into an empty state each worker's changes go, on that
+//! worker's thread, to a `store::BulkEncoder` of its own, which encodes,
+//! sorts and packs them and hands the sorted runs to the load; the writer's
+//! thread only takes the runs in and merges them at the end. Before, the
+//! writer encoded, sorted and packed every change itself while the workers,
+//! done with their own part, waited for it (docs/performance.md).
+//!
+//! Invariant: a worker's changes reach its encoder in the order it emits
+//! them, and its encoder is dropped (handing over what it still buffers)
+//! before its last frontier report goes on, so every run is in the load once
+//! every worker has finished. Every record has one owner worker, which
+//! emits all of its changes, so no two encoders write the same key.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::dataflow::Emitted;
+use crate::model::Progress;
+use crate::store::{BulkEncoder, BulkLoad};
+
+/// One encoder per worker of this process (`None` once it is finished).
+pub(super) struct Encoders {
+    slots: Vec<Mutex<Option<BulkEncoder>>>,
+    /// Set when an encoder fails: the run stops, and the load fails with
+    /// the encoder's error.
+    stop: Arc<AtomicBool>,
+}
+
+impl Encoders {
+    pub fn new(load: &BulkLoad, workers: usize, stop: Arc<AtomicBool>) -> Encoders {
+        let workers = workers.max(1);
+        Encoders {
+            slots: (0..workers)
+                .map(|_| Mutex::new(Some(load.encoder(workers))))
+                .collect(),
+            stop,
+        }
+    }
+
+    /// What of `e` still goes to the writer: with its changes encoded, a
+    /// data message's dead letters and progress (nothing if it has
+    /// neither), or `e` as it is. A worker's last frontier report first
+    /// finishes its encoder.
+    pub fn encode(&self, e: Emitted) -> Option<Emitted> {
+        match e {
+            Emitted::Data {
+                worker,
+                epoch,
+                changes,
+                dead_letters,
+                progress,
+            } if !changes.is_empty() => {
+                let mut slot = self
+                    .slots
+                    .get(worker)
+                    .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
+                // Not a worker of this process, or one that said it was
+                // finished: the writer writes them itself.
+                let Some(encoder) = slot.as_mut().and_then(|s| s.as_mut()) else {
+                    return Some(Emitted::Data {
+                        worker,
+                        epoch,
+                        changes,
+                        dead_letters,
+                        progress,
+                    });
+                };
+                if encoder.encode(&changes).is_err() {
+                    self.stop.store(true, Ordering::Relaxed);
+                }
+                // Each message wakes the writer: only what it still needs.
+                (!dead_letters.is_empty() || progress != Progress::default()).then_some(
+                    Emitted::Data {
+                        worker,
+                        epoch,
+                        changes: Vec::new(),
+                        dead_letters,
+                        progress,
+                    },
+                )
+            }
+            Emitted::Frontier {
+                worker,
+                upto: u64::MAX,
+            } => {
+                if let Some(slot) = self.slots.get(worker) {
+                    // Dropped here, on the worker's thread: it sorts and
+                    // hands over the rest.
+                    drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+                }
+                Some(e)
+            }
+            e => Some(e),
+        }
+    }
+
+    /// Finishes every encoder still open (a run that stopped before its
+    /// workers' last reports).
+    pub fn finish(&self) {
+        for slot in &self.slots {
+            drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+        }
+    }
+}
