@@ -1345,7 +1345,7 @@ fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
     open.encode(&[change("p1".into())]).expect("encode");
     let refused = bulk.finish();
     assert!(
-        matches!(&refused, Err(e) if e.to_string().contains("1 encoders of the load are still open")),
+        matches!(&refused, Err(e) if e.to_string().contains("1 encoders of the write are still open")),
         "{refused:?}"
     );
     drop(open);

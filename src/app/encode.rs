@@ -1,15 +1,15 @@
 //! A bulk load's changes encoded on the workers' threads.
 //!
 //! In a replay into an empty state each worker's changes go, on that
-//! worker's thread, to a `store::BulkEncoder` of its own, which encodes,
-//! sorts and packs them and hands the sorted runs to the load; the writer's
-//! thread only takes the runs in and merges them at the end. Before, the
-//! writer encoded, sorted and packed every change itself while the workers,
-//! done with their own part, waited for it (docs/performance.md).
+//! worker's thread, to a `store::Encoder` of its own, which encodes, sorts
+//! and packs them and hands the sorted runs to the load; the writer's thread
+//! only takes the runs in and merges them at the end. Before, the writer
+//! encoded, sorted and packed every change itself while the workers, done
+//! with their own part, waited for it (docs/performance.md).
 //!
 //! Invariant: a worker's changes reach its encoder in the order it emits
-//! them, and its encoder is dropped (handing over what it still buffers)
-//! before its last frontier report goes on, so every run is in the load once
+//! them, and its encoder is dropped (handing over what it still holds)
+//! before its last frontier report goes on, so the load has every run once
 //! every worker has finished. Every record has one owner worker, which
 //! emits all of its changes, so no two encoders write the same key.
 
@@ -18,23 +18,21 @@ use std::sync::{Arc, Mutex};
 
 use crate::dataflow::Emitted;
 use crate::model::Progress;
-use crate::store::{BulkEncoder, BulkLoad};
+use crate::store::Encoder;
 
 /// One encoder per worker of this process (`None` once it is finished).
 pub(super) struct Encoders {
-    slots: Vec<Mutex<Option<BulkEncoder>>>,
-    /// Set when an encoder fails: the run stops, and the load fails with
+    slots: Vec<Mutex<Option<Encoder>>>,
+    /// Set when an encoder fails: the run stops, and the write fails with
     /// the encoder's error.
     stop: Arc<AtomicBool>,
 }
 
 impl Encoders {
-    pub fn new(load: &BulkLoad, workers: usize, stop: Arc<AtomicBool>) -> Encoders {
-        let workers = workers.max(1);
+    /// `encoders[i]` is worker `i`'s.
+    pub fn new(encoders: Vec<Encoder>, stop: Arc<AtomicBool>) -> Encoders {
         Encoders {
-            slots: (0..workers)
-                .map(|_| Mutex::new(Some(load.encoder(workers))))
-                .collect(),
+            slots: encoders.into_iter().map(|e| Mutex::new(Some(e))).collect(),
             stop,
         }
     }

@@ -16,7 +16,7 @@
 //! sorted buffer goes to the engine at once ([`engine::Db::bulk_write`]:
 //! sled batches).
 //! Other threads may encode, sort and pack their share of the changes
-//! themselves ([`BulkLoad::encoder`], [`BulkEncoder`]: a replay's workers
+//! themselves ([`BulkLoad::encoder`], [`Encoder`]: a replay's workers
 //! do): their sorted runs reach the load through its inbox and are held
 //! like its own buffers.
 //! [`BulkLoad::finish`] writes what is left, merges each namespace's runs
@@ -33,14 +33,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 
+use super::encoder::{Encoder, Inbox};
 use super::engine::{BulkMethod, Packed, WriteSet};
 use super::writer::{Plan, add_progress, counters_of};
-use super::{DataflowCounters, Family, Store, StoreError, layout};
+use super::{DataflowCounters, Store, StoreError, layout};
 use crate::model::{Change, DeadLetter, Progress};
 
 /// Key and value bytes buffered before they are written on fjall (the sort
@@ -81,109 +81,7 @@ pub struct BulkLoad {
     /// At most this many are held (0: every buffer is written at once).
     hold_bytes: usize,
     /// Runs its encoders handed over ([`BulkLoad::encoder`]).
-    inbox: Arc<Mutex<Inbox>>,
-}
-
-/// A share of a bulk load's changes encoded, sorted and packed on a
-/// thread other than the one that owns the [`BulkLoad`] (in a replay, each
-/// worker's), exactly as [`BulkLoad::write`] encodes them. Every run of
-/// about [`BulkLoad::encoder`]'s share of the buffer goes to the load's
-/// inbox, which the load takes in at its next write and at its finish;
-/// dropping the encoder hands over what it still buffers. Within an
-/// encoder, of a key written several times the last write wins; of a key
-/// that several encoders write, the run handed over last (callers keep
-/// their keys apart).
-pub struct BulkEncoder {
-    store: Store,
-    plan: Plan,
-    run_bytes: usize,
-    inbox: Arc<Mutex<Inbox>>,
-}
-
-/// What encoders handed over and the load has not taken in yet.
-#[derive(Default)]
-struct Inbox {
-    /// Sorted runs, in the order handed over, each with the names of the
-    /// namespaces its indexes stand for.
-    runs: Vec<(Packed, Namespaces)>,
-    /// The first error of an encoder: the load fails with it.
-    failed: Option<StoreError>,
-    /// Time the encoders spent encoding, sorting and packing.
-    busy: Duration,
-}
-
-/// A plan's dynamic namespaces by name, with their indexes.
-type Namespaces = BTreeMap<(Family, CompactString), usize>;
-
-impl BulkEncoder {
-    /// Encodes `changes`, and hands over a sorted run once the writes
-    /// buffered since the last one reach the encoder's size. An error is
-    /// kept for the load, which fails with it.
-    pub fn encode(&mut self, changes: &[Change]) -> Result<(), EncodeFailed> {
-        let started = Instant::now();
-        let mut done = self.plan.changes(&self.store, changes);
-        if done.is_ok() && self.plan.set.arena.len() >= self.run_bytes {
-            done = self.hand_over();
-        }
-        self.settle(started, done)
-    }
-
-    /// Sorts and packs what is buffered and puts it in the load's inbox.
-    fn hand_over(&mut self) -> Result<(), StoreError> {
-        if self.plan.set.ops.is_empty() {
-            self.plan.set.clear();
-            return Ok(());
-        }
-        self.plan.set.normalize();
-        let packed = Packed::of(&self.plan.set).map_err(|e| self.store.engine_err(e))?;
-        self.plan.set.clear();
-        let names = self.plan.dynamic().clone();
-        lock(&self.inbox).runs.push((packed, names));
-        Ok(())
-    }
-
-    /// Counts the time since `started` and keeps an error for the load
-    /// (the first of any encoder).
-    fn settle(&self, started: Instant, done: Result<(), StoreError>) -> Result<(), EncodeFailed> {
-        let mut inbox = lock(&self.inbox);
-        inbox.busy += started.elapsed();
-        match done {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                inbox.failed.get_or_insert(e);
-                Err(EncodeFailed)
-            }
-        }
-    }
-}
-
-/// An encoder failed; the bulk load fails with the reason
-/// ([`BulkLoad::finish`], or its next write).
-#[derive(Debug, thiserror::Error)]
-#[error("encoding a share of the bulk load failed (the load reports why)")]
-pub struct EncodeFailed;
-
-impl Drop for BulkEncoder {
-    /// Hands over what is still buffered (its error, if any, is the load's).
-    fn drop(&mut self) {
-        let started = Instant::now();
-        let done = self.hand_over();
-        let _ = self.settle(started, done);
-    }
-}
-
-impl std::fmt::Debug for BulkEncoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BulkEncoder")
-            .field("run_bytes", &self.run_bytes)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The inbox, also after a thread panicked holding it (what it holds is
-/// whole: every change is one push).
-fn lock(inbox: &Mutex<Inbox>) -> std::sync::MutexGuard<'_, Inbox> {
-    inbox.lock().unwrap_or_else(|p| p.into_inner())
+    inbox: Inbox,
 }
 
 impl std::fmt::Debug for BulkLoad {
@@ -258,7 +156,7 @@ impl Store {
             held: Vec::new(),
             held_bytes: 0,
             hold_bytes,
-            inbox: Arc::default(),
+            inbox: Inbox::default(),
         })
     }
 }
@@ -303,33 +201,21 @@ impl BulkLoad {
     }
 
     /// An encoder for a share of this load's changes, to run on another
-    /// thread ([`BulkEncoder`]); `shares` encoders together buffer about
-    /// what this load buffers.
-    pub fn encoder(&self, shares: usize) -> BulkEncoder {
-        BulkEncoder {
-            store: self.store.clone(),
-            plan: Plan::new(&self.store),
-            run_bytes: (self.buffer_bytes / shares.max(1)).max(1),
-            inbox: self.inbox.clone(),
-        }
+    /// thread ([`Encoder`]); `shares` encoders
+    /// together buffer about what this load buffers.
+    pub fn encoder(&self, shares: usize) -> Encoder {
+        Encoder::new(&self.store, &self.inbox, self.buffer_bytes / shares.max(1))
     }
 
     /// Time the encoders spent encoding, sorting and packing so far.
     pub fn encoders_busy(&self) -> Duration {
-        lock(&self.inbox).busy
+        self.inbox.busy()
     }
 
     /// Takes in the runs the encoders handed over, in that order, after the
     /// writes buffered so far; fails with an encoder's error.
     fn take_inbox(&mut self) -> Result<(), StoreError> {
-        let (runs, failed) = {
-            let mut inbox = lock(&self.inbox);
-            (std::mem::take(&mut inbox.runs), inbox.failed.take())
-        };
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        for (mut packed, names) in runs {
+        for (mut packed, names) in self.inbox.take()? {
             if packed.size().0 == 0 {
                 continue;
             }
@@ -426,13 +312,11 @@ impl BulkLoad {
     /// whole load durable and removes the marker. The state then holds one
     /// commit (none if nothing was written).
     pub fn finish(mut self) -> Result<(), StoreError> {
-        let open = Arc::strong_count(&self.inbox) - 1;
+        let open = self.inbox.open_encoders();
         if open > 0 {
-            return Err(StoreError::BulkLoad {
+            return Err(StoreError::EncodersOpen {
                 path: self.store.inner.path.clone(),
-                detail: format!(
-                    "{open} encoders of the load are still open: what they hold would be lost"
-                ),
+                open,
             });
         }
         self.take_inbox()?;

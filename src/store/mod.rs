@@ -137,6 +137,7 @@
 mod bulk;
 pub mod codec;
 mod direct;
+mod encoder;
 mod engine;
 mod export;
 mod layout;
@@ -157,9 +158,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use bulk::{
-    BulkEncoder, BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES,
-    DEFAULT_HOLD_BYTES as DEFAULT_BULK_HOLD_BYTES, EncodeFailed,
+    BulkLoad, DEFAULT_BUFFER_BYTES as DEFAULT_BULK_BUFFER_BYTES,
+    DEFAULT_HOLD_BYTES as DEFAULT_BULK_HOLD_BYTES,
 };
+pub use encoder::{EncodeFailed, Encoder};
 pub use engine::{AUTO_INGEST_BYTES, BulkMethod, Engine, EngineError, UnknownEngine};
 pub use reader::Contributions;
 pub use view::{EdgeCursor, EdgePage, ReadView, Schema};
@@ -397,6 +399,11 @@ pub enum StoreError {
         redo: PathBuf,
         source: EngineError,
     },
+    #[error(
+        "state directory {}: {open} encoders of the write are still open, and what they hold would be lost",
+        path.display()
+    )]
+    EncodersOpen { path: PathBuf, open: usize },
     #[error("corrupt entry in tree {tree} at key {key}: {detail}")]
     Corrupt {
         tree: String,
