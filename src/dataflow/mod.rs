@@ -331,7 +331,9 @@ fn run_worker(
     stages::install(worker, config.stages.clone(), folds);
     // Shared by the collector (what it emits, what the folds loaded) and
     // the rebuild (the stored assignments it reads).
-    let tallier = config.tally.then(|| Rc::new(RefCell::new(Tallier::new())));
+    let tallier = config
+        .tally
+        .then(|| Rc::new(RefCell::new(Tallier::new(names.one_source.clone()))));
     let mut inputs = build(
         worker,
         config,

@@ -77,6 +77,9 @@ pub(crate) struct Names {
     pub edge_types: Vec<CompactString>,
     /// Whether an edge type keeps its reverse index, by the same index.
     pub reverse: Vec<bool>,
+    /// Whether an edge type has rules in one definition only, by the same
+    /// index: each of its edges then has one contributor (`tally.rs`).
+    pub one_source: Vec<bool>,
 }
 
 impl Names {
@@ -93,6 +96,14 @@ impl Names {
                 .map(|t| CompactString::from(t.as_str()))
                 .collect(),
             reverse: plan.edge_types.values().map(|e| e.reverse).collect(),
+            one_source: plan
+                .edge_types
+                .keys()
+                .map(|t| {
+                    let defines = |d: &&DataflowPlan| d.edges.iter().any(|e| &e.edge_type == t);
+                    plan.dataflows.iter().filter(defines).count() == 1
+                })
+                .collect(),
         }
     }
 
