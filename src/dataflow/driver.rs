@@ -22,13 +22,13 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::ProbeHandle;
 
 use super::at_once::Assignment;
-use super::ops::{Feeder, Names, Op};
+use super::ops::{Feeder, Lookahead, Names, Op};
 use super::stages::Stage;
 use super::symbols::{Sym, SymCache};
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
 use crate::model::{DataflowProgress, DeadLetter, Progress, RecordTimes};
 use crate::source::{Poll, RawBatch, Source};
-use crate::spec::{DecodeScratch, Decoded, Plan, Verdict};
+use crate::spec::{DecodeScratch, Plan, Verdict};
 
 /// How long an idle worker sleeps unless woken by a source or a peer.
 const IDLE_PARK: Duration = Duration::from_millis(100);
@@ -196,7 +196,7 @@ pub(super) struct Reader<'a> {
     readings: Vec<Reading>,
     raw: RawBatch,
     scratch: DecodeScratch,
-    decoded: Decoded,
+    decoded: Lookahead,
     /// This worker's front of the symbol table, shared by its sources.
     symbols: SymCache,
     /// The ops of the last batch.
@@ -235,7 +235,7 @@ impl<'a> Reader<'a> {
             readings,
             raw: RawBatch::with_capacity(config.batch),
             scratch: DecodeScratch::default(),
-            decoded: Decoded::default(),
+            decoded: Lookahead::default(),
             symbols: SymCache::new(),
             ops: Vec::new(),
         })
@@ -309,7 +309,7 @@ impl<'a> Reader<'a> {
                 r.payload,
                 &self.plan.identity,
                 &mut self.scratch,
-                &mut self.decoded,
+                self.decoded.next(),
             );
             match verdict {
                 Verdict::Ignored => {}
@@ -317,9 +317,9 @@ impl<'a> Reader<'a> {
                     if fresh {
                         batch.progress.events += 1;
                     }
-                    reading.feeder.feed(
-                        &mut self.decoded,
+                    self.decoded.push(
                         seq_of(r.partition, r.offset),
+                        &mut reading.feeder,
                         &mut self.symbols,
                         &mut self.ops,
                     )?;
@@ -334,6 +334,8 @@ impl<'a> Reader<'a> {
             // The stored position is the next one to read.
             last.insert(r.partition, r.offset + 1);
         }
+        self.decoded
+            .flush(&mut reading.feeder, &mut self.symbols, &mut self.ops)?;
         batch.positions = last
             .into_iter()
             .map(|(part, next)| (reading.source.partition_key(part), next))

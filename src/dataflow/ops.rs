@@ -238,8 +238,6 @@ pub(crate) struct Feeder {
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
     scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
-    /// The symbols of one event's identifiers.
-    ids: EventSyms,
 }
 
 impl Feeder {
@@ -254,25 +252,26 @@ impl Feeder {
             edge_types,
             watermark,
             scratch: Vec::new(),
-            ids: EventSyms::default(),
         }
     }
 
     /// Appends the ops of one event to `out` and advances the watermark.
     /// A record asserted by several rules of this event counts once; its
     /// props are merged key by key, later rules winning.
-    /// `symbols` is the worker's cache of the symbol table.
-    pub fn feed(
+    /// `ids` were prepared for `ev` ([`EventSyms::prepare`]); `symbols` is
+    /// the worker's cache of the symbol table.
+    fn feed(
         &mut self,
         ev: &mut Decoded,
+        ids: &mut EventSyms,
         seq: u64,
         symbols: &mut SymCache,
         out: &mut Vec<Op>,
     ) -> Result<(), TableFull> {
         let wm = self.watermark;
         self.scratch.clear();
-        self.ids.intern(ev, symbols)?;
-        let ids = &self.ids;
+        ids.intern(ev, symbols)?;
+        let ids = &*ids;
         for (rule, id, props) in ev.nodes.drain(..) {
             let (sym, h) = ids.get(id);
             push_scratch(
@@ -320,6 +319,61 @@ impl Feeder {
     }
 }
 
+/// Events decoded one ahead of the feeder: when an event is decoded its
+/// identifiers are hashed and their cache slots asked for, and its ops are
+/// made only after the next record is decoded, so that the slots' cache
+/// misses overlap that decoding instead of stalling the lookups (within one
+/// event they overlapped only each other). Events are fed in the order
+/// given.
+#[derive(Default)]
+pub(crate) struct Lookahead {
+    events: [Decoded; 2],
+    ids: [EventSyms; 2],
+    /// The buffer the next record is decoded into.
+    next: usize,
+    /// The seq of the event waiting in the other buffer.
+    waiting: Option<u64>,
+}
+
+impl Lookahead {
+    /// Where to decode the next record.
+    pub fn next(&mut self) -> &mut Decoded {
+        &mut self.events[self.next]
+    }
+
+    /// The record just decoded into [`Lookahead::next`] is an event at
+    /// `seq`: asks for its slots, then feeds the event before it.
+    pub fn push(
+        &mut self,
+        seq: u64,
+        feeder: &mut Feeder,
+        symbols: &mut SymCache,
+        out: &mut Vec<Op>,
+    ) -> Result<(), TableFull> {
+        let i = self.next;
+        self.ids[i].prepare(&self.events[i], symbols);
+        self.flush(feeder, symbols, out)?;
+        self.waiting = Some(seq);
+        self.next = 1 - i;
+        Ok(())
+    }
+
+    /// Feeds the event waiting, if any (at the end of a batch: `feeder`
+    /// is the one every event since the last flush was pushed with).
+    pub fn flush(
+        &mut self,
+        feeder: &mut Feeder,
+        symbols: &mut SymCache,
+        out: &mut Vec<Op>,
+    ) -> Result<(), TableFull> {
+        if let Some(seq) = self.waiting.take() {
+            let w = 1 - self.next;
+            feeder.feed(&mut self.events[w], &mut self.ids[w], seq, symbols, out)?;
+        }
+        Ok(())
+    }
+}
+
 /// One event's identifiers as symbols: the decoder holds each distinct
 /// identifier of an event once (a playback event's 11 references are 4
 /// identifiers), and each that a record names is interned once. One that
@@ -336,10 +390,9 @@ struct EventSyms {
 }
 
 impl EventSyms {
-    /// Interns the identifiers the records of `ev` name. Every hash is
-    /// computed, and its cache slot asked for, before the first lookup, so
-    /// the slots' cache misses overlap.
-    fn intern(&mut self, ev: &Decoded, symbols: &mut SymCache) -> Result<(), TableFull> {
+    /// Hashes the identifiers the records of `ev` name and asks for their
+    /// cache slots, ahead of [`EventSyms::intern`].
+    fn prepare(&mut self, ev: &Decoded, symbols: &SymCache) {
         self.named.clear();
         self.named.resize(ev.id_count(), false);
         let refs = ev.nodes.iter().map(|n| n.1);
@@ -351,13 +404,18 @@ impl EventSyms {
         }
         let ids = (0..ev.id_count()).map(|i| (ev.id(i as IdIndex), self.named[i]));
         self.hashes.clear();
-        self.hashes.extend(ids.clone().map(|(text, named)| {
+        self.hashes.extend(ids.map(|(text, named)| {
             if named {
                 symbols.hash_and_prefetch(text)
             } else {
                 0
             }
         }));
+    }
+
+    /// Interns the identifiers the records of `ev` name (prepared).
+    fn intern(&mut self, ev: &Decoded, symbols: &mut SymCache) -> Result<(), TableFull> {
+        let ids = (0..ev.id_count()).map(|i| (ev.id(i as IdIndex), self.named[i]));
         self.syms.clear();
         for ((text, named), &h) in ids.zip(&self.hashes) {
             self.syms.push(if named {
@@ -438,6 +496,7 @@ mod tests {
         }
         let mut cache = SymCache::new();
         let mut ids = EventSyms::default();
+        ids.prepare(&ev, &cache);
         ids.intern(&ev, &mut cache).unwrap();
         assert_eq!(ids.named, [true, true, true, false]);
         assert_eq!(ids.get(unnamed).0, Sym::UNUSED);
