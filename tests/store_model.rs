@@ -1185,19 +1185,14 @@ fn bulk_load_equals_commits(engine: Engine) {
     };
     for (seed, &(method, hold)) in cases.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(40 + seed as u64);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let committed = open_engine(&dir.path().join("commits"), engine).expect("open");
-        let loaded = open_engine(&dir.path().join("bulk"), engine).expect("open");
+        let (_dir, committed, loaded) = two_states(engine);
         // A small buffer: many engine writes that override each other.
         let mut bulk = loaded
             .bulk_load_with(method, 1500, hold)
             .expect("bulk load");
         let mut model = Model::default();
         for _ in 0..120 {
-            let (changes, dead, progress) = random_commit(&mut rng, &model);
-            committed
-                .commit(&changes, &dead, &progress)
-                .expect("commit");
+            let (changes, dead, progress) = committed_at_random(&mut rng, &model, &committed);
             bulk.write(&changes, &dead, &progress).expect("bulk write");
             model.apply(&changes, &dead, &progress);
         }
@@ -1222,6 +1217,28 @@ fn bulk_load_equals_commits(engine: Engine) {
         }
         same_as_committed(loaded, &committed, &mut model, &mut rng);
     }
+}
+
+/// A temporary directory with two new states in it: one for commits, one
+/// for the same writes another way.
+fn two_states(engine: Engine) -> (tempfile::TempDir, Store, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committed = open_engine(&dir.path().join("commits"), engine).expect("open");
+    let other = open_engine(&dir.path().join("other"), engine).expect("open");
+    (dir, committed, other)
+}
+
+/// A random commit, committed to `committed` (and returned).
+fn committed_at_random(
+    rng: &mut StdRng,
+    model: &Model,
+    committed: &Store,
+) -> (Vec<Change>, Vec<DeadLetter>, Progress) {
+    let (changes, dead, progress) = random_commit(rng, model);
+    committed
+        .commit(&changes, &dead, &progress)
+        .expect("commit");
+    (changes, dead, progress)
 }
 
 /// The export of `s`.
@@ -1290,9 +1307,7 @@ fn owner(change: &Change, n: usize) -> usize {
 fn bulk_load_from_encoders_equals_commits(engine: Engine) {
     for (seed, hold) in [0, 5_000, usize::MAX].into_iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(70 + seed as u64);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let committed = open_engine(&dir.path().join("commits"), engine).expect("open");
-        let loaded = open_engine(&dir.path().join("bulk"), engine).expect("open");
+        let (_dir, committed, loaded) = two_states(engine);
         let mut bulk = loaded
             .bulk_load_with(BulkMethod::Ingest, 3_000, hold)
             .expect("bulk load");
@@ -1300,10 +1315,7 @@ fn bulk_load_from_encoders_equals_commits(engine: Engine) {
         let mut encoders: Vec<_> = (0..n).map(|_| bulk.encoder(n)).collect();
         let mut model = Model::default();
         for _ in 0..120 {
-            let (changes, dead, progress) = random_commit(&mut rng, &model);
-            committed
-                .commit(&changes, &dead, &progress)
-                .expect("commit");
+            let (changes, dead, progress) = committed_at_random(&mut rng, &model, &committed);
             let mut shares = vec![Vec::new(); n];
             for c in &changes {
                 shares[owner(c, n)].push(c.clone());
