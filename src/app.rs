@@ -508,6 +508,22 @@ impl Sink<'_> {
         }
     }
 
+    /// Takes in what the workers' encoders handed over (a bulk load's:
+    /// they wait while too much is waiting).
+    fn take_in(&mut self) -> Result<(), StoreError> {
+        match self {
+            Sink::Bulk(load) => load.take_in(),
+            Sink::Commit(_) | Sink::Single(_) => Ok(()),
+        }
+    }
+
+    /// After a failure: the encoders never wait for their runs to be taken.
+    fn close_inbox(&self) {
+        if let Sink::Bulk(load) = self {
+            load.close_inbox();
+        }
+    }
+
     /// Whether changes are written as they arrive (the run's records come
     /// once each, at its end, and nothing is visible before it finishes).
     fn on_receipt(&self) -> bool {
@@ -695,6 +711,16 @@ fn write_all(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        // At least every 100 ms: the workers' encoders may be waiting.
+        if result.is_ok()
+            && let Err(e) = sink.take_in()
+        {
+            stop.store(true, Ordering::Relaxed);
+            result = Err(e.into());
+        }
+        if result.is_err() {
+            sink.close_inbox();
         }
         writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
         observer.tick(&writer.totals);

@@ -1379,6 +1379,58 @@ fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
         .to_string();
     assert!(reason.contains("long"), "{reason}");
 }
+/// Runs not yet taken in are bounded (by the load's buffer size): an
+/// encoder handing a run over past the bound waits until the load takes
+/// its inbox in, and never once the load is gone.
+fn encoders_wait_while_their_runs_are_not_taken_in(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(dir.path(), engine).expect("open");
+    let node = |i: usize| Change::Node {
+        id: ident("profile", &format!("wait-{i:04}")),
+        dataflow: "playback".into(),
+        record: Some(Record {
+            count: 1,
+            first_seen: 1,
+            last_seen: 1,
+            props: "".into(),
+        }),
+    };
+    // Every change is a run of its own, past the bound of 100 bytes.
+    let mut bulk = store
+        .bulk_load_with(BulkMethod::Ingest, 100, usize::MAX)
+        .expect("bulk load");
+    let mut encoder = bulk.encoder(1);
+    let writer = std::thread::spawn(move || {
+        for i in 0..20 {
+            encoder.encode(&[node(i)]).expect("encode");
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !writer.is_finished(),
+        "the encoder waits for its runs to be taken in"
+    );
+    while !writer.is_finished() {
+        bulk.take_in().expect("take in");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    writer.join().expect("encoder thread");
+    bulk.finish().expect("finish");
+    assert_eq!(store.counts().expect("counts").nodes, 20, "every run is in");
+
+    // A load that is gone is never waited for.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(dir.path(), engine).expect("open");
+    let bulk = store
+        .bulk_load_with(BulkMethod::Ingest, 100, usize::MAX)
+        .expect("bulk load");
+    let mut encoder = bulk.encoder(1);
+    drop(bulk);
+    for i in 0..20 {
+        encoder.encode(&[node(i)]).expect("encode");
+    }
+}
+
 both_engines!(
     model_seed_1,
     model_seed_2,
@@ -1392,6 +1444,7 @@ both_engines!(
     bulk_load_equals_commits,
     bulk_load_from_encoders_equals_commits,
     bulk_load_refuses_open_or_failed_encoders,
+    encoders_wait_while_their_runs_are_not_taken_in,
 );
 
 #[test]

@@ -84,6 +84,13 @@ pub struct BulkLoad {
     inbox: Inbox,
 }
 
+impl Drop for BulkLoad {
+    /// Encoders still open never wait for a load that is gone.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
+}
+
 impl std::fmt::Debug for BulkLoad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BulkLoad")
@@ -156,7 +163,8 @@ impl Store {
             held: Vec::new(),
             held_bytes: 0,
             hold_bytes,
-            inbox: Inbox::default(),
+            // Two encoders' runs, about what one buffer held before.
+            inbox: Inbox::with_bound(buffer_bytes.max(1)),
         })
     }
 }
@@ -205,6 +213,19 @@ impl BulkLoad {
     /// together buffer about what this load buffers.
     pub fn encoder(&self, shares: usize) -> Encoder {
         Encoder::new(&self.store, &self.inbox, self.buffer_bytes / shares.max(1))
+    }
+
+    /// Takes in the runs the encoders handed over (as every write does);
+    /// encoders wait while the runs not taken in pass the load's buffer
+    /// size, so whoever owns the load calls this often.
+    pub fn take_in(&mut self) -> Result<(), StoreError> {
+        self.take_inbox()
+    }
+
+    /// Nobody will take the encoders' runs in any more (a run that failed):
+    /// encoders never wait for it.
+    pub fn close_inbox(&self) {
+        self.inbox.close();
     }
 
     /// Time the encoders spent encoding, sorting and packing so far.

@@ -6,13 +6,17 @@
 //! Invariant: everything an encoder is given reaches the load's [`Inbox`]
 //! in the order given, in sorted runs handed over whole: at its size, and
 //! when it is dropped (so what it holds is never lost, only late); the load
-//! takes the inbox in at its next write and at its finish, and refuses to
-//! finish while an encoder is open. An encoder's first error is the load's:
+//! takes the inbox in at its next write, when asked (`BulkLoad::take_in`)
+//! and at its finish, and refuses to finish while an encoder is open. An
+//! encoder that hands a run over while the inbox holds more than its bound
+//! waits until the load takes it in (or is gone): the runs waiting are
+//! bounded, as the writer's backlog bounded the changes waiting before;
+//! dropping never waits. An encoder's first error is the load's:
 //! the load fails with it. Of a key that several encoders write, the run
 //! handed over last wins: callers keep their encoders' keys apart.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
@@ -29,15 +33,28 @@ pub struct Encoder {
     plan: Plan,
     /// Bytes of keys and values buffered before a hand-over.
     set_bytes: usize,
-    inbox: Arc<Mutex<Handover>>,
+    inbox: Arc<Shared>,
 }
 
 /// What a load's encoders handed over and it has not taken in yet.
 #[derive(Default)]
-pub(super) struct Inbox(Arc<Mutex<Handover>>);
+pub(super) struct Inbox(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    handover: Mutex<Handover>,
+    /// Signalled when the inbox is taken in or closed.
+    taken: Condvar,
+}
 
 #[derive(Default)]
 struct Handover {
+    /// The runs' bytes (arena and writes).
+    bytes: usize,
+    /// Past this an encoder waits before handing a run over (0: never).
+    bound: usize,
+    /// The load is gone: nobody takes the inbox in any more.
+    closed: bool,
     /// Sorted runs in the order handed over, each with the names of the
     /// namespaces its indexes stand for.
     runs: Vec<(Packed, Namespaces)>,
@@ -73,13 +90,14 @@ impl Encoder {
         let started = Instant::now();
         let mut done = self.plan.changes(&self.store, changes);
         if done.is_ok() && self.plan.set.arena.len() >= self.set_bytes {
-            done = self.hand_over();
+            done = self.hand_over(true);
         }
         self.settle(started, done)
     }
 
-    /// Sorts and packs what is buffered and puts it in the load's inbox.
-    fn hand_over(&mut self) -> Result<(), StoreError> {
+    /// Sorts and packs what is buffered and puts it in the load's inbox,
+    /// first waiting (when `wait`) while the inbox is past its bound.
+    fn hand_over(&mut self, wait: bool) -> Result<(), StoreError> {
         if self.plan.set.ops.is_empty() {
             self.plan.set.clear();
             return Ok(());
@@ -88,7 +106,18 @@ impl Encoder {
         let packed = Packed::of(&self.plan.set).map_err(|e| self.store.engine_err(e))?;
         self.plan.set.clear();
         let names = self.plan.dynamic().clone();
-        lock(&self.inbox).runs.push((packed, names));
+        let mut inbox = lock(&self.inbox);
+        if wait {
+            while inbox.bound > 0 && inbox.bytes > inbox.bound && !inbox.closed {
+                inbox = self
+                    .inbox
+                    .taken
+                    .wait_timeout(inbox, WAIT_AT_MOST)
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+            }
+        }
+        inbox.bytes += packed.held_bytes();
+        inbox.runs.push((packed, names));
         Ok(())
     }
 
@@ -112,7 +141,7 @@ impl Drop for Encoder {
     /// load's).
     fn drop(&mut self) {
         let started = Instant::now();
-        let done = self.hand_over();
+        let done = self.hand_over(false);
         let _ = self.settle(started, done);
     }
 }
@@ -126,14 +155,33 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Inbox {
+    /// An inbox past whose `bound` bytes an encoder waits (0: never).
+    pub fn with_bound(bound: usize) -> Inbox {
+        let inbox = Inbox::default();
+        lock(&inbox.0).bound = bound;
+        inbox
+    }
+
     /// Everything handed over since the last call, in order; an encoder's
-    /// error instead, if one failed.
+    /// error instead, if one failed (what was handed over is then dropped).
+    /// Either way the encoders waiting go on.
     pub fn take(&self) -> Result<Vec<(Packed, Namespaces)>, StoreError> {
         let mut inbox = lock(&self.0);
-        match inbox.failed.take() {
+        let runs = std::mem::take(&mut inbox.runs);
+        inbox.bytes = 0;
+        let failed = inbox.failed.take();
+        drop(inbox);
+        self.0.taken.notify_all();
+        match failed {
             Some(e) => Err(e),
-            None => Ok(std::mem::take(&mut inbox.runs)),
+            None => Ok(runs),
         }
+    }
+
+    /// Nobody takes the inbox in any more: encoders never wait for it.
+    pub fn close(&self) {
+        lock(&self.0).closed = true;
+        self.0.taken.notify_all();
     }
 
     /// How many encoders are still open.
@@ -147,8 +195,12 @@ impl Inbox {
     }
 }
 
+/// The longest an encoder waits for its load to take the inbox in before
+/// it looks again (it is woken when the inbox is taken in or closed).
+const WAIT_AT_MOST: Duration = Duration::from_millis(100);
+
 /// The inbox, also after a thread panicked holding it (every change to it
 /// is one push or one take).
-fn lock(inbox: &Mutex<Handover>) -> MutexGuard<'_, Handover> {
-    inbox.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(inbox: &Shared) -> MutexGuard<'_, Handover> {
+    inbox.handover.lock().unwrap_or_else(|p| p.into_inner())
 }
