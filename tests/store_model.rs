@@ -1335,15 +1335,10 @@ fn bulk_load_from_encoders_equals_commits(engine: Engine) {
     }
 }
 
-/// A load does not finish while an encoder is open (what it holds would
-/// be lost), and an encoder's failure is the load's: a key too long for
-/// the engines fails the load with the reason, and the state reopens
-/// empty.
-fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_engine(dir.path(), engine).expect("open");
-    let change = |id: String| Change::Node {
-        id: ident("profile", &id),
+/// Playback's node `profile:id`, seen once.
+fn profile_seen_once(id: &str) -> Change {
+    Change::Node {
+        id: ident("profile", id),
         dataflow: "playback".into(),
         record: Some(Record {
             count: 1,
@@ -1351,7 +1346,17 @@ fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
             last_seen: 1,
             props: "".into(),
         }),
-    };
+    }
+}
+
+/// A load does not finish while an encoder is open (what it holds would
+/// be lost), and an encoder's failure is the load's: a key too long for
+/// the engines fails the load with the reason, and the state reopens
+/// empty.
+fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_engine(dir.path(), engine).expect("open");
+    let change = |id: String| profile_seen_once(&id);
     let bulk = store.bulk_load().expect("bulk load");
     let mut open = bulk.encoder(1);
     open.encode(&[change("p1".into())]).expect("encode");
@@ -1385,16 +1390,7 @@ fn bulk_load_refuses_open_or_failed_encoders(engine: Engine) {
 fn encoders_wait_while_their_runs_are_not_taken_in(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_engine(dir.path(), engine).expect("open");
-    let node = |i: usize| Change::Node {
-        id: ident("profile", &format!("wait-{i:04}")),
-        dataflow: "playback".into(),
-        record: Some(Record {
-            count: 1,
-            first_seen: 1,
-            last_seen: 1,
-            props: "".into(),
-        }),
-    };
+    let node = |i: usize| profile_seen_once(&format!("wait-{i:04}"));
     // Every change is a run of its own, past the bound of 100 bytes.
     let mut bulk = store
         .bulk_load_with(BulkMethod::Ingest, 100, usize::MAX)
