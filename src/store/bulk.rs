@@ -163,7 +163,8 @@ impl Store {
             held: Vec::new(),
             held_bytes: 0,
             hold_bytes,
-            // Two encoders' runs, about what one buffer held before.
+            // Runs waiting: about one buffer, what the writer's backlog
+            // let wait before encoders moved to the workers.
             inbox: Inbox::with_bound(buffer_bytes.max(1)),
         })
     }
