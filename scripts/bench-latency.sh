@@ -15,6 +15,11 @@
 # (one connection, a read every ~5 ms): how long a query waits while rdg
 # ingests.
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
+# BENCH_CPU=1 also prints, over each probe, the CPU seconds of each process
+# on the machine's cores (rdg run, the broker, the load, the two probes),
+# each rdg thread's seconds on a core and waiting in the run queue for one
+# (/proc/PID/task/*/schedstat), and rdg's commits, events and keys written
+# (/metrics): where the cores went while the latency was measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=${1:-2}
@@ -38,6 +43,59 @@ trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; scripts/broker.sh stop
 for _ in $(seq 100); do curl -sf "127.0.0.1:$api_port/readyz" >/dev/null && break; sleep 0.2; done
 echo "machine: $(nproc) cores; rdg run --workers $workers; broker tansu (memory) on loopback"
 load_rate=${BENCH_LOAD_RATE:-0}
+# cpu_snapshot FILE LABEL=PID...: "process LABEL TICKS" per process (rdg run
+# and the broker always), "thread NAME TICKS RUN_NS WAIT_NS" per rdg thread,
+# and rdg's metric totals.
+cpu_snapshot() {
+  local out=$1 p t
+  shift
+  {
+    for p in "rdg_run=$pid" "broker=$(cat "target/broker/tansu-$port.pid")" "$@"; do
+      [ -r "/proc/${p#*=}/stat" ] || continue
+      echo "process ${p%%=*} $(awk '{print $14 + $15}' "/proc/${p#*=}/stat")"
+    done
+    for t in /proc/"$pid"/task/*; do
+      echo "thread $(tr ' ' _ <"$t/comm")#${t##*/} $(awk '{print $14 + $15}' "$t/stat") $(cut -d' ' -f1,2 "$t/schedstat")"
+    done
+    curl -sf "127.0.0.1:$api_port/metrics" | grep -E '^rdg_(commits|events|store_keys_written)_total' | sed 's/^/metric /'
+  } >"$out"
+}
+# cpu_report BEFORE AFTER BEGAN ENDED: the differences, largest first.
+cpu_report() {
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
+import collections, os, sys
+hz = os.sysconf("SC_CLK_TCK")
+def read(path):
+    rows = {}
+    for line in open(path):
+        kind, name, *vals = line.split()
+        key = (kind, name)
+        v = [float(x) for x in vals]
+        rows[key] = [a + b for a, b in zip(rows[key], v)] if key in rows else v
+    return rows
+a, b = read(sys.argv[1]), read(sys.argv[2])
+secs = float(sys.argv[4]) - float(sys.argv[3])
+d = {k: [y - x for x, y in zip(a[k], v)] for k, v in b.items() if k in a}
+print(f"CPU over the probe ({secs:.0f} s; {os.cpu_count()} cores = {secs * os.cpu_count():.0f} CPU-s):")
+for (kind, name), v in sorted(d.items(), key=lambda kv: -kv[1][0]):
+    if kind == "process":
+        print(f"  {name:<20} {v[0] / hz:6.2f} CPU-s")
+threads = collections.defaultdict(lambda: [0.0, 0.0])
+for (kind, name), v in d.items():
+    if kind == "thread":
+        threads[name.split("#")[0]][0] += v[1] / 1e9
+        threads[name.split("#")[0]][1] += v[2] / 1e9
+print("  rdg's threads: seconds on a core / waiting for one")
+for name, (run, wait) in sorted(threads.items(), key=lambda kv: -kv[1][0]):
+    if run >= 0.05:
+        print(f"    {name:<18} {run:6.2f} / {wait:6.2f}")
+metrics = collections.Counter()
+for (kind, name), v in d.items():
+    if kind == "metric":
+        metrics[name.split("{")[0]] += v[0]
+print("  " + ", ".join(f"{k.removeprefix('rdg_').removesuffix('_total')} {v:.0f}" for k, v in sorted(metrics.items())))
+PY
+}
 for rate in $rates; do
   load=
   if [ "$load_rate" -gt 0 ]; then
@@ -51,7 +109,24 @@ for rate in $rates; do
   # Lookups of other nodes while the probe runs (scripts/read_probe.py).
   python3 scripts/read_probe.py "http://127.0.0.1:$api_port" "$((seconds > 4 ? seconds - 4 : 1))" 2 &
   reads=$!
-  python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds"
+  if [ -n "${BENCH_CPU:-}" ]; then
+    python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds" &
+    probe=$!
+    sleep 1
+    # From the probe's first second on (its start-up is not counted).
+    procs=("read_probe=$reads" "latency_probe=$probe")
+    [ -n "$load" ] && procs+=("load=$load")
+    cpu_snapshot "$work/cpu-start" "${procs[@]}"
+    began=$(date +%s.%N)
+    # Ends while the read probe (seconds - 4 long) still runs.
+    sleep "$(( seconds > 7 ? seconds - 6 : 1 ))"
+    cpu_snapshot "$work/cpu-after" "${procs[@]}"
+    ended=$(date +%s.%N)
+    wait "$probe"
+    cpu_report "$work/cpu-start" "$work/cpu-after" "$began" "$ended"
+  else
+    python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds"
+  fi
   wait "$reads" || true
   if [ -n "$load" ]; then
     kill "$load" 2>/dev/null || true
