@@ -358,18 +358,10 @@ pub fn replay_into_store(
     let began = Instant::now();
     let mut totals = match sink {
         Sink::Bulk(load) => {
-            let encoding = load.encoders_busy();
-            let mut totals = ran?;
+            let totals = ran?;
             observer.finishing("merging and writing the sorted buffers");
             // Fails with an encoder's error if one failed (the run stopped).
             load.finish()?;
-            // The workers encoded inside the collector's operator: that time
-            // is the store's, not the collector's (counted once, as commit).
-            let encoding = encoding.as_secs_f64();
-            if let Some(collect) = totals.stages.get_mut("collect") {
-                *collect = (*collect - encoding).max(0.0);
-            }
-            *totals.stages.entry("commit".to_string()).or_default() += encoding;
             totals
         }
         Sink::Single(commit) => {
@@ -530,6 +522,14 @@ impl Sink<'_> {
         }
     }
 
+    /// Time the workers' encoders spent so far (a bulk load's; none else).
+    fn encoding(&self) -> Duration {
+        match self {
+            Sink::Bulk(load) => load.encoders_busy(),
+            Sink::Commit(_) | Sink::Single(_) => Duration::ZERO,
+        }
+    }
+
     /// Whether changes are written as they arrive (the run's records come
     /// once each, at its end, and nothing is visible before it finishes).
     fn on_receipt(&self) -> bool {
@@ -629,10 +629,10 @@ fn run_into_sink(
                 e => AppError::from(e),
             })
         });
-        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
         if let Some(encoders) = &encoders {
             encoders.finish();
         }
+        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s, sink.encoding());
         result.and(joined).map(|()| writer.totals.clone())
     })
 }
@@ -728,7 +728,7 @@ fn write_all(
         if result.is_err() {
             sink.close_inbox();
         }
-        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s);
+        writer.totals.stages = stage_map(&stages.seconds(), writer.commit_s, sink.encoding());
         observer.tick(&writer.totals);
     }
     result
@@ -743,14 +743,17 @@ fn stage_list(stages: &BTreeMap<String, f64>, decimals: usize) -> String {
         .join(", ")
 }
 
-/// The stage times as reported: the dataflow's and the writer's.
-fn stage_map(dataflow: &StageSeconds, commit_s: f64) -> BTreeMap<String, f64> {
+/// The stage times as reported: the dataflow's and the writer's. A bulk
+/// load's workers encode inside the collector's operator (`encoding`): that
+/// time is the store's, so it counts once, as commit.
+fn stage_map(dataflow: &StageSeconds, commit_s: f64, encoding: Duration) -> BTreeMap<String, f64> {
+    let encoding = encoding.as_secs_f64();
     [
         ("decode", dataflow.decode),
         ("fold", dataflow.fold),
         ("identity", dataflow.identity),
-        ("collect", dataflow.collect),
-        ("commit", commit_s),
+        ("collect", (dataflow.collect - encoding).max(0.0)),
+        ("commit", commit_s + encoding),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -956,7 +959,30 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::aligned;
+    use super::{Duration, StageSeconds, aligned, stage_map};
+
+    #[test]
+    fn a_bulk_load_s_encoding_counts_once_as_commit() {
+        let dataflow = StageSeconds {
+            decode: 5.0,
+            fold: 3.0,
+            identity: 0.5,
+            collect: 2.5,
+        };
+        let stages = stage_map(&dataflow, 1.0, Duration::from_secs(2));
+        assert_eq!(stages["collect"], 0.5);
+        assert_eq!(stages["commit"], 3.0);
+        assert_eq!(stages["decode"], 5.0);
+        // The sum is the time spent, each part once.
+        assert_eq!(stages.values().sum::<f64>(), 5.0 + 3.0 + 0.5 + 2.5 + 1.0);
+        // Read between two stage updates, encoding may run ahead of the
+        // collector's time: never below zero.
+        assert_eq!(
+            stage_map(&dataflow, 1.0, Duration::from_secs(3))["collect"],
+            0.0
+        );
+        assert_eq!(stage_map(&dataflow, 1.0, Duration::ZERO)["collect"], 2.5);
+    }
 
     #[test]
     fn commits_end_at_identity_steps() {
