@@ -15,15 +15,12 @@
 //! the load fails with it. Of a key that several encoders write, the run
 //! handed over last wins: callers keep their encoders' keys apart.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use compact_str::CompactString;
-
 use super::engine::Packed;
-use super::writer::Plan;
-use super::{Family, Store, StoreError};
+use super::writer::{Namespaces, Plan};
+use super::{Store, StoreError};
 use crate::model::Change;
 
 /// A share of a bulk load's changes, encoded, sorted and packed on the
@@ -63,9 +60,6 @@ struct Handover {
     /// Time the encoders spent encoding, sorting and packing so far.
     busy: Duration,
 }
-
-/// A plan's dynamic namespaces by name, with their indexes.
-pub(super) type Namespaces = BTreeMap<(Family, CompactString), usize>;
 
 /// An encoder failed; its load fails with the reason (at its finish, or
 /// its next write).

@@ -37,10 +37,13 @@ const T_LINK: usize = 1;
 const T_ID: usize = 2;
 const T_CLUSTER: usize = 3;
 
+/// A plan's dynamic namespaces by name, with their indexes.
+pub(super) type Namespaces = BTreeMap<(Family, CompactString), usize>;
+
 /// Encoded writes and the namespaces they go to.
 pub(crate) struct Plan {
     pub ns: Vec<Ns>,
-    index: BTreeMap<(Family, CompactString), usize>,
+    index: Namespaces,
     pub set: WriteSet,
 }
 
@@ -90,7 +93,7 @@ impl Plan {
     pub(super) fn adopt(
         &mut self,
         store: &Store,
-        theirs: &BTreeMap<(Family, CompactString), usize>,
+        theirs: &Namespaces,
     ) -> Result<Vec<usize>, StoreError> {
         let mut map: Vec<usize> = (0..=T_CLUSTER).collect();
         map.resize(
@@ -105,7 +108,7 @@ impl Plan {
 
     /// The dynamic namespaces this plan has named so far, with their
     /// indexes (for [`Plan::adopt`]).
-    pub(super) fn dynamic(&self) -> &BTreeMap<(Family, CompactString), usize> {
+    pub(super) fn dynamic(&self) -> &Namespaces {
         &self.index
     }
 
