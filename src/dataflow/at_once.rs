@@ -24,7 +24,7 @@ use super::symbols::{ByText, Sym};
 use crate::model::{EventTime, split_ident};
 use crate::spec::IdentityConfig;
 
-/// Maps keyed by a symbol's index (its `Hash` reads the shared table).
+/// Maps keyed by dense indexes.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// An identifier's cluster and whether it is a hub.
@@ -65,8 +65,9 @@ type Facts = SmallVec<[(EventTime, isize); 1]>;
 pub(crate) struct AtOnce {
     /// Updates of the time that completes next.
     pending: Vec<(LinkFact, isize)>,
-    /// Dense index by symbol index.
-    index: HashMap<u32, u32>,
+    /// Dense index by symbol index ([`NONE`]: not a node yet). Symbols are
+    /// numbered densely from 0, so a vector is a map without hashing.
+    index: Vec<u32>,
     nodes: Vec<Node>,
     /// Facts by pair of dense indexes, the smaller first; only pairs with a
     /// fact of positive multiplicity are live.
@@ -147,8 +148,14 @@ impl AtOnce {
     /// The dense index of `x`, a new node when first seen.
     fn node(&mut self, x: Sym, config: &IdentityConfig) -> u32 {
         let next = self.nodes.len() as u32;
-        let i = *self.index.entry(x.index()).or_insert(next);
-        if i == next {
+        let at = x.index() as usize;
+        if at >= self.index.len() {
+            // Room for the symbols made since, and as many again.
+            self.index.resize((at + 1).max(2 * self.index.len()), NONE);
+        }
+        let i = self.index[at];
+        if i == NONE {
+            self.index[at] = next;
             self.nodes.push(Node {
                 sym: x,
                 limit: config.max_links_for(split_ident(x.text()).0),
@@ -158,6 +165,7 @@ impl AtOnce {
                 touched: 0,
                 affected: 0,
             });
+            return next;
         }
         i
     }

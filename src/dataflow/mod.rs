@@ -44,7 +44,7 @@ use crate::source::{Source, SourceError};
 use crate::spec::Plan;
 use at_once::Assignment;
 use collect::ToStore;
-use ops::{Names, Op, OpKind, RecKey, Retentions};
+use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
 use symbols::Sym;
@@ -548,6 +548,7 @@ fn rebuild(
         .collect();
     let retentions: Vec<Retentions> = plan.dataflows.iter().map(Retentions::new).collect();
     let mut chunk: Vec<Result<Change, String>> = Vec::with_capacity(REBUILD_CHUNK);
+    let mut last = LastKeyed::default();
     loop {
         {
             let mut shared = start
@@ -584,7 +585,7 @@ fn rebuild(
                     inputs.given.send((id, (cluster, of.hub)));
                     true
                 }
-                _ => load_op(inputs, &c, &by_name, &retentions, names)?,
+                _ => load_op(inputs, c, &by_name, &retentions, names, &mut last)?,
             };
             if !loaded && let Some(t) = tallier.as_deref_mut() {
                 t.inexact();
@@ -600,27 +601,28 @@ fn rebuild(
 /// longer in the plan).
 fn load_op(
     inputs: &mut driver::Inputs,
-    c: &Change,
+    c: Change,
     by_name: &BTreeMap<&str, usize>,
     retentions: &[Retentions],
     names: &Names,
+    last: &mut LastKeyed,
 ) -> Result<bool, DataflowError> {
-    let (dataflow, record) = match c {
+    let dataflow = match &c {
         Change::Node {
             dataflow,
-            record: Some(r),
+            record: Some(_),
             ..
         }
         | Change::Edge {
             dataflow,
-            record: Some(r),
+            record: Some(_),
             ..
         }
         | Change::Link {
             dataflow,
-            record: Some(r),
+            record: Some(_),
             ..
-        } => (dataflow, r),
+        } => dataflow,
         _ => return Ok(false),
     };
     // Contributions of a definition (or an edge type) that was removed
@@ -629,7 +631,22 @@ fn load_op(
         return Ok(false);
     };
     let Some((key, shard)) =
-        RecKey::of_change(c, names).map_err(|e| DataflowError::Rebuild(e.to_string()))?
+        RecKey::of_change(&c, names, last).map_err(|e| DataflowError::Rebuild(e.to_string()))?
+    else {
+        return Ok(false);
+    };
+    let (Change::Node {
+        record: Some(record),
+        ..
+    }
+    | Change::Edge {
+        record: Some(record),
+        ..
+    }
+    | Change::Link {
+        record: Some(record),
+        ..
+    }) = c
     else {
         return Ok(false);
     };
@@ -641,7 +658,7 @@ fn load_op(
         wm: i64::MIN,
         time: record.last_seen,
         retention,
-        kind: OpKind::Load(Box::new(record.clone())),
+        kind: OpKind::Load(Box::new(record)),
     });
     Ok(true)
 }

@@ -118,12 +118,17 @@ impl Names {
 
 impl RecKey {
     /// The key of a stored contribution, and the hash that decides its owner
-    /// (`model::shard`).
-    pub fn of_change(c: &Change, names: &Names) -> Result<Option<(RecKey, u64)>, TableFull> {
+    /// (`model::shard`). `last` remembers the previous contribution's first
+    /// identifier.
+    pub fn of_change(
+        c: &Change,
+        names: &Names,
+        last: &mut LastKeyed,
+    ) -> Result<Option<(RecKey, u64)>, TableFull> {
         Ok(match c {
             Change::Node { id, .. } => {
-                let h = shard::node(id);
-                Some((RecKey::Node(Sym::intern_hashed(id, h)?), h))
+                let (sym, h) = last.first(id)?;
+                Some((RecKey::Node(sym), h))
             }
             Change::Edge {
                 edge_type,
@@ -131,18 +136,63 @@ impl RecKey {
                 to,
                 ..
             } => match names.edge_type(edge_type) {
-                Some(t) => Some((
-                    RecKey::Edge(t, Sym::intern(from)?, Sym::intern(to)?),
-                    shard::edge(edge_type, from),
-                )),
+                Some(t) => {
+                    let (from_sym, _) = last.first(from)?;
+                    let h = last.edge_shard(t, || shard::edge(edge_type, from));
+                    Some((RecKey::Edge(t, from_sym, Sym::intern(to)?), h))
+                }
                 None => None,
             },
             Change::Link { a, b, .. } => Some((
-                RecKey::Link(Sym::intern(a)?, Sym::intern(b)?),
+                RecKey::Link(last.first(a)?.0, Sym::intern(b)?),
                 shard::link(a, b),
             )),
             _ => None,
         })
+    }
+}
+
+/// The first identifier of the last stored contribution keyed (a node's,
+/// an edge's source, a link's first end), interned, with its hashes. Stored
+/// records come in key order, so an edge record's items name their source
+/// one after another, as a node's contributions by several dataflows name
+/// the node: each is interned and hashed once.
+#[derive(Default)]
+pub(crate) struct LastKeyed {
+    text: CompactString,
+    /// Its symbol and `shard::node` hash; `None` before the first.
+    sym: Option<(Sym, u64)>,
+    /// The edge type it was last the source of, and that edge's shard.
+    edge: Option<(u16, u64)>,
+}
+
+impl LastKeyed {
+    /// `text` interned, with its `shard::node` hash.
+    fn first(&mut self, text: &str) -> Result<(Sym, u64), TableFull> {
+        if let Some(known) = self.sym
+            && self.text == text
+        {
+            return Ok(known);
+        }
+        let h = shard::node(text);
+        let known = (Sym::intern_hashed(text, h)?, h);
+        self.text = CompactString::from(text);
+        self.sym = Some(known);
+        self.edge = None;
+        Ok(known)
+    }
+
+    /// The shard of an edge of type `t` from the identifier last given to
+    /// [`LastKeyed::first`] (`hash` computes it when not known).
+    fn edge_shard(&mut self, t: u16, hash: impl FnOnce() -> u64) -> u64 {
+        match self.edge {
+            Some((known, h)) if known == t => h,
+            _ => {
+                let h = hash();
+                self.edge = Some((t, h));
+                h
+            }
+        }
     }
 }
 
@@ -541,6 +591,62 @@ mod tests {
             .map(|s| RecKey::Node(*s).local_hash() >> 57)
             .collect();
         assert_eq!(tags.len(), 128);
+    }
+
+    /// Keying stored contributions one after another (remembering the
+    /// last first identifier) gives what keying each alone gives, over runs
+    /// of one source's items, a node's several dataflows, edge types and
+    /// links in any order.
+    #[test]
+    fn keying_in_sequence_equals_keying_each_alone() {
+        use rand::{RngExt, SeedableRng};
+        let names = Names {
+            dataflows: vec!["d".into()],
+            edge_types: vec!["played".into(), "watched".into()],
+            reverse: vec![false, true],
+            one_source: vec![true, true],
+        };
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
+        let mut last = LastKeyed::default();
+        let mut distinct_firsts = std::collections::BTreeSet::new();
+        for _ in 0..5_000 {
+            let pick = |rng: &mut rand::rngs::Xoshiro256PlusPlus, ty: &str| -> CompactString {
+                format!("{ty}:seq-{}", rng.random_range(0..4)).into()
+            };
+            let c = match rng.random_range(0..4) {
+                0 => Change::Node {
+                    id: pick(&mut rng, "account"),
+                    dataflow: "d".into(),
+                    record: None,
+                },
+                1 | 2 => Change::Edge {
+                    edge_type: ["played", "watched", "unknown"][rng.random_range(0..3)].into(),
+                    from: pick(&mut rng, "account"),
+                    to: pick(&mut rng, "title"),
+                    dataflow: "d".into(),
+                    reverse: false,
+                    record: None,
+                },
+                _ => Change::Link {
+                    a: pick(&mut rng, "account"),
+                    b: pick(&mut rng, "device"),
+                    dataflow: "d".into(),
+                    mirrored: false,
+                    record: None,
+                },
+            };
+            let alone = RecKey::of_change(&c, &names, &mut LastKeyed::default()).unwrap();
+            let seq = RecKey::of_change(&c, &names, &mut last).unwrap();
+            assert_eq!(seq, alone, "{c:?}");
+            if let Some((RecKey::Edge(_, from, _) | RecKey::Link(from, _), _)) = seq {
+                distinct_firsts.insert(from);
+            }
+        }
+        assert_eq!(
+            distinct_firsts.len(),
+            4,
+            "the sequence repeats and changes sources"
+        );
     }
 
     #[test]

@@ -328,6 +328,21 @@ impl Decoded {
     pub(crate) fn add_id(&mut self, node_type: &str, id: impl std::fmt::Display) -> IdIndex {
         let start = self.text.len();
         push_ident(&mut self.text, node_type, id);
+        self.settle_id(start)
+    }
+
+    /// [`Decoded::add_id`] of a text id, copied without formatting.
+    pub(crate) fn add_id_str(&mut self, node_type: &str, id: &str) -> IdIndex {
+        let start = self.text.len();
+        self.text.push_str(node_type);
+        self.text.push(':');
+        self.text.push_str(id);
+        self.settle_id(start)
+    }
+
+    /// The index of the identifier just appended from `start`: an earlier
+    /// one's if the event named it already (the text appended is dropped).
+    fn settle_id(&mut self, start: usize) -> IdIndex {
         let added = self.text.get(start..).unwrap_or_default();
         let found = (0..self.ends.len()).find(|&i| self.id(i as IdIndex) == added);
         match found {
@@ -577,7 +592,7 @@ fn read_id(
             path.text,
             s.len()
         )),
-        Some(FieldRef::Str(s)) => Ok(Some(out.add_id(node_type, s))),
+        Some(FieldRef::Str(s)) => Ok(Some(out.add_id_str(node_type, s))),
         Some(FieldRef::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(out.add_id(node_type, n))),
         Some(other) => Err(format!(
             "field `{}` must be a string or an integer id, found {}",
