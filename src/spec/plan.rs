@@ -343,8 +343,14 @@ impl Decoded {
     /// The index of the identifier just appended from `start`: an earlier
     /// one's if the event named it already (the text appended is dropped).
     fn settle_id(&mut self, start: usize) -> IdIndex {
-        let added = self.text.get(start..).unwrap_or_default();
-        let found = (0..self.ends.len()).find(|&i| self.id(i as IdIndex) == added);
+        let text = self.text.as_bytes();
+        let added = text.get(start..).unwrap_or_default();
+        let mut from = 0;
+        let found = self.ends.iter().position(|&end| {
+            let same = end - from == added.len() && text.get(from..end) == Some(added);
+            from = end;
+            same
+        });
         match found {
             Some(i) => {
                 self.text.truncate(start);
