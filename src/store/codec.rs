@@ -46,7 +46,7 @@ impl std::fmt::Display for CodecError {
 pub fn push_bytes(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     let mut rest = s;
-    while let Some(pos) = rest.iter().position(|&b| b == ESC) {
+    while let Some(pos) = memchr::memchr(ESC, rest) {
         out.extend_from_slice(&rest[..pos]);
         out.extend_from_slice(&[ESC, ESC_ZERO]);
         rest = &rest[pos + 1..];
@@ -79,7 +79,7 @@ pub fn encode(segments: &[&str]) -> Vec<u8> {
 pub fn segment_len(key: &[u8]) -> Result<usize, CodecError> {
     let mut i = 0;
     loop {
-        match key[i..].iter().position(|&b| b == ESC) {
+        match memchr::memchr(ESC, &key[i..]) {
             None => return Err(CodecError("string segment without terminator")),
             Some(p) => {
                 let at = i + p;
@@ -125,7 +125,7 @@ impl<'a> Decoder<'a> {
         }
         let mut out = Vec::with_capacity(enc.len());
         let mut rest = enc;
-        while let Some(pos) = rest.iter().position(|&b| b == ESC) {
+        while let Some(pos) = memchr::memchr(ESC, rest) {
             // `segment_len` guarantees an `ESC_ZERO` follows inside `enc`.
             out.extend_from_slice(&rest[..pos]);
             out.push(ESC);
