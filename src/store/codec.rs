@@ -45,6 +45,14 @@ impl std::fmt::Display for CodecError {
 /// Appends one encoded byte-string segment (escaped, terminated) to `out`.
 pub fn push_bytes(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
+    // Text rarely holds the escape byte: a short segment is copied whole
+    // (std's word-at-a-time search; the memchr crate's dispatch costs more
+    // than it saves below a few dozen bytes).
+    if s.len() < 64 && !s.contains(&ESC) {
+        out.extend_from_slice(s);
+        out.extend_from_slice(&[ESC, ESC_END]);
+        return;
+    }
     let mut rest = s;
     while let Some(pos) = memchr::memchr(ESC, rest) {
         out.extend_from_slice(&rest[..pos]);
