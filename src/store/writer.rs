@@ -44,6 +44,10 @@ pub(super) type Namespaces = BTreeMap<(Family, CompactString), usize>;
 pub(crate) struct Plan {
     pub ns: Vec<Ns>,
     index: Namespaces,
+    /// The same as `index`, searched by family and `&str` without making a
+    /// key: a plan names a handful of namespaces, and every change looks
+    /// its own up (a map's search cost ~400 instructions a change).
+    names: Vec<(Family, CompactString, usize)>,
     pub set: WriteSet,
 }
 
@@ -58,6 +62,7 @@ impl Plan {
                 inner.cluster.clone(),
             ],
             index: BTreeMap::new(),
+            names: Vec::new(),
             set: WriteSet::default(),
         }
     }
@@ -69,7 +74,7 @@ impl Plan {
         family: Family,
         name: &str,
     ) -> Result<usize, StoreError> {
-        if let Some(&i) = self.index.get(&(family, CompactString::from(name))) {
+        if let Some(i) = self.named(family, name) {
             return Ok(i);
         }
         let ns = store.dyn_tree_or_create(family, name)?;
@@ -78,7 +83,7 @@ impl Plan {
 
     /// The index of `family/name` if that namespace exists.
     fn get_existing(&mut self, store: &Store, family: Family, name: &str) -> Option<usize> {
-        if let Some(&i) = self.index.get(&(family, CompactString::from(name))) {
+        if let Some(i) = self.named(family, name) {
             return Some(i);
         }
         let ns = store.dyn_tree(family, name)?;
@@ -112,10 +117,19 @@ impl Plan {
         &self.index
     }
 
+    /// The index of `family/name` if this plan has named it.
+    fn named(&self, family: Family, name: &str) -> Option<usize> {
+        self.names
+            .iter()
+            .find(|(f, n, _)| *f == family && n.as_str() == name)
+            .map(|&(_, _, i)| i)
+    }
+
     fn push(&mut self, family: Family, name: &str, ns: Ns) -> usize {
         let i = self.ns.len();
         self.ns.push(ns);
         self.index.insert((family, name.into()), i);
+        self.names.push((family, name.into(), i));
         i
     }
 
