@@ -33,8 +33,17 @@ pub const MAX_IDENT_BYTES: usize = 4096;
 /// Builds the `type:id` form of an identifier.
 pub fn ident(node_type: &str, id: &str) -> Ident {
     let mut s = CompactString::with_capacity(node_type.len() + 1 + id.len());
-    push_ident(&mut s, node_type, id);
+    push_ident_str(&mut s, node_type, id);
     s
+}
+
+/// [`push_ident`] of a text id, copied as it is (no formatting on the
+/// decoder's path, where most ids are text).
+pub fn push_ident_str(out: &mut impl std::fmt::Write, node_type: &str, id: &str) {
+    // Writing into a string cannot fail.
+    let _ = out.write_str(node_type);
+    let _ = out.write_char(':');
+    let _ = out.write_str(id);
 }
 
 /// Appends the `type:id` form of an identifier to `out` (`id` as it

@@ -169,7 +169,7 @@ pub fn ident(node_type: &str, id: &str, max: usize) -> Result<String, ApiError> 
         )));
     }
     let mut ident = String::with_capacity(len);
-    crate::model::push_ident(&mut ident, node_type, id);
+    crate::model::push_ident_str(&mut ident, node_type, id);
     Ok(ident)
 }
 

@@ -14,7 +14,7 @@ use compact_str::CompactString;
 use serde_json::Value;
 
 use super::decode::{EventView, FieldRef, FieldSet, Fields};
-use crate::model::{EventTime, MAX_IDENT_BYTES, push_ident, split_ident};
+use crate::model::{EventTime, MAX_IDENT_BYTES, push_ident, push_ident_str, split_ident};
 
 /// All definitions of a folder plus the global settings from `rdg.toml`.
 #[derive(Clone, Debug)]
@@ -334,9 +334,7 @@ impl Decoded {
     /// [`Decoded::add_id`] of a text id, copied without formatting.
     pub(crate) fn add_id_str(&mut self, node_type: &str, id: &str) -> IdIndex {
         let start = self.text.len();
-        self.text.push_str(node_type);
-        self.text.push(':');
-        self.text.push_str(id);
+        push_ident_str(&mut self.text, node_type, id);
         self.settle_id(start)
     }
 
