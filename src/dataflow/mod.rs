@@ -601,52 +601,38 @@ fn rebuild(
 /// longer in the plan).
 fn load_op(
     inputs: &mut driver::Inputs,
-    c: Change,
+    mut c: Change,
     by_name: &BTreeMap<&str, usize>,
     retentions: &[Retentions],
     names: &Names,
     last: &mut LastKeyed,
 ) -> Result<bool, DataflowError> {
-    let dataflow = match &c {
+    let (i, record) = match &mut c {
         Change::Node {
-            dataflow,
-            record: Some(_),
-            ..
+            dataflow, record, ..
         }
         | Change::Edge {
-            dataflow,
-            record: Some(_),
-            ..
+            dataflow, record, ..
         }
         | Change::Link {
-            dataflow,
-            record: Some(_),
-            ..
-        } => dataflow,
+            dataflow, record, ..
+        } => {
+            let Some(r) = record.take() else {
+                return Ok(false);
+            };
+            // Contributions of a definition (or an edge type) that was
+            // removed stay in the store untouched; nothing in memory needs
+            // them.
+            let Some(&i) = by_name.get(dataflow.as_str()) else {
+                return Ok(false);
+            };
+            (i, r)
+        }
         _ => return Ok(false),
     };
-    // Contributions of a definition (or an edge type) that was removed
-    // stay in the store untouched; nothing in memory needs them.
-    let Some(&i) = by_name.get(dataflow.as_str()) else {
-        return Ok(false);
-    };
+    // Keyed without its record (moved out above: the key reads only names).
     let Some((key, shard)) =
         RecKey::of_change(&c, names, last).map_err(|e| DataflowError::Rebuild(e.to_string()))?
-    else {
-        return Ok(false);
-    };
-    let (Change::Node {
-        record: Some(record),
-        ..
-    }
-    | Change::Edge {
-        record: Some(record),
-        ..
-    }
-    | Change::Link {
-        record: Some(record),
-        ..
-    }) = c
     else {
         return Ok(false);
     };
