@@ -99,7 +99,7 @@ impl Encoder {
         self.plan.set.normalize();
         let packed = Packed::of(&self.plan.set).map_err(|e| self.store.engine_err(e))?;
         self.plan.set.clear();
-        let names = self.plan.dynamic().clone();
+        let names = self.plan.dynamic();
         let mut inbox = lock(&self.inbox);
         if wait {
             while inbox.bound > 0 && inbox.bytes > inbox.bound && !inbox.closed {

@@ -43,10 +43,9 @@ pub(super) type Namespaces = BTreeMap<(Family, CompactString), usize>;
 /// Encoded writes and the namespaces they go to.
 pub(crate) struct Plan {
     pub ns: Vec<Ns>,
-    index: Namespaces,
-    /// The same as `index`, searched by family and `&str` without making a
-    /// key: a plan names a handful of namespaces, and every change looks
-    /// its own up (a map's search cost ~400 instructions a change).
+    /// The dynamic namespaces named so far, with their indexes: a short
+    /// list searched by family and `&str` without making a key (every
+    /// change looks its own up; a map's search cost ~400 instructions).
     names: Vec<(Family, CompactString, usize)>,
     pub set: WriteSet,
 }
@@ -61,7 +60,6 @@ impl Plan {
                 inner.id.clone(),
                 inner.cluster.clone(),
             ],
-            index: BTreeMap::new(),
             names: Vec::new(),
             set: WriteSet::default(),
         }
@@ -113,8 +111,11 @@ impl Plan {
 
     /// The dynamic namespaces this plan has named so far, with their
     /// indexes (for [`Plan::adopt`]).
-    pub(super) fn dynamic(&self) -> &Namespaces {
-        &self.index
+    pub(super) fn dynamic(&self) -> Namespaces {
+        self.names
+            .iter()
+            .map(|(family, name, i)| ((*family, name.clone()), *i))
+            .collect()
     }
 
     /// The index of `family/name` if this plan has named it.
@@ -128,7 +129,6 @@ impl Plan {
     fn push(&mut self, family: Family, name: &str, ns: Ns) -> usize {
         let i = self.ns.len();
         self.ns.push(ns);
-        self.index.insert((family, name.into()), i);
         self.names.push((family, name.into(), i));
         i
     }
