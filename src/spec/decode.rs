@@ -18,6 +18,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value};
@@ -277,8 +278,7 @@ impl<'de, 's> Visitor<'de> for LevelSeed<'s, 'de> {
             }
             match (child.slot, &child.below) {
                 (Some(slot), None) => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    slots[slot] = Some(slot_of_raw(raw).map_err(serde::de::Error::custom)?);
+                    slots[slot] = Some(map.next_value_seed(SlotSeed)?);
                 }
                 (None, Some(below)) => {
                     map.next_value_seed(LevelSeed {
@@ -288,8 +288,14 @@ impl<'de, 's> Visitor<'de> for LevelSeed<'s, 'de> {
                     })?;
                 }
                 (Some(slot), Some(below)) => {
+                    // Wanted itself and below: read twice from its text.
                     let raw: &'de RawValue = map.next_value()?;
-                    slots[slot] = Some(slot_of_raw(raw).map_err(serde::de::Error::custom)?);
+                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    slots[slot] = Some(
+                        SlotSeed
+                            .deserialize(&mut de)
+                            .map_err(serde::de::Error::custom)?,
+                    );
                     let mut de = serde_json::Deserializer::from_str(raw.get());
                     LevelSeed {
                         level: below,
@@ -360,24 +366,68 @@ impl<'de, 's> Visitor<'de> for KeySeed<'s> {
     }
 }
 
-/// Interprets one raw JSON value the way `serde_json::Value` would.
-fn slot_of_raw(raw: &RawValue) -> Result<Slot<'_>, serde_json::Error> {
-    let text = raw.get();
-    Ok(match text.as_bytes().first() {
-        Some(b'"') => {
-            let inner = &text[1..text.len().saturating_sub(1).max(1)];
-            if inner.contains('\\') {
-                Slot::Str(Cow::Owned(serde_json::from_str::<String>(text)?))
-            } else {
-                Slot::Str(Cow::Borrowed(inner))
-            }
-        }
-        Some(b't') => Slot::Bool(true),
-        Some(b'f') => Slot::Bool(false),
-        Some(b'n') => Slot::Null,
-        Some(b'{') | Some(b'[') => Slot::Complex(serde_json::from_str(text)?),
-        _ => Slot::Number(serde_json::from_str(text)?),
-    })
+/// Reads one wanted value into a [`Slot`] as `serde_json::Value`'s own
+/// visitor reads it: numbers through `Number`'s conversions, `null` as
+/// null, objects and arrays into a `Value` by `Value`'s deserializer. A
+/// string serde_json hands over unescaped is borrowed from the input; one
+/// with escapes arrives decoded and is owned. One pass over the value's
+/// bytes: no raw text kept and read again.
+struct SlotSeed;
+
+impl<'de> DeserializeSeed<'de> for SlotSeed {
+    type Value = Slot<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Slot<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SlotSeed {
+    type Value = Slot<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Slot<'de>, E> {
+        Ok(Slot::Bool(b))
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Slot<'de>, E> {
+        Ok(Slot::Number(n.into()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Slot<'de>, E> {
+        Ok(Slot::Number(n.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Slot<'de>, E> {
+        // As `Value` does: a float JSON cannot hold is null.
+        Ok(Number::from_f64(n).map_or(Slot::Null, Slot::Number))
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Slot<'de>, E> {
+        Ok(Slot::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Slot<'de>, E> {
+        Ok(Slot::Str(Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Slot<'de>, E> {
+        Ok(Slot::Str(Cow::Owned(s)))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Slot<'de>, E> {
+        Ok(Slot::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Slot<'de>, E> {
+        Ok(Slot::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Slot<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Slot<'de>, A::Error> {
+        let d = serde::de::value::SeqAccessDeserializer::new(seq);
+        Ok(Slot::Complex(Value::deserialize(d)?))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Slot<'de>, A::Error> {
+        let d = serde::de::value::MapAccessDeserializer::new(map);
+        Ok(Slot::Complex(Value::deserialize(d)?))
+    }
 }
 
 #[cfg(test)]
