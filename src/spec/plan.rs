@@ -14,7 +14,7 @@ use compact_str::CompactString;
 use serde_json::Value;
 
 use super::decode::{EventView, FieldRef, FieldSet, Fields};
-use crate::model::{EventTime, MAX_IDENT_BYTES, push_ident, push_ident_str, split_ident};
+use crate::model::{EventTime, MAX_IDENT_BYTES, push_ident, push_ident_str};
 
 /// All definitions of a folder plus the global settings from `rdg.toml`.
 #[derive(Clone, Debug)]
@@ -566,8 +566,13 @@ impl DataflowPlan {
             let present = &mut scratch.ids;
             present.clear();
             for idref in &r.ids {
+                // The id's value follows `type:` (a type name has no `:`).
                 if let Some(id) = read_id(&idref.node_type, &idref.path, event, r.required, out)?
-                    && !identity.blocklist.contains(split_ident(out.id(id)).1)
+                    && !identity.blocklist.contains(
+                        out.id(id)
+                            .get(idref.node_type.len() + 1..)
+                            .unwrap_or_default(),
+                    )
                 {
                     present.push(id);
                 }
