@@ -513,19 +513,44 @@ mod tests {
 /// holds a key without asking: nodes by id, edges by (type, source node) so
 /// a node's out-edges of one type live together, links by the pair.
 pub mod shard {
-    fn fnv1a(parts: &[&str]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (i, p) in parts.iter().enumerate() {
-            if i > 0 {
-                h ^= 0xff;
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            for &b in p.as_bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
+    const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// FNV-1a of `bytes`, continuing from `h`.
+    fn more(mut h: u64, bytes: &[u8]) -> u64 {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
         }
         h
+    }
+
+    /// FNV-1a over `parts`, each after the first preceded by the byte 0xff.
+    fn fnv1a(parts: &[&str]) -> u64 {
+        let mut h = BASIS;
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                h = more(h, &[0xff]);
+            }
+            h = more(h, p.as_bytes());
+        }
+        h
+    }
+
+    /// [`edge`]'s hash taken over the edge type once, to be finished per
+    /// source node: a dataflow hashes many edges of a few types.
+    #[derive(Clone, Copy, Debug)]
+    pub struct EdgeSeed(u64);
+
+    impl EdgeSeed {
+        pub fn new(edge_type: &str) -> EdgeSeed {
+            EdgeSeed(more(more(BASIS, edge_type.as_bytes()), &[0xff]))
+        }
+
+        /// `edge(edge_type, from)`.
+        pub fn edge(self, from: &str) -> u64 {
+            more(self.0, from.as_bytes())
+        }
     }
 
     /// The hash of a node record's key.
@@ -535,7 +560,7 @@ pub mod shard {
 
     /// The hash of an edge record's key: its type and source node only.
     pub fn edge(edge_type: &str, from: &str) -> u64 {
-        fnv1a(&[edge_type, from])
+        EdgeSeed::new(edge_type).edge(from)
     }
 
     /// The hash of an identity link's key.

@@ -284,6 +284,8 @@ pub(crate) struct Feeder {
     plan: DataflowPlan,
     /// Edge type index of every edge rule.
     edge_types: Vec<u16>,
+    /// Every edge rule's shard hash over its type, to finish per edge.
+    edge_seeds: Vec<shard::EdgeSeed>,
     /// Largest event time read so far (`i64::MIN`: none).
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
@@ -297,9 +299,15 @@ impl Feeder {
             .iter()
             .map(|r| names.edge_type(&r.edge_type).unwrap_or(u16::MAX))
             .collect();
+        let edge_seeds = plan
+            .edges
+            .iter()
+            .map(|r| shard::EdgeSeed::new(&r.edge_type))
+            .collect();
         Feeder {
             plan,
             edge_types,
+            edge_seeds,
             watermark,
             scratch: Vec::new(),
         }
@@ -338,7 +346,7 @@ impl Feeder {
         for (rule, from, to, props) in edges.drain(..) {
             let r = &self.plan.edges[rule];
             let key = RecKey::Edge(self.edge_types[rule], ids.get(from).0, ids.get(to).0);
-            let h = shard::edge(&r.edge_type, ev.id(from));
+            let h = self.edge_seeds[rule].edge(ev.id(from));
             push_scratch(&mut self.scratch, key, h, r.retention, props);
         }
         ev.edges = edges;
