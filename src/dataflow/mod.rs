@@ -44,7 +44,7 @@ use crate::source::{Source, SourceError};
 use crate::spec::Plan;
 use at_once::Assignment;
 use collect::ToStore;
-use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retentions};
+use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retention, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
 use symbols::Sym;
@@ -643,7 +643,7 @@ fn load_op(
         seq: 0,
         wm: i64::MIN,
         time: record.last_seen,
-        retention,
+        retention: Retention::new(retention),
         kind: OpKind::Load(Box::new(record)),
     });
     Ok(true)

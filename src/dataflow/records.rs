@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::ops::{Op, OpKind, RecKey};
+use super::ops::{Op, OpKind, RecKey, Retention};
 use crate::model::Record;
 
 /// Hash maps of the fold, placed by [`RecKey::local_hash`] as it is:
@@ -80,11 +80,7 @@ struct Entry {
 /// A retention that never ends a record. A rule's retention of `u64::MAX` ms
 /// (585 million years) is the same as none: its deadline saturates at
 /// `i64::MAX`, which no watermark reaches.
-const NEVER: u64 = u64::MAX;
-
-fn retention_of(r: Option<u64>) -> u64 {
-    r.unwrap_or(NEVER)
-}
+const NEVER: u64 = Retention::NONE.ms();
 
 impl Entry {
     /// Stands in for a record while it is taken out of its slot.
@@ -481,13 +477,13 @@ fn apply_group(mut cur: Option<Entry>, ops: &mut [Op]) -> (Option<Entry>, bool, 
             OpKind::Load(rec) => {
                 cur = Some(Entry {
                     rec: *rec,
-                    retention: retention_of(op.retention),
+                    retention: op.retention.ms(),
                     since: None,
                 });
                 changed = true;
             }
             kind => {
-                if let Some(r) = op.retention
+                if let Some(r) = op.retention.get()
                     && deadline(op.time, r) <= op.wm
                 {
                     late += 1;
@@ -519,7 +515,7 @@ fn assert_record(cur: &mut Option<Entry>, op: &Op, props: compact_str::CompactSt
             }
             e.rec.first_seen = e.rec.first_seen.min(op.time);
             e.rec.last_seen = e.rec.last_seen.max(op.time);
-            e.retention = retention_of(op.retention);
+            e.retention = op.retention.ms();
         }
         None => {
             *cur = Some(Entry {
@@ -529,7 +525,7 @@ fn assert_record(cur: &mut Option<Entry>, op: &Op, props: compact_str::CompactSt
                     last_seen: op.time,
                     props,
                 },
-                retention: retention_of(op.retention),
+                retention: op.retention.ms(),
                 since: None,
             })
         }
@@ -553,7 +549,7 @@ mod tests {
             seq,
             wm,
             time,
-            retention,
+            retention: Retention::new(retention),
             kind,
         }
     }
@@ -692,7 +688,7 @@ mod tests {
             seq,
             wm: i64::MIN,
             time: 3,
-            retention: None,
+            retention: Retention::NONE,
             kind: OpKind::Load(Box::new(stored.clone())),
         };
         let (a, b) = (
@@ -744,10 +740,18 @@ mod tests {
         assert_eq!(std::mem::size_of::<Option<Emitted>>(), 16);
     }
 
+    /// Ops are sorted, exchanged and buffered by value: keep them small.
+    #[test]
+    fn an_op_takes_80_bytes() {
+        assert_eq!(std::mem::size_of::<Op>(), 80);
+    }
+
     /// A retention of `u64::MAX` ms ends nothing, as none does.
     #[test]
     fn the_longest_retention_is_none() {
-        assert_eq!(retention_of(Some(NEVER)), retention_of(None));
+        assert_eq!(Retention::new(Some(NEVER)), Retention::new(None));
+        assert_eq!(Retention::new(Some(NEVER)).get(), None);
+        assert_eq!(Retention::new(Some(10)).get(), Some(10));
         let mut r = Records::default();
         let mut ops = vec![op(
             "n:never",
@@ -893,7 +897,7 @@ mod tests {
                     seq,
                     wm: w,
                     time: w + rng.random_range(-300..200),
-                    retention: Some(400),
+                    retention: Retention::new(Some(400)),
                     kind,
                 });
             }
