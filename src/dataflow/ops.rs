@@ -311,6 +311,11 @@ pub(crate) struct Feeder {
     edge_types: Vec<u16>,
     /// Every edge rule's shard hash over its type, to finish per edge.
     edge_seeds: Vec<shard::EdgeSeed>,
+    /// Whether two rules can assert one record in one event (two node
+    /// rules of a type, two edge rules of a type, two identity rules: one
+    /// rule's records are distinct); only then is each of an event's
+    /// records looked for among those before it, to be merged.
+    repeats: bool,
     /// Largest event time read so far (`i64::MIN`: none).
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
@@ -319,7 +324,7 @@ pub(crate) struct Feeder {
 
 impl Feeder {
     pub fn new(plan: DataflowPlan, names: &Names, watermark: i64) -> Feeder {
-        let edge_types = plan
+        let edge_types: Vec<u16> = plan
             .edges
             .iter()
             .map(|r| names.edge_type(&r.edge_type).unwrap_or(u16::MAX))
@@ -329,10 +334,14 @@ impl Feeder {
             .iter()
             .map(|r| shard::EdgeSeed::new(&r.edge_type))
             .collect();
+        let repeats = has_repeats(plan.nodes.iter().map(|r| r.node_type.as_str()))
+            || has_repeats(edge_types.iter())
+            || plan.identity.len() > 1;
         Feeder {
             plan,
             edge_types,
             edge_seeds,
+            repeats,
             watermark,
             scratch: Vec::new(),
         }
@@ -359,6 +368,7 @@ impl Feeder {
             let (sym, h) = ids.get(id);
             push_scratch(
                 &mut self.scratch,
+                self.repeats,
                 RecKey::Node(sym),
                 h,
                 self.plan.nodes[rule].retention,
@@ -372,14 +382,15 @@ impl Feeder {
             let r = &self.plan.edges[rule];
             let key = RecKey::Edge(self.edge_types[rule], ids.get(from).0, ids.get(to).0);
             let h = self.edge_seeds[rule].edge(ev.id(from));
-            push_scratch(&mut self.scratch, key, h, r.retention, props);
+            push_scratch(&mut self.scratch, self.repeats, key, h, r.retention, props);
         }
         ev.edges = edges;
         for &(rule, a, b) in &ev.links {
             let key = RecKey::Link(ids.get(a).0, ids.get(b).0);
             let h = shard::link(ev.id(a), ev.id(b));
             let ret = self.plan.identity[rule].retention;
-            push_scratch(&mut self.scratch, key, h, ret, CompactString::default());
+            let props = CompactString::default();
+            push_scratch(&mut self.scratch, self.repeats, key, h, ret, props);
         }
         for (key, shard, retention, props) in self.scratch.drain(..) {
             let kind = if ev.delete {
@@ -518,22 +529,35 @@ impl EventSyms {
     }
 }
 
-/// Adds a record of the event, or merges its props into the same record
-/// asserted by an earlier rule (the first rule's retention stays).
+/// Adds a record of the event, or, when rules may `repeat` a record,
+/// merges its props into the same record asserted by an earlier rule (the
+/// first rule's retention stays).
 fn push_scratch(
     scratch: &mut Vec<(RecKey, u64, Option<u64>, CompactString)>,
+    repeat: bool,
     key: RecKey,
     shard: u64,
     retention: Option<u64>,
     props: CompactString,
 ) {
-    match scratch.iter_mut().find(|(k, ..)| *k == key) {
+    let earlier = if repeat {
+        scratch.iter_mut().find(|(k, ..)| *k == key)
+    } else {
+        None
+    };
+    match earlier {
         Some((_, _, _, old)) => {
             let merged = merge_props(vec![std::mem::take(old), props]);
             *old = merged;
         }
         None => scratch.push((key, shard, retention, props)),
     }
+}
+
+/// Whether any item occurs twice.
+fn has_repeats<T: Ord>(items: impl Iterator<Item = T>) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    items.into_iter().any(|x| !seen.insert(x))
 }
 
 /// Merges the props objects of several rules, later ones winning per key.
@@ -590,6 +614,56 @@ mod tests {
             assert_eq!(sym, Sym::intern(&text).unwrap(), "identifier {i}");
             assert_eq!(h, shard::node(&text), "identifier {i}");
         }
+    }
+
+    /// The ops of one event of `defs`' only dataflow: (key, props).
+    fn ops_of(defs: &str, event: &str) -> (bool, Vec<(RecKey, OpKind)>) {
+        let texts = [("d.toml".to_string(), defs.to_string())];
+        let plan = crate::spec::load_texts(std::path::Path::new("defs"), &texts).unwrap();
+        let names = Names::of(&plan);
+        let d = plan.dataflows[0].clone();
+        let mut ev = Decoded::default();
+        let mut scratch = crate::spec::DecodeScratch::default();
+        let verdict = d.decode_into(event.as_bytes(), &plan.identity, &mut scratch, &mut ev);
+        assert_eq!(verdict, crate::spec::Verdict::Event);
+        let mut feeder = Feeder::new(d, &names, i64::MIN);
+        let (mut cache, mut ids, mut out) = (SymCache::new(), EventSyms::default(), Vec::new());
+        ids.prepare(&ev, &cache);
+        feeder
+            .feed(&mut ev, &mut ids, 0, &mut cache, &mut out)
+            .unwrap();
+        let ops = out.into_iter().map(|op| (op.key, op.kind)).collect();
+        (feeder.repeats, ops)
+    }
+
+    /// Rules that can assert one record in one event (two node rules of a
+    /// type, two identity rules) make one op of it, props merged with the
+    /// later rule winning; a dataflow whose rules cannot is fed without
+    /// looking, and its records come out the same, once each.
+    #[test]
+    fn a_record_that_rules_repeat_is_one_op() {
+        let head = "[source]\ntopic = \"t\"\nevent_time = \"ts\"\n";
+        let node = |props: &str| {
+            format!("[[nodes]]\ntype = \"user\"\nid = \"uid\"\nprops = {{ {props} }}\n")
+        };
+        let edge = "[[edges]]\ntype = \"used\"\nfrom = { type = \"user\", id = \"uid\" }\nto = { type = \"device\", id = \"dev\" }\n";
+        let link = "[[identity]]\nids = [{ type = \"user\", id = \"uid\" }, { type = \"device\", id = \"dev\" }]\n";
+        let event = r#"{"ts":1,"uid":"u1","dev":"d1","a":"x","b":"y"}"#;
+        let once = format!("{head}{}{edge}{link}", node("a = \"a\""));
+        let twice = format!(
+            "{head}{}{}{edge}{link}{link}",
+            node("a = \"a\", b = \"a\""),
+            node("b = \"b\"")
+        );
+        let (repeats, single) = ops_of(&once, event);
+        assert!(!repeats);
+        let (repeats, merged) = ops_of(&twice, event);
+        assert!(repeats);
+        let keys = |ops: &[(RecKey, OpKind)]| ops.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(keys(&single), keys(&merged));
+        assert_eq!(single.len(), 3, "{single:?}");
+        assert_eq!(single[0].1, OpKind::Assert(r#"{"a":"x"}"#.into()));
+        assert_eq!(merged[0].1, OpKind::Assert(r#"{"a":"x","b":"y"}"#.into()));
     }
 
     #[test]
