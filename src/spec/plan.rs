@@ -707,9 +707,22 @@ fn props_json(
     CompactString::from(text.as_str())
 }
 
+/// The bytes a JSON string escapes: control characters, `"` and `\`.
+const ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// Appends `s` as a JSON string, escaped as serde_json escapes it.
 fn push_json_str(text: &mut String, s: &str) {
-    let needs_escape = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    let needs_escape = s.bytes().any(|b| ESCAPED[usize::from(b)]);
     if needs_escape {
         // Serializing a string into a String cannot fail.
         let _ = serde_json::to_writer(StringWriter(text), s);
@@ -809,6 +822,33 @@ mod tests {
                 assert_eq!(d.id(got), text);
             }
             assert_eq!(d.id_count(), reference.len());
+        }
+    }
+
+    /// A string is written as serde_json writes it: every character below
+    /// 0x80 alone and inside text, and random strings of them and others.
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        use rand::{RngExt, SeedableRng};
+        let same = |s: &str| {
+            let mut text = String::new();
+            push_json_str(&mut text, s);
+            assert_eq!(text, serde_json::to_string(s).unwrap(), "{s:?}");
+        };
+        for c in (0u8..0x80).map(char::from) {
+            same(&c.to_string());
+            same(&format!("ab{c}cd"));
+        }
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(9);
+        let chars = [
+            'a', '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', 'é', '\u{7f}', '/',
+        ];
+        for _ in 0..2_000 {
+            let n = rng.random_range(0..20);
+            let s: String = (0..n)
+                .map(|_| chars[rng.random_range(0..chars.len())])
+                .collect();
+            same(&s);
         }
     }
 
