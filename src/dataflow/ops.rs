@@ -226,9 +226,9 @@ pub(crate) struct Op {
 }
 
 /// A rule's retention in ms, in 8 bytes where `Option<u64>` takes 16 (an
-/// op is sorted, exchanged and buffered by value: 80 bytes instead of 88).
-/// `u64::MAX` ms (585 million years, a deadline past every watermark) is
-/// none, as in the fold's records.
+/// op is sorted, exchanged and buffered by value: 80 bytes instead of 88;
+/// the fold's records keep it too). `u64::MAX` ms (585 million years) is
+/// none: its deadline saturates at `i64::MAX`, which no watermark reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Retention(u64);
 
@@ -242,11 +242,6 @@ impl Retention {
     /// The retention in ms, `None` for none.
     pub fn get(self) -> Option<u64> {
         (self != Retention::NONE).then_some(self.0)
-    }
-
-    /// The retention in ms, `u64::MAX` for none.
-    pub const fn ms(self) -> u64 {
-        self.0
     }
 }
 
@@ -307,10 +302,9 @@ impl Retentions {
 /// Turns the decoded events of one dataflow into ops, keeping its watermark.
 pub(crate) struct Feeder {
     plan: DataflowPlan,
-    /// Edge type index of every edge rule.
-    edge_types: Vec<u16>,
-    /// Every edge rule's shard hash over its type, to finish per edge.
-    edge_seeds: Vec<shard::EdgeSeed>,
+    /// Every edge rule's type, as its index in the plan's edge types, and
+    /// its shard hash over that type, to finish per edge.
+    edges: Vec<(u16, shard::EdgeSeed)>,
     /// Whether two rules can assert one record in one event (two node
     /// rules of a type, two edge rules of a type, two identity rules: one
     /// rule's records are distinct); only then is each of an event's
@@ -319,28 +313,25 @@ pub(crate) struct Feeder {
     /// Largest event time read so far (`i64::MIN`: none).
     pub watermark: i64,
     /// The records of one event: key, owner hash, retention, props.
-    scratch: Vec<(RecKey, u64, Option<u64>, CompactString)>,
+    scratch: Vec<(RecKey, u64, Retention, CompactString)>,
 }
 
 impl Feeder {
     pub fn new(plan: DataflowPlan, names: &Names, watermark: i64) -> Feeder {
-        let edge_types: Vec<u16> = plan
+        let edges: Vec<(u16, shard::EdgeSeed)> = plan
             .edges
             .iter()
-            .map(|r| names.edge_type(&r.edge_type).unwrap_or(u16::MAX))
-            .collect();
-        let edge_seeds = plan
-            .edges
-            .iter()
-            .map(|r| shard::EdgeSeed::new(&r.edge_type))
+            .map(|r| {
+                let t = names.edge_type(&r.edge_type).unwrap_or(u16::MAX);
+                (t, shard::EdgeSeed::new(&r.edge_type))
+            })
             .collect();
         let repeats = has_repeats(plan.nodes.iter().map(|r| r.node_type.as_str()))
-            || has_repeats(edge_types.iter())
+            || has_repeats(edges.iter().map(|&(t, _)| t))
             || plan.identity.len() > 1;
         Feeder {
             plan,
-            edge_types,
-            edge_seeds,
+            edges,
             repeats,
             watermark,
             scratch: Vec::new(),
@@ -371,7 +362,7 @@ impl Feeder {
                 self.repeats,
                 RecKey::Node(sym),
                 h,
-                self.plan.nodes[rule].retention,
+                Retention::new(self.plan.nodes[rule].retention),
                 props,
             );
         }
@@ -380,15 +371,17 @@ impl Feeder {
         let mut edges = std::mem::take(&mut ev.edges);
         for (rule, from, to, props) in edges.drain(..) {
             let r = &self.plan.edges[rule];
-            let key = RecKey::Edge(self.edge_types[rule], ids.get(from).0, ids.get(to).0);
-            let h = self.edge_seeds[rule].edge(ev.id(from));
-            push_scratch(&mut self.scratch, self.repeats, key, h, r.retention, props);
+            let (t, seed) = self.edges[rule];
+            let key = RecKey::Edge(t, ids.get(from).0, ids.get(to).0);
+            let h = seed.edge(ev.id(from));
+            let ret = Retention::new(r.retention);
+            push_scratch(&mut self.scratch, self.repeats, key, h, ret, props);
         }
         ev.edges = edges;
         for &(rule, a, b) in &ev.links {
             let key = RecKey::Link(ids.get(a).0, ids.get(b).0);
             let h = shard::link(ev.id(a), ev.id(b));
-            let ret = self.plan.identity[rule].retention;
+            let ret = Retention::new(self.plan.identity[rule].retention);
             let props = CompactString::default();
             push_scratch(&mut self.scratch, self.repeats, key, h, ret, props);
         }
@@ -404,7 +397,7 @@ impl Feeder {
                 seq,
                 wm,
                 time: ev.time,
-                retention: Retention::new(retention),
+                retention,
                 kind,
             });
         }
@@ -533,11 +526,11 @@ impl EventSyms {
 /// merges its props into the same record asserted by an earlier rule (the
 /// first rule's retention stays).
 fn push_scratch(
-    scratch: &mut Vec<(RecKey, u64, Option<u64>, CompactString)>,
+    scratch: &mut Vec<(RecKey, u64, Retention, CompactString)>,
     repeat: bool,
     key: RecKey,
     shard: u64,
-    retention: Option<u64>,
+    retention: Retention,
     props: CompactString,
 ) {
     let earlier = if repeat {
@@ -616,7 +609,8 @@ mod tests {
         }
     }
 
-    /// The ops of one event of `defs`' only dataflow: (key, props).
+    /// Whether the feeder of `defs`' only dataflow looks for repeated
+    /// records, and the (key, kind) of the ops it makes of one event.
     fn ops_of(defs: &str, event: &str) -> (bool, Vec<(RecKey, OpKind)>) {
         let texts = [("d.toml".to_string(), defs.to_string())];
         let plan = crate::spec::load_texts(std::path::Path::new("defs"), &texts).unwrap();

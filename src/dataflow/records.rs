@@ -67,20 +67,15 @@ pub(crate) enum Folded {
 
 /// A live record of the dataflow on this worker: 72 bytes, 88 with its key
 /// in the map's slot (88 and 104 before `Emitted` became an enum and the
-/// retention a sentinel-coded `u64`; the fold's map is most of a replay's
-/// memory).
+/// retention a sentinel-coded `u64`, [`Retention`]; the fold's map is most
+/// of a replay's memory).
 struct Entry {
     rec: Record,
-    /// The rule's retention in ms; [`NEVER`]: none.
-    retention: u64,
+    /// The rule's retention, as its op carried it.
+    retention: Retention,
     /// What the record was at the last emission, if it changed since.
     since: Option<Emitted>,
 }
-
-/// A retention that never ends a record. A rule's retention of `u64::MAX` ms
-/// (585 million years) is the same as none: its deadline saturates at
-/// `i64::MAX`, which no watermark reaches.
-const NEVER: u64 = Retention::NONE.ms();
 
 impl Entry {
     /// Stands in for a record while it is taken out of its slot.
@@ -92,13 +87,13 @@ impl Entry {
                 last_seen: 0,
                 props: compact_str::CompactString::const_new(""),
             },
-            retention: NEVER,
+            retention: Retention::NONE,
             since: None,
         }
     }
 
     fn retention(&self) -> Option<u64> {
-        (self.retention != NEVER).then_some(self.retention)
+        self.retention.get()
     }
 
     fn deadline(&self) -> Option<i64> {
@@ -477,7 +472,7 @@ fn apply_group(mut cur: Option<Entry>, ops: &mut [Op]) -> (Option<Entry>, bool, 
             OpKind::Load(rec) => {
                 cur = Some(Entry {
                     rec: *rec,
-                    retention: op.retention.ms(),
+                    retention: op.retention,
                     since: None,
                 });
                 changed = true;
@@ -515,7 +510,7 @@ fn assert_record(cur: &mut Option<Entry>, op: &Op, props: compact_str::CompactSt
             }
             e.rec.first_seen = e.rec.first_seen.min(op.time);
             e.rec.last_seen = e.rec.last_seen.max(op.time);
-            e.retention = op.retention.ms();
+            e.retention = op.retention;
         }
         None => {
             *cur = Some(Entry {
@@ -525,7 +520,7 @@ fn assert_record(cur: &mut Option<Entry>, op: &Op, props: compact_str::CompactSt
                     last_seen: op.time,
                     props,
                 },
-                retention: op.retention.ms(),
+                retention: op.retention,
                 since: None,
             })
         }
@@ -749,8 +744,8 @@ mod tests {
     /// A retention of `u64::MAX` ms ends nothing, as none does.
     #[test]
     fn the_longest_retention_is_none() {
-        assert_eq!(Retention::new(Some(NEVER)), Retention::new(None));
-        assert_eq!(Retention::new(Some(NEVER)).get(), None);
+        assert_eq!(Retention::new(Some(u64::MAX)), Retention::new(None));
+        assert_eq!(Retention::new(Some(u64::MAX)).get(), None);
         assert_eq!(Retention::new(Some(10)).get(), Some(10));
         let mut r = Records::default();
         let mut ops = vec![op(
@@ -758,7 +753,7 @@ mod tests {
             0,
             i64::MIN,
             0,
-            Some(NEVER),
+            Some(u64::MAX),
             OpKind::Assert("".into()),
         )];
         r.apply_time(&mut ops, i64::MAX - 1);
