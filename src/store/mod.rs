@@ -167,7 +167,7 @@ pub use reader::Contributions;
 pub use view::{EdgeCursor, EdgePage, ReadView, Schema};
 pub use writer::PendingCommit;
 
-use engine::{Db, Ns, OpenConfig, OpenError, Snap};
+use engine::{Db, Ns, OpenConfig, OpenError, PointReads, Snap};
 
 #[cfg(test)]
 mod tests;
@@ -187,6 +187,19 @@ const TREE_META: &str = "meta";
 const TREE_LINK: &str = "identity/link";
 const TREE_ID: &str = "identity/id";
 const TREE_CLUSTER: &str = "identity/cluster";
+/// The point reads the namespace `name` serves (which filters its engine
+/// builds): the reader looks up a link's `(a, b)` entry from its `(b, a)`
+/// one (always there) and an identifier's cluster (absent for an identifier
+/// that no link names); `meta` is read by key at open. Every other
+/// namespace is read by prefix and range scans only.
+fn point_reads(name: &str) -> PointReads {
+    match name {
+        TREE_LINK => PointReads::Hits,
+        TREE_ID | TREE_META => PointReads::Misses,
+        _ => PointReads::None,
+    }
+}
+
 const PREFIX_NODE: &str = "node/";
 const PREFIX_EDGE: &str = "edge/";
 const PREFIX_EDGE_IN: &str = "edge_in/";
@@ -329,7 +342,7 @@ fn finish_from_redo(dir: &Path, db: &Db) -> Result<(), StoreError> {
     };
     let ns = names
         .iter()
-        .map(|name| db.namespace(name))
+        .map(|name| db.namespace(name, point_reads(name)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(engine_err)?;
     db.ingest(&ns, &set).map_err(engine_err)?;
@@ -946,15 +959,25 @@ impl Store {
                 .into_iter()
                 .find_map(|f| name.strip_prefix(f.prefix()).map(|rest| (f, rest)));
             if let Some((family, rest)) = family {
-                let ns = db.namespace(&name).map_err(engine_err)?;
+                let ns = db
+                    .namespace(&name, point_reads(&name))
+                    .map_err(engine_err)?;
                 has_data |= non_empty(&ns);
                 dyn_trees.map_mut(family).insert(rest.into(), ns);
             }
         }
-        let meta = db.namespace(TREE_META).map_err(engine_err)?;
-        let link = db.namespace(TREE_LINK).map_err(engine_err)?;
-        let id = db.namespace(TREE_ID).map_err(engine_err)?;
-        let cluster = db.namespace(TREE_CLUSTER).map_err(engine_err)?;
+        let meta = db
+            .namespace(TREE_META, point_reads(TREE_META))
+            .map_err(engine_err)?;
+        let link = db
+            .namespace(TREE_LINK, point_reads(TREE_LINK))
+            .map_err(engine_err)?;
+        let id = db
+            .namespace(TREE_ID, point_reads(TREE_ID))
+            .map_err(engine_err)?;
+        let cluster = db
+            .namespace(TREE_CLUSTER, point_reads(TREE_CLUSTER))
+            .map_err(engine_err)?;
         has_data |= non_empty(&meta) || non_empty(&link) || non_empty(&id) || non_empty(&cluster);
 
         check_format(dir, &db, &snap, &meta, (may_be_empty, has_data))?;
@@ -1120,7 +1143,9 @@ impl Store {
         db.namespace_names()
             .into_iter()
             .map(|name| {
-                let ns = db.namespace(&name).map_err(|e| self.engine_err(e))?;
+                let ns = db
+                    .namespace(&name, point_reads(&name))
+                    .map_err(|e| self.engine_err(e))?;
                 Ok((name, ns.sorted_runs()))
             })
             .collect()
@@ -1167,7 +1192,7 @@ impl Store {
         let tree = self
             .inner
             .db
-            .namespace(&tree_name)
+            .namespace(&tree_name, point_reads(&tree_name))
             .map_err(|e| self.engine_err(e))?;
         trees.map_mut(family).insert(name.into(), tree.clone());
         Ok(tree)

@@ -116,7 +116,11 @@ fn trees(store: &Store) -> Vec<(String, Ns)> {
         .namespace_names()
         .into_iter()
         .map(|name| {
-            let ns = store.inner.db.namespace(&name).expect("namespace");
+            let ns = store
+                .inner
+                .db
+                .namespace(&name, point_reads(&name))
+                .expect("namespace");
             (name, ns)
         })
         .collect()
@@ -436,7 +440,7 @@ fn bad_meta_values_are_refused_at_open(engine: Engine) {
         )
         .map_err(|_| "open")
         .expect("raw open");
-        db.namespace(TREE_META)
+        db.namespace(TREE_META, point_reads(TREE_META))
             .expect("meta")
             .raw_insert(key, &good);
         db.flush().expect("flush");
@@ -797,7 +801,13 @@ fn a_commit_cut_during_ingestion_is_finished_at_open() {
             }
             let ns: Vec<Ns> = names
                 .iter()
-                .map(|n| store.inner.db.namespace(n).expect("namespace"))
+                .map(|n| {
+                    store
+                        .inner
+                        .db
+                        .namespace(n, point_reads(n))
+                        .expect("namespace")
+                })
                 .collect();
             store.inner.db.ingest(&ns, &part).expect("ingest a part");
             // Views keep the state before the commit, however old their

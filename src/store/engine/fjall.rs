@@ -25,7 +25,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Sn
 
 use super::{
     Bound, BulkMethod, Bytes, EngineError, KvIter, MAX_KEY, Ns, OpenConfig, OpenError, Packed,
-    WriteSet,
+    PointReads, WriteSet,
 };
 
 /// fjall's background threads (flushes and compactions). One: with two
@@ -109,7 +109,7 @@ impl FjallDb {
             .collect()
     }
 
-    pub fn namespace(&self, name: &str) -> Result<Keyspace, EngineError> {
+    pub fn namespace(&self, name: &str, reads: PointReads) -> Result<Keyspace, EngineError> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(EngineError::Name(name.to_string()));
         }
@@ -123,7 +123,7 @@ impl FjallDb {
             // level. Level 0 and 1 uncompressed instead, so that only the
             // merge compresses: the same CPU (`scripts/ab-replay.sh`). A
             // keyspace keeps the policy it was created with.
-            KeyspaceCreateOptions::default()
+            let options = KeyspaceCreateOptions::default()
                 .compaction_strategy(Arc::new(
                     fjall::compaction::Leveled::default().with_l0_threshold(L0_RUNS),
                 ))
@@ -131,7 +131,15 @@ impl FjallDb {
                 .data_block_compression_policy(fjall::config::CompressionPolicy::new([
                     fjall::CompressionType::None,
                     fjall::CompressionType::Lz4,
-                ]))
+                ]));
+            // Filters only where a point read consults them: building one
+            // hashes every key of every table written (1.3–1.9% of a
+            // replay's instructions, docs/performance.md).
+            match reads {
+                PointReads::None => options.filter_policy(fjall::config::FilterPolicy::disabled()),
+                PointReads::Hits => options.expect_point_read_hits(true),
+                PointReads::Misses => options,
+            }
         })?)
     }
 
@@ -267,7 +275,8 @@ impl FjallDb {
     /// Deletes every keyspace.
     pub fn wipe(&self) -> Result<(), EngineError> {
         for name in self.namespace_names() {
-            let ks = self.namespace(&name)?;
+            // It exists: its filters are the ones it was created with.
+            let ks = self.namespace(&name, PointReads::Misses)?;
             self.db.delete_keyspace(ks)?;
         }
         self.flush()
@@ -377,4 +386,102 @@ pub(crate) fn range(s: &Snapshot, ks: &Keyspace, start: Bound<'_>) -> KvIter {
         Bound::Excluded(k) => (B::Excluded(k), B::Unbounded),
     };
     pairs(s.range::<&[u8], _>(ks, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fjall::config::FilterPolicyEntry;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    const KEYS: u32 = 20_000;
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("k{i:06}").into_bytes()
+    }
+
+    /// Asserts that every key of `0..KEYS` reads, in each of `ns`, as
+    /// `want` says: present with its value, or absent.
+    fn reads_as(db: &FjallDb, ns: &[Keyspace], want: &BTreeMap<Vec<u8>, Vec<u8>>, when: &str) {
+        let snap = db.snapshot();
+        for ks in ns {
+            for i in 0..KEYS {
+                let k = key(i);
+                let got = snap.get(ks, &k).expect("get").map(|v| v.to_vec());
+                assert_eq!(got.as_ref(), want.get(&k), "{} key {i} {when}", ks.name());
+            }
+        }
+    }
+
+    /// Namespaces created for each kind of point read answer every `get`,
+    /// of present and absent keys, as written, whichever way their tables
+    /// were written (a memtable flushed into level 0, ingested runs, the
+    /// merge of runs into the last level), before and after a reopen; and
+    /// the filters each records are the ones its kind asks for.
+    #[test]
+    fn point_reads_answer_as_written_whatever_the_filters() {
+        let kinds = [
+            ("none", PointReads::None),
+            ("hits", PointReads::Hits),
+            ("misses", PointReads::Misses),
+        ];
+        let config = OpenConfig {
+            cache_bytes: 1 << 20,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut want = BTreeMap::new();
+        {
+            let db = FjallDb::open(dir.path(), config, false).expect("open");
+            let ks: Vec<Keyspace> = kinds
+                .iter()
+                .map(|&(name, reads)| db.namespace(name, reads).expect("namespace"))
+                .collect();
+            let ns: Vec<Ns> = ks.iter().cloned().map(Ns::Fjall).collect();
+            for round in 0..3 {
+                let mut set = WriteSet::default();
+                for n in 0..2_000 {
+                    let k = key(rng.random_range(0..KEYS));
+                    let v = format!("v{round}-{n}").into_bytes();
+                    let (k_span, v_span) = (set.push(&k), set.push(&v));
+                    for i in 0..ns.len() {
+                        set.put(i, k_span, v_span);
+                    }
+                    want.insert(k, v);
+                }
+                set.normalize();
+                if round == 0 {
+                    db.write(&ns, &set).expect("write");
+                    for k in &ks {
+                        k.rotate_memtable_and_wait().expect("flush the memtable");
+                    }
+                } else {
+                    db.ingest(&ns, &set).expect("ingest");
+                }
+                reads_as(&db, &ks, &want, &format!("after round {round}"));
+            }
+            db.merge_runs(&ns).expect("merge the runs");
+            reads_as(&db, &ks, &want, "after the merge");
+            db.flush().expect("flush");
+        }
+        let db = FjallDb::open(dir.path(), config, false).expect("reopen");
+        let ks: Vec<Keyspace> = kinds
+            .iter()
+            // Asked for with the wrong kind: an existing namespace keeps its own.
+            .map(|&(name, _)| db.namespace(name, PointReads::Misses).expect("namespace"))
+            .collect();
+        reads_as(&db, &ks, &want, "after a reopen");
+        for (k, (name, reads)) in ks.iter().zip(kinds) {
+            let fjall::AnyTree::Standard(tree) = &k.tree else {
+                panic!("{name}: not a standard tree");
+            };
+            let policy = &tree.config.filter_policy;
+            let built = policy.iter().any(|e| *e != FilterPolicyEntry::None);
+            assert_eq!(built, reads != PointReads::None, "{name}: {policy:?}");
+        }
+    }
 }

@@ -206,6 +206,23 @@ impl Ns {
     }
 }
 
+/// What point reads (`get`) a namespace serves; it decides, when the
+/// namespace is created, which filters the engine builds for it (fjall's
+/// bloom filters: built for every table a flush, an ingestion or a
+/// compaction writes, and consulted only by point reads; sled has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointReads {
+    /// None: the namespace is read by scans only, so no filter is built.
+    None,
+    /// Only of keys that exist: filters above the last level (they spare a
+    /// point read the levels that do not hold its key), none on the last
+    /// one, where the key is found anyway.
+    Hits,
+    /// Of keys that may be absent: filters on every level (the engine's
+    /// default).
+    Misses,
+}
+
 /// Key-value pairs in key order.
 pub(crate) type KvIter = Box<dyn Iterator<Item = Result<(Bytes, Bytes), EngineError>> + Send>;
 
@@ -568,10 +585,11 @@ impl Db {
         }
     }
 
-    /// The namespace `name`, created if missing.
-    pub fn namespace(&self, name: &str) -> Result<Ns, EngineError> {
+    /// The namespace `name`, created if missing (with filters for `reads`;
+    /// an existing namespace keeps the ones it was created with).
+    pub fn namespace(&self, name: &str, reads: PointReads) -> Result<Ns, EngineError> {
         match self {
-            Db::Fjall(db) => db.namespace(name).map(Ns::Fjall),
+            Db::Fjall(db) => db.namespace(name, reads).map(Ns::Fjall),
             Db::Sled(db) => db.namespace(name).map(Ns::Sled),
         }
     }
@@ -860,7 +878,7 @@ mod tests {
     /// keys after it in byte order.
     #[test]
     fn reads_with_keys_longer_than_any_stored_key_answer_what_they_mean() {
-        use super::{Bound, Db, Engine, OpenConfig};
+        use super::{Bound, Db, Engine, OpenConfig, PointReads};
         for engine in [Engine::Fjall, Engine::Sled] {
             let dir = tempfile::tempdir().expect("tempdir");
             let db = Db::open(
@@ -872,7 +890,7 @@ mod tests {
                 false,
             )
             .expect("open");
-            let ns = db.namespace("t").expect("namespace");
+            let ns = db.namespace("t", PointReads::Misses).expect("namespace");
             let mut set = WriteSet::default();
             for k in [&b"a"[..], b"b", b"bb", b"c"] {
                 let key = set.push(k);
