@@ -85,6 +85,12 @@ pub fn encode(segments: &[&str]) -> Vec<u8> {
 /// The length of the first encoded string segment of `key`, terminator
 /// included: `key[..n]` is that segment's encoding.
 pub fn segment_len(key: &[u8]) -> Result<usize, CodecError> {
+    segment(key).map(|(len, _)| len)
+}
+
+/// The length of the first segment of `key` (terminator included), and
+/// whether it holds an escaped byte.
+fn segment(key: &[u8]) -> Result<(usize, bool), CodecError> {
     let mut i = 0;
     loop {
         match memchr::memchr(ESC, &key[i..]) {
@@ -92,7 +98,7 @@ pub fn segment_len(key: &[u8]) -> Result<usize, CodecError> {
             Some(p) => {
                 let at = i + p;
                 match key.get(at + 1) {
-                    Some(&ESC_END) => return Ok(at + 2),
+                    Some(&ESC_END) => return Ok((at + 2, i > 0)),
                     Some(&ESC_ZERO) => i = at + 2,
                     Some(_) => return Err(CodecError("invalid escape in string segment")),
                     None => return Err(CodecError("string segment without terminator")),
@@ -125,10 +131,12 @@ impl<'a> Decoder<'a> {
 
     /// Decodes the next byte-string segment (borrowed when it has no escapes).
     pub fn bytes(&mut self) -> Result<Cow<'a, [u8]>, CodecError> {
-        let n = segment_len(self.rest)?;
+        // One scan finds the terminator and tells whether anything before
+        // it was escaped.
+        let (n, escaped) = segment(self.rest)?;
         let enc = &self.rest[..n - 2];
         self.rest = &self.rest[n..];
-        if !enc.contains(&ESC) {
+        if !escaped {
             return Ok(Cow::Borrowed(enc));
         }
         let mut out = Vec::with_capacity(enc.len());
