@@ -200,6 +200,12 @@ fn point_reads(name: &str) -> PointReads {
     }
 }
 
+/// The namespace `name` of `db`, created if missing with the filters its
+/// point reads need.
+fn namespace(db: &Db, name: &str) -> Result<Ns, engine::EngineError> {
+    db.namespace(name, point_reads(name))
+}
+
 const PREFIX_NODE: &str = "node/";
 const PREFIX_EDGE: &str = "edge/";
 const PREFIX_EDGE_IN: &str = "edge_in/";
@@ -342,7 +348,7 @@ fn finish_from_redo(dir: &Path, db: &Db) -> Result<(), StoreError> {
     };
     let ns = names
         .iter()
-        .map(|name| db.namespace(name, point_reads(name)))
+        .map(|name| namespace(db, name))
         .collect::<Result<Vec<_>, _>>()
         .map_err(engine_err)?;
     db.ingest(&ns, &set).map_err(engine_err)?;
@@ -959,25 +965,15 @@ impl Store {
                 .into_iter()
                 .find_map(|f| name.strip_prefix(f.prefix()).map(|rest| (f, rest)));
             if let Some((family, rest)) = family {
-                let ns = db
-                    .namespace(&name, point_reads(&name))
-                    .map_err(engine_err)?;
+                let ns = namespace(&db, &name).map_err(engine_err)?;
                 has_data |= non_empty(&ns);
                 dyn_trees.map_mut(family).insert(rest.into(), ns);
             }
         }
-        let meta = db
-            .namespace(TREE_META, point_reads(TREE_META))
-            .map_err(engine_err)?;
-        let link = db
-            .namespace(TREE_LINK, point_reads(TREE_LINK))
-            .map_err(engine_err)?;
-        let id = db
-            .namespace(TREE_ID, point_reads(TREE_ID))
-            .map_err(engine_err)?;
-        let cluster = db
-            .namespace(TREE_CLUSTER, point_reads(TREE_CLUSTER))
-            .map_err(engine_err)?;
+        let meta = namespace(&db, TREE_META).map_err(engine_err)?;
+        let link = namespace(&db, TREE_LINK).map_err(engine_err)?;
+        let id = namespace(&db, TREE_ID).map_err(engine_err)?;
+        let cluster = namespace(&db, TREE_CLUSTER).map_err(engine_err)?;
         has_data |= non_empty(&meta) || non_empty(&link) || non_empty(&id) || non_empty(&cluster);
 
         check_format(dir, &db, &snap, &meta, (may_be_empty, has_data))?;
@@ -1143,9 +1139,7 @@ impl Store {
         db.namespace_names()
             .into_iter()
             .map(|name| {
-                let ns = db
-                    .namespace(&name, point_reads(&name))
-                    .map_err(|e| self.engine_err(e))?;
+                let ns = namespace(db, &name).map_err(|e| self.engine_err(e))?;
                 Ok((name, ns.sorted_runs()))
             })
             .collect()
@@ -1189,11 +1183,7 @@ impl Store {
         let mut tree_name = String::with_capacity(family.prefix().len() + name.len());
         tree_name.push_str(family.prefix());
         tree_name.push_str(name);
-        let tree = self
-            .inner
-            .db
-            .namespace(&tree_name, point_reads(&tree_name))
-            .map_err(|e| self.engine_err(e))?;
+        let tree = namespace(&self.inner.db, &tree_name).map_err(|e| self.engine_err(e))?;
         trees.map_mut(family).insert(name.into(), tree.clone());
         Ok(tree)
     }

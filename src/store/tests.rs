@@ -116,11 +116,7 @@ fn trees(store: &Store) -> Vec<(String, Ns)> {
         .namespace_names()
         .into_iter()
         .map(|name| {
-            let ns = store
-                .inner
-                .db
-                .namespace(&name, point_reads(&name))
-                .expect("namespace");
+            let ns = namespace(&store.inner.db, &name).expect("namespace");
             (name, ns)
         })
         .collect()
@@ -440,7 +436,7 @@ fn bad_meta_values_are_refused_at_open(engine: Engine) {
         )
         .map_err(|_| "open")
         .expect("raw open");
-        db.namespace(TREE_META, point_reads(TREE_META))
+        namespace(&db, TREE_META)
             .expect("meta")
             .raw_insert(key, &good);
         db.flush().expect("flush");
@@ -801,13 +797,7 @@ fn a_commit_cut_during_ingestion_is_finished_at_open() {
             }
             let ns: Vec<Ns> = names
                 .iter()
-                .map(|n| {
-                    store
-                        .inner
-                        .db
-                        .namespace(n, point_reads(n))
-                        .expect("namespace")
-                })
+                .map(|n| namespace(&store.inner.db, n).expect("namespace"))
                 .collect();
             store.inner.db.ingest(&ns, &part).expect("ingest a part");
             // Views keep the state before the commit, however old their

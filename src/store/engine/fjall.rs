@@ -16,6 +16,10 @@
 //! memtables that hold the oldest journal back), so write buffers take at
 //! most about `MEMTABLE_BYTES` per written keyspace plus sealed memtables
 //! waiting for their flush.
+//!
+//! Filters: a keyspace builds bloom filters only for the point reads its
+//! [`PointReads`] says it serves, chosen when it is created and kept by the
+//! state (fjall records a keyspace's options).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -133,7 +137,7 @@ impl FjallDb {
                     fjall::CompressionType::Lz4,
                 ]));
             // Filters only where a point read consults them: building one
-            // hashes every key of every table written (1.3–1.9% of a
+            // hashes every key of every table written (1.2–1.6% of a
             // replay's instructions, docs/performance.md).
             match reads {
                 PointReads::None => options.filter_policy(fjall::config::FilterPolicy::disabled()),
