@@ -44,7 +44,7 @@ use crate::source::{Source, SourceError};
 use crate::spec::Plan;
 use at_once::Assignment;
 use collect::ToStore;
-use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retention, Retentions};
+use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
 use symbols::Sym;
@@ -636,14 +636,14 @@ fn load_op(
     else {
         return Ok(false);
     };
-    let retention = retentions[i].of(&key, names);
+    let retention = retentions[i].of(&c);
     inputs.ops[i].send(Op {
         key,
         shard,
         seq: 0,
         wm: i64::MIN,
         time: record.last_seen,
-        retention: Retention::new(retention),
+        retention,
         kind: OpKind::Load(Box::new(record)),
     });
     Ok(true)

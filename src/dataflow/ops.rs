@@ -245,13 +245,16 @@ impl Retention {
     }
 }
 
-/// Per-dataflow lookup of retentions, for ops rebuilt from the store.
+/// Per-dataflow lookup of retentions, for ops rebuilt from the store: by
+/// the types a stored contribution names in its text, so that the rebuild
+/// looks no symbol's text up and makes no key for a lookup.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Retentions {
     nodes: BTreeMap<String, Option<u64>>,
     edges: BTreeMap<String, Option<u64>>,
-    /// (type pair sorted) -> retention of the first identity rule linking them.
-    links: BTreeMap<(String, String), Option<u64>>,
+    /// Type pair, the lesser first -> retention of the first identity rule
+    /// linking them.
+    links: BTreeMap<String, BTreeMap<String, Option<u64>>>,
     default_link: Option<u64>,
 }
 
@@ -267,12 +270,12 @@ impl Retentions {
         for i in &plan.identity {
             for x in &i.ids {
                 for y in &i.ids {
-                    let k = if x.node_type <= y.node_type {
-                        (x.node_type.clone(), y.node_type.clone())
-                    } else {
-                        (y.node_type.clone(), x.node_type.clone())
-                    };
-                    r.links.entry(k).or_insert(i.retention);
+                    let (lo, hi) = ordered(&x.node_type, &y.node_type);
+                    r.links
+                        .entry(lo.to_string())
+                        .or_default()
+                        .entry(hi.to_string())
+                        .or_insert(i.retention);
                 }
             }
         }
@@ -280,23 +283,27 @@ impl Retentions {
         r
     }
 
-    pub fn of(&self, key: &RecKey, names: &Names) -> Option<u64> {
-        match *key {
-            RecKey::Node(id) => self.nodes.get(split_ident(id.text()).0).copied().flatten(),
-            RecKey::Edge(t, _, _) => names
-                .edge_types
-                .get(usize::from(t))
-                .and_then(|t| self.edges.get(t.as_str()).copied().flatten()),
-            RecKey::Link(a, b) => {
-                let (ta, tb) = (split_ident(a.text()).0, split_ident(b.text()).0);
-                let k = if ta <= tb { (ta, tb) } else { (tb, ta) };
+    /// The retention of the record a stored contribution `c` keeps.
+    pub fn of(&self, c: &Change) -> Retention {
+        Retention::new(match c {
+            Change::Node { id, .. } => self.nodes.get(split_ident(id).0).copied().flatten(),
+            Change::Edge { edge_type, .. } => self.edges.get(edge_type.as_str()).copied().flatten(),
+            Change::Link { a, b, .. } => {
+                let (lo, hi) = ordered(split_ident(a).0, split_ident(b).0);
                 self.links
-                    .get(&(k.0.to_string(), k.1.to_string()))
+                    .get(lo)
+                    .and_then(|m| m.get(hi))
                     .copied()
                     .unwrap_or(self.default_link)
             }
-        }
+            _ => None,
+        })
     }
+}
+
+/// `a` and `b`, the lesser first.
+fn ordered<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b { (a, b) } else { (b, a) }
 }
 
 /// Turns the decoded events of one dataflow into ops, keeping its watermark.
