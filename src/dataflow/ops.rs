@@ -59,6 +59,28 @@ impl RecKey {
     }
 }
 
+/// Where [`RecKey::order`] puts a key: the low [`ORDER_INDEX_BITS`] bits are
+/// left for an index.
+pub(crate) const ORDER_INDEX_BITS: u32 = 46;
+
+impl RecKey {
+    /// The key's place in `RecKey`'s order as an integer: variant, edge
+    /// type and both symbols' indexes in its top 82 bits, the low
+    /// [`ORDER_INDEX_BITS`] zero. Two keys compare as their `order`s do, so
+    /// a time's ops are sorted as plain integers (`records.rs`).
+    pub fn order(self) -> u128 {
+        let (variant, t, a, b) = match self {
+            RecKey::Node(a) => (0u128, 0u16, a.index(), 0u32),
+            RecKey::Edge(t, a, b) => (1, t, a.index(), b.index()),
+            RecKey::Link(a, b) => (2, 0, a.index(), b.index()),
+        };
+        variant << 126
+            | u128::from(t) << 110
+            | u128::from(a) << 78
+            | u128::from(b) << ORDER_INDEX_BITS
+    }
+}
+
 /// murmur3's 64-bit finalizer: every input bit moves every output bit.
 fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
@@ -665,6 +687,39 @@ mod tests {
         assert_eq!(single.len(), 3, "{single:?}");
         assert_eq!(single[0].1, OpKind::Assert(r#"{"a":"x"}"#.into()));
         assert_eq!(merged[0].1, OpKind::Assert(r#"{"a":"x","b":"y"}"#.into()));
+    }
+
+    /// `RecKey::order` sorts as `RecKey`'s own order and leaves the index
+    /// bits free, over random keys of every variant with indexes and types
+    /// up to their largest (a field that spilled into another would show).
+    #[test]
+    fn a_key_s_order_sorts_as_the_key() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let sym = |rng: &mut rand::rngs::Xoshiro256PlusPlus| {
+            Sym::of_index(match rng.random_range(0..3) {
+                0 => rng.random_range(0..4),
+                1 => u32::MAX - rng.random_range(0..4),
+                _ => rng.random(),
+            })
+        };
+        let keys: Vec<RecKey> = (0..5_000)
+            .map(|_| match rng.random_range(0..3) {
+                0 => RecKey::Node(sym(&mut rng)),
+                1 => RecKey::Edge(
+                    [0, 1, u16::MAX][rng.random_range(0..3)],
+                    sym(&mut rng),
+                    sym(&mut rng),
+                ),
+                _ => RecKey::Link(sym(&mut rng), sym(&mut rng)),
+            })
+            .collect();
+        let index_bits = (1u128 << ORDER_INDEX_BITS) - 1;
+        for (i, a) in keys.iter().enumerate() {
+            assert_eq!(a.order() & index_bits, 0, "{a:?}");
+            let b = keys[(i * 7 + 3) % keys.len()];
+            assert_eq!(a.order().cmp(&b.order()), a.cmp(&b), "{a:?} {b:?}");
+        }
     }
 
     #[test]

@@ -100,6 +100,12 @@ impl Sym {
         self.0
     }
 
+    /// A symbol of any index, for tests of what packs indexes.
+    #[cfg(test)]
+    pub(crate) fn of_index(index: u32) -> Sym {
+        Sym(index)
+    }
+
     fn entry(self) -> &'static Entry {
         // Symbols are only made by `intern`, after their entry was pushed.
         static MISSING: Entry = Entry {
