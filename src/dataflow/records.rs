@@ -906,6 +906,32 @@ mod tests {
         }
     }
 
+    /// An op on `key` at (seq, wm, time): a delete with probability
+    /// `delete`, else an assert whose props name its seq.
+    fn random_op(
+        rng: &mut rand::rngs::Xoshiro256PlusPlus,
+        key: RecKey,
+        (seq, wm, time): (u64, i64, i64),
+        delete: f64,
+        retention: u64,
+    ) -> Op {
+        use rand::RngExt;
+        let kind = if rng.random_bool(delete) {
+            OpKind::Delete
+        } else {
+            OpKind::Assert(CompactString::from(format!("{{\"v\":{seq}}}")))
+        };
+        Op {
+            key,
+            shard: 0,
+            seq,
+            wm,
+            time,
+            retention: Retention::new(Some(retention)),
+            kind,
+        }
+    }
+
     /// A time's ops are applied by seq whatever order they come in (the
     /// exchange delivers several workers' ops interleaved): shuffled, they
     /// leave the records and changes they leave in seq order, on few
@@ -932,21 +958,9 @@ mod tests {
                 } else {
                     RecKey::Link(a.min(b), a.max(b))
                 };
-                let kind = if rng.random_bool(0.3) {
-                    OpKind::Delete
-                } else {
-                    OpKind::Assert(CompactString::from(format!("{{\"v\":{seq}}}")))
-                };
                 seq += 1;
-                ops.push(Op {
-                    key,
-                    shard: 0,
-                    seq,
-                    wm: w,
-                    time: w + 10 * rng.random_range(-2..3),
-                    retention: Retention::new(Some(100)),
-                    kind,
-                });
+                let time = w + 10 * rng.random_range(-2..3);
+                ops.push(random_op(&mut rng, key, (seq, w, time), 0.3, 100));
             }
             w += rng.random_range(0..20);
             let mut mixed = ops.clone();
@@ -993,21 +1007,9 @@ mod tests {
                     }
                     RecKey::Link(a.min(b), a.max(b))
                 };
-                let kind = if rng.random_bool(0.2) {
-                    OpKind::Delete
-                } else {
-                    OpKind::Assert(CompactString::from(format!("{{\"v\":{seq}}}")))
-                };
+                let time = w + rng.random_range(-300..200);
+                ops.push(random_op(&mut rng, key, (seq, w, time), 0.2, 400));
                 seq += 1;
-                ops.push(Op {
-                    key,
-                    shard: 0,
-                    seq,
-                    wm: w,
-                    time: w + rng.random_range(-300..200),
-                    retention: Retention::new(Some(400)),
-                    kind,
-                });
             }
             w += rng.random_range(0..60);
             let mut ops_k = ops.clone();
