@@ -34,6 +34,10 @@ impl std::hash::Hash for RecKey {
     }
 }
 
+/// Where [`RecKey::order`] puts a key: the low [`ORDER_INDEX_BITS`] bits are
+/// left for an index.
+pub(crate) const ORDER_INDEX_BITS: u32 = 46;
+
 impl RecKey {
     /// The hash of the fold's map (`records.rs`, which places an entry by
     /// the hash's low bits and tags it with the top 7). A node's low bits
@@ -57,13 +61,7 @@ impl RecKey {
             RecKey::Link(a, b) => mix(u64::from(a.index()) << 32 | u64::from(b.index()) ^ 1 << 63),
         }
     }
-}
 
-/// Where [`RecKey::order`] puts a key: the low [`ORDER_INDEX_BITS`] bits are
-/// left for an index.
-pub(crate) const ORDER_INDEX_BITS: u32 = 46;
-
-impl RecKey {
     /// The key's place in `RecKey`'s order as an integer: variant, edge
     /// type and both symbols' indexes in its top 82 bits, the low
     /// [`ORDER_INDEX_BITS`] zero. Two keys compare as their `order`s do, so

@@ -187,6 +187,18 @@ const TREE_META: &str = "meta";
 const TREE_LINK: &str = "identity/link";
 const TREE_ID: &str = "identity/id";
 const TREE_CLUSTER: &str = "identity/cluster";
+const PREFIX_NODE: &str = "node/";
+const PREFIX_EDGE: &str = "edge/";
+const PREFIX_EDGE_IN: &str = "edge_in/";
+const PREFIX_DEAD: &str = "dead_letter/";
+
+const META_FORMAT: &str = "format";
+const META_COMMITS: &str = "commits";
+const META_DATAFLOW: &str = "dataflow";
+const META_POSITION: &str = "position";
+/// The cluster shape the state was written by: processes, process, workers.
+const META_SHAPE: &str = "shape";
+
 /// The point reads the namespace `name` serves (which filters its engine
 /// builds): the reader looks up a link's `(a, b)` entry from its `(b, a)`
 /// one (always there) and an identifier's cluster (absent for an identifier
@@ -205,18 +217,6 @@ fn point_reads(name: &str) -> PointReads {
 fn namespace(db: &Db, name: &str) -> Result<Ns, engine::EngineError> {
     db.namespace(name, point_reads(name))
 }
-
-const PREFIX_NODE: &str = "node/";
-const PREFIX_EDGE: &str = "edge/";
-const PREFIX_EDGE_IN: &str = "edge_in/";
-const PREFIX_DEAD: &str = "dead_letter/";
-
-const META_FORMAT: &str = "format";
-const META_COMMITS: &str = "commits";
-const META_DATAFLOW: &str = "dataflow";
-const META_POSITION: &str = "position";
-/// The cluster shape the state was written by: processes, process, workers.
-const META_SHAPE: &str = "shape";
 
 /// Default block cache of fjall: 256 MiB. fjall's commits never read, so
 /// the cache only serves queries and restarts.
