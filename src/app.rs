@@ -515,6 +515,32 @@ impl Sink<'_> {
         }
     }
 
+    /// The run's folds' records are all in (a bulk load's): their
+    /// namespaces can be written while identity's assignments are computed
+    /// ([`Sink::write_early`]); nothing else writes before a time is complete.
+    fn held_final(&mut self) -> Result<(), StoreError> {
+        match self {
+            Sink::Bulk(load) => load.held_final(),
+            Sink::Commit(_) | Sink::Single(_) => Ok(()),
+        }
+    }
+
+    /// Whether namespaces wait to be written early (a bulk load's).
+    fn writes_early(&self) -> bool {
+        match self {
+            Sink::Bulk(load) => load.writes_early(),
+            Sink::Commit(_) | Sink::Single(_) => false,
+        }
+    }
+
+    /// Writes the next namespace that waits to be written early.
+    fn write_early(&mut self) -> Result<(), StoreError> {
+        match self {
+            Sink::Bulk(load) => load.write_early(),
+            Sink::Commit(_) | Sink::Single(_) => Ok(()),
+        }
+    }
+
     /// After a failure: the encoders never wait for their runs to be taken.
     fn close_inbox(&self) {
         if let Sink::Bulk(load) = self {
@@ -686,7 +712,14 @@ fn write_all(
 ) -> Result<(), AppError> {
     let mut result: Result<(), AppError> = Ok(());
     loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        // While a bulk load writes namespaces early, one between looks at
+        // the messages.
+        let wait = if result.is_ok() && sink.writes_early() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        match rx.recv_timeout(wait) {
             Ok(e) => {
                 let mut next = Some(e);
                 while let Some(e) = next.take().or_else(|| rx.try_recv().ok()) {
@@ -715,7 +748,17 @@ fn write_all(
                     }
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if result.is_ok() && sink.writes_early() {
+                    let began = Instant::now();
+                    let written = sink.write_early();
+                    writer.commit_s += began.elapsed().as_secs_f64();
+                    if let Err(e) = written {
+                        stop.store(true, Ordering::Relaxed);
+                        result = Err(e.into());
+                    }
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         // At least every 100 ms: the workers' encoders may be waiting.
@@ -821,6 +864,9 @@ struct Writer {
     /// Latest lag per (dataflow, worker, source).
     lag: BTreeMap<(String, usize, usize), i64>,
     pending: BTreeMap<u64, PendingTime>,
+    /// Which workers have emitted all their folds' records
+    /// ([`Emitted::RecordsDone`]).
+    records_done: Vec<bool>,
     totals: Totals,
 }
 
@@ -838,6 +884,7 @@ impl Writer {
             committed,
             lag: BTreeMap::new(),
             pending: BTreeMap::new(),
+            records_done: vec![false; workers],
             totals: Totals::default(),
         }
     }
@@ -869,6 +916,18 @@ impl Writer {
             }
             Emitted::Tally { worker, tally } => {
                 self.totals.tallies.insert(worker, tally);
+            }
+            Emitted::RecordsDone { worker } => {
+                // Once, when the last worker's records are in.
+                let Some(done) = self.records_done.get_mut(worker).filter(|d| !**d) else {
+                    return Ok(());
+                };
+                *done = true;
+                if self.records_done.iter().all(|d| *d) {
+                    let began = Instant::now();
+                    sink.held_final()?;
+                    self.commit_s += began.elapsed().as_secs_f64();
+                }
             }
             Emitted::Frontier { worker, upto } => {
                 if let Some(f) = self.frontiers.get_mut(worker) {

@@ -39,7 +39,9 @@ impl Source for Lines {
     }
 }
 
-fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
+/// Runs the shipped definitions over a few login events (one invalid) with
+/// `config`, handing every emitted message to `emit`.
+fn run_login(config: RunConfig, emit: dataflow::Emitter) {
     let plan =
         Arc::new(rdg::spec::load(&support::dataflows_dir()).expect("shipped definitions load"));
     let login: Vec<String> = vec![
@@ -65,6 +67,16 @@ fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
                 vec![]
             })
         });
+    let start = Arc::new(Start {
+        watermarks: BTreeMap::new(),
+        contributions: Mutex::new(None),
+        positions: BTreeMap::new(),
+    });
+    dataflow::run(config, plan, start, sources, emit).expect("run");
+}
+
+/// The last change of each key, and the dead letters.
+fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
     let state: Arc<Mutex<(BTreeMap<String, Change>, usize)>> = Arc::default();
     let seen = state.clone();
     let emit: dataflow::Emitter = Arc::new(move |e| {
@@ -95,19 +107,84 @@ fn run(workers: usize, batch: usize) -> (BTreeMap<String, Change>, usize) {
             }
         }
     });
-    let start = Arc::new(Start {
-        watermarks: BTreeMap::new(),
-        contributions: Mutex::new(None),
-        positions: BTreeMap::new(),
-    });
     let config = RunConfig {
         workers,
         batch,
         ..RunConfig::default()
     };
-    dataflow::run(config, plan, start, sources, emit).expect("run");
+    run_login(config, emit);
     let s = state.lock().unwrap();
     (s.0.clone(), s.1)
+}
+
+/// What one worker emitted, in order: `R` a folded record's change (node,
+/// edge, link), `I` an identity assignment's (cluster, member), `D` its
+/// records-done report, `F` its last frontier report.
+fn emitted_in_order(config: RunConfig) -> BTreeMap<usize, String> {
+    let seen: Arc<Mutex<BTreeMap<usize, String>>> = Arc::default();
+    let log = seen.clone();
+    let emit: dataflow::Emitter = Arc::new(move |e| {
+        let mut log = log.lock().unwrap();
+        match e {
+            Emitted::Data {
+                worker, changes, ..
+            } => {
+                let line = log.entry(worker).or_default();
+                for c in changes {
+                    line.push(match c {
+                        Change::Node { .. } | Change::Edge { .. } | Change::Link { .. } => 'R',
+                        Change::Cluster { .. } | Change::Member { .. } => 'I',
+                    });
+                }
+            }
+            Emitted::RecordsDone { worker } => log.entry(worker).or_default().push('D'),
+            Emitted::Frontier {
+                worker,
+                upto: u64::MAX,
+            } => log.entry(worker).or_default().push('F'),
+            _ => {}
+        }
+    });
+    run_login(config, emit);
+    let log = seen.lock().unwrap();
+    log.clone()
+}
+
+/// A replay at its end (`RunConfig::at_end`, a bulk load's) says once per
+/// worker when that worker's folds' records are all out: after every
+/// record's change and before any identity assignment's (the store writes
+/// the records' namespaces meanwhile), and before its last frontier. A run
+/// that commits as it goes never says so.
+#[test]
+fn a_replay_says_when_its_records_are_out() {
+    for workers in [1, 2] {
+        let config = RunConfig {
+            workers,
+            batch: 2,
+            at_end: true,
+            ..RunConfig::default()
+        };
+        let log = emitted_in_order(config);
+        assert_eq!(log.len(), workers, "{log:?}");
+        for (worker, line) in &log {
+            let shape = format!(
+                "{}D{}F",
+                "R".repeat(line.matches('R').count()),
+                "I".repeat(line.matches('I').count())
+            );
+            assert_eq!(line, &shape, "worker {worker} of {workers}");
+        }
+        let all: String = log.values().cloned().collect();
+        assert!(all.contains('R') && all.contains('I'), "{log:?}");
+
+        let config = RunConfig {
+            workers,
+            batch: 2,
+            ..RunConfig::default()
+        };
+        let log = emitted_in_order(config);
+        assert!(log.values().all(|line| !line.contains('D')), "{log:?}");
+    }
 }
 
 #[test]

@@ -1219,6 +1219,50 @@ fn bulk_load_equals_commits(engine: Engine) {
     }
 }
 
+/// A load told midway that what it holds is complete for its namespaces
+/// (`BulkLoad::held_final`, as a replay's writer is once its folds'
+/// records are in), then writing those namespaces one at a time between
+/// later chunks (`BulkLoad::write_early`), which still override, remove
+/// and add keys of some of them, gives the state that committing them one
+/// by one gives, with at most one sorted run per namespace. Held until the
+/// end, and held a few buffers at a time (namespaces queued may then be
+/// written before their turn).
+fn bulk_load_written_early_equals_commits(engine: Engine) {
+    for (seed, hold) in [usize::MAX, 5_000].into_iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(90 + seed as u64);
+        let (_dir, committed, loaded) = two_states(engine);
+        let mut bulk = loaded
+            .bulk_load_with(BulkMethod::Ingest, 1500, hold)
+            .expect("bulk load");
+        let mut model = Model::default();
+        let mut early = 0;
+        for i in 0..120 {
+            let (changes, dead, progress) = committed_at_random(&mut rng, &model, &committed);
+            bulk.write(&changes, &dead, &progress).expect("bulk write");
+            model.apply(&changes, &dead, &progress);
+            if i == 60 {
+                bulk.held_final().expect("held final");
+                // Only fjall ingests a namespace on its own.
+                assert_eq!(bulk.writes_early(), engine == Engine::Fjall);
+            }
+            if bulk.writes_early() && rng.random_bool(0.3) {
+                bulk.write_early().expect("write early");
+                early += 1;
+            }
+        }
+        if engine == Engine::Fjall {
+            assert!(early > 3, "namespaces written early: {early}");
+        }
+        bulk.finish().expect("finish");
+        let runs = loaded.sorted_runs().expect("runs");
+        assert!(
+            runs.values().all(|&n| n <= 1),
+            "{engine} hold {hold}: {runs:?}"
+        );
+        same_as_committed(loaded, &committed, &mut model, &mut rng);
+    }
+}
+
 /// A temporary directory with two new states in it: one for commits, one
 /// for the same writes another way.
 fn two_states(engine: Engine) -> (tempfile::TempDir, Store, Store) {
@@ -1438,6 +1482,7 @@ both_engines!(
     concurrent_commits_from_clones_add_up,
     engine_is_recorded_and_another_is_refused,
     bulk_load_equals_commits,
+    bulk_load_written_early_equals_commits,
     bulk_load_from_encoders_equals_commits,
     bulk_load_refuses_open_or_failed_encoders,
     encoders_wait_while_their_runs_are_not_taken_in,

@@ -10,8 +10,11 @@
 //! Invariant: a worker's changes reach its encoder in the order it emits
 //! them, and its encoder is dropped (handing over what it still holds)
 //! before its last frontier report goes on, so the load has every run once
-//! every worker has finished. Every record has one owner worker, which
-//! emits all of its changes, so no two encoders write the same key.
+//! every worker has finished; likewise it hands over what it holds before
+//! the worker's `RecordsDone` goes on, so the load has every run of the
+//! folds' records once every worker has said so. Every record has one owner
+//! worker, which emits all of its changes, so no two encoders write the
+//! same key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,6 +81,20 @@ impl Encoders {
                         progress,
                     },
                 )
+            }
+            // The worker's records are all in: what its encoder holds goes
+            // to the load before the writer hears so.
+            Emitted::RecordsDone { worker } => {
+                let mut slot = self
+                    .slots
+                    .get(worker)
+                    .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
+                if let Some(encoder) = slot.as_mut().and_then(|s| s.as_mut())
+                    && encoder.hand_over_now().is_err()
+                {
+                    self.stop.store(true, Ordering::Relaxed);
+                }
+                Some(e)
             }
             Emitted::Frontier {
                 worker,

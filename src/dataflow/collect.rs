@@ -4,11 +4,12 @@
 //!
 //! Invariant: a time's changes are emitted only after the sink's input
 //! frontier has passed it, and always before the frontier report that says
-//! so (bulk loads: the folds' records, each emitted once, as they come);
-//! identity assignments are consolidated per key first, so a reader never sees
-//! a half-applied time.
+//! so (bulk loads: the folds' records, each emitted once, as they come,
+//! and [`Emitted::RecordsDone`] once the folds' stream is closed, after the
+//! last of them); identity assignments are consolidated per key first, so a
+//! reader never sees a half-applied time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use super::ops::{Names, RecKey};
 use super::records::Folded;
 use super::symbols::Sym;
 use super::tally::Tallier;
-use super::{Emitted, Emitter, REBUILD_TIME};
+use super::{Emitted, Emitter, REBUILD_TIME, StoreUpdate};
 use crate::model::{Change, ClusterOf, DataflowProgress, Progress};
 
 /// Everything that reaches the collector.
@@ -37,105 +38,72 @@ pub(crate) enum ToStore {
     Position(usize, String, u64),
 }
 
+/// Set by a worker's collector once it has emitted its folds' last
+/// records ([`Emitted::RecordsDone`]); read by identity on the same worker
+/// (`identity::stitch_at_once`), whose last completion waits for it.
+pub(crate) type RecordsOut = Rc<Cell<bool>>;
+
 /// How many emptied buffers the collector keeps for reuse.
 const FREE_BUFFERS: usize = 2;
 
-/// The collector of worker `worker`. With `forward` (replays whose folds
-/// emit each changed record once, at the end) the folds' records are
-/// emitted as they arrive instead of once their time is complete. With a
-/// `tallier` it counts what it emits and the records loaded at time 0, and
-/// reports the counts ([`Emitted::Tally`]) just before its last frontier.
+/// The collector of worker `worker`, fed by the folds (`records`) and by
+/// identity and the sources' positions (`rest`). With `forward` (replays
+/// whose folds emit each changed record once, at the end) the folds'
+/// records are emitted as they arrive instead of once their time is
+/// complete, and once the folds' stream is closed [`Emitted::RecordsDone`]
+/// follows the last of them and `forward` is set (identity's completion
+/// waits for it, `identity::stitch_at_once`). With a `tallier` it counts what it emits and
+/// the records loaded at time 0, and reports the counts
+/// ([`Emitted::Tally`]) just before its last frontier.
 pub(crate) fn collect<'s>(
-    stream: StreamVec<'s, u64, (ToStore, u64, isize)>,
+    (records, rest): (
+        StreamVec<'s, u64, StoreUpdate>,
+        StreamVec<'s, u64, StoreUpdate>,
+    ),
     names: Arc<Names>,
     worker: usize,
-    (forward, tallier): (bool, Option<Rc<RefCell<Tallier>>>),
+    (forward, tallier): (Option<RecordsOut>, Option<Rc<RefCell<Tallier>>>),
     emit: Emitter,
 ) -> StreamVec<'s, u64, ()> {
-    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+    records.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        rest,
+        Pipeline,
         Pipeline,
         "collect",
         move |_cap, _info| {
-            let mut pending: BTreeMap<u64, Vec<(ToStore, isize)>> = BTreeMap::new();
+            let mut held = Held::new(forward.is_some());
             let mut reported: Option<u64> = None;
-            // Buffers reused from time to time (see the fold); a few only:
-            // a step's time holds many more updates than the others, and a
-            // long free list would keep that size many times over.
-            let mut free: Vec<Vec<(ToStore, isize)>> = Vec::new();
-            let mut forwarded: Vec<(ToStore, isize)> = Vec::new();
-            move |(input, frontier), _output| {
+            move |(records, records_frontier), (rest, rest_frontier), _output| {
                 let mut tallier = tallier.as_ref().map(|t| t.borrow_mut());
-                let mut forwarded_at = 0;
-                input.for_each(|cap, data| {
-                    for (x, t, d) in data.drain(..) {
-                        if let ToStore::Folded(df, Folded::Loaded(key)) = x {
-                            if let Some(t) = tallier.as_deref_mut() {
-                                t.loaded(df, key);
-                            }
-                            continue;
-                        }
-                        // Time 0 rebuilds the folds from the store: their
-                        // records are already stored. Identity's updates at
-                        // time 0 are kept: in one process they are what the
-                        // loaded links imply against the stored assignments
-                        // (`dataflow::rebuild`), usually nothing; in a
-                        // cluster every assignment comes again, since the
-                        // process owning an identifier may have committed
-                        // fewer times than the processes owning its links,
-                        // and time 0 is the only moment that says what the
-                        // loaded links imply.
-                        if t == REBUILD_TIME && !matches!(x, ToStore::Cluster(..)) {
-                            continue;
-                        }
-                        if forward && matches!(x, ToStore::Folded(_, Folded::Changed { .. })) {
-                            forwarded.push((x, d));
-                            continue;
-                        }
-                        pending
-                            .entry(t)
-                            .or_insert_with(|| free.pop().unwrap_or_default())
-                            .push((x, d));
-                    }
-                    if !forwarded.is_empty() {
-                        forwarded_at = cap.least().copied().unwrap_or(0);
-                    }
+                records.for_each(|cap, data| {
+                    held.take(
+                        cap.least().copied().unwrap_or(0),
+                        data.drain(..),
+                        tallier.as_deref_mut(),
+                    );
                 });
-                // Once per activation, not per container (each a few
-                // hundred records): every message costs the writer a wake-up.
-                if !forwarded.is_empty() {
-                    let (changes, _) =
-                        to_changes(forwarded.drain(..), &names, tallier.as_deref_mut());
-                    emit(Emitted::Data {
-                        worker,
-                        epoch: forwarded_at,
-                        changes,
-                        dead_letters: Vec::new(),
-                        progress: Progress::default(),
-                    });
+                rest.for_each(|cap, data| {
+                    held.take(
+                        cap.least().copied().unwrap_or(0),
+                        data.drain(..),
+                        tallier.as_deref_mut(),
+                    );
+                });
+                held.emit_forwarded(&names, worker, tallier.as_deref_mut(), &emit);
+                // Everything the folds sent is in (their stream closed after
+                // it, and a pipeline delivers in order): what may follow is
+                // identity's, late counts and positions.
+                if let Some(done) = forward.as_ref().filter(|d| !d.get())
+                    && records_frontier.is_empty()
+                {
+                    done.set(true);
+                    emit(Emitted::RecordsDone { worker });
                 }
-                let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                while let Some((&t, _)) = pending.first_key_value() {
-                    if t >= upto {
-                        break;
-                    }
-                    let Some((t, mut updates)) = pending.pop_first() else {
-                        break;
-                    };
-                    let (changes, progress) =
-                        to_changes(updates.drain(..), &names, tallier.as_deref_mut());
-                    if free.len() < FREE_BUFFERS {
-                        free.push(updates);
-                    }
-                    if !changes.is_empty() || progress != Progress::default() {
-                        emit(Emitted::Data {
-                            worker,
-                            epoch: t,
-                            changes,
-                            dead_letters: Vec::new(),
-                            progress,
-                        });
-                    }
-                }
+                let first = |f: &timely::progress::frontier::MutableAntichain<u64>| {
+                    f.frontier().first().copied().unwrap_or(u64::MAX)
+                };
+                let upto = first(records_frontier).min(first(rest_frontier));
+                held.emit_complete(upto, &names, worker, tallier.as_deref_mut(), &emit);
                 if reported != Some(upto) {
                     reported = Some(upto);
                     if let Some(t) = tallier.as_ref().filter(|_| upto == u64::MAX) {
@@ -149,6 +117,129 @@ pub(crate) fn collect<'s>(
             }
         },
     )
+}
+
+/// What the collector holds between activations: updates by time until the
+/// frontier passes it, and (with `forward`) the folds' records to emit at
+/// the end of this activation.
+struct Held {
+    forward: bool,
+    pending: BTreeMap<u64, Vec<(ToStore, isize)>>,
+    /// Buffers reused from time to time (see the fold); a few only: a
+    /// step's time holds many more updates than the others, and a long free
+    /// list would keep that size many times over.
+    free: Vec<Vec<(ToStore, isize)>>,
+    forwarded: Vec<(ToStore, isize)>,
+    /// The time of the last container forwarded from.
+    forwarded_at: u64,
+}
+
+impl Held {
+    fn new(forward: bool) -> Held {
+        Held {
+            forward,
+            pending: BTreeMap::new(),
+            free: Vec::new(),
+            forwarded: Vec::new(),
+            forwarded_at: 0,
+        }
+    }
+
+    /// Takes one container's updates, whose capability is at `at`.
+    fn take(
+        &mut self,
+        at: u64,
+        updates: impl Iterator<Item = (ToStore, u64, isize)>,
+        mut tallier: Option<&mut Tallier>,
+    ) {
+        let before = self.forwarded.len();
+        for (x, t, d) in updates {
+            if let ToStore::Folded(df, Folded::Loaded(key)) = x {
+                if let Some(t) = tallier.as_deref_mut() {
+                    t.loaded(df, key);
+                }
+                continue;
+            }
+            // Time 0 rebuilds the folds from the store: their records are
+            // already stored. Identity's updates at time 0 are kept: in one
+            // process they are what the loaded links imply against the
+            // stored assignments (`dataflow::rebuild`), usually nothing; in
+            // a cluster every assignment comes again, since the process
+            // owning an identifier may have committed fewer times than the
+            // processes owning its links, and time 0 is the only moment
+            // that says what the loaded links imply.
+            if t == REBUILD_TIME && !matches!(x, ToStore::Cluster(..)) {
+                continue;
+            }
+            if self.forward && matches!(x, ToStore::Folded(_, Folded::Changed { .. })) {
+                self.forwarded.push((x, d));
+                continue;
+            }
+            let free = &mut self.free;
+            self.pending
+                .entry(t)
+                .or_insert_with(|| free.pop().unwrap_or_default())
+                .push((x, d));
+        }
+        if self.forwarded.len() > before {
+            self.forwarded_at = at;
+        }
+    }
+
+    /// Emits the records forwarded in this activation: once per
+    /// activation, not per container (each a few hundred records), since
+    /// every message costs the writer a wake-up.
+    fn emit_forwarded(
+        &mut self,
+        names: &Names,
+        worker: usize,
+        tallier: Option<&mut Tallier>,
+        emit: &Emitter,
+    ) {
+        if self.forwarded.is_empty() {
+            return;
+        }
+        let (changes, _) = to_changes(self.forwarded.drain(..), names, tallier);
+        emit(Emitted::Data {
+            worker,
+            epoch: self.forwarded_at,
+            changes,
+            dead_letters: Vec::new(),
+            progress: Progress::default(),
+        });
+    }
+
+    /// Emits every held time before `upto`, in order.
+    fn emit_complete(
+        &mut self,
+        upto: u64,
+        names: &Names,
+        worker: usize,
+        mut tallier: Option<&mut Tallier>,
+        emit: &Emitter,
+    ) {
+        while let Some((&t, _)) = self.pending.first_key_value() {
+            if t >= upto {
+                break;
+            }
+            let Some((t, mut updates)) = self.pending.pop_first() else {
+                break;
+            };
+            let (changes, progress) = to_changes(updates.drain(..), names, tallier.as_deref_mut());
+            if self.free.len() < FREE_BUFFERS {
+                self.free.push(updates);
+            }
+            if !changes.is_empty() || progress != Progress::default() {
+                emit(Emitted::Data {
+                    worker,
+                    epoch: t,
+                    changes,
+                    dead_letters: Vec::new(),
+                    progress,
+                });
+            }
+        }
+    }
 }
 
 fn to_changes(

@@ -25,6 +25,7 @@ use timely::dataflow::operators::core::Exchange as _;
 use timely::dataflow::operators::generic::Operator;
 
 use super::at_once::{Assignment, AtOnce};
+use super::collect::RecordsOut;
 use super::symbols::{ByText, Sym};
 use crate::model::{EventTime, split_ident};
 use crate::spec::IdentityConfig;
@@ -89,11 +90,19 @@ type Waiting = (Capability<u64>, Vec<(LinkFact, isize)>);
 /// `given`: assignments stored by an earlier run (a single process's
 /// rebuild, at time 0), preloaded as already given, so the completion of
 /// their time emits only what differs from them ([`AtOnce::preload`]).
+///
+/// `after`: set by the worker's collector once it has handed on the folds'
+/// last records (`collect::collect`, a replay's end). The completion after
+/// the links' stream closed waits for it (the operator asks to run again
+/// meanwhile), so that those records go to the store's writer before this
+/// worker is busy with identity: the writer writes them meanwhile.
 pub(crate) fn stitch_at_once<'s>(
     links: StreamVec<'s, u64, (LinkFact, u64, isize)>,
     given: StreamVec<'s, u64, (Sym, Assignment)>,
     config: Arc<IdentityConfig>,
+    after: Option<RecordsOut>,
 ) -> StreamVec<'s, u64, ((Sym, Assignment), u64, isize)> {
+    let scope = links.scope();
     let gather = Exchange::new(|_: &(LinkFact, u64, isize)| 0);
     let gather_given = Exchange::new(|_: &(Sym, Assignment)| 0);
     links
@@ -102,7 +111,8 @@ pub(crate) fn stitch_at_once<'s>(
             gather,
             gather_given,
             "identity.at_once",
-            move |_cap, _info| {
+            move |_cap, info| {
+                let activator = scope.activator_for(info.address);
                 let mut state = AtOnce::default();
                 // Updates by the time they belong to (at or after their
                 // message's).
@@ -133,6 +143,10 @@ pub(crate) fn stitch_at_once<'s>(
                         |t: &u64| !links_frontier.less_equal(t) && !given_frontier.less_equal(t);
                     while let Some((&t, _)) = pending.first_key_value() {
                         if !complete_below(&t) {
+                            break;
+                        }
+                        if links_frontier.is_empty() && after.as_ref().is_some_and(|a| !a.get()) {
+                            activator.activate();
                             break;
                         }
                         let Some((_, (cap, updates))) = pending.pop_first() else {
@@ -244,7 +258,7 @@ mod tests {
                     .inspect(sink(o0.clone()));
                 // No stored assignments: the input closes at once.
                 let (_, given) = scope.new_input::<Vec<(Sym, Assignment)>>();
-                stitch_at_once(links, given, config.clone()).inspect(sink(o1.clone()));
+                stitch_at_once(links, given, config.clone(), None).inspect(sink(o1.clone()));
                 input
             });
             for (t, batch) in batches.iter().enumerate() {

@@ -43,7 +43,7 @@ use crate::model::{Change, ClusterShape, DeadLetter, Progress};
 use crate::source::{Source, SourceError};
 use crate::spec::Plan;
 use at_once::Assignment;
-use collect::ToStore;
+use collect::{RecordsOut, ToStore};
 use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retentions};
 use records::Folded;
 pub use stages::{StageSeconds, StageTimes};
@@ -67,6 +67,11 @@ pub enum Emitted {
     /// as its store counts (runs with [`RunConfig::tally`]); sent once, just
     /// before its last frontier.
     Tally { worker: usize, tally: Tally },
+    /// Worker `worker` (index within this process) has emitted every
+    /// record its folds will change (runs with [`RunConfig::at_end`] only):
+    /// what it emits after this is identity's assignments, late counts and
+    /// positions, and they write none of the folds' namespaces.
+    RecordsDone { worker: usize },
     /// Worker `worker` (index within this process) will emit no more data
     /// for times before `upto`
     /// (`u64::MAX`: it is finished).
@@ -387,6 +392,9 @@ fn build(
         config.step.max(1)
     };
     let at_end = config.at_end;
+    // Identity's last completion waits for the collector to hand on the
+    // folds' last records (a replay's end).
+    let records_out: Option<RecordsOut> = at_end.then(RecordsOut::default);
     let one_process = config.cluster.is_none();
     let tally = tallier.is_some();
     worker.dataflow::<u64, _, _>(|scope| {
@@ -430,22 +438,29 @@ fn build(
             // spread by key, unless it is asked only at the end.
             if at_end || one_process {
                 let given = given.enter(region);
-                identity::stitch_at_once(links, given, identity_config).leave(scope)
+                identity::stitch_at_once(links, given, identity_config, records_out.clone())
+                    .leave(scope)
             } else {
                 identity::stitch(links.as_collection(), identity_config)
                     .inner
                     .leave(scope)
             }
         });
-        to_store.push(clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)));
-        to_store.push(
+        let records = scope.concatenate(to_store);
+        let rest = scope.concatenate([
+            clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)),
             positions
                 .broadcast()
                 .map(|(df, key, next, t)| (ToStore::Position(df, key, next), t, 1)),
-        );
-        let all = scope.concatenate(to_store);
-        let (probe, _) =
-            collect::collect(all, collect_names, local, (at_end, tallier), emit.clone()).probe();
+        ]);
+        let (probe, _) = collect::collect(
+            (records, rest),
+            collect_names,
+            local,
+            (records_out, tallier),
+            emit.clone(),
+        )
+        .probe();
         driver::Inputs {
             ops: ops_in,
             watermarks: watermarks_in,
@@ -461,7 +476,7 @@ fn build(
 type LinkChange = (((Sym, Sym), i64), u64, isize);
 
 /// Something for the collector, at a time, with a diff.
-type StoreUpdate = (ToStore, u64, isize);
+pub(crate) type StoreUpdate = (ToStore, u64, isize);
 
 /// A fold's output, each record moved on to the collector (as
 /// [`ToStore::Folded`] of dataflow `df`) and, for a link whose existence or

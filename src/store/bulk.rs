@@ -15,6 +15,13 @@
 //! load that fits is written once. On sled (and with no room to hold) each
 //! sorted buffer goes to the engine at once ([`engine::Db::bulk_write`]:
 //! sled batches).
+//! When the caller knows that what the load holds is all its namespaces
+//! will get ([`BulkLoad::held_final`]: a replay's folds' records are in,
+//! identity's assignments are still to come), those namespaces are merged
+//! and ingested one at a time ([`BulkLoad::write_early`]) while the rest is
+//! computed; their sections are then forgotten by the held buffers
+//! (`Packed::forget`), and a namespace written again later gets another
+//! run, which the end merges.
 //! Other threads may encode, sort and pack their share of the changes
 //! themselves ([`BulkLoad::encoder`], [`Encoder`]: a replay's workers
 //! do): their sorted runs reach the load through its inbox and are held
@@ -82,6 +89,9 @@ pub struct BulkLoad {
     hold_bytes: usize,
     /// Runs its encoders handed over ([`BulkLoad::encoder`]).
     inbox: Inbox,
+    /// Namespaces all of whose writes are held, to write one at a time
+    /// before the end, the next last ([`BulkLoad::held_final`]).
+    early: Vec<usize>,
 }
 
 impl Drop for BulkLoad {
@@ -166,6 +176,7 @@ impl Store {
             // Runs waiting: about one buffer, what the writer's backlog
             // let wait before encoders moved to the workers.
             inbox: Inbox::with_bound(buffer_bytes.max(1)),
+            early: Vec::new(),
         })
     }
 }
@@ -327,6 +338,74 @@ impl BulkLoad {
         );
         self.held.clear();
         self.held_bytes = 0;
+        Ok(())
+    }
+
+    /// Everything handed to the load so far holds every write its
+    /// namespaces will get (a replay's folds' records are all in; what
+    /// follows is identity's): on fjall, queues those namespaces to be
+    /// merged and ingested one at a time ([`BulkLoad::write_early`]) while
+    /// the rest is computed. A namespace written again later gets another
+    /// run, which [`BulkLoad::finish`] merges.
+    pub fn held_final(&mut self) -> Result<(), StoreError> {
+        self.take_inbox()?;
+        self.write_buffer()?;
+        let ingest =
+            self.store.engine() == super::Engine::Fjall && self.method.ingests(self.held_bytes);
+        if !ingest {
+            return Ok(());
+        }
+        let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+        for (n, writes) in self.held.iter().flat_map(Packed::namespaces) {
+            *sizes.entry(n).or_default() += writes;
+        }
+        let mut order: Vec<(usize, usize)> = sizes.into_iter().collect();
+        // Popped smallest first: each is soon written, and the large ones
+        // are left for the end, side by side.
+        order.sort_by_key(|&(_, writes)| std::cmp::Reverse(writes));
+        self.early = order.into_iter().map(|(n, _)| n).collect();
+        Ok(())
+    }
+
+    /// Whether namespaces queued by [`BulkLoad::held_final`] wait.
+    pub fn writes_early(&self) -> bool {
+        !self.early.is_empty()
+    }
+
+    /// Merges and ingests the next namespace [`BulkLoad::held_final`]
+    /// queued, on the calling thread (one namespace: the caller looks at
+    /// its messages in between).
+    pub fn write_early(&mut self) -> Result<(), StoreError> {
+        let Some(n) = self.early.pop() else {
+            return Ok(());
+        };
+        // Held runs written at their size since the queue was made took it.
+        if !self
+            .held
+            .iter()
+            .flat_map(Packed::namespaces)
+            .any(|(m, _)| m == n)
+        {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let inner = &self.store.inner;
+        let (keys, bytes) = inner
+            .db
+            .ingest_merged_one(&self.plan.ns, &self.held, n)
+            .map_err(|e| self.store.engine_err(e))?;
+        for run in &mut self.held {
+            run.forget(n);
+        }
+        let took = started.elapsed();
+        inner.stats.add(keys, bytes, took);
+        tracing::debug!(
+            namespace = n,
+            keys,
+            ms = took.as_millis() as u64,
+            left = self.early.len(),
+            "bulk load: namespace written early"
+        );
         Ok(())
     }
 

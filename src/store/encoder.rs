@@ -89,6 +89,16 @@ impl Encoder {
         self.settle(started, done)
     }
 
+    /// Hands over what is buffered now, sorted and packed, without waiting
+    /// (as a drop does): for a share whose changes so far are all of some
+    /// namespaces' (`BulkLoad::held_final`). An error is kept for the
+    /// load, which fails with it.
+    pub fn hand_over_now(&mut self) -> Result<(), EncodeFailed> {
+        let started = Instant::now();
+        let done = self.hand_over(false);
+        self.settle(started, done)
+    }
+
     /// Sorts and packs what is buffered and puts it in the load's inbox,
     /// first waiting (when `wait`) while the inbox is past its bound.
     fn hand_over(&mut self, wait: bool) -> Result<(), StoreError> {
@@ -134,9 +144,7 @@ impl Drop for Encoder {
     /// Hands over what is still buffered (its error, if any, is the
     /// load's).
     fn drop(&mut self) {
-        let started = Instant::now();
-        let done = self.hand_over(false);
-        let _ = self.settle(started, done);
+        let _ = self.hand_over_now();
     }
 }
 

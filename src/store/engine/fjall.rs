@@ -240,6 +240,20 @@ impl FjallDb {
             .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))
     }
 
+    /// [`FjallDb::ingest_merged`] of namespace `n` alone, on the calling
+    /// thread.
+    pub fn ingest_merged_one(
+        &self,
+        ns: &[Ns],
+        sets: &[Packed],
+        n: usize,
+    ) -> Result<(u64, u64), EngineError> {
+        match ns.get(n) {
+            Some(Ns::Fjall(ks)) => ingest_merged_run(ks, sets, n),
+            _ => Err(EngineError::Mismatch("namespace")),
+        }
+    }
+
     /// Major-compacts every keyspace of `ns` that holds more than one
     /// sorted run, the largest first, side by side on rayon's pool. Work
     /// a bulk-loaded state would meet anyway: its runs sit in level 0, and

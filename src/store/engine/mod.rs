@@ -652,6 +652,19 @@ impl Db {
         }
     }
 
+    /// [`Db::ingest_merged`] of namespace `n` alone, on the calling thread.
+    pub fn ingest_merged_one(
+        &self,
+        ns: &[Ns],
+        sets: &[Packed],
+        n: usize,
+    ) -> Result<(u64, u64), EngineError> {
+        match self {
+            Db::Fjall(db) => db.ingest_merged_one(ns, sets, n),
+            Db::Sled(_) => Err(EngineError::Mismatch("database")),
+        }
+    }
+
     /// Merges each namespace of `ns` whose reads merge more than one
     /// sorted run into one (fjall: a major compaction per keyspace, side by
     /// side; a sled tree is one B-tree: nothing to do). Returns how many

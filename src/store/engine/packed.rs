@@ -23,6 +23,9 @@ pub(crate) struct Packed {
     starts: Vec<(usize, usize, usize)>,
 }
 
+/// The namespace index of a [`Packed::forget`]ten section.
+const WRITTEN: usize = usize::MAX;
+
 /// One write of a [`Packed`]: lengths only, its bytes follow the previous
 /// write's.
 #[derive(Clone, Copy, Debug)]
@@ -81,17 +84,39 @@ impl Packed {
         self.arena.len() + std::mem::size_of_val(self.writes.as_slice())
     }
 
-    /// Writes and key + value bytes.
+    /// Writes and key + value bytes (of the namespaces not
+    /// [`Packed::forget`]ten).
     pub fn size(&self) -> (u64, u64) {
-        (self.writes.len() as u64, self.arena.len() as u64)
+        (0..self.starts.len())
+            .filter(|&i| self.starts[i].0 != WRITTEN)
+            .fold((0, 0), |(writes, bytes), i| {
+                let (_, section, off) = self.section(i);
+                let end = self
+                    .starts
+                    .get(i + 1)
+                    .map_or(self.arena.len(), |&(_, _, next)| next);
+                (writes + section.len() as u64, bytes + (end - off) as u64)
+            })
     }
 
-    /// The namespaces written, each with its number of writes.
+    /// The namespaces written and not [`Packed::forget`]ten, each with its
+    /// number of writes.
     pub fn namespaces(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.starts.len()).map(|i| {
+        (0..self.starts.len()).filter_map(|i| {
             let (ns, writes, _) = self.section(i);
-            (ns, writes.len())
+            (ns != WRITTEN).then_some((ns, writes.len()))
         })
+    }
+
+    /// Namespace `ns`'s writes are written elsewhere (ingested on their
+    /// own): no merge or set made of this one holds them any more. Their
+    /// bytes stay until the whole run is dropped.
+    pub fn forget(&mut self, ns: usize) {
+        for (n, _, _) in &mut self.starts {
+            if *n == ns {
+                *n = WRITTEN;
+            }
+        }
     }
 
     /// The `i`th namespace written: its index, its writes, and the arena
@@ -110,7 +135,7 @@ impl Packed {
         let mut set = WriteSet::default();
         set.arena.reserve_exact(self.arena.len());
         set.ops.reserve_exact(self.writes.len());
-        for &(ns, _, _) in &self.starts {
+        for (ns, _) in self.namespaces() {
             for (key, value) in self.run(ns) {
                 set.write(ns, key, value);
             }
@@ -260,38 +285,97 @@ mod tests {
             let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
             let sets: Vec<Packed> = (0..rng.random_range(0..7usize))
                 .map(|s| {
-                    let mut set = WriteSet::default();
-                    for n in 0..rng.random_range(0..60usize) {
-                        let ns = rng.random_range(0..3usize);
-                        let key: Vec<u8> = (0..rng.random_range(0..4usize))
-                            .map(|_| [0u8, b'a', b'b', 0xff][rng.random_range(0..4usize)])
-                            .collect();
-                        let value = format!("{round}-{s}-{n}");
-                        random_write(&mut rng, &mut set, &mut want, ns, key, value);
-                    }
-                    set.normalize();
-                    let packed = Packed::of(&set).expect("pack");
-                    let back = packed.to_set();
-                    let writes = |s: &WriteSet| -> Vec<Written> {
-                        s.ops
-                            .iter()
-                            .map(|op| {
-                                let value = op.value().map(|v| s.bytes(v).to_vec());
-                                ((op.ns(), s.bytes(op.key()).to_vec()), value)
-                            })
-                            .collect()
-                    };
-                    assert_eq!(writes(&back), writes(&set), "round {round}");
+                    let (set, packed) = random_packed(&mut rng, &mut want, &format!("{round}-{s}"));
+                    assert_eq!(writes(&packed.to_set()), writes(&set), "round {round}");
+                    assert_eq!(packed.size(), set.size(), "round {round}");
                     packed
                 })
                 .collect();
-            let got: Vec<Written> = (0..3)
-                .flat_map(|ns| {
-                    merged(&sets, ns).map(move |(k, v)| ((ns, k.to_vec()), v.map(<[u8]>::to_vec)))
-                })
-                .collect();
             let want: Vec<Written> = want.into_iter().collect();
-            assert_eq!(got, want, "round {round}");
+            assert_eq!(merged_all(&sets), want, "round {round}");
         }
+    }
+
+    /// A namespace forgotten in every set is gone from each set's
+    /// namespaces, size and writes given back, and from the merge; the
+    /// other namespaces' are as they were.
+    #[test]
+    fn a_forgotten_namespace_is_gone_from_every_view() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+        for round in 0..60 {
+            let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+            let mut sets: Vec<(WriteSet, Packed)> = (0..rng.random_range(1..6usize))
+                .map(|s| random_packed(&mut rng, &mut want, &format!("{round}-{s}")))
+                .collect();
+            let gone = rng.random_range(0..3usize);
+            for (_, packed) in &mut sets {
+                packed.forget(gone);
+            }
+            for (set, packed) in &sets {
+                let kept: Vec<Written> = writes(set)
+                    .into_iter()
+                    .filter(|((ns, _), _)| *ns != gone)
+                    .collect();
+                assert_eq!(writes(&packed.to_set()), kept, "round {round}");
+                assert!(
+                    packed.namespaces().all(|(ns, _)| ns != gone),
+                    "round {round}"
+                );
+                let keys = packed.namespaces().map(|(_, w)| w as u64).sum::<u64>();
+                let bytes = kept
+                    .iter()
+                    .map(|((_, k), v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+                    .sum::<u64>();
+                assert_eq!(packed.size(), (keys, bytes), "round {round}");
+                assert_eq!(keys, kept.len() as u64, "round {round}");
+            }
+            let packed: Vec<Packed> = sets.into_iter().map(|(_, p)| p).collect();
+            let want: Vec<Written> = want
+                .into_iter()
+                .filter(|((ns, _), _)| *ns != gone)
+                .collect();
+            assert_eq!(merged_all(&packed), want, "round {round}");
+        }
+    }
+
+    /// A random normalized set over namespaces 0..3 (its writes also
+    /// recorded in `want`, later ones overriding) and its packing; values
+    /// start with `tag`.
+    fn random_packed(
+        rng: &mut Xoshiro256PlusPlus,
+        want: &mut BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+        tag: &str,
+    ) -> (WriteSet, Packed) {
+        let mut set = WriteSet::default();
+        for n in 0..rng.random_range(0..60usize) {
+            let ns = rng.random_range(0..3usize);
+            let key: Vec<u8> = (0..rng.random_range(0..4usize))
+                .map(|_| [0u8, b'a', b'b', 0xff][rng.random_range(0..4usize)])
+                .collect();
+            random_write(rng, &mut set, want, ns, key, format!("{tag}-{n}"));
+        }
+        set.normalize();
+        let packed = Packed::of(&set).expect("pack");
+        (set, packed)
+    }
+
+    /// A normalized set's writes in its order.
+    fn writes(s: &WriteSet) -> Vec<Written> {
+        s.ops
+            .iter()
+            .map(|op| {
+                let value = op.value().map(|v| s.bytes(v).to_vec());
+                ((op.ns(), s.bytes(op.key()).to_vec()), value)
+            })
+            .collect()
+    }
+
+    /// Every namespace's merge of `sets`, namespace after namespace.
+    fn merged_all(sets: &[Packed]) -> Vec<Written> {
+        (0..3)
+            .flat_map(|ns| {
+                merged(sets, ns).map(move |(k, v)| ((ns, k.to_vec()), v.map(<[u8]>::to_vec)))
+            })
+            .collect()
     }
 }
