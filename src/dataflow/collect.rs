@@ -52,8 +52,8 @@ const FREE_BUFFERS: usize = 2;
 /// records are emitted as they arrive instead of once their time is
 /// complete, and once the folds' stream is closed [`Emitted::RecordsDone`]
 /// follows the last of them and `forward` is set (identity's completion
-/// waits for it, `identity::stitch_at_once`). With a `tallier` it counts what it emits and
-/// the records loaded at time 0, and reports the counts
+/// waits for it, `identity::stitch_at_once`). With a `tallier` it counts
+/// what it emits and the records loaded at time 0, and reports the counts
 /// ([`Emitted::Tally`]) just before its last frontier.
 pub(crate) fn collect<'s>(
     (records, rest): (

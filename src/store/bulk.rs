@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 
 use super::encoder::{Encoder, Inbox};
-use super::engine::{BulkMethod, Packed, WriteSet};
+use super::engine::{BulkMethod, Packed, WriteSet, by_size};
 use super::writer::{Plan, add_progress, counters_of};
 use super::{DataflowCounters, Store, StoreError, layout};
 use crate::model::{Change, DeadLetter, Progress};
@@ -355,15 +355,9 @@ impl BulkLoad {
         if !ingest {
             return Ok(());
         }
-        let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
-        for (n, writes) in self.held.iter().flat_map(Packed::namespaces) {
-            *sizes.entry(n).or_default() += writes;
-        }
-        let mut order: Vec<(usize, usize)> = sizes.into_iter().collect();
         // Popped smallest first: each is soon written, and the large ones
         // are left for the end, side by side.
-        order.sort_by_key(|&(_, writes)| std::cmp::Reverse(writes));
-        self.early = order.into_iter().map(|(n, _)| n).collect();
+        self.early = by_size(&self.held).into_iter().map(|(n, _)| n).collect();
         Ok(())
     }
 

@@ -21,7 +21,6 @@
 //! [`PointReads`] says it serves, chosen when it is created and kept by the
 //! state (fjall records a keyspace's options).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -225,33 +224,10 @@ impl FjallDb {
     /// by side on rayon's pool. Durable when it returns.
     pub fn ingest_merged(&self, ns: &[Ns], sets: &[Packed]) -> Result<(u64, u64), EngineError> {
         use rayon::prelude::*;
-        let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
-        for (n, writes) in sets.iter().flat_map(Packed::namespaces) {
-            *sizes.entry(n).or_default() += writes;
-        }
-        let mut order: Vec<(usize, usize)> = sizes.into_iter().collect();
-        order.sort_by_key(|&(_, ops)| std::cmp::Reverse(ops));
-        order
+        super::by_size(sets)
             .par_iter()
-            .map(|&(n, _)| match ns.get(n) {
-                Some(Ns::Fjall(ks)) => ingest_merged_run(ks, sets, n),
-                _ => Err(EngineError::Mismatch("namespace")),
-            })
+            .map(|&(n, _)| ingest_merged_one(ns, sets, n))
             .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))
-    }
-
-    /// [`FjallDb::ingest_merged`] of namespace `n` alone, on the calling
-    /// thread.
-    pub fn ingest_merged_one(
-        &self,
-        ns: &[Ns],
-        sets: &[Packed],
-        n: usize,
-    ) -> Result<(u64, u64), EngineError> {
-        match ns.get(n) {
-            Some(Ns::Fjall(ks)) => ingest_merged_run(ks, sets, n),
-            _ => Err(EngineError::Mismatch("namespace")),
-        }
     }
 
     /// Major-compacts every keyspace of `ns` that holds more than one
@@ -350,6 +326,19 @@ fn ingest_run(
 
 /// Ingests namespace `n`'s merged writes of `sets` into `ks` as one run;
 /// returns the keys and bytes written.
+/// [`FjallDb::ingest_merged`] of namespace `n` of `ns` alone, on the
+/// calling thread.
+pub(crate) fn ingest_merged_one(
+    ns: &[Ns],
+    sets: &[Packed],
+    n: usize,
+) -> Result<(u64, u64), EngineError> {
+    match ns.get(n) {
+        Some(Ns::Fjall(ks)) => ingest_merged_run(ks, sets, n),
+        _ => Err(EngineError::Mismatch("namespace")),
+    }
+}
+
 fn ingest_merged_run(ks: &Keyspace, sets: &[Packed], n: usize) -> Result<(u64, u64), EngineError> {
     let mut ingestion = ks.start_ingestion()?;
     let (mut keys, mut bytes) = (0u64, 0u64);

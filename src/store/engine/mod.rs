@@ -23,7 +23,7 @@ pub(crate) mod fjall;
 mod packed;
 pub(crate) mod sled;
 
-pub(crate) use packed::{Packed, merged};
+pub(crate) use packed::{Packed, by_size, merged};
 
 use std::fmt;
 use std::ops::Deref;
@@ -660,7 +660,7 @@ impl Db {
         n: usize,
     ) -> Result<(u64, u64), EngineError> {
         match self {
-            Db::Fjall(db) => db.ingest_merged_one(ns, sets, n),
+            Db::Fjall(_) => fjall::ingest_merged_one(ns, sets, n),
             Db::Sled(_) => Err(EngineError::Mismatch("database")),
         }
     }

@@ -9,7 +9,7 @@
 //! never get into one (the set is checked first).
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use super::{EngineError, REMOVE, WriteSet};
 
@@ -198,6 +198,18 @@ pub(crate) fn merged(sets: &[Packed], ns: usize) -> Merged<'_> {
         merged.advance(set);
     }
     merged
+}
+
+/// Every namespace `sets` write (not [`Packed::forget`]ten), with its
+/// writes in all of them, the largest first.
+pub(crate) fn by_size(sets: &[Packed]) -> Vec<(usize, usize)> {
+    let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+    for (n, writes) in sets.iter().flat_map(Packed::namespaces) {
+        *sizes.entry(n).or_default() += writes;
+    }
+    let mut order: Vec<(usize, usize)> = sizes.into_iter().collect();
+    order.sort_by_key(|&(_, writes)| std::cmp::Reverse(writes));
+    order
 }
 
 /// The iterator of [`merged`]: a k-way merge over the sets' runs of one
