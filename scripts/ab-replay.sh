@@ -3,8 +3,10 @@
 # one build after the other, ROUNDS times, so that other load on the machine
 # falls on every build alike. Each run replays EVENTS events into an empty
 # state, then (with CONTINUE_SEED, default 8) EVENTS more into that state,
-# and prints events/s, CPU seconds (user + sys) and peak RSS: the CPU seconds
-# move much less than the rate when the host's speed varies. Uses (and makes
+# and prints events/s, CPU seconds (user + sys), idle core-seconds (2 x wall
+# - CPU: what a change that overlaps stages moves) and peak RSS: the CPU
+# seconds and the idle ones move much less than the rate when the host's
+# speed varies. Uses (and makes
 # if missing) the events of scripts/bench-replay.sh.
 #   scripts/ab-replay.sh [EVENTS] [ROUNDS] BIN_A BIN_B [BIN...]
 #   CONTINUE_SEED= scripts/ab-replay.sh 2000000 2 A B   (no continue step)
@@ -31,8 +33,11 @@ replay() {
 import json, sys
 s = json.load(open(sys.argv[1]))
 rss_kb, user, sys_s = open(sys.argv[2]).read().split()[-3:]
+cpu = float(user) + float(sys_s)
+# Core-seconds of the two no thread of the replay used.
+idle = 2 * s['elapsed_s'] - cpu
 print(f"{sys.argv[3]} {sys.argv[4]}: {s['events_per_s']:.0f} events/s, "
-      f"{float(user) + float(sys_s):.1f} CPU-s, peak RSS {int(rss_kb) / 2**20:.2f} GiB, "
+      f"{cpu:.1f} CPU-s, idle {idle:.2f} core-s, peak RSS {int(rss_kb) / 2**20:.2f} GiB, "
       f"{s['edges']} live edges")
 PY
 }
