@@ -288,7 +288,7 @@ pub(crate) struct WriteSet {
     pub ops: Vec<Op>,
     /// Scratch of `normalize`, kept for its capacity: (namespace, key
     /// prefix as two integers, position).
-    order: Vec<(usize, u128, u128, usize)>,
+    order: Vec<OrderEntry>,
     /// The other buffer of `normalize`, kept for its capacity.
     sorted: Vec<Op>,
     /// The first key or value added that is too long to store (keys over
@@ -409,7 +409,7 @@ impl WriteSet {
     /// source tied); the sort is unstable, with the position as the last
     /// tie-break (the last write of a key sorts last).
     pub fn normalize(&mut self) {
-        use rayon::slice::ParallelSliceMut;
+        use rayon::prelude::*;
         let arena = &self.arena;
         let key = |op: &Op| {
             let k = op.key();
@@ -423,40 +423,50 @@ impl WriteSet {
             b[..n].copy_from_slice(&part[..n]);
             u128::from_be_bytes(b)
         };
+        let entry = |(i, op): (usize, &Op)| {
+            let k = key(op);
+            (op.ns(), word(k, 0), word(k, 16), i)
+        };
         let ops = &self.ops;
         let order = &mut self.order;
         order.clear();
-        order.extend(ops.iter().enumerate().map(|(i, op)| {
-            let k = key(op);
-            (op.ns(), word(k, 0), word(k, 16), i)
-        }));
-        let cmp = |a: &(usize, u128, u128, usize), b: &(usize, u128, u128, usize)| {
+        let cmp = |a: &OrderEntry, b: &OrderEntry| {
             (a.0, a.1, a.2)
                 .cmp(&(b.0, b.1, b.2))
                 .then_with(|| key(&ops[a.3]).cmp(key(&ops[b.3])))
                 .then(a.3.cmp(&b.3))
         };
-        // A large set (the end of a replay, a bulk load's buffer) is sorted
-        // on every core: at a replay's end the workers are idle.
-        if order.len() >= PARALLEL_SORT_OPS {
-            order.par_sort_unstable_by(cmp);
-        } else {
+        // A large set (the end of a replay, a bulk load's buffer) is
+        // ordered, sorted and reduced on every core: at a replay's end the
+        // workers are idle, and reading each operation back in key order
+        // waits on memory.
+        if ops.len() < PARALLEL_SORT_OPS {
+            order.extend(ops.iter().enumerate().map(entry));
             order.sort_unstable_by(cmp);
+            let out = last_writes(order, ops, arena, std::mem::take(&mut self.sorted));
+            self.sorted = std::mem::replace(&mut self.ops, out);
+            return;
         }
-        // Keys whose namespace or first 32 bytes differ differ: only ties
-        // read the arena (at random) to tell a key's repetition from
-        // another key.
+        order.par_extend(ops.par_iter().enumerate().map(entry));
+        order.par_sort_unstable_by(cmp);
+        let chunk = order.len().div_ceil(rayon::current_num_threads().max(1));
+        let parts: Vec<Vec<Op>> = order
+            .par_chunks(chunk)
+            .map(|part| last_writes(part, ops, arena, Vec::new()))
+            .collect();
         let mut out = std::mem::take(&mut self.sorted);
         out.clear();
-        let mut last_prefix = None;
-        for &(ns, w0, w1, i) in order.iter() {
-            let op = ops[i];
-            let tied = last_prefix == Some((ns, w0, w1));
-            last_prefix = Some((ns, w0, w1));
-            match out.last_mut() {
-                Some(last) if tied && key(last) == key(&op) => *last = op,
-                _ => out.push(op),
+        out.reserve(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            // A key's writes may straddle two parts: the later part's is
+            // the later write.
+            if let (Some(last), Some(first)) = (out.last(), part.first())
+                && last.ns() == first.ns()
+                && key(last) == key(first)
+            {
+                out.pop();
             }
+            out.extend(part);
         }
         self.sorted = std::mem::replace(&mut self.ops, out);
     }
@@ -501,6 +511,33 @@ impl WriteSet {
         self.ops.clear();
         self.oversized = None;
     }
+}
+
+/// An operation's place in [`WriteSet::normalize`]'s order: its namespace,
+/// the first 32 bytes of its key as two integers, its index.
+type OrderEntry = (usize, u128, u128, usize);
+
+/// Each key's last write, in `order` (sorted by key, a key's writes in the
+/// order they were made), appended to `out`. Keys whose namespace or first
+/// 32 bytes differ differ: only ties read the arena (at random) to tell a
+/// key's repetition from another key.
+fn last_writes(order: &[OrderEntry], ops: &[Op], arena: &[u8], mut out: Vec<Op>) -> Vec<Op> {
+    let key = |op: &Op| {
+        let k = op.key();
+        &arena[k.start..k.end]
+    };
+    out.clear();
+    let mut last_prefix = None;
+    for &(ns, w0, w1, i) in order {
+        let op = ops[i];
+        let tied = last_prefix == Some((ns, w0, w1));
+        last_prefix = Some((ns, w0, w1));
+        match out.last_mut() {
+            Some(last) if tied && key(last) == key(&op) => *last = op,
+            _ => out.push(op),
+        }
+    }
+    out
 }
 
 /// Write sets with at least this many operations are sorted in parallel
@@ -970,6 +1007,45 @@ mod tests {
         assert_eq!(set.bytes(set.ops[0].value().unwrap()), b"v");
         assert_eq!(set.ops[1].value(), None);
         assert_eq!(set.bytes(set.ops[1].key()), b"k");
+    }
+
+    /// A set large enough to be normalized on every core
+    /// ([`super::PARALLEL_SORT_OPS`]), over few keys written many times
+    /// each, so that a key's writes straddle the parts reduced apart:
+    /// sorted by (namespace, key bytes) with each key's last write, as a
+    /// `BTreeMap` fed in order gives.
+    #[test]
+    fn a_large_set_keeps_the_last_write_of_each_key() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
+        for round in 0..2 {
+            let mut set = WriteSet::default();
+            let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+            let writes = super::PARALLEL_SORT_OPS * 2 + rng.random_range(0..1000usize);
+            for n in 0..writes {
+                let ns = rng.random_range(0..3usize);
+                // Few keys, most of them sharing their first 32 bytes.
+                let key = format!("{:040}{}", 0, rng.random_range(0..40u32)).into_bytes();
+                random_write(
+                    &mut rng,
+                    &mut set,
+                    &mut want,
+                    ns,
+                    key,
+                    format!("{round}-{n}"),
+                );
+            }
+            set.normalize();
+            let got: Vec<Written> = set
+                .ops
+                .iter()
+                .map(|op| {
+                    let value = op.value().map(|v| set.bytes(v).to_vec());
+                    ((op.ns(), set.bytes(op.key()).to_vec()), value)
+                })
+                .collect();
+            let want: Vec<Written> = want.into_iter().collect();
+            assert_eq!(got, want, "round {round}");
+        }
     }
 
     /// Keys that share long prefixes (up to past the 32 bytes compared as
