@@ -897,10 +897,21 @@ mod tests {
     use super::WriteSet;
 
     /// (namespace, key) → the value written last, `None` for a removal.
-    type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
+    pub(super) type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
 
     /// Writes `value` at `key` into `set` (removes the key one time in
     /// four instead) and records the write in `want`.
+    /// A normalized set's writes in its order: ((namespace, key), value).
+    pub(super) fn writes(s: &WriteSet) -> Vec<Written> {
+        s.ops
+            .iter()
+            .map(|op| {
+                let value = op.value().map(|v| s.bytes(v).to_vec());
+                ((op.ns(), s.bytes(op.key()).to_vec()), value)
+            })
+            .collect()
+    }
+
     pub(super) fn random_write(
         rng: &mut Xoshiro256PlusPlus,
         set: &mut WriteSet,
@@ -1011,53 +1022,26 @@ mod tests {
 
     /// A set large enough to be normalized on every core
     /// ([`super::PARALLEL_SORT_OPS`]), over few keys written many times
-    /// each, so that a key's writes straddle the parts reduced apart:
-    /// sorted by (namespace, key bytes) with each key's last write, as a
-    /// `BTreeMap` fed in order gives.
+    /// each, so that a key's writes straddle the parts reduced apart.
     #[test]
     fn a_large_set_keeps_the_last_write_of_each_key() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
         for round in 0..2 {
-            let mut set = WriteSet::default();
-            let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-            let writes = super::PARALLEL_SORT_OPS * 2 + rng.random_range(0..1000usize);
-            for n in 0..writes {
-                let ns = rng.random_range(0..3usize);
-                // Few keys, most of them sharing their first 32 bytes.
-                let key = format!("{:040}{}", 0, rng.random_range(0..40u32)).into_bytes();
-                random_write(
-                    &mut rng,
-                    &mut set,
-                    &mut want,
-                    ns,
-                    key,
-                    format!("{round}-{n}"),
-                );
-            }
-            set.normalize();
-            let got: Vec<Written> = set
-                .ops
-                .iter()
-                .map(|op| {
-                    let value = op.value().map(|v| set.bytes(v).to_vec());
-                    ((op.ns(), set.bytes(op.key()).to_vec()), value)
-                })
-                .collect();
-            let want: Vec<Written> = want.into_iter().collect();
-            assert_eq!(got, want, "round {round}");
+            let count = super::PARALLEL_SORT_OPS * 2 + rng.random_range(0..1000usize);
+            // Few keys, all sharing their first 32 bytes.
+            normalizes_as_a_map_would(&mut rng, round, count, |rng, _| {
+                format!("{:040}{}", 0, rng.random_range(0..40u32)).into_bytes()
+            });
         }
     }
 
     /// Keys that share long prefixes (up to past the 32 bytes compared as
     /// integers), differ only in length or end in zero bytes, written several
-    /// times each: `normalize` sorts by (namespace, key bytes) and keeps the
-    /// last write, as a `BTreeMap` fed in order does.
+    /// times each.
     #[test]
     fn normalize_sorts_by_key_bytes_and_keeps_the_last_write() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
         for round in 0..50 {
-            let mut set = WriteSet::default();
-            let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
             // Every key of a namespace starts the same in half the rounds:
             // many keys then tie in the 32 bytes the sort compares first.
             let prefixes: Vec<Vec<u8>> = (0..3)
@@ -1072,34 +1056,37 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            for n in 0..rng.random_range(0..400usize) {
-                let shared = rng.random_range(0..40usize);
-                let ns = rng.random_range(0..3usize);
+            let count = rng.random_range(0..400usize);
+            normalizes_as_a_map_would(&mut rng, round, count, |rng, ns| {
                 let mut key = prefixes[ns].clone();
-                key.extend(std::iter::repeat_n(b'k', shared));
+                key.extend(std::iter::repeat_n(b'k', rng.random_range(0..40usize)));
                 for _ in 0..rng.random_range(0..3usize) {
                     key.push([0u8, 1, b'a', 0xff][rng.random_range(0..4usize)]);
                 }
-                random_write(
-                    &mut rng,
-                    &mut set,
-                    &mut want,
-                    ns,
-                    key,
-                    format!("{round}-{n}"),
-                );
-            }
-            set.normalize();
-            let got: Vec<Written> = set
-                .ops
-                .iter()
-                .map(|op| {
-                    let value = op.value().map(|v| set.bytes(v).to_vec());
-                    ((op.ns(), set.bytes(op.key()).to_vec()), value)
-                })
-                .collect();
-            let want: Vec<Written> = want.into_iter().collect();
-            assert_eq!(got, want, "round {round}");
+                key
+            });
         }
+    }
+
+    /// `count` random writes (puts and removals) into namespaces 0..3 of
+    /// the keys `key` makes for a namespace, normalized: sorted by
+    /// (namespace, key bytes) with each key's last write, as a `BTreeMap`
+    /// fed in order gives.
+    fn normalizes_as_a_map_would(
+        rng: &mut Xoshiro256PlusPlus,
+        round: usize,
+        count: usize,
+        mut key: impl FnMut(&mut Xoshiro256PlusPlus, usize) -> Vec<u8>,
+    ) {
+        let mut set = WriteSet::default();
+        let mut want: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        for n in 0..count {
+            let ns = rng.random_range(0..3usize);
+            let k = key(rng, ns);
+            random_write(rng, &mut set, &mut want, ns, k, format!("{round}-{n}"));
+        }
+        set.normalize();
+        let want: Vec<Written> = want.into_iter().collect();
+        assert_eq!(writes(&set), want, "round {round}");
     }
 }

@@ -280,10 +280,7 @@ mod tests {
 
     use super::{Packed, merged};
     use crate::store::engine::WriteSet;
-    use crate::store::engine::tests::random_write;
-
-    /// (namespace, key) → the value written last, `None` for a removal.
-    type Written = ((usize, Vec<u8>), Option<Vec<u8>>);
+    use crate::store::engine::tests::{Written, random_write, writes};
 
     /// Sets written one after the other, normalized and packed (some of
     /// them empty, some without a namespace), merged per namespace: each
@@ -369,17 +366,6 @@ mod tests {
         set.normalize();
         let packed = Packed::of(&set).expect("pack");
         (set, packed)
-    }
-
-    /// A normalized set's writes in its order.
-    fn writes(s: &WriteSet) -> Vec<Written> {
-        s.ops
-            .iter()
-            .map(|op| {
-                let value = op.value().map(|v| s.bytes(v).to_vec());
-                ((op.ns(), s.bytes(op.key()).to_vec()), value)
-            })
-            .collect()
     }
 
     /// Every namespace's merge of `sets`, namespace after namespace.
