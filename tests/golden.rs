@@ -181,9 +181,10 @@ both_engines!(
 
 /// A bulk load large enough for fjall to write the folds' namespaces one
 /// at a time while identity is computed (more than 8 MiB held:
-/// `BulkLoad::held_final` and `write_early`, which its debug log reports)
-/// exports byte for byte what a sled load of the same generated events
-/// exports (sled writes every namespace once, at the end).
+/// `BulkLoad::held_final` and `write_early`, which its debug log reports),
+/// each namespace written once, exports byte for byte what a sled load of
+/// the same generated events exports (sled writes every namespace once, at
+/// the end).
 #[test]
 fn a_bulk_load_that_writes_early_exports_what_sled_exports() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -212,6 +213,13 @@ fn a_bulk_load_that_writes_early_exports_what_sled_exports() {
     assert!(out.status.success(), "{log}");
     let early = log.matches("namespace written early").count();
     assert!(early >= 3, "namespaces written early: {early}\n{log}");
+    // Nothing follows the folds' records into their namespaces, and a
+    // namespace written early is not written again at the end: every
+    // namespace is one run, with nothing to merge.
+    assert!(
+        log.contains("sorted runs merged namespaces=0"),
+        "a namespace was written twice:\n{log}"
+    );
     replay_with(&["--engine", "sled"], &sled, 2, &files);
     assert_same_export("fjall-early-vs-sled", &export(&sled), &export(&fjall));
 }
