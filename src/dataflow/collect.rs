@@ -268,10 +268,11 @@ fn to_changes(
                     key,
                     new,
                     old_first_seen,
+                    existed,
                 },
             ) => {
                 if let Some(t) = tallier.as_deref_mut() {
-                    t.record(df, key, new.is_some());
+                    t.record(df, key, new.is_some(), existed);
                 }
                 let dataflow = names.dataflows[df].clone();
                 changes.push(match key {

@@ -509,6 +509,7 @@ fn to_store_and_links<'s>(
                         key: RecKey::Link(a, b),
                         old_first_seen,
                         new,
+                        ..
                     } = &f
                     {
                         // Identity sees only a link's existence and

@@ -50,7 +50,10 @@ impl Hasher for KeyHasher {
 /// One output of a time: a record's aggregate after the time, or a count of
 /// late ops, or (time 0, when the collector tallies) a record rebuilt from
 /// the store. `old_first_seen` is set for links only (identity retracts the
-/// link's earlier first_seen).
+/// link's earlier first_seen); `existed` says whether the record was live
+/// when its changes were last emitted (or loaded at time 0): the tally
+/// counts a record of one contributor by it, without a map
+/// (`tally::Tallier::record`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Folded {
     Changed {
@@ -58,6 +61,7 @@ pub(crate) enum Folded {
         /// For links: whether the link existed before the time, and its
         /// first_seen then.
         old_first_seen: Option<i64>,
+        existed: bool,
         new: Option<Record>,
     },
     Late(u64),
@@ -332,6 +336,7 @@ impl Records {
                 Folded::Changed {
                     key,
                     old_first_seen: before.link_first_seen(),
+                    existed: before.existed(),
                     new,
                 },
                 t,
@@ -714,6 +719,7 @@ mod tests {
             Folded::Changed {
                 key: node("n:late"),
                 old_first_seen: None,
+                existed: true,
                 new: None
             },
             2,
@@ -885,12 +891,14 @@ mod tests {
                 let Folded::Changed {
                     key,
                     old_first_seen,
+                    existed,
                     new,
                 } = f
                 else {
                     continue;
                 };
                 let name = format!("{key:?}");
+                assert_eq!(self.records.contains_key(&name), existed, "{name}");
                 if let RecKey::Link(..) = key {
                     assert_eq!(self.links.get(&name).copied(), old_first_seen, "{name}");
                     match &new {
