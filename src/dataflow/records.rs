@@ -298,7 +298,9 @@ impl Records {
     /// and nothing downstream takes it (the collector drops time 0's
     /// records), so it is settled without a copy (after a 2M-event state's
     /// rebuild, 1.8M records were cloned into one growing vector only to be
-    /// dropped). When `last` (the inputs are closed: no op will reach these
+    /// dropped). A plain load does not even mark its record (`apply_group`):
+    /// only one that expired or replaced something at time 0 comes here.
+    /// When `last` (the inputs are closed: no op will reach these
     /// records again), a record's props move out instead of being copied.
     pub fn take_changes(
         &mut self,
