@@ -820,6 +820,13 @@ mod tests {
         assert_eq!(std::mem::size_of::<Op>(), 80);
     }
 
+    /// The folds' output is exchanged and buffered by value too: `existed`
+    /// fits in the padding.
+    #[test]
+    fn a_folded_change_takes_80_bytes() {
+        assert_eq!(std::mem::size_of::<Folded>(), 80);
+    }
+
     /// A retention of `u64::MAX` ms ends nothing, as none does.
     #[test]
     fn the_longest_retention_is_none() {
