@@ -9,7 +9,8 @@
 # `rdg produce --rate N` sends generated events to every topic (the probe's
 # own events come on top), so latency is measured under N events/s; the
 # load batches 50 ms (`rdg produce --rate`'s linger.ms), the probe 20 ms
-# (PROBE_LINGER_MS); BENCH_LOAD_ARGS adds arguments to that `rdg produce`
+# (PROBE_LINGER_MS), and polls a probe not yet readable every 1 ms
+# (PROBE_POLL_MS); BENCH_LOAD_ARGS adds arguments to that `rdg produce`
 # (e.g. "-X linger.ms=5", librdkafka's default and the load before 5 December).
 # Beside each probe, scripts/read_probe.py times lookups of other nodes
 # (one connection, a read every ~5 ms): how long a query waits while rdg

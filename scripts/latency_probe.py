@@ -7,7 +7,10 @@ through rdg's HTTP API (`GET /v1/nodes/profile/ID` answering 200).
 usage: latency_probe.py BROKERS TOPIC API_URL RATE SECONDS
 Prints p50/p90/p99/max in ms and the rate actually sent. PROBE_TRACE=FILE
 also writes each probe's acknowledgement (Unix time, s) and latency (ms) to
-FILE, a line each, to line up with rdg's own logs. PROBE_LINGER_MS sets its
+FILE, a line each, to line up with rdg's own logs. PROBE_POLL_MS (default
+1) is how long the probe waits between two reads of a probe not yet
+readable: each read costs this process and rdg's HTTP server CPU on the
+cores rdg shares with them. PROBE_LINGER_MS sets its
 producer's linger (default 20 ms, ~10 events a batch at 500 events/s; with
 2 ms each event was a produce request of its own, which the benchmark's
 broker, on the same two cores, paid for in CPU; the latency counts from the
@@ -32,6 +35,7 @@ def main() -> int:
     every = max(1, round(rate / PROBES_PER_SECOND))
     # Latency counts from the acknowledgement, whatever the linger.
     linger = int(os.environ.get("PROBE_LINGER_MS", "20"))
+    poll = float(os.environ.get("PROBE_POLL_MS", "1")) / 1000.0
     producer = KafkaProducer(bootstrap_servers=brokers, linger_ms=linger, acks=1)
     acked = {}
     lock = threading.Lock()
@@ -68,7 +72,7 @@ def main() -> int:
                 continue
             path = f"/v1/nodes/profile/{pid}"
             while not readable(path):
-                time.sleep(0.001)
+                time.sleep(poll)
             latencies.append((t_ack - start, (time.monotonic() - t_ack) * 1000.0))
             with lock:
                 probes.pop(0)
