@@ -316,8 +316,7 @@ impl BulkLoad {
         let inner = &self.store.inner;
         let db = &inner.db;
         let ns = &self.plan.ns;
-        let ingest = db.engine() == super::Engine::Fjall && self.method.ingests(self.held_bytes);
-        let written = if ingest {
+        let written = if self.ingests_held() {
             db.ingest_merged(ns, &self.held)
         } else {
             self.held.iter().try_fold((0, 0), |(keys, bytes), set| {
@@ -338,7 +337,15 @@ impl BulkLoad {
         );
         self.held.clear();
         self.held_bytes = 0;
+        // What was queued to be written early has just been written.
+        self.early.clear();
         Ok(())
+    }
+
+    /// Whether what is held is ingested (fjall, and the method ingests
+    /// that much) rather than written as batches.
+    fn ingests_held(&self) -> bool {
+        self.store.engine() == super::Engine::Fjall && self.method.ingests(self.held_bytes)
     }
 
     /// Everything handed to the load so far holds every write its
@@ -350,9 +357,7 @@ impl BulkLoad {
     pub fn held_final(&mut self) -> Result<(), StoreError> {
         self.take_inbox()?;
         self.write_buffer()?;
-        let ingest =
-            self.store.engine() == super::Engine::Fjall && self.method.ingests(self.held_bytes);
-        if !ingest {
+        if !self.ingests_held() {
             return Ok(());
         }
         // Popped smallest first: each is soon written, and the large ones
@@ -373,15 +378,6 @@ impl BulkLoad {
         let Some(n) = self.early.pop() else {
             return Ok(());
         };
-        // Held runs written at their size since the queue was made took it.
-        if !self
-            .held
-            .iter()
-            .flat_map(Packed::namespaces)
-            .any(|(m, _)| m == n)
-        {
-            return Ok(());
-        }
         let started = Instant::now();
         let inner = &self.store.inner;
         let (keys, bytes) = inner
