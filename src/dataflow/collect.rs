@@ -75,20 +75,12 @@ pub(crate) fn collect<'s>(
             let mut reported: Option<u64> = None;
             move |(records, records_frontier), (rest, rest_frontier), _output| {
                 let mut tallier = tallier.as_ref().map(|t| t.borrow_mut());
-                records.for_each(|cap, data| {
-                    held.take(
-                        cap.least().copied().unwrap_or(0),
-                        data.drain(..),
-                        tallier.as_deref_mut(),
-                    );
-                });
-                rest.for_each(|cap, data| {
-                    held.take(
-                        cap.least().copied().unwrap_or(0),
-                        data.drain(..),
-                        tallier.as_deref_mut(),
-                    );
-                });
+                let mut take = |at: Option<&u64>, data: &mut Vec<StoreUpdate>| {
+                    let at = at.copied().unwrap_or(0);
+                    held.take(at, data.drain(..), tallier.as_deref_mut());
+                };
+                records.for_each(|cap, data| take(cap.least(), data));
+                rest.for_each(|cap, data| take(cap.least(), data));
                 held.emit_forwarded(&names, worker, tallier.as_deref_mut(), &emit);
                 // Everything the folds sent is in (their stream closed after
                 // it, and a pipeline delivers in order): what may follow is

@@ -324,8 +324,6 @@ fn ingest_run(
     Ok(ingestion.finish()?)
 }
 
-/// Ingests namespace `n`'s merged writes of `sets` into `ks` as one run;
-/// returns the keys and bytes written.
 /// [`FjallDb::ingest_merged`] of namespace `n` of `ns` alone, on the
 /// calling thread.
 pub(crate) fn ingest_merged_one(
@@ -339,6 +337,8 @@ pub(crate) fn ingest_merged_one(
     }
 }
 
+/// Ingests namespace `n`'s merged writes of `sets` into `ks` as one run;
+/// returns the keys and bytes written.
 fn ingest_merged_run(ks: &Keyspace, sets: &[Packed], n: usize) -> Result<(u64, u64), EngineError> {
     let mut ingestion = ks.start_ingestion()?;
     let (mut keys, mut bytes) = (0u64, 0u64);
