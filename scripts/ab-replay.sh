@@ -3,8 +3,8 @@
 # one build after the other, ROUNDS times, so that other load on the machine
 # falls on every build alike. Each run replays EVENTS events into an empty
 # state, then (with CONTINUE_SEED, default 8) EVENTS more into that state,
-# and prints events/s, CPU seconds (user + sys), idle core-seconds (2 x wall
-# - CPU: what a change that overlaps stages moves) and peak RSS: the CPU
+# and prints events/s, CPU seconds (user + sys), idle core-seconds (cores x
+# wall - CPU: what a change that overlaps stages moves) and peak RSS: the CPU
 # seconds and the idle ones move much less than the rate when the host's
 # speed varies. Uses (and makes
 # if missing) the events of scripts/bench-replay.sh.
@@ -30,12 +30,12 @@ replay() {
     "$2"/playback.jsonl "$2"/gaming.jsonl "$2"/login.jsonl \
     2> "$work/ab-time.txt" > "$work/ab-summary.json"
   python3 - "$work/ab-summary.json" "$work/ab-time.txt" "$1" "$3" <<'PY'
-import json, sys
+import json, os, sys
 s = json.load(open(sys.argv[1]))
 rss_kb, user, sys_s = open(sys.argv[2]).read().split()[-3:]
 cpu = float(user) + float(sys_s)
-# Core-seconds of the two no thread of the replay used.
-idle = 2 * s['elapsed_s'] - cpu
+# Core-seconds of the machine's cores that no thread of the replay used.
+idle = os.cpu_count() * s['elapsed_s'] - cpu
 print(f"{sys.argv[3]} {sys.argv[4]}: {s['events_per_s']:.0f} events/s, "
       f"{cpu:.1f} CPU-s, idle {idle:.2f} core-s, peak RSS {int(rss_kb) / 2**20:.2f} GiB, "
       f"{s['edges']} live edges")
