@@ -77,7 +77,7 @@ def read(path):
 a, b = read(sys.argv[1]), read(sys.argv[2])
 secs = float(sys.argv[4]) - float(sys.argv[3])
 d = {k: [y - x for x, y in zip(a[k], v)] for k, v in b.items() if k in a}
-print(f"CPU over the probe ({secs:.0f} s; {os.cpu_count()} cores = {secs * os.cpu_count():.0f} CPU-s):")
+print(f"CPU over the probe ({secs:.1f} s; {os.cpu_count()} cores = {secs * os.cpu_count():.0f} CPU-s):")
 for (kind, name), v in sorted(d.items(), key=lambda kv: -kv[1][0]):
     if kind == "process":
         print(f"  {name:<20} {v[0] / hz:6.2f} CPU-s")

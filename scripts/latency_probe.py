@@ -14,7 +14,11 @@ cores rdg shares with them. PROBE_LINGER_MS sets its
 producer's linger (default 20 ms, ~10 events a batch at 500 events/s; with
 2 ms each event was a produce request of its own, which the benchmark's
 broker, on the same two cores, paid for in CPU; the latency counts from the
-acknowledgement either way).
+acknowledgement either way). PROBE_TIMEOUT_S (default 120) bounds the wait
+for one probe: a probe the broker acknowledged that is still not readable
+then is reported as never readable (its partition and offset, an event rdg
+did not make queryable), the probe goes on with the next, and the script
+exits with status 2 at the end.
 """
 import http.client
 import json
@@ -36,16 +40,20 @@ def main() -> int:
     # Latency counts from the acknowledgement, whatever the linger.
     linger = int(os.environ.get("PROBE_LINGER_MS", "20"))
     poll = float(os.environ.get("PROBE_POLL_MS", "1")) / 1000.0
+    timeout = float(os.environ.get("PROBE_TIMEOUT_S", "120"))
     producer = KafkaProducer(bootstrap_servers=brokers, linger_ms=linger, acks=1)
     acked = {}
     lock = threading.Lock()
     probes = []
     done = threading.Event()
 
+    where = {}
+
     def on_ack(pid):
-        def cb(_meta):
+        def cb(meta):
             with lock:
                 acked[pid] = time.monotonic()
+                where[pid] = f"{meta.topic}/{meta.partition}/{meta.offset}"
         return cb
 
     # One kept-alive connection: a new TCP connection per try would cost
@@ -72,13 +80,19 @@ def main() -> int:
                 continue
             path = f"/v1/nodes/profile/{pid}"
             while not readable(path):
+                if time.monotonic() - t_ack > timeout:
+                    with lock:
+                        never.append(f"{pid} ({where.get(pid)})")
+                    break
                 time.sleep(poll)
-            latencies.append((t_ack - start, (time.monotonic() - t_ack) * 1000.0))
+            else:
+                latencies.append((t_ack - start, (time.monotonic() - t_ack) * 1000.0))
             with lock:
                 probes.pop(0)
         result.extend(latencies)
 
     result = []
+    never = []
     t = threading.Thread(target=poller)
     t.start()
     start = time.monotonic()
@@ -111,13 +125,16 @@ def main() -> int:
         with open(trace, "w") as f:
             f.writelines(f"{at + wall0:.3f} {ms:.1f}\n" for at, ms in result)
     result = sorted(ms for _, ms in result)
+    if never:
+        print(f"{len(never)} probes acknowledged by the broker were not readable within {timeout:.0f} s: "
+              + ", ".join(never[:20]))
     if not result:
         print("no probes measured")
         return 1
     q = lambda p: result[min(len(result) - 1, int(p * len(result)))]
     print(f"sent {i} events at {sent_rate:.0f}/s (asked {rate:.0f}/s); {len(result)} probes: "
           f"p50 {q(0.5):.1f} ms, p90 {q(0.9):.1f} ms, p99 {q(0.99):.1f} ms, max {result[-1]:.1f} ms")
-    return 0
+    return 2 if never else 0
 
 
 if __name__ == "__main__":
