@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -700,4 +700,59 @@ fn real_broker_resume_inside_a_batch() {
         let offsets: Vec<u64> = drain_bounded(&mut src).iter().map(|r| r.offset).collect();
         assert_eq!(offsets, (from..16).collect::<Vec<_>>(), "from {from}");
     }
+}
+
+/// Against a real broker (see above): fetch answers that end inside a
+/// record batch (here forced by a small `max.partition.fetch.bytes`) make
+/// librdkafka fetch again from inside that batch. Every record still
+/// arrives once and in order.
+#[test]
+#[ignore = "needs a real broker: scripts/test.sh runs it"]
+fn real_broker_fetches_that_end_inside_a_batch_lose_nothing() {
+    let brokers = std::env::var("RDG_TEST_BROKERS")
+        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
+    logs();
+    let topic = format!("rdg-test-split-{}", std::process::id());
+    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 1)]).unwrap();
+    // Batches of up to 500 records of ~200 bytes (linger lets them fill).
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "50")
+        .set("batch.num.messages", "500")
+        .create()
+        .unwrap();
+    let n = 3_000usize;
+    let pad = "x".repeat(180);
+    for i in 0..n {
+        let payload = format!("{{\"i\":{i},\"pad\":\"{pad}\"}}");
+        loop {
+            match p.send(
+                BaseRecord::<str, str>::to(&topic)
+                    .payload(&payload)
+                    .partition(0),
+            ) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    assert!(
+                        matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
+                        "{e}"
+                    );
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(PATIENCE).unwrap();
+    let cfg = KafkaConfig {
+        settings: BTreeMap::from([("max.partition.fetch.bytes".to_string(), "20000".to_string())]),
+        ..config(&brokers)
+    };
+    let mut src = KafkaSource::bounded("df", &topic, &cfg, 0, 1, BTreeMap::new()).unwrap();
+    let got = drain_bounded(&mut src);
+    let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..n as u64).collect::<Vec<_>>());
+    assert_eq!(src.skipped_offsets(), 0);
 }

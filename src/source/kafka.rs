@@ -612,6 +612,16 @@ struct Part {
     added: bool,
     /// The last fetch error logged, to log a repeated one at debug.
     last_error: Option<String>,
+    /// Offsets the broker went past without delivering them.
+    skipped: Skipped,
+}
+
+/// Offsets of one partition that the broker went past without delivering
+/// them, and in how many gaps (see [`Skipped::note`]).
+#[derive(Default)]
+struct Skipped {
+    offsets: u64,
+    gaps: u64,
 }
 
 /// Reads the partitions of one topic owned by one worker. See the module
@@ -774,6 +784,12 @@ impl KafkaSource {
         commit(&self.consumer, &self.topic, &mine)
     }
 
+    /// Offsets of this source's partitions that the broker went past without
+    /// delivering them, since it was created (see [`Skipped::note`]).
+    pub fn skipped_offsets(&self) -> u64 {
+        self.parts.values().map(|part| part.skipped.offsets).sum()
+    }
+
     /// Records behind the end of the owned partitions: the sum of (high
     /// watermark − next offset), from watermarks at most one refresh
     /// interval old. `None` until the watermarks of every owned partition
@@ -823,6 +839,7 @@ impl KafkaSource {
                     fetch_from: 0,
                     added,
                     last_error: None,
+                    skipped: Skipped::default(),
                 },
             );
         }
@@ -1247,6 +1264,41 @@ enum Drained {
     OutOfRange,
 }
 
+impl Skipped {
+    /// The broker delivered offset `o` of `topic`/`p` while `next` was due:
+    /// the offsets in between were never delivered. A compacted topic
+    /// (records removed), a transactional one (commit markers, aborted
+    /// records) and a broker that lost records all look the same from here,
+    /// so the records after the gap are delivered as usual and the gap is
+    /// counted ([`KafkaSource::skipped_offsets`]) and logged: a partition's
+    /// first as a warning, later ones at debug level, so that a
+    /// transactional topic does not flood the log. tansu 0.6 loses the rest
+    /// of a record batch when a fetch starts inside it (see
+    /// [`RESUME_BACKTRACK`]), and librdkafka fetches from inside a batch
+    /// after an answer that ended in one: under a backlog such gaps appear
+    /// there (docs/performance.md).
+    fn note(&mut self, topic: &str, p: i32, next: i64, o: i64) {
+        let last = o - 1;
+        self.gaps += 1;
+        self.offsets += u64::try_from(o - next).unwrap_or(0);
+        if self.gaps == 1 {
+            tracing::warn!(
+                "{topic}/{p}: offsets {next}..={last} were not delivered (the broker answered \
+                 with offset {o} next): a compacted or transactional topic leaves such gaps, \
+                 any other topic lost these records on the broker; later gaps of {topic}/{p} \
+                 are logged at debug level"
+            );
+        } else {
+            tracing::debug!(
+                "{topic}/{p}: offsets {next}..={last} were not delivered ({} offsets in {} \
+                 gaps so far)",
+                self.offsets,
+                self.gaps
+            );
+        }
+    }
+}
+
 /// Moves up to `budget` records of partition `p` from its queue to `out`.
 fn drain(
     topic: &str,
@@ -1270,6 +1322,9 @@ fn drain(
                 if part.exact && o < part.next {
                     // Fetched again after a restart: already delivered.
                     continue;
+                }
+                if part.exact && o > part.next {
+                    part.skipped.note(topic, p, part.next, o);
                 }
                 out.push(
                     u32::try_from(p).unwrap_or(0),
@@ -1444,6 +1499,15 @@ impl OffsetCommitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_offsets_count_what_each_gap_went_past() {
+        let mut skipped = Skipped::default();
+        // Offset 5 was due and 6 came: one offset; then 10 due, 13 came.
+        skipped.note("t", 0, 5, 6);
+        skipped.note("t", 0, 10, 13);
+        assert_eq!((skipped.offsets, skipped.gaps), (4, 2));
+    }
 
     #[test]
     fn owner_is_deterministic_and_balanced() {
