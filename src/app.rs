@@ -448,6 +448,9 @@ pub struct DataflowTotals {
     pub watermark: Option<i64>,
     /// Messages behind the end of its input, summed over its sources.
     pub lag: Option<i64>,
+    /// Positions its sources went past without a record (Kafka offset
+    /// gaps), summed over its sources.
+    pub skipped_offsets: u64,
 }
 
 /// Called by [`run_into_store`] on the calling thread.
@@ -862,7 +865,8 @@ struct Writer {
     /// Seconds spent writing to the store (encoding and engine).
     commit_s: f64,
     /// Latest lag per (dataflow, worker, source).
-    lag: BTreeMap<(String, usize, usize), i64>,
+    /// Per (dataflow, worker, source): its last lag and skipped offsets.
+    lag: BTreeMap<(String, usize, usize), (i64, u64)>,
     pending: BTreeMap<u64, PendingTime>,
     /// Which workers have emitted all their folds' records
     /// ([`Emitted::RecordsDone`]).
@@ -940,15 +944,18 @@ impl Writer {
                 source,
                 dataflow,
                 lag,
+                skipped,
             } => {
-                self.lag.insert((dataflow.clone(), worker, source), lag);
-                let sum = self
+                self.lag
+                    .insert((dataflow.clone(), worker, source), (lag, skipped));
+                let (lag, skipped) = self
                     .lag
                     .iter()
                     .filter(|((d, _, _), _)| *d == dataflow)
-                    .map(|(_, l)| *l)
-                    .sum();
-                self.totals.dataflows.entry(dataflow).or_default().lag = Some(sum);
+                    .fold((0, 0), |(l, s), (_, (lag, skipped))| (l + lag, s + skipped));
+                let t = self.totals.dataflows.entry(dataflow).or_default();
+                t.lag = Some(lag);
+                t.skipped_offsets = skipped;
             }
         }
         Ok(())

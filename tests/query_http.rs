@@ -1129,6 +1129,7 @@ fn status_metrics_and_readiness() {
     get(&base, "/readyz").error(503, "not ready");
     live.set_ready(true);
     live.observe("playback", 10, Some(42));
+    live.set_skipped_offsets("playback", 3);
     live.observe_commit(Duration::from_millis(3));
     live.observe_commit(Duration::from_millis(300));
     live.observe_record_ages("playback", [(30, 3), (5_000, 1)]);
@@ -1149,6 +1150,7 @@ fn status_metrics_and_readiness() {
     assert_eq!(d["watermark"], 1234);
     assert_eq!(d["offsets"]["0"], 1);
     assert_eq!(d["lag"], 42);
+    assert_eq!(d["skipped_offsets"], 3);
     // Namespace sizes are counted in the background, right after start.
     let until = Instant::now() + Duration::from_secs(10);
     let counts = loop {
@@ -1173,6 +1175,7 @@ fn status_metrics_and_readiness() {
         "rdg_dead_letters_total{dataflow=\"playback\"} 1",
         "rdg_watermark_milliseconds{dataflow=\"playback\"} 1234",
         "rdg_lag_messages{dataflow=\"playback\"} 42",
+        "rdg_source_offsets_skipped_total{dataflow=\"playback\"} 3",
         "rdg_ingest_events_per_second{dataflow=\"playback\"}",
         "rdg_store_records{namespace=\"edge/watched\"} 1",
         "rdg_store_disk_bytes ",

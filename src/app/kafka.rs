@@ -151,6 +151,7 @@ impl Observer for LiveObserver {
         self.gauges.set_stages(totals.stages.clone());
         for (name, t) in &totals.dataflows {
             self.gauges.observe(name, t.events, t.lag);
+            self.gauges.set_skipped_offsets(name, t.skipped_offsets);
         }
         let Some(every) = self.status_every else {
             return;

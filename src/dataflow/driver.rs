@@ -365,6 +365,7 @@ impl<'a> Reader<'a> {
                     source: k,
                     dataflow: r.source.dataflow().to_string(),
                     lag,
+                    skipped: r.source.skipped_offsets(),
                 }),
                 None => all = false,
             }

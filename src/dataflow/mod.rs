@@ -76,12 +76,14 @@ pub enum Emitted {
     /// for times before `upto`
     /// (`u64::MAX`: it is finished).
     Frontier { worker: usize, upto: u64 },
-    /// How far source `source` of `worker` is behind its input (messages).
+    /// How far source `source` of `worker` is behind its input (messages),
+    /// and how many positions it went past without a record so far.
     Lag {
         worker: usize,
         source: usize,
         dataflow: String,
         lag: i64,
+        skipped: u64,
     },
 }
 

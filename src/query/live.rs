@@ -108,6 +108,12 @@ pub trait LiveStatus: Send + Sync {
     fn lag(&self) -> BTreeMap<String, Option<i64>>;
     /// Per dataflow: events committed per second, recently.
     fn ingest_rates(&self) -> BTreeMap<String, f64>;
+    /// Per dataflow: positions its sources went past without a record so
+    /// far (Kafka offset gaps: compacted or transactional topics, or records
+    /// a broker lost).
+    fn skipped_offsets(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
     /// What is serving, for `/v1/status`: `serve`, `run`, `demo`.
     fn mode(&self) -> &str;
     /// Seconds the pipeline spent so far per stage (`decode`, `fold`,
@@ -154,6 +160,7 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Gauge {
     lag: Option<i64>,
+    skipped_offsets: u64,
     rate: f64,
     /// (events, when) at the start of the current window.
     window: Option<(u64, Instant)>,
@@ -240,6 +247,17 @@ impl LiveGauges {
         self.observe_at(dataflow, events_committed, lag, Instant::now());
     }
 
+    /// Reports the positions a dataflow's sources went past without a
+    /// record so far.
+    pub fn set_skipped_offsets(&self, dataflow: &str, skipped: u64) {
+        let mut inner = self.lock();
+        inner
+            .dataflows
+            .entry(dataflow.to_string())
+            .or_default()
+            .skipped_offsets = skipped;
+    }
+
     fn observe_at(&self, dataflow: &str, events: u64, lag: Option<i64>, now: Instant) {
         let mut inner = self.lock();
         let g = inner.dataflows.entry(dataflow.to_string()).or_default();
@@ -272,6 +290,14 @@ impl LiveStatus for LiveGauges {
             .dataflows
             .iter()
             .map(|(k, g)| (k.clone(), g.lag))
+            .collect()
+    }
+
+    fn skipped_offsets(&self) -> BTreeMap<String, u64> {
+        self.lock()
+            .dataflows
+            .iter()
+            .map(|(k, g)| (k.clone(), g.skipped_offsets))
             .collect()
     }
 

@@ -315,6 +315,15 @@ fn per_dataflow(
     )?;
     labelled(
         e,
+        "rdg_source_offsets_skipped",
+        "Positions a dataflow's sources went past without a record, per dataflow: Kafka offset gaps (a compacted or transactional topic, or records the broker lost; the source logs each partition's first)",
+        MetricType::Counter,
+        "dataflow",
+        live.skipped_offsets(),
+        ConstCounter::new,
+    )?;
+    labelled(
+        e,
         "rdg_stage_seconds",
         "Seconds the pipeline spent per stage (decode, fold, identity, collect, commit), summed over its threads",
         MetricType::Counter,

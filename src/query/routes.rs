@@ -516,6 +516,8 @@ pub struct DataflowStatus {
     /// partition -> next position (line or offset) stored.
     offsets: BTreeMap<String, u64>,
     lag: Option<i64>,
+    /// Kafka offsets this run's sources went past without a record.
+    skipped_offsets: u64,
     ingest_rate: f64,
 }
 
@@ -551,6 +553,7 @@ pub async fn status(State(app): Shared, RawQuery(raw): RawQuery) -> Result<Answe
     let commit = view.commit_count();
     drop(view);
     let lag = app.live.lag();
+    let skipped = app.live.skipped_offsets();
     let rates = app.live.ingest_rates();
     let names: BTreeSet<&String> = meta
         .dataflows
@@ -576,6 +579,7 @@ pub async fn status(State(app): Shared, RawQuery(raw): RawQuery) -> Result<Answe
                 watermark: m.watermark,
                 offsets,
                 lag: lag.get(name).copied().flatten(),
+                skipped_offsets: skipped.get(name).copied().unwrap_or(0),
                 ingest_rate: rates.get(name).copied().unwrap_or(0.0),
             },
         );

@@ -1429,6 +1429,10 @@ impl Source for KafkaSource {
     fn lag(&self) -> Option<i64> {
         KafkaSource::lag(self)
     }
+
+    fn skipped_offsets(&self) -> u64 {
+        KafkaSource::skipped_offsets(self)
+    }
 }
 
 /// Commits next offsets of `topic` through `consumer` (whose `group.id` is

@@ -197,6 +197,11 @@ pub trait Source {
     fn lag(&self) -> Option<i64> {
         None
     }
+    /// Positions the input went past without delivering a record, so far
+    /// (a Kafka broker's offset gaps); files have none.
+    fn skipped_offsets(&self) -> u64 {
+        0
+    }
     /// The time the records of the last `poll` belong to, for a source
     /// that several workers read ([`Shared`]); `None`: the caller decides.
     fn time(&self) -> Option<u64> {
