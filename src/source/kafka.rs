@@ -12,10 +12,7 @@
 //! - Records of one partition are delivered in offset order, each once: a
 //!   record below the partition's next offset is skipped (fetches resume a
 //!   little before the position, see [`RESUME_BACKTRACK`], and restart after
-//!   refused offsets). An offset the broker goes past without delivering it
-//!   is fetched again once (from [`RESUME_BACKTRACK`] before it, at most
-//!   every [`REFETCH_EVERY`] per partition); a gap that remains is counted
-//!   ([`KafkaSource::skipped_offsets`]) and logged, never skipped silently.
+//!   refused offsets).
 //! - An offset the broker no longer has is never skipped silently: with
 //!   [`OnGap::Stop`] `poll` fails with [`SourceError::Gap`], with
 //!   [`OnGap::Earliest`] it logs and continues from the earliest offset.
@@ -620,26 +617,12 @@ struct Part {
 }
 
 /// Offsets of one partition that the broker went past without delivering
-/// them, and in how many gaps (see [`Skipped::note`]); and the gap being
-/// fetched again, if any (see [`Skipped::refetch`]).
+/// them, and in how many gaps (see [`Skipped::note`]).
 #[derive(Default)]
 struct Skipped {
     offsets: u64,
     gaps: u64,
-    /// The offset due when the broker last went past it, fetched again
-    /// since from [`RESUME_BACKTRACK`] earlier.
-    refetching: Option<i64>,
-    /// When a gap was last fetched again.
-    refetched_at: Option<Instant>,
-    /// Gaps whose records the fetch again delivered.
-    recovered: u64,
 }
-
-/// At most one gap of a partition a second is fetched again (the rest are
-/// counted as they come): a transactional topic leaves a gap at every
-/// commit marker, and each fetch again reads up to [`RESUME_BACKTRACK`]
-/// records twice.
-const REFETCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads the partitions of one topic owned by one worker. See the module
 /// documentation for the guarantees.
@@ -1138,7 +1121,6 @@ impl KafkaSource {
         let mut got = 0;
         let mut ends = Vec::new();
         let mut checking = Vec::new();
-        let mut gaps = Vec::new();
         loop {
             let per = (max - got).div_ceil(active.len()).max(1);
             let mut more = false;
@@ -1157,7 +1139,6 @@ impl KafkaSource {
                     Drained::Full => more = true,
                     Drained::End => ends.push(p),
                     Drained::OutOfRange => checking.push(p),
-                    Drained::Gap => gaps.push(p),
                 }
                 if got >= max {
                     break;
@@ -1169,13 +1150,6 @@ impl KafkaSource {
         }
         if !ends.is_empty() {
             self.at_end(&ends)?;
-        }
-        for p in gaps {
-            let Some(part) = self.parts.get(&p) else {
-                continue;
-            };
-            let low = lock(&self.shared).watermarks.get(&p).map_or(0, |w| w.0);
-            self.restart(p, resume_at(part.next, low))?;
         }
         if !checking.is_empty() {
             let generation = {
@@ -1288,48 +1262,9 @@ enum Drained {
     End,
     /// The broker refused the fetch offset; fetching has stopped.
     OutOfRange,
-    /// The broker went past the offset due (the record after the gap was
-    /// not delivered): fetch the partition again.
-    Gap,
 }
 
 impl Skipped {
-    /// The broker delivered offset `o` while `next` was due: whether to
-    /// fetch the partition again from [`RESUME_BACKTRACK`] before `next`
-    /// instead of going on. Once per gap (the same `next` again is a real
-    /// gap: [`Skipped::note`] it) and at most every [`REFETCH_EVERY`].
-    /// tansu 0.6, under load, answered a fetch with a batch after one it
-    /// had not made readable yet; the fetch again found the records.
-    fn refetch(&mut self, next: i64) -> bool {
-        if self.refetching == Some(next) {
-            self.refetching = None;
-            return false;
-        }
-        if self
-            .refetched_at
-            .is_some_and(|at| at.elapsed() < REFETCH_EVERY)
-        {
-            return false;
-        }
-        self.refetching = Some(next);
-        self.refetched_at = Some(Instant::now());
-        true
-    }
-
-    /// Offset `o` was delivered: if a gap before it was being fetched again
-    /// and `o` is the offset that was due, the records are back.
-    fn delivered(&mut self, topic: &str, p: i32, o: i64) {
-        if self.refetching == Some(o) {
-            self.refetching = None;
-            self.recovered += 1;
-            tracing::info!(
-                "{topic}/{p}: offset {o} and those after it arrived when fetched again, after \
-                 the broker had gone past them ({} such gaps recovered)",
-                self.recovered
-            );
-        }
-    }
-
     /// The broker delivered offset `o` of `topic`/`p` while `next` was due:
     /// the offsets in between were never delivered. A compacted topic
     /// (records removed), a transactional one (commit markers, aborted
@@ -1389,16 +1324,7 @@ fn drain(
                     continue;
                 }
                 if part.exact && o > part.next {
-                    if part.skipped.refetch(part.next) {
-                        tracing::debug!(
-                            "{topic}/{p}: offset {o} came while {} was due; fetching again",
-                            part.next
-                        );
-                        return (n, Drained::Gap);
-                    }
                     part.skipped.note(topic, p, part.next, o);
-                } else {
-                    part.skipped.delivered(topic, p, o);
                 }
                 out.push(
                     u32::try_from(p).unwrap_or(0),
@@ -1577,26 +1503,6 @@ impl OffsetCommitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_gap_is_fetched_again_once_and_at_most_every_second() {
-        let mut s = Skipped::default();
-        // Offset 5 due, 9 came: fetch again; 9 came again: a real gap.
-        assert!(s.refetch(5));
-        assert!(!s.refetch(5));
-        // Within the second, another gap is not fetched again.
-        assert!(!s.refetch(20));
-        s.refetched_at = Some(Instant::now() - REFETCH_EVERY);
-        // A second on: fetched again, and this time 30 arrives.
-        assert!(s.refetch(30));
-        s.delivered("t", 0, 29);
-        assert_eq!(s.recovered, 0);
-        s.delivered("t", 0, 30);
-        assert_eq!((s.recovered, s.refetching.is_none()), (1, true));
-        // The next gap, a second later, is fetched again too.
-        s.refetched_at = Some(Instant::now() - REFETCH_EVERY);
-        assert!(s.refetch(40));
-    }
 
     #[test]
     fn skipped_offsets_count_what_each_gap_went_past() {
