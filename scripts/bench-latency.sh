@@ -21,6 +21,8 @@
 # each rdg thread's seconds on a core and waiting in the run queue for one
 # (/proc/PID/task/*/schedstat), and rdg's commits, events and keys written
 # (/metrics): where the cores went while the latency was measured.
+# A probe the broker acknowledged that rdg never made readable within
+# PROBE_TIMEOUT_S (120) is named, and the script exits non-zero at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=${1:-2}
@@ -123,10 +125,12 @@ for rate in $rates; do
     sleep "$(( seconds > 7 ? seconds - 6 : 1 ))"
     cpu_snapshot "$work/cpu-after" "${procs[@]}"
     ended=$(date +%s.%N)
-    wait "$probe"
+    # A probe never readable fails the script, after the report.
+    wait "$probe" || status=$?
     cpu_report "$work/cpu-start" "$work/cpu-after" "$began" "$ended"
   else
-    python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds"
+    python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds" ||
+      status=$?
   fi
   wait "$reads" || true
   if [ -n "$load" ]; then
@@ -134,3 +138,4 @@ for rate in $rates; do
     wait "$load" 2>/dev/null || true
   fi
 done
+exit "${status:-0}"

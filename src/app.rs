@@ -864,8 +864,7 @@ struct Writer {
     align: u64,
     /// Seconds spent writing to the store (encoding and engine).
     commit_s: f64,
-    /// Latest lag per (dataflow, worker, source).
-    /// Per (dataflow, worker, source): its last lag and skipped offsets.
+    /// Per (dataflow, worker, source): its latest lag and skipped offsets.
     lag: BTreeMap<(String, usize, usize), (i64, u64)>,
     pending: BTreeMap<u64, PendingTime>,
     /// Which workers have emitted all their folds' records

@@ -624,6 +624,40 @@ struct Skipped {
     gaps: u64,
 }
 
+impl Skipped {
+    /// The broker delivered offset `o` of `topic`/`p` while `next` was due:
+    /// the offsets in between were never delivered. A compacted topic
+    /// (records removed), a transactional one (commit markers, aborted
+    /// records) and a broker that lost records all look the same from here,
+    /// so the records after the gap are delivered as usual and the gap is
+    /// counted ([`KafkaSource::skipped_offsets`]) and logged: a partition's
+    /// first as a warning, later ones at debug level, so that a
+    /// transactional topic does not flood the log. tansu 0.6 loses the rest
+    /// of a record batch when a fetch starts inside it (see
+    /// [`RESUME_BACKTRACK`]), and under a backlog it went past whole batches
+    /// (docs/performance.md).
+    fn note(&mut self, topic: &str, p: i32, next: i64, o: i64) {
+        let last = o - 1;
+        self.gaps += 1;
+        self.offsets += u64::try_from(o - next).unwrap_or(0);
+        if self.gaps == 1 {
+            tracing::warn!(
+                "{topic}/{p}: offsets {next}..={last} were not delivered (the broker answered \
+                 with offset {o} next): a compacted or transactional topic leaves such gaps, \
+                 any other topic lost these records on the broker; later gaps of {topic}/{p} \
+                 are logged at debug level"
+            );
+        } else {
+            tracing::debug!(
+                "{topic}/{p}: offsets {next}..={last} were not delivered ({} offsets in {} \
+                 gaps so far)",
+                self.offsets,
+                self.gaps
+            );
+        }
+    }
+}
+
 /// Reads the partitions of one topic owned by one worker. See the module
 /// documentation for the guarantees.
 pub struct KafkaSource {
@@ -1262,41 +1296,6 @@ enum Drained {
     End,
     /// The broker refused the fetch offset; fetching has stopped.
     OutOfRange,
-}
-
-impl Skipped {
-    /// The broker delivered offset `o` of `topic`/`p` while `next` was due:
-    /// the offsets in between were never delivered. A compacted topic
-    /// (records removed), a transactional one (commit markers, aborted
-    /// records) and a broker that lost records all look the same from here,
-    /// so the records after the gap are delivered as usual and the gap is
-    /// counted ([`KafkaSource::skipped_offsets`]) and logged: a partition's
-    /// first as a warning, later ones at debug level, so that a
-    /// transactional topic does not flood the log. tansu 0.6 loses the rest
-    /// of a record batch when a fetch starts inside it (see
-    /// [`RESUME_BACKTRACK`]), and librdkafka fetches from inside a batch
-    /// after an answer that ended in one: under a backlog such gaps appear
-    /// there (docs/performance.md).
-    fn note(&mut self, topic: &str, p: i32, next: i64, o: i64) {
-        let last = o - 1;
-        self.gaps += 1;
-        self.offsets += u64::try_from(o - next).unwrap_or(0);
-        if self.gaps == 1 {
-            tracing::warn!(
-                "{topic}/{p}: offsets {next}..={last} were not delivered (the broker answered \
-                 with offset {o} next): a compacted or transactional topic leaves such gaps, \
-                 any other topic lost these records on the broker; later gaps of {topic}/{p} \
-                 are logged at debug level"
-            );
-        } else {
-            tracing::debug!(
-                "{topic}/{p}: offsets {next}..={last} were not delivered ({} offsets in {} \
-                 gaps so far)",
-                self.offsets,
-                self.gaps
-            );
-        }
-    }
 }
 
 /// Moves up to `budget` records of partition `p` from its queue to `out`.
