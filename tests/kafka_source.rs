@@ -28,7 +28,7 @@ use rdg::source::kafka::{OffsetCommitter, group_id, owner};
 use rdg::source::{
     KafkaConfig, KafkaSource, OnGap, Poll, RawBatch, RawRecord, Source, SourceError,
 };
-use support::{eventually, logs};
+use support::{eventually, logs, real_broker_topic};
 
 /// A bound on every wait, so a broken test fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -650,11 +650,7 @@ fn real_broker_partitions_added_while_running_are_picked_up() {
 #[test]
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_start_time_skips_older_records() {
-    let brokers = std::env::var("RDG_TEST_BROKERS")
-        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
-    logs();
-    let topic = format!("rdg-test-time-{}", std::process::id());
-    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 2)]).unwrap();
+    let (brokers, topic) = real_broker_topic("time", 2);
     send(&brokers, events(&topic, 20));
     // Record timestamps are milliseconds: step past the last old one.
     std::thread::sleep(Duration::from_millis(20));
@@ -682,11 +678,7 @@ fn real_broker_start_time_skips_older_records() {
 #[test]
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_resume_inside_a_batch() {
-    let brokers = std::env::var("RDG_TEST_BROKERS")
-        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
-    logs();
-    let topic = format!("rdg-test-batch-{}", std::process::id());
-    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 1)]).unwrap();
+    let (brokers, topic) = real_broker_topic("batch", 1);
     // Each produce call is flushed: batches at offsets 0..5, 5..6, 6..9, 9..16.
     let mut next = 0;
     for size in [5, 1, 3, 7] {
@@ -702,18 +694,13 @@ fn real_broker_resume_inside_a_batch() {
     }
 }
 
-/// Against a real broker (see above): fetch answers that end inside a
-/// record batch (here forced by a small `max.partition.fetch.bytes`) make
-/// librdkafka fetch again from inside that batch. Every record still
-/// arrives once and in order.
+/// Against a real broker (see above): fetch answers cut short (a
+/// `max.partition.fetch.bytes` of a fifth of a batch) still deliver every
+/// record once and in order.
 #[test]
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_fetches_that_end_inside_a_batch_lose_nothing() {
-    let brokers = std::env::var("RDG_TEST_BROKERS")
-        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
-    logs();
-    let topic = format!("rdg-test-split-{}", std::process::id());
-    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 1)]).unwrap();
+    let (brokers, topic) = real_broker_topic("split", 1);
     // Batches of up to 500 records of ~200 bytes (linger lets them fill).
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -761,17 +748,13 @@ fn real_broker_fetches_that_end_inside_a_batch_lose_nothing() {
 /// record batch larger than the source's backtrack. A Kafka broker answers
 /// with that batch (the source drops the records before the position);
 /// tansu 0.6 answers with the next batch, so the rest of this one never
-/// comes, even when fetched again. Either way every offset from the
+/// comes. Either way every offset from the
 /// position on is delivered once, in order, or counted as skipped: none is
 /// lost without a word.
 #[test]
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_offsets_past_a_resume_are_delivered_or_counted() {
-    let brokers = std::env::var("RDG_TEST_BROKERS")
-        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
-    logs();
-    let topic = format!("rdg-test-deep-{}", std::process::id());
-    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), 1)]).unwrap();
+    let (brokers, topic) = real_broker_topic("deep", 1);
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "2000")

@@ -19,6 +19,19 @@ pub fn logs() {
         .try_init();
 }
 
+/// A real broker's address (`RDG_TEST_BROKERS`, which `scripts/test.sh`
+/// sets) and a new topic `rdg-test-NAME-PID` of `partitions` partitions on
+/// it; logs to the test's output.
+pub fn real_broker_topic(name: &str, partitions: i32) -> (String, String) {
+    let brokers = std::env::var("RDG_TEST_BROKERS")
+        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
+    logs();
+    let topic = format!("rdg-test-{name}-{}", std::process::id());
+    rdg::produce::create_topics(&brokers, &BTreeMap::new(), &[(topic.clone(), partitions)])
+        .expect("create the test topic");
+    (brokers, topic)
+}
+
 /// `events` generated events (seed 11; deletes only if `deletes`).
 pub fn gen_opts(events: u64, deletes: bool) -> rdg::generate::GenOptions {
     rdg::generate::GenOptions {
