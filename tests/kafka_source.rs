@@ -694,6 +694,37 @@ fn real_broker_resume_inside_a_batch() {
     }
 }
 
+/// Sends `payloads` to partition 0 of `topic` in batches of up to
+/// `per_batch` records (each waits up to `linger_ms` to fill), then flushes:
+/// what one call sends never shares a batch with another call's.
+fn send_batched(
+    brokers: &str,
+    topic: &str,
+    payloads: impl IntoIterator<Item = String>,
+    linger_ms: u32,
+    per_batch: u32,
+) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.num.messages", per_batch.to_string())
+        .create()
+        .expect("producer");
+    for payload in payloads {
+        let record = || {
+            BaseRecord::<str, str>::to(topic)
+                .payload(&payload)
+                .partition(0)
+        };
+        while let Err((e, _)) = p.send(record()) {
+            let full = Some(rdkafka::types::RDKafkaErrorCode::QueueFull);
+            assert_eq!(e.rdkafka_error_code(), full, "{e}");
+            p.poll(Duration::from_millis(10));
+        }
+    }
+    p.flush(PATIENCE).expect("flush");
+}
+
 /// Against a real broker (see above): fetch answers cut short (a
 /// `max.partition.fetch.bytes` of a fifth of a batch) still deliver every
 /// record once and in order.
@@ -702,37 +733,10 @@ fn real_broker_resume_inside_a_batch() {
 fn real_broker_fetches_that_end_inside_a_batch_lose_nothing() {
     let (brokers, topic) = real_broker_topic("split", 1);
     // Batches of up to 500 records of ~200 bytes (linger lets them fill).
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "50")
-        .set("batch.num.messages", "500")
-        .create()
-        .unwrap();
     let n = 3_000usize;
     let pad = "x".repeat(180);
-    for i in 0..n {
-        let payload = format!("{{\"i\":{i},\"pad\":\"{pad}\"}}");
-        loop {
-            match p.send(
-                BaseRecord::<str, str>::to(&topic)
-                    .payload(&payload)
-                    .partition(0),
-            ) {
-                Ok(()) => break,
-                Err((e, _)) => {
-                    assert!(
-                        matches!(
-                            e.rdkafka_error_code(),
-                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ),
-                        "{e}"
-                    );
-                    p.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    p.flush(PATIENCE).unwrap();
+    let payloads = (0..n).map(|i| format!("{{\"i\":{i},\"pad\":\"{pad}\"}}"));
+    send_batched(&brokers, &topic, payloads, 50, 500);
     let cfg = KafkaConfig {
         settings: BTreeMap::from([("max.partition.fetch.bytes".to_string(), "20000".to_string())]),
         ..config(&brokers)
@@ -755,24 +759,15 @@ fn real_broker_fetches_that_end_inside_a_batch_lose_nothing() {
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_offsets_past_a_resume_are_delivered_or_counted() {
     let (brokers, topic) = real_broker_topic("deep", 1);
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "2000")
-        .set("batch.num.messages", "100000")
-        .create()
-        .unwrap();
     // One batch of 25 000 records, then one of 10.
     for batch in [0..25_000, 25_000..25_010] {
-        for i in batch {
-            let payload = format!("{i}");
-            p.send(
-                BaseRecord::<str, str>::to(&topic)
-                    .payload(&payload)
-                    .partition(0),
-            )
-            .unwrap();
-        }
-        p.flush(PATIENCE).unwrap();
+        send_batched(
+            &brokers,
+            &topic,
+            batch.map(|i| i.to_string()),
+            2_000,
+            100_000,
+        );
     }
     let from = 20_000u64;
     let mut src = KafkaSource::bounded(
