@@ -19,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/catch-up.sh
 . scripts/lib/catch-up.sh
+# shellcheck source=scripts/lib/tansu.sh
+. scripts/lib/tansu.sh
 events=$1; rounds=$2; shift 2
 [ $# -ge 2 ] || { echo "usage: scripts/ab-kafka.sh EVENTS ROUNDS BIN_A BIN_B [BIN...]" >&2; exit 2; }
 port=${BENCH_BROKER_PORT:-19096}
@@ -37,7 +39,7 @@ catch_up() {
   rm -rf "$work/state"
   : > "$work/run.log"
   /usr/bin/time -f "%M %U %S %R" -o "$work/time.txt" "$1" run --workers 2 --state "$work/state" \
-    --brokers "127.0.0.1:$port" --status-interval "${STATUS_INTERVAL:-0.2}" 2> "$work/run.log" &
+    --brokers "127.0.0.1:$port" $(tansu_run_args "$1") --status-interval "${STATUS_INTERVAL:-0.2}" 2> "$work/run.log" &
   local pid=$! start end
   start=$(date +%s.%N)
   wait_committed "$work/run.log" "$expected" "$pid"

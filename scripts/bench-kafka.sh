@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/catch-up.sh
 . scripts/lib/catch-up.sh
+# shellcheck source=scripts/lib/tansu.sh
+. scripts/lib/tansu.sh
 events=${1:-200000}
 workers=${2:-2}
 port=${BENCH_BROKER_PORT:-19093}
@@ -30,7 +32,7 @@ expected=$(file_records "$bin" "$workers" "$events" "$work")
 "$bin" produce --brokers "127.0.0.1:$port" --events "$events" --seed 7 --partitions 4 2>/dev/null
 
 start=$(date +%s.%N)
-"$bin" run --workers "$workers" --state "$work/kafka-state" --brokers "127.0.0.1:$port" \
+"$bin" run --workers "$workers" --state "$work/kafka-state" --brokers "127.0.0.1:$port" $(tansu_run_args "$bin") \
   --status-interval "${STATUS_INTERVAL:-0.2}" 2> "$work/run.log" &
 pid=$!
 wait_committed "$work/run.log" "$expected" "$pid"

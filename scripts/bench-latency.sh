@@ -35,12 +35,14 @@ work=target/bench-latency
 python3 -c 'import kafka' 2>/dev/null || python3 -m pip install --quiet kafka-python
 if [ -z "${RDG_BIN:-}" ]; then cargo build --release --quiet; fi
 bin=${RDG_BIN:-target/release/rdg}
+# shellcheck source=scripts/lib/tansu.sh
+. scripts/lib/tansu.sh
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
 rm -rf "$work" && mkdir -p "$work"
 "$bin" produce --brokers "127.0.0.1:$port" --events 0 --partitions 4 2>/dev/null
 "$bin" run --workers "$workers" --state "$work/state" --brokers "127.0.0.1:$port" \
-  --listen "127.0.0.1:$api_port" --status-interval 0 ${RDG_RUN_ARGS:-} 2> "$work/run.log" &
+  --listen "127.0.0.1:$api_port" --status-interval 0 $(tansu_run_args "$bin") ${RDG_RUN_ARGS:-} 2> "$work/run.log" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; scripts/broker.sh stop "$port" || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$api_port/readyz" >/dev/null && break; sleep 0.2; done

@@ -18,6 +18,8 @@ port=${KILLLOOP_BROKER_PORT:-19094}
 work=target/killloop
 nice -n 10 cargo build --release --quiet
 bin=target/release/rdg
+# shellcheck source=scripts/lib/tansu.sh
+. scripts/lib/tansu.sh
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
 trap 'scripts/broker.sh stop "$port" >/dev/null || true' EXIT
@@ -43,7 +45,7 @@ print("\n".join(sorted(out)))'
 "$bin" export --state "$work/file-state" | normalize > "$work/reference.txt"
 
 run() {
-  nice -n 10 "$bin" run --engine "$engine" --workers 2 --state "$work/state" --brokers "$brokers" \
+  nice -n 10 "$bin" run --engine "$engine" --workers 2 --state "$work/state" --brokers "$brokers" $(tansu_run_args "$bin") \
     --status-interval 1 >/dev/null 2>> "$work/run.log" &
   pid=$!
 }

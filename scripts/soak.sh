@@ -25,6 +25,8 @@ port=${SOAK_BROKER_PORT:-19095}
 http=${SOAK_HTTP_PORT:-19096}
 work=target/soak
 bin=${RDG_BIN:-target/release/rdg}
+# shellcheck source=scripts/lib/tansu.sh
+. scripts/lib/tansu.sh
 [ -n "${RDG_BIN:-}" ] || nice -n 10 cargo build --release --quiet
 scripts/broker.sh stop "$port" >/dev/null 2>&1 || true
 scripts/broker.sh start "$port"
@@ -51,7 +53,7 @@ echo "soak: $minutes min at $rate events/s (retention $retention, engine $engine
 nice -n 10 "$bin" produce --dataflows "$work/dataflows" --brokers "$brokers" --events "$events" \
   --rate "$rate" --partitions 1 >/dev/null 2>"$work/produce.log" &
 pids+=($!)
-nice -n 10 "$bin" run --engine "$engine" "${cache_args[@]}" --dataflows "$work/dataflows" --state "$work/state" \
+nice -n 10 "$bin" run --engine "$engine" "${cache_args[@]}" --dataflows "$work/dataflows" --state "$work/state" $(tansu_run_args "$bin") \
   --brokers "$brokers" --workers 2 --listen "127.0.0.1:$http" --status-interval 10 \
   >/dev/null 2>"$work/run.log" &
 run=$!

@@ -404,6 +404,13 @@ struct KafkaArgs {
     /// librdkafka settings for every client (security, timeouts), repeatable.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// How long (ms) a partition whose broker went past offsets is fetched
+    /// again before the gap is counted: for brokers that can make a later
+    /// batch readable before an earlier one (tansu 0.6 under load). 0, the
+    /// default, counts a gap at once, as Kafka's (compacted or
+    /// transactional topics) are real.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    recheck_gaps_ms: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -422,6 +429,7 @@ impl KafkaArgs {
                 Gap::Earliest => OnGap::Earliest,
             },
             start: self.from,
+            recheck_gaps: Duration::from_millis(self.recheck_gaps_ms),
             ..KafkaConfig::default()
         }
     }

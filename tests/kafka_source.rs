@@ -758,34 +758,34 @@ fn real_broker_fetches_that_end_inside_a_batch_lose_nothing() {
 #[test]
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_offsets_past_a_resume_are_delivered_or_counted() {
-    let (brokers, topic) = real_broker_topic("deep", 1);
-    // One batch of 25 000 records, then one of 10.
-    for batch in [0..25_000, 25_000..25_010] {
-        send_batched(
-            &brokers,
-            &topic,
-            batch.map(|i| i.to_string()),
-            2_000,
-            100_000,
-        );
-    }
-    let from = 20_000u64;
-    let mut src = KafkaSource::bounded(
-        "df",
-        &topic,
-        &config(&brokers),
-        0,
-        1,
-        BTreeMap::from([(0, from as i64)]),
-    )
-    .unwrap();
-    let got = drain_bounded(&mut src);
-    let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
-    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "in order, once");
-    assert!(offsets.first().is_some_and(|&o| o >= from));
-    assert_eq!(offsets.last(), Some(&25_009));
-    assert_eq!(offsets.len() as u64 + src.skipped_offsets(), 25_010 - from);
-    for r in &got {
-        assert_eq!(r.payload, r.offset.to_string().into_bytes());
+    // Counted at once, and after fetching the gap again for 300 ms.
+    for (name, recheck) in [("deep", 0), ("deep-recheck", 300)] {
+        let (brokers, topic) = real_broker_topic(name, 1);
+        // One batch of 25 000 records, then one of 10.
+        for batch in [0..25_000, 25_000..25_010] {
+            send_batched(
+                &brokers,
+                &topic,
+                batch.map(|i| i.to_string()),
+                2_000,
+                100_000,
+            );
+        }
+        let from = 20_000u64;
+        let cfg = KafkaConfig {
+            recheck_gaps: Duration::from_millis(recheck),
+            ..config(&brokers)
+        };
+        let positions = BTreeMap::from([(0, from as i64)]);
+        let mut src = KafkaSource::bounded("df", &topic, &cfg, 0, 1, positions).unwrap();
+        let got = drain_bounded(&mut src);
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "in order, once");
+        assert!(offsets.first().is_some_and(|&o| o >= from));
+        assert_eq!(offsets.last(), Some(&25_009));
+        assert_eq!(offsets.len() as u64 + src.skipped_offsets(), 25_010 - from);
+        for r in &got {
+            assert_eq!(r.payload, r.offset.to_string().into_bytes());
+        }
     }
 }

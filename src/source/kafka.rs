@@ -96,6 +96,15 @@ pub struct KafkaConfig {
     pub refresh_interval: Duration,
     /// Timeout of one metadata, watermark or offset request. Default 5 s.
     pub request_timeout: Duration,
+    /// How long a partition whose broker went past the offset due is
+    /// fetched again (from [`RESUME_BACKTRACK`] before it, every
+    /// [`RECHECK_PAUSE`]) before the gap is counted: for a broker that can
+    /// make a later batch readable before an earlier one. tansu 0.6 does
+    /// under load (its produce advances the high watermark before it stores
+    /// the batch). A Kafka broker never does, and its gaps (compacted or
+    /// transactional topics) are real, so the default, zero, counts a gap
+    /// at once ([`KafkaSource::skipped_offsets`]).
+    pub recheck_gaps: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -108,6 +117,7 @@ impl Default for KafkaConfig {
             broker_timeout: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            recheck_gaps: Duration::ZERO,
         }
     }
 }
@@ -617,14 +627,92 @@ struct Part {
 }
 
 /// Offsets of one partition that the broker went past without delivering
-/// them, and in how many gaps (see [`Skipped::note`]).
+/// them, and in how many gaps (see [`Skipped::note`]); the gap being
+/// fetched again, if any (see [`Skipped::on_gap`]).
 #[derive(Default)]
 struct Skipped {
     offsets: u64,
     gaps: u64,
+    recheck: Option<Recheck>,
+    /// Gaps whose records came when fetched again.
+    recovered: u64,
+}
+
+/// A gap being fetched again: the offset due, since when, and when the
+/// partition was last fetched again for it.
+#[derive(Clone, Copy)]
+struct Recheck {
+    due: i64,
+    since: Instant,
+    fetched: Option<Instant>,
+}
+
+/// The least time between two fetches again of one gap.
+const RECHECK_PAUSE: Duration = Duration::from_millis(100);
+
+/// What to do with a record that came after a gap.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterGap {
+    /// Deliver it: the gap is counted.
+    Deliver,
+    /// Drop it and fetch the partition again: it will come again.
+    Refetch,
 }
 
 impl Skipped {
+    /// A record came while `next` was due and the gap before it is fetched
+    /// again for up to `recheck`: until then the record waits (the fetch
+    /// again brings it back), after that the gap is counted.
+    fn on_gap(&mut self, next: i64, recheck: Duration, now: Instant) -> AfterGap {
+        if recheck.is_zero() {
+            return AfterGap::Deliver;
+        }
+        match self.recheck {
+            Some(r) if r.due == next && now.duration_since(r.since) >= recheck => {
+                self.recheck = None;
+                AfterGap::Deliver
+            }
+            Some(r) if r.due == next => AfterGap::Refetch,
+            _ => {
+                self.recheck = Some(Recheck {
+                    due: next,
+                    since: now,
+                    fetched: None,
+                });
+                AfterGap::Refetch
+            }
+        }
+    }
+
+    /// Whether the gap being fetched again is due another fetch at `now`
+    /// (and notes that it gets one).
+    fn fetch_again(&mut self, now: Instant) -> bool {
+        let Some(r) = self.recheck.as_mut() else {
+            return false;
+        };
+        if r.fetched
+            .is_some_and(|at| now.duration_since(at) < RECHECK_PAUSE)
+        {
+            return false;
+        }
+        r.fetched = Some(now);
+        true
+    }
+
+    /// Offset `o` was delivered: if it is the one a gap was fetched again
+    /// for, the gap is closed.
+    fn delivered(&mut self, topic: &str, p: i32, o: i64) {
+        if self.recheck.is_some_and(|r| r.due == o) {
+            self.recheck = None;
+            self.recovered += 1;
+            tracing::info!(
+                "{topic}/{p}: offset {o} and those after it came when fetched again, after the \
+                 broker had gone past them ({} gaps closed so far)",
+                self.recovered
+            );
+        }
+    }
+
     /// The broker delivered offset `o` of `topic`/`p` while `next` was due:
     /// the offsets in between were never delivered. A compacted topic
     /// (records removed), a transactional one (commit markers, aborted
@@ -667,6 +755,8 @@ pub struct KafkaSource {
     worker: usize,
     peers: usize,
     on_gap: OnGap,
+    /// See [`KafkaConfig::recheck_gaps`].
+    recheck_gaps: Duration,
     start: StartFrom,
     bounded: bool,
     broker_timeout: Duration,
@@ -780,6 +870,7 @@ impl KafkaSource {
             worker,
             peers,
             on_gap: config.on_gap,
+            recheck_gaps: config.recheck_gaps,
             start: config.start,
             bounded,
             broker_timeout: config.broker_timeout,
@@ -1166,13 +1257,15 @@ impl KafkaSource {
                 if part.state != State::Active {
                     continue;
                 }
-                let (n, outcome) = drain(&self.topic, p, part, per.min(max - got), out);
+                let budget = (per.min(max - got), self.recheck_gaps);
+                let (n, outcome) = drain(&self.topic, p, part, budget, out);
                 got += n;
                 match outcome {
                     Drained::Empty => {}
                     Drained::Full => more = true,
                     Drained::End => ends.push(p),
                     Drained::OutOfRange => checking.push(p),
+                    Drained::Gap => {}
                 }
                 if got >= max {
                     break;
@@ -1185,6 +1278,7 @@ impl KafkaSource {
         if !ends.is_empty() {
             self.at_end(&ends)?;
         }
+        self.fetch_gaps_again()?;
         if !checking.is_empty() {
             let generation = {
                 let mut s = lock(&self.shared);
@@ -1199,6 +1293,27 @@ impl KafkaSource {
             let _ = self.poke.send(());
         }
         Ok(got)
+    }
+
+    /// Fetches again, from [`RESUME_BACKTRACK`] before the offset due, each
+    /// partition whose gap is being rechecked and is due another fetch.
+    fn fetch_gaps_again(&mut self) -> Result<(), SourceError> {
+        if self.recheck_gaps.is_zero() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let due: Vec<(i32, i64)> = self
+            .parts
+            .iter_mut()
+            .filter(|(_, part)| part.state == State::Active)
+            .filter_map(|(&p, part)| part.skipped.fetch_again(now).then_some((p, part.next)))
+            .collect();
+        for (p, next) in due {
+            let low = lock(&self.shared).watermarks.get(&p).map_or(0, |w| w.0);
+            tracing::debug!("{}/{p}: fetching again for the gap at {next}", self.topic);
+            self.restart(p, resume_at(next, low))?;
+        }
+        Ok(())
     }
 
     /// Partitions `ends` were read to their end. A position rdg stored past
@@ -1296,6 +1411,9 @@ enum Drained {
     End,
     /// The broker refused the fetch offset; fetching has stopped.
     OutOfRange,
+    /// The broker went past the offset due, and the gap is being fetched
+    /// again ([`KafkaConfig::recheck_gaps`]).
+    Gap,
 }
 
 /// Moves up to `budget` records of partition `p` from its queue to `out`.
@@ -1303,7 +1421,7 @@ fn drain(
     topic: &str,
     p: i32,
     part: &mut Part,
-    budget: usize,
+    (budget, recheck): (usize, Duration),
     out: &mut RawBatch,
 ) -> (usize, Drained) {
     let Some(queue) = part.queue.as_ref() else {
@@ -1323,7 +1441,13 @@ fn drain(
                     continue;
                 }
                 if part.exact && o > part.next {
+                    let now = Instant::now();
+                    if part.skipped.on_gap(part.next, recheck, now) == AfterGap::Refetch {
+                        return (n, Drained::Gap);
+                    }
                     part.skipped.note(topic, p, part.next, o);
+                } else {
+                    part.skipped.delivered(topic, p, o);
                 }
                 out.push(
                     u32::try_from(p).unwrap_or(0),
@@ -1502,6 +1626,33 @@ impl OffsetCommitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_is_fetched_again_until_its_offset_comes_or_the_time_is_up() {
+        let t0 = Instant::now();
+        let recheck = Duration::from_secs(2);
+        let mut s = Skipped::default();
+        // Off: a gap is delivered past at once.
+        assert_eq!(s.on_gap(5, Duration::ZERO, t0), AfterGap::Deliver);
+        assert!(!s.fetch_again(t0));
+        // 5 due, 9 came: fetched again at once, then not more often than
+        // every pause.
+        assert_eq!(s.on_gap(5, recheck, t0), AfterGap::Refetch);
+        assert!(s.fetch_again(t0));
+        assert!(!s.fetch_again(t0 + RECHECK_PAUSE / 2));
+        assert_eq!(s.on_gap(5, recheck, t0 + RECHECK_PAUSE), AfterGap::Refetch);
+        assert!(s.fetch_again(t0 + RECHECK_PAUSE));
+        // 4 came (below the offset due: skipped by the caller), then 5: closed.
+        s.delivered("t", 0, 4);
+        assert!(s.recheck.is_some());
+        s.delivered("t", 0, 5);
+        assert_eq!((s.recheck.is_none(), s.recovered), (true, 1));
+        // Another gap, at 20, that stays until the time is up: delivered past.
+        assert_eq!(s.on_gap(20, recheck, t0), AfterGap::Refetch);
+        assert_eq!(s.on_gap(20, recheck, t0 + recheck / 2), AfterGap::Refetch);
+        assert_eq!(s.on_gap(20, recheck, t0 + recheck), AfterGap::Deliver);
+        assert!(s.recheck.is_none() && !s.fetch_again(t0 + recheck));
+    }
 
     #[test]
     fn skipped_offsets_count_what_each_gap_went_past() {
