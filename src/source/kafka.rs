@@ -638,13 +638,16 @@ struct Skipped {
     recovered: u64,
 }
 
-/// A gap being fetched again: the offset due, since when, and when the
-/// partition was last fetched again for it.
+/// A gap being fetched again: the offset due, since when, when the
+/// partition was last fetched again for it, and whether the broker went
+/// past it since (only then is it fetched again: a fetch in flight is not
+/// cut short by the next).
 #[derive(Clone, Copy)]
 struct Recheck {
     due: i64,
     since: Instant,
     fetched: Option<Instant>,
+    seen: bool,
 }
 
 /// The least time between two fetches again of one gap.
@@ -672,30 +675,37 @@ impl Skipped {
                 self.recheck = None;
                 AfterGap::Deliver
             }
-            Some(r) if r.due == next => AfterGap::Refetch,
+            Some(ref mut r) if r.due == next => {
+                r.seen = true;
+                AfterGap::Refetch
+            }
             _ => {
                 self.recheck = Some(Recheck {
                     due: next,
                     since: now,
                     fetched: None,
+                    seen: true,
                 });
                 AfterGap::Refetch
             }
         }
     }
 
-    /// Whether the gap being fetched again is due another fetch at `now`
-    /// (and notes that it gets one).
+    /// Whether the gap being fetched again is due another fetch at `now`:
+    /// the broker went past it again, and the last fetch again was at least
+    /// [`RECHECK_PAUSE`] ago (notes that it gets one).
     fn fetch_again(&mut self, now: Instant) -> bool {
         let Some(r) = self.recheck.as_mut() else {
             return false;
         };
-        if r.fetched
-            .is_some_and(|at| now.duration_since(at) < RECHECK_PAUSE)
-        {
+        let paused = r
+            .fetched
+            .is_none_or(|at| now.duration_since(at) >= RECHECK_PAUSE);
+        if !r.seen || !paused {
             return false;
         }
         r.fetched = Some(now);
+        r.seen = false;
         true
     }
 
@@ -1639,8 +1649,14 @@ mod tests {
         // every pause.
         assert_eq!(s.on_gap(5, recheck, t0), AfterGap::Refetch);
         assert!(s.fetch_again(t0));
+        // Not again until the broker goes past 5 again (the fetch is in
+        // flight), and then not before the pause.
+        assert!(!s.fetch_again(t0 + RECHECK_PAUSE));
+        assert_eq!(
+            s.on_gap(5, recheck, t0 + RECHECK_PAUSE / 2),
+            AfterGap::Refetch
+        );
         assert!(!s.fetch_again(t0 + RECHECK_PAUSE / 2));
-        assert_eq!(s.on_gap(5, recheck, t0 + RECHECK_PAUSE), AfterGap::Refetch);
         assert!(s.fetch_again(t0 + RECHECK_PAUSE));
         // 4 came (below the offset due: skipped by the caller), then 5: closed.
         s.delivered("t", 0, 4);
