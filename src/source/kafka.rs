@@ -12,7 +12,10 @@
 //! - Records of one partition are delivered in offset order, each once: a
 //!   record below the partition's next offset is skipped (fetches resume a
 //!   little before the position, see [`RESUME_BACKTRACK`], and restart after
-//!   refused offsets).
+//!   refused offsets). Offsets the broker goes past without delivering them
+//!   are never skipped silently either: they are counted
+//!   ([`KafkaSource::skipped_offsets`]) and logged, after being fetched
+//!   again for [`KafkaConfig::recheck_gaps`] when that is set.
 //! - An offset the broker no longer has is never skipped silently: with
 //!   [`OnGap::Stop`] `poll` fails with [`SourceError::Gap`], with
 //!   [`OnGap::Earliest`] it logs and continues from the earliest offset.
@@ -1267,8 +1270,8 @@ impl KafkaSource {
                 if part.state != State::Active {
                     continue;
                 }
-                let budget = (per.min(max - got), self.recheck_gaps);
-                let (n, outcome) = drain(&self.topic, p, part, budget, out);
+                let budget = per.min(max - got);
+                let (n, outcome) = drain(&self.topic, p, part, budget, self.recheck_gaps, out);
                 got += n;
                 match outcome {
                     Drained::Empty => {}
@@ -1308,7 +1311,12 @@ impl KafkaSource {
     /// Fetches again, from [`RESUME_BACKTRACK`] before the offset due, each
     /// partition whose gap is being rechecked and is due another fetch.
     fn fetch_gaps_again(&mut self) -> Result<(), SourceError> {
-        if self.recheck_gaps.is_zero() {
+        // Most reads: nothing is being rechecked (always, with the default).
+        if !self
+            .parts
+            .values()
+            .any(|part| part.skipped.recheck.is_some())
+        {
             return Ok(());
         }
         let now = Instant::now();
@@ -1431,7 +1439,8 @@ fn drain(
     topic: &str,
     p: i32,
     part: &mut Part,
-    (budget, recheck): (usize, Duration),
+    budget: usize,
+    recheck: Duration,
     out: &mut RawBatch,
 ) -> (usize, Drained) {
     let Some(queue) = part.queue.as_ref() else {
