@@ -596,7 +596,7 @@ fn rebuild(
                     id,
                     cluster: Some(of),
                 } if one_process => {
-                    let (id, cluster) = (last.intern(id)?, last.intern(&of.cluster)?);
+                    let (id, cluster) = (Sym::intern(id)?, Sym::intern(&of.cluster)?);
                     if let Some(t) = tallier.as_deref_mut() {
                         t.stored_assignment(id, cluster);
                     }

@@ -159,12 +159,12 @@ impl RecKey {
                 Some(t) => {
                     let (from_sym, _) = last.first(from)?;
                     let h = last.edge_shard(t, || shard::edge(edge_type, from));
-                    Some((RecKey::Edge(t, from_sym, last.intern(to)?), h))
+                    Some((RecKey::Edge(t, from_sym, Sym::intern(to)?), h))
                 }
                 None => None,
             },
             Change::Link { a, b, .. } => Some((
-                RecKey::Link(last.first(a)?.0, last.intern(b)?),
+                RecKey::Link(last.first(a)?.0, Sym::intern(b)?),
                 shard::link(a, b),
             )),
             _ => None,
@@ -176,9 +176,7 @@ impl RecKey {
 /// an edge's source, a link's first end), interned, with its hashes. Stored
 /// records come in key order, so an edge record's items name their source
 /// one after another, as a node's contributions by several dataflows name
-/// the node: each is interned and hashed once. Every identifier is
-/// interned through a worker's [`SymCache`]: stored edges name the same
-/// targets (titles, clusters) again and again, and a hit takes no lock.
+/// the node: each is interned and hashed once.
 #[derive(Default)]
 pub(crate) struct LastKeyed {
     text: CompactString,
@@ -186,7 +184,6 @@ pub(crate) struct LastKeyed {
     sym: Option<(Sym, u64)>,
     /// The edge type it was last the source of, and that edge's shard.
     edge: Option<(u16, u64)>,
-    symbols: SymCache,
 }
 
 impl LastKeyed {
@@ -198,24 +195,11 @@ impl LastKeyed {
             return Ok(known);
         }
         let h = shard::node(text);
-        let known = (self.symbols.intern_hashed(text, h)?, h);
+        let known = (Sym::intern_hashed(text, h)?, h);
         self.text = CompactString::from(text);
         self.sym = Some(known);
         self.edge = None;
         Ok(known)
-    }
-
-    /// `text` interned (any identifier; the last keyed stays).
-    pub fn intern(&mut self, text: &str) -> Result<Sym, TableFull> {
-        self.symbols.intern_hashed(text, shard::node(text))
-    }
-
-    /// Forgets the identifier last keyed (the cache stays: it only ever
-    /// answers what the table would).
-    #[cfg(test)]
-    fn forget(&mut self) {
-        self.sym = None;
-        self.edge = None;
     }
 
     /// The shard of an edge of type `t` from the identifier last given to
@@ -785,7 +769,6 @@ mod tests {
         };
         let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
         let mut last = LastKeyed::default();
-        let mut alone_keyer = LastKeyed::default();
         let mut distinct_firsts = std::collections::BTreeSet::new();
         for _ in 0..5_000 {
             let pick = |rng: &mut rand::rngs::Xoshiro256PlusPlus, ty: &str| -> CompactString {
@@ -813,8 +796,7 @@ mod tests {
                     record: None,
                 },
             };
-            alone_keyer.forget();
-            let alone = RecKey::of_change(&c, &names, &mut alone_keyer).unwrap();
+            let alone = RecKey::of_change(&c, &names, &mut LastKeyed::default()).unwrap();
             let seq = RecKey::of_change(&c, &names, &mut last).unwrap();
             assert_eq!(seq, alone, "{c:?}");
             if let Some((RecKey::Edge(_, from, _) | RecKey::Link(from, _), _)) = seq {

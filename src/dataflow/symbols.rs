@@ -190,12 +190,6 @@ impl CacheSlot {
     }
 }
 
-impl Default for SymCache {
-    fn default() -> SymCache {
-        SymCache::new()
-    }
-}
-
 impl SymCache {
     /// 8 MiB per worker: hits for about the 200 000 most recent identifiers.
     const SLOTS: usize = 1 << 18;
