@@ -599,11 +599,8 @@ fn produce_respects_the_rate() {
 #[test]
 #[ignore = "needs a real broker: scripts/test.sh runs it"]
 fn real_broker_partitions_added_while_running_are_picked_up() {
-    let brokers = std::env::var("RDG_TEST_BROKERS")
-        .expect("RDG_TEST_BROKERS=HOST:PORT of a running broker (scripts/test.sh sets it)");
-    let topic = format!("rdg-test-{}", std::process::id());
+    let (brokers, topic) = real_broker_topic("added", 2);
     let settings = BTreeMap::new();
-    rdg::produce::create_topics(&brokers, &settings, &[(topic.clone(), 2)]).unwrap();
     // Creating it again is fine.
     rdg::produce::create_topics(&brokers, &settings, &[(topic.clone(), 2)]).unwrap();
     send(&brokers, events(&topic, 50));

@@ -1274,11 +1274,10 @@ impl KafkaSource {
                 let (n, outcome) = drain(&self.topic, p, part, budget, self.recheck_gaps, out);
                 got += n;
                 match outcome {
-                    Drained::Empty => {}
+                    Drained::Empty | Drained::Gap => {}
                     Drained::Full => more = true,
                     Drained::End => ends.push(p),
                     Drained::OutOfRange => checking.push(p),
-                    Drained::Gap => {}
                 }
                 if got >= max {
                     break;
@@ -1311,11 +1310,13 @@ impl KafkaSource {
     /// Fetches again, from [`RESUME_BACKTRACK`] before the offset due, each
     /// partition whose gap is being rechecked and is due another fetch.
     fn fetch_gaps_again(&mut self) -> Result<(), SourceError> {
-        // Most reads: nothing is being rechecked (always, with the default).
-        if !self
-            .parts
-            .values()
-            .any(|part| part.skipped.recheck.is_some())
+        // Most reads: nothing is being rechecked (always, with the default,
+        // which never starts a recheck).
+        if self.recheck_gaps.is_zero()
+            || !self
+                .parts
+                .values()
+                .any(|part| part.skipped.recheck.is_some())
         {
             return Ok(());
         }
