@@ -28,20 +28,20 @@ use std::time::Duration;
 
 use thiserror::Error;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Input;
 use timely::dataflow::operators::core::{Concatenate, Enter, Leave, Probe};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::{Scope, StreamVec};
 use timely::progress::operate::FrontierInterest;
 
 use differential_dataflow::AsCollection;
 
 use crate::model::{Change, ClusterShape, DeadLetter, Progress};
 use crate::source::{Source, SourceError};
-use crate::spec::Plan;
+use crate::spec::{IdentityConfig, Plan};
 use at_once::Assignment;
 use collect::{RecordsOut, ToStore};
 use ops::{LastKeyed, Names, Op, OpKind, RecKey, Retentions};
@@ -411,43 +411,21 @@ fn build(
             let (wm_in, wms) = scope.new_input::<Vec<i64>>();
             ops_in.push(op_in);
             watermarks_in.push(wm_in);
-            let fold_name = format!("{}.fold", d.name);
-            let w0 = initial_wm(&d.name);
-            let applied = applied_of(&d.name);
-            let folded = scope.region_named(&d.name, |region| {
-                let ops = ops.enter(region);
-                let wms = wms.enter(region).broadcast();
-                fold::fold(ops, wms, w0, applied, (step, tally), &fold_name).leave(scope)
-            });
+            let start_of = (initial_wm(&d.name), applied_of(&d.name));
+            let folded = fold_region(scope, &d.name, (ops, wms), start_of, (step, tally));
             let (stored, changed_links) = to_store_and_links(folded, i);
             links.push(changed_links);
             to_store.push(stored);
         }
         let identity_config = Arc::new(plan.identity.clone());
-        let clusters = scope.region_named("identity", |region| {
-            // Identity is a function of the live links alone: a replay may
-            // compute it every `step` times instead of every time, or once
-            // at the end (intermediate cluster labels are never visible
-            // there), which saves most relabelling as clusters grow.
-            let links = scope
-                .concatenate(links)
-                .map(move |(d, t, r)| (d, round_up(t, step), r))
-                .enter(region);
-            // One worker brings identity up to date by the components a
-            // time touches, far cheaper than differential's propagation
-            // (docs/performance.md); across processes that would send every
-            // link to one worker, so a cluster keeps differential's,
-            // spread by key, unless it is asked only at the end.
-            if at_end || one_process {
-                let given = given.enter(region);
-                identity::stitch_at_once(links, given, identity_config, records_out.clone())
-                    .leave(scope)
-            } else {
-                identity::stitch(links.as_collection(), identity_config)
-                    .inner
-                    .leave(scope)
-            }
-        });
+        let clusters = identity_region(
+            scope,
+            links,
+            given,
+            identity_config,
+            (step, at_end || one_process),
+            records_out.clone(),
+        );
         let records = scope.concatenate(to_store);
         let rest = scope.concatenate([
             clusters.map(|((id, c), t, d)| (ToStore::Cluster(id, c), t, d)),
@@ -469,6 +447,58 @@ fn build(
             positions: positions_in,
             given: given_in,
             probe,
+        }
+    })
+}
+
+/// One definition's region: its ops folded into records, starting from the
+/// watermark and the positions already applied that the store holds.
+fn fold_region<'s>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    (ops, wms): (StreamVec<'s, u64, Op>, StreamVec<'s, u64, i64>),
+    (w0, applied): (i64, fold::Applied),
+    (step, tally): (u64, bool),
+) -> StreamVec<'s, u64, (Folded, u64, isize)> {
+    let fold_name = format!("{name}.fold");
+    scope.region_named(name, |region| {
+        let ops = ops.enter(region);
+        let wms = wms.enter(region).broadcast();
+        fold::fold(ops, wms, w0, applied, (step, tally), &fold_name).leave(scope)
+    })
+}
+
+/// The identity region: every definition's link changes in, cluster
+/// assignments out.
+///
+/// Identity is a function of the live links alone: a replay may compute it
+/// every `step` times instead of every time, or once at the end
+/// (intermediate cluster labels are never visible there), which saves most
+/// relabelling as clusters grow. With `at_once`, one worker brings it up to
+/// date by the components a time touches, far cheaper than differential's
+/// propagation (docs/performance.md); across processes that would send
+/// every link to one worker, so a cluster keeps differential's, spread by
+/// key, unless it is asked only at the end.
+fn identity_region<'s>(
+    scope: Scope<'s, u64>,
+    links: Vec<StreamVec<'s, u64, LinkChange>>,
+    given: StreamVec<'s, u64, (Sym, Assignment)>,
+    config: Arc<IdentityConfig>,
+    (step, at_once): (u64, bool),
+    records_out: Option<RecordsOut>,
+) -> StreamVec<'s, u64, ((Sym, Assignment), u64, isize)> {
+    scope.region_named("identity", |region| {
+        let links = scope
+            .concatenate(links)
+            .map(move |(d, t, r)| (d, round_up(t, step), r))
+            .enter(region);
+        if at_once {
+            let given = given.enter(region);
+            identity::stitch_at_once(links, given, config, records_out).leave(scope)
+        } else {
+            identity::stitch(links.as_collection(), config)
+                .inner
+                .leave(scope)
         }
     })
 }

@@ -243,11 +243,20 @@ fn labelled<N, M: EncodeMetric>(
 }
 
 /// The per-dataflow families: stored counters and watermarks, and what the
-/// running pipeline reports (lag, ingest rates).
+/// running pipeline reports (lag, ingest rates, stages, histograms).
 fn per_dataflow(
     e: &mut DescriptorEncoder,
     meta: &crate::store::Meta,
     live: &dyn LiveStatus,
+) -> Result<(), std::fmt::Error> {
+    stored_per_dataflow(e, meta)?;
+    live_per_dataflow(e, live)
+}
+
+/// The stored counters and watermarks, per dataflow.
+fn stored_per_dataflow(
+    e: &mut DescriptorEncoder,
+    meta: &crate::store::Meta,
 ) -> Result<(), std::fmt::Error> {
     let df = |f: fn(&crate::store::DataflowMeta) -> u64| {
         meta.dataflows
@@ -292,7 +301,15 @@ fn per_dataflow(
             .iter()
             .filter_map(|(d, m)| m.watermark.map(|w| (d.clone(), w))),
         ConstGauge::new,
-    )?;
+    )
+}
+
+/// What the running pipeline reports: lag, ingest rates, skipped offsets,
+/// stage seconds and its histograms.
+fn live_per_dataflow(
+    e: &mut DescriptorEncoder,
+    live: &dyn LiveStatus,
+) -> Result<(), std::fmt::Error> {
     labelled(
         e,
         "rdg_lag_messages",
