@@ -69,9 +69,14 @@ pub struct EncodeFailed;
 
 impl Encoder {
     pub(super) fn new(store: &Store, inbox: &Inbox, set_bytes: usize) -> Encoder {
+        let mut plan = Plan::new(store);
+        // A hand-over comes once the set passes its size, after the chunk
+        // that took it there: room for a quarter more.
+        plan.set
+            .reserve_for(set_bytes.saturating_add(set_bytes / 4));
         Encoder {
             store: store.clone(),
-            plan: Plan::new(store),
+            plan,
             set_bytes: set_bytes.max(1),
             inbox: inbox.0.clone(),
         }

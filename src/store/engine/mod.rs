@@ -452,7 +452,7 @@ impl WriteSet {
         let chunk = order.len().div_ceil(rayon::current_num_threads().max(1));
         let parts: Vec<Vec<Op>> = order
             .par_chunks(chunk)
-            .map(|part| last_writes(part, ops, arena, Vec::new()))
+            .map(|part| last_writes(part, ops, arena, Vec::with_capacity(part.len())))
             .collect();
         let mut out = std::mem::take(&mut self.sorted);
         out.clear();
@@ -504,6 +504,18 @@ impl WriteSet {
             }
             None => self.remove(ns, key),
         }
+    }
+
+    /// Makes room for about `bytes` of keys and values (and their
+    /// operations, at one per 64 bytes) up front: a set filled to a known
+    /// size then never copies itself into a larger allocation on the way
+    /// (each doubling faulted in fresh pages and copied the old ones).
+    /// Untouched room costs address space, not memory.
+    pub fn reserve_for(&mut self, bytes: usize) {
+        self.arena
+            .reserve_exact(bytes.saturating_sub(self.arena.len()));
+        self.ops
+            .reserve_exact((bytes / 64).saturating_sub(self.ops.len()));
     }
 
     pub fn clear(&mut self) {
