@@ -510,12 +510,15 @@ impl WriteSet {
     /// operations, at one per 64 bytes) up front: a set filled to a known
     /// size then never copies itself into a larger allocation on the way
     /// (each doubling faulted in fresh pages and copied the old ones).
-    /// Untouched room costs address space, not memory.
+    /// Untouched room costs address space, not memory. A hint: room that
+    /// cannot be had is left to grow as before.
     pub fn reserve_for(&mut self, bytes: usize) {
-        self.arena
-            .reserve_exact(bytes.saturating_sub(self.arena.len()));
-        self.ops
-            .reserve_exact((bytes / 64).saturating_sub(self.ops.len()));
+        let _ = self
+            .arena
+            .try_reserve_exact(bytes.saturating_sub(self.arena.len()));
+        let _ = self
+            .ops
+            .try_reserve_exact((bytes / 64).saturating_sub(self.ops.len()));
     }
 
     pub fn clear(&mut self) {
@@ -1030,6 +1033,25 @@ mod tests {
         assert_eq!(set.bytes(set.ops[0].value().unwrap()), b"v");
         assert_eq!(set.ops[1].value(), None);
         assert_eq!(set.bytes(set.ops[1].key()), b"k");
+    }
+
+    /// Room asked for up front is there (no growth while the set fills to
+    /// it), and room that cannot be had leaves the set as it was, usable.
+    #[test]
+    fn a_set_reserved_for_a_size_holds_it_and_an_impossible_size_is_ignored() {
+        let mut set = WriteSet::default();
+        set.reserve_for(1 << 20);
+        assert!(set.arena.capacity() >= 1 << 20);
+        assert!(set.ops.capacity() >= (1 << 20) / 64);
+        let (arena, ops) = (set.arena.capacity(), set.ops.capacity());
+        for i in 0..1000u32 {
+            set.write(0, &i.to_be_bytes(), Some(b"v".as_slice()));
+        }
+        assert_eq!((set.arena.capacity(), set.ops.capacity()), (arena, ops));
+        set.reserve_for(usize::MAX);
+        assert_eq!(set.ops.len(), 1000);
+        set.normalize();
+        assert_eq!(set.ops.len(), 1000);
     }
 
     /// A set large enough to be normalized on every core
