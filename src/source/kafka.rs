@@ -778,6 +778,9 @@ pub struct KafkaSource {
     /// Asks the watcher for an immediate refresh; dropping it stops the
     /// watcher.
     poke: Sender<()>,
+    /// Disconnected once the watcher has returned (and dropped its handle
+    /// on the consumer): what a drop waits for.
+    watcher_gone: Receiver<()>,
     waker: WakerSlot,
     /// Next offsets rdg stored, by partition.
     stored: BTreeMap<i32, i64>,
@@ -790,6 +793,24 @@ pub struct KafkaSource {
     seen_missing: bool,
     /// Round-robin start among partitions, for fairness under `max`.
     rotate: usize,
+}
+
+/// How long a dropped source waits for its watcher to let go of the
+/// consumer (it finishes the round it is in; against a broker that does not
+/// answer, that round can outlast this).
+const WATCHER_EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// A dropped source stops its watcher and waits (boundedly) until the
+/// watcher has dropped its handle on the consumer, so that the consumer's
+/// client is closed when the drop returns: nothing of it keeps talking to
+/// the brokers after the pipeline stopped (a demo's mock cluster is shut
+/// down right after, which the client would log as connections refused).
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        let (stopped, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.poke, stopped));
+        let _ = self.watcher_gone.recv_timeout(WATCHER_EXIT_WAIT);
+    }
 }
 
 impl KafkaSource {
@@ -868,9 +889,13 @@ impl KafkaSource {
             refresh: config.refresh_interval,
             timeout: config.request_timeout,
         };
+        let (gone, watcher_gone) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name(format!("rdg-kafka-{topic}-{worker}"))
-            .spawn(move || watcher.run(pokes))
+            .spawn(move || {
+                watcher.run(pokes);
+                drop(gone);
+            })
             .map_err(|e| kafka_error(topic, format!("cannot start the watcher thread: {e}")))?;
         let stored = positions
             .into_iter()
@@ -890,6 +915,7 @@ impl KafkaSource {
             consumer,
             shared,
             poke,
+            watcher_gone,
             waker,
             stored,
             parts: BTreeMap::new(),
