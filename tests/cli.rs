@@ -1429,3 +1429,56 @@ fn links_read_the_same_from_both_ends_after_a_continue_updates_them() {
         assert_eq!((new_ab.count, new_ba.count), (1, 1), "{engine}");
     }
 }
+
+/// The README's main job on its embedded default: `rdg demo` runs against
+/// its in-process mock cluster, stops by itself after `--seconds`, and
+/// leaves a state whose export holds the graph and exactly the dead letters
+/// it says it committed. No Kafka client is left talking to the cluster the
+/// demo shuts down last.
+#[test]
+fn the_demo_runs_on_its_embedded_cluster_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("demo");
+    let run = rdg(os(&[
+        &"demo",
+        &"--seconds",
+        &"6",
+        &"--rate",
+        &"500",
+        &"--state",
+        &state,
+        &"--listen",
+        &"127.0.0.1:0",
+    ]));
+    run.ok();
+    // "demo stopped: N events, M dead letters committed"
+    let counts: Vec<u64> = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("demo stopped: "))
+        .unwrap_or_else(|| panic!("no summary line\n{}", run.describe()))
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    let [events, dead_letters] = counts[..] else {
+        panic!("unexpected summary\n{}", run.describe());
+    };
+    assert!(events > 0, "{}", run.describe());
+    // librdkafka logs a client that outlived the cluster as a refused
+    // connection.
+    let refused: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("Connection refused"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "a Kafka client outlived the demo's cluster:\n{}\n{}",
+        refused.join("\n"),
+        run.describe()
+    );
+    let lines = parse_export(&export(&state));
+    let of = |ns: &str| lines.iter().filter(|l| l["ns"] == ns).count() as u64;
+    assert!(of("node") > 0 && of("edge") > 0, "{}", run.describe());
+    assert_eq!(of("dead_letter"), dead_letters, "{}", run.describe());
+}
