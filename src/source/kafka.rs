@@ -23,7 +23,9 @@
 //!   lookups by time run on a watcher thread that refreshes every
 //!   [`KafkaConfig::refresh_interval`] and calls the waker when something
 //!   changed; messages of each partition land in their own queue whose
-//!   non-empty callback calls the waker too.
+//!   non-empty callback calls the waker too. Dropping the source stops the
+//!   watcher and waits (up to a second) until it let go of the consumer,
+//!   so its client is closed when the drop returns.
 //!
 //! A bounded source (replay) ends once every owned partition has caught up
 //! with its end. A missing topic is waited for (logged once) in live mode and
