@@ -506,11 +506,7 @@ fn a_replay_off_a_terminal_prints_status_lines() {
         &data_files(),
     ));
     run.ok();
-    let status: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("replay: "))
-        .collect();
+    let status = run.stderr_lines(|l| l.starts_with("replay: "));
     let Some((last, periodic)) = status.split_last() else {
         panic!("no status line: {}", run.describe());
     };
@@ -1466,11 +1462,7 @@ fn the_demo_runs_on_its_embedded_cluster_and_stops_cleanly() {
     assert!(events > 0, "{}", run.describe());
     // librdkafka logs a client that outlived the cluster as a refused
     // connection.
-    let refused: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.contains("Connection refused"))
-        .collect();
+    let refused = run.stderr_lines(|l| l.contains("Connection refused"));
     assert!(
         refused.is_empty(),
         "a Kafka client outlived the demo's cluster:\n{}\n{}",

@@ -96,11 +96,7 @@ fn killed_and_restarted_runs_equal_one_file_replay(partitions: i32, deletes: boo
         &[],
     ));
     let summary = run.ok();
-    let status: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("replay: "))
-        .collect();
+    let status = run.stderr_lines(|l| l.starts_with("replay: "));
     assert!(
         status.iter().any(|l| l.contains(" records left to read, ")),
         "no status line told the records left: {}",

@@ -75,6 +75,11 @@ impl Run {
         )
     }
 
+    /// The lines of stderr that `keep` says yes to, in order.
+    pub fn stderr_lines(&self, keep: impl Fn(&str) -> bool) -> Vec<&str> {
+        self.stderr.lines().filter(|l| keep(l)).collect()
+    }
+
     /// Panics unless the exit status is `code`.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Run {
