@@ -809,6 +809,8 @@ const WATCHER_EXIT_WAIT: Duration = Duration::from_secs(1);
 /// down right after, which the client would log as connections refused).
 impl Drop for KafkaSource {
     fn drop(&mut self) {
+        // Dropping the only sender disconnects the watcher's receiver,
+        // which ends its loop; the field needs a stand-in until then.
         let (stopped, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.poke, stopped));
         let _ = self.watcher_gone.recv_timeout(WATCHER_EXIT_WAIT);
