@@ -24,7 +24,11 @@ fn main() {
         Some(s) => PathBuf::from(s),
         None => {
             let dir = root.join("target/bench-query/inproc-state");
-            if !dir.join("db").exists() {
+            // Written once the replay finished: a state without it (absent,
+            // or cut short) is replayed again from empty.
+            let ready = dir.join("ready");
+            if !ready.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
                 let events = root.join("target/bench-query/inproc-events");
                 std::fs::create_dir_all(&events).expect("mkdir");
                 rdg::generate::generate(
@@ -51,6 +55,7 @@ fn main() {
                     store: rdg::store::StoreOptions::default(),
                 })
                 .expect("replay");
+                std::fs::write(&ready, b"").expect("mark the state ready");
             }
             dir
         }
