@@ -7,13 +7,23 @@
 //! it — exit non-zero, a message naming the state directory, no panic — or
 //! answer exactly what the intact state answers. Never a wrong answer, and
 //! never a damaged state silently reopened as a new, empty one.
+//!
+//! And replays killed (SIGKILL) part-way, on both engines: a bulk load into
+//! an empty state leaves a state that opens, empty (then the same replay
+//! again gives what an uninterrupted one gives) or holding the whole load if
+//! it had finished; a replay continuing a fjall state leaves the state before
+//! it (then the same replay again completes it) or after it; one continuing
+//! a sled state leaves a state that opens (a prefix, which files carry no
+//! position to resume: `docs/reliability.md`). A continue's commit of 8 MiB
+//! or more, ingested behind its redo file, is killed by
+//! `scripts/crash-continue.sh` (its events are too many for a debug build).
 
 mod support;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -373,4 +383,151 @@ fn fjall_journal_damaged_in_the_middle_is_refused() {
     serve_refuses("journal zeroed in the middle", &state);
 }
 
-both_engines!(names: damaged_states_are_refused, another_format_version_is_refused);
+/// Events in each replay a kill test interrupts: a debug build replays them
+/// in one to three seconds.
+const KILL_EVENTS: u64 = 8_000;
+
+/// When a replay is killed, as shares of the time the same replay takes
+/// uninterrupted (reading, then the end's encoding and writing).
+const KILL_AT: [f64; 3] = [0.3, 0.6, 0.9];
+
+/// Generated events (deletes included) written to `dir`; the files.
+fn generated(dir: &Path, seed: u64) -> Vec<PathBuf> {
+    let opts = rdg::generate::GenOptions {
+        seed,
+        ..gen_opts(KILL_EVENTS, true)
+    };
+    rdg::generate::generate(&opts, dir).expect("generate");
+    ["playback", "gaming", "login"]
+        .iter()
+        .map(|t| dir.join(format!("{t}.jsonl")))
+        .collect()
+}
+
+/// Runs `rdg ARGS` to its end (it must succeed); how long it took.
+fn timed(args: &[OsString]) -> Duration {
+    let start = Instant::now();
+    rdg(args).ok();
+    start.elapsed()
+}
+
+/// Runs `rdg ARGS` and kills it (SIGKILL) once `after` has passed, unless
+/// it ended before (then it must have succeeded).
+fn kill_after(args: &[OsString], after: Duration) {
+    let mut child = command()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rdg");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            assert!(status.success(), "{args:?} ended before its kill: {status}");
+            return;
+        }
+        if start.elapsed() >= after {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `rdg export` of a state a killed replay left: it must open (a killed
+/// replay is not damage) and export.
+#[track_caller]
+fn export_after_kill(state: &Path, what: &str) -> String {
+    let run = rdg([OsString::from("export"), "--state".into(), state.into()]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "{what}: the state a killed replay left does not open\n{}",
+        run.describe()
+    );
+    run.stdout
+}
+
+fn killed_replays_leave_a_state_that_a_replay_completes(engine: &str) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let first = generated(&tmp.path().join("first"), 21);
+    let second = generated(&tmp.path().join("second"), 22);
+    let load = |state: &Path| replay_args(&["--engine", engine], state, 2, &first);
+    let more = |state: &Path| replay_args(&[], state, 2, &second);
+
+    // The uninterrupted replays: a bulk load, then a replay continuing it.
+    let loaded = tmp.path().join("loaded");
+    let load_time = timed(&load(&loaded));
+    let loaded_export = support::export(&loaded);
+    assert!(
+        loaded_export.lines().count() > 1000,
+        "the load exports a graph"
+    );
+    let continued = tmp.path().join("continued");
+    copy_dir(&loaded, &continued);
+    let more_time = timed(&more(&continued));
+    let continued_export = support::export(&continued);
+    assert_ne!(
+        continued_export, loaded_export,
+        "the second replay changes the graph"
+    );
+
+    for (n, share) in KILL_AT.iter().enumerate() {
+        // A bulk load killed: the state opens empty, or holds the whole
+        // load if the kill came after its end.
+        let state = tmp.path().join(format!("load-{n}"));
+        kill_after(&load(&state), load_time.mul_f64(*share));
+        let what = format!("{engine}: a bulk load killed at {share} of its time");
+        let after = export_after_kill(&state, &what);
+        eprintln!("{what}: {} lines", after.lines().count());
+        if after.is_empty() {
+            rdg(load(&state)).ok();
+            assert_eq!(
+                support::export(&state),
+                loaded_export,
+                "{what}, then replayed"
+            );
+        } else {
+            assert!(
+                after == loaded_export,
+                "{what}: the state holds {} lines, neither none nor the load's {}",
+                after.lines().count(),
+                loaded_export.lines().count()
+            );
+        }
+
+        // A replay continuing a state killed: fjall's one commit leaves the
+        // state before or after it; sled's commits leave a prefix.
+        let state = tmp.path().join(format!("more-{n}"));
+        copy_dir(&loaded, &state);
+        kill_after(&more(&state), more_time.mul_f64(*share));
+        let what = format!("{engine}: a continuing replay killed at {share} of its time");
+        let after = export_after_kill(&state, &what);
+        let left = match &after {
+            a if *a == loaded_export => "the state before it",
+            a if *a == continued_export => "the state after it",
+            _ => "a prefix",
+        };
+        eprintln!("{what}: {left}");
+        if engine == "fjall" && after == loaded_export {
+            rdg(more(&state)).ok();
+            assert_eq!(
+                support::export(&state),
+                continued_export,
+                "{what}, then replayed"
+            );
+        } else if engine == "fjall" {
+            assert!(
+                after == continued_export,
+                "{what}: the state is neither the one before the replay nor the one after"
+            );
+        }
+    }
+}
+
+both_engines!(
+    names: damaged_states_are_refused,
+    another_format_version_is_refused,
+    killed_replays_leave_a_state_that_a_replay_completes,
+);
