@@ -6,8 +6,8 @@
 //! every byte is encoded before, and nothing is read); sled's reads are not
 //! isolated from a transaction in progress, so the store holds its gate
 //! around sled reads and commits. `flush` fsyncs; without it sled writes
-//! back about every 500 ms. A bulk load writes each tree in `apply_batch`es
-//! of [`BULK_CHUNK_OPS`] operations, each flushed (atomic per batch only;
+//! back about every 500 ms. A bulk load writes each tree by single inserts
+//! and removals, flushed every [`BULK_CHUNK_OPS`] operations (not atomic;
 //! the bulk load's marker covers a crash).
 
 use std::path::Path;
@@ -17,13 +17,15 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::{Bound, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteSet};
 
-/// Operations in one `apply_batch` of a bulk load, after which the load
-/// flushes. sled keeps what a batch wrote in memory until it is flushed,
-/// and its background flush (every 500 ms) falls behind a bulk load: one
-/// batch per tree and buffer took a 2M-event load to a 12 GB peak, at
-/// 13 400 events/s; batches of 2 048 operations, each flushed, to 2.0 GB
-/// at 22 400 events/s (512: 1.7 GB, 20 700 events/s; 65 536: 9.0 GB,
-/// 14 000 events/s; `docs/performance.md`, "sled").
+/// Operations a bulk load writes between two flushes. sled keeps what it
+/// wrote in memory until it is flushed, and its background flush (every
+/// 500 ms) falls behind a bulk load: one `apply_batch` per tree and buffer
+/// took a 2M-event load to a 12 GB peak. Batches of 2 048 operations, each
+/// flushed, held it to 2.0 GB, but only while the state fitted sled's
+/// cache: with `--cache-mb 64` the same load peaked at 8.3 GB, and 9M
+/// events passed 20 GB. Single inserts, flushed as often, follow the
+/// cache: 1.7 GB at the default cache, 0.99 GB at 64 MiB, and 28% faster
+/// (`docs/performance.md`, "sled").
 const BULK_CHUNK_OPS: usize = 2048;
 
 /// sled's own tree, which rdg does not use.
@@ -107,22 +109,22 @@ impl SledDb {
         }
     }
 
-    /// Each tree's operations as `apply_batch`es of [`BULK_CHUNK_OPS`],
-    /// each followed by a flush.
+    /// Each tree's operations as single inserts and removals, with a flush
+    /// after every [`BULK_CHUNK_OPS`] (`apply_batch`es of that size, flushed
+    /// as often, grew past the machine's memory once the state outgrew
+    /// sled's cache).
     pub fn bulk_write(&self, ns: &[Ns], set: &WriteSet) -> Result<(), EngineError> {
         for run in set.ops.chunk_by(|a, b| a.ns == b.ns) {
             let Some(Ns::Sled(tree)) = run.first().and_then(|op| ns.get(op.ns())) else {
                 return Err(EngineError::Mismatch("namespace"));
             };
             for chunk in run.chunks(BULK_CHUNK_OPS) {
-                let mut batch = sled::Batch::default();
                 for op in chunk {
                     match op.value() {
-                        Some(v) => batch.insert(set.bytes(op.key()), set.bytes(v)),
-                        None => batch.remove(set.bytes(op.key())),
-                    }
+                        Some(v) => tree.insert(set.bytes(op.key()), set.bytes(v))?,
+                        None => tree.remove(set.bytes(op.key()))?,
+                    };
                 }
-                tree.apply_batch(batch)?;
                 self.db.flush()?;
             }
         }
