@@ -449,7 +449,7 @@ fn export_after_kill(state: &Path, what: &str) -> String {
     run.stdout
 }
 
-fn killed_replays_leave_a_state_that_a_replay_completes(engine: &str) {
+fn replays_killed_part_way_leave_the_documented_state(engine: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let first = generated(&tmp.path().join("first"), 21);
     let second = generated(&tmp.path().join("second"), 22);
@@ -529,5 +529,5 @@ fn killed_replays_leave_a_state_that_a_replay_completes(engine: &str) {
 both_engines!(
     names: damaged_states_are_refused,
     another_format_version_is_refused,
-    killed_replays_leave_a_state_that_a_replay_completes,
+    replays_killed_part_way_leave_the_documented_state,
 );

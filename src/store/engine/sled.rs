@@ -22,9 +22,9 @@ use super::{Bound, Bytes, EngineError, KvIter, Ns, OpenConfig, OpenError, WriteS
 /// 500 ms) falls behind a bulk load: one `apply_batch` per tree and buffer
 /// took a 2M-event load to a 12 GB peak. Batches of 2 048 operations, each
 /// flushed, held it to 2.0 GB, but only while the state fitted sled's
-/// cache: with `--cache-mb 64` the same load peaked at 8.3 GB, and 9M
+/// cache: with `--cache-mb 64` the same load peaked at 7.0–8.3 GB, and 9M
 /// events passed 20 GB. Single inserts, flushed as often, follow the
-/// cache: 1.7 GB at the default cache, 0.99 GB at 64 MiB, and 28% faster
+/// cache: 1.7 GB at the default cache, 0.99 GB at 64 MiB, and 25–28% faster
 /// (`docs/performance.md`, "sled").
 const BULK_CHUNK_OPS: usize = 2048;
 
