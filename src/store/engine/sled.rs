@@ -31,21 +31,19 @@ const BULK_CHUNK_OPS: usize = 2048;
 /// sled's own tree, which rdg does not use.
 const DEFAULT_TREE: &[u8] = b"__sled__default";
 
-/// Removes what sled left of snapshots it did not finish writing. sled
-/// writes a snapshot to `snap.<lsn>.generating`, syncs it, and only then
-/// renames it to `snap.<lsn>`: a `.generating` file is never a snapshot.
-/// sled 0.34 still takes the last `snap.*` file by name when it opens, so
-/// one cut short (a full disk while sled closes) made it refuse the state
-/// as corrupt (`tests/faults_disk.rs`, a continuing replay on a full disk).
-/// Without it, sled opens as after a crash before that snapshot began.
-fn remove_unfinished_snapshots(dir: &Path) -> Result<(), OpenError> {
+/// Removes what sled left of snapshots it did not finish writing; whether
+/// there were any. sled writes a snapshot to `snap.<lsn>.generating`, syncs
+/// it, and only then renames it to `snap.<lsn>`: a `.generating` file is
+/// never a snapshot. sled 0.34 still takes the last `snap.*` file by name
+/// when it opens, so one cut short (a full disk while sled closed) made it
+/// refuse the state as corrupt (`tests/faults_disk.rs`, a continuing replay
+/// on a full disk). Without it, sled opens as after a crash before that
+/// snapshot began. Called only after an open failed, so never beside a
+/// sled that is still writing one.
+fn removed_unfinished_snapshots(dir: &Path) -> Result<bool, OpenError> {
     let io = |e: std::io::Error| OpenError::Engine(EngineError::Sled(sled::Error::Io(e)));
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(e)),
-    };
-    for entry in entries {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -55,9 +53,30 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<(), OpenError> {
                 dir.display()
             );
             std::fs::remove_file(entry.path()).map_err(io)?;
+            removed = true;
         }
     }
-    Ok(())
+    Ok(removed)
+}
+
+/// Opens sled's database in `dir`.
+fn open_sled(dir: &Path, config: OpenConfig) -> Result<sled::Db, OpenError> {
+    // sled 0.34 panics on some damaged files (a `db` file emptied under a
+    // snapshot that names its segments): a refusal, not a crash.
+    let open = std::panic::catch_unwind(|| {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            .open()
+    })
+    .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }));
+    match open {
+        Ok(db) => Ok(db),
+        Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+            Err(OpenError::Locked)
+        }
+        Err(e) => Err(OpenError::Engine(e.into())),
+    }
 }
 
 pub(crate) struct SledDb {
@@ -70,25 +89,15 @@ impl SledDb {
         config: OpenConfig,
         recently_closed: bool,
     ) -> Result<SledDb, OpenError> {
-        remove_unfinished_snapshots(dir)?;
         super::open_retrying(recently_closed, || {
-            // sled 0.34 panics on some damaged files (a `db` file emptied
-            // under a snapshot that names its segments): a refusal, not a
-            // crash.
-            let open = std::panic::catch_unwind(|| {
-                sled::Config::new()
-                    .path(dir)
-                    .cache_capacity(config.cache_bytes)
-                    .open()
-            })
-            .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }));
-            match open {
-                Ok(db) => Ok(SledDb { db }),
-                Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-                    Err(OpenError::Locked)
-                }
-                Err(e) => Err(OpenError::Engine(e.into())),
-            }
+            let db =
+                match open_sled(dir, config) {
+                    Err(OpenError::Engine(EngineError::Sled(sled::Error::Corruption {
+                        ..
+                    }))) if removed_unfinished_snapshots(dir)? => open_sled(dir, config),
+                    other => other,
+                }?;
+            Ok(SledDb { db })
         })
     }
 
