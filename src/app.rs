@@ -39,9 +39,14 @@ static FIRST_PANIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Replaces Rust's panic output with one line for the first panic and
 /// silence for the rest: when a peer process of a cluster dies, every
 /// communication and worker thread panics in turn, and the first message is
-/// the one that says why. [`run_into_store`] reports it as an error.
+/// the one that says why. [`run_into_store`] reports it as an error. A
+/// panic the store contains (sled's open, on damaged files) is not shown.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
+        if crate::store::panic_is_contained() {
+            // The store caught it and refuses the state: nothing stopped.
+            return;
+        }
         let what = info
             .payload()
             .downcast_ref::<&str>()

@@ -162,6 +162,7 @@ pub use bulk::{
     DEFAULT_HOLD_BYTES as DEFAULT_BULK_HOLD_BYTES,
 };
 pub use encoder::{EncodeFailed, Encoder};
+pub(crate) use engine::sled::panic_is_contained;
 pub use engine::{AUTO_INGEST_BYTES, BulkMethod, Engine, EngineError, UnknownEngine};
 pub use reader::Contributions;
 pub use view::{EdgeCursor, EdgePage, ReadView, Schema};

@@ -59,24 +59,61 @@ fn removed_unfinished_snapshots(dir: &Path) -> Result<bool, OpenError> {
     Ok(removed)
 }
 
+thread_local! {
+    /// Whether this thread is inside sled's open, where a panic is caught
+    /// and becomes a refusal of the state ([`panic_is_contained`]).
+    static OPENING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a panic on this thread happens inside sled's open, which catches
+/// it and refuses the state as damaged: the process's panic hook then says
+/// nothing, since nothing stopped.
+pub fn panic_is_contained() -> bool {
+    OPENING.with(|o| o.get())
+}
+
 /// Opens sled's database in `dir`.
 fn open_sled(dir: &Path, config: OpenConfig) -> Result<sled::Db, OpenError> {
     // sled 0.34 panics on some damaged files (a `db` file emptied under a
     // snapshot that names its segments): a refusal, not a crash.
+    OPENING.with(|o| o.set(true));
     let open = std::panic::catch_unwind(|| {
         sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_bytes)
             .open()
-    })
-    .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }));
+    });
+    OPENING.with(|o| o.set(false));
     match open {
-        Ok(db) => Ok(db),
-        Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(io))) if io.to_string().contains("could not acquire lock") => {
             Err(OpenError::Locked)
         }
-        Err(e) => Err(OpenError::Engine(e.into())),
+        Ok(Err(e)) => Err(OpenError::Engine(e.into())),
+        Err(payload) => Err(OpenError::Engine(EngineError::SledPanicked(panic_text(
+            payload.as_ref(),
+        )))),
     }
+}
+
+/// What a caught panic said.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
+/// Whether an open failed on sled's files (where an unfinished snapshot
+/// may be the cause), not on the machine or a lock.
+fn failed_on_files(open: &Result<sled::Db, OpenError>) -> bool {
+    matches!(
+        open,
+        Err(OpenError::Engine(
+            EngineError::Sled(sled::Error::Corruption { .. }) | EngineError::SledPanicked(_)
+        ))
+    )
 }
 
 pub(crate) struct SledDb {
@@ -90,13 +127,12 @@ impl SledDb {
         recently_closed: bool,
     ) -> Result<SledDb, OpenError> {
         super::open_retrying(recently_closed, || {
-            let db =
-                match open_sled(dir, config) {
-                    Err(OpenError::Engine(EngineError::Sled(sled::Error::Corruption {
-                        ..
-                    }))) if removed_unfinished_snapshots(dir)? => open_sled(dir, config),
-                    other => other,
-                }?;
+            let open = open_sled(dir, config);
+            let db = if failed_on_files(&open) && removed_unfinished_snapshots(dir)? {
+                open_sled(dir, config)?
+            } else {
+                open?
+            };
             Ok(SledDb { db })
         })
     }
