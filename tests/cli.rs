@@ -209,6 +209,52 @@ fn replay_of_a_missing_file_fails_naming_it() {
 }
 
 #[test]
+fn zero_counts_are_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let commands: [Vec<&dyn AsRef<std::ffi::OsStr>>; 6] = [
+        vec![&"replay", &"--state", &state, &"--workers", &"0"],
+        vec![
+            &"run",
+            &"--state",
+            &state,
+            &"--workers",
+            &"0",
+            &"--brokers",
+            &"127.0.0.1:1",
+        ],
+        vec![&"demo", &"--state", &state, &"--workers", &"0"],
+        vec![&"replay", &"--state", &state, &"--batch", &"0"],
+        vec![
+            &"run",
+            &"--state",
+            &state,
+            &"--processes",
+            &"0",
+            &"--brokers",
+            &"127.0.0.1:1",
+        ],
+        vec![&"serve", &"--state", &state, &"--query-threads", &"0"],
+    ];
+    for args in commands {
+        let run = rdg(os(&args));
+        run.expect_code(2);
+        assert!(
+            run.stderr
+                .contains("expected a whole number, 1 or more, got `0`"),
+            "{}",
+            run.describe()
+        );
+        assert!(
+            !state.exists(),
+            "{} created {}",
+            run.describe(),
+            state.display()
+        );
+    }
+}
+
+#[test]
 fn replay_of_a_file_without_a_definition_fails_listing_known_topics() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
