@@ -78,7 +78,7 @@ struct ReplayArgs {
     #[arg(long)]
     state: PathBuf,
     /// Worker threads.
-    #[arg(long, default_value_t = 1, value_parser = parse_count)]
+    #[arg(long, default_value_t = 1, value_parser = parse_count::<usize>)]
     workers: usize,
     /// Files: read FILE as topic TOPIC (`TOPIC=FILE`; otherwise a file's
     /// topic is its name up to the first dot). With --brokers: replay only
@@ -90,7 +90,7 @@ struct ReplayArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Records read from each file per batch (one batch = one atomic commit unit).
-    #[arg(long, default_value_t = 4096, value_parser = parse_count)]
+    #[arg(long, default_value_t = 4096, value_parser = parse_count::<usize>)]
     batch: usize,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -139,7 +139,7 @@ struct StoreArgs {
     #[arg(long)]
     engine: Option<Engine>,
     /// The store's cache in MiB (default: fjall 256, sled 512).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count::<u64>)]
     cache_mb: Option<u64>,
 }
 
@@ -159,7 +159,7 @@ struct RunArgs {
     dataflows: PathBuf,
     #[arg(long)]
     state: PathBuf,
-    #[arg(long, default_value_t = 1, value_parser = parse_count)]
+    #[arg(long, default_value_t = 1, value_parser = parse_count::<usize>)]
     workers: usize,
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -168,7 +168,7 @@ struct RunArgs {
     status_interval: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
-    #[arg(long, default_value_t = 4096, value_parser = parse_count)]
+    #[arg(long, default_value_t = 4096, value_parser = parse_count::<usize>)]
     batch: usize,
     #[command(flatten)]
     serve: ServeArgs,
@@ -205,7 +205,7 @@ struct DemoArgs {
     dataflows: PathBuf,
     #[arg(long, default_value = "demo-state")]
     state: PathBuf,
-    #[arg(long, default_value_t = 2, value_parser = parse_count)]
+    #[arg(long, default_value_t = 2, value_parser = parse_count::<usize>)]
     workers: usize,
     /// Events produced per second.
     #[arg(long, default_value_t = 1000.0)]
@@ -239,7 +239,7 @@ struct ReadFrom {
     #[arg(long, requires = "url")]
     auth_token_file: Option<PathBuf>,
     /// With --state: the store's cache in MiB (default: fjall 256, sled 512).
-    #[arg(long, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "url", value_parser = parse_count::<u64>)]
     cache_mb: Option<u64>,
 }
 
@@ -258,7 +258,7 @@ struct ServeCommandArgs {
     #[command(flatten)]
     serve: ServeArgs,
     /// The store's cache in MiB (default: fjall 256, sled 512).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count::<u64>)]
     cache_mb: Option<u64>,
 }
 
@@ -291,7 +291,7 @@ struct GenArgs {
 #[derive(Args)]
 struct ClusterArgs {
     /// Number of processes in the cluster (1: this process alone).
-    #[arg(long, default_value_t = 1, value_parser = parse_count)]
+    #[arg(long, default_value_t = 1, value_parser = parse_count::<usize>)]
     processes: usize,
     /// This process's index, 0-based, in the hosts file's order.
     #[arg(long, default_value_t = 0)]
@@ -435,11 +435,12 @@ impl KafkaArgs {
     }
 }
 
-/// A count (threads, processes, records a batch): 1 or more. 0 is refused,
-/// not quietly taken as 1.
-fn parse_count(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+/// A count (threads, processes, records a batch, MiB of cache): 1 or
+/// more. 0 is refused, not quietly taken as 1 (nor handed to an engine that
+/// stops on it: sled panics on a cache under 256 bytes).
+fn parse_count<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!("expected a whole number, 1 or more, got `{s}`")),
     }
 }
@@ -964,7 +965,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
     /// Threads answering requests.
-    #[arg(long, default_value_t = ServeConfig::default().worker_threads, value_parser = parse_count)]
+    #[arg(long, default_value_t = ServeConfig::default().worker_threads, value_parser = parse_count::<usize>)]
     query_threads: usize,
 }
 

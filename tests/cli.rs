@@ -212,7 +212,7 @@ fn replay_of_a_missing_file_fails_naming_it() {
 fn zero_counts_are_refused_before_anything_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    let commands: [Vec<&dyn AsRef<std::ffi::OsStr>>; 6] = [
+    let commands: [Vec<&dyn AsRef<std::ffi::OsStr>>; 9] = [
         vec![&"replay", &"--state", &state, &"--workers", &"0"],
         vec![
             &"run",
@@ -235,6 +235,26 @@ fn zero_counts_are_refused_before_anything_runs() {
             &"127.0.0.1:1",
         ],
         vec![&"serve", &"--state", &state, &"--query-threads", &"0"],
+        vec![
+            &"replay",
+            &"--state",
+            &state,
+            &"--engine",
+            &"sled",
+            &"--cache-mb",
+            &"0",
+        ],
+        vec![&"export", &"--state", &state, &"--cache-mb", &"0"],
+        vec![
+            &"query",
+            &"--state",
+            &state,
+            &"--cache-mb",
+            &"0",
+            &"node",
+            &"profile",
+            &"p",
+        ],
     ];
     for args in commands {
         let run = rdg(os(&args));

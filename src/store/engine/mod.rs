@@ -88,7 +88,7 @@ pub enum EngineError {
     Sled(#[from] ::sled::Error),
     /// sled 0.34 panicked while it opened its files (it does on some
     /// damaged ones); the panic was caught there.
-    #[error("sled stopped while reading its files: {0}")]
+    #[error("sled stopped while opening its files: {0}")]
     SledPanicked(String),
     /// A namespace name the engine cannot store (fjall: at most 255 bytes).
     #[error("namespace name `{0}` is too long (at most 255 bytes)")]
