@@ -187,12 +187,12 @@ struct ProduceArgs {
     /// Events per second (default: as fast as possible). Paced events are
     /// stamped with the wall clock (from now, up to 5 s out of order), as
     /// a live load; unpaced ones with `rdg gen`'s fixed timeline.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Partitions of topics that do not exist yet.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = parse_count::<i32>)]
     partitions: i32,
     /// librdkafka settings for the producer.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
@@ -216,7 +216,7 @@ struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = parse_count::<i32>)]
     partitions: i32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -442,6 +442,15 @@ fn parse_count<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<
     match s.parse::<T>() {
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!("expected a whole number, 1 or more, got `{s}`")),
+    }
+}
+
+/// Events per second: a finite number above 0, checked before any broker
+/// is asked for anything.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("expected events per second above 0, got `{s}`")),
     }
 }
 

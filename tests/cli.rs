@@ -209,59 +209,43 @@ fn replay_of_a_missing_file_fails_naming_it() {
 }
 
 #[test]
-fn zero_counts_are_refused_before_anything_runs() {
+fn zero_counts_and_bad_rates_are_refused_before_anything_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    let commands: [Vec<&dyn AsRef<std::ffi::OsStr>>; 9] = [
-        vec![&"replay", &"--state", &state, &"--workers", &"0"],
-        vec![
-            &"run",
-            &"--state",
-            &state,
-            &"--workers",
-            &"0",
-            &"--brokers",
-            &"127.0.0.1:1",
-        ],
-        vec![&"demo", &"--state", &state, &"--workers", &"0"],
-        vec![&"replay", &"--state", &state, &"--batch", &"0"],
-        vec![
-            &"run",
-            &"--state",
-            &state,
-            &"--processes",
-            &"0",
-            &"--brokers",
-            &"127.0.0.1:1",
-        ],
-        vec![&"serve", &"--state", &state, &"--query-threads", &"0"],
-        vec![
-            &"replay",
-            &"--state",
-            &state,
-            &"--engine",
-            &"sled",
-            &"--cache-mb",
-            &"0",
-        ],
-        vec![&"export", &"--state", &state, &"--cache-mb", &"0"],
-        vec![
-            &"query",
-            &"--state",
-            &state,
-            &"--cache-mb",
-            &"0",
-            &"node",
-            &"profile",
-            &"p",
-        ],
+    // STATE stands for the state directory, V for the value tried; the
+    // broker address has nothing behind it.
+    let counts = [
+        "replay --state STATE --workers V",
+        "run --state STATE --brokers 127.0.0.1:1 --workers V",
+        "demo --state STATE --workers V",
+        "replay --state STATE --batch V",
+        "run --state STATE --brokers 127.0.0.1:1 --processes V",
+        "serve --state STATE --query-threads V",
+        "replay --state STATE --engine sled --cache-mb V",
+        "export --state STATE --cache-mb V",
+        "query --state STATE --cache-mb V node profile p",
+        "produce --brokers 127.0.0.1:1 --partitions V",
+        "demo --state STATE --partitions V",
     ];
-    for args in commands {
-        let run = rdg(os(&args));
+    let counts = counts.map(|c| (c, "0", "expected a whole number, 1 or more"));
+    // `--rate=V`: clap would take `-5` alone for a flag.
+    let rate = "produce --brokers 127.0.0.1:1 --rate=V";
+    let rates = ["0", "-5", "inf", "NaN", "fast"];
+    let rates = rates.map(|r| (rate, r, "expected events per second above 0"));
+    for (command, value, message) in counts.into_iter().chain(rates) {
+        let args: Vec<OsString> = command
+            .split(' ')
+            .map(|a| match a {
+                "STATE" => state.clone().into_os_string(),
+                "V" => value.into(),
+                "--rate=V" => format!("--rate={value}").into(),
+                a => a.into(),
+            })
+            .collect();
+        let run = rdg(args);
         run.expect_code(2);
         assert!(
-            run.stderr
-                .contains("expected a whole number, 1 or more, got `0`"),
+            run.stderr.contains(&format!("{message}, got `{value}`")),
             "{}",
             run.describe()
         );
