@@ -965,13 +965,13 @@ struct ServeArgs {
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
     /// Most hops in one traversal.
-    #[arg(long, default_value_t = ServeConfig::default().max_hops)]
+    #[arg(long, default_value_t = ServeConfig::default().max_hops, value_parser = parse_count::<usize>)]
     max_hops: usize,
     /// Largest per-hop edge limit a traversal may ask for.
-    #[arg(long, default_value_t = ServeConfig::default().max_edges_per_hop)]
+    #[arg(long, default_value_t = ServeConfig::default().max_edges_per_hop, value_parser = parse_count::<usize>)]
     max_edges_per_hop: usize,
     /// Longest time a request may take, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = parse_count::<u64>)]
     request_timeout_ms: u64,
     /// Threads answering requests.
     #[arg(long, default_value_t = ServeConfig::default().worker_threads, value_parser = parse_count::<usize>)]
