@@ -180,7 +180,7 @@ struct RunArgs {
 struct ProduceArgs {
     #[arg(long, default_value = "dataflows")]
     dataflows: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:9092")]
+    #[arg(long, default_value = "127.0.0.1:9092", value_parser = parse_brokers)]
     brokers: String,
     #[arg(long, default_value_t = 10_000)]
     events: u64,
@@ -393,7 +393,7 @@ impl ClusterArgs {
 #[derive(Args)]
 struct KafkaArgs {
     /// Kafka bootstrap servers, `HOST:PORT[,...]`.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_brokers)]
     brokers: Option<String>,
     /// Where partitions without a stored position start: earliest, latest, or a time (epoch ms).
     #[arg(long, default_value = "earliest", value_parser = parse_from)]
@@ -452,6 +452,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(format!("expected events per second above 0, got `{s}`")),
     }
+}
+
+/// Kafka bootstrap servers: `HOST[:PORT]`, comma-separated, none empty
+/// (an empty list would have the sources retry forever, naming no broker).
+fn parse_brokers(s: &str) -> Result<String, String> {
+    if s.split(',').any(|b| b.trim().is_empty()) {
+        return Err(format!("expected HOST:PORT[,HOST:PORT...], got `{s}`"));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_from(s: &str) -> Result<StartFrom, String> {

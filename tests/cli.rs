@@ -209,7 +209,7 @@ fn replay_of_a_missing_file_fails_naming_it() {
 }
 
 #[test]
-fn zero_counts_and_bad_rates_are_refused_before_anything_runs() {
+fn bad_counts_rates_and_brokers_are_refused_before_anything_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
     // STATE stands for the state directory, V for the value tried; the
@@ -235,7 +235,15 @@ fn zero_counts_and_bad_rates_are_refused_before_anything_runs() {
     let rate = "produce --brokers 127.0.0.1:1 --rate=V";
     let rates = ["0", "-5", "inf", "NaN", "fast"];
     let rates = rates.map(|r| (rate, r, "expected events per second above 0"));
-    for (command, value, message) in counts.into_iter().chain(rates) {
+    let brokers = [
+        "run --state STATE --brokers V",
+        "replay --state STATE --brokers V",
+        "produce --brokers V",
+    ];
+    let brokers = brokers.map(|c| (c, "", "expected HOST:PORT[,HOST:PORT...]"));
+    let listed = brokers.map(|(c, _, m)| (c, "127.0.0.1:9092,", m));
+    let cases = counts.into_iter().chain(rates).chain(brokers).chain(listed);
+    for (command, value, message) in cases {
         let args: Vec<OsString> = command
             .split(' ')
             .map(|a| match a {
