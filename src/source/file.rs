@@ -3,8 +3,10 @@
 //!
 //! Invariant: line numbers are 1-based and count every line of a file,
 //! including blank ones (which are skipped), so a dead letter's `file:line`
-//! points at the line in an editor. Bytes read are added to a shared counter
-//! for progress bars.
+//! points at the line in an editor. A UTF-8 byte order mark that begins a
+//! file (as some Windows tools write) is not part of its first line; one
+//! anywhere else is data. Bytes read are added to a shared counter for
+//! progress bars.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -20,6 +22,9 @@ pub struct TopicFiles {
     pub dataflow: String,
     pub files: Vec<PathBuf>,
 }
+
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Reads the files of one topic in order.
 pub struct FileSource {
@@ -123,10 +128,15 @@ impl Source for FileSource {
                 continue;
             }
             self.line += 1;
-            if self.buf.iter().all(|b| b.is_ascii_whitespace()) {
+            let line = if self.line == 1 {
+                self.buf.strip_prefix(BOM).unwrap_or(&self.buf)
+            } else {
+                &self.buf[..]
+            };
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            out.push(self.current as u32, self.line, &self.buf, None);
+            out.push(self.current as u32, self.line, line, None);
             n += 1;
         }
         Ok(Poll::Ready)
@@ -180,5 +190,37 @@ mod tests {
         );
         assert!(counter.load(Ordering::Relaxed) > 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_byte_order_mark_that_begins_a_file_is_not_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("t.jsonl");
+        // A BOM before line 1 (dropped), and before line 2 (kept: data).
+        std::fs::write(&a, b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{\"a\":2}\n").unwrap();
+        let b = dir.path().join("t.2.jsonl.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"\xEF\xBB\xBF\n{\"b\":1}\n").unwrap();
+        std::fs::write(&b, gz.finish().unwrap()).unwrap();
+        let files = vec![a, b];
+        let topic = TopicFiles {
+            dataflow: "t".into(),
+            files,
+        };
+        let mut src = FileSource::new(topic, Arc::new(AtomicU64::new(0)));
+        let mut out = RawBatch::default();
+        while src.poll(10, &mut out).unwrap() == Poll::Ready {}
+        let got: Vec<(String, &[u8])> = out
+            .iter()
+            .map(|r| (src.describe(r.partition, r.offset), r.payload))
+            .collect();
+        let want: [(&str, &[u8]); 3] = [
+            ("t.jsonl:1", b"{\"a\":1}\n"),
+            ("t.jsonl:2", b"\xEF\xBB\xBF{\"a\":2}\n"),
+            // A first line that is only a BOM is blank, and skipped.
+            ("t.2.jsonl.gz:2", b"{\"b\":1}\n"),
+        ];
+        let want: Vec<(String, &[u8])> = want.iter().map(|(d, p)| (d.to_string(), *p)).collect();
+        assert_eq!(got, want);
     }
 }
