@@ -539,6 +539,46 @@ fn gzipped_input_exports_like_plain_input() {
     );
 }
 
+/// A line longer than a record may be (64 MiB) is one dead letter naming
+/// its place and length; every other line is read as without it.
+#[test]
+fn a_line_too_long_is_a_dead_letter_and_loses_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let login = data_dir().join("login.jsonl");
+    let text = std::fs::read_to_string(&login).expect("reading data");
+    let long_len = (64 << 20) + 100;
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let long = format!("{{\"pad\":\"{}\"}}", "x".repeat(long_len - 10));
+    lines.insert(2, long.clone());
+    let long_file = tmp.path().join("long").join("login.jsonl");
+    std::fs::create_dir_all(long_file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&long_file, lines.join("\n") + "\n").expect("writing");
+    let long_state = tmp.path().join("long-state");
+    replay(&long_state, 2, &[long_file]);
+    let with_long = export(&long_state);
+    let plain_state = tmp.path().join("plain");
+    replay(&plain_state, 2, &[login]);
+    let plain = export(&plain_state);
+    let (dead, rest): (Vec<&str>, Vec<&str>) = with_long
+        .lines()
+        .partition(|l| l.contains(r#""ns":"dead_letter""#) && l.contains("login.jsonl:3"));
+    assert_eq!(dead.len(), 1, "one dead letter at login.jsonl:3");
+    let reason = format!(
+        "a record of {} bytes (its end of line included) is longer than the 64 MiB one may be",
+        long.len() + 1
+    );
+    assert!(dead[0].contains(&reason), "{}", dead[0]);
+    // Other dead letters name the lines below it one further down.
+    let rest = rest.join("\n") + "\n";
+    let shifted = (3..=lines.len()).fold(rest, |acc, n| {
+        acc.replace(
+            &format!("\"login.jsonl:{n}\""),
+            &format!("\"login.jsonl:{}\"", n - 1),
+        )
+    });
+    assert_eq!(shifted, plain, "every other line read as without it");
+}
+
 /// A replay into an empty state that holds no sorted buffer
 /// (`--bulk-memory-mb 0`) or every one (the default) writes the same state.
 #[test]

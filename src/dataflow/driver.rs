@@ -27,7 +27,7 @@ use super::stages::Stage;
 use super::symbols::{Sym, SymCache};
 use super::{DataflowError, Emitted, Emitter, LAG_EVERY, RunConfig, Start, seq_of, wall_clock_ms};
 use crate::model::{DataflowProgress, DeadLetter, Progress, RecordTimes};
-use crate::source::{Poll, RawBatch, Source};
+use crate::source::{MAX_RECORD_BYTES, Poll, RawBatch, Source};
 use crate::spec::{DecodeScratch, Plan, Verdict};
 
 /// How long an idle worker sleeps unless woken by a source or a peer.
@@ -56,6 +56,14 @@ const CATCH_UP_LOG: Duration = Duration::from_millis(50);
 /// logged at debug level: the delay arose before rdg read the record (the
 /// producer, the broker, or a worker that was not polling).
 const OLD_READ_LOG: i64 = 100;
+
+/// The dead letter's reason for a record the source did not take.
+fn too_long(len: u64) -> String {
+    format!(
+        "a record of {len} bytes (its end of line included) is longer than the {} MiB one may be",
+        MAX_RECORD_BYTES >> 20
+    )
+}
 
 /// Logs (debug) a read of `records` records of `dataflow` whose oldest
 /// record's source timestamp is `oldest_ms`, when it is [`OLD_READ_LOG`] ms
@@ -305,12 +313,15 @@ impl<'a> Reader<'a> {
             if let Some(ts) = r.timestamp_ms.filter(|_| fresh) {
                 times.push(ts, &mut batch.progress.record_times);
             }
-            let verdict = d.decode_into(
-                r.payload,
-                &self.plan.identity,
-                &mut self.scratch,
-                self.decoded.next(),
-            );
+            let verdict = match r.too_long {
+                Some(len) => Verdict::Reject(too_long(len)),
+                None => d.decode_into(
+                    r.payload,
+                    &self.plan.identity,
+                    &mut self.scratch,
+                    self.decoded.next(),
+                ),
+            };
             match verdict {
                 Verdict::Ignored => {}
                 Verdict::Event => {

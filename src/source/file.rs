@@ -5,8 +5,9 @@
 //! including blank ones (which are skipped), so a dead letter's `file:line`
 //! points at the line in an editor. A UTF-8 byte order mark that begins a
 //! file (as some Windows tools write) is not part of its first line; one
-//! anywhere else is data. Bytes read are added to a shared counter for
-//! progress bars.
+//! anywhere else is data. A line longer than [`MAX_RECORD_BYTES`] (its end
+//! of line not counted) is read past without being held, and yielded as
+//! too long (a dead letter naming its length). Bytes read are added to a shared counter for progress bars.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Poll, RawBatch, Source, SourceError};
+use super::{MAX_RECORD_BYTES, Poll, RawBatch, Source, SourceError};
 
 /// The files of one topic, bound to a dataflow.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct FileSource {
     line: u64,
     buf: Vec<u8>,
     bytes_read: Arc<AtomicU64>,
+    /// The longest line taken ([`MAX_RECORD_BYTES`]; less in tests).
+    max_line: usize,
 }
 
 impl FileSource {
@@ -48,6 +51,7 @@ impl FileSource {
             line: 0,
             buf: Vec::with_capacity(1024),
             bytes_read,
+            max_line: MAX_RECORD_BYTES,
         }
     }
 
@@ -114,17 +118,31 @@ impl Source for FileSource {
                 continue;
             };
             self.buf.clear();
-            let read =
-                reader
-                    .read_until(b'\n', &mut self.buf)
-                    .map_err(|source| SourceError::Read {
-                        path: self.files[self.current].display().to_string(),
-                        line: self.line,
-                        source,
-                    })?;
+            let path = &self.files[self.current];
+            let read_error = |line: u64| {
+                move |source| SourceError::Read {
+                    path: path.display().to_string(),
+                    line,
+                    source,
+                }
+            };
+            // At most one byte over the limit: enough to know it is over.
+            let limit = self.max_line as u64 + 1;
+            let read = (&mut *reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(read_error(self.line))?;
             if read == 0 {
                 self.reader = None;
                 self.current += 1;
+                continue;
+            }
+            if self.buf.len() > self.max_line && self.buf.last() != Some(&b'\n') {
+                self.line += 1;
+                let rest = reader.skip_until(b'\n').map_err(read_error(self.line))?;
+                let len = (self.buf.len() + rest) as u64;
+                out.push_too_long(self.current as u32, self.line, len);
+                n += 1;
                 continue;
             }
             self.line += 1;
@@ -190,6 +208,47 @@ mod tests {
         );
         assert!(counter.load(Ordering::Relaxed) > 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_yielded_as_too_long_and_read_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("t.jsonl");
+        let long = "x".repeat(40);
+        // Lines 2 and 4 are over a 16-byte limit, line 4 without an end of
+        // line; line 3 is 16 bytes, the limit, before its end of line.
+        let text = format!("{{\"a\":1}}\n{long}\n{{\"a\":\"67890123\"}}\n{long}");
+        std::fs::write(&a, &text).unwrap();
+        let b = dir.path().join("t.2.jsonl.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(format!("{long}\n{{\"b\":1}}\n").as_bytes())
+            .unwrap();
+        std::fs::write(&b, gz.finish().unwrap()).unwrap();
+        let topic = TopicFiles {
+            dataflow: "t".into(),
+            files: vec![a, b],
+        };
+        let mut src = FileSource::new(topic, Arc::new(AtomicU64::new(0)));
+        src.max_line = 16;
+        let mut out = RawBatch::default();
+        while src.poll(2, &mut out).unwrap() == Poll::Ready {}
+        let got: Vec<(String, &[u8], Option<u64>)> = out
+            .iter()
+            .map(|r| (src.describe(r.partition, r.offset), r.payload, r.too_long))
+            .collect();
+        let want: [(&str, &[u8], Option<u64>); 6] = [
+            ("t.jsonl:1", b"{\"a\":1}\n", None),
+            ("t.jsonl:2", b"", Some(41)),
+            ("t.jsonl:3", b"{\"a\":\"67890123\"}\n", None),
+            ("t.jsonl:4", b"", Some(40)),
+            ("t.2.jsonl.gz:1", b"", Some(41)),
+            ("t.2.jsonl.gz:2", b"{\"b\":1}\n", None),
+        ];
+        let want: Vec<(String, &[u8], Option<u64>)> = want
+            .iter()
+            .map(|(d, p, t)| (d.to_string(), *p, *t))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! Invariant: a source yields each partition's records in order, exactly
 //! once, with a position that names where the record came from; it never
 //! interprets payloads (decoding errors are the dataflow's dead letters).
+//! A record too long to take ([`RawRef::too_long`]) is yielded in its place
+//! with its length and no bytes, so that it too becomes a dead letter.
 
 mod file;
 pub mod kafka;
@@ -21,6 +23,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+/// The longest record a file source takes (a line's end not counted): a
+/// longer line becomes a dead letter naming its length, read past without
+/// being held in memory. (Kafka's brokers bound a message themselves, 1 MiB
+/// by default.)
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
 /// One raw record: its partition, its position within the partition (a line
 /// number for files, an offset for Kafka), its bytes and, when the source
 /// has one, its timestamp (Kafka's message timestamp, epoch ms). The owned
@@ -31,6 +39,7 @@ pub struct RawRecord {
     pub offset: u64,
     pub payload: Vec<u8>,
     pub timestamp_ms: Option<i64>,
+    pub too_long: Option<u64>,
 }
 
 /// One record of a [`RawBatch`], borrowing its payload from the batch.
@@ -40,6 +49,10 @@ pub struct RawRef<'a> {
     pub offset: u64,
     pub payload: &'a [u8],
     pub timestamp_ms: Option<i64>,
+    /// A record the source did not take, being longer than it reads (a
+    /// file's line over [`MAX_RECORD_BYTES`]): its length in bytes; its
+    /// payload is then empty.
+    pub too_long: Option<u64>,
 }
 
 impl RawRef<'_> {
@@ -50,6 +63,7 @@ impl RawRef<'_> {
             offset: self.offset,
             payload: self.payload.to_vec(),
             timestamp_ms: self.timestamp_ms,
+            too_long: self.too_long,
         }
     }
 }
@@ -72,6 +86,7 @@ struct RawMeta {
     partition: u32,
     offset: u64,
     timestamp_ms: Option<i64>,
+    too_long: Option<u64>,
     end: usize,
 }
 
@@ -105,6 +120,19 @@ impl RawBatch {
             partition,
             offset,
             timestamp_ms,
+            too_long: None,
+            end: self.bytes.len(),
+        });
+    }
+
+    /// Appends, in place of a record longer than the source takes, its
+    /// position and length (no bytes).
+    pub fn push_too_long(&mut self, partition: u32, offset: u64, len: u64) {
+        self.records.push(RawMeta {
+            partition,
+            offset,
+            timestamp_ms: None,
+            too_long: Some(len),
             end: self.bytes.len(),
         });
     }
@@ -119,6 +147,7 @@ impl RawBatch {
                 offset: m.offset,
                 payload,
                 timestamp_ms: m.timestamp_ms,
+                too_long: m.too_long,
             })
         })
     }
@@ -213,8 +242,8 @@ pub trait Source {
 mod tests {
     use super::*;
 
-    /// Random records (empty payloads among them) come back as pushed, in
-    /// order; a cleared batch holds nothing and refills within the
+    /// Random records (empty payloads and records too long among them) come
+    /// back as pushed, in order; a cleared batch holds nothing and refills within the
     /// capacity it grew to.
     #[test]
     fn a_batch_gives_back_what_was_pushed_and_reuses_its_buffers() {
@@ -223,18 +252,28 @@ mod tests {
         let mut batch = RawBatch::with_capacity(4);
         for round in 0..3 {
             let records: Vec<RawRecord> = (0..200)
-                .map(|i| RawRecord {
-                    partition: rng.random_range(0..4),
-                    offset: i,
-                    payload: (0..rng.random_range(0..40)).map(|_| rng.random()).collect(),
-                    timestamp_ms: rng.random_bool(0.5).then(|| rng.random()),
+                .map(|i| {
+                    // One in ten stands for a record too long to take.
+                    let too_long: Option<u64> = rng.random_bool(0.1).then(|| rng.random());
+                    let taken = too_long.is_none();
+                    let len = if taken { rng.random_range(0..40) } else { 0 };
+                    RawRecord {
+                        partition: rng.random_range(0..4),
+                        offset: i,
+                        payload: (0..len).map(|_| rng.random()).collect(),
+                        timestamp_ms: rng.random_bool(0.5).then(|| rng.random()).filter(|_| taken),
+                        too_long,
+                    }
                 })
                 .collect();
             batch.clear();
             assert!(batch.is_empty());
             let capacity = batch.bytes.capacity();
             for r in &records {
-                batch.push(r.partition, r.offset, &r.payload, r.timestamp_ms);
+                match r.too_long {
+                    Some(len) => batch.push_too_long(r.partition, r.offset, len),
+                    None => batch.push(r.partition, r.offset, &r.payload, r.timestamp_ms),
+                }
             }
             assert_eq!(batch.len(), records.len());
             assert_eq!(batch.to_records(), records, "round {round}");
