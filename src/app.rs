@@ -47,12 +47,7 @@ pub fn install_panic_hook() {
             // The store caught it and refuses the state: nothing stopped.
             return;
         }
-        let what = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
+        let what = info.payload_as_str().unwrap_or("unknown panic");
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))

@@ -7,7 +7,8 @@
 //! file (as some Windows tools write) is not part of its first line; one
 //! anywhere else is data. A line longer than [`MAX_RECORD_BYTES`] (its end
 //! of line not counted) is read past without being held, and yielded as
-//! too long (a dead letter naming its length). Bytes read are added to a shared counter for progress bars.
+//! too long (a dead letter naming its length). Bytes read are added to a
+//! shared counter for progress bars.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};

@@ -243,8 +243,8 @@ mod tests {
     use super::*;
 
     /// Random records (empty payloads and records too long among them) come
-    /// back as pushed, in order; a cleared batch holds nothing and refills within the
-    /// capacity it grew to.
+    /// back as pushed, in order; a cleared batch holds nothing and refills
+    /// within the capacity it grew to.
     #[test]
     fn a_batch_gives_back_what_was_pushed_and_reuses_its_buffers() {
         use rand::{RngExt, SeedableRng};
