@@ -60,7 +60,10 @@ cpu_snapshot() {
       echo "process ${p%%=*} $(awk '{print $14 + $15}' "/proc/${p#*=}/stat")"
     done
     for t in /proc/"$pid"/task/*; do
-      echo "thread $(tr ' ' _ <"$t/comm")#${t##*/} $(awk '{print $14 + $15}' "$t/stat") $(cut -d' ' -f1,2 "$t/schedstat")"
+      # A short-lived thread may be gone between the listing and the reads.
+      { name=$(tr ' ' _ <"$t/comm") && ticks=$(awk '{print $14 + $15}' "$t/stat") &&
+        sched=$(cut -d' ' -f1,2 "$t/schedstat"); } 2>/dev/null || continue
+      echo "thread $name#${t##*/} $ticks $sched"
     done
     curl -sf "127.0.0.1:$api_port/metrics" | grep -E '^rdg_(commits|events|store_keys_written)_total' | sed 's/^/metric /'
   } >"$out"
