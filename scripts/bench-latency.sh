@@ -15,6 +15,9 @@
 # Beside each probe, scripts/read_probe.py times lookups of other nodes
 # (one connection, a read every ~5 ms): how long a query waits while rdg
 # ingests.
+# After each probe: the commits rdg made meanwhile, the share of the time
+# its writer spent in them, their durations and the playback records' age
+# at commit (from /metrics; bucket bounds): where the latency arose.
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 # BENCH_CPU=1 also prints, over each probe, the CPU seconds of each process
 # on the machine's cores (rdg run, the broker, the load, the two probes),
@@ -104,6 +107,39 @@ for (kind, name), v in d.items():
 print("  " + ", ".join(f"{k.removeprefix('rdg_').removesuffix('_total')} {v:.0f}" for k, v in sorted(metrics.items())))
 PY
 }
+# commit_report BEFORE AFTER BEGAN ENDED: from two scrapes of /metrics, the
+# commits in between, how much of the time the store's writer spent in them,
+# and (bucket upper bounds) the commits' durations and the playback
+# records' age when committed: where a probe's latency arises.
+commit_report() {
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
+import re, sys
+def read(path):
+    rows = {}
+    for line in open(path):
+        m = re.match(r'^(rdg_(?:commit_duration_seconds|record_age_at_commit_seconds)_(?:bucket|sum|count))(\{[^}]*\})? (\S+)$', line)
+        if m and ('dataflow=' not in (m.group(2) or '') or 'dataflow="playback"' in m.group(2)):
+            le = re.search(r'le="([^"]+)"', m.group(2) or '')
+            rows[(m.group(1), le.group(1) if le else None)] = float(m.group(3))
+    return rows
+a, b = read(sys.argv[1]), read(sys.argv[2])
+d = {k: v - a.get(k, 0.0) for k, v in b.items()}
+def quantile(name, q):
+    buckets = sorted(((float(le), n) for (k, le), n in d.items() if k == name + "_bucket" and le), key=lambda x: x[0])
+    total = buckets[-1][1] if buckets else 0
+    for le, n in buckets:
+        if total and n >= q * total:
+            return f"{le * 1e3:g}" if le != float("inf") else "inf"
+    return "-"
+commits = d.get(("rdg_commit_duration_seconds_count", None), 0)
+busy = d.get(("rdg_commit_duration_seconds_sum", None), 0)
+secs = float(sys.argv[4]) - float(sys.argv[3])
+print(f"commits over the probe ({secs:.1f} s): {commits:.0f}, the writer in them {busy:.1f} s ({100 * busy / secs:.0f}%); "
+      f"duration p50 <= {quantile('rdg_commit_duration_seconds', 0.5)} ms, p99 <= {quantile('rdg_commit_duration_seconds', 0.99)} ms; "
+      f"playback records' age at commit p50 <= {quantile('rdg_record_age_at_commit_seconds', 0.5)} ms, "
+      f"p99 <= {quantile('rdg_record_age_at_commit_seconds', 0.99)} ms")
+PY
+}
 for rate in $rates; do
   load=
   if [ "$load_rate" -gt 0 ]; then
@@ -117,6 +153,8 @@ for rate in $rates; do
   # Lookups of other nodes while the probe runs (scripts/read_probe.py).
   python3 scripts/read_probe.py "http://127.0.0.1:$api_port" "$((seconds > 4 ? seconds - 4 : 1))" 2 &
   reads=$!
+  curl -sf "127.0.0.1:$api_port/metrics" >"$work/metrics-start" || true
+  probe_began=$(date +%s.%N)
   if [ -n "${BENCH_CPU:-}" ]; then
     python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds" &
     probe=$!
@@ -137,6 +175,8 @@ for rate in $rates; do
     python3 scripts/latency_probe.py "127.0.0.1:$port" playback "http://127.0.0.1:$api_port" "$rate" "$seconds" ||
       status=$?
   fi
+  curl -sf "127.0.0.1:$api_port/metrics" >"$work/metrics-after" || true
+  commit_report "$work/metrics-start" "$work/metrics-after" "$probe_began" "$(date +%s.%N)" || true
   wait "$reads" || true
   if [ -n "$load" ]; then
     kill "$load" 2>/dev/null || true
