@@ -16,8 +16,9 @@
 # (one connection, a read every ~5 ms): how long a query waits while rdg
 # ingests.
 # After each probe: the commits rdg made meanwhile, the share of the time
-# its writer spent in them, their durations and the playback records' age
-# at commit (from /metrics; bucket bounds): where the latency arose.
+# its writer spent in them, their durations, the playback records' age at
+# commit, and how long rdg's live times took to reach the writer and then
+# their commit (from /metrics; bucket bounds): where the latency arose.
 # RDG_BIN=PATH runs that binary instead of building target/release/rdg.
 # BENCH_CPU=1 also prints, over each probe, the CPU seconds of each process
 # on the machine's cores (rdg run, the broker, the load, the two probes),
@@ -117,7 +118,7 @@ import re, sys
 def read(path):
     rows = {}
     for line in open(path):
-        m = re.match(r'^(rdg_(?:commit_duration_seconds|record_age_at_commit_seconds)_(?:bucket|sum|count))(\{[^}]*\})? (\S+)$', line)
+        m = re.match(r'^(rdg_(?:commit_duration_seconds|record_age_at_commit_seconds|live_time_dataflow_seconds|live_time_commit_wait_seconds)_(?:bucket|sum|count))(\{[^}]*\})? (\S+)$', line)
         if m and ('dataflow=' not in (m.group(2) or '') or 'dataflow="playback"' in m.group(2)):
             le = re.search(r'le="([^"]+)"', m.group(2) or '')
             rows[(m.group(1), le.group(1) if le else None)] = float(m.group(3))
@@ -138,6 +139,9 @@ print(f"commits over the probe ({secs:.1f} s): {commits:.0f}, the writer in them
       f"duration p50 <= {quantile('rdg_commit_duration_seconds', 0.5)} ms, p99 <= {quantile('rdg_commit_duration_seconds', 0.99)} ms; "
       f"playback records' age at commit p50 <= {quantile('rdg_record_age_at_commit_seconds', 0.5)} ms, "
       f"p99 <= {quantile('rdg_record_age_at_commit_seconds', 0.99)} ms")
+print(f"  live times: opening -> last changes at the writer p50 <= {quantile('rdg_live_time_dataflow_seconds', 0.5)} ms, "
+      f"p99 <= {quantile('rdg_live_time_dataflow_seconds', 0.99)} ms; -> their commit's start "
+      f"p50 <= {quantile('rdg_live_time_commit_wait_seconds', 0.5)} ms, p99 <= {quantile('rdg_live_time_commit_wait_seconds', 0.99)} ms")
 PY
 }
 for rate in $rates; do

@@ -453,13 +453,50 @@ pub struct DataflowTotals {
     pub skipped_offsets: u64,
 }
 
+/// One commit, as the writer reports it to its [`Observer`].
+#[derive(Clone, Debug)]
+pub struct CommitReport {
+    /// What the commit holds of the sources' progress.
+    pub progress: Progress,
+    /// How long the store took to write it.
+    pub took: Duration,
+    /// In a live run, one entry per time the commit holds; empty otherwise.
+    pub times: Vec<TimeDelays>,
+}
+
+/// How long one live time took to reach the store, in two parts: from its
+/// opening (the wall-clock millisecond that names it, when a worker began
+/// reading into it) to the hand-over of its last changes to the writer
+/// (reading, folds, identity, the collectors, and every worker's frontier
+/// passing it), and from there to the start of the commit that writes
+/// them (the writer finishing the commit before). With the commit's own
+/// duration they make up rdg's share of a record's way to being
+/// queryable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeDelays {
+    pub dataflow: Duration,
+    pub wait: Duration,
+}
+
+impl TimeDelays {
+    /// The delays of time `t` (opened at wall-clock ms `t`), its last
+    /// changes handed over at `handed_ms`, committed from `began_ms`. A
+    /// clock stepped backwards makes a part 0, never negative.
+    pub fn of(t: u64, handed_ms: u64, began_ms: u64) -> TimeDelays {
+        TimeDelays {
+            dataflow: Duration::from_millis(handed_ms.saturating_sub(t)),
+            wait: Duration::from_millis(began_ms.saturating_sub(handed_ms)),
+        }
+    }
+}
+
 /// Called by [`run_into_store`] on the calling thread.
 pub trait Observer {
     /// About ten times a second.
     fn tick(&mut self, _totals: &Totals) {}
-    /// After each successful commit, with what it committed and how long
-    /// the store took to write it.
-    fn committed(&mut self, _progress: &Progress, _took: Duration) {}
+    /// After each successful commit, with what it committed, how long the
+    /// store took to write it and how long its times took to reach it.
+    fn committed(&mut self, _report: &CommitReport) {}
     /// Once the dataflow has handed on everything, before a replay's last
     /// step (a bulk load's merge and flush, or its one commit), which
     /// takes seconds at scale and ticks nothing.
@@ -611,12 +648,14 @@ fn run_into_sink(
     };
     let stop = config.stop.clone();
     let stages = config.stages.clone();
+    let live = config.live;
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
         committed: committed.clone(),
         ..config
     };
-    let (tx, rx) = mpsc::channel::<Emitted>();
+    // Each message with the wall-clock millisecond it was handed over.
+    let (tx, rx) = mpsc::channel::<(Emitted, u64)>();
     let tx = Mutex::new(tx);
     let backlog = Arc::new(Backlog::default());
     let sent = backlog.clone();
@@ -645,12 +684,12 @@ fn run_into_sink(
         if let Ok(tx) = tx.lock() {
             // The receiver outlives the run; a send can only fail after a
             // commit error, when nothing more is wanted.
-            let _ = tx.send(e);
+            let _ = tx.send((e, now_ms()));
         }
     });
     std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers, committed, align);
+        let mut writer = Writer::new(workers, committed, align, live);
         let result = write_all(&rx, &mut writer, sink, &backlog, (&stop, &stages), observer);
         let joined = handle.join().map_err(|_| panic_error()).and_then(|r| {
             r.map_err(|e| match e {
@@ -706,7 +745,7 @@ fn start_of(store: &Store, one_process: bool) -> Result<Start, AppError> {
 /// it sets `stop` and only drains, so that no worker waits on the backlog;
 /// returns the first error.
 fn write_all(
-    rx: &mpsc::Receiver<Emitted>,
+    rx: &mpsc::Receiver<(Emitted, u64)>,
     writer: &mut Writer,
     sink: &mut Sink<'_>,
     backlog: &Backlog,
@@ -725,7 +764,7 @@ fn write_all(
         match rx.recv_timeout(wait) {
             Ok(e) => {
                 let mut next = Some(e);
-                while let Some(e) = next.take().or_else(|| rx.try_recv().ok()) {
+                while let Some((e, handed_ms)) = next.take().or_else(|| rx.try_recv().ok()) {
                     let n = match &e {
                         Emitted::Data { changes, .. } => changes.len(),
                         _ => 0,
@@ -733,7 +772,7 @@ fn write_all(
                     // After a failed write the rest is only drained, so
                     // that no worker waits on the backlog.
                     if result.is_ok()
-                        && let Err(e) = writer.receive(e, sink)
+                        && let Err(e) = writer.receive(e, handed_ms, sink)
                     {
                         stop.store(true, Ordering::Relaxed);
                         result = Err(e.into());
@@ -742,7 +781,7 @@ fn write_all(
                 }
                 if result.is_ok() {
                     match writer.commit_ready(sink) {
-                        Ok(Some((progress, took))) => observer.committed(&progress, took),
+                        Ok(Some(report)) => observer.committed(&report),
                         Ok(None) => {}
                         Err(e) => {
                             stop.store(true, Ordering::Relaxed);
@@ -867,6 +906,9 @@ struct Writer {
     /// Per (dataflow, worker, source): its latest lag and skipped offsets.
     lag: BTreeMap<(String, usize, usize), (i64, u64)>,
     pending: BTreeMap<u64, PendingTime>,
+    /// Times are wall-clock milliseconds (a live run): each commit reports
+    /// how long its times took to reach it ([`TimeDelays`]).
+    live: bool,
     /// Which workers have emitted all their folds' records
     /// ([`Emitted::RecordsDone`]).
     records_done: Vec<bool>,
@@ -874,12 +916,19 @@ struct Writer {
 }
 
 /// What the writer holds for one time until every worker has finished it:
-/// each worker's changes (kept apart, never concatenated), dead letters and
-/// source progress.
-type PendingTime = (Vec<Vec<Change>>, Vec<DeadLetter>, Progress);
+/// each worker's changes (kept apart, never concatenated), dead letters,
+/// source progress, and when the last of them was handed over.
+#[derive(Default)]
+struct PendingTime {
+    changes: Vec<Vec<Change>>,
+    dead_letters: Vec<DeadLetter>,
+    progress: Progress,
+    /// Wall-clock milliseconds of the latest hand-over for this time.
+    handed_ms: u64,
+}
 
 impl Writer {
-    fn new(workers: usize, committed: Arc<Committed>, align: u64) -> Writer {
+    fn new(workers: usize, committed: Arc<Committed>, align: u64, live: bool) -> Writer {
         Writer {
             align: align.max(1),
             commit_s: 0.0,
@@ -887,6 +936,7 @@ impl Writer {
             committed,
             lag: BTreeMap::new(),
             pending: BTreeMap::new(),
+            live,
             records_done: vec![false; workers],
             totals: Totals::default(),
         }
@@ -895,7 +945,12 @@ impl Writer {
     /// Takes one message. A bulk load's changes are written on receipt:
     /// each record comes once, from the worker that owns it, in the order
     /// it emitted them; dead letters and progress wait for their time.
-    fn receive(&mut self, e: Emitted, sink: &mut Sink<'_>) -> Result<(), StoreError> {
+    fn receive(
+        &mut self,
+        e: Emitted,
+        handed_ms: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), StoreError> {
         match e {
             Emitted::Data {
                 epoch,
@@ -913,9 +968,10 @@ impl Writer {
                     changes
                 };
                 let slot = self.pending.entry(epoch).or_default();
-                slot.0.push(changes);
-                slot.1.append(&mut dead_letters);
-                slot.2.merge(progress);
+                slot.changes.push(changes);
+                slot.dead_letters.append(&mut dead_letters);
+                slot.progress.merge(progress);
+                slot.handed_ms = slot.handed_ms.max(handed_ms);
             }
             Emitted::Tally { worker, tally } => {
                 self.totals.tallies.insert(worker, tally);
@@ -962,11 +1018,9 @@ impl Writer {
 
     /// Commits every pending time below the smallest worker frontier, in one
     /// atomic step, in time order. Returns what was committed, if anything,
-    /// and how long the write took.
-    fn commit_ready(
-        &mut self,
-        sink: &mut Sink<'_>,
-    ) -> Result<Option<(Progress, Duration)>, StoreError> {
+    /// how long the write took and, in a live run, how long each time took
+    /// to reach it.
+    fn commit_ready(&mut self, sink: &mut Sink<'_>) -> Result<Option<CommitReport>, StoreError> {
         let upto = aligned(
             self.frontiers.iter().copied().min().unwrap_or(0),
             self.align,
@@ -976,20 +1030,30 @@ impl Writer {
         let mut parts: Vec<Vec<Change>> = Vec::new();
         let mut dead = Vec::new();
         let mut progress = Progress::default();
+        // (time, when its last changes were handed over), live runs only.
+        let mut handed: Vec<(u64, u64)> = Vec::new();
         while let Some((&t, _)) = self.pending.first_key_value() {
             if t >= upto {
                 break;
             }
-            if let Some((_, (c, mut d, p))) = self.pending.pop_first() {
-                parts.extend(c.into_iter().filter(|c| !c.is_empty()));
-                dead.append(&mut d);
-                progress.merge(p);
+            if let Some((_, mut p)) = self.pending.pop_first() {
+                parts.extend(p.changes.into_iter().filter(|c| !c.is_empty()));
+                dead.append(&mut p.dead_letters);
+                progress.merge(p.progress);
+                if self.live {
+                    handed.push((t, p.handed_ms));
+                }
             }
         }
         if parts.is_empty() && dead.is_empty() && progress == Progress::default() {
             self.committed.advance(upto);
             return Ok(None);
         }
+        let began_ms = now_ms();
+        let times = handed
+            .iter()
+            .map(|&(t, handed_ms)| TimeDelays::of(t, handed_ms, began_ms))
+            .collect();
         let began = Instant::now();
         let slices: Vec<&[Change]> = parts.iter().map(Vec::as_slice).collect();
         sink.write(&slices, &dead, &progress)?;
@@ -1018,13 +1082,26 @@ impl Writer {
                 .or_default()
                 .dead_letters += 1;
         }
-        Ok(Some((progress, took)))
+        Ok(Some(CommitReport {
+            progress,
+            took,
+            times,
+        }))
     }
+}
+
+/// The wall clock in milliseconds since the epoch (0 before it), the unit
+/// of a live run's times.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Duration, StageSeconds, aligned, stage_map};
+    use super::*;
 
     #[test]
     fn a_bulk_load_s_encoding_counts_once_as_commit() {
@@ -1060,5 +1137,89 @@ mod tests {
         assert_eq!(aligned(0, 16), 1);
         assert_eq!(aligned(u64::MAX, 16), u64::MAX);
         assert_eq!(aligned(7, 1), 7);
+    }
+
+    #[test]
+    fn a_time_s_delays_are_its_hand_over_and_the_commit_s_start_never_negative() {
+        let d = TimeDelays::of(1_000, 1_130, 1_175);
+        assert_eq!(d.dataflow, Duration::from_millis(130));
+        assert_eq!(d.wait, Duration::from_millis(45));
+        // A clock stepped backwards between the stamps: 0, not a wrap.
+        let d = TimeDelays::of(1_000, 990, 980);
+        assert_eq!((d.dataflow, d.wait), (Duration::ZERO, Duration::ZERO));
+    }
+
+    /// A worker's data for time `t`, with one position so that it commits.
+    fn data(worker: usize, t: u64) -> Emitted {
+        let mut progress = Progress::default();
+        progress
+            .positions
+            .insert(("playback".into(), worker.to_string()), t);
+        Emitted::Data {
+            worker,
+            epoch: t,
+            changes: Vec::new(),
+            dead_letters: Vec::new(),
+            progress,
+        }
+    }
+
+    /// Two workers each hand a time over; once both frontiers pass them,
+    /// one commit holds both, and a live writer reports each time's
+    /// delays from its own hand-over (the later of its messages'), a
+    /// replay's writer none.
+    fn delays_reported(live: bool) -> Vec<TimeDelays> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut sink = Sink::Commit(&store);
+        let mut writer = Writer::new(2, Arc::new(Committed::new(0)), 1, live);
+        let now = now_ms();
+        let (t0, t1) = (now - 300, now - 200);
+        // Stamped before the channel's lock: they may arrive out of order.
+        writer
+            .receive(data(0, t0), now - 240, &mut sink)
+            .expect("receive");
+        writer
+            .receive(data(1, t0), now - 250, &mut sink)
+            .expect("receive");
+        writer
+            .receive(data(1, t1), now - 120, &mut sink)
+            .expect("receive");
+        for worker in 0..2 {
+            let upto = if worker == 0 { t1 + 1 } else { u64::MAX };
+            writer
+                .receive(Emitted::Frontier { worker, upto }, now, &mut sink)
+                .expect("frontier");
+        }
+        let report = writer
+            .commit_ready(&mut sink)
+            .expect("commits")
+            .expect("a commit");
+        assert_eq!(report.progress.positions.len(), 2);
+        assert!(store.meta().expect("meta").positions.len() == 2);
+        report.times
+    }
+
+    #[test]
+    fn a_live_writer_reports_each_committed_time_s_delays() {
+        let began = now_ms();
+        let times = delays_reported(true);
+        let spent = Duration::from_millis(now_ms() - began + 1);
+        assert_eq!(times.len(), 2, "{times:?}");
+        // Handed over 60 ms after it opened (its latest stamp), 80 ms for
+        // the second time; the commit began after the last hand-over.
+        assert_eq!(times[0].dataflow, Duration::from_millis(60));
+        assert_eq!(times[1].dataflow, Duration::from_millis(80));
+        assert!(times[0].wait >= Duration::from_millis(240), "{times:?}");
+        assert!(
+            times[0].wait <= Duration::from_millis(240) + spent,
+            "{times:?}"
+        );
+        assert!(times[1].wait >= Duration::from_millis(120), "{times:?}");
+        assert!(
+            times[1].wait <= Duration::from_millis(120) + spent,
+            "{times:?}"
+        );
+        assert!(delays_reported(false).is_empty());
     }
 }

@@ -266,6 +266,7 @@ fn every_process_answers_for_the_whole_graph() {
     lookups_equal_the_reference(&fx, &sample, &store);
     multi_reads_equal_the_reference(&fx, &sample, &store);
     record_ages_are_reported(&fx, started.elapsed());
+    time_delays_are_reported(&fx, started.elapsed());
     let Fixture {
         dir,
         kafka,
@@ -330,6 +331,39 @@ fn record_ages_are_reported(fx: &Fixture, so_far: Duration) {
             assert!(
                 sum >= 0.0 && sum <= count * so_far.as_secs_f64(),
                 "{base}: {dataflow}: ages sum to {sum} s over {count} records, the test ran {so_far:?}"
+            );
+        }
+    }
+}
+
+/// Every process reports how long its live times took to reach its store,
+/// in two parts (to the writer, then to the commit's start): at least one
+/// time each (every process committed events), none longer than the test
+/// has run.
+fn time_delays_are_reported(fx: &Fixture, so_far: Duration) {
+    for base in &fx.bases {
+        let text = String::from_utf8(get_bytes(base, "/metrics")).expect("utf-8 metrics");
+        let value = |name: &str| -> f64 {
+            let prefix = format!("{name} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("{base}/metrics lacks {prefix:?}:\n{text}"))
+                .parse()
+                .expect("a number")
+        };
+        for part in ["dataflow", "commit_wait"] {
+            let count = value(&format!("rdg_live_time_{part}_seconds_count"));
+            let sum = value(&format!("rdg_live_time_{part}_seconds_sum"));
+            let over = value(&format!(
+                "rdg_live_time_{part}_seconds_bucket{{le=\"+Inf\"}}"
+            ));
+            assert!(
+                count >= 1.0 && over == count,
+                "{base}: {part}: {count} times, {over} in the last bucket"
+            );
+            assert!(
+                sum >= 0.0 && sum <= count * so_far.as_secs_f64(),
+                "{base}: {part}: {sum} s over {count} times, the test ran {so_far:?}"
             );
         }
     }

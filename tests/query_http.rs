@@ -1135,6 +1135,8 @@ fn status_metrics_and_readiness() {
     live.observe_record_ages("playback", [(30, 3), (5_000, 1)]);
     // A clock ahead of the producer's: counted as 0.
     live.observe_record_ages("gaming", [(-7, 1)]);
+    live.observe_time_delays(Duration::from_millis(20), Duration::from_millis(90));
+    live.observe_time_delays(Duration::from_millis(700), Duration::ZERO);
     assert_eq!(get(&base, "/readyz").ok()["ready"], true);
 
     let s = get(&base, "/v1/status");
@@ -1197,6 +1199,14 @@ fn status_metrics_and_readiness() {
         "rdg_record_age_at_commit_seconds_sum{dataflow=\"playback\"} 5.09\n",
         "rdg_record_age_at_commit_seconds_bucket{le=\"0.001\",dataflow=\"gaming\"} 1\n",
         "rdg_record_age_at_commit_seconds_sum{dataflow=\"gaming\"} 0.0\n",
+        // Two live times: 20 ms and 700 ms to the writer, then 90 and 0 ms.
+        "rdg_live_time_dataflow_seconds_bucket{le=\"0.032\"} 1\n",
+        "rdg_live_time_dataflow_seconds_bucket{le=\"1.024\"} 2\n",
+        "rdg_live_time_dataflow_seconds_sum 0.72\n",
+        "rdg_live_time_commit_wait_seconds_bucket{le=\"0.001\"} 1\n",
+        "rdg_live_time_commit_wait_seconds_bucket{le=\"0.064\"} 1\n",
+        "rdg_live_time_commit_wait_seconds_bucket{le=\"0.128\"} 2\n",
+        "rdg_live_time_commit_wait_seconds_count 2\n",
     ] {
         assert!(
             m.text.contains(needle),

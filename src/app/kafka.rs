@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    AppError, Observer, ReplayProgress, ReplaySummary, ShowProgress, Totals, replay_into_store,
-    run_into_store, stage_list,
+    AppError, CommitReport, Observer, ReplayProgress, ReplaySummary, ShowProgress, Totals,
+    replay_into_store, run_into_store, stage_list,
 };
 use crate::dataflow::{Positions, RunConfig, SourceFactory};
-use crate::model::{ClusterShape, Progress};
+use crate::model::ClusterShape;
 use crate::query::{LiveGauges, ServeConfig, Server};
 use crate::source::kafka::{KafkaConfig, KafkaSource, OffsetCommitter};
 use crate::source::{Source, SourceError};
@@ -122,8 +122,12 @@ struct LiveObserver {
 }
 
 impl Observer for LiveObserver {
-    fn committed(&mut self, progress: &Progress, took: Duration) {
-        self.gauges.observe_commit(took);
+    fn committed(&mut self, report: &CommitReport) {
+        self.gauges.observe_commit(report.took);
+        for t in &report.times {
+            self.gauges.observe_time_delays(t.dataflow, t.wait);
+        }
+        let progress = &report.progress;
         let now_ms = chrono::Utc::now().timestamp_millis();
         for (d, p) in &progress.dataflows {
             self.gauges
@@ -483,7 +487,7 @@ mod tests {
     use std::time::Duration;
 
     use super::status_line;
-    use crate::app::{DataflowTotals, Totals};
+    use crate::app::{CommitReport, DataflowTotals, TimeDelays, Totals};
 
     #[test]
     fn record_ages_from_any_timestamp_are_observed_without_overflow() {
@@ -505,7 +509,34 @@ mod tests {
             p.record_times.add(ts, 1);
             progress.dataflows.insert(d.into(), p);
         }
-        crate::app::Observer::committed(&mut observer, &progress, Duration::from_millis(1));
+        let report = CommitReport {
+            progress,
+            took: Duration::from_millis(1),
+            times: vec![
+                TimeDelays::of(1_000, 1_030, 1_100),
+                TimeDelays::of(2_000, 2_500, 2_500),
+            ],
+        };
+        crate::app::Observer::committed(&mut observer, &report);
+        // Each time's two parts land in their histograms.
+        let delays = crate::query::LiveStatus::time_delay_seconds(&*gauges).expect("histograms");
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("dataflow", "", delays.dataflow);
+        registry.register("wait", "", delays.wait);
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for needle in [
+            "dataflow_sum 0.53\n",
+            "dataflow_count 2\n",
+            "dataflow_bucket{le=\"0.032\"} 1\n",
+            "dataflow_bucket{le=\"0.512\"} 2\n",
+            "wait_sum 0.07\n",
+            "wait_bucket{le=\"0.001\"} 1\n",
+            "wait_bucket{le=\"0.064\"} 1\n",
+            "wait_bucket{le=\"0.128\"} 2\n",
+        ] {
+            assert!(text.contains(needle), "{needle:?}: {text}");
+        }
         let ages = crate::query::LiveStatus::record_age_seconds(&*gauges).expect("histograms");
         let mut text = String::new();
         let mut registry = prometheus_client::registry::Registry::default();

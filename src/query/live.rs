@@ -132,6 +132,30 @@ pub trait LiveStatus: Send + Sync {
     fn record_age_seconds(&self) -> Option<DataflowHistograms> {
         None
     }
+    /// How long each live time took to reach the store, in its two parts
+    /// (handles on the live histograms), if the run commits live times.
+    fn time_delay_seconds(&self) -> Option<TimeDelayHistograms> {
+        None
+    }
+}
+
+/// A live run's times on their way to the store (`app::TimeDelays`): from
+/// a time's opening to the hand-over of its last changes to the writer
+/// (`dataflow`), and from there to the start of the commit that writes
+/// them (`wait`). 1 ms to 16 s, doubling.
+#[derive(Clone, Debug)]
+pub struct TimeDelayHistograms {
+    pub dataflow: Histogram,
+    pub wait: Histogram,
+}
+
+impl TimeDelayHistograms {
+    fn new() -> TimeDelayHistograms {
+        TimeDelayHistograms {
+            dataflow: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            wait: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        }
+    }
 }
 
 /// The status of a state that nothing ingests into (`rdg serve`): always
@@ -187,6 +211,8 @@ pub struct LiveGauges {
     /// it queryable, per dataflow: 1 ms to 16 s (`RECORD_TIMES_SPAN_MS`),
     /// doubling.
     record_age_seconds: DataflowHistograms,
+    /// Each live time's way to the store, in two parts.
+    time_delay_seconds: TimeDelayHistograms,
 }
 
 fn record_age_histogram() -> CountedHistogram {
@@ -202,6 +228,7 @@ impl LiveGauges {
             inner: Mutex::new(Inner::default()),
             commit_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
             record_age_seconds: Family::new_with_constructor(record_age_histogram),
+            time_delay_seconds: TimeDelayHistograms::new(),
         }
     }
 
@@ -228,6 +255,16 @@ impl LiveGauges {
     /// Reports how long one commit took the store.
     pub fn observe_commit(&self, took: Duration) {
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Reports how long one live time took to reach the store: until its
+    /// last changes were handed to the writer (`dataflow`), then until the
+    /// commit that writes them began (`wait`).
+    pub fn observe_time_delays(&self, dataflow: Duration, wait: Duration) {
+        self.time_delay_seconds
+            .dataflow
+            .observe(dataflow.as_secs_f64());
+        self.time_delay_seconds.wait.observe(wait.as_secs_f64());
     }
 
     /// Reports that a commit made `dataflow`'s records queryable: `ages`
@@ -322,6 +359,9 @@ impl LiveStatus for LiveGauges {
     }
     fn record_age_seconds(&self) -> Option<DataflowHistograms> {
         Some(self.record_age_seconds.clone())
+    }
+    fn time_delay_seconds(&self) -> Option<TimeDelayHistograms> {
+        Some(self.time_delay_seconds.clone())
     }
 }
 

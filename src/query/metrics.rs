@@ -364,6 +364,20 @@ fn live_per_dataflow(
             &f,
         )?;
     }
+    if let Some(t) = live.time_delay_seconds() {
+        live_histogram(
+            e,
+            "rdg_live_time_dataflow_seconds",
+            "Per live time (a worker's round of reads): seconds from its opening to the hand-over of its last changes to the store's writer (reading, folds, identity, collecting, every worker's frontier passing it)",
+            &t.dataflow,
+        )?;
+        live_histogram(
+            e,
+            "rdg_live_time_commit_wait_seconds",
+            "Per live time: seconds from the hand-over of its last changes to the start of the commit that writes them (the writer finishing the commit before)",
+            &t.wait,
+        )?;
+    }
     Ok(())
 }
 

@@ -64,7 +64,7 @@ mod state;
 
 pub use config::ServeConfig;
 pub use error::QueryError;
-pub use live::{DataflowHistograms, LiveGauges, LiveStatus, StaticStatus};
+pub use live::{DataflowHistograms, LiveGauges, LiveStatus, StaticStatus, TimeDelayHistograms};
 pub use peers::PeerError;
 pub use server::{ROUTES, Route, Server, in_process_router};
 
