@@ -1175,13 +1175,13 @@ mod tests {
         let mut writer = Writer::new(2, Arc::new(Committed::new(0)), 1, live);
         let now = now_ms();
         let (t0, t1) = (now - 300, now - 200);
-        // Stamped before the channel's lock: they may arrive out of order.
-        writer
-            .receive(data(0, t0), now - 240, &mut sink)
-            .expect("receive");
-        writer
-            .receive(data(1, t0), now - 250, &mut sink)
-            .expect("receive");
+        // Stamped before the channel's lock: they may arrive out of order
+        // (the latest stamp neither the first nor the last to arrive).
+        for (worker, handed) in [(0, now - 250), (1, now - 230), (0, now - 245)] {
+            writer
+                .receive(data(worker, t0), handed, &mut sink)
+                .expect("receive");
+        }
         writer
             .receive(data(1, t1), now - 120, &mut sink)
             .expect("receive");
@@ -1206,13 +1206,13 @@ mod tests {
         let times = delays_reported(true);
         let spent = Duration::from_millis(now_ms() - began + 1);
         assert_eq!(times.len(), 2, "{times:?}");
-        // Handed over 60 ms after it opened (its latest stamp), 80 ms for
+        // Handed over 70 ms after it opened (its latest stamp), 80 ms for
         // the second time; the commit began after the last hand-over.
-        assert_eq!(times[0].dataflow, Duration::from_millis(60));
+        assert_eq!(times[0].dataflow, Duration::from_millis(70));
         assert_eq!(times[1].dataflow, Duration::from_millis(80));
-        assert!(times[0].wait >= Duration::from_millis(240), "{times:?}");
+        assert!(times[0].wait >= Duration::from_millis(230), "{times:?}");
         assert!(
-            times[0].wait <= Duration::from_millis(240) + spent,
+            times[0].wait <= Duration::from_millis(230) + spent,
             "{times:?}"
         );
         assert!(times[1].wait >= Duration::from_millis(120), "{times:?}");
