@@ -648,7 +648,9 @@ fn run_into_sink(
     };
     let stop = config.stop.clone();
     let stages = config.stages.clone();
-    let live = config.live;
+    // A live run's times are wall-clock milliseconds from here on (before
+    // them: the rebuild's time 0, and a first time that may be 1).
+    let live_since = config.live.then(now_ms);
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
         committed: committed.clone(),
@@ -689,7 +691,7 @@ fn run_into_sink(
     });
     std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
-        let mut writer = Writer::new(workers, committed, align, live);
+        let mut writer = Writer::new(workers, committed, align, live_since);
         let result = write_all(&rx, &mut writer, sink, &backlog, (&stop, &stages), observer);
         let joined = handle.join().map_err(|_| panic_error()).and_then(|r| {
             r.map_err(|e| match e {
@@ -906,9 +908,10 @@ struct Writer {
     /// Per (dataflow, worker, source): its latest lag and skipped offsets.
     lag: BTreeMap<(String, usize, usize), (i64, u64)>,
     pending: BTreeMap<u64, PendingTime>,
-    /// Times are wall-clock milliseconds (a live run): each commit reports
-    /// how long its times took to reach it ([`TimeDelays`]).
-    live: bool,
+    /// A live run's start (wall-clock ms): each commit reports how long
+    /// its times from then on took to reach it ([`TimeDelays`]); the times
+    /// before it are not wall-clock times.
+    live_since: Option<u64>,
     /// Which workers have emitted all their folds' records
     /// ([`Emitted::RecordsDone`]).
     records_done: Vec<bool>,
@@ -928,7 +931,12 @@ struct PendingTime {
 }
 
 impl Writer {
-    fn new(workers: usize, committed: Arc<Committed>, align: u64, live: bool) -> Writer {
+    fn new(
+        workers: usize,
+        committed: Arc<Committed>,
+        align: u64,
+        live_since: Option<u64>,
+    ) -> Writer {
         Writer {
             align: align.max(1),
             commit_s: 0.0,
@@ -936,7 +944,7 @@ impl Writer {
             committed,
             lag: BTreeMap::new(),
             pending: BTreeMap::new(),
-            live,
+            live_since,
             records_done: vec![false; workers],
             totals: Totals::default(),
         }
@@ -1040,7 +1048,7 @@ impl Writer {
                 parts.extend(p.changes.into_iter().filter(|c| !c.is_empty()));
                 dead.append(&mut p.dead_letters);
                 progress.merge(p.progress);
-                if self.live {
+                if self.live_since.is_some_and(|since| t >= since) {
                     handed.push((t, p.handed_ms));
                 }
             }
@@ -1165,16 +1173,22 @@ mod tests {
     }
 
     /// Two workers each hand a time over; once both frontiers pass them,
-    /// one commit holds both, and a live writer reports each time's
-    /// delays from its own hand-over (the later of its messages'), a
-    /// replay's writer none.
+    /// one commit holds both, and a live writer reports each wall-clock
+    /// time's delays from its own hand-over (the latest of its messages'),
+    /// a replay's writer none.
     fn delays_reported(live: bool) -> Vec<TimeDelays> {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let mut sink = Sink::Commit(&store);
-        let mut writer = Writer::new(2, Arc::new(Committed::new(0)), 1, live);
         let now = now_ms();
+        let since = live.then_some(now - 1_000);
+        let mut writer = Writer::new(2, Arc::new(Committed::new(0)), 1, since);
         let (t0, t1) = (now - 300, now - 200);
+        // A live run's first time may be 1, before any wall-clock time:
+        // committed, never reported (its "delay" would be decades).
+        writer
+            .receive(data(0, 1), now - 260, &mut sink)
+            .expect("receive");
         // Stamped before the channel's lock: they may arrive out of order
         // (the latest stamp neither the first nor the last to arrive).
         for (worker, handed) in [(0, now - 250), (1, now - 230), (0, now - 245)] {
