@@ -313,13 +313,8 @@ fn record_ages_are_reported(fx: &Fixture, so_far: Duration) {
         let text = String::from_utf8(get_bytes(base, "/metrics")).expect("utf-8 metrics");
         for dataflow in ["playback", "gaming", "login"] {
             // The value of metric `name` for this dataflow.
-            let value = |name: &str| -> f64 {
-                let prefix = format!("{name}{{dataflow=\"{dataflow}\"}} ");
-                text.lines()
-                    .find_map(|l| l.strip_prefix(prefix.as_str()))
-                    .unwrap_or_else(|| panic!("{base}/metrics lacks {prefix:?}:\n{text}"))
-                    .parse()
-                    .expect("a number")
+            let value = |name: &str| {
+                metric_value(base, &text, &format!("{name}{{dataflow=\"{dataflow}\"}}"))
             };
             let count = value("rdg_record_age_at_commit_seconds_count");
             let sum = value("rdg_record_age_at_commit_seconds_sum");
@@ -336,6 +331,17 @@ fn record_ages_are_reported(fx: &Fixture, so_far: Duration) {
     }
 }
 
+/// The value of `series` (a metric's name with its labels, if any) in the
+/// `/metrics` text of `base`.
+fn metric_value(base: &str, text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{base}/metrics lacks {prefix:?}:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
 /// Every process reports how long its live times took to reach its store,
 /// in two parts (to the writer, then to the commit's start): at least one
 /// time each (every process committed events), none longer than the test
@@ -343,14 +349,7 @@ fn record_ages_are_reported(fx: &Fixture, so_far: Duration) {
 fn time_delays_are_reported(fx: &Fixture, so_far: Duration) {
     for base in &fx.bases {
         let text = String::from_utf8(get_bytes(base, "/metrics")).expect("utf-8 metrics");
-        let value = |name: &str| -> f64 {
-            let prefix = format!("{name} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(prefix.as_str()))
-                .unwrap_or_else(|| panic!("{base}/metrics lacks {prefix:?}:\n{text}"))
-                .parse()
-                .expect("a number")
-        };
+        let value = |series: &str| metric_value(base, &text, series);
         for part in ["dataflow", "commit_wait"] {
             let count = value(&format!("rdg_live_time_{part}_seconds_count"));
             let sum = value(&format!("rdg_live_time_{part}_seconds_sum"));
