@@ -658,7 +658,6 @@ fn run_into_sink(
     };
     // Each message with the wall-clock millisecond it was handed over.
     let (tx, rx) = mpsc::channel::<(Emitted, u64)>();
-    let tx = Mutex::new(tx);
     let backlog = Arc::new(Backlog::default());
     let sent = backlog.clone();
     // A bulk load's changes are encoded on the workers' threads.
@@ -683,11 +682,10 @@ fn run_into_sink(
         if let Emitted::Data { changes, .. } = &e {
             sent.add(changes.len());
         }
-        if let Ok(tx) = tx.lock() {
-            // The receiver outlives the run; a send can only fail after a
-            // commit error, when nothing more is wanted.
-            let _ = tx.send((e, now_ms()));
-        }
+        // `Sender` is `Sync`: the workers send side by side, no lock. The
+        // receiver outlives the run; a send can only fail after a commit
+        // error, when nothing more is wanted.
+        let _ = tx.send((e, now_ms()));
     });
     std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
