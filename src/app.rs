@@ -650,7 +650,7 @@ fn run_into_sink(
     let stages = config.stages.clone();
     // A live run's times are wall-clock milliseconds from here on (before
     // them: the rebuild's time 0, and a first time that may be 1).
-    let live_since = config.live.then(now_ms);
+    let live_since = config.live.then(dataflow::wall_clock_ms);
     let committed = Arc::new(Committed::new(0));
     let config = RunConfig {
         committed: committed.clone(),
@@ -685,7 +685,7 @@ fn run_into_sink(
         // `Sender` is `Sync`: the workers send side by side, no lock. The
         // receiver outlives the run; a send can only fail after a commit
         // error, when nothing more is wanted.
-        let _ = tx.send((e, now_ms()));
+        let _ = tx.send((e, dataflow::wall_clock_ms()));
     });
     std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
@@ -1055,7 +1055,7 @@ impl Writer {
             self.committed.advance(upto);
             return Ok(None);
         }
-        let began_ms = now_ms();
+        let began_ms = dataflow::wall_clock_ms();
         let times = handed
             .iter()
             .map(|&(t, handed_ms)| TimeDelays::of(t, handed_ms, began_ms))
@@ -1094,15 +1094,6 @@ impl Writer {
             times,
         }))
     }
-}
-
-/// The wall clock in milliseconds since the epoch (0 before it), the unit
-/// of a live run's times.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -1178,7 +1169,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let mut sink = Sink::Commit(&store);
-        let now = now_ms();
+        let now = dataflow::wall_clock_ms();
         let since = live.then_some(now - 1_000);
         let mut writer = Writer::new(2, Arc::new(Committed::new(0)), 1, since);
         let (t0, t1) = (now - 300, now - 200);
@@ -1214,9 +1205,9 @@ mod tests {
 
     #[test]
     fn a_live_writer_reports_each_committed_time_s_delays() {
-        let began = now_ms();
+        let began = dataflow::wall_clock_ms();
         let times = delays_reported(true);
-        let spent = Duration::from_millis(now_ms() - began + 1);
+        let spent = Duration::from_millis(dataflow::wall_clock_ms() - began + 1);
         assert_eq!(times.len(), 2, "{times:?}");
         // Handed over 70 ms after it opened (its latest stamp), 80 ms for
         // the second time; the commit began after the last hand-over.

@@ -95,10 +95,12 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 /// records left to read).
 const REPLAY_LAG_EVERY: Duration = Duration::from_millis(200);
 
-fn wall_clock_ms() -> u64 {
+/// The wall clock in milliseconds since the epoch (0 before it): a live
+/// run's times, which the writer compares with its own readings of it.
+pub fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
