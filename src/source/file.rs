@@ -138,15 +138,14 @@ impl Source for FileSource {
                 self.current += 1;
                 continue;
             }
+            self.line += 1;
             if self.buf.len() > self.max_line && self.buf.last() != Some(&b'\n') {
-                self.line += 1;
                 let rest = reader.skip_until(b'\n').map_err(read_error(self.line))?;
                 let len = (self.buf.len() + rest) as u64;
                 out.push_too_long(self.current as u32, self.line, len);
                 n += 1;
                 continue;
             }
-            self.line += 1;
             let line = if self.line == 1 {
                 self.buf.strip_prefix(BOM).unwrap_or(&self.buf)
             } else {
