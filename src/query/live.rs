@@ -152,8 +152,8 @@ pub struct TimeDelayHistograms {
 impl TimeDelayHistograms {
     fn new() -> TimeDelayHistograms {
         TimeDelayHistograms {
-            dataflow: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            wait: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            dataflow: Histogram::new(ms_to_16_s()),
+            wait: Histogram::new(ms_to_16_s()),
         }
     }
 }
@@ -215,8 +215,14 @@ pub struct LiveGauges {
     time_delay_seconds: TimeDelayHistograms,
 }
 
+/// Bucket bounds of the live delays (record ages, times on their way to
+/// the store): 1 ms to 16 s (`RECORD_TIMES_SPAN_MS`), doubling.
+fn ms_to_16_s() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
 fn record_age_histogram() -> CountedHistogram {
-    CountedHistogram::new(exponential_buckets(0.001, 2.0, 15))
+    CountedHistogram::new(ms_to_16_s())
 }
 
 impl LiveGauges {
