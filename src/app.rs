@@ -656,7 +656,8 @@ fn run_into_sink(
         committed: committed.clone(),
         ..config
     };
-    // Each message with the wall-clock millisecond it was handed over.
+    // Each message with the wall-clock millisecond it was handed over (0
+    // in a replay).
     let (tx, rx) = mpsc::channel::<(Emitted, u64)>();
     let backlog = Arc::new(Backlog::default());
     let sent = backlog.clone();
@@ -682,10 +683,12 @@ fn run_into_sink(
         if let Emitted::Data { changes, .. } = &e {
             sent.add(changes.len());
         }
+        // Stamped in live runs only: a replay's writer reports no delays.
+        let handed_ms = live_since.map_or(0, |_| dataflow::wall_clock_ms());
         // `Sender` is `Sync`: the workers send side by side, no lock. The
         // receiver outlives the run; a send can only fail after a commit
         // error, when nothing more is wanted.
-        let _ = tx.send((e, dataflow::wall_clock_ms()));
+        let _ = tx.send((e, handed_ms));
     });
     std::thread::scope(|s| {
         let handle = s.spawn(move || dataflow::run(config, plan, start, sources, emit));
@@ -1178,8 +1181,8 @@ mod tests {
         writer
             .receive(data(0, 1), now - 260, &mut sink)
             .expect("receive");
-        // Stamped before the channel's lock: they may arrive out of order
-        // (the latest stamp neither the first nor the last to arrive).
+        // Stamped before the send: they may arrive out of order (the
+        // latest stamp neither the first nor the last to arrive).
         for (worker, handed) in [(0, now - 250), (1, now - 230), (0, now - 245)] {
             writer
                 .receive(data(worker, t0), handed, &mut sink)
@@ -1199,7 +1202,7 @@ mod tests {
             .expect("commits")
             .expect("a commit");
         assert_eq!(report.progress.positions.len(), 2);
-        assert!(store.meta().expect("meta").positions.len() == 2);
+        assert_eq!(store.meta().expect("meta").positions.len(), 2);
         report.times
     }
 
