@@ -345,7 +345,8 @@ fn metric_value(base: &str, text: &str, series: &str) -> f64 {
 /// Every process reports how long its live times took to reach its store,
 /// in two parts (to the writer, then to the commit's start): at least one
 /// time each (every process committed events), none longer than the test
-/// has run.
+/// has run (a time that is not a wall-clock millisecond, the rebuild's 0 or
+/// a first time of 1, would count as decades).
 fn time_delays_are_reported(fx: &Fixture, so_far: Duration) {
     for base in &fx.bases {
         let text = String::from_utf8(get_bytes(base, "/metrics")).expect("utf-8 metrics");
@@ -353,13 +354,7 @@ fn time_delays_are_reported(fx: &Fixture, so_far: Duration) {
         for part in ["dataflow", "commit_wait"] {
             let count = value(&format!("rdg_live_time_{part}_seconds_count"));
             let sum = value(&format!("rdg_live_time_{part}_seconds_sum"));
-            let over = value(&format!(
-                "rdg_live_time_{part}_seconds_bucket{{le=\"+Inf\"}}"
-            ));
-            assert!(
-                count >= 1.0 && over == count,
-                "{base}: {part}: {count} times, {over} in the last bucket"
-            );
+            assert!(count >= 1.0, "{base}: {part}: {count} times");
             assert!(
                 sum >= 0.0 && sum <= count * so_far.as_secs_f64(),
                 "{base}: {part}: {sum} s over {count} times, the test ran {so_far:?}"
